@@ -1,0 +1,321 @@
+//! The compiled policy set: an index by (namespace, label) and the decision.
+//!
+//! Decision order (reference §2): CUSTOM, then DENY, then ALLOW. "If there are any
+//! CUSTOM policies that match the request, evaluate and deny the request if the
+//! evaluation result is deny. If there are any DENY policies that match the request,
+//! deny the request. If there are no ALLOW policies for the workload, allow the
+//! request. If any of the ALLOW policies match the request, allow the request. Deny
+//! the request." meshward's `deny` default mode replaces the third step by deny.
+//! AUDIT and dry-run policies never change the decision.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::model::{Action, Policy, PolicyId};
+use crate::options::{DefaultMode, EngineOptions};
+use crate::request::{Request, Workload};
+
+/// An immutable, compiled set of policies. Cheap to share (`Arc` inside); a reload
+/// builds a new set and swaps it in.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: EngineOptions,
+    namespaces: HashMap<String, NamespaceIndex>,
+    len: usize,
+}
+
+/// The policies of one namespace, by the buckets the decision walks.
+#[derive(Debug, Default)]
+struct NamespaceIndex {
+    custom: Bucket,
+    deny: Bucket,
+    allow: Bucket,
+    audit: Bucket,
+    dry_run: Bucket,
+}
+
+/// Policies without selector, plus selected ones indexed under one of their label
+/// pairs, so a workload only ever looks at policies that could select it.
+#[derive(Debug, Default)]
+struct Bucket {
+    every_workload: Vec<Arc<Policy>>,
+    by_label: HashMap<String, HashMap<String, Vec<Arc<Policy>>>>,
+}
+
+impl Bucket {
+    fn insert(&mut self, policy: Arc<Policy>) {
+        match policy.selector.as_ref().and_then(|s| s.iter().next()) {
+            None => self.every_workload.push(policy),
+            Some((k, v)) => {
+                let (k, v) = (k.clone(), v.clone());
+                self.by_label
+                    .entry(k)
+                    .or_default()
+                    .entry(v)
+                    .or_default()
+                    .push(policy);
+            }
+        }
+    }
+
+    /// Every policy of this bucket that selects the workload, in a stable order.
+    fn applicable<'s, 'w>(
+        &'s self,
+        workload: &'w Workload,
+    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
+        let selected = workload.labels.iter().flat_map(move |(k, v)| {
+            self.by_label
+                .get(k)
+                .and_then(|values| values.get(v))
+                .into_iter()
+                .flatten()
+                .filter(|p| p.selects(&workload.labels))
+        });
+        self.every_workload.iter().chain(selected).map(|p| &**p)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.every_workload.is_empty() && self.by_label.is_empty()
+    }
+}
+
+impl PolicySet {
+    pub(crate) fn new(mut policies: Vec<Policy>, options: EngineOptions) -> Self {
+        policies.sort_by(|a, b| a.id.cmp(&b.id));
+        let len = policies.len();
+        let mut namespaces: HashMap<String, NamespaceIndex> = HashMap::new();
+        for policy in policies.into_iter().filter(|p| !p.targets_gateway) {
+            let index = namespaces.entry(policy.id.namespace.clone()).or_default();
+            let bucket = match (policy.dry_run, policy.action) {
+                (true, _) => &mut index.dry_run,
+                (false, Action::Custom) => &mut index.custom,
+                (false, Action::Deny) => &mut index.deny,
+                (false, Action::Allow) => &mut index.allow,
+                (false, Action::Audit) => &mut index.audit,
+            };
+            bucket.insert(Arc::new(policy));
+        }
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                namespaces,
+                len,
+            }),
+        }
+    }
+
+    /// A set with no policies (everything denied under the `deny` default).
+    pub fn empty(options: EngineOptions) -> Self {
+        Self::new(Vec::new(), options)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    /// Number of policies, those with targetRefs included.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The namespace indexes that can hold policies for `workload`: root, then own.
+    fn scopes<'s>(
+        &'s self,
+        workload: &Workload,
+    ) -> impl Iterator<Item = &'s NamespaceIndex> + use<'s> {
+        let root = self.inner.options.root_namespace.as_str();
+        let own = (workload.namespace != root)
+            .then(|| self.inner.namespaces.get(&workload.namespace))
+            .flatten();
+        self.inner.namespaces.get(root).into_iter().chain(own)
+    }
+
+    fn applicable<'s, 'w>(
+        &'s self,
+        workload: &'w Workload,
+        bucket: fn(&NamespaceIndex) -> &Bucket,
+    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
+        self.scopes(workload)
+            .flat_map(move |ns| bucket(ns).applicable(workload))
+    }
+
+    /// Every policy that applies to `workload`, enforced or not, in decision order.
+    pub(crate) fn all_applicable<'s, 'w>(
+        &'s self,
+        workload: &'w Workload,
+    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
+        let buckets: [fn(&NamespaceIndex) -> &Bucket; 5] = [
+            |n| &n.custom,
+            |n| &n.deny,
+            |n| &n.allow,
+            |n| &n.audit,
+            |n| &n.dry_run,
+        ];
+        buckets
+            .into_iter()
+            .flat_map(move |b| self.applicable(workload, b))
+    }
+
+    /// The decision for one request to `workload`.
+    pub fn evaluate<'s>(&'s self, workload: &Workload, request: &Request) -> Decision<'s> {
+        let matched = |bucket: fn(&NamespaceIndex) -> &Bucket| {
+            self.applicable(workload, bucket)
+                .find_map(|p| p.first_match(request).map(|rule| (p, rule)))
+        };
+        if let Some((policy, rule)) = matched(|n| &n.custom) {
+            // No external authorizer is wired up yet: fail closed for what it matches.
+            return Decision::by(
+                Verdict::Deny,
+                policy,
+                rule,
+                Reason::CustomProviderUnavailable,
+            );
+        }
+        if let Some((policy, rule)) = matched(|n| &n.deny) {
+            return Decision::by(Verdict::Deny, policy, rule, Reason::Denied);
+        }
+        if let Some((policy, rule)) = matched(|n| &n.allow) {
+            return Decision::by(Verdict::Allow, policy, rule, Reason::Allowed);
+        }
+        let any_allow_policy = self
+            .scopes(workload)
+            .any(|ns| !ns.allow.is_empty() && ns.allow.applicable(workload).next().is_some());
+        let (verdict, reason) = match (any_allow_policy, self.inner.options.default_mode) {
+            (true, _) => (Verdict::Deny, Reason::NoAllowMatched),
+            (false, DefaultMode::Deny) => (Verdict::Deny, Reason::NoAllowPolicyDefaultDeny),
+            (false, DefaultMode::AllowIfNoPolicy) => {
+                (Verdict::Allow, Reason::NoAllowPolicyAllowIfNoPolicy)
+            }
+        };
+        Decision {
+            verdict,
+            policy: None,
+            rule: None,
+            reason,
+        }
+    }
+
+    /// Dry-run and AUDIT policies that match: what they would have done, for logs.
+    pub fn shadow_matches<'s>(
+        &'s self,
+        workload: &Workload,
+        request: &Request,
+    ) -> Vec<ShadowMatch<'s>> {
+        let shadow: [fn(&NamespaceIndex) -> &Bucket; 2] = [|n| &n.audit, |n| &n.dry_run];
+        shadow
+            .into_iter()
+            .flat_map(|b| self.applicable(workload, b))
+            .filter_map(|p| {
+                p.first_match(request).map(|rule| ShadowMatch {
+                    policy: &p.id,
+                    action: p.action,
+                    dry_run: p.dry_run,
+                    rule,
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A CUSTOM policy matched and its provider is not available: fail closed.
+    CustomProviderUnavailable,
+    /// A DENY policy matched.
+    Denied,
+    /// An ALLOW policy matched.
+    Allowed,
+    /// ALLOW policies apply to the workload, none matched.
+    NoAllowMatched,
+    /// No ALLOW policy applies and the default mode is `deny`.
+    NoAllowPolicyDefaultDeny,
+    /// No ALLOW policy applies and the default mode is `allow-if-no-policy`.
+    NoAllowPolicyAllowIfNoPolicy,
+}
+
+/// One decision. Borrowed from the [`PolicySet`] it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub verdict: Verdict,
+    /// The deciding policy, if one decided.
+    pub policy: Option<DecidingPolicy<'a>>,
+    /// The index of the deciding rule in `spec.rules`.
+    pub rule: Option<usize>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecidingPolicy<'a> {
+    pub id: &'a PolicyId,
+    pub action: Action,
+    pub provider: Option<&'a str>,
+}
+
+impl<'a> Decision<'a> {
+    fn by(verdict: Verdict, policy: &'a Policy, rule: usize, reason: Reason) -> Self {
+        Self {
+            verdict,
+            policy: Some(DecidingPolicy {
+                id: &policy.id,
+                action: policy.action,
+                provider: policy.provider.as_deref(),
+            }),
+            rule: Some(rule),
+            reason,
+        }
+    }
+
+    pub fn is_allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+}
+
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rule = self.rule.unwrap_or_default();
+        match (self.reason, &self.policy) {
+            (Reason::CustomProviderUnavailable, Some(p)) => write!(
+                f,
+                "denied: CUSTOM policy {} rule {rule} matched and its provider {:?} is not configured (fail closed)",
+                p.id,
+                p.provider.unwrap_or_default()
+            ),
+            (Reason::Denied, Some(p)) => write!(f, "denied by DENY policy {} rule {rule}", p.id),
+            (Reason::Allowed, Some(p)) => write!(f, "allowed by ALLOW policy {} rule {rule}", p.id),
+            (Reason::NoAllowMatched, _) => f.write_str("denied: no ALLOW policy matched"),
+            (Reason::NoAllowPolicyDefaultDeny, _) => {
+                f.write_str("denied: no ALLOW policy applies to the workload (default mode deny)")
+            }
+            (Reason::NoAllowPolicyAllowIfNoPolicy, _) => {
+                f.write_str("allowed: no ALLOW policy applies to the workload (default mode allow-if-no-policy)")
+            }
+            (_, None) => write!(f, "{:?}", self.reason),
+        }
+    }
+}
+
+/// A matching policy that does not decide: AUDIT, or anything in dry-run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowMatch<'a> {
+    pub policy: &'a PolicyId,
+    pub action: Action,
+    pub dry_run: bool,
+    pub rule: usize,
+}

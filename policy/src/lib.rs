@@ -1,0 +1,36 @@
+//! meshward-policy: Istio AuthorizationPolicy for meshward.
+//!
+//! Load `security.istio.io/v1` and `v1beta1` AuthorizationPolicy YAML
+//! ([`load_paths`], [`load_str`]), compile it under [`EngineOptions`] into a
+//! [`PolicySet`] indexed by namespace and labels, then decide ([`PolicySet::evaluate`])
+//! or explain ([`PolicySet::explain`]) one [`Request`] to one [`Workload`].
+//!
+//! Pure: no sockets, no clocks, no global state. The semantics, field by field, are
+//! those of `shared/reference/istio-authz.md`; the one deliberate difference is the
+//! default mode ([`DefaultMode::Deny`]).
+
+mod compile;
+mod engine;
+mod error;
+mod explain;
+mod identity;
+mod load;
+mod model;
+mod normalize;
+mod options;
+mod request;
+mod spec;
+mod template;
+mod value;
+
+pub use engine::{DecidingPolicy, Decision, PolicySet, Reason, ShadowMatch, Verdict};
+pub use error::{Notice, PolicyError};
+pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
+pub use identity::{Identity, InvalidIdentity};
+pub use load::{LoadReport, load_paths, load_str};
+pub use model::{Action, Origin, PolicyId};
+pub use normalize::{
+    InvalidTarget, NormalizedTarget, PathNormalization, normalize_path, normalize_target,
+};
+pub use options::{DefaultMode, EngineOptions};
+pub use request::{BadRequest, HttpRequest, JwtClaims, Request, Workload};

@@ -1,0 +1,221 @@
+//! Files and directories -> compiled policies, with every error and notice.
+//!
+//! A file holds one or more YAML documents (`---`); a `kind: List` holds `items`.
+//! Documents of other kinds are skipped with a notice naming file, document and
+//! kind. A directory contributes its `*.yaml`, `*.yml` and `*.json` files (not
+//! recursively; hidden entries such as a ConfigMap mount's `..data` are skipped).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::compile::compile;
+use crate::engine::PolicySet;
+use crate::error::{Notice, PolicyError};
+use crate::model::{Origin, Policy};
+use crate::options::EngineOptions;
+use crate::spec::PolicyDocument;
+
+const GROUP_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// Everything one load produced.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub(crate) policies: Vec<Policy>,
+    pub notices: Vec<Notice>,
+    pub errors: Vec<PolicyError>,
+}
+
+impl LoadReport {
+    /// How many policies compiled.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// The policy set, or every error: one invalid policy fails the whole load, so a
+    /// reload keeps the last good set rather than running with a policy missing.
+    pub fn into_policy_set(self, options: &EngineOptions) -> Result<PolicySet, Vec<PolicyError>> {
+        if self.errors.is_empty() {
+            Ok(PolicySet::new(self.policies, options.clone()))
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    /// Adds another load's results (e.g. files plus the Kubernetes API).
+    pub fn merge(&mut self, other: LoadReport) {
+        self.policies.extend(other.policies);
+        self.notices.extend(other.notices);
+        self.errors.extend(other.errors);
+        self.check_duplicates();
+    }
+
+    fn check_duplicates(&mut self) {
+        let mut seen: std::collections::HashMap<_, &Origin> = std::collections::HashMap::new();
+        let mut duplicates = Vec::new();
+        for policy in &self.policies {
+            if let Some(first) = seen.insert(&policy.id, &policy.origin) {
+                duplicates.push(PolicyError::Duplicate {
+                    origin: policy.origin.clone(),
+                    policy: policy.id.clone(),
+                    first: first.clone(),
+                });
+                seen.insert(&policy.id, first);
+            }
+        }
+        for d in duplicates {
+            if !self.errors.contains(&d) {
+                self.errors.push(d);
+            }
+        }
+    }
+}
+
+/// Loads files and directories.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P], options: &EngineOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    for path in paths {
+        for file in expand(path.as_ref(), &mut report) {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => load_into(&text, &file.display().to_string(), options, &mut report),
+                Err(e) => report.errors.push(PolicyError::Read {
+                    path: file.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    report.check_duplicates();
+    report
+}
+
+/// Loads YAML text; `source` names it in errors (a file path, or e.g. `kubernetes`).
+pub fn load_str(text: &str, source: &str, options: &EngineOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    load_into(text, source, options, &mut report);
+    report.check_duplicates();
+    report
+}
+
+fn expand(path: &Path, report: &mut LoadReport) -> Vec<PathBuf> {
+    let read_error = |e: std::io::Error| PolicyError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if !path.is_dir() {
+        return vec![path.to_owned()];
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) => {
+            report.errors.push(read_error(e));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            !name.starts_with('.') && matches!(ext, "yaml" | "yml" | "json") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn load_into(text: &str, source: &str, options: &EngineOptions, report: &mut LoadReport) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = Origin {
+            source: source.to_owned(),
+            document: index + 1,
+        };
+        match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => {} // an empty document, e.g. after a trailing `---`
+            Ok(value) => load_value(value, origin, options, report),
+            Err(e) => {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                report.errors.push(PolicyError::Syntax {
+                    origin,
+                    line,
+                    column,
+                    reason: strip_location(&e.to_string()),
+                });
+                // The stream cannot be resynchronised after a syntax error.
+                return;
+            }
+        }
+    }
+}
+
+fn load_value(
+    value: serde_yaml::Value,
+    origin: Origin,
+    options: &EngineOptions,
+    report: &mut LoadReport,
+) {
+    let invalid = |field: &str, reason: String| PolicyError::Invalid {
+        origin: origin.clone(),
+        policy: None,
+        field: field.into(),
+        reason,
+    };
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or("")
+    };
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    if !value.is_mapping() {
+        report.errors.push(invalid(
+            "(document)",
+            "expected a Kubernetes object (a mapping)".into(),
+        ));
+        return;
+    }
+    if kind.is_empty() {
+        report.errors.push(invalid("kind", "is required".into()));
+        return;
+    }
+    if kind == "List" || kind == "AuthorizationPolicyList" {
+        let items = value
+            .get("items")
+            .and_then(serde_yaml::Value::as_sequence)
+            .cloned();
+        for item in items.unwrap_or_default() {
+            load_value(item, origin.clone(), options, report);
+        }
+        return;
+    }
+    if kind != "AuthorizationPolicy" || !GROUP_VERSIONS.contains(&api_version) {
+        report.notices.push(Notice {
+            origin,
+            message: format!("skipped: kind {kind} (apiVersion {api_version}) is not a security.istio.io AuthorizationPolicy"),
+        });
+        return;
+    }
+    let parsed: Result<PolicyDocument, _> = serde_path_to_error::deserialize(value);
+    match parsed {
+        Ok(doc) => match compile(doc, origin, options, &mut report.notices) {
+            Ok(policy) => report.policies.push(policy),
+            Err(errors) => report.errors.extend(errors),
+        },
+        Err(e) => {
+            let field = e.path().to_string();
+            report
+                .errors
+                .push(invalid(&field, strip_location(&e.into_inner().to_string())));
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to messages; the location is reported
+/// separately (and is meaningless for a re-parsed value).
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}

@@ -1,0 +1,294 @@
+//! Loading: documents, kinds, files and directories, and every admission check,
+//! with errors that name file, document, field and reason.
+
+use meshward_policy::{EngineOptions, load_paths, load_str};
+
+use crate::support::*;
+
+fn one_error(yaml: &str) -> String {
+    let errors = errors(yaml);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn multi_document_files_and_other_kinds() {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n---\n{}{}---\n",
+        allow_rule("to:\n- operation:\n    paths: [\"/a\"]"),
+        policy("second", "  action: DENY\n  rules:\n  - {}"),
+    );
+    let report = load_str(&yaml, "mixed.yaml", &options());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.policy_count(), 2);
+    let notices: Vec<String> = report.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notices,
+        [
+            "mixed.yaml: document 1: skipped: kind Service (apiVersion v1) is not a security.istio.io AuthorizationPolicy"
+        ]
+    );
+}
+
+#[test]
+fn both_api_versions_load_and_foreign_groups_are_skipped() {
+    for version in ["security.istio.io/v1", "security.istio.io/v1beta1"] {
+        let yaml = format!(
+            "apiVersion: {version}\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec: {{}}\n"
+        );
+        assert_eq!(load_str(&yaml, "f", &options()).policy_count(), 1);
+    }
+    let linkerd = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec: {}\n";
+    let report = load_str(linkerd, "f", &options());
+    assert_eq!((report.policy_count(), report.notices.len()), (0, 1));
+}
+
+#[test]
+fn kubectl_lists_and_server_fields_are_accepted() {
+    let yaml = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata:\n    name: a\n    namespace: echoserver\n    uid: 1234\n    resourceVersion: \"5\"\n    creationTimestamp: \"2026-01-01T00:00:00Z\"\n  spec:\n    rules:\n    - {}\n  status: {}\n";
+    let s = set(yaml);
+    assert!(allowed(&s, &echo(), &http("GET", "/")));
+}
+
+#[test]
+fn unknown_fields_are_errors_with_their_path() {
+    let e = one_error(&allow_rule("to:\n- operation:\n    notPath: [\"/admin\"]"));
+    assert!(
+        e.starts_with(
+            "test.yaml: document 1: spec.rules[0].to[0].operation.notPath: unknown field `notPath`"
+        ),
+        "{e}"
+    );
+    let e = one_error(&policy("x", "  rule: []"));
+    assert!(e.contains("spec.rule: unknown field `rule`"), "{e}");
+}
+
+#[test]
+fn wrong_types_and_unknown_actions_are_errors() {
+    let e = one_error(&allow_rule("to:\n- operation:\n    ports: [8080]"));
+    assert!(e.contains("spec.rules[0].to[0].operation.ports[0]"), "{e}");
+    let e = one_error(&policy("x", "  action: REJECT"));
+    assert!(e.contains("spec.action") && e.contains("REJECT"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_errors_have_line_and_column() {
+    let e = one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: [unclosed\n",
+    );
+    assert!(
+        e.starts_with("test.yaml: document 1: invalid YAML at line "),
+        "{e}"
+    );
+    assert!(e.contains("column"), "{e}");
+}
+
+#[test]
+fn admission_checks() {
+    let cases: &[(&str, &str)] = &[
+        (
+            &policy("x", "  action: DENY"),
+            "spec.rules: a DENY policy needs at least one rule",
+        ),
+        (
+            &policy("x", "  action: DENY\n  rules: []"),
+            "spec.rules: a DENY policy needs at least one rule",
+        ),
+        (
+            &policy("x", "  action: CUSTOM\n  rules:\n  - {}"),
+            "spec.provider: is required for action CUSTOM",
+        ),
+        (
+            &policy("x", "  provider:\n    name: opa\n  rules:\n  - {}"),
+            "spec.provider: is only allowed with action CUSTOM",
+        ),
+        (
+            &policy(
+                "x",
+                "  selector:\n    matchLabels:\n      app: a\n  targetRef:\n    kind: Gateway\n    name: g",
+            ),
+            "spec: only one of selector, targetRef and targetRefs",
+        ),
+        (
+            &allow_rule("from: []"),
+            "spec.rules[0].from: must not be empty",
+        ),
+        (
+            &allow_rule("from:\n- {}"),
+            "spec.rules[0].from[0].source: is required",
+        ),
+        (
+            &allow_rule("from:\n- source: {}"),
+            "spec.rules[0].from[0].source: must set at least one field",
+        ),
+        (
+            &allow_rule("to:\n- operation: {}"),
+            "spec.rules[0].to[0].operation: must set at least one field",
+        ),
+        (
+            &allow_rule("from:\n- source:\n    principals: [\"\"]"),
+            "source.principals[0]: empty value",
+        ),
+        (
+            &allow_rule("from:\n- source:\n    principals: [\"a*b\"]"),
+            "source.principals[0]",
+        ),
+        (
+            &allow_rule("from:\n- source:\n    ipBlocks: [\"10.0.0.300\"]"),
+            "source.ipBlocks[0]: \"10.0.0.300\" is not an IP",
+        ),
+        (
+            &allow_rule("to:\n- operation:\n    ports: [\"http\"]"),
+            "operation.ports[0]: \"http\" is not a port",
+        ),
+        (
+            &allow_rule("to:\n- operation:\n    ports: [\"80*\"]"),
+            "operation.ports[0]",
+        ),
+        (
+            &allow_rule("to:\n- operation:\n    paths: [\"/a/{**}/b/{*}\"]"),
+            "`{**}` must be the last operator",
+        ),
+        (
+            &allow_rule("from:\n- source:\n    serviceAccounts: [\"ns/*\"]"),
+            "wildcards are not allowed in serviceAccounts",
+        ),
+        (
+            &allow_rule(
+                "from:\n- source:\n    serviceAccounts: [\"ns/a\"]\n    principals: [\"*\"]",
+            ),
+            "serviceAccounts cannot be combined with principals or namespaces",
+        ),
+        (
+            &allow_rule("when:\n- key: request.headers[x]"),
+            "at least one of values and notValues",
+        ),
+        (
+            &allow_rule("when:\n- key: source.user\n  values: [\"a\"]"),
+            "when[0].key: unknown key \"source.user\"",
+        ),
+        (
+            &allow_rule("when:\n- key: destination.port\n  values: [\"x\"]"),
+            "when[0].values[0]",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  namespace: a\nspec: {}\n",
+            "metadata.name: is required",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\n  annotations:\n    istio.io/dry-run: \"maybe\"\nspec: {}\n",
+            "metadata.annotations[istio.io/dry-run]: \"maybe\" is not a boolean",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let e = one_error(yaml);
+        assert!(e.contains(want), "want {want:?} in {e:?}");
+        assert!(e.starts_with("test.yaml: document 1"), "{e}");
+    }
+}
+
+#[test]
+fn every_error_of_a_policy_is_reported_and_the_policy_is_rejected_whole() {
+    let yaml = allow_rule(
+        "from:\n- source:\n    ipBlocks: [\"10.0.0.0/8\", \"bad\"]\n    principals: [\"a*b\"]",
+    );
+    let report = load_str(&yaml, "test.yaml", &options());
+    assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+    assert_eq!(report.policy_count(), 0);
+    assert!(report.into_policy_set(&options()).is_err());
+}
+
+#[test]
+fn duplicate_policies_are_errors() {
+    let yaml = policy("same", "  rules:\n  - {}") + &policy("same", "  rules:\n  - {}");
+    let e = one_error(&yaml);
+    assert_eq!(
+        e,
+        "test.yaml: document 2: policy echoserver/same is defined twice; the first is in test.yaml: document 1"
+    );
+}
+
+#[test]
+fn files_and_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        allow_rule("to:\n- operation:\n    paths: [\"/a\"]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yml"),
+        policy("b", "  action: DENY\n  rules:\n  - {}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "not yaml: [").unwrap();
+    let report = load_paths(&[dir.path()], &options());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.policy_count(), 2);
+
+    let missing = dir.path().join("missing.yaml");
+    let report = load_paths(&[&missing], &options());
+    assert_eq!(report.errors.len(), 1);
+    assert!(
+        report.errors[0]
+            .to_string()
+            .starts_with(&format!("{}: cannot read", missing.display()))
+    );
+}
+
+#[test]
+fn trust_domain_rewrite_of_principals() {
+    let options = EngineOptions {
+        trust_domain: "math.example.com".into(),
+        trust_domain_aliases: vec!["old.example.com".into()],
+        ..EngineOptions::default()
+    };
+    // cluster.local points to the mesh trust domain and its aliases
+    let s = set_with(
+        &allow_rule("from:\n- source:\n    principals: [\"cluster.local/ns/default/sa/curl\"]"),
+        options.clone(),
+    );
+    assert!(allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("math.example.com/ns/default/sa/curl")
+    ));
+    assert!(allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("old.example.com/ns/default/sa/curl")
+    ));
+    assert!(!allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("cluster.local/ns/default/sa/curl")
+    ));
+    assert!(!allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("evil.example.com/ns/default/sa/curl")
+    ));
+    // foreign trust domains are kept as written; non-5-part principals are not rewritten
+    let s = set_with(
+        &allow_rule(
+            "from:\n- source:\n    principals: [\"partner.io/ns/a/sa/b\", \"cluster.local/ns/x/*\"]",
+        ),
+        options,
+    );
+    assert!(allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("partner.io/ns/a/sa/b")
+    ));
+    assert!(!allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("math.example.com/ns/x/sa/y")
+    ));
+    assert!(allowed(
+        &s,
+        &echo(),
+        &http("GET", "/").from("cluster.local/ns/x/sa/y")
+    ));
+}
