@@ -1,1 +1,66 @@
+//! meshward-config: the node daemon's typed YAML configuration.
+//!
+//! Parsed once into types, validated across fields, with errors that name the file,
+//! the field path and the reason. Every field has a default, so an empty file (or
+//! none) is a working configuration. Sections arrive with the components that read
+//! them; today: the trust domain and authorization.
 
+mod authorization;
+mod error;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use authorization::AuthorizationConfig;
+pub use error::ConfigError;
+
+/// `proxy.yaml`: the node daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct ProxyConfig {
+    /// The mesh trust domain, e.g. `cluster.local` or `math.example.com`.
+    pub trust_domain: String,
+    pub authorization: AuthorizationConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            authorization: AuthorizationConfig::default(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let config: Self = error::parse_yaml(text, source)?;
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        authorization::validate_trust_domain(&self.trust_domain)
+            .map_err(|reason| ConfigError::invalid(source, "trust_domain", reason))?;
+        self.authorization.validate(source)
+    }
+
+    /// The policy engine's options under this configuration.
+    pub fn engine_options(&self) -> meshward_policy::EngineOptions {
+        self.authorization.engine_options(&self.trust_domain)
+    }
+}
+
+#[cfg(test)]
+mod tests;

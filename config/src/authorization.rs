@@ -1,0 +1,94 @@
+//! `authorization:` how policies are found and decided.
+
+use std::path::PathBuf;
+
+use meshward_policy::{DefaultMode, EngineOptions, PathNormalization};
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct AuthorizationConfig {
+    /// `deny` (meshward's default) or `allow-if-no-policy` (Istio's).
+    pub default: DefaultMode,
+    /// Policies here apply mesh-wide.
+    pub root_namespace: String,
+    /// Other names of the mesh trust domain.
+    pub trust_domain_aliases: Vec<String>,
+    pub path_normalization: PathNormalization,
+    /// Files and directories of AuthorizationPolicy YAML, watched and reloaded.
+    pub policy_paths: Vec<PathBuf>,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        let engine = EngineOptions::default();
+        Self {
+            default: engine.default_mode,
+            root_namespace: engine.root_namespace,
+            trust_domain_aliases: engine.trust_domain_aliases,
+            path_normalization: engine.path_normalization,
+            policy_paths: Vec::new(),
+        }
+    }
+}
+
+impl AuthorizationConfig {
+    pub(crate) fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        if !is_dns_label(&self.root_namespace) {
+            return Err(ConfigError::invalid(
+                source,
+                "authorization.root_namespace",
+                format!(
+                    "{:?} is not a Kubernetes namespace name",
+                    self.root_namespace
+                ),
+            ));
+        }
+        for (i, alias) in self.trust_domain_aliases.iter().enumerate() {
+            validate_trust_domain(alias).map_err(|reason| {
+                ConfigError::invalid(
+                    source,
+                    &format!("authorization.trust_domain_aliases[{i}]"),
+                    reason,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn engine_options(&self, trust_domain: &str) -> EngineOptions {
+        EngineOptions {
+            default_mode: self.default,
+            root_namespace: self.root_namespace.clone(),
+            trust_domain: trust_domain.to_owned(),
+            trust_domain_aliases: self.trust_domain_aliases.clone(),
+            path_normalization: self.path_normalization,
+        }
+    }
+}
+
+/// SPIFFE: a trust domain is lower-case letters, digits, `.`, `-` and `_`.
+pub(crate) fn validate_trust_domain(td: &str) -> Result<(), String> {
+    let ok = !td.is_empty()
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{td:?} is not a trust domain: use lower-case letters, digits, `.`, `-` and `_`"
+        ))
+    }
+}
+
+/// RFC 1123 label: what Kubernetes namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

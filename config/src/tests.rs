@@ -1,0 +1,78 @@
+use meshward_policy::{DefaultMode, PathNormalization};
+
+use super::*;
+
+#[test]
+fn empty_file_is_the_default_configuration() {
+    assert_eq!(
+        ProxyConfig::from_yaml("", "p.yaml").unwrap(),
+        ProxyConfig::default()
+    );
+    let options = ProxyConfig::default().engine_options();
+    assert_eq!(options.default_mode, DefaultMode::Deny);
+    assert_eq!(options.root_namespace, "istio-system");
+    assert_eq!(
+        options.path_normalization,
+        PathNormalization::DecodeAndMergeSlashes
+    );
+}
+
+#[test]
+fn full_authorization_section() {
+    let yaml = "trust_domain: math.example.com\nauthorization:\n  default: allow-if-no-policy\n  root_namespace: mesh-root\n  trust_domain_aliases: [old.example.com]\n  path_normalization: MERGE_SLASHES\n  policy_paths: [/etc/meshward/policies]\n";
+    let config = ProxyConfig::from_yaml(yaml, "p.yaml").unwrap();
+    let options = config.engine_options();
+    assert_eq!(options.trust_domain, "math.example.com");
+    assert_eq!(options.trust_domain_aliases, ["old.example.com"]);
+    assert_eq!(options.default_mode, DefaultMode::AllowIfNoPolicy);
+    assert_eq!(options.root_namespace, "mesh-root");
+    assert_eq!(options.path_normalization, PathNormalization::MergeSlashes);
+    assert_eq!(
+        config.authorization.policy_paths,
+        [std::path::PathBuf::from("/etc/meshward/policies")]
+    );
+}
+
+#[test]
+fn errors_name_file_field_and_reason() {
+    let cases = [
+        (
+            "authorization:\n  defualt: deny\n",
+            "p.yaml: authorization.defualt: unknown field `defualt`",
+        ),
+        (
+            "authorization:\n  default: permit\n",
+            "p.yaml: authorization.default: unknown variant `permit`",
+        ),
+        (
+            "trust_domain: Bad.TD\n",
+            "p.yaml: trust_domain: \"Bad.TD\" is not a trust domain",
+        ),
+        (
+            "authorization:\n  root_namespace: Istio_System\n",
+            "p.yaml: authorization.root_namespace: \"Istio_System\"",
+        ),
+        (
+            "authorization:\n  trust_domain_aliases: [ok, \"no way\"]\n",
+            "p.yaml: authorization.trust_domain_aliases[1]",
+        ),
+        ("authorization: [\n", "p.yaml: invalid YAML at line"),
+    ];
+    for (yaml, want) in cases {
+        let e = ProxyConfig::from_yaml(yaml, "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+    }
+}
+
+#[test]
+fn unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("proxy.yaml");
+    let e = ProxyConfig::from_file(&missing).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: cannot read", missing.display())),
+        "{e}"
+    );
+}
