@@ -30,58 +30,75 @@ struct Inner {
     len: usize,
 }
 
-/// The policies of one namespace, by the buckets the decision walks.
+/// The policies of one namespace: those without selector, and selected ones filed
+/// under one of their label pairs, so a workload only looks at policies that could
+/// select it and hashes each of its labels once per decision.
 #[derive(Debug, Default)]
 struct NamespaceIndex {
-    custom: Bucket,
-    deny: Bucket,
-    allow: Bucket,
-    audit: Bucket,
-    dry_run: Bucket,
+    every_workload: ByAction,
+    by_label: HashMap<String, HashMap<String, ByAction>>,
 }
 
-/// Policies without selector, plus selected ones indexed under one of their label
-/// pairs, so a workload only ever looks at policies that could select it.
+/// Policies split by the step of the decision that reads them.
 #[derive(Debug, Default)]
-struct Bucket {
-    every_workload: Vec<Arc<Policy>>,
-    by_label: HashMap<String, HashMap<String, Vec<Arc<Policy>>>>,
+struct ByAction {
+    custom: Vec<Arc<Policy>>,
+    deny: Vec<Arc<Policy>>,
+    allow: Vec<Arc<Policy>>,
+    audit: Vec<Arc<Policy>>,
+    dry_run: Vec<Arc<Policy>>,
 }
 
-impl Bucket {
-    fn insert(&mut self, policy: Arc<Policy>) {
-        match policy.selector.as_ref().and_then(|s| s.iter().next()) {
-            None => self.every_workload.push(policy),
-            Some((k, v)) => {
-                let (k, v) = (k.clone(), v.clone());
-                self.by_label
-                    .entry(k)
-                    .or_default()
-                    .entry(v)
-                    .or_default()
-                    .push(policy);
-            }
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Custom,
+    Deny,
+    Allow,
+    Audit,
+    DryRun,
+}
+
+impl ByAction {
+    fn list_mut(&mut self, policy: &Policy) -> &mut Vec<Arc<Policy>> {
+        match (policy.dry_run, policy.action) {
+            (true, _) => &mut self.dry_run,
+            (false, Action::Custom) => &mut self.custom,
+            (false, Action::Deny) => &mut self.deny,
+            (false, Action::Allow) => &mut self.allow,
+            (false, Action::Audit) => &mut self.audit,
         }
     }
 
-    /// Every policy of this bucket that selects the workload, in a stable order.
-    fn applicable<'s, 'w>(
-        &'s self,
-        workload: &'w Workload,
-    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
-        let selected = workload.labels.iter().flat_map(move |(k, v)| {
-            self.by_label
-                .get(k)
-                .and_then(|values| values.get(v))
-                .into_iter()
-                .flatten()
-                .filter(|p| p.selects(&workload.labels))
-        });
-        self.every_workload.iter().chain(selected).map(|p| &**p)
+    fn list(&self, step: Step) -> &[Arc<Policy>] {
+        match step {
+            Step::Custom => &self.custom,
+            Step::Deny => &self.deny,
+            Step::Allow => &self.allow,
+            Step::Audit => &self.audit,
+            Step::DryRun => &self.dry_run,
+        }
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.every_workload.is_empty() && self.by_label.is_empty()
+/// The lists that can hold policies for one workload; at most two namespaces, each
+/// with its unselected list and one list per workload label found in the index.
+struct Candidates<'s> {
+    lists: Vec<&'s ByAction>,
+}
+
+impl<'s> Candidates<'s> {
+    /// Policies of one step that select `workload`, root namespace first, in a
+    /// stable order.
+    fn policies<'c>(
+        &'c self,
+        step: Step,
+        workload: &'c Workload,
+    ) -> impl Iterator<Item = &'s Policy> + 'c {
+        self.lists
+            .iter()
+            .flat_map(move |l| l.list(step))
+            .map(|p| &**p)
+            .filter(|p| p.selects(&workload.labels))
     }
 }
 
@@ -92,14 +109,16 @@ impl PolicySet {
         let mut namespaces: HashMap<String, NamespaceIndex> = HashMap::new();
         for policy in policies.into_iter().filter(|p| !p.targets_gateway) {
             let index = namespaces.entry(policy.id.namespace.clone()).or_default();
-            let bucket = match (policy.dry_run, policy.action) {
-                (true, _) => &mut index.dry_run,
-                (false, Action::Custom) => &mut index.custom,
-                (false, Action::Deny) => &mut index.deny,
-                (false, Action::Allow) => &mut index.allow,
-                (false, Action::Audit) => &mut index.audit,
+            let lists = match policy.selector.as_ref().and_then(|s| s.iter().next()) {
+                None => &mut index.every_workload,
+                Some((k, v)) => index
+                    .by_label
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default(),
             };
-            bucket.insert(Arc::new(policy));
+            lists.list_mut(&policy).push(Arc::new(policy));
         }
         Self {
             inner: Arc::new(Inner {
@@ -128,51 +147,53 @@ impl PolicySet {
         self.inner.len == 0
     }
 
-    /// The namespace indexes that can hold policies for `workload`: root, then own.
-    fn scopes<'s>(
-        &'s self,
-        workload: &Workload,
-    ) -> impl Iterator<Item = &'s NamespaceIndex> + use<'s> {
+    fn candidates(&self, workload: &Workload) -> Candidates<'_> {
         let root = self.inner.options.root_namespace.as_str();
-        let own = (workload.namespace != root)
-            .then(|| self.inner.namespaces.get(&workload.namespace))
-            .flatten();
-        self.inner.namespaces.get(root).into_iter().chain(own)
-    }
-
-    fn applicable<'s, 'w>(
-        &'s self,
-        workload: &'w Workload,
-        bucket: fn(&NamespaceIndex) -> &Bucket,
-    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
-        self.scopes(workload)
-            .flat_map(move |ns| bucket(ns).applicable(workload))
+        let own = (workload.namespace != root).then_some(workload.namespace.as_str());
+        let mut lists = Vec::with_capacity(4);
+        for ns in std::iter::once(root).chain(own) {
+            let Some(index) = self.inner.namespaces.get(ns) else {
+                continue;
+            };
+            lists.push(&index.every_workload);
+            if index.by_label.is_empty() {
+                continue;
+            }
+            for (k, v) in &workload.labels {
+                if let Some(lists_for_label) =
+                    index.by_label.get(k).and_then(|values| values.get(v))
+                {
+                    lists.push(lists_for_label);
+                }
+            }
+        }
+        Candidates { lists }
     }
 
     /// Every policy that applies to `workload`, enforced or not, in decision order.
-    pub(crate) fn all_applicable<'s, 'w>(
-        &'s self,
-        workload: &'w Workload,
-    ) -> impl Iterator<Item = &'s Policy> + use<'s, 'w> {
-        let buckets: [fn(&NamespaceIndex) -> &Bucket; 5] = [
-            |n| &n.custom,
-            |n| &n.deny,
-            |n| &n.allow,
-            |n| &n.audit,
-            |n| &n.dry_run,
-        ];
-        buckets
-            .into_iter()
-            .flat_map(move |b| self.applicable(workload, b))
+    pub(crate) fn all_applicable<'s>(&'s self, workload: &Workload) -> Vec<&'s Policy> {
+        let candidates = self.candidates(workload);
+        [
+            Step::Custom,
+            Step::Deny,
+            Step::Allow,
+            Step::Audit,
+            Step::DryRun,
+        ]
+        .into_iter()
+        .flat_map(|step| candidates.policies(step, workload).collect::<Vec<_>>())
+        .collect()
     }
 
     /// The decision for one request to `workload`.
     pub fn evaluate<'s>(&'s self, workload: &Workload, request: &Request) -> Decision<'s> {
-        let matched = |bucket: fn(&NamespaceIndex) -> &Bucket| {
-            self.applicable(workload, bucket)
+        let candidates = self.candidates(workload);
+        let matched = |step| {
+            candidates
+                .policies(step, workload)
                 .find_map(|p| p.first_match(request).map(|rule| (p, rule)))
         };
-        if let Some((policy, rule)) = matched(|n| &n.custom) {
+        if let Some((policy, rule)) = matched(Step::Custom) {
             // No external authorizer is wired up yet: fail closed for what it matches.
             return Decision::by(
                 Verdict::Deny,
@@ -181,15 +202,13 @@ impl PolicySet {
                 Reason::CustomProviderUnavailable,
             );
         }
-        if let Some((policy, rule)) = matched(|n| &n.deny) {
+        if let Some((policy, rule)) = matched(Step::Deny) {
             return Decision::by(Verdict::Deny, policy, rule, Reason::Denied);
         }
-        if let Some((policy, rule)) = matched(|n| &n.allow) {
+        if let Some((policy, rule)) = matched(Step::Allow) {
             return Decision::by(Verdict::Allow, policy, rule, Reason::Allowed);
         }
-        let any_allow_policy = self
-            .scopes(workload)
-            .any(|ns| !ns.allow.is_empty() && ns.allow.applicable(workload).next().is_some());
+        let any_allow_policy = candidates.policies(Step::Allow, workload).next().is_some();
         let (verdict, reason) = match (any_allow_policy, self.inner.options.default_mode) {
             (true, _) => (Verdict::Deny, Reason::NoAllowMatched),
             (false, DefaultMode::Deny) => (Verdict::Deny, Reason::NoAllowPolicyDefaultDeny),
@@ -211,10 +230,10 @@ impl PolicySet {
         workload: &Workload,
         request: &Request,
     ) -> Vec<ShadowMatch<'s>> {
-        let shadow: [fn(&NamespaceIndex) -> &Bucket; 2] = [|n| &n.audit, |n| &n.dry_run];
-        shadow
+        let candidates = self.candidates(workload);
+        [Step::Audit, Step::DryRun]
             .into_iter()
-            .flat_map(|b| self.applicable(workload, b))
+            .flat_map(|step| candidates.policies(step, workload).collect::<Vec<_>>())
             .filter_map(|p| {
                 p.first_match(request).map(|rule| ShadowMatch {
                     policy: &p.id,

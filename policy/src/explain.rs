@@ -39,6 +39,7 @@ impl PolicySet {
     pub fn explain<'s>(&'s self, workload: &Workload, request: &Request) -> Explanation<'s> {
         let policies = self
             .all_applicable(workload)
+            .into_iter()
             .map(|p| explain_policy(p, request))
             .collect();
         Explanation {
