@@ -3,10 +3,11 @@
 //! Parsed once into types, validated across fields, with errors that name the file,
 //! the field path and the reason. Every field has a default, so an empty file (or
 //! none) is a working configuration. Sections arrive with the components that read
-//! them; today: the trust domain and authorization.
+//! them; today: the trust domain, authorization, and the workloads file.
 
 mod authorization;
 mod error;
+mod workloads;
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use authorization::AuthorizationConfig;
 pub use error::ConfigError;
+pub use workloads::{PodInfo, WorkloadsFile};
 
 /// `proxy.yaml`: the node daemon's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
