@@ -177,7 +177,10 @@ mod tests {
             host: "echoserver.demo:8080".into(),
             headers: vec![
                 ("x-role".into(), "user".into()),
-                ("x-forwarded-client-cert".into(), "By=spiffe://a;Subject=\"\";URI=spiffe://b".into()),
+                (
+                    "x-forwarded-client-cert".into(),
+                    "By=spiffe://a;Subject=\"\";URI=spiffe://b".into(),
+                ),
                 ("x-role".into(), "admin".into()),
             ],
             body: Bytes::new(),
@@ -186,12 +189,16 @@ mod tests {
 
     #[test]
     fn json_like_ealen_echo_server() {
-        let v: serde_json::Value = serde_json::from_str(&json::render(&seen(), &PodEnv::default())).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&json::render(&seen(), &PodEnv::default())).unwrap();
         assert_eq!(v["host"]["hostname"], "echoserver.demo");
         assert_eq!(v["host"]["ip"], "10.0.0.5");
         assert_eq!(v["http"]["originalUrl"], "/api/payment?a=1&b");
         assert_eq!(v["request"]["params"]["0"], "/api/payment");
-        assert_eq!(v["request"]["query"], serde_json::json!({"a": "1", "b": ""}));
+        assert_eq!(
+            v["request"]["query"],
+            serde_json::json!({"a": "1", "b": ""})
+        );
         assert_eq!(v["request"]["headers"]["x-role"], "user, admin");
         assert_eq!(
             v["request"]["headers"]["x-forwarded-client-cert"],
@@ -203,9 +210,17 @@ mod tests {
     #[test]
     fn text_like_kubernetes_echoserver() {
         let body = text::render(&seen(), &PodEnv::default());
-        assert!(body.starts_with("\n\nHostname: N/A\n\nPod Information:\n\t-no pod information available-\n"));
-        assert!(body.contains("\treal path=/api/payment?a=1&amp;b\n\tquery=a=1&amp;b\n"), "{body}");
-        assert!(body.contains("\trequest_uri=http://echoserver.demo:8080/api/payment?a=1&amp;b\n"), "{body}");
+        assert!(body.starts_with(
+            "\n\nHostname: N/A\n\nPod Information:\n\t-no pod information available-\n"
+        ));
+        assert!(
+            body.contains("\treal path=/api/payment?a=1&amp;b\n\tquery=a=1&amp;b\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("\trequest_uri=http://echoserver.demo:8080/api/payment?a=1&amp;b\n"),
+            "{body}"
+        );
         // one line per value, sorted by name, two trailing spaces, HTML-escaped
         assert!(
             body.contains(
