@@ -24,6 +24,6 @@ pub use cleanup::remove_by_prefix;
 pub use cluster::{Cluster, Host, Node, Pod, PodSpec, TEST_PREFIX};
 pub use curl::CurlResponse;
 pub use error::{HarnessError, Result};
-pub use netns::{Netns, RunExt, list as list_namespaces};
+pub use netns::{Netns, RunExt, is_running as process_is_running, list as list_namespaces};
 pub use process::{CommandOutput, Process, exec, wait_for_port};
 pub use root::available_or_skip;

@@ -76,6 +76,15 @@ impl Netns {
         })?
     }
 
+    /// Whether `pid` has entered this namespace (`ip netns exec` needs a moment
+    /// between fork and exec).
+    pub fn contains(&self, pid: i32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |path: String| std::fs::metadata(path).map(|m| m.ino()).ok();
+        let ours = ino(format!("{NETNS_DIR}/{}", self.name));
+        ours.is_some() && ours == ino(format!("/proc/{pid}/ns/net"))
+    }
+
     /// PIDs of the processes whose network namespace this is.
     pub fn pids(&self) -> Vec<i32> {
         pids_in(&self.name)
@@ -141,7 +150,8 @@ pub(crate) fn pids_in(name: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// SIGKILL, then reap what is ours; processes are gone before their namespace is.
+/// SIGKILL, then wait (bounded) until each process is gone, so a namespace is
+/// deleted only after everything in it stopped.
 pub(crate) fn kill_all(pids: &[i32]) {
     for &pid in pids {
         let _ = nix::sys::signal::kill(
@@ -149,4 +159,20 @@ pub(crate) fn kill_all(pids: &[i32]) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pids.iter().any(|&pid| is_running(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Alive and not a zombie (a zombie has exited; only its parent's wait is missing).
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        // the state follows the parenthesised command name, which may hold spaces
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(|c| c != 'Z'))
+        })
+        .unwrap_or(false)
 }

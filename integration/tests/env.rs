@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use meshward_config::WorkloadsFile;
 use meshward_integration::{
-    Cluster, Netns, PodSpec, available_or_skip, list_namespaces, remove_by_prefix, wait_for_port,
+    Cluster, Netns, PodSpec, available_or_skip, list_namespaces, process_is_running,
+    remove_by_prefix, wait_for_port,
 };
 
 const ECHOSERVER: &str = env!("CARGO_BIN_EXE_echoserver");
@@ -206,7 +207,7 @@ fn nothing_is_left_behind() {
         assert!(!existing.contains(name), "namespace {name} left behind");
     }
     for pid in pids {
-        assert!(!process_alive(pid), "process {pid} left behind");
+        assert!(!process_is_running(pid), "process {pid} left behind");
     }
     let root_links_after = root_links();
     assert!(!root_links_after.iter().any(|l| l.contains(&prefix)));
@@ -298,12 +299,4 @@ fn root_links() -> Vec<String> {
         .collect();
     links.sort();
     links
-}
-
-fn process_alive(pid: i32) -> bool {
-    // A zombie still has a /proc entry; only a state other than Z counts as alive.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.split_whitespace().nth(2).map(|state| state != "Z"))
-        .unwrap_or(false)
 }
