@@ -1,0 +1,453 @@
+//! The certificate authority: signing CA generations, their rotation, and the keys
+//! on disk.
+//!
+//! A generation is one signing CA (ECDSA P-256) plus one JWT signing key. Without an
+//! upstream CA each generation is a self-signed root (SPIRE's default); with one, it
+//! is an intermediate signed by the upstream key and the bundle carries the upstream
+//! root. Rotation follows SPIRE: the next generation is *prepared* (and published in
+//! the bundle) at 1/2 of the active one's life, and *activated* at 5/6; a generation
+//! stays in the bundle until it expires, so verification never breaks.
+//!
+//! Which generation is active is derived from the generations' validity alone
+//! (generation i becomes active at 5/6 of generation i-1's life), so a restart
+//! needs nothing but the files: `<data_dir>/ca/<id>/{ca.pem, ca.key, jwt.key, jwt.kid}`,
+//! keys written with mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+
+use crate::error::CaError;
+use crate::jwt::JwtKey;
+use crate::spiffe_id::SpiffeId;
+
+/// Certificates are backdated this much to absorb clock skew between machines.
+pub(crate) const BACKDATE: Duration = Duration::from_secs(10);
+
+/// An upstream CA given as files (where AWS Private CA or an enterprise CA plugs in).
+pub struct UpstreamCa {
+    /// The upstream signing certificate first, then its issuers up to the root.
+    chain: Vec<CertificateDer<'static>>,
+    key: KeyPair,
+    not_after: SystemTime,
+}
+
+impl UpstreamCa {
+    /// Reads a PEM chain (signing certificate first, root last) and its PKCS#8 key.
+    pub fn from_files(chain_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let read = |p: &Path| fs::read_to_string(p).map_err(|e| CaError::io(p, e));
+        let chain = pem_certificates(&read(chain_path)?)
+            .map_err(|reason| CaError::Upstream(format!("{}: {reason}", chain_path.display())))?;
+        let key = KeyPair::from_pem(&read(key_path)?).map_err(|e| {
+            CaError::Upstream(format!("{}: not a PKCS#8 key: {e}", key_path.display()))
+        })?;
+        let first = chain.first().ok_or_else(|| {
+            CaError::Upstream(format!("{}: no certificate", chain_path.display()))
+        })?;
+        let parsed = parse(first)?;
+        if !parsed.is_ca() {
+            return Err(CaError::Upstream(format!(
+                "{}: the first certificate is not a CA",
+                chain_path.display()
+            )));
+        }
+        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        {
+            return Err(CaError::Upstream(format!(
+                "{}: the key does not belong to the first certificate of {}",
+                key_path.display(),
+                chain_path.display()
+            )));
+        }
+        let not_after = to_system_time(parsed.validity().not_after.timestamp());
+        Ok(Self {
+            chain,
+            key,
+            not_after,
+        })
+    }
+
+    /// The root (last) certificate: what the bundle carries in upstream mode.
+    fn root(&self) -> &CertificateDer<'static> {
+        // from_files guarantees a non-empty chain
+        &self.chain[self.chain.len() - 1]
+    }
+}
+
+/// One signing CA generation.
+pub struct SigningCa {
+    id: String,
+    cert: CertificateDer<'static>,
+    /// Certificates an SVID chain carries after the leaf: this CA when it is an
+    /// intermediate, and the upstream intermediates (never the root).
+    chain_tail: Vec<CertificateDer<'static>>,
+    /// The signing key with the subject and key ID, parsed once.
+    issuer: Issuer<'static, KeyPair>,
+    jwt: JwtKey,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl SigningCa {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    pub(crate) fn chain_tail(&self) -> &[CertificateDer<'static>] {
+        &self.chain_tail
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    pub fn jwt_key(&self) -> &JwtKey {
+        &self.jwt
+    }
+
+    fn lifetime(&self) -> Duration {
+        self.not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default()
+    }
+
+    fn at_fraction(&self, numerator: u32, denominator: u32) -> SystemTime {
+        self.not_before + self.lifetime() * numerator / denominator
+    }
+}
+
+/// What `rotate` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rotation {
+    pub prepared: Option<String>,
+    pub removed: Vec<String>,
+}
+
+impl Rotation {
+    /// Whether the bundle changed.
+    pub fn changed(&self) -> bool {
+        self.prepared.is_some() || !self.removed.is_empty()
+    }
+}
+
+/// Every unexpired generation, oldest first, and how new ones are made.
+pub struct Authority {
+    trust_domain: String,
+    ttl: Duration,
+    dir: PathBuf,
+    upstream: Option<UpstreamCa>,
+    generations: Vec<SigningCa>,
+}
+
+impl Authority {
+    /// Loads the generations under `<data_dir>/ca`, drops expired ones, and makes the
+    /// first generation when there is none.
+    pub fn load_or_init(
+        data_dir: &Path,
+        trust_domain: &str,
+        ttl: Duration,
+        upstream: Option<UpstreamCa>,
+        now: SystemTime,
+    ) -> Result<Self, CaError> {
+        let dir = data_dir.join("ca");
+        fs::create_dir_all(&dir).map_err(|e| CaError::io(&dir, e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| CaError::io(&dir, e))?;
+        let mut generations = Vec::new();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(|e| CaError::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("ca.pem").exists())
+            .collect();
+        entries.sort();
+        for path in entries {
+            generations.push(load_generation(&path)?);
+        }
+        generations.sort_by_key(|g| g.not_before);
+        let mut authority = Self {
+            trust_domain: trust_domain.to_owned(),
+            ttl,
+            dir,
+            upstream,
+            generations,
+        };
+        authority.remove_expired(now);
+        if authority.generations.is_empty() {
+            authority.create_generation(now)?;
+        }
+        Ok(authority)
+    }
+
+    /// Prepares the next generation at 1/2 of the active one's life; drops expired
+    /// ones. Activation at 5/6 needs no action: `active` derives it from the clock.
+    pub fn rotate(&mut self, now: SystemTime) -> Result<Rotation, CaError> {
+        let mut rotation = Rotation {
+            removed: self.remove_expired(now),
+            ..Rotation::default()
+        };
+        let newest = self.generations.last();
+        let prepare = match newest {
+            None => true,
+            Some(newest) => now >= newest.at_fraction(1, 2),
+        };
+        if prepare {
+            rotation.prepared = Some(self.create_generation(now)?);
+        }
+        Ok(rotation)
+    }
+
+    /// The generation that signs now.
+    pub fn active(&self, now: SystemTime) -> Result<&SigningCa, CaError> {
+        let mut active = self.generations.first().ok_or(CaError::NoActiveCa)?;
+        for pair in self.generations.windows(2) {
+            if now >= pair[0].at_fraction(5, 6) {
+                active = &pair[1];
+            }
+        }
+        if now >= active.not_after {
+            return Err(CaError::NoActiveCa);
+        }
+        Ok(active)
+    }
+
+    /// Every generation (prepared, active, and older unexpired ones).
+    pub fn generations(&self) -> &[SigningCa] {
+        &self.generations
+    }
+
+    /// The X.509 authorities of the bundle: every unexpired generation, or the
+    /// upstream root in upstream mode.
+    pub fn x509_authorities(&self) -> Vec<CertificateDer<'static>> {
+        match &self.upstream {
+            Some(upstream) => vec![upstream.root().clone()],
+            None => self.generations.iter().map(|g| g.cert.clone()).collect(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    fn remove_expired(&mut self, now: SystemTime) -> Vec<String> {
+        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.generations)
+            .into_iter()
+            .partition(|g| g.not_after <= now);
+        self.generations = live;
+        expired
+            .into_iter()
+            .map(|g| {
+                // Best effort: a leftover directory of an expired CA is dropped again next load.
+                let _ = fs::remove_dir_all(self.dir.join(&g.id));
+                g.id
+            })
+            .collect()
+    }
+
+    fn create_generation(&mut self, now: SystemTime) -> Result<String, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Crypto(e.to_string()))?;
+        let serial = crate::random::serial()?;
+        let id = format!(
+            "{}-{}",
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            &hex(&serial)[..8]
+        );
+        let not_before = now - BACKDATE;
+        let mut not_after = now + self.ttl;
+        if let Some(upstream) = &self.upstream {
+            not_after = not_after.min(upstream.not_after);
+        }
+        if not_after <= now {
+            return Err(CaError::Upstream("the upstream CA has expired".into()));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "meshward");
+        dn.push(DnType::CommonName, format!("meshward CA {id}"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let td_id = SpiffeId::for_trust_domain(&self.trust_domain)
+            .map_err(|e| CaError::Crypto(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(
+            td_id
+                .as_str()
+                .try_into()
+                .map_err(|_| CaError::Crypto("bad URI SAN".into()))?,
+        )];
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        params.use_authority_key_identifier_extension = self.upstream.is_some();
+        let (cert, chain_tail) = match &self.upstream {
+            None => {
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| CaError::Crypto(e.to_string()))?;
+                (cert.der().clone(), Vec::new())
+            }
+            Some(upstream) => {
+                let issuer = Issuer::from_ca_cert_der(&upstream.chain[0], &upstream.key)
+                    .map_err(|e| CaError::Upstream(e.to_string()))?;
+                let cert = params
+                    .signed_by(&key, &issuer)
+                    .map_err(|e| CaError::Crypto(e.to_string()))?;
+                let mut tail = vec![cert.der().clone()];
+                // upstream intermediates, without the root
+                tail.extend(upstream.chain[..upstream.chain.len() - 1].iter().cloned());
+                (cert.der().clone(), tail)
+            }
+        };
+        let jwt = JwtKey::generate()?;
+        let generation = SigningCa {
+            id: id.clone(),
+            issuer: Issuer::from_ca_cert_der(&cert, key)
+                .map_err(|e| CaError::Crypto(e.to_string()))?,
+            cert,
+            chain_tail,
+            jwt,
+            not_before,
+            not_after,
+        };
+        store_generation(&self.dir.join(&id), &generation)?;
+        self.generations.push(generation);
+        Ok(id)
+    }
+}
+
+fn store_generation(dir: &Path, g: &SigningCa) -> Result<(), CaError> {
+    fs::create_dir_all(dir).map_err(|e| CaError::io(dir, e))?;
+    let mut chain_pem = pem_encode(&g.cert);
+    for c in &g.chain_tail[usize::from(!g.chain_tail.is_empty())..] {
+        chain_pem.push_str(&pem_encode(c));
+    }
+    write_file(&dir.join("ca.pem"), chain_pem.as_bytes(), 0o644)?;
+    write_file(
+        &dir.join("ca.key"),
+        g.issuer.key().serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&dir.join("jwt.key"), g.jwt.to_pkcs8_pem().as_bytes(), 0o600)?;
+    write_file(&dir.join("jwt.kid"), g.jwt.kid().as_bytes(), 0o644)
+}
+
+fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        fs::read_to_string(&p).map_err(|e| CaError::io(&p, e))
+    };
+    let chain = pem_certificates(&read("ca.pem")?)
+        .map_err(|r| CaError::Corrupt(format!("{}: {r}", dir.display())))?;
+    let key = KeyPair::from_pem(&read("ca.key")?)
+        .map_err(|e| CaError::Corrupt(format!("{}: ca.key: {e}", dir.display())))?;
+    let jwt = JwtKey::from_pkcs8_pem(&read("jwt.key")?, read("jwt.kid")?.trim())
+        .map_err(|e| CaError::Corrupt(format!("{}: jwt.key: {e}", dir.display())))?;
+    let cert = chain.first().cloned().ok_or_else(|| {
+        CaError::Corrupt(format!("{}: ca.pem holds no certificate", dir.display()))
+    })?;
+    let parsed = parse(&cert)?;
+    let self_signed = parsed.subject() == parsed.issuer();
+    let chain_tail = if self_signed { Vec::new() } else { chain };
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(SigningCa {
+        id,
+        not_before: to_system_time(parsed.validity().not_before.timestamp()),
+        not_after: to_system_time(parsed.validity().not_after.timestamp()),
+        issuer: Issuer::from_ca_cert_der(&cert, key)
+            .map_err(|e| CaError::Corrupt(format!("{}: {e}", dir.display())))?,
+        cert,
+        chain_tail,
+        jwt,
+    })
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| CaError::io(&tmp, e))?;
+    file.write_all(contents).map_err(|e| CaError::io(&tmp, e))?;
+    file.sync_all().map_err(|e| CaError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| CaError::io(path, e))
+}
+
+fn parse<'a>(
+    der: &'a CertificateDer<'_>,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, CaError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| CaError::Corrupt(format!("unparsable certificate: {e}")))
+}
+
+pub(crate) fn pem_encode(der: &CertificateDer<'_>) -> String {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Every `CERTIFICATE` block of a PEM text, in order.
+pub(crate) fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    use x509_parser::pem::Pem;
+    let mut out = Vec::new();
+    for pem in Pem::iter_from_buffer(text.as_bytes()) {
+        let pem = pem.map_err(|e| format!("invalid PEM: {e}"))?;
+        if pem.label == "CERTIFICATE" {
+            out.push(CertificateDer::from(pem.contents));
+        }
+    }
+    if out.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    Ok(out)
+}
+
+pub(crate) fn to_offset(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t)
+}
+
+pub(crate) fn to_system_time(unix: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

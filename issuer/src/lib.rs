@@ -1,0 +1,23 @@
+//! meshward-issuer: the built-in SPIFFE issuance server (SPIRE server's role).
+//!
+//! Today: the CA and its rotation ([`Authority`]), X509-SVIDs from CSRs
+//! ([`sign_x509_svid`]), JWT-SVIDs ([`mint_jwt_svid`]) and bundles ([`Bundle`]).
+//! The datastore, node attestation, entries and the gRPC APIs follow.
+
+mod bundle;
+mod ca;
+mod error;
+mod jwt;
+mod random;
+mod spiffe_id;
+mod x509;
+
+pub use bundle::{Bundle, InvalidBundle};
+pub use ca::{Authority, Rotation, SigningCa, UpstreamCa};
+pub use error::{CaError, SigningError};
+pub use jwt::{JwtKey, JwtPublicKey, mint_jwt_svid};
+pub use spiffe_id::{InvalidSpiffeId, SpiffeId, validate_trust_domain};
+pub use x509::{SvidTemplate, X509Svid, sign_x509_svid};
+
+/// Re-exported so callers need not depend on rustls-pki-types themselves.
+pub use rustls_pki_types::CertificateDer;

@@ -1,0 +1,25 @@
+//! Randomness from the system CSPRNG (aws-lc).
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+
+use crate::error::CaError;
+
+/// A random 128-bit certificate serial: positive (top bit clear) and never zero.
+pub(crate) fn serial() -> Result<[u8; 16], CaError> {
+    let mut serial = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| CaError::Crypto("the system random source failed".into()))?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    Ok(serial)
+}
+
+/// `n` random bytes, hex-encoded.
+pub(crate) fn hex_token(n: usize) -> Result<String, CaError> {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Crypto("the system random source failed".into()))?;
+    Ok(crate::ca::hex(&bytes))
+}
