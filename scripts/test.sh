@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: the integration environment needs iproute2 (network
-# namespaces, veth), curl (real requests from pods), iptables and nftables (capture).
-packages=(iproute2 curl iptables nftables procps)
+# namespaces, veth), curl (real requests from pods), iptables and nftables (capture);
+# the issuer's datastore tests need a PostgreSQL server.
+packages=(iproute2 curl iptables nftables procps postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +17,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# PostgreSQL for the issuer's datastore tests: start Debian's cluster (no systemd
+# here), make a test role, and tell the tests where it is.
+if command -v pg_lsclusters >/dev/null; then
+  read -r pg_version pg_cluster _ < <(pg_lsclusters -h | head -n 1) || true
+  if [ -z "${pg_version:-}" ]; then
+    pg_version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+    pg_cluster=main
+    pg_createcluster "$pg_version" "$pg_cluster" >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    pg_ctlcluster "$pg_version" "$pg_cluster" start
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL'
+DO $$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'meshward') THEN
+    CREATE ROLE meshward LOGIN SUPERUSER PASSWORD 'meshward';
+  END IF;
+END$$;
+SQL
+  export MESHWARD_TEST_POSTGRES_URL=postgres://meshward:meshward@127.0.0.1:5432/postgres
 fi
 
 # Leftovers of an earlier, killed run would only waste addresses; remove them.

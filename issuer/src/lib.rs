@@ -2,10 +2,12 @@
 //!
 //! Today: the CA and its rotation ([`Authority`]), X509-SVIDs from CSRs
 //! ([`sign_x509_svid`]), JWT-SVIDs ([`mint_jwt_svid`]) and bundles ([`Bundle`]).
-//! The datastore, node attestation, entries and the gRPC APIs follow.
+//! State lives in a [`datastore::Datastore`] (SQLite or PostgreSQL). Node
+//! attestation, entries and the gRPC APIs follow.
 
 mod bundle;
 mod ca;
+pub mod datastore;
 mod error;
 mod jwt;
 mod random;

@@ -1,0 +1,116 @@
+//! What the datastore holds.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spiffe_id::SpiffeId;
+
+/// `type:value`, e.g. `k8s:ns:echoserver` (type `k8s`, value `ns:echoserver`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Selector {
+    pub kind: String,
+    pub value: String,
+}
+
+impl FromStr for Selector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((kind, value)) if !kind.is_empty() && !value.is_empty() => Ok(Self {
+                kind: kind.to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!("selector {s:?} is not of the form type:value")),
+        }
+    }
+}
+
+impl TryFrom<String> for Selector {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Selector> for String {
+    fn from(s: Selector) -> Self {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// A registration entry: workloads with all of `selectors`, under `parent_id`,
+/// get `spiffe_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Assigned by the datastore when empty.
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    /// Sorted and without duplicates once stored.
+    pub selectors: Vec<Selector>,
+    /// Seconds; 0 = the server default.
+    pub x509_svid_ttl: u32,
+    pub jwt_svid_ttl: u32,
+    pub dns_names: Vec<String>,
+    /// Trust domains whose bundles this entry's workloads receive.
+    pub federates_with: Vec<String>,
+    pub admin: bool,
+    pub downstream: bool,
+    pub hint: String,
+    pub created_at: i64,
+    pub revision: i64,
+}
+
+/// Which entries to list; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub spiffe_id: Option<SpiffeId>,
+    pub parent_id: Option<SpiffeId>,
+    /// Entries whose selectors include all of these.
+    pub selectors: Vec<Selector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub token: String,
+    /// The node ID the token attests to.
+    pub spiffe_id: SpiffeId,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedNode {
+    pub spiffe_id: SpiffeId,
+    pub attestation_type: String,
+    pub selectors: Vec<Selector>,
+    /// Serial of the node's current SVID (hex).
+    pub serial: String,
+    pub expires_at: i64,
+    pub banned: bool,
+    /// join_token nodes cannot attest again; k8s_psat nodes can.
+    pub can_reattest: bool,
+    pub created_at: i64,
+}
+
+/// The public half of one CA generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    pub id: String,
+    /// Which issuer instance owns the key.
+    pub instance: String,
+    pub certificate_pem: String,
+    pub jwt_kid: String,
+    pub jwt_x: String,
+    pub jwt_y: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
