@@ -6,7 +6,9 @@
 //! them; today: the trust domain, authorization, and the workloads file.
 
 mod authorization;
+mod duration;
 mod error;
+mod issuer;
 mod workloads;
 
 use std::path::Path;
@@ -15,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 pub use authorization::AuthorizationConfig;
 pub use error::ConfigError;
+pub use issuer::{
+    BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster, K8sPsatConfig,
+    UpstreamCaFiles,
+};
 pub use workloads::{PodInfo, WorkloadsFile};
 
 /// `proxy.yaml`: the node daemon's configuration.

@@ -5,6 +5,12 @@
 //! State lives in a [`datastore::Datastore`] (SQLite or PostgreSQL). Node
 //! attestation, entries and the gRPC APIs follow.
 
+/// Generated gRPC types and services (proto/agent.proto, proto/admin.proto).
+#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("meshward.issuer.v1");
+}
+
 mod bundle;
 mod ca;
 pub mod datastore;

@@ -1,0 +1,280 @@
+//! `issuer.yaml`: the issuance server's configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+use crate::authorization::validate_trust_domain;
+use crate::error::parse_yaml;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    pub trust_domain: String,
+    /// CA keys and the SQLite file live here.
+    pub data_dir: PathBuf,
+    /// `sqlite:///path` or `postgres://user:pw@host/db`; default: SQLite in data_dir.
+    pub datastore_url: Option<String>,
+    /// The agent API (gRPC over TLS).
+    pub agent_listen: SocketAddr,
+    /// `/live` and `/ready` (plain HTTP).
+    pub health_listen: SocketAddr,
+    /// The admin API (gRPC over a unix socket, mode 0600).
+    pub admin_socket: PathBuf,
+    #[serde(with = "crate::duration")]
+    pub ca_ttl: Duration,
+    #[serde(with = "crate::duration")]
+    pub default_x509_svid_ttl: Duration,
+    #[serde(with = "crate::duration")]
+    pub default_jwt_svid_ttl: Duration,
+    /// TTL of node SVIDs.
+    #[serde(with = "crate::duration")]
+    pub agent_svid_ttl: Duration,
+    #[serde(with = "crate::duration")]
+    pub join_token_ttl: Duration,
+    pub upstream_ca: Option<UpstreamCaFiles>,
+    pub k8s_psat: Option<K8sPsatConfig>,
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+}
+
+/// An upstream CA as files: PEM chain (signing certificate first) and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCaFiles {
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Kubernetes projected service-account token attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatConfig {
+    pub clusters: Vec<K8sCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sCluster {
+    pub name: String,
+    /// The API server, e.g. `https://kubernetes.default.svc`.
+    pub api_server: String,
+    /// Token the issuer authenticates to the API server with (TokenReview create).
+    pub api_token_path: Option<PathBuf>,
+    /// CA bundle of the API server's certificate.
+    pub api_ca_path: Option<PathBuf>,
+    #[serde(default = "default_audience")]
+    pub audience: Vec<String>,
+    /// `namespace:serviceaccount` pairs allowed to attest.
+    pub service_account_allow_list: Vec<String>,
+}
+
+fn default_audience() -> Vec<String> {
+    vec!["meshward-issuer".into()]
+}
+
+/// The federation bundle endpoint (HTTPS, SPIFFE bundle format).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEndpointConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "crate::duration", default = "default_refresh_hint")]
+    pub refresh_hint: Duration,
+    /// `https_spiffe` (the issuer's own SVID) or `https_web` with cert and key files.
+    pub profile: BundleEndpointProfile,
+}
+
+fn default_refresh_hint() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum BundleEndpointProfile {
+    HttpsSpiffe,
+    HttpsWeb {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            data_dir: PathBuf::from("/var/lib/meshward/issuer"),
+            datastore_url: None,
+            agent_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            health_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_socket: PathBuf::from("/run/meshward/issuer.sock"),
+            ca_ttl: Duration::from_secs(24 * 3600),
+            default_x509_svid_ttl: Duration::from_secs(3600),
+            default_jwt_svid_ttl: Duration::from_secs(300),
+            agent_svid_ttl: Duration::from_secs(3600),
+            join_token_ttl: Duration::from_secs(600),
+            upstream_ca: None,
+            k8s_psat: None,
+            bundle_endpoint: None,
+        }
+    }
+}
+
+impl IssuerConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_yaml(text, source)?;
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// The datastore URL, defaulting to a SQLite file in data_dir.
+    pub fn datastore_url(&self) -> String {
+        self.datastore_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("datastore.sqlite3").display()
+            )
+        })
+    }
+
+    fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, reason: String| Err(ConfigError::invalid(source, field, reason));
+        validate_trust_domain(&self.trust_domain).or_else(|r| invalid("trust_domain", r))?;
+        if self.ca_ttl < Duration::from_secs(60) {
+            return invalid("ca_ttl", "must be at least 1m".into());
+        }
+        for (field, ttl) in [
+            ("default_x509_svid_ttl", self.default_x509_svid_ttl),
+            ("default_jwt_svid_ttl", self.default_jwt_svid_ttl),
+            ("agent_svid_ttl", self.agent_svid_ttl),
+            ("join_token_ttl", self.join_token_ttl),
+        ] {
+            if ttl.is_zero() {
+                return invalid(field, "must be positive".into());
+            }
+            if ttl > self.ca_ttl {
+                return invalid(
+                    field,
+                    format!(
+                        "must not exceed ca_ttl ({})",
+                        humantime::format_duration(self.ca_ttl)
+                    ),
+                );
+            }
+        }
+        if let Some(url) = &self.datastore_url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"))
+            {
+                return invalid(
+                    "datastore_url",
+                    "must start with sqlite: or postgres:".into(),
+                );
+            }
+        }
+        if let Some(psat) = &self.k8s_psat {
+            for (i, cluster) in psat.clusters.iter().enumerate() {
+                if cluster.name.is_empty() {
+                    return invalid(
+                        &format!("k8s_psat.clusters[{i}].name"),
+                        "must not be empty".into(),
+                    );
+                }
+                for (j, sa) in cluster.service_account_allow_list.iter().enumerate() {
+                    if sa
+                        .split_once(':')
+                        .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+                    {
+                        return invalid(
+                            &format!("k8s_psat.clusters[{i}].service_account_allow_list[{j}]"),
+                            format!("{sa:?} is not namespace:serviceaccount"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_spire() {
+        let c = IssuerConfig::from_yaml("", "i.yaml").unwrap();
+        assert_eq!(c.ca_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.join_token_ttl, Duration::from_secs(600));
+        assert_eq!(c.agent_listen.port(), 8081);
+        assert_eq!(
+            c.datastore_url(),
+            "sqlite:///var/lib/meshward/issuer/datastore.sqlite3"
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let yaml = "trust_domain: math.example.com\ndata_dir: /tmp/i\ndatastore_url: postgres://u:p@db/issuer\nca_ttl: 12h\ndefault_x509_svid_ttl: 30m\nupstream_ca:\n  cert_chain: /etc/ca.pem\n  key: /etc/ca.key\nk8s_psat:\n  clusters:\n  - name: eks\n    api_server: https://k8s\n    service_account_allow_list: [meshward:meshward-node]\nbundle_endpoint:\n  listen: 0.0.0.0:8443\n  profile: https_spiffe\n";
+        let c = IssuerConfig::from_yaml(yaml, "i.yaml").unwrap();
+        assert_eq!(c.ca_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(
+            c.k8s_psat.unwrap().clusters[0].audience,
+            ["meshward-issuer"]
+        );
+        assert_eq!(
+            c.bundle_endpoint.unwrap().refresh_hint,
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "ca_ttl: forever\n",
+                "i.yaml: ca_ttl: \"forever\" is not a duration",
+            ),
+            (
+                "ca_ttl: 1h\ndefault_x509_svid_ttl: 2h\n",
+                "i.yaml: default_x509_svid_ttl: must not exceed ca_ttl (1h)",
+            ),
+            (
+                "datastore_url: mysql://x\n",
+                "i.yaml: datastore_url: must start with sqlite: or postgres:",
+            ),
+            (
+                "trust_domain: TD\n",
+                "i.yaml: trust_domain: \"TD\" is not a trust domain",
+            ),
+            (
+                "agent_listen: nowhere\n",
+                "i.yaml: agent_listen: invalid socket address syntax",
+            ),
+            (
+                "k8s_psat:\n  clusters:\n  - {name: a, api_server: x, service_account_allow_list: [bad]}\n",
+                "i.yaml: k8s_psat.clusters[0].service_account_allow_list[0]",
+            ),
+            ("tls: {}\n", "i.yaml: tls: unknown field `tls`"),
+        ];
+        for (yaml, want) in cases {
+            let e = IssuerConfig::from_yaml(yaml, "i.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+}
