@@ -248,6 +248,11 @@ impl Authority {
         &self.trust_domain
     }
 
+    /// Whether the generations are intermediates under an upstream CA.
+    pub fn is_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+
     fn remove_expired(&mut self, now: SystemTime) -> Vec<String> {
         let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.generations)
             .into_iter()

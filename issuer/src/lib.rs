@@ -17,6 +17,7 @@ pub mod datastore;
 mod error;
 mod jwt;
 mod random;
+pub mod service;
 mod spiffe_id;
 mod x509;
 

@@ -91,6 +91,8 @@ pub trait Datastore: Send + Sync {
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Every recorded CA generation that has not expired at `now`.
     fn list_cas(&self, now: i64) -> impl Future<Output = Result<Vec<CaRecord>>> + Send;
+    /// The current `spiffe_sequence` of the own bundle (0 before the first CA).
+    fn bundle_sequence(&self, trust_domain: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Drops expired generations; returns the bundle sequence.
     fn prune_cas(&self, trust_domain: &str, now: i64) -> impl Future<Output = Result<u64>> + Send;
 

@@ -108,7 +108,7 @@ impl SqlStore {
         Ok(row.try_get::<i64, _>(0).map_err(corrupt)? as u64)
     }
 
-    async fn current_sequence(&self, trust_domain: &str) -> Result<u64> {
+    async fn sequence_of(&self, trust_domain: &str) -> Result<u64> {
         let row =
             sqlx::query(&self.sql("SELECT sequence FROM bundle_sequence WHERE trust_domain = $1"))
                 .bind(trust_domain)
@@ -410,7 +410,7 @@ impl Datastore for SqlStore {
         };
         tx.commit().await.map_err(unavailable)?;
         if sequence == 0 {
-            return self.current_sequence(trust_domain).await;
+            return self.sequence_of(trust_domain).await;
         }
         Ok(sequence)
     }
@@ -440,6 +440,10 @@ impl Datastore for SqlStore {
             .collect()
     }
 
+    async fn bundle_sequence(&self, trust_domain: &str) -> Result<u64> {
+        self.sequence_of(trust_domain).await
+    }
+
     async fn prune_cas(&self, trust_domain: &str, now: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let removed = sqlx::query(&self.sql("DELETE FROM ca_journal WHERE not_after <= $1"))
@@ -455,7 +459,7 @@ impl Datastore for SqlStore {
         tx.commit().await.map_err(unavailable)?;
         match bumped {
             Some(sequence) => Ok(sequence),
-            None => self.current_sequence(trust_domain).await,
+            None => self.sequence_of(trust_domain).await,
         }
     }
 

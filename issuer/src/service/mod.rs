@@ -1,0 +1,254 @@
+//! The issuer's behaviour, independent of transport: what the agent API and the
+//! admin API do. The gRPC layer authenticates callers and maps [`ServiceError`] to
+//! status codes; everything else is here.
+
+mod admin;
+mod agent;
+
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use crate::bundle::Bundle;
+use crate::ca::{Authority, pem_certificates, pem_encode};
+use crate::datastore::{CaRecord, Datastore, DatastoreError};
+use crate::error::{CaError, SigningError};
+use crate::jwt::JwtPublicKey;
+use crate::spiffe_id::SpiffeId;
+use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
+
+pub use agent::{BatchResult, Caller};
+
+/// Why a call failed; each variant is one gRPC status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DatastoreError> for ServiceError {
+    fn from(e: DatastoreError) -> Self {
+        match e {
+            DatastoreError::Unavailable(m) => Self::Unavailable(m),
+            DatastoreError::AlreadyExists(m) => Self::AlreadyExists(format!("{m} already exists")),
+            DatastoreError::NotFound(m) => Self::NotFound(format!("{m} not found")),
+            DatastoreError::Refused(m) => Self::PermissionDenied(m),
+            DatastoreError::Corrupt(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl From<SigningError> for ServiceError {
+    fn from(e: SigningError) -> Self {
+        match e {
+            SigningError::InvalidCsr(_) | SigningError::InvalidRequest(_) => {
+                Self::InvalidArgument(e.to_string())
+            }
+            SigningError::Ca(ca) => ca.into(),
+        }
+    }
+}
+
+impl From<CaError> for ServiceError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::NoActiveCa => Self::Unavailable(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Settings the service decides with (from `issuer.yaml`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub trust_domain: String,
+    /// Names this issuer instance in the CA journal and leases (HA).
+    pub instance: String,
+    pub default_x509_svid_ttl: Duration,
+    pub default_jwt_svid_ttl: Duration,
+    pub agent_svid_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub bundle_refresh_hint: Duration,
+}
+
+/// How long one instance holds the CA rotation lease.
+const ROTATION_LEASE: Duration = Duration::from_secs(30);
+
+/// The issuer: settings, the CA, the datastore.
+pub struct Issuer<D> {
+    settings: Settings,
+    authority: RwLock<Authority>,
+    store: D,
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl<D: Datastore> Issuer<D> {
+    /// Publishes the CA generations in the journal, so the bundle has them.
+    pub async fn new(settings: Settings, authority: Authority, store: D) -> Result<Self> {
+        let issuer = Self {
+            settings,
+            authority: RwLock::new(authority),
+            store,
+        };
+        issuer.publish_generations().await?;
+        Ok(issuer)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &D {
+        &self.store
+    }
+
+    /// `spiffe://<td>/spire/server`: the issuer's own ID (its TLS certificate, and the
+    /// parent of node alias entries).
+    pub fn server_id(&self) -> Result<SpiffeId> {
+        SpiffeId::from_segments(&self.settings.trust_domain, &["spire", "server"])
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    fn read_authority(&self) -> Result<std::sync::RwLockReadGuard<'_, Authority>> {
+        self.authority
+            .read()
+            .map_err(|_| ServiceError::Internal("CA state lock poisoned".into()))
+    }
+
+    /// Signs with the active CA. The lock is held for the signing only, never
+    /// across an await.
+    pub(crate) fn sign(&self, csr: &[u8], template: &SvidTemplate<'_>) -> Result<X509Svid> {
+        let now = SystemTime::now();
+        let authority = self.read_authority()?;
+        Ok(sign_x509_svid(authority.active(now)?, csr, template, now)?)
+    }
+
+    /// One rotation step under the cluster-wide lease: prepare / drop generations,
+    /// then publish. Returns whether the bundle changed.
+    pub async fn rotate(&self, now: SystemTime) -> Result<bool> {
+        let held = self
+            .store
+            .try_lease(
+                "ca-rotation",
+                &self.settings.instance,
+                unix(now + ROTATION_LEASE),
+                unix(now),
+            )
+            .await?;
+        if !held {
+            return Ok(false);
+        }
+        let rotation = {
+            let mut authority = self
+                .authority
+                .write()
+                .map_err(|_| ServiceError::Internal("CA state lock poisoned".into()))?;
+            authority.rotate(now)?
+        };
+        self.publish_generations().await?;
+        self.store
+            .prune_cas(&self.settings.trust_domain, unix(now))
+            .await?;
+        Ok(rotation.changed())
+    }
+
+    async fn publish_generations(&self) -> Result<()> {
+        let records: Vec<CaRecord> = {
+            let authority = self.read_authority()?;
+            authority
+                .generations()
+                .iter()
+                .map(|g| {
+                    let JwtPublicKey { kid, x, y } = g.jwt_key().public();
+                    CaRecord {
+                        id: format!("{}/{}", self.settings.instance, g.id()),
+                        instance: self.settings.instance.clone(),
+                        certificate_pem: pem_encode(g.certificate()),
+                        jwt_kid: kid,
+                        jwt_x: x,
+                        jwt_y: y,
+                        not_before: unix(g.not_before()),
+                        not_after: unix(g.not_after()),
+                    }
+                })
+                .collect()
+        };
+        for record in &records {
+            self.store
+                .record_ca(&self.settings.trust_domain, record)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The own bundle: every unexpired CA of every instance (or the upstream root),
+    /// and every JWT key.
+    pub async fn bundle(&self) -> Result<Bundle> {
+        let now = unix(SystemTime::now());
+        let records = self.store.list_cas(now).await?;
+        let sequence = self
+            .store
+            .bundle_sequence(&self.settings.trust_domain)
+            .await?;
+        let upstream_roots = {
+            let authority = self.read_authority()?;
+            authority
+                .is_upstream()
+                .then(|| authority.x509_authorities())
+        };
+        let x509_authorities = match upstream_roots {
+            Some(roots) => roots,
+            None => {
+                let mut certs = Vec::new();
+                for r in &records {
+                    certs.extend(
+                        pem_certificates(&r.certificate_pem).map_err(ServiceError::Internal)?,
+                    );
+                }
+                certs
+            }
+        };
+        Ok(Bundle {
+            trust_domain: self.settings.trust_domain.clone(),
+            x509_authorities,
+            jwt_keys: records
+                .into_iter()
+                .map(|r| JwtPublicKey {
+                    kid: r.jwt_kid,
+                    x: r.jwt_x,
+                    y: r.jwt_y,
+                })
+                .collect(),
+            sequence,
+            refresh_hint: self.settings.bundle_refresh_hint,
+        })
+    }
+
+    /// Ready: the datastore answers and a CA is active.
+    pub async fn health(&self) -> (bool, bool) {
+        let datastore = self.store.ping().await.is_ok();
+        let ca = self
+            .read_authority()
+            .map(|a| a.active(SystemTime::now()).is_ok())
+            .unwrap_or(false);
+        (datastore, ca)
+    }
+}
+
+#[cfg(test)]
+mod tests;

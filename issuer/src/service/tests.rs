@@ -1,0 +1,351 @@
+use std::time::{Duration, SystemTime};
+
+use meshward_test_support::{check_x509_svid, p256_csr};
+
+use super::*;
+use crate::datastore::{Entry, EntryFilter, Selector, SqlStore};
+use crate::service::Caller;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
+    let store = SqlStore::connect(&format!("sqlite://{}/db.sqlite3", dir.display()))
+        .await
+        .unwrap();
+    let authority = Authority::load_or_init(dir, "td", HOUR * 24, None, SystemTime::now()).unwrap();
+    let settings = Settings {
+        trust_domain: "td".into(),
+        instance: "issuer-0".into(),
+        default_x509_svid_ttl: HOUR,
+        default_jwt_svid_ttl: Duration::from_secs(300),
+        agent_svid_ttl: HOUR,
+        join_token_ttl: Duration::from_secs(600),
+        bundle_refresh_hint: Duration::from_secs(300),
+    };
+    Issuer::new(settings, authority, store).await.unwrap()
+}
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
+    Entry {
+        id: String::new(),
+        spiffe_id: id(spiffe_id),
+        parent_id: parent.clone(),
+        selectors: selectors
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect(),
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        dns_names: vec![],
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        hint: String::new(),
+        created_at: 0,
+        revision: 0,
+    }
+}
+
+async fn attested(issuer: &Issuer<SqlStore>) -> Caller {
+    let token = issuer.generate_join_token(None, 0).await.unwrap();
+    let svid = issuer
+        .attest_join_token(&token.token, &p256_csr().1)
+        .await
+        .unwrap();
+    Caller {
+        id: svid.spiffe_id,
+        serial: svid.serial,
+    }
+}
+
+#[tokio::test]
+async fn join_token_attestation_gives_a_node_svid_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let token = issuer.generate_join_token(None, 0).await.unwrap();
+    assert_eq!(
+        token.spiffe_id.as_str(),
+        format!("spiffe://td/spire/agent/join_token/{}", token.token)
+    );
+    let svid = issuer
+        .attest_join_token(&token.token, &p256_csr().1)
+        .await
+        .unwrap();
+    let bundle = issuer.bundle().await.unwrap();
+    check_x509_svid(
+        &svid.chain,
+        &bundle.x509_authorities,
+        token.spiffe_id.as_str(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let again = issuer.attest_join_token(&token.token, &p256_csr().1).await;
+    assert!(
+        matches!(again, Err(ServiceError::PermissionDenied(_))),
+        "{again:?}"
+    );
+    let node = issuer.show_agent(&token.spiffe_id).await.unwrap();
+    assert_eq!(
+        (node.attestation_type.as_str(), node.serial.as_str()),
+        ("join_token", svid.serial.as_str())
+    );
+    let bad_csr = issuer
+        .attest_join_token(
+            &issuer.generate_join_token(None, 0).await.unwrap().token,
+            b"junk",
+        )
+        .await;
+    assert!(
+        matches!(bad_csr, Err(ServiceError::InvalidArgument(_))),
+        "{bad_csr:?}"
+    );
+}
+
+#[tokio::test]
+async fn banned_nodes_cannot_renew_or_attest_and_evicted_nodes_must_reattest() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let caller = attested(&issuer).await;
+    let renewed = issuer.renew_agent(&caller, &p256_csr().1).await.unwrap();
+    assert_ne!(renewed.serial, caller.serial);
+    // the old SVID is no longer good
+    assert!(matches!(
+        issuer.renew_agent(&caller, &p256_csr().1).await,
+        Err(ServiceError::PermissionDenied(_))
+    ));
+    let caller = Caller {
+        id: caller.id,
+        serial: renewed.serial,
+    };
+
+    issuer.ban_agent(&caller.id).await.unwrap();
+    let denied = issuer.renew_agent(&caller, &p256_csr().1).await;
+    assert_eq!(
+        denied.err(),
+        Some(ServiceError::PermissionDenied(format!(
+            "node {} is banned",
+            caller.id
+        )))
+    );
+    let alias_token = issuer
+        .generate_join_token(Some(caller.id.clone()), 60)
+        .await
+        .unwrap();
+    let denied = issuer
+        .attest_join_token(&alias_token.token, &p256_csr().1)
+        .await;
+    assert!(
+        matches!(denied, Err(ServiceError::PermissionDenied(_))),
+        "{denied:?}"
+    );
+
+    issuer.evict_agent(&caller.id).await.unwrap();
+    let gone = issuer.authorized_entries(&caller).await;
+    assert!(matches!(gone, Err(ServiceError::PermissionDenied(m)) if m.contains("not attested")));
+    let token = issuer
+        .generate_join_token(Some(caller.id.clone()), 60)
+        .await
+        .unwrap();
+    issuer
+        .attest_join_token(&token.token, &p256_csr().1)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn nodes_get_only_their_entries_and_signing_is_limited_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let node = attested(&issuer).await;
+    let other = attested(&issuer).await;
+    let mine = issuer
+        .create_entry(entry(
+            "spiffe://td/ns/default/sa/curl-spire",
+            &node.id,
+            &["k8s:ns:default", "k8s:sa:curl-spire"],
+        ))
+        .await
+        .unwrap();
+    let theirs = issuer
+        .create_entry(entry(
+            "spiffe://td/ns/echo/sa/default",
+            &other.id,
+            &["k8s:ns:echo"],
+        ))
+        .await
+        .unwrap();
+    let listed: Vec<String> = issuer
+        .authorized_entries(&node)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&mine.id));
+
+    let results = issuer
+        .batch_new_x509_svid(
+            &node,
+            vec![
+                (mine.id.clone(), p256_csr().1),
+                (theirs.id.clone(), p256_csr().1),
+                (mine.id.clone(), b"x".to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+    let bundle = issuer.bundle().await.unwrap();
+    let svid = results[0].1.as_ref().unwrap();
+    check_x509_svid(
+        &svid.chain,
+        &bundle.x509_authorities,
+        mine.spiffe_id.as_str(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert!(matches!(
+        &results[1].1,
+        Err(ServiceError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        &results[2].1,
+        Err(ServiceError::InvalidArgument(_))
+    ));
+
+    let (jwt, expires) = issuer
+        .new_jwt_svid(&node, &mine.id, &["payments".into()])
+        .await
+        .unwrap();
+    assert_eq!(jwt.split('.').count(), 3);
+    assert!(expires <= SystemTime::now() + Duration::from_secs(300));
+    assert!(matches!(
+        issuer.new_jwt_svid(&node, &theirs.id, &["x".into()]).await,
+        Err(ServiceError::PermissionDenied(_))
+    ));
+}
+
+#[tokio::test]
+async fn node_alias_entries_extend_what_a_node_may_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let node = attested(&issuer).await;
+    // an alias matching nothing the node has: no effect
+    let alias_id = id("spiffe://td/cluster/eks");
+    let mut alias = entry(
+        alias_id.as_str(),
+        &issuer.server_id().unwrap(),
+        &["k8s_psat:cluster:eks"],
+    );
+    issuer.create_entry(alias.clone()).await.unwrap();
+    let under_alias = issuer
+        .create_entry(entry("spiffe://td/ns/x/sa/y", &alias_id, &["k8s:ns:x"]))
+        .await
+        .unwrap();
+    assert!(issuer.authorized_entries(&node).await.unwrap().is_empty());
+    // the node record carries the alias's selectors (as a PSAT attestation would)
+    let mut record = issuer.show_agent(&node.id).await.unwrap();
+    record.selectors = vec!["k8s_psat:cluster:eks".parse().unwrap()];
+    issuer.store().upsert_node(&record).await.unwrap();
+    let listed: Vec<String> = issuer
+        .authorized_entries(&node)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, [under_alias.id]);
+    alias.selectors.clear();
+    assert!(issuer.create_entry(alias).await.is_err());
+}
+
+#[tokio::test]
+async fn entry_validation_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let parent = id("spiffe://td/spire/agent/join_token/x");
+    let mut cases = vec![
+        (
+            entry("spiffe://other/w", &parent, &["a:b"]),
+            "spiffe_id: spiffe://other/w is not in trust domain td",
+        ),
+        (
+            entry("spiffe://td", &parent, &["a:b"]),
+            "spiffe_id: spiffe://td has no path",
+        ),
+        (
+            entry("spiffe://td/w", &id("spiffe://x/y"), &["a:b"]),
+            "parent_id: spiffe://x/y is not in trust domain td",
+        ),
+        (
+            entry("spiffe://td/w", &parent, &[]),
+            "selectors: at least one selector is required",
+        ),
+    ];
+    let mut bad_dns = entry("spiffe://td/w", &parent, &["a:b"]);
+    bad_dns.dns_names = vec!["a..b".into()];
+    cases.push((bad_dns, "dns_names[0]: \"a..b\" is not a DNS name"));
+    let mut own_fed = entry("spiffe://td/w", &parent, &["a:b"]);
+    own_fed.federates_with = vec!["td".into()];
+    cases.push((
+        own_fed,
+        "federates_with[0]: an entry cannot federate with its own trust domain",
+    ));
+    for (e, want) in cases {
+        assert_eq!(
+            issuer.create_entry(e).await,
+            Err(ServiceError::InvalidArgument(want.into()))
+        );
+    }
+    issuer
+        .create_entry(entry("spiffe://td/w", &parent, &["a:b"]))
+        .await
+        .unwrap();
+    let dup = issuer
+        .create_entry(entry("spiffe://td/w", &parent, &["a:b"]))
+        .await;
+    assert!(
+        matches!(dup, Err(ServiceError::AlreadyExists(_))),
+        "{dup:?}"
+    );
+    assert_eq!(
+        issuer
+            .list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bundle_tracks_rotation_and_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let first = issuer.bundle().await.unwrap();
+    assert_eq!((first.x509_authorities.len(), first.jwt_keys.len()), (1, 1));
+    assert!(first.sequence >= 1);
+    let changed = issuer.rotate(SystemTime::now() + HOUR * 13).await.unwrap();
+    assert!(changed);
+    let second = issuer.bundle().await.unwrap();
+    assert_eq!(second.x509_authorities.len(), 2);
+    assert!(second.sequence > first.sequence);
+
+    let mut partner = first.clone();
+    partner.trust_domain = "partner.io".into();
+    issuer.set_federated_bundle(&partner).await.unwrap();
+    assert_eq!(
+        issuer.federated_bundles().await.unwrap()[0].trust_domain,
+        "partner.io"
+    );
+    let mut own = first;
+    own.trust_domain = "td".into();
+    assert!(matches!(
+        issuer.set_federated_bundle(&own).await,
+        Err(ServiceError::InvalidArgument(_))
+    ));
+    assert_eq!(issuer.health().await, (true, true));
+}
