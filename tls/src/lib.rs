@@ -1,0 +1,146 @@
+//! meshward-tls: SPIFFE authentication on top of rustls.
+//!
+//! The verifiers do what go-spiffe's `tlsconfig` does: take the peer's SPIFFE ID
+//! from its one URI SAN, validate the chain (RFC 5280, webpki) with **the bundle of
+//! that ID's trust domain only**, skip hostname checks, then ask an
+//! [`Authorizer`] whether this ID may talk. They wrap webpki; they never accept a
+//! chain webpki rejects.
+
+mod certs;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rustls_pki_types::{CertificateDer, TrustAnchor};
+
+pub use certs::CertStore;
+pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate has no SPIFFE ID: {0}")]
+    NoSpiffeId(String),
+    #[error("invalid trust anchor for {trust_domain}: {reason}")]
+    BadAnchor {
+        trust_domain: String,
+        reason: String,
+    },
+    #[error("invalid key or certificate: {0}")]
+    BadCredentials(String),
+}
+
+/// Which peer IDs may connect, once their chain verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorizer {
+    /// Exactly this SPIFFE ID (e.g. the issuer's `spiffe://td/spire/server`).
+    Exact(String),
+    /// Any ID of this trust domain.
+    TrustDomain(String),
+    /// Any ID whose trust domain has a bundle.
+    AnyTrusted,
+}
+
+impl Authorizer {
+    fn allows(&self, id: &str) -> bool {
+        match self {
+            Self::Exact(want) => id == want,
+            Self::TrustDomain(td) => trust_domain_of(id) == Some(td.as_str()),
+            Self::AnyTrusted => true,
+        }
+    }
+}
+
+/// Trust anchors by trust domain; updated when bundles rotate, read per handshake.
+#[derive(Debug, Default)]
+pub struct TrustBundles {
+    anchors: RwLock<HashMap<String, Arc<Vec<TrustAnchor<'static>>>>>,
+}
+
+impl TrustBundles {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Replaces the authorities of one trust domain.
+    pub fn set(
+        &self,
+        trust_domain: &str,
+        authorities: &[CertificateDer<'_>],
+    ) -> Result<(), TlsError> {
+        let anchors = authorities
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadAnchor {
+                trust_domain: trust_domain.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if let Ok(mut map) = self.anchors.write() {
+            map.insert(trust_domain.to_owned(), Arc::new(anchors));
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, trust_domain: &str) {
+        if let Ok(mut map) = self.anchors.write() {
+            map.remove(trust_domain);
+        }
+    }
+
+    pub(crate) fn get(&self, trust_domain: &str) -> Option<Arc<Vec<TrustAnchor<'static>>>> {
+        self.anchors.read().ok()?.get(trust_domain).cloned()
+    }
+}
+
+/// The SPIFFE ID of a certificate: its only URI SAN, which must be `spiffe://`.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| TlsError::NoSpiffeId(format!("unparsable certificate: {e}")))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::NoSpiffeId(format!("bad subject alternative names: {e}")))?
+        .ok_or_else(|| TlsError::NoSpiffeId("no subject alternative names".into()))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") && trust_domain_of(one).is_some() => {
+            Ok((*one).to_owned())
+        }
+        [one] => Err(TlsError::NoSpiffeId(format!(
+            "URI SAN {one:?} is not a SPIFFE ID"
+        ))),
+        [] => Err(TlsError::NoSpiffeId("no URI SAN".into())),
+        _ => Err(TlsError::NoSpiffeId(format!(
+            "{} URI SANs; an SVID has exactly one",
+            uris.len()
+        ))),
+    }
+}
+
+/// The certificate's serial number, lower-case hex without leading zero bytes.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let raw = parsed.raw_serial();
+    let trimmed = raw.strip_prefix(&[0u8][..]).unwrap_or(raw);
+    Some(trimmed.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `td` of `spiffe://td/...`.
+pub fn trust_domain_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let td = rest.split('/').next()?;
+    (!td.is_empty()).then_some(td)
+}
+
+/// Installs aws-lc-rs as the process's rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
