@@ -10,6 +10,9 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use rustls_pki_types::{CertificateDer, ServerName};
 
+/// A certificate chain and its PKCS#8 key.
+type Creds = (Vec<CertificateDer<'static>>, Vec<u8>);
+
 struct Ca {
     cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
@@ -32,7 +35,7 @@ fn ca(td: &str) -> Ca {
     }
 }
 
-fn svid(ca: &Ca, uris: &[&str]) -> (Vec<CertificateDer<'static>>, Vec<u8>) {
+fn svid(ca: &Ca, uris: &[&str]) -> Creds {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
@@ -50,7 +53,7 @@ fn svid(ca: &Ca, uris: &[&str]) -> (Vec<CertificateDer<'static>>, Vec<u8>) {
     (vec![cert.der().clone()], key.serialize_der())
 }
 
-fn store(creds: Option<(Vec<CertificateDer<'static>>, Vec<u8>)>) -> Arc<CertStore> {
+fn store(creds: Option<Creds>) -> Arc<CertStore> {
     let store = CertStore::new();
     if let Some((chain, key)) = creds {
         store.set(chain, &key).unwrap();
@@ -105,7 +108,7 @@ fn setup() -> Setup {
 
 fn configs(
     s: &Setup,
-    client_creds: Option<(Vec<CertificateDer<'static>>, Vec<u8>)>,
+    client_creds: Option<Creds>,
     server_authorizer: Authorizer,
     client_authorizer: Authorizer,
     mandatory: bool,
@@ -145,13 +148,7 @@ fn refusals_say_why() {
     let s = setup();
     let stranger = ca("td");
     let other_td = ca("other.td");
-    let cases: Vec<(
-        Option<(Vec<CertificateDer<'static>>, Vec<u8>)>,
-        Authorizer,
-        Authorizer,
-        bool,
-        &str,
-    )> = vec![
+    let cases: Vec<(Option<Creds>, Authorizer, Authorizer, bool, &str)> = vec![
         (
             Some(svid(&stranger, &["spiffe://td/node/a"])),
             Authorizer::AnyTrusted,
