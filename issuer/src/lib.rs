@@ -1,9 +1,11 @@
 //! meshward-issuer: the built-in SPIFFE issuance server (SPIRE server's role).
 //!
-//! Today: the CA and its rotation ([`Authority`]), X509-SVIDs from CSRs
-//! ([`sign_x509_svid`]), JWT-SVIDs ([`mint_jwt_svid`]) and bundles ([`Bundle`]).
-//! State lives in a [`datastore::Datastore`] (SQLite or PostgreSQL). Node
-//! attestation, entries and the gRPC APIs follow.
+//! - [`Authority`]: the CA and its rotation; [`sign_x509_svid`], [`mint_jwt_svid`],
+//!   [`Bundle`]: what it signs and publishes.
+//! - [`datastore`]: state on SQLite or PostgreSQL.
+//! - [`service`]: attestation, entries, signing, admin: the behaviour.
+//! - [`server`]: `meshward issuer run` (agent API over TLS, admin API on a unix
+//!   socket, health); [`client`]: connecting to both.
 
 /// Generated gRPC types and services (proto/agent.proto, proto/admin.proto).
 #[allow(unreachable_pub, clippy::all, clippy::pedantic)]
@@ -13,10 +15,12 @@ pub mod proto {
 
 mod bundle;
 mod ca;
+pub mod client;
 pub mod datastore;
 mod error;
 mod jwt;
 mod random;
+pub mod server;
 pub mod service;
 mod spiffe_id;
 mod x509;

@@ -1,5 +1,6 @@
 //! `meshward`: the one binary. Subcommands appear as they work.
 
+mod issuer_cli;
 mod policy_cli;
 
 use std::process::ExitCode;
@@ -22,12 +23,16 @@ enum Command {
     /// Check AuthorizationPolicy files; decide or explain requests against them.
     #[command(subcommand)]
     Policy(policy_cli::PolicyCommand),
+    /// The built-in SPIFFE issuance server and its admin CLI (spire-server's verbs).
+    #[command(subcommand)]
+    Issuer(issuer_cli::IssuerCommand),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(issuer_cli::normalize_flags(std::env::args()));
     let result = match cli.command {
         Command::Policy(cmd) => policy_cli::run(cmd),
+        Command::Issuer(cmd) => issuer_cli::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -3,9 +3,11 @@
 //! - [`check_x509_svid`]: the whole X509-SVID profile (X509-SVID.md) plus meshward's
 //!   own stricter choices, and RFC 5280 path validation to a bundle (webpki).
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
+//! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
 
+pub mod daemon;
 pub mod postgres;
 
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,170 @@
+//! The agent API over gRPC: callers are authenticated by their TLS client
+//! certificate (already verified against the bundle by the TLS layer).
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status};
+
+use super::convert::{bundle, code_of, entry, status, svid};
+use crate::datastore::Datastore;
+use crate::proto::agent_api_server::AgentApi;
+use crate::proto::{self};
+use crate::service::{Caller, Issuer};
+
+pub(crate) struct AgentService<D> {
+    pub(crate) issuer: Arc<Issuer<D>>,
+}
+
+/// The node behind a request: the SPIFFE ID and serial of its client certificate.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let leaf = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|certs| certs.first().cloned())
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "this call needs the node SVID as TLS client certificate: attest first",
+            )
+        })?;
+    let id =
+        meshward_tls::spiffe_id_of(&leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let serial = meshward_tls::serial_of(&leaf).unwrap_or_default();
+    Ok(Caller {
+        id: crate::spiffe_id::SpiffeId::parse(&id)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?,
+        serial,
+    })
+}
+
+// The TLS stream type the agent API is served on; named so tonic's connect info
+// type above is the one actually inserted.
+#[allow(dead_code)]
+type Served = tokio_rustls::server::TlsStream<TcpStream>;
+
+#[tonic::async_trait]
+impl<D: Datastore + 'static> AgentApi for AgentService<D> {
+    async fn attest_join_token(
+        &self,
+        request: Request<proto::AttestJoinTokenRequest>,
+    ) -> Result<Response<proto::AttestResponse>, Status> {
+        let r = request.into_inner();
+        let node_svid = self
+            .issuer
+            .attest_join_token(&r.token, &r.csr)
+            .await
+            .map_err(status)?;
+        let own = self.issuer.bundle().await.map_err(status)?;
+        Ok(Response::new(proto::AttestResponse {
+            svid: Some(svid(&node_svid)),
+            bundle: Some(bundle(&own)),
+        }))
+    }
+
+    async fn attest_k8s_psat(
+        &self,
+        _request: Request<proto::AttestK8sPsatRequest>,
+    ) -> Result<Response<proto::AttestResponse>, Status> {
+        Err(Status::unimplemented(
+            "k8s_psat attestation is not configured on this issuer (no k8s_psat section)",
+        ))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<proto::RenewAgentRequest>,
+    ) -> Result<Response<proto::RenewAgentResponse>, Status> {
+        let caller = caller(&request)?;
+        let renewed = self
+            .issuer
+            .renew_agent(&caller, &request.into_inner().csr)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::RenewAgentResponse {
+            svid: Some(svid(&renewed)),
+        }))
+    }
+
+    async fn list_authorized_entries(
+        &self,
+        request: Request<proto::ListAuthorizedEntriesRequest>,
+    ) -> Result<Response<proto::ListAuthorizedEntriesResponse>, Status> {
+        let caller = caller(&request)?;
+        let entries = self
+            .issuer
+            .authorized_entries(&caller)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ListAuthorizedEntriesResponse {
+            entries: entries.iter().map(entry).collect(),
+        }))
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        request: Request<proto::BatchNewX509SvidRequest>,
+    ) -> Result<Response<proto::BatchNewX509SvidResponse>, Status> {
+        let caller = caller(&request)?;
+        let params = request
+            .into_inner()
+            .params
+            .into_iter()
+            .map(|p| (p.entry_id, p.csr))
+            .collect();
+        let results = self
+            .issuer
+            .batch_new_x509_svid(&caller, params)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::BatchNewX509SvidResponse {
+            results: results
+                .into_iter()
+                .map(|(entry_id, result)| match result {
+                    Ok(s) => proto::BatchNewX509SvidResult {
+                        entry_id,
+                        svid: Some(svid(&s)),
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(e) => proto::BatchNewX509SvidResult {
+                        entry_id,
+                        svid: None,
+                        code: code_of(&e),
+                        message: e.to_string(),
+                    },
+                })
+                .collect(),
+        }))
+    }
+
+    async fn new_jwt_svid(
+        &self,
+        request: Request<proto::NewJwtSvidRequest>,
+    ) -> Result<Response<proto::NewJwtSvidResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let (token, expires) = self
+            .issuer
+            .new_jwt_svid(&caller, &r.entry_id, &r.audience)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::NewJwtSvidResponse {
+            token,
+            expires_at: crate::service::unix(expires),
+        }))
+    }
+
+    async fn get_bundles(
+        &self,
+        request: Request<proto::GetBundlesRequest>,
+    ) -> Result<Response<proto::GetBundlesResponse>, Status> {
+        let caller = caller(&request)?;
+        let (own, federated) = self.issuer.bundles(&caller).await.map_err(status)?;
+        Ok(Response::new(proto::GetBundlesResponse {
+            own: Some(bundle(&own)),
+            federated: federated.iter().map(bundle).collect(),
+        }))
+    }
+}

@@ -1,0 +1,132 @@
+//! Proto <-> domain, and ServiceError -> gRPC status.
+
+use std::time::SystemTime;
+
+use tonic::Status;
+
+use crate::bundle::Bundle;
+use crate::datastore::{AttestedNode, Entry, Selector};
+use crate::proto;
+use crate::service::ServiceError;
+use crate::spiffe_id::SpiffeId;
+use crate::x509::X509Svid;
+
+pub(crate) fn status(e: ServiceError) -> Status {
+    match e {
+        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
+        ServiceError::PermissionDenied(m) => Status::permission_denied(m),
+        ServiceError::NotFound(m) => Status::not_found(m),
+        ServiceError::AlreadyExists(m) => Status::already_exists(m),
+        ServiceError::Unavailable(m) => Status::unavailable(m),
+        ServiceError::Internal(m) => Status::internal(m),
+    }
+}
+
+pub(crate) fn code_of(e: &ServiceError) -> i32 {
+    status(e.clone()).code() as i32
+}
+
+fn unix(t: SystemTime) -> i64 {
+    crate::service::unix(t)
+}
+
+pub(crate) fn svid(s: &X509Svid) -> proto::X509Svid {
+    proto::X509Svid {
+        spiffe_id: s.spiffe_id.to_string(),
+        cert_chain: s.chain.iter().map(|c| c.to_vec()).collect(),
+        expires_at: unix(s.expires_at),
+    }
+}
+
+pub(crate) fn bundle(b: &Bundle) -> proto::Bundle {
+    proto::Bundle {
+        trust_domain: b.trust_domain.clone(),
+        x509_authorities: b.x509_authorities.iter().map(|c| c.to_vec()).collect(),
+        jwks: b.to_spiffe_json(),
+        sequence: b.sequence,
+        refresh_hint_seconds: b.refresh_hint.as_secs() as i64,
+    }
+}
+
+/// A bundle from the admin API: the JWKS (SPIFFE format) when given, else the DER
+/// authorities.
+pub(crate) fn bundle_from(b: proto::Bundle) -> Result<Bundle, Status> {
+    if !b.jwks.is_empty() {
+        return Bundle::from_spiffe_json(&b.trust_domain, &b.jwks)
+            .map_err(|e| Status::invalid_argument(e.to_string()));
+    }
+    let pem: String = b
+        .x509_authorities
+        .iter()
+        .map(|der| crate::ca::pem_encode(&der.clone().into()))
+        .collect();
+    Bundle::from_pem(&b.trust_domain, &pem).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub(crate) fn entry(e: &Entry) -> proto::Entry {
+    proto::Entry {
+        id: e.id.clone(),
+        spiffe_id: e.spiffe_id.to_string(),
+        parent_id: e.parent_id.to_string(),
+        selectors: e.selectors.iter().map(ToString::to_string).collect(),
+        x509_svid_ttl: e.x509_svid_ttl as i32,
+        jwt_svid_ttl: e.jwt_svid_ttl as i32,
+        dns_names: e.dns_names.clone(),
+        federates_with: e.federates_with.clone(),
+        admin: e.admin,
+        downstream: e.downstream,
+        hint: e.hint.clone(),
+        created_at: e.created_at,
+        revision: e.revision,
+    }
+}
+
+pub(crate) fn spiffe_id(field: &str, value: &str) -> Result<SpiffeId, Status> {
+    SpiffeId::parse(value).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+pub(crate) fn selectors(values: &[String]) -> Result<Vec<Selector>, Status> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| Status::invalid_argument(format!("selectors[{i}]: {e}")))
+        })
+        .collect()
+}
+
+pub(crate) fn entry_from(e: proto::Entry) -> Result<Entry, Status> {
+    let ttl = |field: &str, v: i32| {
+        u32::try_from(v)
+            .map_err(|_| Status::invalid_argument(format!("{field}: must not be negative")))
+    };
+    Ok(Entry {
+        id: e.id,
+        spiffe_id: spiffe_id("spiffe_id", &e.spiffe_id)?,
+        parent_id: spiffe_id("parent_id", &e.parent_id)?,
+        selectors: selectors(&e.selectors)?,
+        x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
+        jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
+        dns_names: e.dns_names,
+        federates_with: e.federates_with,
+        admin: e.admin,
+        downstream: e.downstream,
+        hint: e.hint,
+        created_at: 0,
+        revision: e.revision,
+    })
+}
+
+pub(crate) fn agent(n: &AttestedNode) -> proto::Agent {
+    proto::Agent {
+        spiffe_id: n.spiffe_id.to_string(),
+        attestation_type: n.attestation_type.clone(),
+        selectors: n.selectors.iter().map(ToString::to_string).collect(),
+        serial: n.serial.clone(),
+        expires_at: n.expires_at,
+        banned: n.banned,
+        can_reattest: n.can_reattest,
+        created_at: n.created_at,
+    }
+}

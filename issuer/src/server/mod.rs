@@ -1,0 +1,270 @@
+//! `meshward issuer run`: the issuance server's listeners and background tasks.
+//!
+//! - agent API: gRPC over TLS on `agent_listen` (server SVID `spiffe://<td>/spire/server`;
+//!   client certificates optional at the TLS layer, required by every call but Attest*)
+//! - admin API: gRPC on the unix socket `admin_socket` (mode 0600)
+//! - health: `/live`, `/ready` on `health_listen`
+//! - every 10 s: CA rotation step, server SVID renewal at half life, trust bundle refresh
+
+mod admin_api;
+mod agent_api;
+mod convert;
+mod health;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward_config::IssuerConfig;
+use meshward_tls::{Authorizer, CertStore, SpiffeClientVerifier, TrustBundles};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+
+use crate::ca::{Authority, UpstreamCa};
+use crate::datastore::{Datastore, SqlStore};
+use crate::proto::admin_api_server::AdminApiServer;
+use crate::proto::agent_api_server::AgentApiServer;
+use crate::service::{Issuer, Settings};
+use crate::spiffe_id::SpiffeId;
+use crate::x509::SvidTemplate;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for the gRPC server; accept pauses when full.
+const ACCEPT_QUEUE: usize = 128;
+const TICK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{what}: {reason}")]
+    Startup { what: String, reason: String },
+}
+
+fn startup(what: impl Into<String>) -> impl FnOnce(String) -> ServerError {
+    let what = what.into();
+    move |reason| ServerError::Startup { what, reason }
+}
+
+/// Runs the issuer until `shutdown` completes.
+pub async fn run(
+    config: IssuerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    meshward_tls::install_crypto_provider();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| startup(format!("create {}", config.data_dir.display()))(e.to_string()))?;
+    let store = SqlStore::connect(&config.datastore_url())
+        .await
+        .map_err(|e| startup("datastore")(e.to_string()))?;
+    let upstream = match &config.upstream_ca {
+        Some(files) => Some(
+            UpstreamCa::from_files(&files.cert_chain, &files.key)
+                .map_err(|e| startup("upstream_ca")(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let authority = Authority::load_or_init(
+        &config.data_dir,
+        &config.trust_domain,
+        config.ca_ttl,
+        upstream,
+        SystemTime::now(),
+    )
+    .map_err(|e| startup("CA")(e.to_string()))?;
+    let settings = Settings {
+        trust_domain: config.trust_domain.clone(),
+        instance: instance_name(),
+        default_x509_svid_ttl: config.default_x509_svid_ttl,
+        default_jwt_svid_ttl: config.default_jwt_svid_ttl,
+        agent_svid_ttl: config.agent_svid_ttl,
+        join_token_ttl: config.join_token_ttl,
+        bundle_refresh_hint: config
+            .bundle_endpoint
+            .as_ref()
+            .map_or(Duration::from_secs(300), |b| b.refresh_hint),
+    };
+    let issuer = Arc::new(
+        Issuer::new(settings, authority, store)
+            .await
+            .map_err(|e| startup("issuer")(e.to_string()))?,
+    );
+
+    let bundles = TrustBundles::new();
+    let server_cert = CertStore::new();
+    refresh_bundle(&issuer, &bundles)
+        .await
+        .map_err(startup("trust bundle"))?;
+    let mut server_svid_expiry =
+        renew_server_svid(&issuer, &server_cert).map_err(startup("server SVID"))?;
+
+    let agent_listener = TcpListener::bind(config.agent_listen)
+        .await
+        .map_err(|e| startup(format!("listen on {}", config.agent_listen))(e.to_string()))?;
+    let health_listener = TcpListener::bind(config.health_listen)
+        .await
+        .map_err(|e| startup(format!("listen on {}", config.health_listen))(e.to_string()))?;
+    let admin_listener = bind_admin_socket(&config.admin_socket)?;
+
+    let tls = tls_config(&issuer, &bundles, &server_cert);
+    let (connections, incoming) = mpsc::channel(ACCEPT_QUEUE);
+    let accept = tokio::spawn(accept_tls(
+        agent_listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        connections,
+    ));
+    let agent_server = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(AgentApiServer::new(agent_api::AgentService {
+            issuer: issuer.clone(),
+        }))
+        .serve_with_incoming(ReceiverStream::new(incoming));
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminApiServer::new(admin_api::AdminService {
+            issuer: issuer.clone(),
+        }))
+        .serve_with_incoming(UnixListenerStream::new(admin_listener));
+    let health_server = health::serve(health_listener, issuer.clone());
+
+    eprintln!(
+        "meshward issuer: trust domain {}, agent API on {}, admin socket {}, health on {}",
+        config.trust_domain,
+        config.agent_listen,
+        config.admin_socket.display(),
+        config.health_listen
+    );
+    let housekeeping = async {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let now = SystemTime::now();
+            match issuer.rotate(now).await {
+                Ok(true) => eprintln!("meshward issuer: CA rotation step changed the bundle"),
+                Ok(false) => {}
+                Err(e) => eprintln!("meshward issuer: CA rotation failed (will retry): {e}"),
+            }
+            if let Err(e) = refresh_bundle(&issuer, &bundles).await {
+                eprintln!("meshward issuer: bundle refresh failed (will retry): {e}");
+            }
+            if now >= server_svid_expiry {
+                match renew_server_svid(&issuer, &server_cert) {
+                    Ok(next) => server_svid_expiry = next,
+                    Err(e) => {
+                        eprintln!("meshward issuer: server SVID renewal failed (will retry): {e}")
+                    }
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = agent_server => r.map_err(|e| startup("agent API")(e.to_string())),
+        r = admin_server => r.map_err(|e| startup("admin API")(e.to_string())),
+        r = health_server => r.map_err(startup("health")),
+        () = housekeeping => Ok(()),
+        () = shutdown => Ok(()),
+    };
+    accept.abort();
+    let _ = std::fs::remove_file(&config.admin_socket);
+    result
+}
+
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+fn bind_admin_socket(path: &std::path::Path) -> Result<UnixListener, ServerError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| startup(format!("create {}", dir.display()))(e.to_string()))?;
+    }
+    // a socket left by a previous run would make bind fail
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|e| startup(format!("bind {}", path.display()))(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| startup(format!("chmod {}", path.display()))(e.to_string()))?;
+    Ok(listener)
+}
+
+fn tls_config<D: Datastore>(
+    issuer: &Issuer<D>,
+    bundles: &Arc<TrustBundles>,
+    cert: &Arc<CertStore>,
+) -> Arc<rustls::ServerConfig> {
+    // Client certificates are optional at the TLS layer (attestation has none); the
+    // handlers require them for everything else.
+    let verifier = SpiffeClientVerifier::new(
+        bundles.clone(),
+        Authorizer::TrustDomain(issuer.settings().trust_domain.clone()),
+        false,
+    );
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts TCP, runs the TLS handshake with a deadline, hands the stream on.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    connections: mpsc::Sender<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, connections) = (acceptor.clone(), connections.clone());
+        tokio::spawn(async move {
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                let _ = connections.send(Ok(tls)).await;
+            }
+        });
+    }
+}
+
+async fn refresh_bundle<D: Datastore>(
+    issuer: &Issuer<D>,
+    bundles: &TrustBundles,
+) -> Result<(), String> {
+    let own = issuer.bundle().await.map_err(|e| e.to_string())?;
+    bundles
+        .set(&own.trust_domain, &own.x509_authorities)
+        .map_err(|e| e.to_string())
+}
+
+/// A new key and SVID for `spiffe://<td>/spire/server`; returns when to renew.
+fn renew_server_svid<D: Datastore>(
+    issuer: &Issuer<D>,
+    store: &CertStore,
+) -> Result<SystemTime, String> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+    let id: SpiffeId = issuer.server_id().map_err(|e| e.to_string())?;
+    let svid = issuer
+        .sign(
+            csr.der(),
+            &SvidTemplate {
+                spiffe_id: &id,
+                dns_names: &[],
+                ttl: issuer.settings().agent_svid_ttl,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    store
+        .set(svid.chain.clone(), &key.serialize_der())
+        .map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    Ok(now + svid.expires_at.duration_since(now).unwrap_or_default() / 2)
+}

@@ -1,0 +1,516 @@
+//! `meshward issuer ...`: run the issuance server, and administer it with
+//! spire-server's verbs and flags (`-spiffeID`, `-parentID`, `-selector`, ...).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use meshward_config::IssuerConfig;
+use meshward_issuer::client::admin_client;
+use meshward_issuer::proto;
+
+use output::Output;
+
+const DEFAULT_SOCKET: &str = "/run/meshward/issuer.sock";
+
+#[derive(Subcommand)]
+pub(crate) enum IssuerCommand {
+    /// Run the issuance server.
+    Run {
+        /// issuer.yaml (every field has a default)
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Registration entries.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Attested nodes.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Trust bundles: the own one and federated ones.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Whether the issuer is ready (datastore reachable, a CA active).
+    Healthcheck {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct Common {
+    /// The admin API socket.
+    #[arg(long = "socketPath", default_value = DEFAULT_SOCKET)]
+    socket_path: PathBuf,
+    /// pretty | json
+    #[arg(long = "output", value_enum, default_value_t = Output::Pretty)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub(crate) struct EntryFields {
+    #[arg(long = "spiffeID")]
+    spiffe_id: Option<String>,
+    #[arg(long = "parentID")]
+    parent_id: Option<String>,
+    /// type:value (repeatable); all must match
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+    /// seconds; 0 = the server default
+    #[arg(long = "x509SVIDTTL", default_value_t = 0)]
+    x509_svid_ttl: i32,
+    #[arg(long = "jwtSVIDTTL", default_value_t = 0)]
+    jwt_svid_ttl: i32,
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+    #[arg(long = "federatesWith")]
+    federates_with: Vec<String>,
+    #[arg(long)]
+    admin: bool,
+    #[arg(long)]
+    downstream: bool,
+    /// A node alias entry: the parent is the issuer itself (spiffe://<td>/spire/server).
+    #[arg(long)]
+    node: bool,
+    #[arg(long, default_value = "")]
+    hint: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EntryCommand {
+    Create {
+        #[command(flatten)]
+        fields: EntryFields,
+        #[command(flatten)]
+        common: Common,
+    },
+    Update {
+        #[arg(long = "entryID")]
+        entry_id: String,
+        #[command(flatten)]
+        fields: EntryFields,
+        #[command(flatten)]
+        common: Common,
+    },
+    Show {
+        #[arg(long = "entryID")]
+        entry_id: Option<String>,
+        #[arg(long = "spiffeID")]
+        spiffe_id: Option<String>,
+        #[arg(long = "parentID")]
+        parent_id: Option<String>,
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    Delete {
+        #[arg(long = "entryID")]
+        entry_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AgentCommand {
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    Show {
+        #[arg(long = "spiffeID")]
+        spiffe_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A banned node cannot attest or renew.
+    Ban {
+        #[arg(long = "spiffeID")]
+        spiffe_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Forget the node: it must attest again.
+    Evict {
+        #[arg(long = "spiffeID")]
+        spiffe_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    Generate {
+        /// Node ID the token attests to [default: spiffe://<td>/spire/agent/join_token/<token>]
+        #[arg(long = "spiffeID")]
+        spiffe_id: Option<String>,
+        /// seconds [default: the server's join_token_ttl, 600]
+        #[arg(long, default_value_t = 0)]
+        ttl: i64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum BundleFormat {
+    Pem,
+    Spiffe,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BundleCommand {
+    /// The own trust domain's bundle.
+    Show {
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Federated bundles.
+    List {
+        /// Only this trust domain (spiffe://td)
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Store another trust domain's bundle.
+    Set {
+        /// spiffe://<trust domain>
+        #[arg(long)]
+        id: String,
+        /// The bundle file; `-` or absent reads standard input.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+        #[command(flatten)]
+        common: Common,
+    },
+    Delete {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// spire-server writes flags with one dash (`-spiffeID`): accept that by turning a
+/// single-dash word into its double-dash form before clap sees it.
+pub(crate) fn normalize_flags(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_issuer = false;
+    for arg in args {
+        if arg == "issuer" {
+            in_issuer = true;
+        }
+        let word = arg.strip_prefix('-').filter(|rest| {
+            !rest.starts_with('-') && rest.len() > 1 && rest.as_bytes()[0].is_ascii_alphabetic()
+        });
+        match word {
+            Some(rest) if in_issuer => out.push(format!("--{rest}")),
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+pub(crate) fn run(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(cmd)).map_err(|e| {
+        match e.downcast_ref::<meshward_issuer::client::Status>() {
+            // "PermissionDenied: node ... is banned" rather than tonic's debug form
+            Some(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+            None => e,
+        }
+    })
+}
+
+async fn dispatch(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        IssuerCommand::Run { config } => run_server(config).await,
+        IssuerCommand::Entry(cmd) => entry(cmd).await,
+        IssuerCommand::Agent(cmd) => agent(cmd).await,
+        IssuerCommand::Token(TokenCommand::Generate {
+            spiffe_id,
+            ttl,
+            common,
+        }) => {
+            let mut client = admin_client(common.socket_path.clone()).await?;
+            let token = client
+                .generate_join_token(proto::GenerateJoinTokenRequest {
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    ttl_seconds: ttl,
+                })
+                .await?
+                .into_inner();
+            common.output.token(&token);
+            Ok(ExitCode::SUCCESS)
+        }
+        IssuerCommand::Bundle(cmd) => bundle(cmd).await,
+        IssuerCommand::Healthcheck { common } => {
+            let mut client = admin_client(common.socket_path.clone()).await?;
+            let health = client.health(proto::Empty {}).await?.into_inner();
+            println!(
+                "{}",
+                if health.datastore_ok && health.ca_active {
+                    "Server is healthy."
+                } else {
+                    &health.message
+                }
+            );
+            Ok(if health.datastore_ok && health.ca_active {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match config {
+        Some(path) => IssuerConfig::from_file(&path)?,
+        None => IssuerConfig::default(),
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    meshward_issuer::server::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn entry_message(fields: EntryFields, id: String) -> anyhow::Result<proto::Entry> {
+    let spiffe_id = fields.spiffe_id.context("-spiffeID is required")?;
+    let parent_id = match (fields.parent_id, fields.node) {
+        (Some(_), true) => bail!("-parentID and -node are exclusive"),
+        (Some(parent), false) => parent,
+        (None, true) => {
+            let td = spiffe_id
+                .strip_prefix("spiffe://")
+                .and_then(|r| r.split('/').next())
+                .context("-spiffeID must be a spiffe:// ID")?;
+            format!("spiffe://{td}/spire/server")
+        }
+        (None, false) => bail!("-parentID or -node is required"),
+    };
+    Ok(proto::Entry {
+        id,
+        spiffe_id,
+        parent_id,
+        selectors: fields.selectors,
+        x509_svid_ttl: fields.x509_svid_ttl,
+        jwt_svid_ttl: fields.jwt_svid_ttl,
+        dns_names: fields.dns_names,
+        federates_with: fields.federates_with,
+        admin: fields.admin,
+        downstream: fields.downstream,
+        hint: fields.hint,
+        created_at: 0,
+        revision: 0,
+    })
+}
+
+async fn entry(cmd: EntryCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EntryCommand::Create { fields, common } => {
+            let message = entry_message(fields, String::new())?;
+            let created = admin_client(common.socket_path.clone())
+                .await?
+                .create_entry(message)
+                .await?
+                .into_inner();
+            common.output.entries(&[created]);
+        }
+        EntryCommand::Update {
+            entry_id,
+            fields,
+            common,
+        } => {
+            let message = entry_message(fields, entry_id)?;
+            let updated = admin_client(common.socket_path.clone())
+                .await?
+                .update_entry(message)
+                .await?
+                .into_inner();
+            common.output.entries(&[updated]);
+        }
+        EntryCommand::Show {
+            entry_id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            common,
+        } => {
+            let mut client = admin_client(common.socket_path.clone()).await?;
+            let entries = client
+                .list_entries(proto::ListEntriesRequest {
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    parent_id: parent_id.unwrap_or_default(),
+                    selectors,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|e| entry_id.as_ref().is_none_or(|id| &e.id == id))
+                .collect();
+            common.output.entries(&entries);
+        }
+        EntryCommand::Delete { entry_id, common } => {
+            let deleted = admin_client(common.socket_path.clone())
+                .await?
+                .delete_entry(proto::EntryRef { id: entry_id })
+                .await?
+                .into_inner();
+            common.output.deleted(&deleted.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AgentCommand::List { common } => {
+            let agents = admin_client(common.socket_path.clone())
+                .await?
+                .list_agents(proto::Empty {})
+                .await?
+                .into_inner()
+                .agents;
+            common.output.agents(&agents);
+        }
+        AgentCommand::Show { spiffe_id, common } => {
+            let agent = admin_client(common.socket_path.clone())
+                .await?
+                .show_agent(proto::AgentRef { spiffe_id })
+                .await?
+                .into_inner();
+            common.output.agents(&[agent]);
+        }
+        AgentCommand::Ban { spiffe_id, common } => {
+            admin_client(common.socket_path.clone())
+                .await?
+                .ban_agent(proto::AgentRef {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await?;
+            common.output.done(&format!("Agent {spiffe_id} banned"));
+        }
+        AgentCommand::Evict { spiffe_id, common } => {
+            admin_client(common.socket_path.clone())
+                .await?
+                .evict_agent(proto::AgentRef {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await?;
+            common.output.done(&format!("Agent {spiffe_id} evicted"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BundleCommand::Show { format, common } => {
+            let bundle = admin_client(common.socket_path.clone())
+                .await?
+                .show_bundle(proto::Empty {})
+                .await?
+                .into_inner();
+            output::bundle(&bundle, format, false);
+        }
+        BundleCommand::List { id, format, common } => {
+            let bundles = admin_client(common.socket_path.clone())
+                .await?
+                .list_federated_bundles(proto::Empty {})
+                .await?
+                .into_inner()
+                .bundles;
+            let want = id
+                .as_deref()
+                .map(|id| id.strip_prefix("spiffe://").unwrap_or(id).to_owned());
+            for b in bundles
+                .iter()
+                .filter(|b| want.as_ref().is_none_or(|td| &b.trust_domain == td))
+            {
+                output::bundle(b, format, true);
+            }
+        }
+        BundleCommand::Set {
+            id,
+            path,
+            format,
+            common,
+        } => {
+            let trust_domain = id.strip_prefix("spiffe://").unwrap_or(&id).to_owned();
+            let text = match path {
+                Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(&p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?,
+                _ => std::io::read_to_string(std::io::stdin())?,
+            };
+            let message = match format {
+                BundleFormat::Spiffe => proto::Bundle {
+                    trust_domain: trust_domain.clone(),
+                    jwks: text,
+                    ..Default::default()
+                },
+                BundleFormat::Pem => {
+                    let parsed = meshward_issuer::Bundle::from_pem(&trust_domain, &text)?;
+                    proto::Bundle {
+                        trust_domain: trust_domain.clone(),
+                        x509_authorities: parsed
+                            .x509_authorities
+                            .iter()
+                            .map(|c| c.to_vec())
+                            .collect(),
+                        ..Default::default()
+                    }
+                }
+            };
+            admin_client(common.socket_path.clone())
+                .await?
+                .set_federated_bundle(message)
+                .await?;
+            common
+                .output
+                .done(&format!("Bundle set for spiffe://{trust_domain}"));
+        }
+        BundleCommand::Delete { id, common } => {
+            let trust_domain = id.strip_prefix("spiffe://").unwrap_or(&id).to_owned();
+            admin_client(common.socket_path.clone())
+                .await?
+                .delete_federated_bundle(proto::TrustDomainRef {
+                    trust_domain: trust_domain.clone(),
+                })
+                .await?;
+            common
+                .output
+                .done(&format!("Bundle deleted for spiffe://{trust_domain}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,165 @@
+//! What the admin verbs print: spire-server's layout for people, JSON for scripts.
+
+use clap::ValueEnum;
+use meshward_issuer::proto;
+use serde_json::json;
+
+use super::BundleFormat;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Pretty,
+    Json,
+}
+
+fn ttl(seconds: i32) -> String {
+    if seconds == 0 {
+        "default".into()
+    } else {
+        seconds.to_string()
+    }
+}
+
+fn entry_json(e: &proto::Entry) -> serde_json::Value {
+    json!({
+        "id": e.id, "spiffe_id": e.spiffe_id, "parent_id": e.parent_id, "selectors": e.selectors,
+        "x509_svid_ttl": e.x509_svid_ttl, "jwt_svid_ttl": e.jwt_svid_ttl, "dns_names": e.dns_names,
+        "federates_with": e.federates_with, "admin": e.admin, "downstream": e.downstream,
+        "hint": e.hint, "created_at": e.created_at, "revision": e.revision,
+    })
+}
+
+fn agent_json(a: &proto::Agent) -> serde_json::Value {
+    json!({
+        "spiffe_id": a.spiffe_id, "attestation_type": a.attestation_type, "selectors": a.selectors,
+        "serial": a.serial, "expires_at": a.expires_at, "banned": a.banned,
+        "can_reattest": a.can_reattest, "created_at": a.created_at,
+    })
+}
+
+impl Output {
+    pub(crate) fn entries(self, entries: &[proto::Entry]) {
+        match self {
+            Self::Json => println!(
+                "{}",
+                json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })
+            ),
+            Self::Pretty => {
+                let noun = if entries.len() == 1 {
+                    "entry"
+                } else {
+                    "entries"
+                };
+                println!("Found {} {noun}", entries.len());
+                for e in entries {
+                    println!("Entry ID         : {}", e.id);
+                    println!("SPIFFE ID        : {}", e.spiffe_id);
+                    println!("Parent ID        : {}", e.parent_id);
+                    println!("Revision         : {}", e.revision);
+                    println!("X509-SVID TTL    : {}", ttl(e.x509_svid_ttl));
+                    println!("JWT-SVID TTL     : {}", ttl(e.jwt_svid_ttl));
+                    for s in &e.selectors {
+                        println!("Selector         : {s}");
+                    }
+                    for d in &e.dns_names {
+                        println!("DNS name         : {d}");
+                    }
+                    for f in &e.federates_with {
+                        println!("FederatesWith    : {f}");
+                    }
+                    if e.admin {
+                        println!("Admin            : true");
+                    }
+                    if e.downstream {
+                        println!("Downstream       : true");
+                    }
+                    if !e.hint.is_empty() {
+                        println!("Hint             : {}", e.hint);
+                    }
+                    println!();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn agents(self, agents: &[proto::Agent]) {
+        match self {
+            Self::Json => println!(
+                "{}",
+                json!({ "agents": agents.iter().map(agent_json).collect::<Vec<_>>() })
+            ),
+            Self::Pretty => {
+                let noun = if agents.len() == 1 {
+                    "attested agent"
+                } else {
+                    "attested agents"
+                };
+                println!("Found {} {noun}:\n", agents.len());
+                for a in agents {
+                    println!("SPIFFE ID         : {}", a.spiffe_id);
+                    println!("Attestation type  : {}", a.attestation_type);
+                    println!("Expiration time   : {}", a.expires_at);
+                    println!("Serial number     : {}", a.serial);
+                    println!("Can re-attest     : {}", a.can_reattest);
+                    println!("Banned            : {}", a.banned);
+                    for s in &a.selectors {
+                        println!("Selector          : {s}");
+                    }
+                    println!();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn token(self, token: &proto::JoinToken) {
+        match self {
+            Self::Json => println!(
+                "{}",
+                json!({ "value": token.token, "spiffe_id": token.spiffe_id, "expires_at": token.expires_at })
+            ),
+            Self::Pretty => {
+                println!("Token: {}", token.token);
+                println!("SPIFFE ID: {}", token.spiffe_id);
+            }
+        }
+    }
+
+    pub(crate) fn deleted(self, id: &str) {
+        self.done(&format!("Deleted entry with ID: {id}"));
+    }
+
+    pub(crate) fn done(self, message: &str) {
+        match self {
+            Self::Json => println!("{}", json!({ "result": message })),
+            Self::Pretty => println!("{message}"),
+        }
+    }
+}
+
+pub(crate) fn bundle(b: &proto::Bundle, format: BundleFormat, with_header: bool) {
+    if with_header {
+        println!("****************************************");
+        println!("* spiffe://{}", b.trust_domain);
+        println!("****************************************");
+    }
+    match format {
+        BundleFormat::Spiffe => println!("{}", b.jwks),
+        BundleFormat::Pem => {
+            for der in &b.x509_authorities {
+                print!("{}", pem(der));
+            }
+        }
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
