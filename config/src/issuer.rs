@@ -82,8 +82,12 @@ pub struct BundleEndpointConfig {
     pub listen: SocketAddr,
     #[serde(with = "crate::duration", default = "default_refresh_hint")]
     pub refresh_hint: Duration,
-    /// `https_spiffe` (the issuer's own SVID) or `https_web` with cert and key files.
+    /// `https_spiffe` (the issuer's own SVID) or `https_web` (cert_file and key_file).
     pub profile: BundleEndpointProfile,
+    /// https_web only: PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// https_web only: PEM private key.
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_refresh_hint() -> Duration {
@@ -94,10 +98,7 @@ fn default_refresh_hint() -> Duration {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum BundleEndpointProfile {
     HttpsSpiffe,
-    HttpsWeb {
-        cert_file: PathBuf,
-        key_file: PathBuf,
-    },
+    HttpsWeb,
 }
 
 impl Default for IssuerConfig {
@@ -181,6 +182,26 @@ impl IssuerConfig {
                     "datastore_url",
                     "must start with sqlite: or postgres:".into(),
                 );
+            }
+        }
+        if let Some(endpoint) = &self.bundle_endpoint {
+            let files = endpoint.cert_file.is_some() && endpoint.key_file.is_some();
+            let any_file = endpoint.cert_file.is_some() || endpoint.key_file.is_some();
+            match endpoint.profile {
+                BundleEndpointProfile::HttpsWeb if !files => {
+                    return invalid(
+                        "bundle_endpoint",
+                        "profile https_web needs cert_file and key_file".into(),
+                    );
+                }
+                BundleEndpointProfile::HttpsSpiffe if any_file => {
+                    return invalid(
+                        "bundle_endpoint",
+                        "profile https_spiffe uses the issuer's SVID: drop cert_file and key_file"
+                            .into(),
+                    );
+                }
+                _ => {}
             }
         }
         if let Some(psat) = &self.k8s_psat {
@@ -269,6 +290,10 @@ mod tests {
                 "i.yaml: k8s_psat.clusters[0].service_account_allow_list[0]",
             ),
             ("tls: {}\n", "i.yaml: tls: unknown field `tls`"),
+            (
+                "bundle_endpoint: {listen: 0.0.0.0:8443, profile: https_web}\n",
+                "i.yaml: bundle_endpoint: profile https_web needs cert_file and key_file",
+            ),
         ];
         for (yaml, want) in cases {
             let e = IssuerConfig::from_yaml(yaml, "i.yaml")

@@ -4,10 +4,12 @@
 //!   client certificates optional at the TLS layer, required by every call but Attest*)
 //! - admin API: gRPC on the unix socket `admin_socket` (mode 0600)
 //! - health: `/live`, `/ready` on `health_listen`
+//! - optional federation bundle endpoint (HTTPS) on `bundle_endpoint.listen`
 //! - every 10 s: CA rotation step, server SVID renewal at half life, trust bundle refresh
 
 mod admin_api;
 mod agent_api;
+mod bundle_endpoint;
 mod convert;
 mod health;
 
@@ -16,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::IssuerConfig;
+use meshward_config::{BundleEndpointProfile, IssuerConfig};
 use meshward_tls::{Authorizer, CertStore, SpiffeClientVerifier, TrustBundles};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -126,6 +128,24 @@ pub async fn run(
         }))
         .serve_with_incoming(UnixListenerStream::new(admin_listener));
     let health_server = health::serve(health_listener, issuer.clone());
+    let bundle_server = async {
+        let Some(endpoint) = &config.bundle_endpoint else {
+            return std::future::pending().await;
+        };
+        let cert = match (&endpoint.profile, &endpoint.cert_file, &endpoint.key_file) {
+            (BundleEndpointProfile::HttpsWeb, Some(cert_file), Some(key_file)) => {
+                bundle_endpoint::web_certificate(cert_file, key_file)
+                    .map_err(startup("bundle_endpoint"))?
+            }
+            _ => server_cert.clone(),
+        };
+        let listener = TcpListener::bind(endpoint.listen)
+            .await
+            .map_err(|e| startup(format!("listen on {}", endpoint.listen))(e.to_string()))?;
+        bundle_endpoint::serve(listener, bundle_endpoint::tls_config(cert), issuer.clone())
+            .await
+            .map_err(startup("bundle endpoint"))
+    };
 
     eprintln!(
         "meshward issuer: trust domain {}, agent API on {}, admin socket {}, health on {}",
@@ -161,6 +181,7 @@ pub async fn run(
         r = agent_server => r.map_err(|e| startup("agent API")(e.to_string())),
         r = admin_server => r.map_err(|e| startup("admin API")(e.to_string())),
         r = health_server => r.map_err(startup("health")),
+        r = bundle_server => r,
         () = housekeeping => Ok(()),
         () = shutdown => Ok(()),
     };
