@@ -19,6 +19,7 @@ pub mod client;
 pub mod datastore;
 mod error;
 mod jwt;
+pub mod k8s_psat;
 mod random;
 pub mod server;
 pub mod service;

@@ -461,3 +461,123 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
     .await;
     assert!(meshward_issuer::Bundle::from_spiffe_json(TD, &body).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_psat_attestation_through_token_review() {
+    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    api.add_node("ip-10-0-1-23.ec2.internal", "node-uid-1", "10.0.1.23");
+    let agent_pod = FakePod {
+        namespace: "meshward".into(),
+        name: "meshward-node-abcde".into(),
+        uid: "pod-uid-1".into(),
+        node_name: "ip-10-0-1-23.ec2.internal".into(),
+        service_account: "meshward-node".into(),
+    };
+    api.add_pod(agent_pod.clone());
+    let issuer = Issuer::with_extra(
+        dir.path(),
+        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &format!(
+            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
+            api.url(),
+            api.ca_file().display(),
+            api.token_file().display()
+        ),
+    );
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let attest = |cluster: &str, token: String| proto::AttestK8sPsatRequest {
+        cluster: cluster.into(),
+        token,
+        csr: p256_csr().1,
+    };
+    let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
+    let attested = client
+        .attest_k8s_psat(attest("eks", token.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/node-uid-1");
+    assert_eq!(attested.svid.unwrap().spiffe_id, node_id);
+    let agents = issuer.cli_json(&["agent", "show", "-spiffeID", &node_id]);
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["attestation_type"], "k8s_psat");
+    assert_eq!(agent["can_reattest"], true);
+    let selectors: Vec<&str> = agent["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for want in [
+        "k8s_psat:cluster:eks",
+        "k8s_psat:agent_ns:meshward",
+        "k8s_psat:agent_sa:meshward-node",
+        "k8s_psat:agent_pod_name:meshward-node-abcde",
+        "k8s_psat:agent_pod_uid:pod-uid-1",
+        "k8s_psat:agent_node_name:ip-10-0-1-23.ec2.internal",
+        "k8s_psat:agent_node_uid:node-uid-1",
+        "k8s_psat:agent_node_ip:10.0.1.23",
+    ] {
+        assert!(
+            selectors.contains(&want),
+            "{want} missing from {selectors:?}"
+        );
+    }
+    // PSAT nodes may attest again (a restarted agent pod)
+    client
+        .attest_k8s_psat(attest("eks", token.clone()))
+        .await
+        .unwrap();
+
+    let refused = |r: Result<tonic::Response<proto::AttestResponse>, tonic::Status>, want: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert!(e.message().contains(want), "want {want:?} in {e}");
+    };
+    refused(
+        client.attest_k8s_psat(attest("gke", token.clone())).await,
+        "cluster \"gke\" is not configured",
+    );
+    let wrong_audience =
+        api.service_account_token(&agent_pod, "someone-else", Duration::from_secs(600));
+    refused(
+        client.attest_k8s_psat(attest("eks", wrong_audience)).await,
+        "not valid for audience",
+    );
+    let mut forged = token.clone();
+    forged.pop();
+    refused(
+        client.attest_k8s_psat(attest("eks", forged)).await,
+        "not valid for audience",
+    );
+    let other_sa = FakePod {
+        service_account: "default".into(),
+        ..agent_pod.clone()
+    };
+    let token_other =
+        api.service_account_token(&other_sa, "meshward-issuer", Duration::from_secs(600));
+    refused(
+        client.attest_k8s_psat(attest("eks", token_other)).await,
+        "not in the allow-list",
+    );
+    // the pod was replaced: same name, new UID
+    api.add_pod(FakePod {
+        uid: "pod-uid-2".into(),
+        ..agent_pod.clone()
+    });
+    refused(
+        client.attest_k8s_psat(attest("eks", token)).await,
+        "another UID",
+    );
+    // a banned node cannot attest again
+    issuer.cli_json(&["agent", "ban", "-spiffeID", &node_id]);
+    let fresh = FakePod {
+        uid: "pod-uid-2".into(),
+        ..agent_pod
+    };
+    let token = api.service_account_token(&fresh, "meshward-issuer", Duration::from_secs(600));
+    refused(client.attest_k8s_psat(attest("eks", token)).await, "banned");
+}

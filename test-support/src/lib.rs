@@ -4,10 +4,12 @@
 //!   own stricter choices, and RFC 5280 path validation to a bundle (webpki).
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
+//! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
 
 pub mod daemon;
+pub mod kube_api;
 pub mod postgres;
 
 use std::time::{Duration, SystemTime};

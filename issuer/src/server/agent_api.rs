@@ -65,11 +65,19 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
 
     async fn attest_k8s_psat(
         &self,
-        _request: Request<proto::AttestK8sPsatRequest>,
+        request: Request<proto::AttestK8sPsatRequest>,
     ) -> Result<Response<proto::AttestResponse>, Status> {
-        Err(Status::unimplemented(
-            "k8s_psat attestation is not configured on this issuer (no k8s_psat section)",
-        ))
+        let r = request.into_inner();
+        let node_svid = self
+            .issuer
+            .attest_k8s_psat(&r.cluster, &r.token, &r.csr)
+            .await
+            .map_err(status)?;
+        let own = self.issuer.bundle().await.map_err(status)?;
+        Ok(Response::new(proto::AttestResponse {
+            svid: Some(svid(&node_svid)),
+            bundle: Some(bundle(&own)),
+        }))
     }
 
     async fn renew_agent(

@@ -87,11 +87,15 @@ pub async fn run(
             .as_ref()
             .map_or(Duration::from_secs(300), |b| b.refresh_hint),
     };
-    let issuer = Arc::new(
-        Issuer::new(settings, authority, store)
-            .await
-            .map_err(|e| startup("issuer")(e.to_string()))?,
-    );
+    let mut issuer = Issuer::new(settings, authority, store)
+        .await
+        .map_err(|e| startup("issuer")(e.to_string()))?;
+    if let Some(psat) = &config.k8s_psat {
+        issuer = issuer.with_psat(
+            crate::k8s_psat::PsatAttestor::from_config(psat).map_err(startup("k8s_psat"))?,
+        );
+    }
+    let issuer = Arc::new(issuer);
 
     let bundles = TrustBundles::new();
     let server_cert = CertStore::new();

@@ -35,6 +35,25 @@ impl<D: Datastore> Issuer<D> {
             .await
     }
 
+    /// Kubernetes PSAT attestation; the node may attest again later (new token).
+    pub async fn attest_k8s_psat(
+        &self,
+        cluster: &str,
+        token: &str,
+        csr: &[u8],
+    ) -> Result<X509Svid> {
+        let attestor = self.psat.as_ref().ok_or_else(|| {
+            ServiceError::PermissionDenied(
+                "k8s_psat attestation is not configured on this issuer".into(),
+            )
+        })?;
+        let node = attestor
+            .attest(&self.settings.trust_domain, cluster, token)
+            .await?;
+        self.admit_node(node.spiffe_id, "k8s_psat", node.selectors, true, csr)
+            .await
+    }
+
     /// Signs a node SVID and records the node; a banned node is refused. A fresh
     /// attestation (a new join token, a new PSAT) replaces the node's record.
     pub(crate) async fn admit_node(

@@ -90,6 +90,7 @@ pub struct Issuer<D> {
     settings: Settings,
     authority: RwLock<Authority>,
     store: D,
+    psat: Option<crate::k8s_psat::PsatAttestor>,
 }
 
 pub(crate) fn unix(t: SystemTime) -> i64 {
@@ -104,9 +105,16 @@ impl<D: Datastore> Issuer<D> {
             settings,
             authority: RwLock::new(authority),
             store,
+            psat: None,
         };
         issuer.publish_generations().await?;
         Ok(issuer)
+    }
+
+    /// Enables `k8s_psat` attestation.
+    pub fn with_psat(mut self, attestor: crate::k8s_psat::PsatAttestor) -> Self {
+        self.psat = Some(attestor);
+        self
     }
 
     pub fn settings(&self) -> &Settings {

@@ -1,0 +1,205 @@
+//! `k8s_psat` node attestation (SPIRE's `k8s_psat`): the agent presents its
+//! projected service-account token; the issuer asks the cluster's API server
+//! (TokenReview) whether it is valid for the configured audience, checks the service
+//! account against the allow-list, then reads the pod (its UID must match the
+//! token's) and its node. The node's ID is
+//! `spiffe://<td>/spire/agent/k8s_psat/<cluster>/<node UID>`.
+//!
+//! RBAC the issuer needs: `tokenreviews` create; `pods` and `nodes` get.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use meshward_config::K8sPsatConfig;
+
+use crate::datastore::Selector;
+use crate::service::ServiceError;
+use crate::spiffe_id::SpiffeId;
+
+/// Every call to the API server is bounded.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+
+struct Cluster {
+    client: kube::Client,
+    audience: Vec<String>,
+    /// (namespace, service account)
+    allowed: Vec<(String, String)>,
+}
+
+/// The configured clusters, each with its API client.
+pub struct PsatAttestor {
+    clusters: HashMap<String, Cluster>,
+}
+
+/// What a successful attestation proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsatNode {
+    pub spiffe_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+}
+
+impl PsatAttestor {
+    pub fn from_config(config: &K8sPsatConfig) -> Result<Self, String> {
+        let mut clusters = HashMap::new();
+        for c in &config.clusters {
+            let url = c.api_server.parse().map_err(|e| {
+                format!(
+                    "k8s_psat cluster {}: api_server {:?}: {e}",
+                    c.name, c.api_server
+                )
+            })?;
+            let mut kube_config = kube::Config::new(url);
+            kube_config.root_cert_file = c.api_ca_path.clone();
+            // a file, re-read by kube when it rotates (projected tokens do)
+            kube_config.auth_info.token_file =
+                c.api_token_path.as_ref().map(|p| p.display().to_string());
+            kube_config.connect_timeout = Some(API_TIMEOUT);
+            kube_config.read_timeout = Some(API_TIMEOUT);
+            kube_config.write_timeout = Some(API_TIMEOUT);
+            let client = kube::Client::try_from(kube_config)
+                .map_err(|e| format!("k8s_psat cluster {}: API client: {e}", c.name))?;
+            let allowed = c
+                .service_account_allow_list
+                .iter()
+                .filter_map(|s| {
+                    s.split_once(':')
+                        .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
+                })
+                .collect();
+            clusters.insert(
+                c.name.clone(),
+                Cluster {
+                    client,
+                    audience: c.audience.clone(),
+                    allowed,
+                },
+            );
+        }
+        Ok(Self { clusters })
+    }
+
+    pub async fn attest(
+        &self,
+        trust_domain: &str,
+        cluster_name: &str,
+        token: &str,
+    ) -> Result<PsatNode, ServiceError> {
+        let denied = |why: String| ServiceError::PermissionDenied(format!("k8s_psat: {why}"));
+        let cluster = self
+            .clusters
+            .get(cluster_name)
+            .ok_or_else(|| denied(format!("cluster {cluster_name:?} is not configured")))?;
+        if token.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "k8s_psat: the token is empty".into(),
+            ));
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(cluster.audience.clone()),
+            },
+            ..TokenReview::default()
+        };
+        let reviews: Api<TokenReview> = Api::all(cluster.client.clone());
+        let reviewed = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "k8s_psat: TokenReview on cluster {cluster_name}: {e}"
+                ))
+            })?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(denied(format!(
+                "the token is not valid for audience {:?}: {}",
+                cluster.audience,
+                status.error.unwrap_or_else(|| "not authenticated".into())
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let (namespace, service_account) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(|| denied(format!("{username:?} is not a service account")))?;
+        if !cluster
+            .allowed
+            .iter()
+            .any(|(ns, sa)| ns == namespace && sa == service_account)
+        {
+            return Err(denied(format!(
+                "service account {namespace}:{service_account} is not in the allow-list of cluster {cluster_name}"
+            )));
+        }
+        let extra: BTreeMap<String, Vec<String>> = user.extra.unwrap_or_default();
+        let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+        let pod_name = first(POD_NAME).ok_or_else(|| {
+            denied("the token is not bound to a pod (not a projected token?)".into())
+        })?;
+        let pod_uid =
+            first(POD_UID).ok_or_else(|| denied("the token carries no pod UID".into()))?;
+
+        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+        let pod = pods.get(&pod_name).await.map_err(|e| {
+            ServiceError::Unavailable(format!("k8s_psat: get pod {namespace}/{pod_name}: {e}"))
+        })?;
+        if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
+            return Err(denied(format!(
+                "pod {namespace}/{pod_name} has another UID than the token's (replaced?)"
+            )));
+        }
+        let node_name = pod.spec.and_then(|s| s.node_name).ok_or_else(|| {
+            denied(format!(
+                "pod {namespace}/{pod_name} is not scheduled on a node"
+            ))
+        })?;
+        let nodes: Api<Node> = Api::all(cluster.client.clone());
+        let node = nodes.get(&node_name).await.map_err(|e| {
+            ServiceError::Unavailable(format!("k8s_psat: get node {node_name}: {e}"))
+        })?;
+        let node_uid = node
+            .metadata
+            .uid
+            .ok_or_else(|| ServiceError::Internal(format!("node {node_name} has no UID")))?;
+        let node_ip = node
+            .status
+            .and_then(|s| s.addresses)
+            .and_then(|a| a.into_iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address);
+
+        let spiffe_id = SpiffeId::from_segments(
+            trust_domain,
+            &["spire", "agent", "k8s_psat", cluster_name, &node_uid],
+        )
+        .map_err(|e| ServiceError::InvalidArgument(format!("k8s_psat: {e}")))?;
+        let mut selectors = vec![
+            ("cluster", cluster_name.to_owned()),
+            ("agent_ns", namespace.to_owned()),
+            ("agent_sa", service_account.to_owned()),
+            ("agent_pod_name", pod_name),
+            ("agent_pod_uid", pod_uid),
+            ("agent_node_name", node_name),
+            ("agent_node_uid", node_uid),
+        ];
+        if let Some(ip) = node_ip {
+            selectors.push(("agent_node_ip", ip));
+        }
+        Ok(PsatNode {
+            spiffe_id,
+            selectors: selectors
+                .into_iter()
+                .map(|(k, v)| Selector {
+                    kind: "k8s_psat".into(),
+                    value: format!("{k}:{v}"),
+                })
+                .collect(),
+        })
+    }
+}

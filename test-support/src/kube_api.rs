@@ -1,0 +1,293 @@
+//! A small Kubernetes API server for tests, since no cluster runs here: HTTPS with
+//! its own CA, bearer-token authentication, `TokenReview` that really verifies the
+//! signed service-account tokens it issues (signature, expiry, audience), and
+//! `GET` of the pods and nodes it was given.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// A pod as the fake API knows it.
+#[derive(Debug, Clone)]
+pub struct FakePod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node_name: String,
+    pub service_account: String,
+}
+
+#[derive(Default)]
+struct State {
+    pods: HashMap<(String, String), FakePod>,
+    /// node name -> (uid, internal IP)
+    nodes: HashMap<String, (String, String)>,
+}
+
+pub struct FakeKubeApi {
+    address: SocketAddr,
+    ca_file: PathBuf,
+    token_file: PathBuf,
+    signing_key: jsonwebtoken::EncodingKey,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const ISSUER_TOKEN: &str = "issuer-sa-token";
+
+impl FakeKubeApi {
+    /// Starts the server on loopback; writes its CA and the issuer's API token into `dir`.
+    pub async fn start(dir: &Path) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake kubernetes CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), ca_key).expect("issuer");
+        let server_key = rcgen::KeyPair::generate().expect("key");
+        let mut server_params =
+            rcgen::CertificateParams::new(vec!["kubernetes.default.svc".to_owned()])
+                .expect("params");
+        server_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+
+        let ca_file = dir.join("kube-ca.pem");
+        let token_file = dir.join("kube-token");
+        std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+        std::fs::write(&token_file, ISSUER_TOKEN).expect("write token");
+
+        let sa_key = rcgen::KeyPair::generate().expect("SA key");
+        let signing_key = jsonwebtoken::EncodingKey::from_ec_der(&sa_key.serialize_der());
+        let public_point = rcgen::PublicKeyData::der_bytes(&sa_key).to_vec();
+        let decoding_key = jsonwebtoken::DecodingKey::from_ec_der(&public_point);
+
+        let tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .expect("TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let (task_state, key) = (state.clone(), Arc::new(decoding_key));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, state, key) = (acceptor.clone(), task_state.clone(), key.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| {
+                        let (state, key) = (state.clone(), key.clone());
+                        async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &key).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            address,
+            ca_file,
+            token_file,
+            signing_key,
+            state,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.address)
+    }
+
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The token the issuer authenticates with.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    pub fn add_node(&self, name: &str, uid: &str, internal_ip: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.nodes
+                .insert(name.to_owned(), (uid.to_owned(), internal_ip.to_owned()));
+        }
+    }
+
+    pub fn add_pod(&self, pod: FakePod) {
+        if let Ok(mut s) = self.state.lock() {
+            s.pods
+                .insert((pod.namespace.clone(), pod.name.clone()), pod);
+        }
+    }
+
+    /// A projected service-account token for `pod`, as the kubelet mounts it.
+    pub fn service_account_token(&self, pod: &FakePod, audience: &str, ttl: Duration) -> String {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account),
+            "aud": [audience],
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl.as_secs(),
+            "kubernetes.io": {
+                "namespace": pod.namespace,
+                "pod": {"name": pod.name, "uid": pod.uid},
+                "serviceaccount": {"name": pod.service_account, "uid": "sa-uid"},
+                "node": {"name": pod.node_name, "uid": "node-uid-in-token"},
+            },
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &self.signing_key,
+        )
+        .expect("sign a token")
+    }
+}
+
+impl Drop for FakeKubeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn not_found(what: &str) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: &Mutex<State>,
+    key: &jsonwebtoken::DecodingKey,
+) -> Response<Full<Bytes>> {
+    let authorized = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {ISSUER_TOKEN}"));
+    if !authorized {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"kind": "Status", "code": 401, "message": "Unauthorized"}),
+        );
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            json_response(StatusCode::CREATED, token_review(&review, key))
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let pod = state
+                .lock()
+                .ok()
+                .and_then(|s| s.pods.get(&((*ns).to_owned(), (*name).to_owned())).cloned());
+            match pod {
+                Some(p) => json_response(
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid},
+                           "spec": {"nodeName": p.node_name, "serviceAccountName": p.service_account, "containers": []}}),
+                ),
+                None => not_found(&format!("pod {ns}/{name}")),
+            }
+        }
+        ("GET", ["api", "v1", "nodes", name]) => {
+            let node = state.lock().ok().and_then(|s| s.nodes.get(*name).cloned());
+            match node {
+                Some((uid, ip)) => json_response(
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid},
+                           "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+                ),
+                None => not_found(&format!("node {name}")),
+            }
+        }
+        _ => not_found(&path),
+    }
+}
+
+/// Verifies the token like the API server does and answers a TokenReview.
+fn token_review(review: &Value, key: &jsonwebtoken::DecodingKey) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let audiences: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&audiences);
+    let status = match jsonwebtoken::decode::<Value>(token, key, &validation) {
+        Ok(data) => {
+            let c = data.claims;
+            let k = &c["kubernetes.io"];
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": c["sub"],
+                    "uid": k["serviceaccount"]["uid"],
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", k["namespace"].as_str().unwrap_or_default())],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": [k["pod"]["name"]],
+                        "authentication.kubernetes.io/pod-uid": [k["pod"]["uid"]],
+                    }
+                },
+                "audiences": c["aud"],
+            })
+        }
+        Err(e) => json!({"authenticated": false, "error": format!("invalid bearer token: {e}")}),
+    };
+    json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": review["spec"], "status": status})
+}
