@@ -24,6 +24,7 @@ mod random;
 pub mod server;
 pub mod service;
 mod spiffe_id;
+pub mod template;
 mod x509;
 
 pub use bundle::{Bundle, InvalidBundle};

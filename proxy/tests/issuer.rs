@@ -212,14 +212,17 @@ async fn scenario(datastore_url: &str, dir: &Path) {
                 proto::NewX509SvidParams {
                     entry_id: entry_id.clone(),
                     csr: p256_csr().1,
+                    ..Default::default()
                 },
                 proto::NewX509SvidParams {
                     entry_id: "no-such-entry".into(),
                     csr: p256_csr().1,
+                    ..Default::default()
                 },
                 proto::NewX509SvidParams {
                     entry_id: entry_id.clone(),
                     csr: b"not a csr".to_vec(),
+                    ..Default::default()
                 },
             ],
         })
@@ -258,6 +261,7 @@ async fn scenario(datastore_url: &str, dir: &Path) {
         .new_jwt_svid(proto::NewJwtSvidRequest {
             entry_id: entry_id.clone(),
             audience: vec!["payments".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -580,4 +584,170 @@ async fn k8s_psat_attestation_through_token_review() {
     };
     let token = api.service_account_token(&fresh, "meshward-issuer", Duration::from_secs(600));
     refused(client.attest_k8s_psat(attest("eks", token)).await, "banned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
+    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    api.add_node("node-1", "node-uid-1", "10.0.1.23");
+    let agent_pod = FakePod {
+        namespace: "meshward".into(),
+        name: "meshward-node-1".into(),
+        uid: "agent-uid".into(),
+        node_name: "node-1".into(),
+        service_account: "meshward-node".into(),
+    };
+    api.add_pod(agent_pod.clone());
+    let issuer = Issuer::with_extra(
+        dir.path(),
+        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &format!(
+            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
+            api.url(),
+            api.ca_file().display(),
+            api.token_file().display()
+        ),
+    );
+    let template = dir.path().join("clusterspiffeid.yaml");
+    std::fs::write(
+        &template,
+        "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: default\nspec:\n  spiffeIDTemplate: \"spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}\"\n  podSelector:\n    matchLabels:\n      spiffe: enabled\n  workloadSelectorTemplates:\n  - \"k8s:ns:{{ .PodMeta.Namespace }}\"\n  dnsNameTemplates:\n  - \"{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc\"\n  ttl: 30m\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        issuer.cli(&["template", "apply", "-f", template.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "Applied templates: default\n");
+    let listed = issuer.cli_json(&["template", "list"]);
+    assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1800);
+
+    // the node attests with its projected token, then signs for its pods by template
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let (node_key, csr) = p256_csr();
+    let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
+    let attested = client
+        .attest_k8s_psat(proto::AttestK8sPsatRequest {
+            cluster: "eks".into(),
+            token,
+            csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let node_chain: Vec<_> = attested
+        .svid
+        .unwrap()
+        .cert_chain
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let roots: Vec<_> = attested
+        .bundle
+        .unwrap()
+        .x509_authorities
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    identity.set(node_chain, &node_key).unwrap();
+    let mut client = connect(&issuer, &identity).await;
+    let templates = client
+        .list_identity_templates(proto::ListIdentityTemplatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(templates.templates[0].name, "default");
+
+    let pod = |name: &str, node: &str, labelled: bool| proto::PodAttributes {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: format!("{name}-uid"),
+        service_account: "curl-spire".into(),
+        node_name: node.into(),
+        labels: if labelled {
+            [("spiffe".to_owned(), "enabled".to_owned())].into()
+        } else {
+            Default::default()
+        },
+        namespace_labels: Default::default(),
+    };
+    let by_template = |p: proto::PodAttributes| proto::NewX509SvidParams {
+        csr: p256_csr().1,
+        template: "default".into(),
+        pod: Some(p),
+        ..Default::default()
+    };
+    let results = client
+        .batch_new_x509_svid(proto::BatchNewX509SvidRequest {
+            params: vec![
+                by_template(pod("curl-1", "node-1", true)),
+                by_template(pod("curl-2", "node-1", false)),
+                by_template(pod("curl-3", "node-2", true)),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let svid = results[0]
+        .svid
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}", results[0].message));
+    let chain: Vec<_> = svid.cert_chain.iter().map(|c| c.clone().into()).collect();
+    let id = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    check_x509_svid(&chain, &roots, &id, SystemTime::now()).unwrap();
+    let lifetime = svid.expires_at
+        - SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+    assert!(
+        (1700..=1800).contains(&lifetime),
+        "the template's 30m TTL, got {lifetime}s"
+    );
+    assert_eq!(results[1].code, Code::PermissionDenied as i32);
+    assert!(
+        results[1].message.contains("does not select"),
+        "{}",
+        results[1].message
+    );
+    assert_eq!(results[2].code, Code::PermissionDenied as i32);
+    assert!(
+        results[2].message.contains("not on this node"),
+        "{}",
+        results[2].message
+    );
+    // an entry ID and a template at once is ambiguous
+    let both = client
+        .batch_new_x509_svid(proto::BatchNewX509SvidRequest {
+            params: vec![proto::NewX509SvidParams {
+                entry_id: "x".into(),
+                ..by_template(pod("curl-1", "node-1", true))
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let jwt = client
+        .new_jwt_svid(proto::NewJwtSvidRequest {
+            audience: vec!["payments".into()],
+            template: "default".into(),
+            pod: Some(pod("curl-1", "node-1", true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.token.split('.').count(), 3);
+
+    // a template that cannot render is refused whole, with its name
+    std::fs::write(&template, "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: broken\nspec:\n  spiffeIDTemplate: \"spiffe://{{ .TrustDomain }}/{{ .PodMeta.Nope }}\"\n").unwrap();
+    let (code, _, stderr) = issuer.cli(&["template", "apply", "-f", template.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("template \"broken\": unknown template expression"),
+        "{stderr}"
+    );
 }

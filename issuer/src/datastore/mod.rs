@@ -96,6 +96,17 @@ pub trait Datastore: Send + Sync {
     /// Drops expired generations; returns the bundle sequence.
     fn prune_cas(&self, trust_domain: &str, now: i64) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Creates or replaces an identity template (by name).
+    fn put_template(
+        &self,
+        template: &crate::template::IdentityTemplate,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn list_templates(
+        &self,
+    ) -> impl Future<Output = Result<Vec<crate::template::IdentityTemplate>>> + Send;
+    fn delete_template(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Takes or renews lease `name` for `holder` until `expires_at`; false if another
     /// holder has it.
     fn try_lease(

@@ -463,6 +463,46 @@ impl Datastore for SqlStore {
         }
     }
 
+    async fn put_template(
+        &self,
+        template: &crate::template::IdentityTemplate,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(&self.sql(
+            "INSERT INTO identity_templates (name, spec, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+        ))
+        .bind(&template.name)
+        .bind(json(template))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_templates(&self) -> Result<Vec<crate::template::IdentityTemplate>> {
+        let rows = sqlx::query("SELECT spec FROM identity_templates ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|r| from_json(&r.try_get::<String, _>(0).map_err(corrupt)?))
+            .collect()
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<()> {
+        let done = sqlx::query(&self.sql("DELETE FROM identity_templates WHERE name = $1"))
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if done.rows_affected() == 0 {
+            return Err(DatastoreError::NotFound(format!("template {name}")));
+        }
+        Ok(())
+    }
+
     async fn try_lease(&self, name: &str, holder: &str, expires_at: i64, now: i64) -> Result<bool> {
         let done = sqlx::query(&self.sql(
             "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \

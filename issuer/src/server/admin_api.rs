@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{agent, bundle, bundle_from, entry, entry_from, selectors, spiffe_id, status};
+use super::convert::{
+    agent, bundle, bundle_from, entry, entry_from, selectors, spiffe_id, status, template,
+    template_from,
+};
 use crate::datastore::{Datastore, EntryFilter};
 use crate::proto::admin_api_server::AdminApi;
 use crate::proto::{self};
@@ -166,6 +169,44 @@ impl<D: Datastore + 'static> AdminApi for AdminService<D> {
     ) -> Result<Response<proto::Empty>, Status> {
         self.issuer
             .delete_federated_bundle(&request.into_inner().trust_domain)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn put_templates(
+        &self,
+        request: Request<proto::ListIdentityTemplatesResponse>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let templates = request
+            .into_inner()
+            .templates
+            .into_iter()
+            .map(template_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.issuer
+            .put_templates(&templates)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn list_templates(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListIdentityTemplatesResponse>, Status> {
+        let templates = self.issuer.list_templates().await.map_err(status)?;
+        Ok(Response::new(proto::ListIdentityTemplatesResponse {
+            templates: templates.iter().map(template).collect(),
+        }))
+    }
+
+    async fn delete_template(
+        &self,
+        request: Request<proto::TemplateRef>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.issuer
+            .delete_template(&request.into_inner().name)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::Empty {}))

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
-use super::convert::{bundle, code_of, entry, status, svid};
+use super::convert::{bundle, code_of, entry, status, svid, target, template};
 use crate::datastore::Datastore;
 use crate::proto::agent_api_server::AgentApi;
 use crate::proto::{self};
@@ -119,8 +119,8 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
             .into_inner()
             .params
             .into_iter()
-            .map(|p| (p.entry_id, p.csr))
-            .collect();
+            .map(|p| Ok((target(p.entry_id, p.template, p.pod)?, p.csr)))
+            .collect::<Result<Vec<_>, Status>>()?;
         let results = self
             .issuer
             .batch_new_x509_svid(&caller, params)
@@ -155,12 +155,31 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
         let r = request.into_inner();
         let (token, expires) = self
             .issuer
-            .new_jwt_svid(&caller, &r.entry_id, &r.audience)
+            .new_jwt_svid(
+                &caller,
+                &target(r.entry_id, r.template, r.pod)?,
+                &r.audience,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(proto::NewJwtSvidResponse {
             token,
             expires_at: crate::service::unix(expires),
+        }))
+    }
+
+    async fn list_identity_templates(
+        &self,
+        request: Request<proto::ListIdentityTemplatesRequest>,
+    ) -> Result<Response<proto::ListIdentityTemplatesResponse>, Status> {
+        let caller = caller(&request)?;
+        let templates = self
+            .issuer
+            .identity_templates(&caller)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ListIdentityTemplatesResponse {
+            templates: templates.iter().map(template).collect(),
         }))
     }
 

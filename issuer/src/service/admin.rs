@@ -181,6 +181,31 @@ impl<D: Datastore> Issuer<D> {
         Ok(bundles)
     }
 
+    /// Creates or replaces identity templates; all are validated before any is stored.
+    pub async fn put_templates(
+        &self,
+        templates: &[crate::template::IdentityTemplate],
+    ) -> Result<()> {
+        for t in templates {
+            t.validate(&self.settings.trust_domain).map_err(|e| {
+                ServiceError::InvalidArgument(format!("template {:?}: {e}", t.name))
+            })?;
+        }
+        let now = unix(SystemTime::now());
+        for t in templates {
+            self.store.put_template(t, now).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<crate::template::IdentityTemplate>> {
+        Ok(self.store.list_templates().await?)
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        Ok(self.store.delete_template(name).await?)
+    }
+
     pub async fn delete_federated_bundle(&self, trust_domain: &str) -> Result<()> {
         Ok(self.store.delete_federated_bundle(trust_domain).await?)
     }

@@ -9,6 +9,7 @@ use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter};
 use crate::jwt::mint_jwt_svid;
 use crate::spiffe_id::SpiffeId;
+use crate::template::PodAttributes;
 use crate::x509::{SvidTemplate, X509Svid};
 
 /// A node as the transport authenticated it: the SPIFFE ID and serial of the
@@ -21,6 +22,34 @@ pub struct Caller {
 
 /// One result of a batch: an SVID or why not.
 pub type BatchResult = (String, Result<X509Svid>);
+
+/// What an SVID is requested for.
+#[derive(Debug, Clone)]
+pub enum SvidTarget {
+    Entry(String),
+    /// An identity template rendered for one pod.
+    Template {
+        name: String,
+        pod: PodAttributes,
+    },
+}
+
+impl SvidTarget {
+    fn key(&self) -> String {
+        match self {
+            Self::Entry(id) => id.clone(),
+            Self::Template { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// The identity one target gives: ID, DNS names, TTLs.
+struct Grant {
+    spiffe_id: SpiffeId,
+    dns_names: Vec<String>,
+    x509_svid_ttl: u32,
+    jwt_svid_ttl: u32,
+}
 
 impl<D: Datastore> Issuer<D> {
     /// Join token attestation: the token is used up whatever happens next, and the
@@ -175,59 +204,121 @@ impl<D: Datastore> Issuer<D> {
         Ok(entries)
     }
 
-    /// X509-SVIDs for a batch of (entry ID, CSR); each must be an entry the node may serve.
+    /// What `target` grants this node: an entry it may serve, or a template that
+    /// selects the pod (rendered here again). A node attested by k8s_psat may only
+    /// ask for pods on its own Kubernetes node.
+    async fn grant(
+        &self,
+        node: &AttestedNode,
+        entries: &[Entry],
+        target: &SvidTarget,
+    ) -> Result<Grant> {
+        match target {
+            SvidTarget::Entry(entry_id) => {
+                let entry = entries.iter().find(|e| &e.id == entry_id).ok_or_else(|| {
+                    ServiceError::PermissionDenied(format!(
+                        "entry {entry_id:?} does not exist or is not authorized for node {}",
+                        node.spiffe_id
+                    ))
+                })?;
+                Ok(Grant {
+                    spiffe_id: entry.spiffe_id.clone(),
+                    dns_names: entry.dns_names.clone(),
+                    x509_svid_ttl: entry.x509_svid_ttl,
+                    jwt_svid_ttl: entry.jwt_svid_ttl,
+                })
+            }
+            SvidTarget::Template { name, pod } => {
+                let templates = self.store.list_templates().await?;
+                let template = templates.iter().find(|t| &t.name == name).ok_or_else(|| {
+                    ServiceError::NotFound(format!("identity template {name:?} not found"))
+                })?;
+                let node_selector = |key: &str| {
+                    node.selectors
+                        .iter()
+                        .find(|s| s.kind == "k8s_psat" && s.value.starts_with(key))
+                        .map(|s| s.value[key.len()..].to_owned())
+                };
+                if let Some(node_name) = node_selector("agent_node_name:") {
+                    if pod.node_name != node_name {
+                        return Err(ServiceError::PermissionDenied(format!(
+                            "pod {}/{} runs on {:?}, not on this node ({node_name})",
+                            pod.namespace, pod.name, pod.node_name
+                        )));
+                    }
+                }
+                if !template.selects(pod) {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "identity template {name:?} does not select pod {}/{}",
+                        pod.namespace, pod.name
+                    )));
+                }
+                let cluster = node_selector("cluster:").unwrap_or_default();
+                let rendered = template
+                    .render(&self.settings.trust_domain, &cluster, pod)
+                    .map_err(ServiceError::InvalidArgument)?;
+                Ok(Grant {
+                    spiffe_id: rendered.spiffe_id,
+                    dns_names: rendered.dns_names,
+                    x509_svid_ttl: template.x509_svid_ttl,
+                    jwt_svid_ttl: template.jwt_svid_ttl,
+                })
+            }
+        }
+    }
+
+    /// X509-SVIDs for a batch of (target, CSR); each must be granted to this node.
     pub async fn batch_new_x509_svid(
         &self,
         caller: &Caller,
-        requests: Vec<(String, Vec<u8>)>,
+        requests: Vec<(SvidTarget, Vec<u8>)>,
     ) -> Result<Vec<BatchResult>> {
         let node = self.authenticate_node(caller).await?;
         let entries = self.entries_for_node(&node).await?;
-        let results = requests
-            .into_iter()
-            .map(|(entry_id, csr)| {
-                let result = match entries.iter().find(|e| e.id == entry_id) {
-                    None => Err(ServiceError::PermissionDenied(format!(
-                        "entry {entry_id:?} does not exist or is not authorized for node {}",
-                        caller.id
-                    ))),
-                    Some(entry) => self.sign(
-                        &csr,
-                        &SvidTemplate {
-                            spiffe_id: &entry.spiffe_id,
-                            dns_names: &entry.dns_names,
-                            ttl: ttl_or(entry.x509_svid_ttl, self.settings.default_x509_svid_ttl),
-                        },
-                    ),
-                };
-                (entry_id, result)
-            })
-            .collect();
+        let mut results = Vec::with_capacity(requests.len());
+        for (target, csr) in requests {
+            let result = match self.grant(&node, &entries, &target).await {
+                Ok(grant) => self.sign(
+                    &csr,
+                    &SvidTemplate {
+                        spiffe_id: &grant.spiffe_id,
+                        dns_names: &grant.dns_names,
+                        ttl: ttl_or(grant.x509_svid_ttl, self.settings.default_x509_svid_ttl),
+                    },
+                ),
+                Err(e) => Err(e),
+            };
+            results.push((target.key(), result));
+        }
         Ok(results)
     }
 
-    /// A JWT-SVID for an entry the node may serve.
+    /// A JWT-SVID for a target granted to this node.
     pub async fn new_jwt_svid(
         &self,
         caller: &Caller,
-        entry_id: &str,
+        target: &SvidTarget,
         audience: &[String],
     ) -> Result<(String, SystemTime)> {
         let node = self.authenticate_node(caller).await?;
         let entries = self.entries_for_node(&node).await?;
-        let entry = entries.iter().find(|e| e.id == entry_id).ok_or_else(|| {
-            ServiceError::PermissionDenied(format!(
-                "entry {entry_id:?} does not exist or is not authorized for node {}",
-                caller.id
-            ))
-        })?;
+        let grant = self.grant(&node, &entries, target).await?;
         let now = SystemTime::now();
         let authority = self.read_authority()?;
         let active = authority.active(now)?;
-        let ttl = ttl_or(entry.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
+        let ttl = ttl_or(grant.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
             .min(active.not_after().duration_since(now).unwrap_or_default());
-        let token = mint_jwt_svid(active.jwt_key(), &entry.spiffe_id, audience, ttl, now)?;
+        let token = mint_jwt_svid(active.jwt_key(), &grant.spiffe_id, audience, ttl, now)?;
         Ok((token, now + ttl))
+    }
+
+    /// Every identity template; nodes render them for their pods.
+    pub async fn identity_templates(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<crate::template::IdentityTemplate>> {
+        self.authenticate_node(caller).await?;
+        Ok(self.store.list_templates().await?)
     }
 
     /// The own bundle and every federated one.

@@ -16,7 +16,7 @@ use crate::jwt::JwtPublicKey;
 use crate::spiffe_id::SpiffeId;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
 
-pub use agent::{BatchResult, Caller};
+pub use agent::{BatchResult, Caller, SvidTarget};
 
 /// Why a call failed; each variant is one gRPC status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@ use meshward_test_support::{check_x509_svid, p256_csr};
 
 use super::*;
 use crate::datastore::{Entry, EntryFilter, Selector, SqlStore};
-use crate::service::Caller;
+use crate::service::{Caller, SvidTarget};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -191,9 +191,9 @@ async fn nodes_get_only_their_entries_and_signing_is_limited_to_them() {
         .batch_new_x509_svid(
             &node,
             vec![
-                (mine.id.clone(), p256_csr().1),
-                (theirs.id.clone(), p256_csr().1),
-                (mine.id.clone(), b"x".to_vec()),
+                (SvidTarget::Entry(mine.id.clone()), p256_csr().1),
+                (SvidTarget::Entry(theirs.id.clone()), p256_csr().1),
+                (SvidTarget::Entry(mine.id.clone()), b"x".to_vec()),
             ],
         )
         .await
@@ -217,13 +217,19 @@ async fn nodes_get_only_their_entries_and_signing_is_limited_to_them() {
     ));
 
     let (jwt, expires) = issuer
-        .new_jwt_svid(&node, &mine.id, &["payments".into()])
+        .new_jwt_svid(
+            &node,
+            &SvidTarget::Entry(mine.id.clone()),
+            &["payments".into()],
+        )
         .await
         .unwrap();
     assert_eq!(jwt.split('.').count(), 3);
     assert!(expires <= SystemTime::now() + Duration::from_secs(300));
     assert!(matches!(
-        issuer.new_jwt_svid(&node, &theirs.id, &["x".into()]).await,
+        issuer
+            .new_jwt_svid(&node, &SvidTarget::Entry(theirs.id.clone()), &["x".into()])
+            .await,
         Err(ServiceError::PermissionDenied(_))
     ));
 }

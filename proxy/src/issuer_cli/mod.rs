@@ -33,6 +33,9 @@ pub(crate) enum IssuerCommand {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Identity templates (ClusterSPIFFEID-like): one gives every matching pod its ID.
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Trust bundles: the own one and federated ones.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -160,6 +163,28 @@ pub(crate) enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub(crate) enum TemplateCommand {
+    /// Create or replace the templates of ClusterSPIFFEID YAML documents.
+    Apply {
+        /// The YAML file (`-` reads standard input).
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum BundleFormat {
     Pem,
@@ -262,6 +287,7 @@ async fn dispatch(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         IssuerCommand::Bundle(cmd) => bundle(cmd).await,
+        IssuerCommand::Template(cmd) => template(cmd).await,
         IssuerCommand::Healthcheck { common } => {
             let mut client = admin_client(common.socket_path.clone()).await?;
             let health = client.health(proto::Empty {}).await?.into_inner();
@@ -510,6 +536,63 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             common
                 .output
                 .done(&format!("Bundle deleted for spiffe://{trust_domain}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TemplateCommand::Apply { file, common } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("{}: cannot read", file.display()))?
+            };
+            let templates = meshward_issuer::template::from_cluster_spiffe_id_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let names: Vec<String> = templates.iter().map(|t| t.name.clone()).collect();
+            let message = proto::ListIdentityTemplatesResponse {
+                templates: templates
+                    .into_iter()
+                    .map(|t| proto::IdentityTemplate {
+                        name: t.name,
+                        spiffe_id_template: t.spiffe_id_template,
+                        pod_selector: t.pod_selector.into_iter().collect(),
+                        namespace_selector: t.namespace_selector.into_iter().collect(),
+                        workload_selector_templates: t.workload_selector_templates,
+                        dns_name_templates: t.dns_name_templates,
+                        x509_svid_ttl: t.x509_svid_ttl as i32,
+                        jwt_svid_ttl: t.jwt_svid_ttl as i32,
+                        federates_with: t.federates_with,
+                        hint: t.hint,
+                    })
+                    .collect(),
+            };
+            admin_client(common.socket_path.clone())
+                .await?
+                .put_templates(message)
+                .await?;
+            common
+                .output
+                .done(&format!("Applied templates: {}", names.join(", ")));
+        }
+        TemplateCommand::List { common } => {
+            let templates = admin_client(common.socket_path.clone())
+                .await?
+                .list_templates(proto::Empty {})
+                .await?
+                .into_inner()
+                .templates;
+            common.output.templates(&templates);
+        }
+        TemplateCommand::Delete { name, common } => {
+            admin_client(common.socket_path.clone())
+                .await?
+                .delete_template(proto::TemplateRef { name: name.clone() })
+                .await?;
+            common.output.done(&format!("Deleted template {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)

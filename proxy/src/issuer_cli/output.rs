@@ -111,6 +111,36 @@ impl Output {
         }
     }
 
+    pub(crate) fn templates(self, templates: &[proto::IdentityTemplate]) {
+        match self {
+            Self::Json => println!(
+                "{}",
+                json!({ "templates": templates.iter().map(|t| json!({
+                    "name": t.name, "spiffe_id_template": t.spiffe_id_template,
+                    "pod_selector": t.pod_selector, "namespace_selector": t.namespace_selector,
+                    "workload_selector_templates": t.workload_selector_templates,
+                    "dns_name_templates": t.dns_name_templates, "x509_svid_ttl": t.x509_svid_ttl,
+                    "jwt_svid_ttl": t.jwt_svid_ttl, "federates_with": t.federates_with, "hint": t.hint,
+                })).collect::<Vec<_>>() })
+            ),
+            Self::Pretty => {
+                println!("Found {} template(s)", templates.len());
+                for t in templates {
+                    println!("Name             : {}", t.name);
+                    println!("SPIFFE ID        : {}", t.spiffe_id_template);
+                    for (k, v) in &t.pod_selector {
+                        println!("Pod selector     : {k}={v}");
+                    }
+                    for (k, v) in &t.namespace_selector {
+                        println!("Namespace sel.   : {k}={v}");
+                    }
+                    println!("X509-SVID TTL    : {}", ttl(t.x509_svid_ttl));
+                    println!();
+                }
+            }
+        }
+    }
+
     pub(crate) fn token(self, token: &proto::JoinToken) {
         match self {
             Self::Json => println!(
