@@ -365,3 +365,64 @@ async fn unreachable_database_is_unavailable_not_a_hang() {
     let e = SqlStore::connect("mysql://x").await.unwrap_err();
     assert!(e.to_string().contains("unsupported datastore URL"), "{e}");
 }
+
+#[tokio::test]
+async fn postgres_outage_is_unavailable_and_recovers() {
+    use meshward_test_support::tcp_proxy::TcpProxy;
+    let Some(db) = TestDatabase::create("postgres_outage_is_unavailable_and_recovers").await else {
+        return;
+    };
+    // route the store through a forwarder we can cut
+    let url = db.url().to_owned();
+    let (head, rest) = url.split_once('@').unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let target: std::net::SocketAddr = tokio::net::lookup_host(host_port)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    let store = SqlStore::connect(&format!("{head}@{}/{path}", proxy.address()))
+        .await
+        .unwrap();
+    let created = store
+        .create_entry(entry("spiffe://td/w", &["unix:uid:0"]))
+        .await
+        .unwrap();
+
+    proxy.cut().await;
+    let started = std::time::Instant::now();
+    let down = store.get_entry(&created.id).await;
+    assert!(
+        matches!(down, Err(DatastoreError::Unavailable(_))),
+        "{down:?}"
+    );
+    assert!(store.ping().await.is_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "bounded, not a hang"
+    );
+    let refused = store
+        .create_entry(entry("spiffe://td/other", &["unix:uid:1"]))
+        .await;
+    assert!(
+        matches!(refused, Err(DatastoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    proxy.restore();
+    assert_eq!(
+        store.get_entry(&created.id).await.unwrap(),
+        created,
+        "recovers by itself"
+    );
+    // nothing half-written: the write refused during the outage is not there
+    assert_eq!(
+        store
+            .list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -5,12 +5,14 @@
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
+//! - [`tcp_proxy`]: a loopback forwarder that can be cut, for fault injection.
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
 
 pub mod daemon;
 pub mod kube_api;
 pub mod postgres;
+pub mod tcp_proxy;
 
 use std::time::{Duration, SystemTime};
 
