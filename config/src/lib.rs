@@ -5,6 +5,7 @@
 //! none) is a working configuration. Sections arrive with the components that read
 //! them; today: the trust domain, authorization, and the workloads file.
 
+mod agent;
 mod authorization;
 mod duration;
 mod error;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
 pub use authorization::AuthorizationConfig;
 pub use error::ConfigError;
 pub use issuer::{
@@ -30,6 +32,9 @@ pub struct ProxyConfig {
     /// The mesh trust domain, e.g. `cluster.local` or `math.example.com`.
     pub trust_domain: String,
     pub authorization: AuthorizationConfig,
+    pub agent: AgentConfig,
+    /// `/healthz/ready`: ready once the node attested and the first sync is done.
+    pub readiness_listen: std::net::SocketAddr,
 }
 
 impl Default for ProxyConfig {
@@ -37,6 +42,8 @@ impl Default for ProxyConfig {
         Self {
             trust_domain: "cluster.local".into(),
             authorization: AuthorizationConfig::default(),
+            agent: AgentConfig::default(),
+            readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
         }
     }
 }
@@ -61,7 +68,8 @@ impl ProxyConfig {
     fn validate(&self, source: &str) -> Result<(), ConfigError> {
         authorization::validate_trust_domain(&self.trust_domain)
             .map_err(|reason| ConfigError::invalid(source, "trust_domain", reason))?;
-        self.authorization.validate(source)
+        self.authorization.validate(source)?;
+        self.agent.validate(source)
     }
 
     /// The policy engine's options under this configuration.

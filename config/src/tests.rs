@@ -76,3 +76,39 @@ fn unreadable_file() {
         "{e}"
     );
 }
+
+#[test]
+fn agent_section() {
+    let yaml = "trust_domain: math.example.com\nagent:\n  issuer_address: 10.0.0.2:8081\n  trust_bundle_path: /etc/bundle.pem\n  join_token: abc\n  workloads:\n    file: /etc/workloads.yaml\n  sync_interval: 2s\n";
+    let config = ProxyConfig::from_yaml(yaml, "p.yaml").unwrap();
+    assert!(config.agent.is_enabled());
+    assert_eq!(
+        config.agent.sync_interval,
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(config.readiness_listen.port(), 15021);
+    let cases = [
+        (
+            "agent:\n  join_token: a\n  join_token_file: /t\n",
+            "p.yaml: agent: set only one of join_token, join_token_file and k8s_psat",
+        ),
+        (
+            "agent:\n  workloads:\n    file: /a\n    kubernetes: {node_name: n}\n",
+            "p.yaml: agent.workloads: set only one of file and kubernetes",
+        ),
+        (
+            "agent:\n  issuer_address: nowhere\n",
+            "p.yaml: agent.issuer_address: must be host:port",
+        ),
+        (
+            "agent:\n  k8s_psat: {}\n",
+            "p.yaml: agent.k8s_psat: missing field `cluster`",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let e = ProxyConfig::from_yaml(yaml, "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+    }
+}

@@ -84,6 +84,64 @@ impl WorkloadsFile {
         Ok(file)
     }
 
+    /// Like `from_yaml`, but a bad workload is reported and skipped while the rest
+    /// is served (the agent must not drop every pod over one typo).
+    pub fn from_yaml_lenient(
+        text: &str,
+        source: &str,
+    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Loose {
+            node: String,
+            #[serde(default)]
+            workloads: Vec<serde_yaml::Value>,
+        }
+        let loose: Loose = parse_yaml(text, source)?;
+        let mut file = Self {
+            node: loose.node,
+            workloads: Vec::new(),
+        };
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, value) in loose.workloads.into_iter().enumerate() {
+            let field = format!("workloads[{i}]");
+            match serde_path_to_error::deserialize::<_, PodInfo>(value) {
+                Ok(pod)
+                    if pod.name.is_empty() || pod.namespace.is_empty() || pod.uid.is_empty() =>
+                {
+                    problems.push(ConfigError::invalid(
+                        source,
+                        &field,
+                        "name, namespace and uid must not be empty",
+                    ));
+                }
+                Ok(pod) if !seen.insert(pod.ip) => {
+                    problems.push(ConfigError::invalid(
+                        source,
+                        &format!("{field}.ip"),
+                        format!("{} is used by another workload", pod.ip),
+                    ));
+                }
+                Ok(pod) => file.workloads.push(pod),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let field = if path == "." {
+                        field
+                    } else {
+                        format!("{field}.{path}")
+                    };
+                    problems.push(ConfigError::invalid(
+                        source,
+                        &field,
+                        e.into_inner().to_string(),
+                    ));
+                }
+            }
+        }
+        Ok((file, problems))
+    }
+
     pub fn to_yaml(&self) -> String {
         // Serializing plain strings, maps and lists cannot fail.
         serde_yaml::to_string(self).unwrap_or_default()
@@ -102,6 +160,22 @@ mod tests {
         assert_eq!(
             WorkloadsFile::from_yaml(&file.to_yaml(), "again").unwrap(),
             file
+        );
+    }
+
+    #[test]
+    fn lenient_loading_skips_only_the_bad_workload() {
+        let text = "node: n1\nworkloads:\n- {name: a, namespace: ns, uid: u1, ip: 10.0.0.2}\n- {name: b, namespace: ns, uid: u2, ip: nope}\n- {name: c, namespace: ns, uid: u3, ip: 10.0.0.4}\n";
+        let (file, problems) = WorkloadsFile::from_yaml_lenient(text, "w.yaml").unwrap();
+        let names: Vec<&str> = file.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("w.yaml: workloads[1].ip: invalid IP address"),
+            "{}",
+            problems[0]
         );
     }
 

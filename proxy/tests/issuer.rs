@@ -4,112 +4,25 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshward_issuer::client::{Code, agent_client};
 use meshward_issuer::proto;
-use meshward_test_support::daemon::{Daemon, free_port};
+use meshward_test_support::daemon::free_port;
+use meshward_test_support::issuer::IssuerProcess;
 use meshward_test_support::postgres::TestDatabase;
 use meshward_test_support::{check_x509_svid, p256_csr};
-use meshward_tls::{CertStore, TrustBundles};
+use meshward_tls::CertStore;
 
 const TD: &str = "math.example.com";
 
-struct Issuer {
-    dir: PathBuf,
-    config: PathBuf,
-    agent: SocketAddr,
-    health: SocketAddr,
-    daemon: Option<Daemon>,
-}
+type Issuer = IssuerProcess;
 
-impl Issuer {
-    fn new(dir: &Path, datastore_url: &str) -> Self {
-        Self::with_extra(dir, datastore_url, "")
-    }
-
-    /// `extra`: more issuer.yaml lines.
-    fn with_extra(dir: &Path, datastore_url: &str, extra: &str) -> Self {
-        let (agent, health) = (
-            SocketAddr::from(([127, 0, 0, 1], free_port())),
-            SocketAddr::from(([127, 0, 0, 1], free_port())),
-        );
-        let config = dir.join("issuer.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "trust_domain: {TD}\ndata_dir: {}\ndatastore_url: {datastore_url}\nagent_listen: {agent}\nhealth_listen: {health}\nadmin_socket: {}\n{extra}",
-                dir.join("data").display(),
-                dir.join("admin.sock").display()
-            ),
-        )
-        .unwrap();
-        let mut issuer = Self {
-            dir: dir.to_owned(),
-            config,
-            agent,
-            health,
-            daemon: None,
-        };
-        issuer.start();
-        issuer
-    }
-
-    fn start(&mut self) {
-        let mut daemon = Daemon::spawn(
-            Path::new(env!("CARGO_BIN_EXE_meshward")),
-            &["issuer", "run", "-c", self.config.to_str().unwrap()],
-            &self.dir.join("issuer.log"),
-        );
-        daemon.wait_http_ok(self.health, "/ready", Duration::from_secs(30));
-        self.daemon = Some(daemon);
-    }
-
-    fn restart(&mut self) {
-        let status = self.daemon.take().unwrap().stop();
-        assert!(
-            status.contains("exit status: 0"),
-            "a clean exit on SIGTERM, got {status}"
-        );
-        self.start();
-    }
-
-    /// `meshward issuer ARGS... -socketPath S`: (exit code, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let socket = self.dir.join("admin.sock");
-        let out = Command::new(env!("CARGO_BIN_EXE_meshward"))
-            .arg("issuer")
-            .args(args)
-            .args(["-socketPath", socket.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut full = args.to_vec();
-        full.extend(["-output", "json"]);
-        let (code, stdout, stderr) = self.cli(&full);
-        assert_eq!(code, 0, "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).unwrap()
-    }
-
-    /// The trust bundle, as an operator copies it to agents (`bundle show`).
-    fn bundle(&self) -> Arc<TrustBundles> {
-        let (code, pem, stderr) = self.cli(&["bundle", "show"]);
-        assert_eq!(code, 0, "{stderr}");
-        let parsed = meshward_issuer::Bundle::from_pem(TD, &pem).unwrap();
-        let bundles = TrustBundles::new();
-        bundles.set(TD, &parsed.x509_authorities).unwrap();
-        bundles
-    }
+fn meshward() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_meshward"))
 }
 
 /// An agent's view: its identity store and an API client.
@@ -128,7 +41,7 @@ async fn connect(
 }
 
 async fn scenario(datastore_url: &str, dir: &Path) {
-    let mut issuer = Issuer::new(dir, datastore_url);
+    let mut issuer = Issuer::new(meshward(), TD, dir, datastore_url);
 
     // 1. an operator makes a join token; the agent attests with it
     let token = issuer.cli_json(&["token", "generate", "-ttl", "300"]);
@@ -405,6 +318,8 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
         &format!(
@@ -445,6 +360,8 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
     std::fs::write(dir.path().join("web.key"), key.serialize_pem()).unwrap();
     let port = free_port();
     let _issuer = Issuer::with_extra(
+        meshward(),
+        TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
         &format!(
@@ -481,6 +398,8 @@ async fn k8s_psat_attestation_through_token_review() {
     };
     api.add_pod(agent_pod.clone());
     let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
         &format!(
@@ -601,6 +520,8 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     };
     api.add_pod(agent_pod.clone());
     let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
         &format!(

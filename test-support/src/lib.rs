@@ -3,6 +3,7 @@
 //! - [`check_x509_svid`]: the whole X509-SVID profile (X509-SVID.md) plus meshward's
 //!   own stricter choices, and RFC 5280 path validation to a bundle (webpki).
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
+//! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
 //! - [`tcp_proxy`]: a loopback forwarder that can be cut, for fault injection.
@@ -10,6 +11,7 @@
 //!   setup started.
 
 pub mod daemon;
+pub mod issuer;
 pub mod kube_api;
 pub mod postgres;
 pub mod tcp_proxy;

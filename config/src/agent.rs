@@ -1,0 +1,111 @@
+//! `agent:` how the node daemon gets identities: which issuer, how the node
+//! attests, where the node's workloads come from, where the Workload API listens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The issuer's agent API, `host:port`.
+    pub issuer_address: String,
+    /// PEM bundle the first connection to the issuer is verified with (later ones
+    /// use the bundle the issuer serves). Required: no insecure bootstrap.
+    pub trust_bundle_path: Option<PathBuf>,
+    /// The node SVID, its key (0600) and the last bundle, so a restart needs no new token.
+    pub data_dir: PathBuf,
+    pub join_token: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub k8s_psat: Option<AgentPsat>,
+    pub workloads: WorkloadSourceConfig,
+    /// The SPIFFE Workload API socket.
+    pub workload_api_socket: PathBuf,
+    /// How often entries, templates and bundles are synced.
+    #[serde(with = "crate::duration")]
+    pub sync_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPsat {
+    pub cluster: String,
+    /// The projected token (audience: the issuer's), re-read at every attestation.
+    #[serde(default = "default_psat_token_path")]
+    pub token_path: PathBuf,
+}
+
+fn default_psat_token_path() -> PathBuf {
+    PathBuf::from("/var/run/secrets/tokens/meshward-node")
+}
+
+/// Exactly one source of the node's workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSourceConfig {
+    /// A workloads file (see `WorkloadsFile`), watched and reloaded.
+    pub file: Option<PathBuf>,
+    /// The Kubernetes API: the pods whose spec.nodeName is this node.
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSource {
+    /// This node's name (usually from the downward API: spec.nodeName).
+    pub node_name: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            issuer_address: "meshward-issuer.meshward:8081".into(),
+            trust_bundle_path: None,
+            data_dir: PathBuf::from("/var/lib/meshward/agent"),
+            join_token: None,
+            join_token_file: None,
+            k8s_psat: None,
+            workloads: WorkloadSourceConfig::default(),
+            workload_api_socket: PathBuf::from("/run/meshward/sockets/agent.sock"),
+            sync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Cross-field rules; run by `ProxyConfig::validate`.
+    pub(crate) fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| Err(ConfigError::invalid(source, field, reason));
+        let methods = usize::from(self.join_token.is_some())
+            + usize::from(self.join_token_file.is_some())
+            + usize::from(self.k8s_psat.is_some());
+        if methods > 1 {
+            return invalid(
+                "agent",
+                "set only one of join_token, join_token_file and k8s_psat",
+            );
+        }
+        if self.workloads.file.is_some() && self.workloads.kubernetes.is_some() {
+            return invalid("agent.workloads", "set only one of file and kubernetes");
+        }
+        if self.sync_interval < Duration::from_secs(1) {
+            return invalid("agent.sync_interval", "must be at least 1s");
+        }
+        if self
+            .issuer_address
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return invalid("agent.issuer_address", "must be host:port");
+        }
+        Ok(())
+    }
+
+    /// Whether the agent is configured at all (an attestation method is set).
+    pub fn is_enabled(&self) -> bool {
+        self.join_token.is_some() || self.join_token_file.is_some() || self.k8s_psat.is_some()
+    }
+}

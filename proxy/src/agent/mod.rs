@@ -1,0 +1,271 @@
+//! The agent: the identity half of the node daemon (SPIRE agent's role).
+//!
+//! One task owns the conversation with the issuer: it attests the node (or reuses
+//! the node SVID kept in data_dir), renews it at half life, and every
+//! `sync_interval` (or when the workloads change) syncs entries, templates and
+//! bundles and the SVIDs of every local pod. Each result is published as an
+//! immutable [`Snapshot`] on a watch channel: readers never take a lock, and while
+//! the issuer is unreachable they keep the last snapshot (SVIDs stay valid until
+//! they expire) while the task retries with backoff.
+
+mod keys;
+mod node;
+mod selectors;
+mod svids;
+mod workloads;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward_config::ProxyConfig;
+use meshward_tls::{CertStore, TrustBundles};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+
+pub use svids::{PodIdentities, Snapshot, WorkloadSvid};
+pub use workloads::NodeWorkloads;
+
+use node::{NodeIdentity, NodeStore};
+use svids::SvidCache;
+use workloads::{FileSource, WorkloadSource};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent configuration: {0}")]
+    Config(String),
+    #[error("node attestation failed: {0}")]
+    Attestation(String),
+    /// The issuer refused this node (banned, evicted, stale SVID): attest again.
+    #[error("the issuer no longer accepts this node: {0}")]
+    NodeRejected(String),
+    #[error("issuer unavailable: {0}")]
+    IssuerUnavailable(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Maps an issuer status to what the agent does about it.
+pub(crate) fn status_error(status: tonic::Status) -> AgentError {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            AgentError::NodeRejected(status.message().to_owned())
+        }
+        _ => AgentError::IssuerUnavailable(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// Readers' side: snapshots, and whether the first sync is done.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub ready: watch::Receiver<bool>,
+}
+
+/// Backoff after failures: 1 s doubling to 30 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const START: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn next(&mut self) -> Duration {
+        let current = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        current
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::START;
+    }
+}
+
+/// Starts the agent task.
+pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
+    meshward_tls::install_crypto_provider();
+    let agent = &config.agent;
+    let source: Box<dyn WorkloadSource> = match (&agent.workloads.file, &agent.workloads.kubernetes)
+    {
+        (Some(path), None) => Box::new(FileSource::new(path.clone())),
+        (None, Some(_)) => {
+            return Err(AgentError::Config(
+                "agent.workloads.kubernetes is not available yet: use agent.workloads.file".into(),
+            ));
+        }
+        _ => return Err(AgentError::Config("agent.workloads: set file".into())),
+    };
+    let bootstrap = match &agent.trust_bundle_path {
+        Some(path) => keys::pem_certificates(
+            &std::fs::read_to_string(path)
+                .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?,
+        ),
+        None => Vec::new(),
+    };
+    let store = NodeStore::new(&agent.data_dir);
+    // The last bundle the issuer served is newer than the bootstrap one.
+    let trusted = store.load_bundle().unwrap_or(bootstrap);
+    if trusted.is_empty() {
+        return Err(AgentError::Config(
+            "agent.trust_bundle_path is required to verify the issuer on first contact".into(),
+        ));
+    }
+    let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot {
+        trust_domain: config.trust_domain.clone(),
+        ..Snapshot::default()
+    }));
+    let (ready_tx, ready) = watch::channel(false);
+    let task = AgentTask {
+        config: config.clone(),
+        store,
+        bundles: TrustBundles::new(),
+        identity: CertStore::new(),
+        node: None,
+        cache: SvidCache::default(),
+        workloads: NodeWorkloads::default(),
+        source,
+        snapshots: snapshots_tx,
+        ready: ready_tx,
+    };
+    task.bundles
+        .set(&config.trust_domain, &trusted)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    tokio::spawn(task.run());
+    Ok(AgentHandle { snapshots, ready })
+}
+
+struct AgentTask {
+    config: ProxyConfig,
+    store: NodeStore,
+    /// Trust for the issuer connection (the own trust domain's bundle).
+    bundles: Arc<TrustBundles>,
+    /// The node SVID presented to the issuer.
+    identity: Arc<CertStore>,
+    node: Option<NodeIdentity>,
+    cache: SvidCache,
+    workloads: NodeWorkloads,
+    source: Box<dyn WorkloadSource>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    ready: watch::Sender<bool>,
+}
+
+impl AgentTask {
+    async fn run(mut self) {
+        let mut backoff = Backoff(Backoff::START);
+        let mut next_sync = tokio::time::Instant::now();
+        loop {
+            if let Some(w) = self.source.poll() {
+                self.workloads = w;
+                next_sync = tokio::time::Instant::now();
+            }
+            if tokio::time::Instant::now() >= next_sync {
+                match self.step().await {
+                    Ok(()) => {
+                        backoff.reset();
+                        next_sync = tokio::time::Instant::now() + self.config.agent.sync_interval;
+                    }
+                    Err(e) => {
+                        if let AgentError::NodeRejected(_) = e {
+                            // banned, evicted or stale: start over with a fresh attestation
+                            self.node = None;
+                        }
+                        let wait = backoff.next();
+                        eprintln!("meshward agent: {e}; retrying in {wait:?}");
+                        next_sync = tokio::time::Instant::now() + wait;
+                    }
+                }
+            }
+            tokio::time::sleep(workloads::FILE_POLL.min(self.config.agent.sync_interval)).await;
+        }
+    }
+
+    /// One round: node identity, then the sync.
+    async fn step(&mut self) -> Result<(), AgentError> {
+        let agent = &self.config.agent;
+        let td = &self.config.trust_domain;
+        let now = SystemTime::now();
+        if self.node.is_none() {
+            self.node = self.store.load().filter(|n| n.expires_at > now);
+            if self.node.is_none() {
+                let mut anonymous =
+                    node::connect(agent, td, &self.bundles, &CertStore::new()).await?;
+                let (node, bundle) = node::attest(agent, &mut anonymous).await?;
+                eprintln!("meshward agent: attested as {}", node.spiffe_id);
+                self.store.save(&node)?;
+                self.adopt_bundle(&bundle)?;
+                self.node = Some(node);
+            }
+            self.present_node_identity()?;
+        }
+        let mut client = node::connect(agent, td, &self.bundles, &self.identity).await?;
+        if self.node.as_ref().is_some_and(|n| n.renew_due(now)) {
+            let renewed = node::renew(&mut client).await?;
+            eprintln!(
+                "meshward agent: renewed the node SVID (expires {:?})",
+                renewed.expires_at
+            );
+            self.store.save(&renewed)?;
+            self.node = Some(renewed);
+            self.present_node_identity()?;
+            // the issuer checks the presented serial: use a connection with the new one
+            client = node::connect(agent, td, &self.bundles, &self.identity).await?;
+        }
+        let auth = svids::fetch_authorizations(&mut client).await?;
+        let own = auth.bundles.own.clone().unwrap_or_default();
+        let bundle: Vec<CertificateDer<'static>> = own
+            .x509_authorities
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        if !bundle.is_empty() {
+            self.adopt_bundle(&bundle)?;
+        }
+        self.cache
+            .sync(&mut client, &self.workloads, &auth, now)
+            .await?;
+        let snapshot = Snapshot {
+            trust_domain: td.clone(),
+            bundle,
+            jwks: own.jwks,
+            federated: auth
+                .bundles
+                .federated
+                .iter()
+                .map(|b| {
+                    (
+                        b.trust_domain.clone(),
+                        b.x509_authorities
+                            .iter()
+                            .cloned()
+                            .map(CertificateDer::from)
+                            .collect(),
+                    )
+                })
+                .collect(),
+            pods: self.cache.pods(&self.workloads, &auth),
+            node_id: self
+                .node
+                .as_ref()
+                .map(|n| n.spiffe_id.clone())
+                .unwrap_or_default(),
+        };
+        self.snapshots.send_replace(Arc::new(snapshot));
+        self.ready.send_replace(true);
+        Ok(())
+    }
+
+    fn present_node_identity(&self) -> Result<(), AgentError> {
+        let node = self
+            .node
+            .as_ref()
+            .ok_or_else(|| AgentError::Io("no node identity".into()))?;
+        self.identity
+            .set(node.chain.clone(), &node.key_pkcs8)
+            .map_err(|e| AgentError::Io(e.to_string()))
+    }
+
+    fn adopt_bundle(&self, bundle: &[CertificateDer<'static>]) -> Result<(), AgentError> {
+        self.bundles
+            .set(&self.config.trust_domain, bundle)
+            .map_err(|e| AgentError::Io(e.to_string()))?;
+        self.store.save_bundle(bundle)
+    }
+}

@@ -1,0 +1,227 @@
+//! The node's own identity: attestation to the issuer (join token or projected
+//! service-account token), the node SVID kept on disk (0600) so a restart needs no
+//! new token, and its renewal at half life.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward_config::AgentConfig;
+use meshward_issuer::proto;
+use meshward_issuer::proto::agent_api_client::AgentApiClient;
+use meshward_tls::{CertStore, TrustBundles};
+use rustls_pki_types::CertificateDer;
+use tonic::transport::Channel;
+
+use super::AgentError;
+use super::keys::{NewKey, pem_certificates, pem_encode};
+
+/// The node SVID with its key.
+#[derive(Clone)]
+pub(crate) struct NodeIdentity {
+    pub(crate) spiffe_id: String,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key_pkcs8: Vec<u8>,
+    pub(crate) issued_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key
+        f.debug_struct("NodeIdentity")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// Half of the lifetime has passed: time to renew.
+    pub(crate) fn renew_due(&self, now: SystemTime) -> bool {
+        let life = self
+            .expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default();
+        now >= self.issued_at + life / 2
+    }
+
+    fn from_svid(svid: proto::X509Svid, key_pkcs8: Vec<u8>) -> Result<Self, AgentError> {
+        let expires_at =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
+        Ok(Self {
+            spiffe_id: svid.spiffe_id,
+            chain: svid
+                .cert_chain
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            key_pkcs8,
+            issued_at: SystemTime::now(),
+            expires_at,
+        })
+    }
+}
+
+/// Files under `<data_dir>`: `node.pem` (chain), `node.key` (0600), `bundle.pem`.
+pub(crate) struct NodeStore {
+    dir: PathBuf,
+}
+
+impl NodeStore {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub(crate) fn load(&self) -> Option<NodeIdentity> {
+        let chain = pem_certificates(&std::fs::read_to_string(self.dir.join("node.pem")).ok()?);
+        let key = std::fs::read(self.dir.join("node.key")).ok()?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+        let spiffe_id = meshward_tls::spiffe_id_of(chain.first()?).ok()?;
+        let to_time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+        Some(NodeIdentity {
+            spiffe_id,
+            issued_at: to_time(leaf.validity().not_before.timestamp()),
+            expires_at: to_time(leaf.validity().not_after.timestamp()),
+            chain,
+            key_pkcs8: key,
+        })
+    }
+
+    pub(crate) fn save(&self, node: &NodeIdentity) -> Result<(), AgentError> {
+        let pem: String = node.chain.iter().map(|c| pem_encode(c)).collect();
+        write_private(&self.dir, "node.pem", pem.as_bytes(), 0o644)?;
+        write_private(&self.dir, "node.key", &node.key_pkcs8, 0o600)
+    }
+
+    /// The last bundle the issuer served (trusted for the next start).
+    pub(crate) fn load_bundle(&self) -> Option<Vec<CertificateDer<'static>>> {
+        let certs = pem_certificates(&std::fs::read_to_string(self.dir.join("bundle.pem")).ok()?);
+        (!certs.is_empty()).then_some(certs)
+    }
+
+    pub(crate) fn save_bundle(&self, certs: &[CertificateDer<'_>]) -> Result<(), AgentError> {
+        let pem: String = certs.iter().map(|c| pem_encode(c)).collect();
+        write_private(&self.dir, "bundle.pem", pem.as_bytes(), 0o644)
+    }
+}
+
+fn write_private(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), AgentError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::Io(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| AgentError::Io(format!("{}: {e}", tmp.display())))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| AgentError::Io(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(|e| AgentError::Io(format!("{}: {e}", path.display())))
+}
+
+/// A client to the issuer that presents `identity` (empty before attestation).
+pub(crate) async fn connect(
+    config: &AgentConfig,
+    trust_domain: &str,
+    bundles: &Arc<TrustBundles>,
+    identity: &Arc<CertStore>,
+) -> Result<AgentApiClient<Channel>, AgentError> {
+    meshward_issuer::client::agent_client(
+        &config.issuer_address,
+        trust_domain,
+        bundles.clone(),
+        identity.clone(),
+    )
+    .await
+    .map_err(|e| AgentError::IssuerUnavailable(e.to_string()))
+}
+
+/// Attests with the configured method; a join token is used up by this.
+pub(crate) async fn attest(
+    config: &AgentConfig,
+    client: &mut AgentApiClient<Channel>,
+) -> Result<(NodeIdentity, Vec<CertificateDer<'static>>), AgentError> {
+    let key = NewKey::generate()?;
+    let response = if let Some(psat) = &config.k8s_psat {
+        let token = std::fs::read_to_string(&psat.token_path)
+            .map_err(|e| AgentError::Attestation(format!("{}: {e}", psat.token_path.display())))?;
+        client
+            .attest_k8s_psat(proto::AttestK8sPsatRequest {
+                cluster: psat.cluster.clone(),
+                token: token.trim().to_owned(),
+                csr: key.csr.clone(),
+            })
+            .await
+    } else {
+        let token = match (&config.join_token, &config.join_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| AgentError::Attestation(format!("{}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(AgentError::Attestation(
+                    "no attestation method: set agent.join_token, agent.join_token_file or agent.k8s_psat".into(),
+                ));
+            }
+        };
+        client
+            .attest_join_token(proto::AttestJoinTokenRequest {
+                token,
+                csr: key.csr.clone(),
+            })
+            .await
+    };
+    let response = response.map_err(|status| match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => AgentError::Attestation(format!(
+            "the issuer refused attestation: {}{}",
+            status.message(),
+            if config.k8s_psat.is_none() {
+                " (a join token works once: after an eviction or a lost data_dir, generate a new one)"
+            } else {
+                ""
+            }
+        )),
+        _ => AgentError::IssuerUnavailable(status.message().to_owned()),
+    })?;
+    let response = response.into_inner();
+    let svid = response
+        .svid
+        .ok_or_else(|| AgentError::Attestation("the issuer answered without an SVID".into()))?;
+    let bundle = response
+        .bundle
+        .map(|b| {
+            b.x509_authorities
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((NodeIdentity::from_svid(svid, key.pkcs8)?, bundle))
+}
+
+/// A fresh node SVID over the current mTLS identity.
+pub(crate) async fn renew(
+    client: &mut AgentApiClient<Channel>,
+) -> Result<NodeIdentity, AgentError> {
+    let key = NewKey::generate()?;
+    let response = client
+        .renew_agent(proto::RenewAgentRequest {
+            csr: key.csr.clone(),
+        })
+        .await
+        .map_err(super::status_error)?
+        .into_inner();
+    let svid = response
+        .svid
+        .ok_or_else(|| AgentError::Attestation("the issuer answered without an SVID".into()))?;
+    NodeIdentity::from_svid(svid, key.pkcs8)
+}

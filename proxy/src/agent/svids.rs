@@ -1,0 +1,292 @@
+//! Workload SVIDs: for every pod, every identity it is entitled to (entries whose
+//! selectors it has, templates that select it), each with a key made here. Renewed
+//! at half their life (with jitter), fetched in batches, forgotten when the pod or
+//! the grant goes, and kept while the issuer is down.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward_config::PodInfo;
+use meshward_issuer::datastore::Selector;
+use meshward_issuer::proto;
+use meshward_issuer::proto::agent_api_client::AgentApiClient;
+use meshward_issuer::template::IdentityTemplate;
+use rustls_pki_types::CertificateDer;
+use tonic::transport::Channel;
+
+use super::keys::NewKey;
+use super::selectors::{pod_attributes, pod_selectors};
+use super::workloads::NodeWorkloads;
+use super::{AgentError, status_error};
+
+/// Requests per BatchNewX509Svid call.
+const BATCH: usize = 50;
+
+/// One workload identity: the SVID chain (leaf first) and its key.
+pub struct WorkloadSvid {
+    pub spiffe_id: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key_pkcs8: Vec<u8>,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// Entry ID or template name it came from.
+    pub source: String,
+}
+
+impl std::fmt::Debug for WorkloadSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pod and its identities (the first is the default, as the Workload API says).
+#[derive(Debug, Clone)]
+pub struct PodIdentities {
+    pub pod: PodInfo,
+    pub svids: Vec<Arc<WorkloadSvid>>,
+}
+
+/// What the data path and the Workload API read: immutable, swapped whole.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub trust_domain: String,
+    /// X.509 authorities of the own trust domain.
+    pub bundle: Vec<CertificateDer<'static>>,
+    /// The own bundle as SPIFFE JSON (JWT keys included).
+    pub jwks: String,
+    /// Other trust domains: name -> authorities.
+    pub federated: Vec<(String, Vec<CertificateDer<'static>>)>,
+    /// By pod IP.
+    pub pods: HashMap<IpAddr, PodIdentities>,
+    /// The node's SPIFFE ID.
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Grant {
+    Entry(String),
+    Template(String),
+}
+
+struct Held {
+    svid: Arc<WorkloadSvid>,
+    renew_at: SystemTime,
+}
+
+/// The SVIDs held for the node's pods.
+#[derive(Default)]
+pub(crate) struct SvidCache {
+    held: HashMap<(String, Grant), Held>,
+    jitter: RandomState,
+}
+
+/// What one sync learned from the issuer.
+pub(crate) struct Authorizations {
+    entries: Vec<proto::Entry>,
+    templates: Vec<IdentityTemplate>,
+    pub(crate) bundles: proto::GetBundlesResponse,
+}
+
+pub(crate) async fn fetch_authorizations(
+    client: &mut AgentApiClient<Channel>,
+) -> Result<Authorizations, AgentError> {
+    let entries = client
+        .list_authorized_entries(proto::ListAuthorizedEntriesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .entries;
+    let templates = client
+        .list_identity_templates(proto::ListIdentityTemplatesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .templates
+        .into_iter()
+        .map(template_from)
+        .collect();
+    let bundles = client
+        .get_bundles(proto::GetBundlesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    Ok(Authorizations {
+        entries,
+        templates,
+        bundles,
+    })
+}
+
+fn template_from(t: proto::IdentityTemplate) -> IdentityTemplate {
+    IdentityTemplate {
+        name: t.name,
+        spiffe_id_template: t.spiffe_id_template,
+        pod_selector: t.pod_selector.into_iter().collect(),
+        namespace_selector: t.namespace_selector.into_iter().collect(),
+        workload_selector_templates: t.workload_selector_templates,
+        dns_name_templates: t.dns_name_templates,
+        x509_svid_ttl: u32::try_from(t.x509_svid_ttl).unwrap_or(0),
+        jwt_svid_ttl: u32::try_from(t.jwt_svid_ttl).unwrap_or(0),
+        federates_with: t.federates_with,
+        hint: t.hint,
+    }
+}
+
+/// The grants of one pod, entries first (in the issuer's order), then templates.
+fn grants_for(pod: &PodInfo, node: &str, auth: &Authorizations) -> Vec<Grant> {
+    let selectors = pod_selectors(pod, node);
+    let attributes = pod_attributes(pod, node);
+    let entries = auth.entries.iter().filter(|e| {
+        e.selectors
+            .iter()
+            .all(|s| s.parse::<Selector>().is_ok_and(|s| selectors.contains(&s)))
+    });
+    let templates = auth.templates.iter().filter(|t| t.selects(&attributes));
+    entries
+        .map(|e| Grant::Entry(e.id.clone()))
+        .chain(templates.map(|t| Grant::Template(t.name.clone())))
+        .collect()
+}
+
+impl SvidCache {
+    /// Brings the held SVIDs in line with the pods and the grants: fetches missing
+    /// and due ones in batches, drops what is no longer granted. An issuer error
+    /// for one item leaves that item as it was.
+    pub(crate) async fn sync(
+        &mut self,
+        client: &mut AgentApiClient<Channel>,
+        workloads: &NodeWorkloads,
+        auth: &Authorizations,
+        now: SystemTime,
+    ) -> Result<(), AgentError> {
+        let mut wanted: Vec<(String, Grant, &PodInfo)> = Vec::new();
+        for pod in &workloads.pods {
+            for grant in grants_for(pod, &workloads.node, auth) {
+                wanted.push((pod.uid.clone(), grant, pod));
+            }
+        }
+        self.held
+            .retain(|(uid, grant), _| wanted.iter().any(|(u, g, _)| u == uid && g == grant));
+        let due: Vec<&(String, Grant, &PodInfo)> = wanted
+            .iter()
+            .filter(|(uid, grant, _)| {
+                self.held
+                    .get(&(uid.clone(), grant.clone()))
+                    .is_none_or(|h| h.renew_at <= now || h.svid.expires_at <= now)
+            })
+            .collect();
+        for chunk in due.chunks(BATCH) {
+            let mut keys = Vec::with_capacity(chunk.len());
+            let mut params = Vec::with_capacity(chunk.len());
+            for (_, grant, pod) in chunk {
+                let key = NewKey::generate()?;
+                params.push(match grant {
+                    Grant::Entry(id) => proto::NewX509SvidParams {
+                        entry_id: id.clone(),
+                        csr: key.csr.clone(),
+                        ..Default::default()
+                    },
+                    Grant::Template(name) => proto::NewX509SvidParams {
+                        template: name.clone(),
+                        csr: key.csr.clone(),
+                        pod: Some(pod_message(pod, &workloads.node)),
+                        ..Default::default()
+                    },
+                });
+                keys.push(key.pkcs8);
+            }
+            let results = client
+                .batch_new_x509_svid(proto::BatchNewX509SvidRequest { params })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .results;
+            for (((uid, grant, pod), key), result) in chunk.iter().zip(keys).zip(results) {
+                let Some(svid) = result.svid else {
+                    eprintln!(
+                        "meshward agent: no SVID for pod {}/{} ({grant:?}): {}",
+                        pod.namespace, pod.name, result.message
+                    );
+                    continue;
+                };
+                let svid = WorkloadSvid {
+                    spiffe_id: svid.spiffe_id,
+                    chain: svid
+                        .cert_chain
+                        .into_iter()
+                        .map(CertificateDer::from)
+                        .collect(),
+                    key_pkcs8: key,
+                    issued_at: now,
+                    expires_at: SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(svid.expires_at.max(0) as u64),
+                    source: result.entry_id,
+                };
+                let renew_at = self.renew_at(&svid, uid);
+                self.held.insert(
+                    (uid.clone(), grant.clone()),
+                    Held {
+                        svid: Arc::new(svid),
+                        renew_at,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Half the lifetime, moved by up to ±10% so renewals of many pods spread out.
+    fn renew_at(&self, svid: &WorkloadSvid, uid: &str) -> SystemTime {
+        let life = svid
+            .expires_at
+            .duration_since(svid.issued_at)
+            .unwrap_or_default();
+        let tenth = life / 10;
+        let spread = self.jitter.hash_one((uid, &svid.spiffe_id)) % 2001; // 0..=2000
+        let half = svid.issued_at + life / 2;
+        let offset = tenth.mul_f64(spread as f64 / 1000.0); // 0..=2 tenths
+        (half + offset).checked_sub(tenth).unwrap_or(half)
+    }
+
+    /// The pods with the identities held for them, in grant order.
+    pub(crate) fn pods(
+        &self,
+        workloads: &NodeWorkloads,
+        auth: &Authorizations,
+    ) -> HashMap<IpAddr, PodIdentities> {
+        let mut out = HashMap::new();
+        for pod in &workloads.pods {
+            let svids: Vec<Arc<WorkloadSvid>> = grants_for(pod, &workloads.node, auth)
+                .into_iter()
+                .filter_map(|g| self.held.get(&(pod.uid.clone(), g)).map(|h| h.svid.clone()))
+                .collect();
+            out.insert(
+                pod.ip,
+                PodIdentities {
+                    pod: pod.clone(),
+                    svids,
+                },
+            );
+        }
+        out
+    }
+}
+
+fn pod_message(pod: &PodInfo, node: &str) -> proto::PodAttributes {
+    proto::PodAttributes {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        service_account: pod.service_account.clone(),
+        node_name: node.to_owned(),
+        labels: pod.labels.clone().into_iter().collect(),
+        namespace_labels: Default::default(),
+    }
+}

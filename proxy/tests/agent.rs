@@ -1,0 +1,217 @@
+//! The agent against a real issuer process: attestation with a join token, SVIDs
+//! for exactly the pods an entry or a template grants, published as snapshots;
+//! pods that leave lose their SVIDs; an issuer outage leaves the served SVIDs in
+//! place; an agent restart reuses its node SVID (the join token is already used).
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward::agent::{AgentHandle, Snapshot};
+use meshward_config::{PodInfo, ProxyConfig, WorkloadsFile};
+use meshward_test_support::check_x509_svid;
+use meshward_test_support::issuer::IssuerProcess;
+
+const TD: &str = "math.example.com";
+
+fn pod(name: &str, namespace: &str, sa: &str, ip: &str, labels: &[(&str, &str)]) -> PodInfo {
+    PodInfo {
+        name: name.into(),
+        namespace: namespace.into(),
+        service_account: sa.into(),
+        uid: format!("{name}-uid"),
+        ip: ip.parse().unwrap(),
+        image: "example.com/app:1".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn write_workloads(path: &Path, pods: Vec<PodInfo>) {
+    let file = WorkloadsFile {
+        node: "node-1".into(),
+        workloads: pods,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, file.to_yaml()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn config(dir: &Path, issuer: &IssuerProcess, token: &str) -> ProxyConfig {
+    std::fs::write(dir.join("bundle.pem"), issuer.bundle_pem()).unwrap();
+    let yaml = format!(
+        "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  sync_interval: 1s\n",
+        issuer.agent,
+        dir.join("bundle.pem").display(),
+        dir.join("agent").display(),
+        dir.join("workloads.yaml").display()
+    );
+    ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap()
+}
+
+/// Waits (bounded) for a snapshot that satisfies `done`.
+async fn wait_for(
+    handle: &mut AgentHandle,
+    what: &str,
+    done: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = handle.snapshots.borrow_and_update().clone();
+        if done(&current) {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last snapshot: {current:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(500), handle.snapshots.changed()).await;
+    }
+}
+
+fn ids(snapshot: &Snapshot, ip: &str) -> Vec<String> {
+    let ip: IpAddr = ip.parse().unwrap();
+    snapshot
+        .pods
+        .get(&ip)
+        .map(|p| p.svids.iter().map(|s| s.spiffe_id.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_serves_exactly_the_granted_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut issuer = IssuerProcess::new(
+        Path::new(env!("CARGO_BIN_EXE_meshward")),
+        TD,
+        dir.path(),
+        &format!("sqlite://{}/issuer.sqlite3", dir.path().display()),
+    );
+    let token = issuer.cli_json(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        &format!("spiffe://{TD}/node/node-1"),
+    ]);
+    let token = token["value"].as_str().unwrap().to_owned();
+    issuer.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+        "-parentID",
+        &format!("spiffe://{TD}/node/node-1"),
+        "-selector",
+        "k8s:ns:default",
+        "-selector",
+        "k8s:sa:curl-spire",
+    ]);
+    let template = dir.path().join("template.yaml");
+    std::fs::write(
+        &template,
+        "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: enabled\nspec:\n  spiffeIDTemplate: \"spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}\"\n  podSelector:\n    matchLabels:\n      spiffe: enabled\n",
+    )
+    .unwrap();
+    assert_eq!(
+        issuer
+            .cli(&["template", "apply", "-f", template.to_str().unwrap()])
+            .0,
+        0
+    );
+
+    let workloads = dir.path().join("workloads.yaml");
+    write_workloads(
+        &workloads,
+        vec![
+            pod("curl", "default", "curl-spire", "10.40.1.2", &[]),
+            pod(
+                "echo",
+                "echoserver",
+                "default",
+                "10.40.1.3",
+                &[("spiffe", "enabled")],
+            ),
+            pod("stranger", "default", "other", "10.40.1.4", &[]),
+        ],
+    );
+    let config = config(dir.path(), &issuer, &token);
+    let mut handle = meshward::agent::start(&config).unwrap();
+    let snapshot = wait_for(&mut handle, "SVIDs for curl and echo", |s| {
+        !ids(s, "10.40.1.2").is_empty() && !ids(s, "10.40.1.3").is_empty()
+    })
+    .await;
+    // readiness follows the first published snapshot
+    tokio::time::timeout(Duration::from_secs(5), handle.ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snapshot.node_id, format!("spiffe://{TD}/node/node-1"));
+    assert_eq!(
+        ids(&snapshot, "10.40.1.2"),
+        [format!("spiffe://{TD}/ns/default/sa/curl-spire")]
+    );
+    assert_eq!(
+        ids(&snapshot, "10.40.1.3"),
+        [format!("spiffe://{TD}/ns/echoserver/sa/default")]
+    );
+    assert!(
+        ids(&snapshot, "10.40.1.4").is_empty(),
+        "no grant, no identity"
+    );
+    for p in snapshot.pods.values() {
+        for svid in &p.svids {
+            check_x509_svid(
+                &svid.chain,
+                &snapshot.bundle,
+                &svid.spiffe_id,
+                SystemTime::now(),
+            )
+            .unwrap();
+            // the key is the one the certificate was made for
+            let (_, leaf) = x509_parser::parse_x509_certificate(&svid.chain[0]).unwrap();
+            let key = rcgen::KeyPair::try_from(svid.key_pkcs8.as_slice()).unwrap();
+            assert_eq!(
+                leaf.public_key().raw,
+                rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+            );
+        }
+    }
+    assert!(snapshot.jwks.contains("jwt-svid"));
+
+    // a pod leaves: its SVIDs go
+    write_workloads(
+        &workloads,
+        vec![pod("curl", "default", "curl-spire", "10.40.1.2", &[])],
+    );
+    wait_for(&mut handle, "echo forgotten", |s| {
+        !s.pods.contains_key(&"10.40.1.3".parse::<IpAddr>().unwrap())
+    })
+    .await;
+
+    // the issuer goes away: the SVIDs already served stay
+    let before = handle.snapshots.borrow().clone();
+    issuer.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = handle.snapshots.borrow().clone();
+    assert_eq!(
+        ids(&during, "10.40.1.2"),
+        ids(&before, "10.40.1.2"),
+        "no gap while the issuer is down"
+    );
+    issuer.start();
+
+    // an agent restart reuses the node SVID from data_dir: the used token is not needed
+    drop(handle);
+    let mut restarted = meshward::agent::start(&config).unwrap();
+    let snapshot = wait_for(&mut restarted, "SVIDs after restart", |s| {
+        !ids(s, "10.40.1.2").is_empty()
+    })
+    .await;
+    assert_eq!(snapshot.node_id, format!("spiffe://{TD}/node/node-1"));
+    let agents = issuer.cli_json(&["agent", "list"]);
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
+}
