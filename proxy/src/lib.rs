@@ -2,3 +2,4 @@
 //! data path). The binary's CLI lives in `main.rs`.
 
 pub mod agent;
+pub mod readiness;

@@ -2,6 +2,7 @@
 
 mod issuer_cli;
 mod policy_cli;
+mod proxy_cli;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,9 @@ enum Command {
     /// The built-in SPIFFE issuance server and its admin CLI (spire-server's verbs).
     #[command(subcommand)]
     Issuer(issuer_cli::IssuerCommand),
+    /// The node daemon (agent; the data path follows).
+    #[command(subcommand)]
+    Proxy(proxy_cli::ProxyCommand),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cli::run(cmd),
         Command::Issuer(cmd) => issuer_cli::run(cmd),
+        Command::Proxy(cmd) => proxy_cli::run(cmd),
     };
     match result {
         Ok(code) => code,

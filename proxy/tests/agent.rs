@@ -215,3 +215,52 @@ async fn agent_serves_exactly_the_granted_identities() {
     let agents = issuer.cli_json(&["agent", "list"]);
     assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn proxy_run_is_ready_after_attestation_and_first_sync() {
+    use meshward_test_support::daemon::{Daemon, free_port, http_status};
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_meshward"));
+    let issuer = IssuerProcess::new(
+        bin,
+        TD,
+        dir.path(),
+        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+    );
+    let token = issuer.cli_json(&["token", "generate"]);
+    write_workloads(
+        &dir.path().join("workloads.yaml"),
+        vec![pod("curl", "default", "curl-spire", "10.40.1.2", &[])],
+    );
+    std::fs::write(dir.path().join("bundle.pem"), issuer.bundle_pem()).unwrap();
+    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain: {TD}\nreadiness_listen: {ready}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    file: {}\n",
+            issuer.agent,
+            dir.path().join("bundle.pem").display(),
+            dir.path().join("agent").display(),
+            token["value"].as_str().unwrap(),
+            dir.path().join("workloads.yaml").display()
+        ),
+    )
+    .unwrap();
+    let mut proxy = Daemon::spawn(
+        bin,
+        &["proxy", "run", "-c", config.to_str().unwrap()],
+        &dir.path().join("proxy.log"),
+    );
+    proxy.wait_http_ok(ready, "/healthz/ready", Duration::from_secs(30));
+    assert!(
+        proxy
+            .log()
+            .contains("attested as spiffe://math.example.com/spire/agent/join_token/"),
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(http_status(ready, "/other"), Some(404));
+    let status = proxy.stop();
+    assert!(status.contains("exit status: 0"), "{status}");
+}
