@@ -11,6 +11,7 @@
 //!   uid: 0b6c8d3e-2f4a-4c1e-9a7b-5e3d2c1b0a99
 //!   ip: 10.40.1.2
 //!   image: registry.k8s.io/e2e-test-images/echoserver:2.3
+//!   netns: /var/run/netns/mwt1a2bx0-pod1   # optional
 //!   labels:
 //!     app: echoserver
 //! ```
@@ -47,6 +48,11 @@ pub struct PodInfo {
     pub image: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The pod's network namespace (`/var/run/netns/<name>`), when known: how the
+    /// agent recognizes a Workload API caller outside Kubernetes (on a real node the
+    /// caller's cgroup names the pod UID instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 fn default_service_account() -> String {

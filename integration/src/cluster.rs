@@ -386,6 +386,9 @@ impl Cluster {
                 ip: IpAddr::V4(ip),
                 image: spec.image,
                 labels: spec.labels,
+                netns: Some(std::path::PathBuf::from(format!(
+                    "/var/run/netns/{ns_name}"
+                ))),
             },
             node: node.to_owned(),
             ns: pod_ns,

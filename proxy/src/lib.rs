@@ -2,4 +2,11 @@
 //! data path). The binary's CLI lives in `main.rs`.
 
 pub mod agent;
+pub mod workload_api;
+
+/// Generated SPIFFE Workload API types (proto/workload.proto; no package, by the standard).
+#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod workload_proto {
+    tonic::include_proto!("_");
+}
 pub mod readiness;

@@ -1,5 +1,5 @@
-//! `meshward proxy run -c proxy.yaml`: the node daemon. Today: the agent and the
-//! readiness endpoint; the data path joins with its issue.
+//! `meshward proxy run -c proxy.yaml`: the node daemon. Today: the agent, the
+//! SPIFFE Workload API and the readiness endpoint; the data path joins with its issue.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,9 +34,12 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
             "meshward proxy: agent for node of trust domain {}, readiness on {}",
             config.trust_domain, config.readiness_listen
         );
+        let socket = config.agent.workload_api_socket.clone();
+        let workload_api = meshward::workload_api::serve(&socket, handle.clone());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = meshward::readiness::serve(listener, handle.ready.clone()) => r.context("readiness endpoint")?,
+            r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
         }

@@ -28,6 +28,7 @@ fn pod(name: &str, namespace: &str, sa: &str, ip: &str, labels: &[(&str, &str)])
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        netns: None,
     }
 }
 
@@ -263,4 +264,187 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
     assert_eq!(http_status(ready, "/other"), Some(404));
     let status = proxy.stop();
     assert!(status.contains("exit status: 0"), "{status}");
+}
+
+mod workload_api {
+    use super::*;
+    use meshward::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    use meshward::workload_proto::{
+        JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+    };
+    use tonic::transport::Channel;
+
+    async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
+        let socket = socket.to_owned();
+        let channel = tonic::transport::Endpoint::from_static("http://workload.api")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        SpiffeWorkloadApiClient::new(channel)
+    }
+
+    fn with_header<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        request
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_caller_gets_exactly_its_pods_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = IssuerProcess::new(
+            Path::new(env!("CARGO_BIN_EXE_meshward")),
+            TD,
+            dir.path(),
+            &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        );
+        let token = issuer.cli_json(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            &format!("spiffe://{TD}/node/node-1"),
+        ]);
+        issuer.cli_json(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+            "-parentID",
+            &format!("spiffe://{TD}/node/node-1"),
+            "-selector",
+            "k8s:sa:curl-spire",
+        ]);
+        // this test process is "the pod": it lives in the network namespace named here
+        let mut me = pod("curl", "default", "curl-spire", "10.40.1.2", &[]);
+        me.netns = Some(format!("/proc/{}/ns/net", std::process::id()).into());
+        let workloads = dir.path().join("workloads.yaml");
+        write_workloads(&workloads, vec![me.clone()]);
+        let config = config(dir.path(), &issuer, token["value"].as_str().unwrap());
+        let mut handle = meshward::agent::start(&config).unwrap();
+        wait_for(&mut handle, "the SVID", |s| !ids(s, "10.40.1.2").is_empty()).await;
+        let socket = dir.path().join("agent.sock");
+        let server = tokio::spawn({
+            let (socket, handle) = (socket.clone(), handle.clone());
+            async move { meshward::workload_api::serve(&socket, handle).await }
+        });
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut api = client(&socket).await;
+
+        // the security header is required
+        let missing = api.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+        assert_eq!(missing.message(), "security header missing from request");
+
+        let mut stream = api
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.svids.len(), 1);
+        let svid = &first.svids[0];
+        assert_eq!(
+            svid.spiffe_id,
+            format!("spiffe://{TD}/ns/default/sa/curl-spire")
+        );
+        let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+            x509_parser::parse_x509_certificate(&svid.x509_svid)
+                .map(|(rest, _)| {
+                    let leaf_len = svid.x509_svid.len() - rest.len();
+                    vec![svid.x509_svid[..leaf_len].to_vec().into()]
+                })
+                .unwrap();
+        let (bundle_rest, _) = x509_parser::parse_x509_certificate(&svid.bundle).unwrap();
+        assert!(bundle_rest.is_empty(), "one CA in the bundle, as DER");
+        let roots = vec![rustls_pki_types::CertificateDer::from(svid.bundle.clone())];
+        check_x509_svid(&chain, &roots, &svid.spiffe_id, SystemTime::now()).unwrap();
+        let key = rcgen::KeyPair::try_from(svid.x509_svid_key.as_slice()).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        assert_eq!(
+            leaf.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
+
+        let bundles = api
+            .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            bundles.bundles.keys().collect::<Vec<_>>(),
+            [&format!("spiffe://{TD}")]
+        );
+
+        // JWT-SVID: audience required; minted by the issuer, validated here
+        let no_audience = api
+            .fetch_jwtsvid(with_header(JwtsvidRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(no_audience.code(), tonic::Code::InvalidArgument);
+        let jwt = api
+            .fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["payments".into()],
+                spiffe_id: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(jwt.svids[0].spiffe_id, svid.spiffe_id);
+        let validated = api
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "payments".into(),
+                svid: jwt.svids[0].svid.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(validated.spiffe_id, svid.spiffe_id);
+        let aud = &validated.claims.unwrap().fields["aud"];
+        assert!(
+            matches!(&aud.kind, Some(prost_types::value::Kind::ListValue(l)) if l.values.len() == 1),
+            "{aud:?}"
+        );
+        let wrong = api
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "other".into(),
+                svid: jwt.svids[0].svid.clone(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+
+        // the pod leaves: the open stream ends with PermissionDenied, new calls too
+        write_workloads(&workloads, vec![]);
+        let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap();
+        assert_eq!(ended.unwrap_err().code(), tonic::Code::PermissionDenied);
+        let denied = api
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (denied.code(), denied.message()),
+            (tonic::Code::PermissionDenied, "no identity issued")
+        );
+        server.abort();
+    }
 }

@@ -54,12 +54,18 @@ pub(crate) fn status_error(status: tonic::Status) -> AgentError {
     }
 }
 
-/// Readers' side: snapshots, and whether the first sync is done.
+/// Readers' side: snapshots, whether the first sync is done, and a client to
+/// the issuer authenticated as this node (for on-demand JWT-SVIDs).
 #[derive(Clone)]
 pub struct AgentHandle {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub ready: watch::Receiver<bool>,
+    pub issuer: watch::Receiver<Option<IssuerClient>>,
 }
+
+/// The agent API client, as the node.
+pub type IssuerClient =
+    meshward_issuer::proto::agent_api_client::AgentApiClient<tonic::transport::Channel>;
 
 /// Backoff after failures: 1 s doubling to 30 s.
 struct Backoff(Duration);
@@ -113,7 +119,9 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
         ..Snapshot::default()
     }));
     let (ready_tx, ready) = watch::channel(false);
+    let (issuer_tx, issuer) = watch::channel(None);
     let task = AgentTask {
+        issuer: issuer_tx,
         config: config.clone(),
         store,
         bundles: TrustBundles::new(),
@@ -129,7 +137,11 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
         .set(&config.trust_domain, &trusted)
         .map_err(|e| AgentError::Config(e.to_string()))?;
     tokio::spawn(task.run());
-    Ok(AgentHandle { snapshots, ready })
+    Ok(AgentHandle {
+        snapshots,
+        ready,
+        issuer,
+    })
 }
 
 struct AgentTask {
@@ -145,6 +157,7 @@ struct AgentTask {
     source: Box<dyn WorkloadSource>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
+    issuer: watch::Sender<Option<IssuerClient>>,
 }
 
 impl AgentTask {
@@ -166,6 +179,7 @@ impl AgentTask {
                         if let AgentError::NodeRejected(_) = e {
                             // banned, evicted or stale: start over with a fresh attestation
                             self.node = None;
+                            self.issuer.send_replace(None);
                         }
                         let wait = backoff.next();
                         eprintln!("meshward agent: {e}; retrying in {wait:?}");
@@ -208,6 +222,7 @@ impl AgentTask {
             // the issuer checks the presented serial: use a connection with the new one
             client = node::connect(agent, td, &self.bundles, &self.identity).await?;
         }
+        self.issuer.send_replace(Some(client.clone()));
         let auth = svids::fetch_authorizations(&mut client).await?;
         let own = auth.bundles.own.clone().unwrap_or_default();
         let bundle: Vec<CertificateDer<'static>> = own

@@ -58,6 +58,7 @@ mod tests {
             ip: "10.0.0.2".parse().unwrap(),
             image: "curlimages/curl:8".into(),
             labels: [("app".to_owned(), "curl".to_owned())].into(),
+            netns: None,
         };
         let got: Vec<String> = pod_selectors(&pod, "node-1")
             .iter()

@@ -34,6 +34,8 @@ pub struct WorkloadSvid {
     pub expires_at: SystemTime,
     /// Entry ID or template name it came from.
     pub source: String,
+    /// Whether `source` names a template (rendered for this pod) rather than an entry.
+    pub from_template: bool,
 }
 
 impl std::fmt::Debug for WorkloadSvid {
@@ -228,6 +230,7 @@ impl SvidCache {
                     expires_at: SystemTime::UNIX_EPOCH
                         + Duration::from_secs(svid.expires_at.max(0) as u64),
                     source: result.entry_id,
+                    from_template: matches!(grant, Grant::Template(_)),
                 };
                 let renew_at = self.renew_at(&svid, uid);
                 self.held.insert(

@@ -1,0 +1,156 @@
+//! JWT-SVIDs through the Workload API: minted by the issuer for the caller's
+//! identities, validated locally with the bundle's JWT keys (JWT-SVID.md).
+
+use meshward_issuer::proto;
+use prost_types::value::Kind;
+use tonic::Status;
+
+use crate::agent::{IssuerClient, PodIdentities, Snapshot};
+use crate::workload_proto::Jwtsvid;
+
+/// One JWT-SVID per identity of the caller (or only `spiffe_id`, which the caller
+/// must hold).
+pub(crate) async fn fetch(
+    mut issuer: IssuerClient,
+    pod: &PodIdentities,
+    spiffe_id: &str,
+    audience: &[String],
+) -> Result<Vec<Jwtsvid>, Status> {
+    let wanted: Vec<_> = pod
+        .svids
+        .iter()
+        .filter(|s| spiffe_id.is_empty() || s.spiffe_id == spiffe_id)
+        .collect();
+    if wanted.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "no identity {spiffe_id} issued to this workload"
+        )));
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for svid in wanted {
+        let request = if svid.from_template {
+            proto::NewJwtSvidRequest {
+                audience: audience.to_vec(),
+                template: svid.source.clone(),
+                pod: Some(proto::PodAttributes {
+                    namespace: pod.pod.namespace.clone(),
+                    name: pod.pod.name.clone(),
+                    uid: pod.pod.uid.clone(),
+                    service_account: pod.pod.service_account.clone(),
+                    node_name: String::new(),
+                    labels: pod.pod.labels.clone().into_iter().collect(),
+                    namespace_labels: Default::default(),
+                }),
+                ..Default::default()
+            }
+        } else {
+            proto::NewJwtSvidRequest {
+                entry_id: svid.source.clone(),
+                audience: audience.to_vec(),
+                ..Default::default()
+            }
+        };
+        let token = issuer
+            .new_jwt_svid(request)
+            .await
+            .map_err(|s| {
+                Status::unavailable(format!(
+                    "the issuer could not mint a JWT-SVID: {}",
+                    s.message()
+                ))
+            })?
+            .into_inner()
+            .token;
+        out.push(Jwtsvid {
+            spiffe_id: svid.spiffe_id.clone(),
+            svid: token,
+            hint: String::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// A JWKS with only the `jwt-svid` keys, as FetchJWTBundles carries it.
+pub(crate) fn jwt_only_jwks(trust_domain: &str, bundle_json: &str) -> Result<String, Status> {
+    meshward_issuer::Bundle::from_spiffe_json(trust_domain, bundle_json)
+        .map(|b| b.jwt_jwks())
+        .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))
+}
+
+/// Validates a JWT-SVID of the own trust domain: ES256 with a known `kid`,
+/// `aud` containing `audience`, `exp` in the future, `sub` a SPIFFE ID.
+pub(crate) fn validate(
+    snapshot: &Snapshot,
+    token: &str,
+    audience: &str,
+) -> Result<(String, prost_types::Struct), Status> {
+    let invalid = |why: String| Status::invalid_argument(why);
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
+    if header.alg != jsonwebtoken::Algorithm::ES256 {
+        return Err(invalid(format!("unsupported algorithm {:?}", header.alg)));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| invalid("token header missing key id".into()))?;
+    let bundle = meshward_issuer::Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
+        .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))?;
+    let key = bundle
+        .jwt_keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or_else(|| {
+            invalid(format!(
+                "key {kid:?} not found in the bundle of {}",
+                snapshot.trust_domain
+            ))
+        })?;
+    let decoding = jsonwebtoken::DecodingKey::from_ec_components(&key.x, &key.y)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation)
+        .map_err(|e| invalid(format!("invalid token: {e}")))?;
+    let sub = data.claims["sub"].as_str().unwrap_or_default().to_owned();
+    if meshward_tls::trust_domain_of(&sub) != Some(snapshot.trust_domain.as_str()) {
+        return Err(invalid(format!(
+            "sub {sub:?} is not a SPIFFE ID of {}",
+            snapshot.trust_domain
+        )));
+    }
+    let serde_json::Value::Object(map) = data.claims else {
+        return Err(invalid("claims are not an object".into()));
+    };
+    let mut fields: std::collections::BTreeMap<String, prost_types::Value> =
+        map.into_iter().map(|(k, v)| (k, to_proto(v))).collect();
+    // SPIRE always returns aud as a list
+    if let Some(aud) = fields.get_mut("aud") {
+        if let Some(Kind::StringValue(one)) = &aud.kind {
+            *aud = prost_types::Value {
+                kind: Some(Kind::ListValue(prost_types::ListValue {
+                    values: vec![prost_types::Value {
+                        kind: Some(Kind::StringValue(one.clone())),
+                    }],
+                })),
+            };
+        }
+    }
+    Ok((sub, prost_types::Struct { fields }))
+}
+
+fn to_proto(v: serde_json::Value) -> prost_types::Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(to_proto).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, to_proto(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,263 @@
+//! The SPIFFE Workload API on a unix socket (SPIFFE_Workload_API.md), so
+//! go-spiffe, py-spiffe and the Rust `spiffe` crate work unchanged.
+//!
+//! Every call needs the `workload.spiffe.io: true` metadata (InvalidArgument
+//! otherwise). The caller is the pod its process belongs to (see `caller`); a
+//! caller with no identity gets PermissionDenied. Streams send the full state at
+//! once, then again whenever the agent publishes a snapshot that changes it.
+
+mod caller;
+mod jwt;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{AgentHandle, PodIdentities, Snapshot};
+use crate::workload_proto::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use crate::workload_proto::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+
+const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// Messages a slow stream reader may have waiting; then the stream waits.
+const STREAM_QUEUE: usize = 4;
+
+/// Serves the Workload API on `path` until the future is dropped.
+pub async fn serve(path: &Path, agent: AgentHandle) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+    // Every local process may ask; who it is decides what it gets.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi { agent }))
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+struct WorkloadApi {
+    agent: AgentHandle,
+}
+
+/// Checks the security header and finds the caller's process ID.
+fn caller_pid<T>(request: &Request<T>) -> Result<i32, Status> {
+    let values: Vec<_> = request.metadata().get_all(SECURITY_HEADER).iter().collect();
+    if values.len() != 1 || values[0] != "true" {
+        return Err(Status::invalid_argument(
+            "security header missing from request",
+        ));
+    }
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| cred.pid())
+        .ok_or_else(|| {
+            Status::permission_denied("cannot identify the calling process (no peer credentials)")
+        })
+}
+
+fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+/// The caller's identities in one snapshot.
+fn identities(snapshot: &Snapshot, pid: i32) -> Option<&PodIdentities> {
+    caller::pod_of(snapshot, pid).filter(|p| !p.svids.is_empty())
+}
+
+fn der_concat(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
+}
+
+fn trust_domain_id(td: &str) -> String {
+    format!("spiffe://{td}")
+}
+
+fn x509_response(snapshot: &Snapshot, pod: &PodIdentities) -> X509svidResponse {
+    let bundle = der_concat(&snapshot.bundle);
+    X509svidResponse {
+        svids: pod
+            .svids
+            .iter()
+            .map(|s| X509svid {
+                spiffe_id: s.spiffe_id.clone(),
+                x509_svid: der_concat(&s.chain),
+                x509_svid_key: s.key_pkcs8.clone(),
+                bundle: bundle.clone(),
+                hint: String::new(),
+            })
+            .collect(),
+        crl: Vec::new(),
+        federated_bundles: snapshot
+            .federated
+            .iter()
+            .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
+            .collect(),
+    }
+}
+
+fn x509_bundles(snapshot: &Snapshot) -> X509BundlesResponse {
+    let mut bundles: HashMap<String, Vec<u8>> = snapshot
+        .federated
+        .iter()
+        .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
+        .collect();
+    bundles.insert(
+        trust_domain_id(&snapshot.trust_domain),
+        der_concat(&snapshot.bundle),
+    );
+    X509BundlesResponse {
+        crl: Vec::new(),
+        bundles,
+    }
+}
+
+/// Streams `render(snapshot)` now and again whenever a new snapshot changes it,
+/// until the client goes or `render` says the caller lost its identity (the
+/// stream then ends with that status).
+fn watch_stream<T: Clone + PartialEq + Send + 'static>(
+    agent: &AgentHandle,
+    render: impl Fn(&Snapshot) -> Result<T, Status> + Send + 'static,
+) -> Result<ReceiverStream<Result<T, Status>>, Status> {
+    let mut snapshots = agent.snapshots.clone();
+    let first = render(&snapshots.borrow_and_update())?;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        if tx.send(Ok(first.clone())).await.is_err() {
+            return;
+        }
+        let mut last = first;
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = snapshots.changed() => if changed.is_err() { return },
+            }
+            let current = snapshots.borrow_and_update().clone();
+            match render(&current) {
+                Ok(next) if next == last => {}
+                Ok(next) => {
+                    if tx.send(Ok(next.clone())).await.is_err() {
+                        return;
+                    }
+                    last = next;
+                }
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ReceiverStream<Result<X509svidResponse, Status>>;
+    type FetchX509BundlesStream = ReceiverStream<Result<X509BundlesResponse, Status>>;
+    type FetchJWTBundlesStream = ReceiverStream<Result<JwtBundlesResponse, Status>>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let pid = caller_pid(&request)?;
+        let stream = watch_stream(&self.agent, move |snapshot| {
+            identities(snapshot, pid)
+                .map(|pod| x509_response(snapshot, pod))
+                .ok_or_else(no_identity)
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let pid = caller_pid(&request)?;
+        let stream = watch_stream(&self.agent, move |snapshot| {
+            identities(snapshot, pid)
+                .map(|_| x509_bundles(snapshot))
+                .ok_or_else(no_identity)
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let pid = caller_pid(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let snapshot = self.agent.snapshots.borrow().clone();
+        let pod = identities(&snapshot, pid).ok_or_else(no_identity)?;
+        let issuer = self
+            .agent
+            .issuer
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("the agent has no issuer connection yet"))?;
+        let svids = jwt::fetch(issuer, pod, &request.spiffe_id, &request.audience).await?;
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let pid = caller_pid(&request)?;
+        let stream = watch_stream(&self.agent, move |snapshot| {
+            identities(snapshot, pid).ok_or_else(no_identity)?;
+            let jwks = jwt::jwt_only_jwks(&snapshot.trust_domain, &snapshot.jwks)?;
+            Ok(JwtBundlesResponse {
+                bundles: [(trust_domain_id(&snapshot.trust_domain), jwks.into_bytes())].into(),
+            })
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        let pid = caller_pid(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let snapshot: Arc<Snapshot> = self.agent.snapshots.borrow().clone();
+        identities(&snapshot, pid).ok_or_else(no_identity)?;
+        let (spiffe_id, claims) = jwt::validate(&snapshot, &request.svid, &request.audience)?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id,
+            claims: Some(claims),
+        }))
+    }
+}
