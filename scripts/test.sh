@@ -42,6 +42,12 @@ SQL
   export MESHWARD_TEST_POSTGRES_URL=postgres://meshward:meshward@127.0.0.1:5432/postgres
 fi
 
+# py-spiffe: a Workload API client no one here wrote, run inside a pod by the
+# integration tests.
+if ! python3 -c 'import spiffe' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check spiffe
+fi
+
 # Leftovers of an earlier, killed run would only waste addresses; remove them.
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   for ns in $(ip netns list | awk '{print $1}' | grep '^mwt' || true); do ip netns del "$ns" || true; done

@@ -9,8 +9,8 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, CustomExtension, DistinguishedName,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
@@ -63,7 +63,14 @@ pub fn sign_x509_svid(
     let serial = crate::random::serial()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.is_ca = IsCa::ExplicitNoCa;
+    // Basic constraints present (py-spiffe requires them) with cA left at its
+    // DEFAULT false: DER forbids encoding a default, which rcgen's ExplicitNoCa
+    // does (`cA FALSE`) and strict parsers (Python's cryptography) reject.
+    params.is_ca = IsCa::NoCa;
+    let mut basic_constraints =
+        CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00]);
+    basic_constraints.set_criticality(true);
+    params.custom_extensions = vec![basic_constraints];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,

@@ -1,5 +1,6 @@
 //! `meshward`: the one binary. Subcommands appear as they work.
 
+mod api_cli;
 mod issuer_cli;
 mod policy_cli;
 mod proxy_cli;
@@ -27,6 +28,9 @@ enum Command {
     /// The built-in SPIFFE issuance server and its admin CLI (spire-server's verbs).
     #[command(subcommand)]
     Issuer(issuer_cli::IssuerCommand),
+    /// A SPIFFE Workload API client, like `spire-agent api`.
+    #[command(subcommand)]
+    Api(api_cli::ApiCommand),
     /// The node daemon (agent; the data path follows).
     #[command(subcommand)]
     Proxy(proxy_cli::ProxyCommand),
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cli::run(cmd),
         Command::Issuer(cmd) => issuer_cli::run(cmd),
         Command::Proxy(cmd) => proxy_cli::run(cmd),
+        Command::Api(cmd) => api_cli::run(cmd),
     };
     match result {
         Ok(code) => code,

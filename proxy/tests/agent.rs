@@ -275,27 +275,11 @@ mod workload_api {
     use tonic::transport::Channel;
 
     async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-        let socket = socket.to_owned();
-        let channel = tonic::transport::Endpoint::from_static("http://workload.api")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        SpiffeWorkloadApiClient::new(channel)
+        meshward::workload_api::client(socket).await.unwrap()
     }
 
     fn with_header<T>(message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("workload.spiffe.io", "true".parse().unwrap());
-        request
+        meshward::workload_api::with_security_header(message)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,6 @@ fn check_leaf(
     now: SystemTime,
     problems: &mut Vec<String>,
 ) {
-    let mut p = |m: &str| problems.push(format!("leaf: {m}"));
     // SAN: exactly one URI, the SPIFFE ID; critical when the subject is empty.
     let mut uris = Vec::new();
     let mut san_critical = false;
@@ -103,12 +102,22 @@ fn check_leaf(
                     }
                 }
             }
-            ParsedExtension::BasicConstraints(b) => bc = Some(b.ca),
+            ParsedExtension::BasicConstraints(b) => {
+                bc = Some(b.ca);
+                // DER: a DEFAULT value (cA FALSE) must not be encoded; strict parsers
+                // (Python's cryptography, so py-spiffe) reject the certificate
+                if ext.value.windows(3).any(|w| w == [0x01, 0x01, 0x00]) {
+                    problems.push(
+                        "leaf: basic constraints encode the default cA FALSE (not DER)".into(),
+                    );
+                }
+            }
             ParsedExtension::KeyUsage(k) => ku = Some((ext.critical, *k)),
             ParsedExtension::ExtendedKeyUsage(e) => eku = Some((e.server_auth, e.client_auth)),
             _ => {}
         }
     }
+    let mut p = |m: &str| problems.push(format!("leaf: {m}"));
     match uris.as_slice() {
         [one] if one == expected_id => {}
         [one] => p(&format!("URI SAN is {one}, expected {expected_id}")),

@@ -231,13 +231,13 @@ pub(crate) enum BundleCommand {
     },
 }
 
-/// spire-server writes flags with one dash (`-spiffeID`): accept that by turning a
+/// spire-server and spire-agent write flags with one dash (`-spiffeID`): accept that by turning a
 /// single-dash word into its double-dash form before clap sees it.
 pub(crate) fn normalize_flags(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut in_issuer = false;
     for arg in args {
-        if arg == "issuer" {
+        if arg == "issuer" || arg == "api" {
             in_issuer = true;
         }
         let word = arg.strip_prefix('-').filter(|rest| {

@@ -34,7 +34,8 @@ fn cgroup_pod_uid(pid: i32) -> Option<String> {
 fn parse_pod_uid(line: &str) -> Option<String> {
     let path = line.rsplit(':').next()?;
     path.split('/').find_map(|segment| {
-        let start = segment.find("pod")? + 3;
+        // the last "pod": "kubepods-besteffort-pod<uid>.slice" holds two
+        let start = segment.rfind("pod")? + 3;
         let rest = &segment[start..];
         let uid = rest
             .strip_suffix(".slice")

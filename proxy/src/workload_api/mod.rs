@@ -6,6 +6,7 @@
 //! caller with no identity gets PermissionDenied. Streams send the full state at
 //! once, then again whenever the agent publishes a snapshot that changes it.
 
+mod authority;
 mod caller;
 mod jwt;
 
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use rustls_pki_types::CertificateDer;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{AgentHandle, PodIdentities, Snapshot};
@@ -45,9 +46,11 @@ pub async fn serve(path: &Path, agent: AgentHandle) -> Result<(), String> {
     // Every local process may ask; who it is decides what it gets.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Each connection goes through the :authority filter (see `authority`).
+    let incoming = UnixListenerStream::new(listener).map(|s| s.map(authority::FilteredStream::new));
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi { agent }))
-        .serve_with_incoming(UnixListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| e.to_string())
 }
@@ -66,9 +69,8 @@ fn caller_pid<T>(request: &Request<T>) -> Result<i32, Status> {
     }
     request
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .and_then(|cred| cred.pid())
+        .get::<authority::CallerPid>()
+        .and_then(|caller| caller.0)
         .ok_or_else(|| {
             Status::permission_denied("cannot identify the calling process (no peer credentials)")
         })
@@ -260,4 +262,46 @@ impl SpiffeWorkloadApi for WorkloadApi {
             claims: Some(claims),
         }))
     }
+}
+
+/// A Workload API client on `socket` (what `meshward api` and tests use). Every
+/// request made through [`with_security_header`] carries the required metadata.
+pub async fn client(
+    socket: &Path,
+) -> Result<
+    crate::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+        tonic::transport::Channel,
+    >,
+    String,
+> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://workload.api")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to the Workload API at {}: {e}",
+                socket.display()
+            )
+        })?;
+    Ok(crate::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel))
+}
+
+/// Wraps a message with `workload.spiffe.io: true`.
+pub fn with_security_header<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
 }
