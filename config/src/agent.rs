@@ -57,6 +57,10 @@ pub struct WorkloadSourceConfig {
 pub struct KubernetesSource {
     /// This node's name (usually from the downward API: spec.nodeName).
     pub node_name: String,
+    /// The API server; default: the in-cluster service account configuration.
+    pub api_server: Option<String>,
+    pub api_ca_path: Option<PathBuf>,
+    pub api_token_path: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {

@@ -432,3 +432,80 @@ mod workload_api {
         server.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_source_watches_the_pods_of_this_node() {
+    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    let fake = |name: &str, node: &str, ip: &str, sa: &str| FakePod {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: format!("{name}-uid"),
+        node_name: node.into(),
+        service_account: sa.into(),
+        ip: ip.into(),
+        image: "example.com/app:1".into(),
+        ..Default::default()
+    };
+    api.add_pod(fake("curl", "node-1", "10.40.1.2", "curl-spire"));
+    api.add_pod(fake("elsewhere", "node-2", "10.40.2.2", "curl-spire"));
+    api.add_pod(fake("pending", "node-1", "", "curl-spire"));
+    let issuer = IssuerProcess::new(
+        Path::new(env!("CARGO_BIN_EXE_meshward")),
+        TD,
+        dir.path(),
+        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+    );
+    let token = issuer.cli_json(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        &format!("spiffe://{TD}/node/node-1"),
+    ]);
+    issuer.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+        "-parentID",
+        &format!("spiffe://{TD}/node/node-1"),
+        "-selector",
+        "k8s:sa:curl-spire",
+    ]);
+    std::fs::write(dir.path().join("bundle.pem"), issuer.bundle_pem()).unwrap();
+    let yaml = format!(
+        "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    kubernetes:\n      node_name: node-1\n      api_server: {}\n      api_ca_path: {}\n      api_token_path: {}\n  sync_interval: 1s\n",
+        issuer.agent,
+        dir.path().join("bundle.pem").display(),
+        dir.path().join("agent").display(),
+        token["value"].as_str().unwrap(),
+        api.url(),
+        api.ca_file().display(),
+        api.token_file().display()
+    );
+    let config = ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap();
+    let mut handle = meshward::agent::start(&config).unwrap();
+    // listed: only this node's running pod
+    let snapshot = wait_for(&mut handle, "curl from the pod list", |s| {
+        !ids(s, "10.40.1.2").is_empty()
+    })
+    .await;
+    assert_eq!(
+        snapshot.pods.len(),
+        1,
+        "{:?}",
+        snapshot.pods.keys().collect::<Vec<_>>()
+    );
+    // watched: a new pod gets its IP, the first one is deleted
+    api.add_pod(fake("pending", "node-1", "10.40.1.9", "curl-spire"));
+    wait_for(&mut handle, "the pod that got an IP", |s| {
+        !ids(s, "10.40.1.9").is_empty()
+    })
+    .await;
+    api.remove_pod("default", "curl");
+    wait_for(&mut handle, "the deleted pod forgotten", |s| {
+        !s.pods.contains_key(&"10.40.1.2".parse::<IpAddr>().unwrap())
+    })
+    .await;
+}

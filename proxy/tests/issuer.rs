@@ -395,6 +395,7 @@ async fn k8s_psat_attestation_through_token_review() {
         uid: "pod-uid-1".into(),
         node_name: "ip-10-0-1-23.ec2.internal".into(),
         service_account: "meshward-node".into(),
+        ..Default::default()
     };
     api.add_pod(agent_pod.clone());
     let issuer = Issuer::with_extra(
@@ -517,6 +518,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         uid: "agent-uid".into(),
         node_name: "node-1".into(),
         service_account: "meshward-node".into(),
+        ..Default::default()
     };
     api.add_pod(agent_pod.clone());
     let issuer = Issuer::with_extra(

@@ -10,20 +10,38 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// A pod as the fake API knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FakePod {
     pub namespace: String,
     pub name: String,
     pub uid: String,
     pub node_name: String,
     pub service_account: String,
+    /// `status.podIP`; empty = not yet assigned.
+    pub ip: String,
+    pub image: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl FakePod {
+    fn to_json(&self, resource_version: u64) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
+                         "labels": self.labels, "resourceVersion": resource_version.to_string()},
+            "spec": {"nodeName": self.node_name, "serviceAccountName": self.service_account,
+                     "containers": [{"name": "main", "image": self.image}]},
+            "status": if self.ip.is_empty() { json!({"phase": "Pending"}) } else { json!({"phase": "Running", "podIP": self.ip}) },
+        })
+    }
 }
 
 #[derive(Default)]
@@ -31,6 +49,27 @@ struct State {
     pods: HashMap<(String, String), FakePod>,
     /// node name -> (uid, internal IP)
     nodes: HashMap<String, (String, String)>,
+    /// Bumped on every change (the watch's resourceVersion).
+    version: u64,
+    /// Open pod watches: node name filter and where to send event lines.
+    watchers: Vec<(Option<String>, tokio::sync::mpsc::Sender<Bytes>)>,
+}
+
+impl State {
+    /// Tells every open watch (whose node filter matches) about a pod event.
+    fn notify(&mut self, kind: &str, pod: &FakePod) {
+        self.version += 1;
+        let line = format!(
+            "{}\n",
+            json!({"type": kind, "object": pod.to_json(self.version)})
+        );
+        self.watchers.retain(|(node, tx)| {
+            if node.as_ref().is_some_and(|n| n != &pod.node_name) {
+                return true;
+            }
+            tx.try_send(Bytes::from(line.clone())).is_ok()
+        });
+    }
 }
 
 pub struct FakeKubeApi {
@@ -138,10 +177,26 @@ impl FakeKubeApi {
         }
     }
 
+    /// Adds or replaces a pod; open watches see ADDED or MODIFIED.
     pub fn add_pod(&self, pod: FakePod) {
         if let Ok(mut s) = self.state.lock() {
-            s.pods
-                .insert((pod.namespace.clone(), pod.name.clone()), pod);
+            let key = (pod.namespace.clone(), pod.name.clone());
+            let kind = if s.pods.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            s.notify(kind, &pod);
+            s.pods.insert(key, pod);
+        }
+    }
+
+    /// Removes a pod; open watches see DELETED.
+    pub fn remove_pod(&self, namespace: &str, name: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(pod) = s.pods.remove(&(namespace.to_owned(), name.to_owned())) {
+                s.notify("DELETED", &pod);
+            }
         }
     }
 
@@ -180,8 +235,10 @@ impl Drop for FakeKubeApi {
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -190,7 +247,7 @@ fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn not_found(what: &str) -> Response<Full<Bytes>> {
+fn not_found(what: &str) -> Response<Body> {
     json_response(
         StatusCode::NOT_FOUND,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
@@ -201,7 +258,7 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     state: &Mutex<State>,
     key: &jsonwebtoken::DecodingKey,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -214,6 +271,18 @@ async fn handle(
         );
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.replace("%3D", "=").replace("%3d", "=")))
+        .collect();
+    let node_filter = query
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("spec.nodeName="))
+        .map(str::to_owned);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
@@ -240,6 +309,42 @@ async fn handle(
                 ),
                 None => not_found(&format!("pod {ns}/{name}")),
             }
+        }
+        ("GET", ["api", "v1", "pods"])
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+        {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            if let Ok(mut s) = state.lock() {
+                s.watchers.push((node_filter, tx));
+            }
+            let frames = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                |b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)),
+            );
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        ("GET", ["api", "v1", "pods"]) => {
+            let (items, version) = state
+                .lock()
+                .map(|s| {
+                    let items: Vec<Value> = s
+                        .pods
+                        .values()
+                        .filter(|p| node_filter.as_ref().is_none_or(|n| n == &p.node_name))
+                        .map(|p| p.to_json(s.version))
+                        .collect();
+                    (items, s.version)
+                })
+                .unwrap_or_default();
+            json_response(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version.to_string()}, "items": items}),
+            )
         }
         ("GET", ["api", "v1", "nodes", name]) => {
             let node = state.lock().ok().and_then(|s| s.nodes.get(*name).cloned());

@@ -9,6 +9,7 @@
 //! they expire) while the task retries with backoff.
 
 mod keys;
+mod kube_source;
 mod node;
 mod selectors;
 mod svids;
@@ -92,12 +93,12 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
     let source: Box<dyn WorkloadSource> = match (&agent.workloads.file, &agent.workloads.kubernetes)
     {
         (Some(path), None) => Box::new(FileSource::new(path.clone())),
-        (None, Some(_)) => {
+        (None, Some(kubernetes)) => Box::new(kube_source::KubeSource::start(kubernetes)?),
+        _ => {
             return Err(AgentError::Config(
-                "agent.workloads.kubernetes is not available yet: use agent.workloads.file".into(),
+                "agent.workloads: set file or kubernetes".into(),
             ));
         }
-        _ => return Err(AgentError::Config("agent.workloads: set file".into())),
     };
     let bootstrap = match &agent.trust_bundle_path {
         Some(path) => keys::pem_certificates(

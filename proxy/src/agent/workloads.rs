@@ -1,7 +1,6 @@
-//! Where the node's workloads come from, behind one trait. Today: the workloads
-//! file, polled and reloaded (a bad workload is reported and skipped). The
-//! Kubernetes API source (pods with spec.nodeName = this node) is the other
-//! implementation the agent issue asks for.
+//! Where the node's workloads come from, behind one trait: the workloads file,
+//! polled and reloaded (a bad workload is reported and skipped), or the
+//! Kubernetes API (`kube_source`: the pods with spec.nodeName = this node).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
