@@ -415,6 +415,32 @@ mod workload_api {
             .unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
 
+        // the Rust `spiffe` crate (a client no one here wrote) sees the same
+        let rust_client = spiffe::workload_api::WorkloadApiClient::connect_to(format!(
+            "unix:{}",
+            socket.display()
+        ))
+        .await
+        .unwrap();
+        let rust_svid = rust_client.fetch_x509_svid().await.unwrap();
+        assert_eq!(rust_svid.spiffe_id().to_string(), svid.spiffe_id);
+        let rust_bundles = rust_client.fetch_x509_bundles().await.unwrap();
+        assert!(
+            rust_bundles
+                .get(&spiffe::TrustDomain::new(TD).unwrap())
+                .is_some()
+        );
+        let rust_jwt = rust_client
+            .fetch_jwt_svid(["payments"], None)
+            .await
+            .unwrap();
+        assert_eq!(rust_jwt.spiffe_id().to_string(), svid.spiffe_id);
+        let checked = rust_client
+            .validate_jwt_token("payments", rust_jwt.token())
+            .await
+            .unwrap();
+        assert_eq!(checked.spiffe_id().to_string(), svid.spiffe_id);
+
         // the pod leaves: the open stream ends with PermissionDenied, new calls too
         write_workloads(&workloads, vec![]);
         let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
