@@ -457,6 +457,87 @@ mod workload_api {
         );
         server.abort();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_processes_get_identities_by_unix_selectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = IssuerProcess::new(
+            Path::new(env!("CARGO_BIN_EXE_meshward")),
+            TD,
+            dir.path(),
+            &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        );
+        let token = issuer.cli_json(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            &format!("spiffe://{TD}/node/node-1"),
+        ]);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        let exe = std::env::current_exe().unwrap();
+        for (id, selectors) in [
+            (
+                "local/me",
+                vec![
+                    format!("unix:uid:{uid}"),
+                    format!("unix:path:{}", exe.display()),
+                ],
+            ),
+            ("local/someone-else", vec!["unix:uid:4242".to_owned()]),
+        ] {
+            let spiffe_id = format!("spiffe://{TD}/{id}");
+            let node_id = format!("spiffe://{TD}/node/node-1");
+            let mut args = vec![
+                "entry",
+                "create",
+                "-spiffeID",
+                &spiffe_id,
+                "-parentID",
+                &node_id,
+            ];
+            for s in &selectors {
+                args.extend(["-selector", s.as_str()]);
+            }
+            issuer.cli_json(&args);
+        }
+        write_workloads(&dir.path().join("workloads.yaml"), vec![]);
+        let config = config(dir.path(), &issuer, token["value"].as_str().unwrap());
+        let mut handle = meshward::agent::start(&config).unwrap();
+        wait_for(&mut handle, "the local identity", |s| !s.local.is_empty()).await;
+        let socket = dir.path().join("agent.sock");
+        let server = tokio::spawn({
+            let (socket, handle) = (socket.clone(), handle.clone());
+            async move { meshward::workload_api::serve(&socket, handle).await }
+        });
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut api = client(&socket).await;
+        let mut stream = api
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let got: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(
+            got,
+            [format!("spiffe://{TD}/local/me").as_str()],
+            "only the entry whose every selector matches"
+        );
+        server.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

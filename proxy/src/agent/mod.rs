@@ -23,7 +23,7 @@ use meshward_tls::{CertStore, TrustBundles};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
-pub use svids::{PodIdentities, Snapshot, WorkloadSvid};
+pub use svids::{LocalIdentity, PodIdentities, Snapshot, WorkloadSvid};
 pub use workloads::NodeWorkloads;
 
 use node::{NodeIdentity, NodeStore};
@@ -257,6 +257,8 @@ impl AgentTask {
                 })
                 .collect(),
             pods: self.cache.pods(&self.workloads, &auth),
+            local: self.cache.local(&auth),
+            node_name: self.workloads.node.clone(),
             node_id: self
                 .node
                 .as_ref()

@@ -69,7 +69,22 @@ pub struct Snapshot {
     pub pods: HashMap<IpAddr, PodIdentities>,
     /// The node's SPIFFE ID.
     pub node_id: String,
+    /// The Kubernetes node name the pods run on.
+    pub node_name: String,
+    /// Identities of local (non-pod) processes: entries with only `unix:`
+    /// selectors, handed to callers that have all of them.
+    pub local: Vec<LocalIdentity>,
 }
+
+/// An identity for local processes with all of `selectors`.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    pub selectors: Vec<Selector>,
+    pub svid: Arc<WorkloadSvid>,
+}
+
+/// The key local identities are held under (no pod has this UID).
+const LOCAL: &str = "(local processes)";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Grant {
@@ -168,15 +183,18 @@ impl SvidCache {
         auth: &Authorizations,
         now: SystemTime,
     ) -> Result<(), AgentError> {
-        let mut wanted: Vec<(String, Grant, &PodInfo)> = Vec::new();
+        let mut wanted: Vec<(String, Grant, Option<&PodInfo>)> = Vec::new();
         for pod in &workloads.pods {
             for grant in grants_for(pod, &workloads.node, auth) {
-                wanted.push((pod.uid.clone(), grant, pod));
+                wanted.push((pod.uid.clone(), grant, Some(pod)));
             }
+        }
+        for entry in local_entries(auth) {
+            wanted.push((LOCAL.to_owned(), Grant::Entry(entry.id.clone()), None));
         }
         self.held
             .retain(|(uid, grant), _| wanted.iter().any(|(u, g, _)| u == uid && g == grant));
-        let due: Vec<&(String, Grant, &PodInfo)> = wanted
+        let due: Vec<&(String, Grant, Option<&PodInfo>)> = wanted
             .iter()
             .filter(|(uid, grant, _)| {
                 self.held
@@ -198,7 +216,7 @@ impl SvidCache {
                     Grant::Template(name) => proto::NewX509SvidParams {
                         template: name.clone(),
                         csr: key.csr.clone(),
-                        pod: Some(pod_message(pod, &workloads.node)),
+                        pod: pod.map(|p| pod_message(p, &workloads.node)),
                         ..Default::default()
                     },
                 });
@@ -212,9 +230,13 @@ impl SvidCache {
                 .results;
             for (((uid, grant, pod), key), result) in chunk.iter().zip(keys).zip(results) {
                 let Some(svid) = result.svid else {
+                    let whom = pod.map_or_else(
+                        || "local processes".to_owned(),
+                        |p| format!("pod {}/{}", p.namespace, p.name),
+                    );
                     eprintln!(
-                        "meshward agent: no SVID for pod {}/{} ({grant:?}): {}",
-                        pod.namespace, pod.name, result.message
+                        "meshward agent: no SVID for {whom} ({grant:?}): {}",
+                        result.message
                     );
                     continue;
                 };
@@ -258,6 +280,21 @@ impl SvidCache {
         (half + offset).checked_sub(tenth).unwrap_or(half)
     }
 
+    /// The identities held for local processes, with their selectors.
+    pub(crate) fn local(&self, auth: &Authorizations) -> Vec<LocalIdentity> {
+        local_entries(auth)
+            .filter_map(|e| {
+                let held = self
+                    .held
+                    .get(&(LOCAL.to_owned(), Grant::Entry(e.id.clone())))?;
+                Some(LocalIdentity {
+                    selectors: e.selectors.iter().filter_map(|s| s.parse().ok()).collect(),
+                    svid: held.svid.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// The pods with the identities held for them, in grant order.
     pub(crate) fn pods(
         &self,
@@ -280,6 +317,13 @@ impl SvidCache {
         }
         out
     }
+}
+
+/// Entries for local processes: every selector is a `unix:` one.
+fn local_entries(auth: &Authorizations) -> impl Iterator<Item = &proto::Entry> {
+    auth.entries
+        .iter()
+        .filter(|e| !e.selectors.is_empty() && e.selectors.iter().all(|s| s.starts_with("unix:")))
 }
 
 fn pod_message(pod: &PodInfo, node: &str) -> proto::PodAttributes {

@@ -24,6 +24,33 @@ pub(crate) fn pod_of(snapshot: &Snapshot, pid: i32) -> Option<&PodIdentities> {
     })
 }
 
+/// A local process's selectors, as SPIRE's unix workload attestor names them:
+/// `unix:uid:<n>`, `unix:gid:<n>` (real IDs) and `unix:path:<executable>`.
+pub(crate) fn unix_selectors(pid: i32) -> Vec<meshward_issuer::datastore::Selector> {
+    let mut out = Vec::new();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    for (key, kind) in [("Uid:", "uid"), ("Gid:", "gid")] {
+        if let Some(real) = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            out.push(unix(format!("{kind}:{real}")));
+        }
+    }
+    if let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        out.push(unix(format!("path:{}", path.display())));
+    }
+    out
+}
+
+fn unix(value: String) -> meshward_issuer::datastore::Selector {
+    meshward_issuer::datastore::Selector {
+        kind: "unix".into(),
+        value,
+    }
+}
+
 /// The pod UID in `/proc/<pid>/cgroup` (cgroupfs `.../pod<uid>/...` or systemd
 /// `...-pod<uid with _>.slice`), as kubelet names pod cgroups.
 fn cgroup_pod_uid(pid: i32) -> Option<String> {
@@ -49,6 +76,27 @@ fn parse_pod_uid(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::parse_pod_uid;
+
+    #[test]
+    fn this_process_has_unix_selectors() {
+        let selectors: Vec<String> = super::unix_selectors(std::process::id() as i32)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            selectors.iter().any(|s| s.starts_with("unix:uid:")),
+            "{selectors:?}"
+        );
+        assert!(
+            selectors.iter().any(|s| s.starts_with("unix:gid:")),
+            "{selectors:?}"
+        );
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            selectors.contains(&format!("unix:path:{}", exe.display())),
+            "{selectors:?}"
+        );
+    }
 
     #[test]
     fn kubelet_cgroup_layouts() {

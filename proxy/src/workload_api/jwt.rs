@@ -5,19 +5,24 @@ use meshward_issuer::proto;
 use prost_types::value::Kind;
 use tonic::Status;
 
-use crate::agent::{IssuerClient, PodIdentities, Snapshot};
+use std::sync::Arc;
+
+use meshward_config::PodInfo;
+
+use crate::agent::{IssuerClient, Snapshot, WorkloadSvid};
 use crate::workload_proto::Jwtsvid;
 
 /// One JWT-SVID per identity of the caller (or only `spiffe_id`, which the caller
 /// must hold).
 pub(crate) async fn fetch(
     mut issuer: IssuerClient,
-    pod: &PodIdentities,
+    node_name: &str,
+    pod: Option<&PodInfo>,
+    svids: &[Arc<WorkloadSvid>],
     spiffe_id: &str,
     audience: &[String],
 ) -> Result<Vec<Jwtsvid>, Status> {
-    let wanted: Vec<_> = pod
-        .svids
+    let wanted: Vec<_> = svids
         .iter()
         .filter(|s| spiffe_id.is_empty() || s.spiffe_id == spiffe_id)
         .collect();
@@ -28,17 +33,17 @@ pub(crate) async fn fetch(
     }
     let mut out = Vec::with_capacity(wanted.len());
     for svid in wanted {
-        let request = if svid.from_template {
+        let request = if let (true, Some(pod)) = (svid.from_template, pod) {
             proto::NewJwtSvidRequest {
                 audience: audience.to_vec(),
                 template: svid.source.clone(),
                 pod: Some(proto::PodAttributes {
-                    namespace: pod.pod.namespace.clone(),
-                    name: pod.pod.name.clone(),
-                    uid: pod.pod.uid.clone(),
-                    service_account: pod.pod.service_account.clone(),
-                    node_name: String::new(),
-                    labels: pod.pod.labels.clone().into_iter().collect(),
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    uid: pod.uid.clone(),
+                    service_account: pod.service_account.clone(),
+                    node_name: node_name.to_owned(),
+                    labels: pod.labels.clone().into_iter().collect(),
                     namespace_labels: Default::default(),
                 }),
                 ..Default::default()

@@ -22,7 +22,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::agent::{AgentHandle, PodIdentities, Snapshot};
+use crate::agent::{AgentHandle, Snapshot, WorkloadSvid};
 use crate::workload_proto::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -31,6 +31,7 @@ use crate::workload_proto::{
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
+use meshward_config::PodInfo;
 
 const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Messages a slow stream reader may have waiting; then the stream waits.
@@ -80,9 +81,34 @@ fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
 }
 
-/// The caller's identities in one snapshot.
-fn identities(snapshot: &Snapshot, pid: i32) -> Option<&PodIdentities> {
-    caller::pod_of(snapshot, pid).filter(|p| !p.svids.is_empty())
+/// What a caller holds: its pod's identities, or, for a local process, those of
+/// the `unix:` entries whose every selector it has.
+struct CallerIdentities {
+    pod: Option<PodInfo>,
+    svids: Vec<Arc<WorkloadSvid>>,
+}
+
+/// The caller's identities in one snapshot; `None` when it has none.
+fn identities(snapshot: &Snapshot, pid: i32) -> Option<CallerIdentities> {
+    let found = match caller::pod_of(snapshot, pid) {
+        Some(pod) => CallerIdentities {
+            pod: Some(pod.pod.clone()),
+            svids: pod.svids.clone(),
+        },
+        None => {
+            let selectors = caller::unix_selectors(pid);
+            CallerIdentities {
+                pod: None,
+                svids: snapshot
+                    .local
+                    .iter()
+                    .filter(|l| l.selectors.iter().all(|s| selectors.contains(s)))
+                    .map(|l| l.svid.clone())
+                    .collect(),
+            }
+        }
+    };
+    (!found.svids.is_empty()).then_some(found)
 }
 
 fn der_concat(certs: &[CertificateDer<'_>]) -> Vec<u8> {
@@ -96,10 +122,10 @@ fn trust_domain_id(td: &str) -> String {
     format!("spiffe://{td}")
 }
 
-fn x509_response(snapshot: &Snapshot, pod: &PodIdentities) -> X509svidResponse {
+fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResponse {
     let bundle = der_concat(&snapshot.bundle);
     X509svidResponse {
-        svids: pod
+        svids: caller
             .svids
             .iter()
             .map(|s| X509svid {
@@ -187,7 +213,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let pid = caller_pid(&request)?;
         let stream = watch_stream(&self.agent, move |snapshot| {
             identities(snapshot, pid)
-                .map(|pod| x509_response(snapshot, pod))
+                .map(|caller| x509_response(snapshot, &caller))
                 .ok_or_else(no_identity)
         })?;
         Ok(Response::new(stream))
@@ -216,14 +242,22 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("audience must be specified"));
         }
         let snapshot = self.agent.snapshots.borrow().clone();
-        let pod = identities(&snapshot, pid).ok_or_else(no_identity)?;
+        let caller = identities(&snapshot, pid).ok_or_else(no_identity)?;
         let issuer = self
             .agent
             .issuer
             .borrow()
             .clone()
             .ok_or_else(|| Status::unavailable("the agent has no issuer connection yet"))?;
-        let svids = jwt::fetch(issuer, pod, &request.spiffe_id, &request.audience).await?;
+        let svids = jwt::fetch(
+            issuer,
+            &snapshot.node_name,
+            caller.pod.as_ref(),
+            &caller.svids,
+            &request.spiffe_id,
+            &request.audience,
+        )
+        .await?;
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 
