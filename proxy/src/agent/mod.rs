@@ -178,8 +178,10 @@ impl AgentTask {
                     }
                     Err(e) => {
                         if let AgentError::NodeRejected(_) = e {
-                            // banned, evicted or stale: start over with a fresh attestation
+                            // banned, evicted or stale: start over with a fresh attestation,
+                            // also after a restart
                             self.node = None;
+                            self.store.forget();
                             self.issuer.send_replace(None);
                         }
                         let wait = backoff.next();

@@ -96,6 +96,13 @@ impl NodeStore {
         write_private(&self.dir, "node.key", &node.key_pkcs8, 0o600)
     }
 
+    /// Forgets the node SVID (the issuer rejected it): the next start attests anew.
+    pub(crate) fn forget(&self) {
+        for name in ["node.pem", "node.key"] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+    }
+
     /// The last bundle the issuer served (trusted for the next start).
     pub(crate) fn load_bundle(&self) -> Option<Vec<CertificateDer<'static>>> {
         let certs = pem_certificates(&std::fs::read_to_string(self.dir.join("bundle.pem")).ok()?);
