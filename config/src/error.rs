@@ -31,6 +31,14 @@ impl ConfigError {
     }
 }
 
+/// A configuration file's text, or an error naming the file.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// YAML -> `T`, with the field path of a type error and the line of a syntax error.
 pub(crate) fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
     // An empty file is an empty mapping: every field takes its default.

@@ -124,11 +124,7 @@ impl Default for IssuerConfig {
 
 impl IssuerConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_yaml(&text, &path.display().to_string())
+        Self::from_yaml(&crate::error::read_file(path)?, &path.display().to_string())
     }
 
     pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {

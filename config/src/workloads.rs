@@ -61,11 +61,7 @@ fn default_service_account() -> String {
 
 impl WorkloadsFile {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_yaml(&text, &path.display().to_string())
+        Self::from_yaml(&crate::error::read_file(path)?, &path.display().to_string())
     }
 
     pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {

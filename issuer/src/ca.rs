@@ -415,32 +415,7 @@ fn parse<'a>(
         .map_err(|e| CaError::Corrupt(format!("unparsable certificate: {e}")))
 }
 
-pub(crate) fn pem_encode(der: &CertificateDer<'_>) -> String {
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-/// Every `CERTIFICATE` block of a PEM text, in order.
-pub(crate) fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    use x509_parser::pem::Pem;
-    let mut out = Vec::new();
-    for pem in Pem::iter_from_buffer(text.as_bytes()) {
-        let pem = pem.map_err(|e| format!("invalid PEM: {e}"))?;
-        if pem.label == "CERTIFICATE" {
-            out.push(CertificateDer::from(pem.contents));
-        }
-    }
-    if out.is_empty() {
-        return Err("no CERTIFICATE block".into());
-    }
-    Ok(out)
-}
+pub(crate) use crate::pem::{certificate as pem_encode, certificates as pem_certificates};
 
 pub(crate) fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)

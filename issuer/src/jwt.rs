@@ -52,14 +52,7 @@ impl JwtKey {
 
     /// The key as standard PKCS#8 PEM (the key ID is stored beside it).
     pub(crate) fn to_pkcs8_pem(&self) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
-        let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END PRIVATE KEY-----\n");
-        out
+        crate::pem::encode("PRIVATE KEY", &self.pkcs8)
     }
 
     pub(crate) fn from_pkcs8_pem(text: &str, kid: &str) -> Result<Self, CaError> {

@@ -192,6 +192,49 @@ fn value_of(
     })
 }
 
+// === wire form ===
+
+impl From<&IdentityTemplate> for crate::proto::IdentityTemplate {
+    fn from(t: &IdentityTemplate) -> Self {
+        Self {
+            name: t.name.clone(),
+            spiffe_id_template: t.spiffe_id_template.clone(),
+            pod_selector: t.pod_selector.clone().into_iter().collect(),
+            namespace_selector: t.namespace_selector.clone().into_iter().collect(),
+            workload_selector_templates: t.workload_selector_templates.clone(),
+            dns_name_templates: t.dns_name_templates.clone(),
+            x509_svid_ttl: i32::try_from(t.x509_svid_ttl).unwrap_or(i32::MAX),
+            jwt_svid_ttl: i32::try_from(t.jwt_svid_ttl).unwrap_or(i32::MAX),
+            federates_with: t.federates_with.clone(),
+            hint: t.hint.clone(),
+        }
+    }
+}
+
+impl TryFrom<crate::proto::IdentityTemplate> for IdentityTemplate {
+    type Error = String;
+
+    /// Negative TTLs are refused, naming the template and the field.
+    fn try_from(t: crate::proto::IdentityTemplate) -> Result<Self, String> {
+        let ttl = |field: &str, v: i32| {
+            u32::try_from(v)
+                .map_err(|_| format!("template {}: {field}: must not be negative", t.name))
+        };
+        Ok(Self {
+            x509_svid_ttl: ttl("x509_svid_ttl", t.x509_svid_ttl)?,
+            jwt_svid_ttl: ttl("jwt_svid_ttl", t.jwt_svid_ttl)?,
+            name: t.name,
+            spiffe_id_template: t.spiffe_id_template,
+            pod_selector: t.pod_selector.into_iter().collect(),
+            namespace_selector: t.namespace_selector.into_iter().collect(),
+            workload_selector_templates: t.workload_selector_templates,
+            dns_name_templates: t.dns_name_templates,
+            federates_with: t.federates_with,
+            hint: t.hint,
+        })
+    }
+}
+
 // === ClusterSPIFFEID YAML ===
 
 #[derive(Deserialize)]

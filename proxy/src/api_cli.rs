@@ -248,15 +248,7 @@ fn validity(der: &[u8]) -> Option<(String, String)> {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    meshward_issuer::pem::encode(label, der)
 }
 
 fn write_key(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

@@ -44,6 +44,20 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 #[allow(dead_code)]
 type Served = tokio_rustls::server::TlsStream<TcpStream>;
 
+impl<D: Datastore + 'static> AgentService<D> {
+    /// What an attestation answers: the node SVID and the bundle to verify with.
+    async fn attested(
+        &self,
+        node_svid: &crate::x509::X509Svid,
+    ) -> Result<Response<proto::AttestResponse>, Status> {
+        let own = self.issuer.bundle().await.map_err(status)?;
+        Ok(Response::new(proto::AttestResponse {
+            svid: Some(svid(node_svid)),
+            bundle: Some(bundle(&own)),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl<D: Datastore + 'static> AgentApi for AgentService<D> {
     async fn attest_join_token(
@@ -56,11 +70,7 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
             .attest_join_token(&r.token, &r.csr)
             .await
             .map_err(status)?;
-        let own = self.issuer.bundle().await.map_err(status)?;
-        Ok(Response::new(proto::AttestResponse {
-            svid: Some(svid(&node_svid)),
-            bundle: Some(bundle(&own)),
-        }))
+        self.attested(&node_svid).await
     }
 
     async fn attest_k8s_psat(
@@ -73,11 +83,7 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
             .attest_k8s_psat(&r.cluster, &r.token, &r.csr)
             .await
             .map_err(status)?;
-        let own = self.issuer.bundle().await.map_err(status)?;
-        Ok(Response::new(proto::AttestResponse {
-            svid: Some(svid(&node_svid)),
-            bundle: Some(bundle(&own)),
-        }))
+        self.attested(&node_svid).await
     }
 
     async fn renew_agent(

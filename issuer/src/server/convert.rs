@@ -132,43 +132,13 @@ pub(crate) fn agent(n: &AttestedNode) -> proto::Agent {
 }
 
 pub(crate) fn template(t: &crate::template::IdentityTemplate) -> proto::IdentityTemplate {
-    proto::IdentityTemplate {
-        name: t.name.clone(),
-        spiffe_id_template: t.spiffe_id_template.clone(),
-        pod_selector: t.pod_selector.clone().into_iter().collect(),
-        namespace_selector: t.namespace_selector.clone().into_iter().collect(),
-        workload_selector_templates: t.workload_selector_templates.clone(),
-        dns_name_templates: t.dns_name_templates.clone(),
-        x509_svid_ttl: t.x509_svid_ttl as i32,
-        jwt_svid_ttl: t.jwt_svid_ttl as i32,
-        federates_with: t.federates_with.clone(),
-        hint: t.hint.clone(),
-    }
+    t.into()
 }
 
 pub(crate) fn template_from(
     t: proto::IdentityTemplate,
 ) -> Result<crate::template::IdentityTemplate, Status> {
-    let ttl = |field: &str, v: i32| {
-        u32::try_from(v).map_err(|_| {
-            Status::invalid_argument(format!(
-                "template {}: {field}: must not be negative",
-                t.name
-            ))
-        })
-    };
-    Ok(crate::template::IdentityTemplate {
-        x509_svid_ttl: ttl("x509_svid_ttl", t.x509_svid_ttl)?,
-        jwt_svid_ttl: ttl("jwt_svid_ttl", t.jwt_svid_ttl)?,
-        name: t.name,
-        spiffe_id_template: t.spiffe_id_template,
-        pod_selector: t.pod_selector.into_iter().collect(),
-        namespace_selector: t.namespace_selector.into_iter().collect(),
-        workload_selector_templates: t.workload_selector_templates,
-        dns_name_templates: t.dns_name_templates,
-        federates_with: t.federates_with,
-        hint: t.hint,
-    })
+    t.try_into().map_err(Status::invalid_argument)
 }
 
 /// An entry ID, or a template with the pod it is rendered for.

@@ -27,21 +27,10 @@ impl NewKey {
 }
 
 pub(crate) fn pem_encode(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    meshward_issuer::pem::certificate(der)
 }
 
+/// The certificates of a PEM text (none when it holds none).
 pub(crate) fn pem_certificates(text: &str) -> Vec<CertificateDer<'static>> {
-    x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
-        .filter_map(Result::ok)
-        .filter(|p| p.label == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.contents))
-        .collect()
+    meshward_issuer::pem::certificates(text).unwrap_or_default()
 }

@@ -127,7 +127,8 @@ pub(crate) async fn fetch_authorizations(
         .into_inner()
         .templates
         .into_iter()
-        .map(template_from)
+        // a template the issuer would refuse to render is no grant
+        .filter_map(|t| IdentityTemplate::try_from(t).ok())
         .collect();
     let bundles = client
         .get_bundles(proto::GetBundlesRequest {})
@@ -139,21 +140,6 @@ pub(crate) async fn fetch_authorizations(
         templates,
         bundles,
     })
-}
-
-fn template_from(t: proto::IdentityTemplate) -> IdentityTemplate {
-    IdentityTemplate {
-        name: t.name,
-        spiffe_id_template: t.spiffe_id_template,
-        pod_selector: t.pod_selector.into_iter().collect(),
-        namespace_selector: t.namespace_selector.into_iter().collect(),
-        workload_selector_templates: t.workload_selector_templates,
-        dns_name_templates: t.dns_name_templates,
-        x509_svid_ttl: u32::try_from(t.x509_svid_ttl).unwrap_or(0),
-        jwt_svid_ttl: u32::try_from(t.jwt_svid_ttl).unwrap_or(0),
-        federates_with: t.federates_with,
-        hint: t.hint,
-    }
 }
 
 /// The grants of one pod, entries first (in the issuer's order), then templates.

@@ -554,21 +554,7 @@ async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let names: Vec<String> = templates.iter().map(|t| t.name.clone()).collect();
             let message = proto::ListIdentityTemplatesResponse {
-                templates: templates
-                    .into_iter()
-                    .map(|t| proto::IdentityTemplate {
-                        name: t.name,
-                        spiffe_id_template: t.spiffe_id_template,
-                        pod_selector: t.pod_selector.into_iter().collect(),
-                        namespace_selector: t.namespace_selector.into_iter().collect(),
-                        workload_selector_templates: t.workload_selector_templates,
-                        dns_name_templates: t.dns_name_templates,
-                        x509_svid_ttl: t.x509_svid_ttl as i32,
-                        jwt_svid_ttl: t.jwt_svid_ttl as i32,
-                        federates_with: t.federates_with,
-                        hint: t.hint,
-                    })
-                    .collect(),
+                templates: templates.iter().map(Into::into).collect(),
             };
             admin_client(common.socket_path.clone())
                 .await?

@@ -183,13 +183,5 @@ pub(crate) fn bundle(b: &proto::Bundle, format: BundleFormat, with_header: bool)
 }
 
 fn pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    meshward_issuer::pem::encode("CERTIFICATE", der)
 }
