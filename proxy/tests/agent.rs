@@ -54,6 +54,49 @@ fn config(dir: &Path, issuer: &IssuerProcess, token: &str) -> ProxyConfig {
     ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap()
 }
 
+/// The real issuer process on SQLite in `dir`.
+fn start_issuer(dir: &Path) -> IssuerProcess {
+    IssuerProcess::new(
+        Path::new(env!("CARGO_BIN_EXE_meshward")),
+        TD,
+        dir,
+        &format!("sqlite://{}/i.sqlite3", dir.display()),
+    )
+}
+
+/// A join token for `spiffe://<td>/node/node-1`.
+fn node_token(issuer: &IssuerProcess) -> String {
+    let token = issuer.cli_json(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        &format!("spiffe://{TD}/node/node-1"),
+    ]);
+    token["value"].as_str().unwrap().to_owned()
+}
+
+/// Serves the Workload API for `handle` on `<dir>/agent.sock`; returns once the socket exists.
+async fn serve_workload_api(
+    dir: &Path,
+    handle: &AgentHandle,
+) -> (
+    std::path::PathBuf,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let socket = dir.join("agent.sock");
+    let server = tokio::spawn({
+        let (socket, handle) = (socket.clone(), handle.clone());
+        async move { meshward::workload_api::serve(&socket, handle).await }
+    });
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (socket, server)
+}
+
 /// Waits (bounded) for a snapshot that satisfies `done`.
 async fn wait_for(
     handle: &mut AgentHandle,
@@ -86,19 +129,8 @@ fn ids(snapshot: &Snapshot, ip: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_serves_exactly_the_granted_identities() {
     let dir = tempfile::tempdir().unwrap();
-    let mut issuer = IssuerProcess::new(
-        Path::new(env!("CARGO_BIN_EXE_meshward")),
-        TD,
-        dir.path(),
-        &format!("sqlite://{}/issuer.sqlite3", dir.path().display()),
-    );
-    let token = issuer.cli_json(&[
-        "token",
-        "generate",
-        "-spiffeID",
-        &format!("spiffe://{TD}/node/node-1"),
-    ]);
-    let token = token["value"].as_str().unwrap().to_owned();
+    let mut issuer = start_issuer(dir.path());
+    let token = node_token(&issuer);
     issuer.cli_json(&[
         "entry",
         "create",
@@ -222,12 +254,7 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
     use meshward_test_support::daemon::{Daemon, free_port, http_status};
     let dir = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_meshward"));
-    let issuer = IssuerProcess::new(
-        bin,
-        TD,
-        dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-    );
+    let issuer = start_issuer(dir.path());
     let token = issuer.cli_json(&["token", "generate"]);
     write_workloads(
         &dir.path().join("workloads.yaml"),
@@ -243,7 +270,7 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
             issuer.agent,
             dir.path().join("bundle.pem").display(),
             dir.path().join("agent").display(),
-            token["value"].as_str().unwrap(),
+            &token,
             dir.path().join("workloads.yaml").display()
         ),
     )
@@ -285,18 +312,8 @@ mod workload_api {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_caller_gets_exactly_its_pods_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = IssuerProcess::new(
-            Path::new(env!("CARGO_BIN_EXE_meshward")),
-            TD,
-            dir.path(),
-            &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-        );
-        let token = issuer.cli_json(&[
-            "token",
-            "generate",
-            "-spiffeID",
-            &format!("spiffe://{TD}/node/node-1"),
-        ]);
+        let issuer = start_issuer(dir.path());
+        let token = node_token(&issuer);
         issuer.cli_json(&[
             "entry",
             "create",
@@ -312,20 +329,10 @@ mod workload_api {
         me.netns = Some(format!("/proc/{}/ns/net", std::process::id()).into());
         let workloads = dir.path().join("workloads.yaml");
         write_workloads(&workloads, vec![me.clone()]);
-        let config = config(dir.path(), &issuer, token["value"].as_str().unwrap());
+        let config = config(dir.path(), &issuer, &token);
         let mut handle = meshward::agent::start(&config).unwrap();
         wait_for(&mut handle, "the SVID", |s| !ids(s, "10.40.1.2").is_empty()).await;
-        let socket = dir.path().join("agent.sock");
-        let server = tokio::spawn({
-            let (socket, handle) = (socket.clone(), handle.clone());
-            async move { meshward::workload_api::serve(&socket, handle).await }
-        });
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (socket, server) = serve_workload_api(dir.path(), &handle).await;
         let mut api = client(&socket).await;
 
         // the security header is required
@@ -461,18 +468,8 @@ mod workload_api {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_processes_get_identities_by_unix_selectors() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = IssuerProcess::new(
-            Path::new(env!("CARGO_BIN_EXE_meshward")),
-            TD,
-            dir.path(),
-            &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-        );
-        let token = issuer.cli_json(&[
-            "token",
-            "generate",
-            "-spiffeID",
-            &format!("spiffe://{TD}/node/node-1"),
-        ]);
+        let issuer = start_issuer(dir.path());
+        let token = node_token(&issuer);
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let uid = status
             .lines()
@@ -509,20 +506,10 @@ mod workload_api {
             issuer.cli_json(&args);
         }
         write_workloads(&dir.path().join("workloads.yaml"), vec![]);
-        let config = config(dir.path(), &issuer, token["value"].as_str().unwrap());
+        let config = config(dir.path(), &issuer, &token);
         let mut handle = meshward::agent::start(&config).unwrap();
         wait_for(&mut handle, "the local identity", |s| !s.local.is_empty()).await;
-        let socket = dir.path().join("agent.sock");
-        let server = tokio::spawn({
-            let (socket, handle) = (socket.clone(), handle.clone());
-            async move { meshward::workload_api::serve(&socket, handle).await }
-        });
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (socket, server) = serve_workload_api(dir.path(), &handle).await;
         let mut api = client(&socket).await;
         let mut stream = api
             .fetch_x509svid(with_header(X509svidRequest {}))
@@ -558,18 +545,8 @@ async fn kubernetes_source_watches_the_pods_of_this_node() {
     api.add_pod(fake("curl", "node-1", "10.40.1.2", "curl-spire"));
     api.add_pod(fake("elsewhere", "node-2", "10.40.2.2", "curl-spire"));
     api.add_pod(fake("pending", "node-1", "", "curl-spire"));
-    let issuer = IssuerProcess::new(
-        Path::new(env!("CARGO_BIN_EXE_meshward")),
-        TD,
-        dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-    );
-    let token = issuer.cli_json(&[
-        "token",
-        "generate",
-        "-spiffeID",
-        &format!("spiffe://{TD}/node/node-1"),
-    ]);
+    let issuer = start_issuer(dir.path());
+    let token = node_token(&issuer);
     issuer.cli_json(&[
         "entry",
         "create",
@@ -586,7 +563,7 @@ async fn kubernetes_source_watches_the_pods_of_this_node() {
         issuer.agent,
         dir.path().join("bundle.pem").display(),
         dir.path().join("agent").display(),
-        token["value"].as_str().unwrap(),
+        &token,
         api.url(),
         api.ca_file().display(),
         api.token_file().display()
@@ -637,12 +614,7 @@ async fn agent_attests_with_its_projected_service_account_token() {
         TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-        &format!(
-            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
-            api.url(),
-            api.ca_file().display(),
-            api.token_file().display()
-        ),
+        &api.issuer_psat_yaml(),
     );
     // a node alias: every node of cluster eks may serve the curl-spire entry
     let alias = format!("spiffe://{TD}/cluster/eks");

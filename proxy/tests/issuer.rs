@@ -403,12 +403,7 @@ async fn k8s_psat_attestation_through_token_review() {
         TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-        &format!(
-            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
-            api.url(),
-            api.ca_file().display(),
-            api.token_file().display()
-        ),
+        &api.issuer_psat_yaml(),
     );
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
@@ -526,12 +521,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         TD,
         dir.path(),
         &format!("sqlite://{}/i.sqlite3", dir.path().display()),
-        &format!(
-            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
-            api.url(),
-            api.ca_file().display(),
-            api.token_file().display()
-        ),
+        &api.issuer_psat_yaml(),
     );
     let template = dir.path().join("clusterspiffeid.yaml");
     std::fs::write(

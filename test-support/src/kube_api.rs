@@ -170,6 +170,17 @@ impl FakeKubeApi {
         &self.token_file
     }
 
+    /// An issuer.yaml `k8s_psat` section for cluster `eks` on this API, allowing
+    /// the service account `meshward:meshward-node`.
+    pub fn issuer_psat_yaml(&self) -> String {
+        format!(
+            "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward:meshward-node\"]\n",
+            self.url(),
+            self.ca_file.display(),
+            self.token_file.display()
+        )
+    }
+
     pub fn add_node(&self, name: &str, uid: &str, internal_ip: &str) {
         if let Ok(mut s) = self.state.lock() {
             s.nodes
