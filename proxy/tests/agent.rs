@@ -270,7 +270,7 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
             issuer.agent,
             dir.path().join("bundle.pem").display(),
             dir.path().join("agent").display(),
-            &token,
+            token["value"].as_str().unwrap(),
             dir.path().join("workloads.yaml").display()
         ),
     )
