@@ -7,6 +7,7 @@
 
 mod agent;
 mod authorization;
+mod capture;
 mod duration;
 mod error;
 mod issuer;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
 pub use authorization::AuthorizationConfig;
+pub use capture::CaptureConfig;
 pub use error::ConfigError;
 pub use issuer::{
     BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster, K8sPsatConfig,
@@ -33,6 +35,7 @@ pub struct ProxyConfig {
     pub trust_domain: String,
     pub authorization: AuthorizationConfig,
     pub agent: AgentConfig,
+    pub capture: CaptureConfig,
     /// `/healthz/ready`: ready once the node attested and the first sync is done.
     pub readiness_listen: std::net::SocketAddr,
 }
@@ -43,6 +46,7 @@ impl Default for ProxyConfig {
             trust_domain: "cluster.local".into(),
             authorization: AuthorizationConfig::default(),
             agent: AgentConfig::default(),
+            capture: CaptureConfig::default(),
             readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
         }
     }
@@ -65,7 +69,8 @@ impl ProxyConfig {
         authorization::validate_trust_domain(&self.trust_domain)
             .map_err(|reason| ConfigError::invalid(source, "trust_domain", reason))?;
         self.authorization.validate(source)?;
-        self.agent.validate(source)
+        self.agent.validate(source)?;
+        self.capture.validate(source)
     }
 
     /// The policy engine's options under this configuration.

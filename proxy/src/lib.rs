@@ -2,6 +2,7 @@
 //! data path). The binary's CLI lives in `main.rs`.
 
 pub mod agent;
+pub mod capture;
 pub mod workload_api;
 
 /// Generated SPIFFE Workload API types (proto/workload.proto; no package, by the standard).

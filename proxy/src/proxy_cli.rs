@@ -16,10 +16,48 @@ pub(crate) enum ProxyCommand {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// The capture rules (iptables, nat table) of this node.
+    Capture {
+        /// proxy.yaml [default: the built-in defaults]
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the rules without applying them.
+        #[arg(long, conflicts_with_all = ["install", "remove"])]
+        print: bool,
+        /// Install them in this network namespace (replacing any earlier ones).
+        #[arg(long, conflicts_with = "remove")]
+        install: bool,
+        /// Remove them.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
-    let ProxyCommand::Run { config } = cmd;
+    let config = match cmd {
+        ProxyCommand::Run { config } => config,
+        ProxyCommand::Capture {
+            config,
+            print,
+            install,
+            remove,
+        } => {
+            let config = match config {
+                Some(path) => ProxyConfig::from_file(&path)?,
+                None => ProxyConfig::default(),
+            };
+            if install {
+                meshward::capture::install(&config.capture)?;
+            } else if remove {
+                meshward::capture::remove(&config.capture);
+            } else if print {
+                print!("{}", meshward::capture::rules(&config.capture));
+            } else {
+                anyhow::bail!("say --print, --install or --remove");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let config = ProxyConfig::from_file(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,148 @@
+//! Capture on a simulated node: the daemon's iptables chains take a pod's
+//! outbound connections, plaintext to local pods and HBONE to local pods, and the
+//! original destination comes back with SO_ORIGINAL_DST. Removal restores the
+//! plain path; installing twice leaves one set of rules.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshward_integration::{Cluster, Netns, PodSpec, RunExt, available_or_skip};
+
+fn meshward() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("meshward");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p meshward)",
+        bin.display()
+    );
+    bin
+}
+
+/// A listener in `ns` that answers one connection with a tiny HTTP response and
+/// reports the connection's original destination: for REDIRECTed connections by
+/// SO_ORIGINAL_DST, for TPROXYed ones (`transparent`) the socket's local address.
+fn capture_listener(
+    ns: &Netns,
+    port: u16,
+    transparent: bool,
+) -> std::thread::JoinHandle<SocketAddr> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = ns
+        .run(move || {
+            if transparent {
+                meshward::capture::transparent_listener(addr)
+            } else {
+                TcpListener::bind(addr)
+            }
+        })
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let original = if transparent {
+            stream.local_addr().unwrap()
+        } else {
+            meshward::capture::original_destination(&stream).unwrap()
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\ncaptured",
+        );
+        original
+    })
+}
+
+fn nat_rules(ns: &Netns) -> String {
+    String::from_utf8_lossy(
+        &ns.command("iptables-save", &["-t", "nat"])
+            .run()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[test]
+fn pod_traffic_is_captured_and_the_original_destination_recovered() {
+    let Some(()) =
+        available_or_skip("pod_traffic_is_captured_and_the_original_destination_recovered")
+    else {
+        return;
+    };
+    let mut c = Cluster::new().unwrap();
+    c.add_node("node-1").unwrap();
+    c.add_node("node-2").unwrap();
+    c.add_pod("node-1", PodSpec::new("a")).unwrap();
+    c.add_pod("node-2", PodSpec::new("b")).unwrap();
+    let (a, b) = (c.pod("a").unwrap().ip(), c.pod("b").unwrap().ip());
+    let config = c.log_dir().join("proxy.yaml");
+    std::fs::write(&config, "capture:\n  pod_interface_prefix: veth\n").unwrap();
+    let node = c.node("node-1").unwrap().netns();
+    let bin = meshward();
+    let capture = |action: &str| {
+        node.command(
+            bin.to_str().unwrap(),
+            &["proxy", "capture", action, "-c", config.to_str().unwrap()],
+        )
+        .run()
+        .unwrap()
+    };
+    capture("--install");
+    capture("--install"); // idempotent
+    let rules = nat_rules(node);
+    assert_eq!(
+        rules.matches("-j MESHWARD_PREROUTING").count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(rules.matches("-j MESHWARD_OUTPUT").count(), 1, "{rules}");
+
+    // outbound: pod a -> pod b on node-2 lands on 15001 of node-1
+    let outbound = capture_listener(node, 15001, true);
+    let r = c.curl("a", &[&format!("http://{b}:8080/x")]).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (Some(200), "captured"),
+        "{r:?}"
+    );
+    assert_eq!(outbound.join().unwrap(), SocketAddr::new(b, 8080));
+
+    // inbound plaintext: pod b -> pod a lands on 15006 of node-1
+    let plaintext = capture_listener(node, 15006, false);
+    let r = c.curl("b", &[&format!("http://{a}:9090/")]).unwrap();
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert_eq!(plaintext.join().unwrap(), SocketAddr::new(a, 9090));
+
+    // inbound HBONE port: pod b -> pod a:15008 lands on 15008 of node-1
+    let hbone = capture_listener(node, 15008, false);
+    let r = c.curl("b", &[&format!("http://{a}:15008/")]).unwrap();
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert_eq!(hbone.join().unwrap(), SocketAddr::new(a, 15008));
+
+    // removed: the plain path is back (nothing listens on b:8080, so refused)
+    capture("--remove");
+    assert!(!nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    let mangle = String::from_utf8_lossy(
+        &node
+            .command("iptables-save", &["-t", "mangle"])
+            .run()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(!mangle.contains("MESHWARD"), "{mangle}");
+    let r = c.curl("a", &[&format!("http://{b}:8080/x")]).unwrap();
+    assert_eq!(r.exit_code, Some(7), "{r:?}");
+}

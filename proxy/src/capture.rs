@@ -1,0 +1,319 @@
+//! Capture: the daemon's own iptables chains in the node's network namespace,
+//! applied with `iptables-restore --noflush` (iptables-nft on current EKS AMIs and
+//! Debian), removed on exit, idempotent on restart.
+//!
+//! - from a pod interface (`<prefix>+`), to anything but the node itself: TPROXY
+//!   (mangle table) to the outbound port. Pod-side interfaces have no address on
+//!   EKS (VPC CNI), and REDIRECT needs one; TPROXY does not. The policy route
+//!   `fwmark tproxy_mark -> local delivery` comes with it. The listener must be
+//!   transparent ([`transparent_listener`]); the original destination is the
+//!   accepted socket's local address.
+//! - forwarded to a local pod on the HBONE port: REDIRECT (nat) to the inbound HBONE port
+//! - forwarded to a local pod otherwise (plaintext): REDIRECT to the inbound plaintext port
+//! - the daemon's own HBONE connections to a pod on this node: REDIRECT to the HBONE port
+//! - the daemon's own sockets (fwmark `mark`/0xfff): never captured
+//!
+//! For REDIRECTed connections the original destination comes back with
+//! `SO_ORIGINAL_DST` ([`original_destination`]).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use meshward_config::CaptureConfig;
+
+const PREROUTING: &str = "MESHWARD_PREROUTING";
+const OUTPUT: &str = "MESHWARD_OUTPUT";
+const DIVERT: &str = "MESHWARD_DIVERT";
+/// fwmark of TPROXYed packets, and the routing table that delivers them locally.
+const TPROXY_MARK: u32 = 0x53a;
+const TPROXY_TABLE: &str = "1337";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{command}: {reason}")]
+    Command { command: String, reason: String },
+}
+
+/// The `iptables-restore --noflush` input that installs the chains and jumps.
+pub fn rules(config: &CaptureConfig) -> String {
+    let pods = format!("{}+", config.pod_interface_prefix);
+    let mut r = vec![
+        "*mangle".to_owned(),
+        format!(":{DIVERT} - [0:0]"),
+        // traffic for the node itself (kubelet, the daemon's own listeners) is not pod traffic
+        format!("-A {DIVERT} -m addrtype --dst-type LOCAL -j RETURN"),
+    ];
+    let exclusions = |chain: &str, r: &mut Vec<String>| {
+        for cidr in &config.exclude_cidrs {
+            r.push(format!("-A {chain} -p tcp -d {cidr} -j RETURN"));
+        }
+        for port in &config.exclude_ports {
+            r.push(format!("-A {chain} -p tcp --dport {port} -j RETURN"));
+        }
+    };
+    exclusions(DIVERT, &mut r);
+    r.extend([
+        format!(
+            "-A {DIVERT} -p tcp -j TPROXY --on-port {} --on-ip 0.0.0.0 --tproxy-mark {TPROXY_MARK:#x}/0xfff",
+            config.outbound_port
+        ),
+        format!("-I PREROUTING 1 -i {pods} -p tcp -j {DIVERT}"),
+        "COMMIT".to_owned(),
+        "*nat".to_owned(),
+        format!(":{PREROUTING} - [0:0]"),
+        format!(":{OUTPUT} - [0:0]"),
+        format!("-A {PREROUTING} -m addrtype --dst-type LOCAL -j RETURN"),
+    ]);
+    exclusions(PREROUTING, &mut r);
+    r.extend([
+        format!(
+            "-A {PREROUTING} -p tcp --dport {0} -j REDIRECT --to-ports {0}",
+            config.inbound_hbone_port
+        ),
+        format!(
+            "-A {PREROUTING} -p tcp -j REDIRECT --to-ports {}",
+            config.inbound_plaintext_port
+        ),
+        // same-node HBONE: the daemon tunnels to a pod here, so it must reach itself
+        format!(
+            "-A {OUTPUT} -p tcp -o {pods} --dport {0} -j REDIRECT --to-ports {0}",
+            config.inbound_hbone_port
+        ),
+        format!(
+            "-A {OUTPUT} -m mark --mark {:#x}/0xfff -j RETURN",
+            config.mark
+        ),
+        // pods' own traffic is TPROXYed in mangle; only what comes from elsewhere is inbound
+        format!("-I PREROUTING 1 ! -i {pods} -p tcp -j {PREROUTING}"),
+        format!("-I OUTPUT 1 -p tcp -j {OUTPUT}"),
+        "COMMIT".to_owned(),
+    ]);
+    r.join("\n") + "\n"
+}
+
+/// The policy routing TPROXY needs: marked packets are delivered locally.
+fn route_commands() -> [Vec<String>; 2] {
+    [
+        [
+            "rule",
+            "add",
+            "fwmark",
+            &format!("{TPROXY_MARK:#x}/0xfff"),
+            "lookup",
+            TPROXY_TABLE,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        [
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            TPROXY_TABLE,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ]
+}
+
+/// Installs the chains (after removing any left by an earlier run).
+pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
+    remove(config);
+    let mut child = Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CaptureError::Command {
+            command: "iptables-restore".into(),
+            reason: format!("{e} (install iptables)"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules(config).as_bytes())
+            .map_err(|e| CaptureError::Command {
+                command: "iptables-restore".into(),
+                reason: e.to_string(),
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CaptureError::Command {
+            command: "iptables-restore".into(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(CaptureError::Command {
+            command: "iptables-restore --noflush".into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    for args in route_commands() {
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .map_err(|e| CaptureError::Command {
+                command: format!("ip {}", args.join(" ")),
+                reason: format!("{e} (install iproute2)"),
+            })?;
+        if !out.status.success() {
+            return Err(CaptureError::Command {
+                command: format!("ip {}", args.join(" ")),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the jumps, the chains and the policy route; quiet when they are not there.
+pub fn remove(config: &CaptureConfig) {
+    let pods = format!("{}+", config.pod_interface_prefix);
+    let iptables = |args: &[&str]| {
+        Command::new("iptables")
+            .args(["-w", "5", "-t", "nat"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // a jump may have been added more than once by a crashed run: delete until gone
+    for _ in 0..16 {
+        if !iptables(&[
+            "-D",
+            "PREROUTING",
+            "!",
+            "-i",
+            &pods,
+            "-p",
+            "tcp",
+            "-j",
+            PREROUTING,
+        ]) {
+            break;
+        }
+    }
+    for _ in 0..16 {
+        if !iptables(&["-D", "OUTPUT", "-p", "tcp", "-j", OUTPUT]) {
+            break;
+        }
+    }
+    for chain in [PREROUTING, OUTPUT] {
+        iptables(&["-F", chain]);
+        iptables(&["-X", chain]);
+    }
+    let mangle = |args: &[&str]| {
+        Command::new("iptables")
+            .args(["-w", "5", "-t", "mangle"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // the jump carries the pod interface match: find it by listing
+    let listed = Command::new("iptables")
+        .args(["-w", "5", "-t", "mangle", "-S", "PREROUTING"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in listed
+        .lines()
+        .filter(|l| l.ends_with(&format!("-j {DIVERT}")))
+    {
+        let spec: Vec<&str> = line
+            .trim_start_matches("-A PREROUTING ")
+            .split_whitespace()
+            .collect();
+        let mut args = vec!["-D", "PREROUTING"];
+        args.extend(spec);
+        mangle(&args);
+    }
+    mangle(&["-F", DIVERT]);
+    mangle(&["-X", DIVERT]);
+    for args in route_commands() {
+        let mut delete: Vec<String> = args.clone();
+        delete[1] = "del".into();
+        let _ = Command::new("ip")
+            .args(&delete)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A listener for TPROXYed connections (IP_TRANSPARENT: it accepts connections
+/// to any address); the original destination is each accepted socket's local address.
+pub fn transparent_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    let SocketAddr::V4(v4) = addr else {
+        return Err(std::io::Error::other("transparent listeners are IPv4 here"));
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// The destination a REDIRECTed connection was made to.
+pub fn original_destination(stream: &impl std::os::fd::AsFd) -> std::io::Result<SocketAddr> {
+    let addr = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::OriginalDst)?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_as_documented() {
+        let config = CaptureConfig {
+            pod_interface_prefix: "veth".into(),
+            exclude_ports: vec![10250],
+            exclude_cidrs: vec!["169.254.0.0/16".into()],
+            ..CaptureConfig::default()
+        };
+        let text = rules(&config);
+        let expected = [
+            "*mangle",
+            ":MESHWARD_DIVERT - [0:0]",
+            "-A MESHWARD_DIVERT -m addrtype --dst-type LOCAL -j RETURN",
+            "-A MESHWARD_DIVERT -p tcp -d 169.254.0.0/16 -j RETURN",
+            "-A MESHWARD_DIVERT -p tcp --dport 10250 -j RETURN",
+            "-A MESHWARD_DIVERT -p tcp -j TPROXY --on-port 15001 --on-ip 0.0.0.0 --tproxy-mark 0x53a/0xfff",
+            "-I PREROUTING 1 -i veth+ -p tcp -j MESHWARD_DIVERT",
+            "COMMIT",
+            "*nat",
+            ":MESHWARD_PREROUTING - [0:0]",
+            ":MESHWARD_OUTPUT - [0:0]",
+            "-A MESHWARD_PREROUTING -m addrtype --dst-type LOCAL -j RETURN",
+            "-A MESHWARD_PREROUTING -p tcp -d 169.254.0.0/16 -j RETURN",
+            "-A MESHWARD_PREROUTING -p tcp --dport 10250 -j RETURN",
+            "-A MESHWARD_PREROUTING -p tcp --dport 15008 -j REDIRECT --to-ports 15008",
+            "-A MESHWARD_PREROUTING -p tcp -j REDIRECT --to-ports 15006",
+            "-A MESHWARD_OUTPUT -p tcp -o veth+ --dport 15008 -j REDIRECT --to-ports 15008",
+            "-A MESHWARD_OUTPUT -m mark --mark 0x539/0xfff -j RETURN",
+            "-I PREROUTING 1 ! -i veth+ -p tcp -j MESHWARD_PREROUTING",
+            "-I OUTPUT 1 -p tcp -j MESHWARD_OUTPUT",
+            "COMMIT",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+    }
+}
