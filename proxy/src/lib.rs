@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod capture;
+pub mod deny;
 pub mod workload_api;
+pub mod xfcc;
 
 /// Generated SPIFFE Workload API types (proto/workload.proto; no package, by the standard).
 #[allow(unreachable_pub, clippy::all, clippy::pedantic)]
