@@ -75,6 +75,20 @@ fn node_token(issuer: &IssuerProcess) -> String {
     token["value"].as_str().unwrap().to_owned()
 }
 
+/// An entry: pods with service account curl-spire on node-1 are `.../ns/default/sa/curl-spire`.
+fn curl_spire_entry(issuer: &IssuerProcess) {
+    issuer.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+        "-parentID",
+        &format!("spiffe://{TD}/node/node-1"),
+        "-selector",
+        "k8s:sa:curl-spire",
+    ]);
+}
+
 /// Serves the Workload API for `handle` on `<dir>/agent.sock`; returns once the socket exists.
 async fn serve_workload_api(
     dir: &Path,
@@ -314,16 +328,7 @@ mod workload_api {
         let dir = tempfile::tempdir().unwrap();
         let issuer = start_issuer(dir.path());
         let token = node_token(&issuer);
-        issuer.cli_json(&[
-            "entry",
-            "create",
-            "-spiffeID",
-            &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
-            "-parentID",
-            &format!("spiffe://{TD}/node/node-1"),
-            "-selector",
-            "k8s:sa:curl-spire",
-        ]);
+        curl_spire_entry(&issuer);
         // this test process is "the pod": it lives in the network namespace named here
         let mut me = pod("curl", "default", "curl-spire", "10.40.1.2", &[]);
         me.netns = Some(format!("/proc/{}/ns/net", std::process::id()).into());
@@ -547,16 +552,7 @@ async fn kubernetes_source_watches_the_pods_of_this_node() {
     api.add_pod(fake("pending", "node-1", "", "curl-spire"));
     let issuer = start_issuer(dir.path());
     let token = node_token(&issuer);
-    issuer.cli_json(&[
-        "entry",
-        "create",
-        "-spiffeID",
-        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
-        "-parentID",
-        &format!("spiffe://{TD}/node/node-1"),
-        "-selector",
-        "k8s:sa:curl-spire",
-    ]);
+    curl_spire_entry(&issuer);
     std::fs::write(dir.path().join("bundle.pem"), issuer.bundle_pem()).unwrap();
     let yaml = format!(
         "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    kubernetes:\n      node_name: node-1\n      api_server: {}\n      api_ca_path: {}\n      api_token_path: {}\n  sync_interval: 1s\n",
