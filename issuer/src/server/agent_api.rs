@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
@@ -17,7 +16,9 @@ pub(crate) struct AgentService<D> {
     pub(crate) issuer: Arc<Issuer<D>>,
 }
 
-/// The node behind a request: the SPIFFE ID and serial of its client certificate.
+/// The node behind a request: the SPIFFE ID and serial of its client certificate
+/// (the agent API is served on `tokio_rustls::server::TlsStream<TcpStream>`, whose
+/// connect info tonic files under `TlsConnectInfo<TcpConnectInfo>`).
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     let leaf = request
         .extensions()
@@ -38,11 +39,6 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         serial,
     })
 }
-
-// The TLS stream type the agent API is served on; named so tonic's connect info
-// type above is the one actually inserted.
-#[allow(dead_code)]
-type Served = tokio_rustls::server::TlsStream<TcpStream>;
 
 impl<D: Datastore + 'static> AgentService<D> {
     /// What an attestation answers: the node SVID and the bundle to verify with.
