@@ -592,19 +592,10 @@ async fn kubernetes_source_watches_the_pods_of_this_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_attests_with_its_projected_service_account_token() {
-    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+    use meshward_test_support::kube_api::FakeKubeApi;
     let dir = tempfile::tempdir().unwrap();
     let api = FakeKubeApi::start(dir.path()).await;
-    api.add_node("node-1", "node-uid-1", "10.0.1.23");
-    let agent_pod = FakePod {
-        namespace: "meshward".into(),
-        name: "meshward-node-1".into(),
-        uid: "agent-pod-uid".into(),
-        node_name: "node-1".into(),
-        service_account: "meshward-node".into(),
-        ..Default::default()
-    };
-    api.add_pod(agent_pod.clone());
+    let agent_pod = api.add_agent_pod("node-1", "node-uid-1", "meshward-node-1", "agent-pod-uid");
     let issuer = IssuerProcess::with_extra(
         Path::new(env!("CARGO_BIN_EXE_meshward")),
         TD,

@@ -388,16 +388,12 @@ async fn k8s_psat_attestation_through_token_review() {
     use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
     let dir = tempfile::tempdir().unwrap();
     let api = FakeKubeApi::start(dir.path()).await;
-    api.add_node("ip-10-0-1-23.ec2.internal", "node-uid-1", "10.0.1.23");
-    let agent_pod = FakePod {
-        namespace: "meshward".into(),
-        name: "meshward-node-abcde".into(),
-        uid: "pod-uid-1".into(),
-        node_name: "ip-10-0-1-23.ec2.internal".into(),
-        service_account: "meshward-node".into(),
-        ..Default::default()
-    };
-    api.add_pod(agent_pod.clone());
+    let agent_pod = api.add_agent_pod(
+        "ip-10-0-1-23.ec2.internal",
+        "node-uid-1",
+        "meshward-node-abcde",
+        "pod-uid-1",
+    );
     let issuer = Issuer::with_extra(
         meshward(),
         TD,
@@ -503,19 +499,10 @@ async fn k8s_psat_attestation_through_token_review() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
-    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+    use meshward_test_support::kube_api::FakeKubeApi;
     let dir = tempfile::tempdir().unwrap();
     let api = FakeKubeApi::start(dir.path()).await;
-    api.add_node("node-1", "node-uid-1", "10.0.1.23");
-    let agent_pod = FakePod {
-        namespace: "meshward".into(),
-        name: "meshward-node-1".into(),
-        uid: "agent-uid".into(),
-        node_name: "node-1".into(),
-        service_account: "meshward-node".into(),
-        ..Default::default()
-    };
-    api.add_pod(agent_pod.clone());
+    let agent_pod = api.add_agent_pod("node-1", "node-uid-1", "meshward-node-1", "agent-uid");
     let issuer = Issuer::with_extra(
         meshward(),
         TD,

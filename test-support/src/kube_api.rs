@@ -188,6 +188,29 @@ impl FakeKubeApi {
         }
     }
 
+    /// Adds node `node` (UID `node_uid`, InternalIP 10.0.1.23) and on it the node
+    /// daemon's pod `pod_name` (UID `pod_uid`, service account meshward:meshward-node,
+    /// the one `issuer_psat_yaml` allows); returns the pod, for tokens.
+    pub fn add_agent_pod(
+        &self,
+        node: &str,
+        node_uid: &str,
+        pod_name: &str,
+        pod_uid: &str,
+    ) -> FakePod {
+        self.add_node(node, node_uid, "10.0.1.23");
+        let pod = FakePod {
+            namespace: "meshward".into(),
+            name: pod_name.into(),
+            uid: pod_uid.into(),
+            node_name: node.into(),
+            service_account: "meshward-node".into(),
+            ..Default::default()
+        };
+        self.add_pod(pod.clone());
+        pod
+    }
+
     /// Adds or replaces a pod; open watches see ADDED or MODIFIED.
     pub fn add_pod(&self, pod: FakePod) {
         if let Ok(mut s) = self.state.lock() {
