@@ -9,6 +9,10 @@ use crate::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
+    /// Whether `proxy run` installs the rules at start (and removes them at exit).
+    /// `false` when something else owns them (a CNI plugin, or tests on a host
+    /// that must not be touched).
+    pub install: bool,
     /// Host-side interfaces of pods: `eni` on EKS (VPC CNI), `veth` elsewhere.
     pub pod_interface_prefix: String,
     pub outbound_port: u16,
@@ -26,6 +30,7 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
+            install: true,
             pod_interface_prefix: "eni".into(),
             outbound_port: 15001,
             inbound_plaintext_port: 15006,

@@ -3,11 +3,13 @@
 //! Parsed once into types, validated across fields, with errors that name the file,
 //! the field path and the reason. Every field has a default, so an empty file (or
 //! none) is a working configuration. Sections arrive with the components that read
-//! them; today: the trust domain, authorization, and the workloads file.
+//! them; the trust domain, authorization, the agent, capture, the data path's inbound,
+//! outbound and limits, and the workloads file.
 
 mod agent;
 mod authorization;
 mod capture;
+mod datapath;
 mod duration;
 mod error;
 mod issuer;
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
 pub use authorization::AuthorizationConfig;
 pub use capture::CaptureConfig;
+pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;
 pub use issuer::{
     BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster, K8sPsatConfig,
@@ -36,6 +39,9 @@ pub struct ProxyConfig {
     pub authorization: AuthorizationConfig,
     pub agent: AgentConfig,
     pub capture: CaptureConfig,
+    pub inbound: InboundConfig,
+    pub outbound: OutboundConfig,
+    pub limits: LimitsConfig,
     /// `/healthz/ready`: ready once the node attested and the first sync is done.
     pub readiness_listen: std::net::SocketAddr,
 }
@@ -47,6 +53,9 @@ impl Default for ProxyConfig {
             authorization: AuthorizationConfig::default(),
             agent: AgentConfig::default(),
             capture: CaptureConfig::default(),
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            limits: LimitsConfig::default(),
             readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
         }
     }
@@ -70,7 +79,8 @@ impl ProxyConfig {
             .map_err(|reason| ConfigError::invalid(source, "trust_domain", reason))?;
         self.authorization.validate(source)?;
         self.agent.validate(source)?;
-        self.capture.validate(source)
+        self.capture.validate(source)?;
+        self.limits.validate(source)
     }
 
     /// The policy engine's options under this configuration.

@@ -1,8 +1,9 @@
-//! meshward's node daemon: the agent (identities) and, next, the node proxy (the
-//! data path). The binary's CLI lives in `main.rs`.
+//! meshward's node daemon: the agent (identities), the SPIFFE Workload API and the
+//! node proxy (the data path). The binary's CLI lives in `main.rs`.
 
 pub mod agent;
 pub mod capture;
+pub mod datapath;
 pub mod deny;
 pub mod workload_api;
 pub mod xfcc;

@@ -31,7 +31,7 @@ enum Command {
     /// A SPIFFE Workload API client, like `spire-agent api`.
     #[command(subcommand)]
     Api(api_cli::ApiCommand),
-    /// The node daemon (agent; the data path follows).
+    /// The node daemon: identities, Workload API, capture, mTLS data path, policy.
     #[command(subcommand)]
     Proxy(proxy_cli::ProxyCommand),
 }

@@ -1,5 +1,6 @@
-//! `meshward proxy run -c proxy.yaml`: the node daemon. Today: the agent, the
-//! SPIFFE Workload API and the readiness endpoint; the data path joins with its issue.
+//! `meshward proxy run -c proxy.yaml`: the node daemon: the agent, the SPIFFE
+//! Workload API, the data path (capture rules installed at start, removed at exit)
+//! and the readiness endpoint. `meshward proxy capture` shows or applies the rules.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,28 +60,66 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let config = ProxyConfig::from_file(&config)?;
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let handle = meshward::agent::start(&config)?;
-        let listener = tokio::net::TcpListener::bind(config.readiness_listen)
-            .await
-            .with_context(|| format!("listen on {}", config.readiness_listen))?;
-        eprintln!(
-            "meshward proxy: agent for node of trust domain {}, readiness on {}",
-            config.trust_domain, config.readiness_listen
-        );
-        let socket = config.agent.workload_api_socket.clone();
-        let workload_api = meshward::workload_api::serve(&socket, handle.clone());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = meshward::readiness::serve(listener, handle.ready.clone()) => r.context("readiness endpoint")?,
-            r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    runtime.block_on(serve(config))
+}
+
+/// Logs to stderr; `RUST_LOG` sets levels (default: info; the `access` target
+/// carries one line per refused connection or request, allowed ones at debug).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
+    let handle = meshward::agent::start(&config)?;
+    let data_path = meshward::datapath::DataPath::bind(&config, &handle)?;
+    let readiness = tokio::net::TcpListener::bind(config.readiness_listen)
+        .await
+        .with_context(|| format!("listen on {}", config.readiness_listen))?;
+    // rules last: traffic is taken only once the listeners exist
+    let _capture = if config.capture.install {
+        meshward::capture::install(&config.capture).context("installing capture rules")?;
+        Some(CaptureGuard(config.capture.clone()))
+    } else {
+        None
+    };
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        outbound = config.capture.outbound_port,
+        hbone = config.capture.inbound_hbone_port,
+        plaintext = config.capture.inbound_plaintext_port,
+        readiness = %config.readiness_listen,
+        capture = config.capture.install,
+        "meshward proxy running"
+    );
+    let socket = config.agent.workload_api_socket.clone();
+    let workload_api = meshward::workload_api::serve(&socket, handle.clone());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = meshward::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
+        r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
+        () = data_path.run() => {},
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the capture rules when the daemon stops (also on an error return), so a
+/// stopped daemon never leaves pods' traffic pointing at closed ports.
+struct CaptureGuard(meshward_config::CaptureConfig);
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        meshward::capture::remove(&self.0);
+    }
 }

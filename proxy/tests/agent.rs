@@ -280,12 +280,19 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
     std::fs::write(
         &config,
         format!(
-            "trust_domain: {TD}\nreadiness_listen: {ready}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    file: {}\n",
+            "trust_domain: {TD}\nreadiness_listen: {ready}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    file: {}\n{}",
             issuer.agent,
             dir.path().join("bundle.pem").display(),
             dir.path().join("agent").display(),
             token["value"].as_str().unwrap(),
-            dir.path().join("workloads.yaml").display()
+            dir.path().join("workloads.yaml").display(),
+            // this host is not a node: no capture rules, listeners on free ports
+            format_args!(
+                "capture:\n  install: false\n  outbound_port: {}\n  inbound_plaintext_port: {}\n  inbound_hbone_port: {}\n",
+                free_port(),
+                free_port(),
+                free_port()
+            ),
         ),
     )
     .unwrap();

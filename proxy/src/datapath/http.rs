@@ -1,0 +1,237 @@
+//! L7: HTTP/1.1 or HTTP/2 (gRPC included) served on an inbound stream, each request
+//! authorized on its own. Refused: 403 `RBAC: access denied` (gRPC: status 7).
+//! Allowed: XFCC set (anything the client sent removed), the path normalized as
+//! policy saw it, sent to the pod over a pooled connection in the client's HTTP
+//! version; trailers pass through. The pod unreachable: 503 (gRPC: status 14).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshward_policy::HttpRequest;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Shared;
+use super::authz::InboundStream;
+use super::body::{self, ProxyBody};
+use super::upstream::Version;
+use crate::{deny, xfcc};
+
+/// Serves HTTP on `io` until the client is done with it.
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: Arc<InboundStream>,
+    io: S,
+    version: Version,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.limits.clone();
+    let service = service_fn(move |request| {
+        let (shared, stream) = (shared.clone(), stream.clone());
+        async move { Ok::<_, Infallible>(handle(&shared, &stream, request, version).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match version {
+        Version::Http1 => {
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(io, service)
+                .await
+        }
+        Version::Http2 => {
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(limits.max_streams_per_connection)
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .serve_connection(io, service)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("HTTP connection ended: {e}");
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    stream: &InboundStream,
+    mut request: Request<Incoming>,
+    version: Version,
+) -> Response<ProxyBody> {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let http = match HttpRequest::new(
+        request.method().as_str(),
+        &target,
+        &host,
+        request.headers().clone(),
+        shared.normalization,
+    ) {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::info!(target: "access", src_principal = stream.principal(), dst_addr = %stream.destination, "bad request: {e}");
+            return plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+        }
+    };
+    let normalized = http.target().to_request_target();
+    let policies = shared.policies.borrow().clone();
+    if !stream.authorize(&policies, &stream.request(Some(http))) {
+        return deny::response(request.headers()).map(body::full);
+    }
+
+    let by = stream.pod.tls.as_ref().map(|t| t.spiffe_id.as_str());
+    let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
+        spiffe_id: &p.spiffe_id,
+        leaf_der: &p.leaf_der,
+    });
+    xfcc::set(request.headers_mut(), by.unwrap_or_default(), peer.as_ref());
+    strip_hop_by_hop(request.headers_mut());
+    // the pod gets the path policy judged, never the raw one (Envoy rewrites too)
+    let uri = match version {
+        Version::Http1 => normalized.parse::<Uri>(),
+        Version::Http2 => format!("http://{host}{normalized}").parse::<Uri>(),
+    };
+    match uri {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n")),
+    }
+    let grpc = deny::is_grpc(request.headers());
+    let request = request.map(body::stream);
+    match shared
+        .upstream
+        .send(stream.destination, version, request)
+        .await
+    {
+        Ok(response) => {
+            let mut response = response.map(body::stream);
+            strip_hop_by_hop(response.headers_mut());
+            response
+        }
+        Err(e) => {
+            tracing::warn!(target: "access", dst_addr = %stream.destination, dst_pod = %stream.pod.info.name, "upstream failed: {e}");
+            unavailable(grpc)
+        }
+    }
+}
+
+/// Headers that belong to one hop (RFC 9110 7.6.1), plus those `Connection` names.
+/// `te: trailers` stays: gRPC needs it end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(Full::new(Bytes::from(text))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// What Envoy answers when the upstream cannot be reached.
+fn unavailable(grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        let mut response = Response::new(body::full(Full::new(Bytes::new())));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("upstream connect error"),
+        );
+        return response;
+    }
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers\n".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "te"]);
+        assert_eq!(headers[header::TE], "trailers");
+    }
+}

@@ -1,0 +1,251 @@
+//! Inbound: HBONE (15008) and plaintext (15006) connections for the node's pods.
+//!
+//! HBONE: the original destination names the pod; its SVID is presented, the
+//! client's is required and verified; every HTTP/2 CONNECT must name that same pod
+//! (else 400). A port configured as TCP is authorized before the answer (401 on a
+//! refusal, as ztunnel answers); other streams get 200 and are served by `serve.rs`.
+//!
+//! Plaintext: STRICT refuses it (reset, logged with the source); PERMISSIVE serves
+//! it as a stream without principal.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshward_config::{AppProtocol, PlaintextMode};
+use meshward_policy::Identity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::authz::{InboundStream, Peer};
+use super::socket::reset;
+use super::state::LocalPod;
+use super::{Shared, accept_loop, serve};
+use crate::capture::original_destination;
+
+pub(crate) async fn run_hbone(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(
+        shared,
+        listener,
+        "inbound HBONE",
+        |shared, tcp, client| async move {
+            hbone(shared, tcp, client).await;
+        },
+    )
+    .await;
+}
+
+pub(crate) async fn run_plaintext(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(
+        shared,
+        listener,
+        "inbound plaintext",
+        |shared, tcp, client| async move {
+            plaintext(shared, tcp, client).await;
+        },
+    )
+    .await;
+}
+
+/// The local pod a REDIRECTed connection was for.
+fn destination_pod(
+    shared: &Shared,
+    tcp: &TcpStream,
+    client: SocketAddr,
+) -> Option<(SocketAddr, Arc<LocalPod>)> {
+    let target = match original_destination(tcp) {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(%client, "no original destination: {e}");
+            return None;
+        }
+    };
+    let state = shared.state.borrow().clone();
+    match state.pod(target.ip()) {
+        Some(pod) => Some((target, pod.clone())),
+        None => {
+            tracing::info!(%client, %target, "refused: {} is not a pod on this node", target.ip());
+            None
+        }
+    }
+}
+
+async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+    let Some((target, pod)) = destination_pod(&shared, &tcp, client) else {
+        return reset(tcp);
+    };
+    let Some(tls) = pod.tls.clone() else {
+        tracing::info!(%client, pod = %pod.info.name, "refused HBONE: pod {}/{} has no identity (no entry or template grants it one)", pod.info.namespace, pod.info.name);
+        return reset(tcp);
+    };
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(tls.server.clone());
+    let stream =
+        match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(%client, pod = %pod.info.name, "mTLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%client, pod = %pod.info.name, "mTLS handshake timed out");
+                return;
+            }
+        };
+    let Some(peer) = verified_peer(&stream) else {
+        tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
+        return;
+    };
+    let peer = Arc::new(peer);
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |request| {
+            let response = connect(&shared, &peer, &pod, target, client, request);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let result = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(shared.limits.max_streams_per_connection)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(1024 * 1024)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%client, "HBONE connection ended: {e}");
+    }
+}
+
+fn verified_peer(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Peer> {
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    let spiffe_id = meshward_tls::spiffe_id_of(leaf).ok()?;
+    Some(Peer {
+        identity: Identity::parse(&spiffe_id).ok()?,
+        spiffe_id,
+        leaf_der: leaf.to_vec(),
+    })
+}
+
+/// One CONNECT: check it, answer it, and serve the stream once upgraded.
+fn connect(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    pod: &Arc<LocalPod>,
+    tunnel_target: SocketAddr,
+    client: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Response<Empty<Bytes>> {
+    let status = |code: StatusCode| {
+        let mut response = Response::new(Empty::new());
+        *response.status_mut() = code;
+        response
+    };
+    if request.method() != Method::CONNECT {
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let Some(destination) = request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    // a tunnel terminates for the one pod whose certificate it was shown
+    if destination.ip() != tunnel_target.ip() || shared.is_own_port(destination.port()) {
+        tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let source = forwarded_for(&request).unwrap_or(client);
+    let stream = InboundStream {
+        peer: Some(peer.clone()),
+        source,
+        destination,
+        pod: pod.clone(),
+    };
+    if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
+        let policies = shared.policies.borrow().clone();
+        if !stream.authorize(&policies, &stream.request(None)) {
+            return status(StatusCode::UNAUTHORIZED);
+        }
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve::serve(shared, stream, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(%client, "CONNECT stream never opened: {e}"),
+        }
+    });
+    status(StatusCode::OK)
+}
+
+/// `forwarded: for="ip:port"` (RFC 7239), as the source node wrote it.
+fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
+    let value = request.headers().get("forwarded")?.to_str().ok()?;
+    value.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        if !name.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        value.trim_matches('"').parse().ok()
+    })
+}
+
+async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+    let Some((target, pod)) = destination_pod(&shared, &tcp, client) else {
+        return reset(tcp);
+    };
+    if shared.inbound.plaintext == PlaintextMode::Strict {
+        tracing::info!(
+            target: "access",
+            src_addr = %client, dst_addr = %target, dst_pod = %pod.info.name,
+            dst_namespace = %pod.info.namespace,
+            "refused: plaintext to a meshed pod (inbound.plaintext STRICT: the client has no identity, or bypassed its node proxy)"
+        );
+        return reset(tcp);
+    }
+    let _ = tcp.set_nodelay(true);
+    let stream = InboundStream {
+        peer: None,
+        source: client,
+        destination: target,
+        pod,
+    };
+    serve::serve(shared, stream, tcp).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_reads_the_source_address() {
+        let request = |value: &str| {
+            Request::builder()
+                .header("forwarded", value)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            forwarded_for(&request("for=\"10.1.0.5:40000\"")),
+            Some("10.1.0.5:40000".parse().unwrap())
+        );
+        assert_eq!(
+            forwarded_for(&request("proto=http;for=\"[fd00::5]:443\"")),
+            Some("[fd00::5]:443".parse().unwrap())
+        );
+        assert_eq!(forwarded_for(&request("for=unknown")), None);
+    }
+}

@@ -1,0 +1,186 @@
+//! The node proxy's data path. A connection flows through these stages:
+//!
+//! ```text
+//! pod A --TPROXY--> outbound.rs (15001) --pool.rs: mTLS + HTTP/2 CONNECT--> peer node
+//! peer --REDIRECT--> inbound.rs (15008): pod's SVID, verify client, CONNECT checks
+//!                   -> serve.rs: detect.rs -> TCP: authz.rs once, copy.rs
+//!                                          -> HTTP: http.rs, authz.rs per request,
+//!                                             xfcc, upstream.rs -> pod B
+//! plaintext --REDIRECT--> inbound.rs (15006): STRICT refuses; PERMISSIVE -> serve.rs
+//! ```
+//!
+//! `state.rs` turns the agent's snapshots into TLS configurations per pod;
+//! `policies.rs` keeps the policy set current. Each connection reads both once and
+//! never takes a lock on the way.
+
+mod authz;
+mod body;
+mod copy;
+mod detect;
+mod http;
+mod inbound;
+mod outbound;
+mod policies;
+mod pool;
+mod serve;
+mod socket;
+mod state;
+mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshward_config::{InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
+use meshward_policy::PathNormalization;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::agent::AgentHandle;
+use policies::Policies;
+use pool::HbonePool;
+use state::MeshState;
+use upstream::UpstreamPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error("listen on {addr} ({role}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        role: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What every stage reads.
+pub(crate) struct Shared {
+    pub(crate) state: watch::Receiver<Arc<MeshState>>,
+    pub(crate) policies: Policies,
+    pub(crate) inbound: InboundConfig,
+    pub(crate) outbound: OutboundConfig,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) normalization: PathNormalization,
+    pub(crate) mark: u32,
+    pub(crate) hbone_port: u16,
+    own_ports: [u16; 3],
+    pub(crate) hbone: Arc<HbonePool>,
+    pub(crate) upstream: UpstreamPool,
+}
+
+impl Shared {
+    /// The proxy's own listener ports: never a destination inside a tunnel.
+    pub(crate) fn is_own_port(&self, port: u16) -> bool {
+        self.own_ports.contains(&port)
+    }
+}
+
+/// The listening data path; [`DataPath::run`] serves it.
+pub struct DataPath {
+    shared: Arc<Shared>,
+    outbound: TcpListener,
+    hbone: TcpListener,
+    plaintext: TcpListener,
+}
+
+impl DataPath {
+    /// Binds the three listeners (all addresses: capture delivers to them) and
+    /// starts following the agent's identities and the policy files.
+    pub fn bind(config: &ProxyConfig, agent: &AgentHandle) -> Result<Self, DataPathError> {
+        let capture = &config.capture;
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let listen = |port, role: &'static str| {
+            let addr = any(port);
+            std_listen(addr, port == capture.outbound_port)
+                .and_then(TcpListener::from_std)
+                .map_err(|source| DataPathError::Listen { addr, role, source })
+        };
+        let outbound = listen(capture.outbound_port, "outbound")?;
+        let hbone = listen(capture.inbound_hbone_port, "inbound HBONE")?;
+        let plaintext = listen(capture.inbound_plaintext_port, "inbound plaintext")?;
+        let limits = config.limits.clone();
+        let shared = Arc::new(Shared {
+            state: state::follow(agent.snapshots.clone()),
+            policies: policies::watch_policies(
+                config.authorization.policy_paths.clone(),
+                config.engine_options(),
+            ),
+            inbound: config.inbound.clone(),
+            outbound: config.outbound.clone(),
+            normalization: config.authorization.path_normalization,
+            mark: capture.mark,
+            hbone_port: capture.inbound_hbone_port,
+            own_ports: [
+                capture.outbound_port,
+                capture.inbound_plaintext_port,
+                capture.inbound_hbone_port,
+            ],
+            hbone: HbonePool::new(
+                capture.mark,
+                limits.connect_timeout,
+                limits.handshake_timeout,
+                limits.max_streams_per_connection,
+            ),
+            upstream: UpstreamPool::new(capture.mark, limits.connect_timeout),
+            limits,
+        });
+        Ok(Self {
+            shared,
+            outbound,
+            hbone,
+            plaintext,
+        })
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(self) {
+        tokio::join!(
+            outbound::run(self.shared.clone(), self.outbound),
+            inbound::run_hbone(self.shared.clone(), self.hbone),
+            inbound::run_plaintext(self.shared, self.plaintext),
+        );
+    }
+}
+
+fn std_listen(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
+    let listener = if transparent {
+        crate::capture::transparent_listener(addr)?
+    } else {
+        std::net::TcpListener::bind(addr)?
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Accepts forever, at most `limits.max_connections` served at once (past that the
+/// kernel's backlog holds the rest: backpressure, not unbounded tasks).
+pub(crate) async fn accept_loop<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    role: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let work = handle(shared.clone(), tcp, client);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: wait for connections to close instead of spinning
+                tracing::warn!("{role}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Outbound (15001): connections pods make, taken by TPROXY. The source pod is
+//! found by its address. An enrolled pod (it has an SVID) calling an address of
+//! the mesh goes over HBONE; anything else passes through unchanged (a pod without
+//! identity then meets STRICT at the destination, as in Istio).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::socket::{connect_marked, reset};
+use super::{Shared, accept_loop, copy};
+
+pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(
+        shared,
+        listener,
+        "outbound",
+        |shared, tcp, client| async move {
+            // TPROXY: the accepted socket's local address is the original destination
+            match tcp.local_addr() {
+                Ok(target) => handle(&shared, tcp, client, target).await,
+                Err(e) => tracing::warn!(%client, "outbound: no original destination: {e}"),
+            }
+        },
+    )
+    .await;
+}
+
+async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let state = shared.state.borrow().clone();
+    let tls = state.pod(client.ip()).and_then(|pod| pod.tls.clone());
+    let meshed = state.pod(target.ip()).is_some()
+        || shared
+            .outbound
+            .mesh_cidrs
+            .iter()
+            .any(|net| net.contains(&target.ip()));
+    let Some(tls) = tls.filter(|_| meshed) else {
+        return passthrough(shared, tcp, client, target).await;
+    };
+    let peer = SocketAddr::new(target.ip(), shared.hbone_port);
+    let mut tunnel = match shared.hbone.open(&tls, client, target, peer).await {
+        Ok(tunnel) => tunnel,
+        Err(e) => {
+            tracing::info!(
+                target: "access",
+                src_addr = %client, src_identity = %tls.spiffe_id, dst_addr = %target,
+                "outbound refused: {e}"
+            );
+            return reset(tcp);
+        }
+    };
+    match copy::bidirectional(&mut tcp, &mut tunnel.io, shared.limits.idle_timeout).await {
+        Ok(moved) => tracing::debug!(
+            target: "access",
+            src_addr = %client, src_identity = %tls.spiffe_id, dst_addr = %target,
+            sent = moved.sent, received = moved.received, "outbound complete"
+        ),
+        // the peer reset the stream (a TCP policy refused it): reset the client too
+        Err(e) => {
+            tracing::debug!(%client, %target, "outbound ended: {e}");
+            reset(tcp);
+        }
+    }
+}
+
+async fn passthrough(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
+    let mut upstream =
+        match connect_marked(target, shared.mark, shared.limits.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%client, %target, "passthrough failed: {e}");
+                return reset(tcp);
+            }
+        };
+    if let Err(e) = copy::bidirectional(&mut tcp, &mut upstream, shared.limits.idle_timeout).await {
+        tracing::debug!(%client, %target, "passthrough ended: {e}");
+        reset(tcp);
+    }
+}

@@ -1,0 +1,267 @@
+//! HBONE client connections: mTLS with the source pod's SVID to the destination's
+//! node (port 15008), HTTP/2, one CONNECT stream per client connection. Connections
+//! are pooled per (source identity and certificate, peer address), so tunnels are
+//! never shared between identities, and a renewed SVID starts new connections while
+//! old ones finish their streams. One connect per key at a time (a burst of clients
+//! opens one connection, not hundreds); past `max_streams` streams another opens;
+//! idle connections close after [`IDLE_RELEASE`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::socket::connect_marked;
+use super::state::PodTls;
+
+/// An HBONE connection without streams for this long is closed.
+pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(300);
+/// HTTP/2 flow control as ztunnel sets it: a 4 MiB stream window and a connection
+/// window four times that, so one slow stream cannot stall the others.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const MAX_FRAME: u32 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HboneError {
+    #[error("connect to {peer}: {source}")]
+    Connect {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("mTLS handshake with {peer}: {source}")]
+    Handshake {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 with {peer}: {source}")]
+    Http2 {
+        peer: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("{peer} answered the CONNECT with {status}")]
+    Refused {
+        peer: SocketAddr,
+        status: StatusCode,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    source_id: String,
+    source_serial: String,
+    peer: SocketAddr,
+}
+
+struct Connection {
+    sender: http2::SendRequest<Empty<Bytes>>,
+    streams: AtomicU32,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+/// Keeps a stream counted on its connection while the tunnel lives.
+pub(crate) struct Tunnel {
+    pub(crate) io: TokioIo<Upgraded>,
+    _stream: StreamGuard,
+}
+
+struct StreamGuard(Arc<Connection>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut idle) = self.0.idle_since.lock() {
+                *idle = Some(Instant::now());
+            }
+        }
+    }
+}
+
+pub(crate) struct HbonePool {
+    mark: u32,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    max_streams: u32,
+    connections: Mutex<HashMap<Key, Vec<Arc<Connection>>>>,
+    connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl HbonePool {
+    pub(crate) fn new(
+        mark: u32,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+        max_streams: u32,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            mark,
+            connect_timeout,
+            handshake_timeout,
+            max_streams,
+            connections: Mutex::default(),
+            connecting: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_RELEASE / 10).await;
+                match weak.upgrade() {
+                    Some(pool) => pool.release_idle(),
+                    None => return,
+                }
+            }
+        });
+        pool
+    }
+
+    /// Opens a tunnel for `client` (the source pod's address) to `target` (the
+    /// original destination) through the node at `peer`.
+    pub(crate) async fn open(
+        &self,
+        tls: &PodTls,
+        client: SocketAddr,
+        target: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Tunnel, HboneError> {
+        let key = Key {
+            source_id: tls.spiffe_id.clone(),
+            source_serial: tls.serial.clone(),
+            peer,
+        };
+        let connection = match self.checkout(&key) {
+            Some(c) => c,
+            None => {
+                let lock = self.connect_lock(&key);
+                let _single_flight = lock.lock().await;
+                match self.checkout(&key) {
+                    Some(c) => c,
+                    None => self.connect(key, tls).await?,
+                }
+            }
+        };
+        let guard = StreamGuard(connection.clone());
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            // RFC 7239: who the client is; the peer's policies see it as source.ip
+            .header("forwarded", format!("for=\"{client}\""))
+            .body(Empty::new())
+            .map_err(|_| HboneError::Refused {
+                peer,
+                status: StatusCode::BAD_REQUEST,
+            })?;
+        let http2 = |source| HboneError::Http2 { peer, source };
+        let response = connection
+            .sender
+            .clone()
+            .send_request(request)
+            .await
+            .map_err(http2)?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused {
+                peer,
+                status: response.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response).await.map_err(http2)?;
+        Ok(Tunnel {
+            io: TokioIo::new(upgraded),
+            _stream: guard,
+        })
+    }
+
+    /// A live connection of `key` with room for one more stream, counted.
+    fn checkout(&self, key: &Key) -> Option<Arc<Connection>> {
+        let mut all = self.connections.lock().ok()?;
+        let list = all.get_mut(key)?;
+        list.retain(|c| !c.sender.is_closed());
+        let found = list
+            .iter()
+            .find(|c| c.streams.load(Ordering::Acquire) < self.max_streams)?
+            .clone();
+        found.streams.fetch_add(1, Ordering::AcqRel);
+        Some(found)
+    }
+
+    fn connect_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        match self.connecting.lock() {
+            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    async fn connect(&self, key: Key, tls: &PodTls) -> Result<Arc<Connection>, HboneError> {
+        let peer = key.peer;
+        let tcp = connect_marked(peer, self.mark, self.connect_timeout)
+            .await
+            .map_err(|source| HboneError::Connect { peer, source })?;
+        let connector = TlsConnector::from(tls.client.clone());
+        // the name is not sent (SNI off) and not checked: the SPIFFE verifier decides
+        let name = ServerName::IpAddress(peer.ip().into());
+        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| HboneError::Handshake {
+                peer,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
+            })?
+            .map_err(|source| HboneError::Handshake { peer, source })?;
+        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| HboneError::Http2 { peer, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(%peer, "HBONE connection ended: {e}");
+            }
+        });
+        let connection = Arc::new(Connection {
+            sender,
+            streams: AtomicU32::new(1),
+            idle_since: Mutex::new(None),
+        });
+        if let Ok(mut all) = self.connections.lock() {
+            all.entry(key).or_default().push(connection.clone());
+        }
+        Ok(connection)
+    }
+
+    /// Drops connections idle past [`IDLE_RELEASE`] (hyper then closes them
+    /// gracefully) and those already closed.
+    fn release_idle(&self) {
+        let now = Instant::now();
+        let idle_too_long = |c: &Arc<Connection>| {
+            c.streams.load(Ordering::Acquire) == 0
+                && c.idle_since
+                    .lock()
+                    .ok()
+                    .and_then(|i| *i)
+                    .is_some_and(|since| now.duration_since(since) >= IDLE_RELEASE)
+        };
+        if let Ok(mut all) = self.connections.lock() {
+            for list in all.values_mut() {
+                list.retain(|c| !c.sender.is_closed() && !idle_too_long(c));
+            }
+            all.retain(|_, list| !list.is_empty());
+            if let Ok(mut locks) = self.connecting.lock() {
+                locks.retain(|key, lock| all.contains_key(key) || Arc::strong_count(lock) > 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! One inbound stream for a local pod, after the tunnel or the plaintext accept:
+//! detect the protocol, then TCP (authorized once, bytes copied) or HTTP (each
+//! request authorized, see `http.rs`).
+
+use std::sync::Arc;
+
+use meshward_config::AppProtocol;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Shared;
+use super::authz::InboundStream;
+use super::detect::{Detected, Prefixed, detect};
+use super::socket::connect_marked;
+use super::upstream::Version;
+use super::{copy, http};
+
+/// Serves `io` for `stream`. Returning drops `io`: for a tunnel that resets the
+/// stream, for plaintext it closes the connection.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: InboundStream, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let configured = shared
+        .inbound
+        .ports
+        .get(&stream.destination.port())
+        .copied();
+    let (detected, io) = if configured == Some(AppProtocol::Tcp) {
+        (Detected::Tcp, Prefixed::new(io))
+    } else {
+        match detect(io, shared.inbound.protocol_detection_timeout).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(dst_addr = %stream.destination, "stream ended before a byte: {e}");
+                return;
+            }
+        }
+    };
+    match (configured, detected) {
+        (_, Detected::Http2) => http::serve(shared, Arc::new(stream), io, Version::Http2).await,
+        (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp) => {
+            http::serve(shared, Arc::new(stream), io, Version::Http1).await;
+        }
+        (_, Detected::Tcp) => serve_tcp(&shared, &stream, io).await,
+    }
+}
+
+async fn serve_tcp<S>(shared: &Shared, stream: &InboundStream, mut io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let policies = shared.policies.borrow().clone();
+    if !stream.authorize(&policies, &stream.request(None)) {
+        return;
+    }
+    let mut upstream = match connect_marked(
+        stream.destination,
+        shared.mark,
+        shared.limits.connect_timeout,
+    )
+    .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::warn!(target: "access", dst_addr = %stream.destination, dst_pod = %stream.pod.info.name, "upstream failed: {e}");
+            return;
+        }
+    };
+    match copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout).await {
+        Ok(moved) => tracing::debug!(
+            target: "access",
+            src_addr = %stream.source, src_principal = stream.principal(),
+            dst_addr = %stream.destination, sent = moved.sent, received = moved.received,
+            "connection complete"
+        ),
+        Err(e) => tracing::debug!(dst_addr = %stream.destination, "connection ended: {e}"),
+    }
+}

@@ -1,0 +1,200 @@
+//! What the data path knows, rebuilt whenever the agent publishes a snapshot: the
+//! node's pods by IP, each with its TLS configurations (its SVID as server and as
+//! client), and the trust bundles every handshake verifies against. Connections read
+//! the current [`MeshState`] once, at accept; rotation swaps it for new handshakes
+//! while established ones keep the configuration they started with.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use meshward_config::PodInfo;
+use meshward_policy::Workload;
+use meshward_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles};
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+
+use crate::agent::{Snapshot, WorkloadSvid};
+
+/// ALPN of HBONE: HTTP/2 inside mTLS.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+
+/// A pod on this node.
+#[derive(Debug)]
+pub(crate) struct LocalPod {
+    pub(crate) info: PodInfo,
+    /// Its attributes as policies select them.
+    pub(crate) workload: Workload,
+    /// `None`: the pod has no SVID (no entry or template grants it one).
+    pub(crate) tls: Option<Arc<PodTls>>,
+}
+
+/// One pod identity, ready for handshakes.
+pub(crate) struct PodTls {
+    pub(crate) spiffe_id: String,
+    /// Serial of the leaf: distinguishes an SVID from its renewal (pool keys).
+    pub(crate) serial: String,
+    /// Presented on 15008 to clients of this pod; client certificates required.
+    pub(crate) server: Arc<ServerConfig>,
+    /// Presented to peer nodes when this pod calls out.
+    pub(crate) client: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for PodTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodTls")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node's pods, immutable; swapped whole.
+#[derive(Debug, Default)]
+pub(crate) struct MeshState {
+    pods: HashMap<IpAddr, Arc<LocalPod>>,
+}
+
+impl MeshState {
+    pub(crate) fn pod(&self, ip: IpAddr) -> Option<&Arc<LocalPod>> {
+        self.pods.get(&ip)
+    }
+}
+
+/// Builds TLS configurations from SVIDs, reusing those of SVIDs it has seen.
+pub(crate) struct StateBuilder {
+    bundles: Arc<TrustBundles>,
+    /// (SPIFFE ID, serial) -> configs, from the previous build.
+    built: HashMap<(String, String), Arc<PodTls>>,
+    federated: Vec<String>,
+}
+
+impl StateBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            bundles: TrustBundles::new(),
+            built: HashMap::new(),
+            federated: Vec::new(),
+        }
+    }
+
+    pub(crate) fn build(&mut self, snapshot: &Snapshot) -> MeshState {
+        self.update_bundles(snapshot);
+        let mut built = HashMap::new();
+        let mut pods = HashMap::new();
+        for (ip, entry) in &snapshot.pods {
+            // the first identity is the pod's default one, as in the Workload API
+            let tls = entry.svids.first().and_then(|svid| {
+                let key = (svid.spiffe_id.clone(), serial(svid));
+                let tls = match self.built.get(&key) {
+                    Some(tls) => tls.clone(),
+                    None => match pod_tls(svid, &self.bundles) {
+                        Ok(tls) => Arc::new(tls),
+                        Err(e) => {
+                            tracing::error!(pod = %entry.pod.name, id = %svid.spiffe_id, "unusable SVID: {e}");
+                            return None;
+                        }
+                    },
+                };
+                built.insert(key, tls.clone());
+                Some(tls)
+            });
+            let pod = LocalPod {
+                workload: Workload {
+                    namespace: entry.pod.namespace.clone(),
+                    labels: entry.pod.labels.clone(),
+                },
+                info: entry.pod.clone(),
+                tls,
+            };
+            pods.insert(*ip, Arc::new(pod));
+        }
+        self.built = built;
+        MeshState { pods }
+    }
+
+    fn update_bundles(&mut self, snapshot: &Snapshot) {
+        if !snapshot.trust_domain.is_empty() {
+            if let Err(e) = self.bundles.set(&snapshot.trust_domain, &snapshot.bundle) {
+                tracing::error!("own trust bundle unusable, keeping the previous one: {e}");
+            }
+        }
+        let mut now = Vec::new();
+        for (td, authorities) in &snapshot.federated {
+            match self.bundles.set(td, authorities) {
+                Ok(()) => now.push(td.clone()),
+                Err(e) => tracing::error!("federated bundle of {td} unusable: {e}"),
+            }
+        }
+        for gone in self.federated.iter().filter(|td| !now.contains(td)) {
+            self.bundles.remove(gone);
+        }
+        self.federated = now;
+    }
+}
+
+fn serial(svid: &WorkloadSvid) -> String {
+    svid.chain
+        .first()
+        .and_then(meshward_tls::serial_of)
+        .unwrap_or_default()
+}
+
+fn pod_tls(svid: &WorkloadSvid, bundles: &Arc<TrustBundles>) -> Result<PodTls, rustls::Error> {
+    let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_pkcs8.clone()));
+    let chain: Vec<CertificateDer<'static>> = svid.chain.clone();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // TLS 1.3 only, as HBONE peers speak it; no resumption (every tunnel is a full
+    // mutual handshake, so a peer's current certificate is always the one checked)
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(SpiffeClientVerifier::new(
+            bundles.clone(),
+            Authorizer::AnyTrusted,
+            true,
+        ))
+        .with_single_cert(chain.clone(), key())?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    // the destination is an address, not a name: no SNI; whoever answers must
+    // hold an SVID of a trusted domain (there is no registry of remote pods here
+    // that would name the one expected)
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(SpiffeServerVerifier::new(
+            bundles.clone(),
+            Authorizer::AnyTrusted,
+        ))
+        .with_client_auth_cert(chain, key())?;
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    client.enable_sni = false;
+    client.resumption = rustls::client::Resumption::disabled();
+    Ok(PodTls {
+        spiffe_id: svid.spiffe_id.clone(),
+        serial: serial(svid),
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// Follows the agent's snapshots; the receiver always holds the current state.
+pub(crate) fn follow(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+) -> watch::Receiver<Arc<MeshState>> {
+    let mut builder = StateBuilder::new();
+    let first = builder.build(&snapshots.borrow_and_update());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let state = builder.build(&snapshot);
+            if tx.send(Arc::new(state)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
