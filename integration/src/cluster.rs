@@ -85,6 +85,7 @@ pub struct Node {
     ns: Netns,
     underlay_ip: Ipv4Addr,
     workloads_file: PathBuf,
+    pod_cidr: String,
     next_pod: u8,
 }
 
@@ -100,6 +101,11 @@ impl Node {
 
     pub fn underlay_ip(&self) -> Ipv4Addr {
         self.underlay_ip
+    }
+
+    /// The addresses its pods get, e.g. `10.40.1.0/24`.
+    pub fn pod_cidr(&self) -> &str {
+        &self.pod_cidr
     }
 
     /// The workloads file of this node (see `meshward_config::WorkloadsFile`).
@@ -257,6 +263,7 @@ impl Cluster {
             ns,
             underlay_ip: ip,
             workloads_file: self.log_dir().join(format!("{name}-workloads.yaml")),
+            pod_cidr: cidr,
             next_pod: 2,
         };
         self.nodes.push(node);
@@ -420,6 +427,10 @@ impl Cluster {
             .iter()
             .find(|h| h.name == name)
             .ok_or_else(|| HarnessError::Invalid(format!("no host {name}")))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {

@@ -1,0 +1,337 @@
+//! A whole mesh on one machine: a [`Cluster`], the issuer on its own underlay host,
+//! and a real `meshward proxy run` on every node with capture installed, policies
+//! read from one directory. What the end-to-end tests and `meshward demo` stand on.
+//!
+//! ```no_run
+//! use meshward_integration::{Mesh, MeshSpec, PodSpec};
+//! let mut spec = MeshSpec::new("math.example.com", &["node-1", "node-2"]);
+//! spec.pod("node-1", PodSpec::new("curl-spire").service_account("curl-spire"), true);
+//! spec.pod("node-2", PodSpec::new("echoserver").namespace("echoserver"), true);
+//! let mesh = Mesh::start(&meshward_integration::meshward_binary()?, spec)?;
+//! # Ok::<(), meshward_integration::HarnessError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, PodSpec};
+use crate::error::{HarnessError, Result};
+use crate::process::{Process, exec, wait_for_port};
+
+/// How long the mesh may take to come up (attestation, first SVIDs).
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    trust_domain: String,
+    nodes: Vec<String>,
+    /// (node, pod, whether an entry grants it `ns/<ns>/sa/<sa>`)
+    pods: Vec<(String, PodSpec, bool)>,
+    /// Extra `proxy.yaml` text for every node (e.g. `inbound:` settings).
+    proxy_yaml: String,
+}
+
+impl MeshSpec {
+    pub fn new(trust_domain: &str, nodes: &[&str]) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            pods: Vec::new(),
+            proxy_yaml: String::new(),
+        }
+    }
+
+    /// A pod on `node`; `identity`: register `spiffe://<td>/ns/<ns>/sa/<sa>` for it.
+    pub fn pod(&mut self, node: &str, spec: PodSpec, identity: bool) -> &mut Self {
+        self.pods.push((node.to_owned(), spec, identity));
+        self
+    }
+
+    /// Appends top-level `proxy.yaml` sections for every node.
+    pub fn proxy_yaml(&mut self, yaml: &str) -> &mut Self {
+        self.proxy_yaml.push_str(yaml);
+        self
+    }
+}
+
+/// The running mesh; dropping it stops the daemons (which remove their capture
+/// rules), then removes the cluster.
+#[derive(Debug)]
+pub struct Mesh {
+    daemons: BTreeMap<String, Process>,
+    issuer: Process,
+    /// Last: namespaces go after the processes in them.
+    pub cluster: Cluster,
+    bin: PathBuf,
+    trust_domain: String,
+    policy_dir: PathBuf,
+    admin_socket: PathBuf,
+}
+
+impl Mesh {
+    pub fn start(bin: &Path, spec: MeshSpec) -> Result<Self> {
+        let mut cluster = Cluster::new()?;
+        let dir = cluster.log_dir().to_owned();
+        let issuer_ip = cluster.add_host("issuer")?.ip();
+        for node in &spec.nodes {
+            cluster.add_node(node)?;
+        }
+        for (node, pod, _) in &spec.pods {
+            cluster.add_pod(node, pod.clone())?;
+        }
+        let policy_dir = dir.join("policies");
+        std::fs::create_dir_all(&policy_dir).map_err(HarnessError::io("create policies/"))?;
+        let admin_socket = dir.join("issuer.sock");
+        let td = &spec.trust_domain;
+        let issuer_config = dir.join("issuer.yaml");
+        write(
+            &issuer_config,
+            &format!(
+                "trust_domain: {td}\ndata_dir: {}\nagent_listen: {issuer_ip}:8081\nhealth_listen: 127.0.0.1:8080\nadmin_socket: {}\n",
+                dir.join("issuer-data").display(),
+                admin_socket.display()
+            ),
+        )?;
+        let issuer = Process::spawn(
+            cluster.host("issuer")?.netns(),
+            "issuer",
+            &path_str(bin),
+            &["issuer", "run", "-c", &path_str(&issuer_config)],
+            &[],
+            &dir,
+        )?;
+        let mut mesh = Self {
+            daemons: BTreeMap::new(),
+            issuer,
+            cluster,
+            bin: bin.to_owned(),
+            trust_domain: td.clone(),
+            policy_dir,
+            admin_socket,
+        };
+        mesh.wait_issuer()?;
+        let bundle = mesh.issuer_cli(&["bundle", "show"])?;
+        write(&dir.join("bundle.pem"), &bundle)?;
+        let registered: Vec<(String, String, String)> = spec
+            .pods
+            .iter()
+            .filter(|(_, _, identity)| *identity)
+            .map(|(node, pod, _)| {
+                let info = mesh.cluster.pod(&pod.name)?.info().clone();
+                Ok((node.clone(), info.namespace, info.service_account))
+            })
+            .collect::<Result<_>>()?;
+        let mesh_cidrs: Vec<String> = mesh
+            .cluster
+            .nodes()
+            .map(|n| format!("  - {}\n", n.pod_cidr()))
+            .collect();
+        for node in &spec.nodes {
+            let node_id = format!("spiffe://{td}/node/{node}");
+            let token = mesh.issuer_cli(&["token", "generate", "-spiffeID", &node_id])?;
+            let token = token
+                .lines()
+                .find_map(|l| l.strip_prefix("Token: "))
+                .ok_or_else(|| HarnessError::Invalid(format!("no token in {token:?}")))?
+                .trim()
+                .to_owned();
+            for (_, ns, sa) in registered.iter().filter(|(n, _, _)| n == node) {
+                mesh.issuer_cli(&[
+                    "entry",
+                    "create",
+                    "-spiffeID",
+                    &format!("spiffe://{td}/ns/{ns}/sa/{sa}"),
+                    "-parentID",
+                    &node_id,
+                    "-selector",
+                    &format!("k8s:ns:{ns}"),
+                    "-selector",
+                    &format!("k8s:sa:{sa}"),
+                ])?;
+            }
+            let config = dir.join(format!("{node}-proxy.yaml"));
+            let workloads = mesh.cluster.node(node)?.workloads_file().to_owned();
+            write(
+                &config,
+                &format!(
+                    "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
+                     agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
+                     capture:\n  pod_interface_prefix: veth\n\
+                     outbound:\n  mesh_cidrs:\n{}\
+                     authorization:\n  policy_paths: [{}]\n{}",
+                    dir.join("bundle.pem").display(),
+                    dir.join(format!("{node}-agent")).display(),
+                    workloads.display(),
+                    mesh.workload_api_socket(node).display(),
+                    mesh_cidrs.concat(),
+                    mesh.policy_dir.display(),
+                    spec.proxy_yaml,
+                ),
+            )?;
+            let daemon = Process::spawn(
+                mesh.cluster.node(node)?.netns(),
+                &format!("{node}-proxy"),
+                &path_str(bin),
+                &["proxy", "run", "-c", &path_str(&config)],
+                &[("RUST_LOG", "info,access=debug")],
+                &dir,
+            )?;
+            mesh.daemons.insert(node.clone(), daemon);
+        }
+        for node in &spec.nodes {
+            mesh.wait_ready(node)?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The directory every node daemon reads policies from (hot reloaded).
+    pub fn policy_dir(&self) -> &Path {
+        &self.policy_dir
+    }
+
+    /// Writes (or replaces) one policy file, atomically.
+    pub fn apply_policy(&self, name: &str, yaml: &str) -> Result<()> {
+        let file = self.policy_dir.join(format!("{name}.yaml"));
+        let tmp = self.policy_dir.join(format!(".{name}.tmp"));
+        write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &file)
+            .map_err(HarnessError::io(format!("rename to {}", file.display())))
+    }
+
+    pub fn delete_policy(&self, name: &str) -> Result<()> {
+        let file = self.policy_dir.join(format!("{name}.yaml"));
+        std::fs::remove_file(&file).map_err(HarnessError::io(format!("remove {}", file.display())))
+    }
+
+    /// The Workload API socket of a node's daemon.
+    pub fn workload_api_socket(&self, node: &str) -> PathBuf {
+        self.cluster.log_dir().join(format!("{node}-agent.sock"))
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> Result<IpAddr> {
+        Ok(self.cluster.pod(pod)?.ip())
+    }
+
+    /// A node daemon's log so far.
+    pub fn daemon_log(&self, node: &str) -> String {
+        self.daemons.get(node).map(Process::log).unwrap_or_default()
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|(node, d)| format!("--- {node} daemon ---\n{}", d.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `meshward issuer <args> -socketPath <admin>`: stdout, or the error.
+    pub fn issuer_cli(&self, args: &[&str]) -> Result<String> {
+        let socket = path_str(&self.admin_socket);
+        let out = std::process::Command::new(&self.bin)
+            .arg("issuer")
+            .args(args)
+            .args(["-socketPath", &socket])
+            .output()
+            .map_err(HarnessError::io("run meshward issuer"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(HarnessError::Command {
+                command: format!("meshward issuer {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    /// The issuer's log so far.
+    pub fn issuer_log(&self) -> String {
+        self.issuer.log()
+    }
+
+    fn wait_issuer(&self) -> Result<()> {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            match self.issuer_cli(&["healthcheck"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(HarnessError::Invalid(format!(
+                        "the issuer never became healthy: {e}\n{}",
+                        self.issuer.log()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Waits for a node daemon's readiness (attested, first SVIDs in hand).
+    fn wait_ready(&self, node: &str) -> Result<()> {
+        let ns = self.cluster.node(node)?.netns();
+        let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
+        wait_for_port(ns, ready, STARTUP)?;
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let out = exec(
+                ns,
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ],
+                Duration::from_secs(5),
+            )?;
+            if out.stdout.trim() == "200" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("{node}'s daemon to be ready:\n{}", self.daemon_log(node)),
+                    after: STARTUP,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(HarnessError::io(format!("write {}", path.display())))
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The `meshward` binary built next to the running test or program
+/// (`cargo test --workspace` builds it into the same target directory).
+pub fn meshward_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(HarnessError::io("find the running executable"))?;
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("meshward"))
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        HarnessError::Invalid(format!(
+            "no meshward binary near {}: build it first (cargo build -p meshward)",
+            exe.display()
+        ))
+    })
+}
