@@ -32,6 +32,8 @@ pub struct MeshSpec {
     pods: Vec<(String, PodSpec, bool)>,
     /// Extra `proxy.yaml` text for every node (e.g. `inbound:` settings).
     proxy_yaml: String,
+    /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
+    svid_ttl: u32,
 }
 
 impl MeshSpec {
@@ -41,7 +43,14 @@ impl MeshSpec {
             nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
             pods: Vec::new(),
             proxy_yaml: String::new(),
+            svid_ttl: 0,
         }
+    }
+
+    /// Short-lived pod SVIDs, to see rotation within a test.
+    pub fn svid_ttl(&mut self, seconds: u32) -> &mut Self {
+        self.svid_ttl = seconds;
+        self
     }
 
     /// A pod on `node`; `identity`: register `spiffe://<td>/ns/<ns>/sa/<sa>` for it.
@@ -150,6 +159,8 @@ impl Mesh {
                     &format!("k8s:ns:{ns}"),
                     "-selector",
                     &format!("k8s:sa:{sa}"),
+                    "-x509SVIDTTL",
+                    &spec.svid_ttl.to_string(),
                 ])?;
             }
             let config = dir.join(format!("{node}-proxy.yaml"));

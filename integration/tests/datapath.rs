@@ -260,4 +260,185 @@ fn the_talk_across_nodes_and_on_one_node() {
     )
     .unwrap();
     assert_eq!(r.header("grpc-status"), Some("7"), "{r:?}");
+
+    // gRPC allowed: message and trailers arrive intact over two proxies
+    let pod = mesh.cluster.pod("neighbour").unwrap().netns();
+    let target = std::net::SocketAddr::new(ip, 8080);
+    let (message, trailers) = pod.run(move || grpc_call(target)).unwrap();
+    assert_eq!(message, grpc_frame(b"hello"));
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    let xfcc = trailers.get("echo-xfcc").unwrap().to_str().unwrap();
+    assert!(xfcc.ends_with("/ns/default/sa/neighbour"), "{xfcc}");
+}
+
+/// A gRPC message: uncompressed flag, big-endian length, payload.
+fn grpc_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// One unary gRPC call over HTTP/2 (run inside a pod's namespace): the response
+/// body and its trailers.
+fn grpc_call(target: std::net::SocketAddr) -> (Vec<u8>, http::HeaderMap) {
+    use http_body_util::{BodyExt, Full};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::post(format!("http://{target}/echo.Echo/Say"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(bytes::Bytes::from(grpc_frame(b"hello"))))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let collected =
+            tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        (collected.to_bytes().to_vec(), trailers)
+    })
+}
+
+#[test]
+fn svid_rotation_under_load_fails_no_request() {
+    let Some(()) = available_or_skip("svid_rotation_under_load_fails_no_request") else {
+        return;
+    };
+    let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
+    spec.pod(
+        "node-1",
+        PodSpec::new("curl-spire").service_account("curl-spire"),
+        true,
+    )
+    .pod(
+        "node-2",
+        PodSpec::new("echoserver")
+            .namespace("echoserver")
+            .label("app", "echoserver"),
+        true,
+    )
+    // renewed at half life: about every 10 s
+    .svid_ttl(20);
+    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
+    let _echo = mesh
+        .cluster
+        .spawn_in_pod(
+            "echoserver",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:8080"],
+        )
+        .unwrap();
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    let url = format!("http://{}:8080/load", mesh.pod_ip("echoserver").unwrap());
+    eventually(&mesh, "allowed", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/load_across_rotation.py");
+    let out = mesh
+        .cluster
+        .exec_in_pod(
+            "curl-spire",
+            "python3",
+            &[script, &url, "25", "3000"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+    assert_eq!(report["failed"], 0, "{report}\n{}", mesh.logs());
+    assert!(report["ok"].as_u64().unwrap() > 100, "{report}");
+    // the destination saw more than one client certificate: rotation happened
+    assert!(
+        report["hashes"].as_array().unwrap().len() >= 2,
+        "{report}\n{}",
+        mesh.logs()
+    );
+}
+
+#[test]
+fn permissive_plaintext_is_a_request_without_principal() {
+    let Some(()) = available_or_skip("permissive_plaintext_is_a_request_without_principal") else {
+        return;
+    };
+    let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
+    spec.pod(
+        "node-1",
+        PodSpec::new("curl").service_account("curl"),
+        false,
+    )
+    .pod(
+        "node-2",
+        PodSpec::new("echoserver")
+            .namespace("echoserver")
+            .label("app", "echoserver"),
+        true,
+    )
+    .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n");
+    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
+    let _echo = mesh
+        .cluster
+        .spawn_in_pod(
+            "echoserver",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:8080"],
+        )
+        .unwrap();
+    let url = |path: &str| format!("http://{}:8080{path}", mesh.pod_ip("echoserver").unwrap());
+
+    // let through, but still judged: default deny
+    let r = eventually(&mesh, "plaintext judged", || {
+        status(&mesh, "curl", &[&url("/public")], 403)
+    });
+    assert_eq!(r.body, "RBAC: access denied");
+    // a path anyone may call: 200, and no XFCC (there is no client certificate),
+    // even when the client sends one
+    mesh.apply_policy(
+        "public",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: public, namespace: echoserver}\nspec:\n  rules:\n  - to: [{operation: {paths: [\"/public\"]}}]\n",
+    )
+    .unwrap();
+    let r = eventually(&mesh, "public allowed", || {
+        status(
+            &mesh,
+            "curl",
+            &[
+                "-H",
+                "x-forwarded-client-cert: URI=spiffe://math.example.com/ns/x/sa/admin",
+                &url("/public"),
+            ],
+            200,
+        )
+    });
+    let headers = &r.json().unwrap()["request"]["headers"];
+    assert!(
+        headers.get("x-forwarded-client-cert").is_none(),
+        "{headers}"
+    );
+    // a principal-only policy never matches plaintext
+    status(&mesh, "curl", &[&url("/private")], 403).unwrap();
 }

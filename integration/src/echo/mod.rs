@@ -2,7 +2,10 @@
 //! demo can see what reached the pod (XFCC included).
 //!
 //! Two body formats users know: JSON shaped like `ealen/echo-server` (the default)
-//! and the plain text of Kubernetes' e2e `echoserver`; plus a TCP echo mode.
+//! and the plain text of Kubernetes' e2e `echoserver`; plus a TCP echo mode. A gRPC
+//! request (`content-type: application/grpc`) gets its message echoed back with
+//! trailers `grpc-status: 0` and `echo-xfcc` (the XFCC it arrived with), so trailer
+//! handling can be seen end to end.
 
 mod json;
 mod text;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -98,17 +102,27 @@ pub async fn serve_tcp_echo(listener: TcpListener) -> std::io::Result<()> {
     }
 }
 
+type EchoBody = UnsyncBoxBody<Bytes, Infallible>;
+
 async fn answer(
     req: Request<Incoming>,
     client: SocketAddr,
     format: Format,
     env: Arc<PodEnv>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<EchoBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Ok(plain(413, "request body too large or broken\n")),
     };
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return Ok(grpc_echo(&parts.headers, body));
+    }
     let host = parts
         .headers
         .get(header::HOST)
@@ -151,12 +165,30 @@ async fn answer(
         .status(200)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::SERVER, "echoserver")
-        .body(Full::new(Bytes::from(body)));
+        .body(Full::new(Bytes::from(body)).boxed_unsync());
     Ok(response.unwrap_or_else(|_| plain(500, "cannot build the response\n")))
 }
 
-fn plain(status: u16, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+/// The request message back, then trailers.
+fn grpc_echo(headers: &http::HeaderMap, message: Bytes) -> Response<EchoBody> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    if let Some(xfcc) = headers.get("x-forwarded-client-cert") {
+        trailers.insert("echo-xfcc", xfcc.clone());
+    }
+    let body = Full::new(message)
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+fn plain(status: u16, text: &'static str) -> Response<EchoBody> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response
