@@ -112,3 +112,55 @@ fn agent_section() {
         assert!(e.starts_with(want), "want {want:?}, got {e:?}");
     }
 }
+
+#[test]
+fn data_path_sections() {
+    let yaml = "inbound:\n  plaintext: PERMISSIVE\n  ports: {8080: http, 5432: tcp}\n  protocol_detection_timeout: 250ms\noutbound:\n  mesh_cidrs: [10.40.0.0/16, fd00::/64]\nlimits:\n  idle_timeout: 10m\n  max_streams_per_connection: 8\n";
+    let config = ProxyConfig::from_yaml(yaml, "p.yaml").unwrap();
+    assert_eq!(config.inbound.plaintext, PlaintextMode::Permissive);
+    assert_eq!(config.inbound.ports[&8080], AppProtocol::Http);
+    assert_eq!(config.inbound.ports[&5432], AppProtocol::Tcp);
+    assert_eq!(
+        config.inbound.protocol_detection_timeout,
+        std::time::Duration::from_millis(250)
+    );
+    assert!(
+        config.outbound.mesh_cidrs[0].contains(&"10.40.3.7".parse::<std::net::IpAddr>().unwrap())
+    );
+    assert_eq!(config.limits.idle_timeout.as_secs(), 600);
+    assert_eq!(config.limits.max_streams_per_connection, 8);
+    // untouched: defaults
+    assert_eq!(config.limits.connect_timeout.as_secs(), 5);
+    assert_eq!(
+        ProxyConfig::default().inbound.plaintext,
+        PlaintextMode::Strict
+    );
+
+    for (yaml, want) in [
+        (
+            "inbound:\n  plaintext: OPEN\n",
+            "p.yaml: inbound.plaintext: unknown variant `OPEN`",
+        ),
+        (
+            "inbound:\n  ports: {8080: grpc}\n",
+            "p.yaml: inbound.ports.8080: unknown variant `grpc`",
+        ),
+        (
+            "outbound:\n  mesh_cidrs: [10.0.0.0/33]\n",
+            "p.yaml: outbound.mesh_cidrs[0]",
+        ),
+        (
+            "limits:\n  idle_timeout: 0s\n",
+            "p.yaml: limits.idle_timeout: must be more than 0s",
+        ),
+        (
+            "limits:\n  max_connections: 0\n",
+            "p.yaml: limits.max_connections: must be at least 1",
+        ),
+    ] {
+        let e = ProxyConfig::from_yaml(yaml, "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+    }
+}

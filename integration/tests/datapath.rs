@@ -174,6 +174,32 @@ fn the_talk_across_nodes_and_on_one_node() {
     .unwrap();
     assert_eq!(r.json().unwrap()["http"]["originalUrl"], "/api/payment");
 
+    // an allowed request whose pod port is closed: 503, never a hang
+    let r = status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", &format!("http://{ip}:8081/api/payment")],
+        503,
+    )
+    .unwrap();
+    assert!(r.body.starts_with("upstream connect error"), "{}", r.body);
+    // a malformed request-target: 400 before any policy
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "--path-as-is", &url("/api/pay%00ment")],
+        400,
+    )
+    .unwrap();
+    // plaintext bytes straight at the HBONE port: the handshake fails, the
+    // connection closes (no hang, no answer)
+    let r = mesh
+        .cluster
+        .curl("curl", &[&format!("http://{ip}:15008/")])
+        .unwrap();
+    assert_eq!(r.status, None, "{r:?}");
+    assert_ne!(r.exit_code, Some(28), "must not hang: {r:?}");
+
     // a broken policy file is refused; the set in force stays
     mesh.apply_policy("99-broken", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: echoserver}\nspec:\n  action: MAYBE\n").unwrap();
     eventually(&mesh, "the broken file is reported", || {
