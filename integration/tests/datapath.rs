@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use meshward_integration::{
-    CurlResponse, Mesh, MeshSpec, PodSpec, available_or_skip, meshward_binary,
+    CurlResponse, Mesh, MeshSpec, PodSpec, Process, available_or_skip, meshward_binary,
 };
 
 const TD: &str = "math.example.com";
@@ -53,31 +53,33 @@ fn tcp_ping(mesh: &Mesh, pod: &str, addr: &str) -> String {
         .stdout
 }
 
-fn talk_mesh() -> Mesh {
+/// Two nodes; on node-2 the `echoserver` pod (namespace `echoserver`, label
+/// `app: echoserver`, with identity) serving the echoserver on 8080. `configure`
+/// adds the callers and settings.
+fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
     let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
     spec.pod(
-        "node-1",
-        PodSpec::new("curl-spire").service_account("curl-spire"),
-        true,
-    )
-    .pod(
-        "node-1",
-        PodSpec::new("curl").service_account("curl"),
-        false,
-    )
-    .pod(
         "node-2",
         PodSpec::new("echoserver")
             .namespace("echoserver")
             .label("app", "echoserver"),
         true,
-    )
-    .pod(
-        "node-2",
-        PodSpec::new("neighbour").service_account("neighbour"),
-        true,
     );
-    Mesh::start(&meshward_binary().unwrap(), spec).unwrap()
+    configure(&mut spec);
+    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
+    let echo = mesh
+        .cluster
+        .spawn_in_pod(
+            "echoserver",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:8080"],
+        )
+        .unwrap();
+    (mesh, echo)
+}
+
+fn curl_spire() -> PodSpec {
+    PodSpec::new("curl-spire").service_account("curl-spire")
 }
 
 #[test]
@@ -85,15 +87,26 @@ fn the_talk_across_nodes_and_on_one_node() {
     let Some(()) = available_or_skip("the_talk_across_nodes_and_on_one_node") else {
         return;
     };
-    let mesh = talk_mesh();
-    let echo = env!("CARGO_BIN_EXE_echoserver");
-    let _http = mesh
-        .cluster
-        .spawn_in_pod("echoserver", echo, &["--listen", "0.0.0.0:8080"])
-        .unwrap();
+    let (mesh, _http) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .pod(
+                "node-1",
+                PodSpec::new("curl").service_account("curl"),
+                false,
+            )
+            .pod(
+                "node-2",
+                PodSpec::new("neighbour").service_account("neighbour"),
+                true,
+            );
+    });
     let _tcp = mesh
         .cluster
-        .spawn_in_pod("echoserver", echo, &["--listen", "0.0.0.0:9000", "--tcp"])
+        .spawn_in_pod(
+            "echoserver",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:9000", "--tcp"],
+        )
         .unwrap();
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
@@ -353,30 +366,10 @@ fn svid_rotation_under_load_fails_no_request() {
     let Some(()) = available_or_skip("svid_rotation_under_load_fails_no_request") else {
         return;
     };
-    let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
-    spec.pod(
-        "node-1",
-        PodSpec::new("curl-spire").service_account("curl-spire"),
-        true,
-    )
-    .pod(
-        "node-2",
-        PodSpec::new("echoserver")
-            .namespace("echoserver")
-            .label("app", "echoserver"),
-        true,
-    )
-    // renewed at half life: about every 10 s
-    .svid_ttl(20);
-    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
-    let _echo = mesh
-        .cluster
-        .spawn_in_pod(
-            "echoserver",
-            env!("CARGO_BIN_EXE_echoserver"),
-            &["--listen", "0.0.0.0:8080"],
-        )
-        .unwrap();
+    let (mesh, _echo) = echo_mesh(|spec| {
+        // renewed at half life: about every 10 s
+        spec.pod("node-1", curl_spire(), true).svid_ttl(20);
+    });
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
         .unwrap();
     let url = format!("http://{}:8080/load", mesh.pod_ip("echoserver").unwrap());
@@ -411,29 +404,14 @@ fn permissive_plaintext_is_a_request_without_principal() {
     let Some(()) = available_or_skip("permissive_plaintext_is_a_request_without_principal") else {
         return;
     };
-    let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
-    spec.pod(
-        "node-1",
-        PodSpec::new("curl").service_account("curl"),
-        false,
-    )
-    .pod(
-        "node-2",
-        PodSpec::new("echoserver")
-            .namespace("echoserver")
-            .label("app", "echoserver"),
-        true,
-    )
-    .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n");
-    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
-    let _echo = mesh
-        .cluster
-        .spawn_in_pod(
-            "echoserver",
-            env!("CARGO_BIN_EXE_echoserver"),
-            &["--listen", "0.0.0.0:8080"],
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod(
+            "node-1",
+            PodSpec::new("curl").service_account("curl"),
+            false,
         )
-        .unwrap();
+        .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n");
+    });
     let url = |path: &str| format!("http://{}:8080{path}", mesh.pod_ip("echoserver").unwrap());
 
     // let through, but still judged: default deny

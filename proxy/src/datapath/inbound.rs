@@ -22,38 +22,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshward_config::{AppProtocol, PlaintextMode};
 use meshward_policy::Identity;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::authz::{InboundStream, Peer};
 use super::socket::reset;
 use super::state::LocalPod;
-use super::{Shared, accept_loop, serve};
+use super::{Shared, serve};
 use crate::capture::original_destination;
-
-pub(crate) async fn run_hbone(shared: Arc<Shared>, listener: TcpListener) {
-    accept_loop(
-        shared,
-        listener,
-        "inbound HBONE",
-        |shared, tcp, client| async move {
-            hbone(shared, tcp, client).await;
-        },
-    )
-    .await;
-}
-
-pub(crate) async fn run_plaintext(shared: Arc<Shared>, listener: TcpListener) {
-    accept_loop(
-        shared,
-        listener,
-        "inbound plaintext",
-        |shared, tcp, client| async move {
-            plaintext(shared, tcp, client).await;
-        },
-    )
-    .await;
-}
 
 /// The local pod a REDIRECTed connection was for.
 fn destination_pod(
@@ -78,7 +54,8 @@ fn destination_pod(
     }
 }
 
-async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+/// One connection to 15008.
+pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
     let Some((target, pod)) = destination_pod(&shared, &tcp, client) else {
         return reset(tcp);
     };
@@ -203,7 +180,8 @@ fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
     })
 }
 
-async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+/// One connection to 15006.
+pub(crate) async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
     let Some((target, pod)) = destination_pod(&shared, &tcp, client) else {
         return reset(tcp);
     };

@@ -134,10 +134,21 @@ impl DataPath {
 
     /// Serves until the process ends.
     pub async fn run(self) {
+        let shared = &self.shared;
         tokio::join!(
-            outbound::run(self.shared.clone(), self.outbound),
-            inbound::run_hbone(self.shared.clone(), self.hbone),
-            inbound::run_plaintext(self.shared, self.plaintext),
+            accept_loop(
+                shared.clone(),
+                self.outbound,
+                "outbound",
+                outbound::connection
+            ),
+            accept_loop(shared.clone(), self.hbone, "inbound HBONE", inbound::hbone),
+            accept_loop(
+                shared.clone(),
+                self.plaintext,
+                "inbound plaintext",
+                inbound::plaintext
+            ),
         );
     }
 }
@@ -154,7 +165,7 @@ fn std_listen(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::
 
 /// Accepts forever, at most `limits.max_connections` served at once (past that the
 /// kernel's backlog holds the rest: backpressure, not unbounded tasks).
-pub(crate) async fn accept_loop<F, Fut>(
+async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
     role: &'static str,

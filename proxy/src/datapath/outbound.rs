@@ -6,25 +6,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::socket::{connect_marked, reset};
-use super::{Shared, accept_loop, copy};
+use super::{Shared, copy};
 
-pub(crate) async fn run(shared: Arc<Shared>, listener: TcpListener) {
-    accept_loop(
-        shared,
-        listener,
-        "outbound",
-        |shared, tcp, client| async move {
-            // TPROXY: the accepted socket's local address is the original destination
-            match tcp.local_addr() {
-                Ok(target) => handle(&shared, tcp, client, target).await,
-                Err(e) => tracing::warn!(%client, "outbound: no original destination: {e}"),
-            }
-        },
-    )
-    .await;
+/// One connection a pod made (TPROXY: the accepted socket's local address is
+/// the original destination).
+pub(crate) async fn connection(shared: Arc<Shared>, tcp: TcpStream, client: SocketAddr) {
+    match tcp.local_addr() {
+        Ok(target) => handle(&shared, tcp, client, target).await,
+        Err(e) => tracing::warn!(%client, "outbound: no original destination: {e}"),
+    }
 }
 
 async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
