@@ -8,16 +8,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: the integration environment needs iproute2 (network
 # namespaces, veth), curl (real requests from pods), iptables and nftables (capture);
 # the issuer's datastore tests need a PostgreSQL server.
-packages=(iproute2 curl iptables nftables procps postgresql)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/packages.sh
+. scripts/packages.sh
+ensure_packages iproute2 curl iptables nftables procps postgresql
 
 # PostgreSQL for the issuer's datastore tests: start Debian's cluster (no systemd
 # here), make a test role, and tell the tests where it is.

@@ -23,6 +23,17 @@ use crate::process::{Process, exec, wait_for_port};
 /// How long the mesh may take to come up (attestation, first SVIDs).
 const STARTUP: Duration = Duration::from_secs(60);
 
+/// The slow parts of [`Mesh::start_reporting`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Namespaces, links and routes for the underlay, nodes and pods.
+    Network,
+    /// The issuer starts and becomes healthy.
+    Issuer,
+    /// Registration, then every node daemon attests and gets its pods' SVIDs.
+    Nodes,
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct MeshSpec {
@@ -34,6 +45,10 @@ pub struct MeshSpec {
     proxy_yaml: String,
     /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
     svid_ttl: u32,
+    /// `authorization.default` of every node.
+    default_mode: String,
+    /// Namespace prefix and address block; `None`: a unique test prefix.
+    prefix: Option<(String, u8)>,
 }
 
 impl MeshSpec {
@@ -44,7 +59,21 @@ impl MeshSpec {
             pods: Vec::new(),
             proxy_yaml: String::new(),
             svid_ttl: 0,
+            default_mode: "deny".into(),
+            prefix: None,
         }
+    }
+
+    /// `authorization.default`: `deny` (meshward's) or `allow-if-no-policy` (Istio's).
+    pub fn default_mode(&mut self, mode: &str) -> &mut Self {
+        mode.clone_into(&mut self.default_mode);
+        self
+    }
+
+    /// Namespaces named `<prefix>-...`, addresses in `10.<block>.0.0/16`.
+    pub fn prefix(&mut self, prefix: &str, block: u8) -> &mut Self {
+        self.prefix = Some((prefix.to_owned(), block));
+        self
     }
 
     /// Short-lived pod SVIDs, to see rotation within a test.
@@ -82,7 +111,20 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn start(bin: &Path, spec: MeshSpec) -> Result<Self> {
-        let mut cluster = Cluster::new()?;
+        Self::start_reporting(bin, spec, &mut |_| {})
+    }
+
+    /// [`Mesh::start`], telling `progress` as each slow phase begins.
+    pub fn start_reporting(
+        bin: &Path,
+        spec: MeshSpec,
+        progress: &mut dyn FnMut(Phase),
+    ) -> Result<Self> {
+        progress(Phase::Network);
+        let mut cluster = match &spec.prefix {
+            Some((prefix, block)) => Cluster::with_prefix(prefix, *block)?,
+            None => Cluster::new()?,
+        };
         let dir = cluster.log_dir().to_owned();
         let issuer_ip = cluster.add_host("issuer")?.ip();
         for node in &spec.nodes {
@@ -104,6 +146,7 @@ impl Mesh {
                 admin_socket.display()
             ),
         )?;
+        progress(Phase::Issuer);
         let issuer = Process::spawn(
             cluster.host("issuer")?.netns(),
             "issuer",
@@ -138,6 +181,7 @@ impl Mesh {
             .nodes()
             .map(|n| format!("  - {}\n", n.pod_cidr()))
             .collect();
+        progress(Phase::Nodes);
         for node in &spec.nodes {
             let node_id = format!("spiffe://{td}/node/{node}");
             let token = mesh.issuer_cli(&["token", "generate", "-spiffeID", &node_id])?;
@@ -172,12 +216,13 @@ impl Mesh {
                      agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
                      capture:\n  pod_interface_prefix: veth\n\
                      outbound:\n  mesh_cidrs:\n{}\
-                     authorization:\n  policy_paths: [{}]\n{}",
+                     authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
                     dir.join("bundle.pem").display(),
                     dir.join(format!("{node}-agent")).display(),
                     workloads.display(),
                     mesh.workload_api_socket(node).display(),
                     mesh_cidrs.concat(),
+                    spec.default_mode,
                     mesh.policy_dir.display(),
                     spec.proxy_yaml,
                 ),

@@ -1,6 +1,7 @@
 //! `meshward`: the one binary. Subcommands appear as they work.
 
 mod api_cli;
+mod demo_cli;
 mod issuer_cli;
 mod policy_cli;
 mod proxy_cli;
@@ -34,6 +35,10 @@ enum Command {
     /// The node daemon: identities, Workload API, capture, mTLS data path, policy.
     #[command(subcommand)]
     Proxy(proxy_cli::ProxyCommand),
+    /// The quick start: a two-node mesh on this machine replaying the zero-trust talk.
+    Demo(demo_cli::DemoArgs),
+    /// The echoserver the demo runs in its pod (JSON like ealen/echo-server).
+    Echoserver(meshward_integration::echo::cli::EchoArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
         Command::Issuer(cmd) => issuer_cli::run(cmd),
         Command::Proxy(cmd) => proxy_cli::run(cmd),
         Command::Api(cmd) => api_cli::run(cmd),
+        Command::Demo(args) => demo_cli::run(args),
+        Command::Echoserver(args) => return meshward_integration::echo::cli::run(args),
     };
     match result {
         Ok(code) => code,

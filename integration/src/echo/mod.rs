@@ -7,6 +7,7 @@
 //! trailers `grpc-status: 0` and `echo-xfcc` (the XFCC it arrived with), so trailer
 //! handling can be seen end to end.
 
+pub mod cli;
 mod json;
 mod text;
 
