@@ -13,6 +13,7 @@ mod datapath;
 mod duration;
 mod error;
 mod issuer;
+mod observe;
 mod workloads;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use issuer::{
     BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster, K8sPsatConfig,
     UpstreamCaFiles,
 };
+pub use observe::{LogConfig, LogFormat};
 pub use workloads::{PodInfo, WorkloadsFile};
 
 /// `proxy.yaml`: the node daemon's configuration.
@@ -44,6 +46,12 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     /// `/healthz/ready`: ready once the node attested and the first sync is done.
     pub readiness_listen: std::net::SocketAddr,
+    /// Admin endpoints (`/config_dump`, `/certs`, `/explain`, `/logging`...):
+    /// loopback only by default, as they show identities and change log levels.
+    pub admin_listen: std::net::SocketAddr,
+    /// `/stats/prometheus`.
+    pub metrics_listen: std::net::SocketAddr,
+    pub log: LogConfig,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +65,9 @@ impl Default for ProxyConfig {
             outbound: OutboundConfig::default(),
             limits: LimitsConfig::default(),
             readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
+            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 15000)),
+            metrics_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
+            log: LogConfig::default(),
         }
     }
 }

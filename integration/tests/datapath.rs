@@ -3,42 +3,12 @@
 //! echoserver showing what arrived. Policies are files the daemons hot-reload.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use meshward_integration::{
-    CurlResponse, Mesh, MeshSpec, PodSpec, Process, available_or_skip, meshward_binary,
-};
+mod support;
 
-const TD: &str = "math.example.com";
-const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/examples/policies");
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(format!("{POLICIES}/{name}.yaml")).unwrap()
-}
-
-/// Retries until `check` passes (policy reloads take a second or two), at most 20 s.
-fn eventually<T>(mesh: &Mesh, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => panic!("{what}: {e}\n{}", mesh.logs()),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
-fn status(mesh: &Mesh, pod: &str, args: &[&str], want: u16) -> Result<CurlResponse, String> {
-    let r = mesh.cluster.curl(pod, args).map_err(|e| e.to_string())?;
-    if r.status == Some(want) {
-        Ok(r)
-    } else {
-        Err(format!(
-            "want {want}, got {:?} (curl exit {:?}): {}{}",
-            r.status, r.exit_code, r.body, r.stderr
-        ))
-    }
-}
+use meshward_integration::{Mesh, PodSpec, available_or_skip};
+use support::{TD, curl_spire, echo_mesh, eventually, example, status};
 
 /// A TCP exchange from a pod: send `ping`, return what came back (empty: closed
 /// without a byte).
@@ -51,35 +21,6 @@ fn tcp_ping(mesh: &Mesh, pod: &str, addr: &str) -> String {
         .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(20))
         .unwrap()
         .stdout
-}
-
-/// Two nodes; on node-2 the `echoserver` pod (namespace `echoserver`, label
-/// `app: echoserver`, with identity) serving the echoserver on 8080. `configure`
-/// adds the callers and settings.
-fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
-    let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
-    spec.pod(
-        "node-2",
-        PodSpec::new("echoserver")
-            .namespace("echoserver")
-            .label("app", "echoserver"),
-        true,
-    );
-    configure(&mut spec);
-    let mesh = Mesh::start(&meshward_binary().unwrap(), spec).unwrap();
-    let echo = mesh
-        .cluster
-        .spawn_in_pod(
-            "echoserver",
-            env!("CARGO_BIN_EXE_echoserver"),
-            &["--listen", "0.0.0.0:8080"],
-        )
-        .unwrap();
-    (mesh, echo)
-}
-
-fn curl_spire() -> PodSpec {
-    PodSpec::new("curl-spire").service_account("curl-spire")
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::model::{Action, Policy, PolicyId};
+use crate::model::{Action, Origin, Policy, PolicyId};
 use crate::options::{DefaultMode, EngineOptions};
 use crate::request::{Request, Workload};
 
@@ -28,6 +28,18 @@ struct Inner {
     options: EngineOptions,
     namespaces: HashMap<String, NamespaceIndex>,
     len: usize,
+    summaries: Vec<PolicySummary>,
+}
+
+/// One loaded policy, as admin endpoints list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    pub id: PolicyId,
+    pub action: Action,
+    pub dry_run: bool,
+    /// `false` for targetRef policies: they never apply to a workload here.
+    pub applies: bool,
+    pub origin: Origin,
 }
 
 /// The policies of one namespace: those without selector, and selected ones filed
@@ -106,6 +118,16 @@ impl PolicySet {
     pub(crate) fn new(mut policies: Vec<Policy>, options: EngineOptions) -> Self {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         let len = policies.len();
+        let summaries = policies
+            .iter()
+            .map(|p| PolicySummary {
+                id: p.id.clone(),
+                action: p.action,
+                dry_run: p.dry_run,
+                applies: !p.targets_gateway,
+                origin: p.origin.clone(),
+            })
+            .collect();
         let mut namespaces: HashMap<String, NamespaceIndex> = HashMap::new();
         for policy in policies.into_iter().filter(|p| !p.targets_gateway) {
             let index = namespaces.entry(policy.id.namespace.clone()).or_default();
@@ -125,6 +147,7 @@ impl PolicySet {
                 options,
                 namespaces,
                 len,
+                summaries,
             }),
         }
     }
@@ -145,6 +168,11 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.inner.len == 0
+    }
+
+    /// Every policy of the set, sorted by namespace and name.
+    pub fn summaries(&self) -> &[PolicySummary] {
+        &self.inner.summaries
     }
 
     fn candidates(&self, workload: &Workload) -> Candidates<'_> {

@@ -23,7 +23,9 @@ mod spec;
 mod template;
 mod value;
 
-pub use engine::{DecidingPolicy, Decision, PolicySet, Reason, ShadowMatch, Verdict};
+pub use engine::{
+    DecidingPolicy, Decision, PolicySet, PolicySummary, Reason, ShadowMatch, Verdict,
+};
 pub use error::{Notice, PolicyError};
 pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
 pub use identity::{Identity, InvalidIdentity};

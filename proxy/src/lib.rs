@@ -1,10 +1,13 @@
 //! meshward's node daemon: the agent (identities), the SPIFFE Workload API and the
 //! node proxy (the data path). The binary's CLI lives in `main.rs`.
 
+pub mod admin;
 pub mod agent;
 pub mod capture;
 pub mod datapath;
 pub mod deny;
+pub mod logging;
+pub mod metrics;
 pub mod workload_api;
 pub mod xfcc;
 

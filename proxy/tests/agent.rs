@@ -288,7 +288,9 @@ fn proxy_run_is_ready_after_attestation_and_first_sync() {
             dir.path().join("workloads.yaml").display(),
             // this host is not a node: no capture rules, listeners on free ports
             format_args!(
-                "capture:\n  install: false\n  outbound_port: {}\n  inbound_plaintext_port: {}\n  inbound_hbone_port: {}\n",
+                "capture:\n  install: false\n  outbound_port: {}\n  inbound_plaintext_port: {}\n  inbound_hbone_port: {}\nadmin_listen: 127.0.0.1:{}\nmetrics_listen: 127.0.0.1:{}\n",
+                free_port(),
+                free_port(),
                 free_port(),
                 free_port(),
                 free_port()

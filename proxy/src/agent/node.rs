@@ -160,13 +160,15 @@ pub(crate) async fn attest(
     let response = if let Some(psat) = &config.k8s_psat {
         let token = std::fs::read_to_string(&psat.token_path)
             .map_err(|e| AgentError::Attestation(format!("{}: {e}", psat.token_path.display())))?;
-        client
-            .attest_k8s_psat(proto::AttestK8sPsatRequest {
+        crate::metrics::observe_issuer(
+            "AttestK8sPsat",
+            client.attest_k8s_psat(proto::AttestK8sPsatRequest {
                 cluster: psat.cluster.clone(),
                 token: token.trim().to_owned(),
                 csr: key.csr.clone(),
-            })
-            .await
+            }),
+        )
+        .await
     } else {
         let token = match (&config.join_token, &config.join_token_file) {
             (Some(token), _) => token.clone(),
@@ -180,12 +182,14 @@ pub(crate) async fn attest(
                 ));
             }
         };
-        client
-            .attest_join_token(proto::AttestJoinTokenRequest {
+        crate::metrics::observe_issuer(
+            "AttestJoinToken",
+            client.attest_join_token(proto::AttestJoinTokenRequest {
                 token,
                 csr: key.csr.clone(),
-            })
-            .await
+            }),
+        )
+        .await
     };
     let response = response.map_err(|status| match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => AgentError::Attestation(format!(
@@ -220,13 +224,15 @@ pub(crate) async fn renew(
     client: &mut AgentApiClient<Channel>,
 ) -> Result<NodeIdentity, AgentError> {
     let key = NewKey::generate()?;
-    let response = client
-        .renew_agent(proto::RenewAgentRequest {
+    let response = crate::metrics::observe_issuer(
+        "RenewAgent",
+        client.renew_agent(proto::RenewAgentRequest {
             csr: key.csr.clone(),
-        })
-        .await
-        .map_err(super::status_error)?
-        .into_inner();
+        }),
+    )
+    .await
+    .map_err(super::status_error)?
+    .into_inner();
     let svid = response
         .svid
         .ok_or_else(|| AgentError::Attestation("the issuer answered without an SVID".into()))?;

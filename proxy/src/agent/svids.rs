@@ -114,27 +114,33 @@ pub(crate) struct Authorizations {
 pub(crate) async fn fetch_authorizations(
     client: &mut AgentApiClient<Channel>,
 ) -> Result<Authorizations, AgentError> {
-    let entries = client
-        .list_authorized_entries(proto::ListAuthorizedEntriesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .entries;
-    let templates = client
-        .list_identity_templates(proto::ListIdentityTemplatesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .templates
-        .into_iter()
-        // a template the issuer would refuse to render is no grant
-        .filter_map(|t| IdentityTemplate::try_from(t).ok())
-        .collect();
-    let bundles = client
-        .get_bundles(proto::GetBundlesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let entries = crate::metrics::observe_issuer(
+        "ListAuthorizedEntries",
+        client.list_authorized_entries(proto::ListAuthorizedEntriesRequest {}),
+    )
+    .await
+    .map_err(status_error)?
+    .into_inner()
+    .entries;
+    let templates = crate::metrics::observe_issuer(
+        "ListIdentityTemplates",
+        client.list_identity_templates(proto::ListIdentityTemplatesRequest {}),
+    )
+    .await
+    .map_err(status_error)?
+    .into_inner()
+    .templates
+    .into_iter()
+    // a template the issuer would refuse to render is no grant
+    .filter_map(|t| IdentityTemplate::try_from(t).ok())
+    .collect();
+    let bundles = crate::metrics::observe_issuer(
+        "GetBundles",
+        client.get_bundles(proto::GetBundlesRequest {}),
+    )
+    .await
+    .map_err(status_error)?
+    .into_inner();
     Ok(Authorizations {
         entries,
         templates,
@@ -208,12 +214,14 @@ impl SvidCache {
                 });
                 keys.push(key.pkcs8);
             }
-            let results = client
-                .batch_new_x509_svid(proto::BatchNewX509SvidRequest { params })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .results;
+            let results = crate::metrics::observe_issuer(
+                "BatchNewX509Svid",
+                client.batch_new_x509_svid(proto::BatchNewX509SvidRequest { params }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .results;
             for (((uid, grant, pod), key), result) in chunk.iter().zip(keys).zip(results) {
                 let Some(svid) = result.svid else {
                     let whom = pod.map_or_else(

@@ -1,12 +1,16 @@
 //! Authorization of inbound streams and requests: the attributes policies see, the
-//! decision, and the line every refusal leaves in the log (target `access`).
+//! decision (counted by policy and action), and the access log: one line on target
+//! `access` per connection or request, with both identities, the decision, the
+//! deciding policy and why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meshward_policy::{HttpRequest, Identity, PolicySet, Request};
 
 use super::state::LocalPod;
+use crate::metrics::{self, ConnectionLabels, Reporter};
 
 /// The verified client of an mTLS tunnel.
 #[derive(Debug)]
@@ -29,6 +33,16 @@ pub(crate) struct InboundStream {
     pub(crate) pod: Arc<LocalPod>,
 }
 
+/// A decision, as logs and metrics tell it.
+#[derive(Debug, Clone)]
+pub(crate) struct Verdict {
+    pub(crate) allowed: bool,
+    /// `namespace/name` of the deciding policy, or `-`.
+    pub(crate) policy: String,
+    /// The decision in words (which policy and rule, or which default).
+    pub(crate) reason: String,
+}
+
 impl InboundStream {
     /// The request policies judge, at L4 (`http: None`) or for one HTTP request.
     pub(crate) fn request(&self, http: Option<HttpRequest>) -> Request {
@@ -44,37 +58,98 @@ impl InboundStream {
         }
     }
 
-    /// The client's principal for logs: `-` for plaintext.
-    pub(crate) fn principal(&self) -> &str {
-        self.peer.as_ref().map_or("-", |p| p.identity.principal())
+    /// The client's SPIFFE ID, `unknown` for plaintext.
+    pub(crate) fn source_principal(&self) -> &str {
+        self.peer
+            .as_ref()
+            .map_or("unknown", |p| p.spiffe_id.as_str())
     }
 
-    /// Decides and logs; `true` when allowed.
-    pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> bool {
-        let decision = policies.evaluate(&self.pod.workload, request);
-        let (method, path) = request
-            .http
+    /// The pod's SPIFFE ID (the certificate the client was shown), `unknown` without.
+    pub(crate) fn destination_principal(&self) -> &str {
+        self.pod
+            .tls
             .as_ref()
-            .map_or(("-", "-"), |h| (h.method(), h.target().path()));
-        let policy = decision
-            .policy
-            .map_or_else(|| "-".to_owned(), |p| p.id.to_string());
-        if decision.is_allowed() {
-            tracing::debug!(
-                target: "access",
-                src_addr = %self.source, src_principal = self.principal(),
-                dst_addr = %self.destination, dst_pod = %self.pod.info.name,
-                method, path, %policy, "allowed: {decision}"
-            );
-        } else {
-            tracing::info!(
-                target: "access",
-                src_addr = %self.source, src_principal = self.principal(),
-                dst_addr = %self.destination, dst_pod = %self.pod.info.name,
-                dst_namespace = %self.pod.info.namespace,
-                method, path, %policy, "refused: {decision}"
-            );
+            .map_or("unknown", |t| t.spiffe_id.as_str())
+    }
+
+    pub(crate) fn connection_labels(&self) -> ConnectionLabels {
+        ConnectionLabels {
+            reporter: Reporter::Destination,
+            source_principal: self.source_principal().to_owned(),
+            destination_principal: self.destination_principal().to_owned(),
+            mutual_tls: self.peer.is_some(),
         }
-        decision.is_allowed()
+    }
+
+    /// Decides and counts the decision.
+    pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> Verdict {
+        let decision = policies.evaluate(&self.pod.workload, request);
+        let (policy, action) = decision.policy.map_or(("-".to_owned(), "-"), |p| {
+            (p.id.to_string(), p.action.as_str())
+        });
+        let layer = if request.http.is_some() { "l7" } else { "l4" };
+        metrics::decision(layer, decision.is_allowed(), &policy, action);
+        Verdict {
+            allowed: decision.is_allowed(),
+            policy,
+            reason: decision.to_string(),
+        }
+    }
+
+    /// The access log line of one HTTP request.
+    pub(crate) fn log_request(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        verdict: &Verdict,
+        duration: Duration,
+    ) {
+        tracing::info!(
+            target: "access",
+            src_addr = %self.source,
+            src_principal = self.source_principal(),
+            dst_addr = %self.destination,
+            dst_workload = %self.pod.info.name,
+            dst_namespace = %self.pod.info.namespace,
+            dst_principal = self.destination_principal(),
+            method,
+            path,
+            status,
+            decision = if verdict.allowed { "allow" } else { "deny" },
+            policy = %verdict.policy,
+            duration_ms = duration.as_secs_f64() * 1e3,
+            "{}",
+            verdict.reason
+        );
+    }
+
+    /// The access log line of one TCP connection, when it ends.
+    pub(crate) fn log_connection(
+        &self,
+        verdict: &Verdict,
+        sent: u64,
+        received: u64,
+        duration: Duration,
+        error: Option<&str>,
+    ) {
+        tracing::info!(
+            target: "access",
+            src_addr = %self.source,
+            src_principal = self.source_principal(),
+            dst_addr = %self.destination,
+            dst_workload = %self.pod.info.name,
+            dst_namespace = %self.pod.info.namespace,
+            dst_principal = self.destination_principal(),
+            decision = if verdict.allowed { "allow" } else { "deny" },
+            policy = %verdict.policy,
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms = duration.as_secs_f64() * 1e3,
+            error = error.unwrap_or("-"),
+            "connection complete: {}",
+            verdict.reason
+        );
     }
 }

@@ -24,37 +24,39 @@ pub(crate) struct Transferred {
 }
 
 /// Copies `a` <-> `b`. Ends when both directions reached EOF, either failed, or
-/// nothing moved for `idle`.
+/// nothing moved for `idle`; the bytes moved are known either way.
 pub(crate) async fn bidirectional<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
-) -> io::Result<Transferred>
+) -> (Transferred, io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let progress = Arc::new(AtomicU64::new(0));
+    let (from_a, from_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut a = Counting {
         inner: a,
-        progress: progress.clone(),
+        progress: from_a.clone(),
     };
     let mut b = Counting {
         inner: b,
-        progress: progress.clone(),
+        progress: from_b.clone(),
+    };
+    let moved = || Transferred {
+        sent: from_a.load(Ordering::Relaxed),
+        received: from_b.load(Ordering::Relaxed),
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
     tokio::pin!(copy);
-    let mut seen = 0;
-    loop {
+    let mut seen = Transferred::default();
+    let result = loop {
         tokio::select! {
-            result = &mut copy => {
-                return result.map(|(sent, received)| Transferred { sent, received });
-            }
+            result = &mut copy => break result.map(|_| ()),
             () = tokio::time::sleep(idle) => {
-                let now = progress.load(Ordering::Relaxed);
+                let now = moved();
                 if now == seen {
-                    return Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("idle for {idle:?}"),
                     ));
@@ -62,10 +64,11 @@ where
                 seen = now;
             }
         }
-    }
+    };
+    (moved(), result)
 }
 
-/// Counts bytes read, for the idle check.
+/// Counts bytes read from one side.
 struct Counting<'a, T: ?Sized> {
     inner: &'a mut T,
     progress: Arc<AtomicU64>,
@@ -143,9 +146,9 @@ mod tests {
     async fn an_idle_connection_is_closed() {
         let (_client, mut proxy_a) = duplex(64);
         let (mut proxy_b, _server) = duplex(64);
-        let err = bidirectional(&mut proxy_a, &mut proxy_b, Duration::from_secs(30))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let (moved, result) =
+            bidirectional(&mut proxy_a, &mut proxy_b, Duration::from_secs(30)).await;
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(moved, Transferred::default());
     }
 }

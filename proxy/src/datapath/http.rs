@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,10 +20,10 @@ use meshward_policy::HttpRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
-use super::authz::InboundStream;
+use super::authz::{InboundStream, Verdict};
 use super::body::{self, ProxyBody};
 use super::upstream::Version;
-use crate::{deny, xfcc};
+use crate::{deny, metrics, xfcc};
 
 /// Serves HTTP on `io` until the client is done with it.
 pub(crate) async fn serve<S>(
@@ -65,12 +65,46 @@ pub(crate) async fn serve<S>(
     }
 }
 
+/// Serves one request and leaves its access log line and metrics.
 async fn handle(
+    shared: &Shared,
+    stream: &InboundStream,
+    request: Request<Incoming>,
+    version: Version,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let grpc = deny::is_grpc(request.headers());
+    let mut path = request.uri().path().to_owned();
+    let (response, verdict) = respond(shared, stream, request, version, grpc, &mut path).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::request(
+        stream.source_principal(),
+        stream.destination_principal(),
+        status,
+        grpc,
+        elapsed,
+    );
+    stream.log_request(method.as_str(), &path, status, &verdict, elapsed);
+    response
+}
+
+/// Parse and normalize, authorize, then refuse or forward. `path` becomes the
+/// normalized path once known.
+async fn respond(
     shared: &Shared,
     stream: &InboundStream,
     mut request: Request<Incoming>,
     version: Version,
-) -> Response<ProxyBody> {
+    grpc: bool,
+    path: &mut String,
+) -> (Response<ProxyBody>, Verdict) {
+    let refused = |reason: String| Verdict {
+        allowed: false,
+        policy: "-".into(),
+        reason,
+    };
     let host = request
         .uri()
         .authority()
@@ -97,14 +131,16 @@ async fn handle(
     ) {
         Ok(http) => http,
         Err(e) => {
-            tracing::info!(target: "access", src_principal = stream.principal(), dst_addr = %stream.destination, "bad request: {e}");
-            return plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+            let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+            return (response, refused(format!("bad request: {e}")));
         }
     };
+    http.target().path().clone_into(path);
     let normalized = http.target().to_request_target();
     let policies = shared.policies.borrow().clone();
-    if !stream.authorize(&policies, &stream.request(Some(http))) {
-        return deny::response(request.headers()).map(body::full);
+    let mut verdict = stream.authorize(&policies, &stream.request(Some(http)));
+    if !verdict.allowed {
+        return (deny::response(request.headers()).map(body::full), verdict);
     }
 
     let by = stream.pod.tls.as_ref().map(|t| t.spiffe_id.as_str());
@@ -121,9 +157,11 @@ async fn handle(
     };
     match uri {
         Ok(uri) => *request.uri_mut() = uri,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n")),
+        Err(e) => {
+            let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+            return (response, refused(format!("bad request: {e}")));
+        }
     }
-    let grpc = deny::is_grpc(request.headers());
     let request = request.map(body::stream);
     match shared
         .upstream
@@ -133,11 +171,11 @@ async fn handle(
         Ok(response) => {
             let mut response = response.map(body::stream);
             strip_hop_by_hop(response.headers_mut());
-            response
+            (response, verdict)
         }
         Err(e) => {
-            tracing::warn!(target: "access", dst_addr = %stream.destination, dst_pod = %stream.pod.info.name, "upstream failed: {e}");
-            unavailable(grpc)
+            verdict.reason = format!("{}; upstream failed: {e}", verdict.reason);
+            (unavailable(grpc), verdict)
         }
     }
 }

@@ -26,10 +26,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::authz::{InboundStream, Peer};
+use super::diagnose;
 use super::socket::reset;
 use super::state::LocalPod;
 use super::{Shared, serve};
 use crate::capture::original_destination;
+use crate::metrics;
 
 /// The local pod a REDIRECTed connection was for.
 fn destination_pod(
@@ -65,18 +67,27 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
     };
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(tls.server.clone());
-    let stream =
-        match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::info!(%client, pod = %pod.info.name, "mTLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%client, pod = %pod.info.name, "mTLS handshake timed out");
-                return;
-            }
-        };
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ))
+        });
+    let stream = match handshake {
+        Ok(stream) => stream,
+        Err(e) => {
+            let (reason, hint) = diagnose::handshake(&e);
+            metrics::handshake_failure("inbound", reason);
+            tracing::info!(
+                target: "access",
+                src_addr = %client, dst_workload = %pod.info.name, dst_namespace = %pod.info.namespace,
+                reason, "mTLS handshake failed: {e}: {hint}"
+            );
+            return;
+        }
+    };
     let Some(peer) = verified_peer(&stream) else {
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;
@@ -153,7 +164,9 @@ fn connect(
     };
     if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
         let policies = shared.policies.borrow().clone();
-        if !stream.authorize(&policies, &stream.request(None)) {
+        let verdict = stream.authorize(&policies, &stream.request(None));
+        if !verdict.allowed {
+            stream.log_connection(&verdict, 0, 0, std::time::Duration::ZERO, None);
             return status(StatusCode::UNAUTHORIZED);
         }
     }
@@ -186,6 +199,7 @@ pub(crate) async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: Socke
         return reset(tcp);
     };
     if shared.inbound.plaintext == PlaintextMode::Strict {
+        metrics::plaintext_refused();
         tracing::info!(
             target: "access",
             src_addr = %client, dst_addr = %target, dst_pod = %pod.info.name,

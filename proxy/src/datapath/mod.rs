@@ -17,6 +17,7 @@ mod authz;
 mod body;
 mod copy;
 mod detect;
+mod diagnose;
 mod http;
 mod inbound;
 mod outbound;
@@ -130,6 +131,11 @@ impl DataPath {
             hbone,
             plaintext,
         })
+    }
+
+    /// The policy set in force, following reloads (for the admin endpoints).
+    pub fn policies(&self) -> watch::Receiver<Arc<meshward_policy::PolicySet>> {
+        self.shared.policies.clone()
     }
 
     /// Serves until the process ends.

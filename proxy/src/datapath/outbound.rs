@@ -5,11 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 
 use super::socket::{connect_marked, reset};
 use super::{Shared, copy};
+use crate::metrics::{ConnectionLabels, Reporter};
 
 /// One connection a pod made (TPROXY: the accepted socket's local address is
 /// the original destination).
@@ -33,29 +35,40 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
     let Some(tls) = tls.filter(|_| meshed) else {
         return passthrough(shared, tcp, client, target).await;
     };
+    let started = Instant::now();
     let peer = SocketAddr::new(target.ip(), shared.hbone_port);
     let mut tunnel = match shared.hbone.open(&tls, client, target, peer).await {
         Ok(tunnel) => tunnel,
         Err(e) => {
             tracing::info!(
                 target: "access",
-                src_addr = %client, src_identity = %tls.spiffe_id, dst_addr = %target,
-                "outbound refused: {e}"
+                src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %target,
+                "outbound refused: {e}{}", e.hint()
             );
             return reset(tcp);
         }
     };
-    match copy::bidirectional(&mut tcp, &mut tunnel.io, shared.limits.idle_timeout).await {
-        Ok(moved) => tracing::debug!(
-            target: "access",
-            src_addr = %client, src_identity = %tls.spiffe_id, dst_addr = %target,
-            sent = moved.sent, received = moved.received, "outbound complete"
-        ),
-        // the peer reset the stream (a TCP policy refused it): reset the client too
-        Err(e) => {
-            tracing::debug!(%client, %target, "outbound ended: {e}");
-            reset(tcp);
-        }
+    let labels = ConnectionLabels {
+        reporter: Reporter::Source,
+        source_principal: tls.spiffe_id.clone(),
+        destination_principal: tunnel.peer_id.to_string(),
+        mutual_tls: true,
+    };
+    labels.opened();
+    let (moved, result) =
+        copy::bidirectional(&mut tcp, &mut tunnel.io, shared.limits.idle_timeout).await;
+    labels.closed(moved.sent, moved.received);
+    tracing::debug!(
+        target: "access",
+        src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %target,
+        dst_principal = %tunnel.peer_id, bytes_sent = moved.sent, bytes_received = moved.received,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        error = result.as_ref().err().map_or_else(|| "-".to_owned(), ToString::to_string),
+        "outbound complete"
+    );
+    // the peer reset the stream (a TCP policy refused it): reset the client too
+    if result.is_err() {
+        reset(tcp);
     }
 }
 
@@ -68,7 +81,17 @@ async fn passthrough(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, ta
                 return reset(tcp);
             }
         };
-    if let Err(e) = copy::bidirectional(&mut tcp, &mut upstream, shared.limits.idle_timeout).await {
+    let labels = ConnectionLabels {
+        reporter: Reporter::Source,
+        source_principal: "unknown".into(),
+        destination_principal: "unknown".into(),
+        mutual_tls: false,
+    };
+    labels.opened();
+    let (moved, result) =
+        copy::bidirectional(&mut tcp, &mut upstream, shared.limits.idle_timeout).await;
+    labels.closed(moved.sent, moved.received);
+    if let Err(e) = result {
         tracing::debug!(%client, %target, "passthrough ended: {e}");
         reset(tcp);
     }

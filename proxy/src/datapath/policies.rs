@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 use meshward_policy::{EngineOptions, PolicySet, load_paths};
 use tokio::sync::watch;
 
+use crate::metrics;
+
 const POLL: Duration = Duration::from_secs(1);
 
 /// The current policy set; read per decision, swapped whole on reload.
@@ -69,6 +71,7 @@ fn load(paths: &[PathBuf], options: &EngineOptions) -> Result<PolicySet, ()> {
     match report.into_policy_set(options) {
         Ok(set) => {
             tracing::info!(policies = count, "policies loaded");
+            metrics::policy_reload(true, count);
             Ok(set)
         }
         Err(errors) => {
@@ -79,6 +82,7 @@ fn load(paths: &[PathBuf], options: &EngineOptions) -> Result<PolicySet, ()> {
                 errors = errors.len(),
                 "policy change refused; the last good set stays in force"
             );
+            metrics::policy_reload(false, 0);
             Err(())
         }
     }

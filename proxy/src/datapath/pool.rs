@@ -21,8 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::diagnose;
 use super::socket::connect_marked;
 use super::state::PodTls;
+use crate::metrics;
 
 /// An HBONE connection without streams for this long is closed.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(300);
@@ -56,6 +58,20 @@ pub(crate) enum HboneError {
     },
 }
 
+impl HboneError {
+    /// What to check, for the log line (empty when the error says it all).
+    pub(crate) fn hint(&self) -> String {
+        match self {
+            Self::Connect { source, .. } => format!(" ({})", diagnose::connect(source)),
+            Self::Handshake { source, .. } => format!(" ({})", diagnose::handshake(source).1),
+            Self::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+                " (the destination's policy refused this connection)".into()
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     source_id: String,
@@ -65,6 +81,8 @@ struct Key {
 
 struct Connection {
     sender: http2::SendRequest<Empty<Bytes>>,
+    /// The SPIFFE ID the peer node presented (the destination pod's).
+    peer_id: Arc<str>,
     streams: AtomicU32,
     idle_since: Mutex<Option<Instant>>,
 }
@@ -72,13 +90,23 @@ struct Connection {
 /// Keeps a stream counted on its connection while the tunnel lives.
 pub(crate) struct Tunnel {
     pub(crate) io: TokioIo<Upgraded>,
+    /// The destination's SPIFFE ID, as its certificate showed it.
+    pub(crate) peer_id: Arc<str>,
     _stream: StreamGuard,
 }
 
 struct StreamGuard(Arc<Connection>);
 
+impl StreamGuard {
+    fn new(connection: Arc<Connection>) -> Self {
+        metrics::hbone_stream(1.0);
+        Self(connection)
+    }
+}
+
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        metrics::hbone_stream(-1.0);
         if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
             if let Ok(mut idle) = self.0.idle_since.lock() {
                 *idle = Some(Instant::now());
@@ -149,7 +177,7 @@ impl HbonePool {
                 }
             }
         };
-        let guard = StreamGuard(connection.clone());
+        let guard = StreamGuard::new(connection.clone());
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
@@ -176,6 +204,7 @@ impl HbonePool {
         let upgraded = hyper::upgrade::on(response).await.map_err(http2)?;
         Ok(Tunnel {
             io: TokioIo::new(upgraded),
+            peer_id: connection.peer_id.clone(),
             _stream: guard,
         })
     }
@@ -208,13 +237,29 @@ impl HbonePool {
         let connector = TlsConnector::from(tls.client.clone());
         // the name is not sent (SNI off) and not checked: the SPIFFE verifier decides
         let name = ServerName::IpAddress(peer.ip().into());
-        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
+        let handshake = tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
             .await
-            .map_err(|_| HboneError::Handshake {
-                peer,
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
-            })?
-            .map_err(|source| HboneError::Handshake { peer, source })?;
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                ))
+            });
+        let stream = match handshake {
+            Ok(stream) => stream,
+            Err(source) => {
+                metrics::handshake_failure("outbound", diagnose::handshake(&source).0);
+                return Err(HboneError::Handshake { peer, source });
+            }
+        };
+        let peer_id: Arc<str> = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| meshward_tls::spiffe_id_of(leaf).ok())
+            .unwrap_or_else(|| "unknown".to_owned())
+            .into();
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -226,13 +271,16 @@ impl HbonePool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| HboneError::Http2 { peer, source })?;
+        metrics::hbone_connection_opened();
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(%peer, "HBONE connection ended: {e}");
             }
+            metrics::hbone_connection_closed();
         });
         let connection = Arc::new(Connection {
             sender,
+            peer_id,
             streams: AtomicU32::new(1),
             idle_since: Mutex::new(None),
         });

@@ -3,6 +3,7 @@
 //! request authorized, see `http.rs`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use meshward_config::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,8 +50,11 @@ async fn serve_tcp<S>(shared: &Shared, stream: &InboundStream, mut io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let started = Instant::now();
     let policies = shared.policies.borrow().clone();
-    if !stream.authorize(&policies, &stream.request(None)) {
+    let verdict = stream.authorize(&policies, &stream.request(None));
+    if !verdict.allowed {
+        stream.log_connection(&verdict, 0, 0, started.elapsed(), None);
         return;
     }
     let mut upstream = match connect_marked(
@@ -62,17 +66,22 @@ where
     {
         Ok(upstream) => upstream,
         Err(e) => {
-            tracing::warn!(target: "access", dst_addr = %stream.destination, dst_pod = %stream.pod.info.name, "upstream failed: {e}");
+            let error = format!("the pod did not accept the connection: {e}");
+            stream.log_connection(&verdict, 0, 0, started.elapsed(), Some(&error));
             return;
         }
     };
-    match copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout).await {
-        Ok(moved) => tracing::debug!(
-            target: "access",
-            src_addr = %stream.source, src_principal = stream.principal(),
-            dst_addr = %stream.destination, sent = moved.sent, received = moved.received,
-            "connection complete"
-        ),
-        Err(e) => tracing::debug!(dst_addr = %stream.destination, "connection ended: {e}"),
-    }
+    let labels = stream.connection_labels();
+    labels.opened();
+    let (moved, result) =
+        copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout).await;
+    labels.closed(moved.sent, moved.received);
+    let error = result.err().map(|e| e.to_string());
+    stream.log_connection(
+        &verdict,
+        moved.sent,
+        moved.received,
+        started.elapsed(),
+        error.as_deref(),
+    );
 }

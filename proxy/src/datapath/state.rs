@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use meshward_config::PodInfo;
 use meshward_policy::Workload;
@@ -16,6 +17,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 
 use crate::agent::{Snapshot, WorkloadSvid};
+use crate::metrics;
+
+/// How often the seconds-to-expiry gauges are refreshed.
+const EXPIRY_REPORT: Duration = Duration::from_secs(5);
 
 /// ALPN of HBONE: HTTP/2 inside mTLS.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
@@ -39,6 +44,7 @@ pub(crate) struct PodTls {
     pub(crate) server: Arc<ServerConfig>,
     /// Presented to peer nodes when this pod calls out.
     pub(crate) client: Arc<ClientConfig>,
+    pub(crate) expires_at: SystemTime,
 }
 
 impl std::fmt::Debug for PodTls {
@@ -59,6 +65,18 @@ pub(crate) struct MeshState {
 impl MeshState {
     pub(crate) fn pod(&self, ip: IpAddr) -> Option<&Arc<LocalPod>> {
         self.pods.get(&ip)
+    }
+
+    /// Sets the seconds-to-expiry gauge of every identity held.
+    fn report_expiry(&self) {
+        let now = SystemTime::now();
+        for tls in self.pods.values().filter_map(|p| p.tls.as_ref()) {
+            let left = tls
+                .expires_at
+                .duration_since(now)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics::svid_seconds_to_expiry(&tls.spiffe_id, left);
+        }
     }
 }
 
@@ -90,6 +108,10 @@ impl StateBuilder {
                 let tls = match self.built.get(&key) {
                     Some(tls) => tls.clone(),
                     None => match pod_tls(svid, &self.bundles) {
+                        Ok(tls) if self.built.keys().any(|(id, _)| *id == key.0) => {
+                            metrics::svid_rotated(&key.0);
+                            Arc::new(tls)
+                        }
                         Ok(tls) => Arc::new(tls),
                         Err(e) => {
                             tracing::error!(pod = %entry.pod.name, id = %svid.spiffe_id, "unusable SVID: {e}");
@@ -177,6 +199,7 @@ fn pod_tls(svid: &WorkloadSvid, bundles: &Arc<TrustBundles>) -> Result<PodTls, r
         serial: serial(svid),
         server: Arc::new(server),
         client: Arc::new(client),
+        expires_at: svid.expires_at,
     })
 }
 
@@ -188,11 +211,21 @@ pub(crate) fn follow(
     let first = builder.build(&snapshots.borrow_and_update());
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
-        while snapshots.changed().await.is_ok() {
-            let snapshot = snapshots.borrow_and_update().clone();
-            let state = builder.build(&snapshot);
-            if tx.send(Arc::new(state)).is_err() {
-                break;
+        let mut tick = tokio::time::interval(EXPIRY_REPORT);
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    let state = Arc::new(builder.build(&snapshot));
+                    state.report_expiry();
+                    if tx.send(state).is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => tx.borrow().report_expiry(),
             }
         }
     });

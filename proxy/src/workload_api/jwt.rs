@@ -55,8 +55,7 @@ pub(crate) async fn fetch(
                 ..Default::default()
             }
         };
-        let token = issuer
-            .new_jwt_svid(request)
+        let token = crate::metrics::observe_issuer("NewJwtSvid", issuer.new_jwt_svid(request))
             .await
             .map_err(|s| {
                 Status::unavailable(format!(

@@ -2,6 +2,8 @@
 //! Workload API, the data path (capture rules installed at start, removed at exit)
 //! and the readiness endpoint. `meshward proxy capture` shows or applies the rules.
 
+mod status;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,11 +34,21 @@ pub(crate) enum ProxyCommand {
         #[arg(long)]
         remove: bool,
     },
+    /// What a running daemon holds: workloads, identities, policies (from its admin port).
+    Status {
+        /// The daemon's admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+        /// Print the raw /config_dump JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
     let config = match cmd {
         ProxyCommand::Run { config } => config,
+        ProxyCommand::Status { admin, json } => return status::run(admin, json),
         ProxyCommand::Capture {
             config,
             print,
@@ -60,31 +72,29 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let config = ProxyConfig::from_file(&config)?;
-    init_logging();
+    let logs = meshward::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, logs))
 }
 
-/// Logs to stderr; `RUST_LOG` sets levels (default: info; the `access` target
-/// carries one line per refused connection or request, allowed ones at debug).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: ProxyConfig,
+    logs: Option<meshward::logging::LogControl>,
+) -> anyhow::Result<ExitCode> {
+    let prometheus = meshward::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let handle = meshward::agent::start(&config)?;
     let data_path = meshward::datapath::DataPath::bind(&config, &handle)?;
-    let readiness = tokio::net::TcpListener::bind(config.readiness_listen)
-        .await
-        .with_context(|| format!("listen on {}", config.readiness_listen))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))
+    };
+    let readiness = bind(config.readiness_listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let metrics = bind(config.metrics_listen).await?;
     // rules last: traffic is taken only once the listeners exist
     let _capture = if config.capture.install {
         meshward::capture::install(&config.capture).context("installing capture rules")?;
@@ -98,14 +108,24 @@ async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
         hbone = config.capture.inbound_hbone_port,
         plaintext = config.capture.inbound_plaintext_port,
         readiness = %config.readiness_listen,
+        admin = %meshward::admin::describe(config.admin_listen),
+        metrics = %config.metrics_listen,
         capture = config.capture.install,
         "meshward proxy running"
     );
+    let admin_state = meshward::admin::AdminState {
+        config: std::sync::Arc::new(config.clone()),
+        snapshots: handle.snapshots.clone(),
+        policies: data_path.policies(),
+        logs,
+    };
     let socket = config.agent.workload_api_socket.clone();
     let workload_api = meshward::workload_api::serve(&socket, handle.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = meshward::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
+        r = meshward::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
+        r = meshward::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
         () = data_path.run() => {},
         _ = term.recv() => {},

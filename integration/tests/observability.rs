@@ -1,0 +1,229 @@
+//! Metrics, the access log and the admin endpoints of a running node daemon, after
+//! known traffic: what an operator reads when asking "why was this refused?".
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use meshward_integration::{Mesh, available_or_skip, exec, meshward_binary};
+use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+
+/// A GET from inside a node's namespace: (curl exit code, body).
+fn node_get(mesh: &Mesh, node: &str, url: &str) -> (Option<i32>, String) {
+    let ns = mesh.cluster.node(node).unwrap().netns();
+    let out = exec(
+        ns,
+        "curl",
+        &["-sS", "--max-time", "5", url],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    (out.code, out.stdout)
+}
+
+/// The value of the first sample whose line starts with `name{` and has every label.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_access_log_and_admin_explain_the_traffic() {
+    let Some(()) = available_or_skip("metrics_access_log_and_admin_explain_the_traffic") else {
+        return;
+    };
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true);
+    });
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+    mesh.apply_policy("03-allow-payment-only", &example("03-allow-payment-only"))
+        .unwrap();
+    eventually(&mesh, "policy in force", || {
+        status(
+            &mesh,
+            "curl-spire",
+            &["-X", "POST", &url("/api/payment")],
+            200,
+        )
+    });
+
+    let metrics = |node| node_get(&mesh, node, "http://127.0.0.1:15020/stats/prometheus").1;
+    let ok = format!("source_principal=\"spiffe://{TD}/ns/default/sa/curl-spire\"");
+    let before = metrics("node-2");
+    let allowed_before = sample(
+        &before,
+        "istio_requests_total",
+        &[&ok, "response_code=\"200\""],
+    );
+    let denied_before = sample(
+        &before,
+        "istio_requests_total",
+        &[&ok, "response_code=\"403\""],
+    );
+
+    for _ in 0..3 {
+        status(
+            &mesh,
+            "curl-spire",
+            &["-X", "POST", &url("/api/payment")],
+            200,
+        )
+        .unwrap();
+    }
+    status(&mesh, "curl-spire", &[&url("/list")], 403).unwrap();
+
+    let after = metrics("node-2");
+    assert_eq!(
+        sample(
+            &after,
+            "istio_requests_total",
+            &[&ok, "response_code=\"200\""]
+        ) - allowed_before,
+        3.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "istio_requests_total",
+            &[&ok, "response_code=\"403\""]
+        ) - denied_before,
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "meshward_authz_decisions_total",
+            &[
+                "decision=\"allow\"",
+                "policy=\"echoserver/allow-payment-only\"",
+                "action=\"ALLOW\""
+            ]
+        ) >= 3.0,
+        "{after}"
+    );
+    assert!(sample(&after, "meshward_policy_reloads_total", &["result=\"ok\""]) >= 1.0);
+    let left = sample(
+        &after,
+        "meshward_svid_seconds_to_expiry",
+        &["/ns/echoserver/sa/default"],
+    );
+    assert!(left > 60.0 && left <= 3600.0, "seconds to expiry: {left}");
+    let source = metrics("node-1");
+    assert!(
+        sample(&source, "meshward_hbone_connections_opened_total", &[]) >= 1.0,
+        "{source}"
+    );
+    assert!(
+        sample(
+            &source,
+            "istio_tcp_connections_opened_total",
+            &["reporter=\"source\"", &ok]
+        ) >= 4.0,
+        "{source}"
+    );
+
+    // the access log: one line per request, both identities, decision, policy
+    let log = mesh.daemon_log("node-2");
+    let line = |path: &str, status: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(" access: ")
+                    && l.contains(&format!("path=\"{path}\""))
+                    && l.contains(&format!("status={status}"))
+            })
+            .next_back()
+            .unwrap_or_else(|| panic!("no access line for {path} {status}:\n{log}"))
+            .to_owned()
+    };
+    let allowed = line("/api/payment", "200");
+    for want in [
+        format!("src_principal=\"spiffe://{TD}/ns/default/sa/curl-spire\""),
+        format!("dst_principal=\"spiffe://{TD}/ns/echoserver/sa/default\""),
+        "decision=\"allow\"".to_owned(),
+        "policy=echoserver/allow-payment-only".to_owned(),
+    ] {
+        assert!(allowed.contains(&want), "{want} missing in {allowed}");
+    }
+    let denied = line("/list", "403");
+    assert!(
+        denied.contains("decision=\"deny\"") && denied.contains("no ALLOW policy matched"),
+        "{denied}"
+    );
+
+    // admin: on the node's loopback only
+    let (code, workloads) = node_get(&mesh, "node-2", "http://127.0.0.1:15000/workloads");
+    assert_eq!(code, Some(0));
+    assert!(
+        workloads.contains(&format!("spiffe://{TD}/ns/echoserver/sa/default")),
+        "{workloads}"
+    );
+    let node_ip = mesh.cluster.node("node-2").unwrap().underlay_ip();
+    let (code, _) = node_get(
+        &mesh,
+        "node-1",
+        &format!("http://{node_ip}:15000/workloads"),
+    );
+    assert_eq!(
+        code,
+        Some(7),
+        "admin must refuse connections from other hosts"
+    );
+    let (_, certs) = node_get(&mesh, "node-2", "http://127.0.0.1:15000/certs");
+    assert!(
+        certs.contains("BEGIN CERTIFICATE") && certs.contains("seconds_to_expiry"),
+        "{certs}"
+    );
+
+    // /explain answers the operator's question with the same engine
+    let (_, why) = node_get(
+        &mesh,
+        "node-2",
+        &format!(
+            "http://127.0.0.1:15000/explain?pod=echoserver&principal=spiffe://{TD}/ns/default/sa/curl-spire&method=GET&path=/list&port=8080"
+        ),
+    );
+    assert!(why.contains("denied: no ALLOW policy matched"), "{why}");
+    assert!(why.contains("echoserver/allow-payment-only"), "{why}");
+
+    // log levels change at runtime
+    let ns = mesh.cluster.node("node-2").unwrap().netns();
+    let out = exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "-X",
+            "POST",
+            "http://127.0.0.1:15000/logging?level=info,access=off",
+        ],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(out.stdout.trim(), "info,access=off", "{}", out.stderr);
+    let now = node_get(&mesh, "node-2", "http://127.0.0.1:15000/logging").1;
+    assert!(now.contains("access=off") && now.contains("info"), "{now}");
+
+    // `meshward proxy status` reads the same
+    let bin = meshward_binary().unwrap();
+    let out = exec(
+        ns,
+        bin.to_str().unwrap(),
+        &["proxy", "status"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        out.stdout.contains("echoserver/echoserver")
+            && out.stdout.contains("ALLOW  echoserver/allow-payment-only"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}

@@ -1,0 +1,183 @@
+//! Prometheus metrics of the node daemon, through the `metrics` facade; served on
+//! `:15020/stats/prometheus` (`admin.rs`). Names follow Istio's standard metrics
+//! where one exists (`istio_tcp_*`, `istio_requests_total`) so dashboards carry
+//! over; meshward's own start with `meshward_`. Labels are identities, policies,
+//! codes and reasons: bounded by what is deployed, never by traffic (no IPs, no
+//! paths).
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide recorder; the handle renders the text format.
+pub fn install() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// Which end of a connection reports it, as Istio labels it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reporter {
+    Source,
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// The identities of one connection, as metric labels.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLabels {
+    pub(crate) reporter: Reporter,
+    pub(crate) source_principal: String,
+    pub(crate) destination_principal: String,
+    pub(crate) mutual_tls: bool,
+}
+
+impl ConnectionLabels {
+    fn labels(&self) -> [(&'static str, String); 4] {
+        [
+            ("reporter", self.reporter.as_str().to_owned()),
+            ("source_principal", self.source_principal.clone()),
+            ("destination_principal", self.destination_principal.clone()),
+            (
+                "connection_security_policy",
+                if self.mutual_tls {
+                    "mutual_tls"
+                } else {
+                    "none"
+                }
+                .to_owned(),
+            ),
+        ]
+    }
+
+    pub(crate) fn opened(&self) {
+        counter!("istio_tcp_connections_opened_total", &self.labels()).increment(1);
+    }
+
+    /// A connection ended, with the bytes it moved each way.
+    pub(crate) fn closed(&self, sent: u64, received: u64) {
+        let labels = self.labels();
+        counter!("istio_tcp_connections_closed_total", &labels).increment(1);
+        counter!("istio_tcp_sent_bytes_total", &labels).increment(sent);
+        counter!("istio_tcp_received_bytes_total", &labels).increment(received);
+    }
+}
+
+/// One HTTP request served on the destination side.
+pub(crate) fn request(
+    source_principal: &str,
+    destination_principal: &str,
+    code: u16,
+    grpc: bool,
+    duration: Duration,
+) {
+    let code = code.to_string();
+    counter!(
+        "istio_requests_total",
+        "reporter" => "destination",
+        "source_principal" => source_principal.to_owned(),
+        "destination_principal" => destination_principal.to_owned(),
+        "response_code" => code.clone(),
+        "request_protocol" => if grpc { "grpc" } else { "http" },
+    )
+    .increment(1);
+    histogram!("istio_request_duration_seconds", "response_code" => code)
+        .record(duration.as_secs_f64());
+}
+
+/// One authorization decision.
+pub(crate) fn decision(layer: &'static str, allowed: bool, policy: &str, action: &str) {
+    counter!(
+        "meshward_authz_decisions_total",
+        "layer" => layer,
+        "decision" => if allowed { "allow" } else { "deny" },
+        "policy" => policy.to_owned(),
+        "action" => action.to_owned(),
+    )
+    .increment(1);
+}
+
+/// A plaintext connection refused under STRICT.
+pub(crate) fn plaintext_refused() {
+    counter!("meshward_plaintext_refused_total").increment(1);
+}
+
+/// A TLS handshake (or the connect before it) that failed, by short reason.
+pub(crate) fn handshake_failure(direction: &'static str, reason: &'static str) {
+    counter!(
+        "meshward_tls_handshake_failures_total",
+        "direction" => direction,
+        "reason" => reason,
+    )
+    .increment(1);
+}
+
+pub(crate) fn hbone_connection_opened() {
+    counter!("meshward_hbone_connections_opened_total").increment(1);
+    gauge!("meshward_hbone_connections").increment(1.0);
+}
+
+pub(crate) fn hbone_connection_closed() {
+    gauge!("meshward_hbone_connections").decrement(1.0);
+}
+
+pub(crate) fn hbone_stream(delta: f64) {
+    gauge!("meshward_hbone_streams").increment(delta);
+}
+
+pub(crate) fn policy_reload(ok: bool, loaded: usize) {
+    counter!("meshward_policy_reloads_total", "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+    if ok {
+        #[allow(clippy::cast_precision_loss)]
+        gauge!("meshward_policies_loaded").set(loaded as f64);
+    }
+}
+
+pub(crate) fn svid_seconds_to_expiry(spiffe_id: &str, seconds: f64) {
+    gauge!("meshward_svid_seconds_to_expiry", "spiffe_id" => spiffe_id.to_owned()).set(seconds);
+}
+
+pub(crate) fn svid_rotated(spiffe_id: &str) {
+    counter!("meshward_svid_rotations_total", "spiffe_id" => spiffe_id.to_owned()).increment(1);
+}
+
+/// One call to the issuer: its latency, and its error code if it failed.
+pub(crate) fn issuer_rpc(method: &'static str, duration: Duration, error: Option<&str>) {
+    histogram!("meshward_issuer_rpc_duration_seconds", "method" => method)
+        .record(duration.as_secs_f64());
+    if let Some(code) = error {
+        counter!(
+            "meshward_issuer_rpc_errors_total",
+            "method" => method,
+            "code" => code.to_owned(),
+        )
+        .increment(1);
+    }
+}
+
+/// Times one call to the issuer and counts it when it fails.
+pub(crate) async fn observe_issuer<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let code = result.as_ref().err().map(|s| format!("{:?}", s.code()));
+    issuer_rpc(method, started.elapsed(), code.as_deref());
+    result
+}
