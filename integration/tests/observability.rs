@@ -133,12 +133,11 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     let log = mesh.daemon_log("node-2");
     let line = |path: &str, status: &str| {
         log.lines()
-            .filter(|l| {
+            .rfind(|l| {
                 l.contains(" access: ")
                     && l.contains(&format!("path=\"{path}\""))
                     && l.contains(&format!("status={status}"))
             })
-            .next_back()
             .unwrap_or_else(|| panic!("no access line for {path} {status}:\n{log}"))
             .to_owned()
     };

@@ -132,7 +132,8 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"pong!");
-        let moved = copy.await.unwrap().unwrap();
+        let (moved, result) = copy.await.unwrap();
+        result.unwrap();
         assert_eq!(
             moved,
             Transferred {
