@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use meshward_issuer::client::{Code, agent_client};
 use meshward_issuer::proto;
-use meshward_test_support::daemon::free_port;
+use meshward_test_support::daemon::{free_port, http_get};
 use meshward_test_support::issuer::IssuerProcess;
 use meshward_test_support::postgres::TestDatabase;
 use meshward_test_support::{check_x509_svid, p256_csr};
@@ -83,6 +83,18 @@ async fn scenario(datastore_url: &str, dir: &Path) {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::PermissionDenied, "{again}");
+    // both attempts, in the issuer's metrics
+    let (status, metrics) = http_get(issuer.health, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for want in [
+        "meshward_issuer_attestations_total{method=\"join_token\",result=\"ok\"}",
+        "meshward_issuer_attestations_total{method=\"join_token\",result=\"permission_denied\"}",
+        "meshward_issuer_svids_signed_total{type=\"x509\"}",
+        "meshward_issuer_datastore_duration_seconds_count{operation=\"consume_join_token\"}",
+    ] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
+
     // without the node SVID, node calls are refused
     let anonymous = client
         .list_authorized_entries(proto::ListAuthorizedEntriesRequest {})

@@ -124,6 +124,7 @@ impl SqlStore {
 
 impl Datastore for SqlStore {
     async fn ping(&self) -> Result<()> {
+        let _timer = OperationTimer::start("ping");
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -132,6 +133,7 @@ impl Datastore for SqlStore {
     }
 
     async fn create_entry(&self, mut entry: Entry) -> Result<Entry> {
+        let _timer = OperationTimer::start("create_entry");
         normalize(&mut entry);
         if entry.id.is_empty() {
             entry.id = new_id()?;
@@ -154,6 +156,7 @@ impl Datastore for SqlStore {
     }
 
     async fn update_entry(&self, mut entry: Entry) -> Result<Entry> {
+        let _timer = OperationTimer::start("update_entry");
         normalize(&mut entry);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let current = sqlx::query(&self.sql(&format!(
@@ -179,6 +182,7 @@ impl Datastore for SqlStore {
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry> {
+        let _timer = OperationTimer::start("delete_entry");
         let row = sqlx::query(&self.sql(&format!(
             "DELETE FROM registration_entries WHERE id = $1 RETURNING {ENTRY_COLUMNS}"
         )))
@@ -191,6 +195,7 @@ impl Datastore for SqlStore {
     }
 
     async fn get_entry(&self, id: &str) -> Result<Entry> {
+        let _timer = OperationTimer::start("get_entry");
         let row = sqlx::query(&self.sql(&format!(
             "SELECT {ENTRY_COLUMNS} FROM registration_entries WHERE id = $1"
         )))
@@ -203,6 +208,7 @@ impl Datastore for SqlStore {
     }
 
     async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
+        let _timer = OperationTimer::start("list_entries");
         let statement = format!(
             "SELECT {ENTRY_COLUMNS} FROM registration_entries \
              WHERE ($1 = '' OR spiffe_id = $1) AND ($2 = '' OR parent_id = $2) ORDER BY created_at, id"
@@ -224,6 +230,7 @@ impl Datastore for SqlStore {
     }
 
     async fn create_join_token(&self, token: &JoinToken) -> Result<()> {
+        let _timer = OperationTimer::start("create_join_token");
         sqlx::query(
             &self.sql("INSERT INTO join_tokens (token, spiffe_id, expires_at) VALUES ($1, $2, $3)"),
         )
@@ -237,6 +244,7 @@ impl Datastore for SqlStore {
     }
 
     async fn consume_join_token(&self, token: &str, now: i64) -> Result<JoinToken> {
+        let _timer = OperationTimer::start("consume_join_token");
         let row = sqlx::query(
             &self.sql("DELETE FROM join_tokens WHERE token = $1 RETURNING spiffe_id, expires_at"),
         )
@@ -257,6 +265,7 @@ impl Datastore for SqlStore {
     }
 
     async fn upsert_node(&self, node: &AttestedNode) -> Result<AttestedNode> {
+        let _timer = OperationTimer::start("upsert_node");
         let statement = format!(
             "INSERT INTO attested_nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
@@ -279,6 +288,7 @@ impl Datastore for SqlStore {
     }
 
     async fn get_node(&self, id: &SpiffeId) -> Result<AttestedNode> {
+        let _timer = OperationTimer::start("get_node");
         let row = sqlx::query(&self.sql(&format!(
             "SELECT {NODE_COLUMNS} FROM attested_nodes WHERE spiffe_id = $1"
         )))
@@ -291,6 +301,7 @@ impl Datastore for SqlStore {
     }
 
     async fn list_nodes(&self) -> Result<Vec<AttestedNode>> {
+        let _timer = OperationTimer::start("list_nodes");
         let rows = sqlx::query(&format!(
             "SELECT {NODE_COLUMNS} FROM attested_nodes ORDER BY spiffe_id"
         ))
@@ -301,6 +312,7 @@ impl Datastore for SqlStore {
     }
 
     async fn set_node_banned(&self, id: &SpiffeId, banned: bool) -> Result<AttestedNode> {
+        let _timer = OperationTimer::start("set_node_banned");
         let done =
             sqlx::query(&self.sql("UPDATE attested_nodes SET banned = $2 WHERE spiffe_id = $1"))
                 .bind(id.as_str())
@@ -315,6 +327,7 @@ impl Datastore for SqlStore {
     }
 
     async fn delete_node(&self, id: &SpiffeId) -> Result<()> {
+        let _timer = OperationTimer::start("delete_node");
         let done = sqlx::query(&self.sql("DELETE FROM attested_nodes WHERE spiffe_id = $1"))
             .bind(id.as_str())
             .execute(&self.pool)
@@ -332,6 +345,7 @@ impl Datastore for SqlStore {
         bundle_json: &str,
         now: i64,
     ) -> Result<()> {
+        let _timer = OperationTimer::start("set_federated_bundle");
         sqlx::query(&self.sql(
             "INSERT INTO federated_bundles (trust_domain, bundle, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (trust_domain) DO UPDATE SET bundle = excluded.bundle, updated_at = excluded.updated_at",
@@ -346,6 +360,7 @@ impl Datastore for SqlStore {
     }
 
     async fn get_federated_bundle(&self, trust_domain: &str) -> Result<String> {
+        let _timer = OperationTimer::start("get_federated_bundle");
         let row =
             sqlx::query(&self.sql("SELECT bundle FROM federated_bundles WHERE trust_domain = $1"))
                 .bind(trust_domain)
@@ -357,6 +372,7 @@ impl Datastore for SqlStore {
     }
 
     async fn list_federated_bundles(&self) -> Result<Vec<(String, String)>> {
+        let _timer = OperationTimer::start("list_federated_bundles");
         let rows =
             sqlx::query("SELECT trust_domain, bundle FROM federated_bundles ORDER BY trust_domain")
                 .fetch_all(&self.pool)
@@ -373,6 +389,7 @@ impl Datastore for SqlStore {
     }
 
     async fn delete_federated_bundle(&self, trust_domain: &str) -> Result<()> {
+        let _timer = OperationTimer::start("delete_federated_bundle");
         let done = sqlx::query(&self.sql("DELETE FROM federated_bundles WHERE trust_domain = $1"))
             .bind(trust_domain)
             .execute(&self.pool)
@@ -387,6 +404,7 @@ impl Datastore for SqlStore {
     }
 
     async fn record_ca(&self, trust_domain: &str, ca: &CaRecord) -> Result<u64> {
+        let _timer = OperationTimer::start("record_ca");
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let inserted = sqlx::query(&self.sql(
             "INSERT INTO ca_journal (id, instance, certificate, jwt_kid, jwt_x, jwt_y, not_before, not_after) \
@@ -416,6 +434,7 @@ impl Datastore for SqlStore {
     }
 
     async fn list_cas(&self, now: i64) -> Result<Vec<CaRecord>> {
+        let _timer = OperationTimer::start("list_cas");
         let rows = sqlx::query(&self.sql(
             "SELECT id, instance, certificate, jwt_kid, jwt_x, jwt_y, not_before, not_after FROM ca_journal \
              WHERE not_after > $1 ORDER BY not_before, id",
@@ -441,10 +460,12 @@ impl Datastore for SqlStore {
     }
 
     async fn bundle_sequence(&self, trust_domain: &str) -> Result<u64> {
+        let _timer = OperationTimer::start("bundle_sequence");
         self.sequence_of(trust_domain).await
     }
 
     async fn prune_cas(&self, trust_domain: &str, now: i64) -> Result<u64> {
+        let _timer = OperationTimer::start("prune_cas");
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let removed = sqlx::query(&self.sql("DELETE FROM ca_journal WHERE not_after <= $1"))
             .bind(now)
@@ -468,6 +489,7 @@ impl Datastore for SqlStore {
         template: &crate::template::IdentityTemplate,
         now: i64,
     ) -> Result<()> {
+        let _timer = OperationTimer::start("put_template");
         sqlx::query(&self.sql(
             "INSERT INTO identity_templates (name, spec, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
@@ -482,6 +504,7 @@ impl Datastore for SqlStore {
     }
 
     async fn list_templates(&self) -> Result<Vec<crate::template::IdentityTemplate>> {
+        let _timer = OperationTimer::start("list_templates");
         let rows = sqlx::query("SELECT spec FROM identity_templates ORDER BY name")
             .fetch_all(&self.pool)
             .await
@@ -492,6 +515,7 @@ impl Datastore for SqlStore {
     }
 
     async fn delete_template(&self, name: &str) -> Result<()> {
+        let _timer = OperationTimer::start("delete_template");
         let done = sqlx::query(&self.sql("DELETE FROM identity_templates WHERE name = $1"))
             .bind(name)
             .execute(&self.pool)
@@ -504,6 +528,7 @@ impl Datastore for SqlStore {
     }
 
     async fn try_lease(&self, name: &str, holder: &str, expires_at: i64, now: i64) -> Result<bool> {
+        let _timer = OperationTimer::start("try_lease");
         let done = sqlx::query(&self.sql(
             "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
@@ -636,5 +661,31 @@ fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Records how long one datastore operation took, when dropped (whatever path the
+/// operation returned by).
+struct OperationTimer {
+    operation: &'static str,
+    started: std::time::Instant,
+}
+
+impl OperationTimer {
+    fn start(operation: &'static str) -> Self {
+        Self {
+            operation,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for OperationTimer {
+    fn drop(&mut self) {
+        metrics::histogram!(
+            "meshward_issuer_datastore_duration_seconds",
+            "operation" => self.operation,
+        )
+        .record(self.started.elapsed().as_secs_f64());
     }
 }

@@ -1,5 +1,5 @@
-//! `/live` (the process answers) and `/ready` (datastore reachable and a CA
-//! active), plain HTTP as Kubernetes probes want it.
+//! `/live` (the process answers), `/ready` (datastore reachable and a CA active),
+//! plain HTTP as Kubernetes probes want it, and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -16,14 +16,19 @@ use crate::service::Issuer;
 pub(crate) async fn serve<D: Datastore + 'static>(
     listener: TcpListener,
     issuer: Arc<Issuer<D>>,
+    metrics: super::MetricsRender,
 ) -> Result<(), String> {
     loop {
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let issuer = issuer.clone();
+        let (issuer, metrics) = (issuer.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let issuer = issuer.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(req.uri().path(), &issuer).await) }
+                let (issuer, metrics) = (issuer.clone(), metrics.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        answer(req.uri().path(), &issuer, &metrics).await,
+                    )
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -32,9 +37,14 @@ pub(crate) async fn serve<D: Datastore + 'static>(
     }
 }
 
-async fn answer<D: Datastore>(path: &str, issuer: &Issuer<D>) -> Response<Full<Bytes>> {
+async fn answer<D: Datastore>(
+    path: &str,
+    issuer: &Issuer<D>,
+    metrics: &super::MetricsRender,
+) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/live" => (StatusCode::OK, "live\n".to_owned()),
+        "/metrics" => (StatusCode::OK, metrics()),
         "/ready" => match issuer.health().await {
             (true, true) => (StatusCode::OK, "ready\n".to_owned()),
             (false, _) => (
@@ -48,7 +58,7 @@ async fn answer<D: Datastore>(path: &str, issuer: &Issuer<D>) -> Response<Full<B
         },
         _ => (
             StatusCode::NOT_FOUND,
-            "not found: try /live or /ready\n".to_owned(),
+            "not found: try /live, /ready or /metrics\n".to_owned(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

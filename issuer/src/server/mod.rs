@@ -3,7 +3,7 @@
 //! - agent API: gRPC over TLS on `agent_listen` (server SVID `spiffe://<td>/spire/server`;
 //!   client certificates optional at the TLS layer, required by every call but Attest*)
 //! - admin API: gRPC on the unix socket `admin_socket` (mode 0600)
-//! - health: `/live`, `/ready` on `health_listen`
+//! - health: `/live`, `/ready` and `/metrics` on `health_listen`
 //! - optional federation bundle endpoint (HTTPS) on `bundle_endpoint.listen`
 //! - every 10 s: CA rotation step, server SVID renewal at half life, trust bundle refresh
 
@@ -49,9 +49,14 @@ fn startup(what: impl Into<String>) -> impl FnOnce(String) -> ServerError {
     move |reason| ServerError::Startup { what, reason }
 }
 
+/// Renders the process's metrics in the Prometheus text format (`/metrics` on the
+/// health port); the binary owns the recorder.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Runs the issuer until `shutdown` completes.
 pub async fn run(
     config: IssuerConfig,
+    metrics: MetricsRender,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     meshward_tls::install_crypto_provider();
@@ -131,7 +136,7 @@ pub async fn run(
             issuer: issuer.clone(),
         }))
         .serve_with_incoming(UnixListenerStream::new(admin_listener));
-    let health_server = health::serve(health_listener, issuer.clone());
+    let health_server = health::serve(health_listener, issuer.clone(), metrics);
     let bundle_server = async {
         let Some(endpoint) = &config.bundle_endpoint else {
             return std::future::pending().await;

@@ -59,9 +59,15 @@ impl<D: Datastore> Issuer<D> {
             return Err(ServiceError::InvalidArgument("join token is empty".into()));
         }
         let now = SystemTime::now();
-        let token = self.store.consume_join_token(token, unix(now)).await?;
-        self.admit_node(token.spiffe_id, "join_token", Vec::new(), false, csr)
-            .await
+        let admitted = match self.store.consume_join_token(token, unix(now)).await {
+            Ok(token) => {
+                self.admit_node(token.spiffe_id, "join_token", Vec::new(), false, csr)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        count_attestation("join_token", &admitted);
+        admitted
     }
 
     /// Kubernetes PSAT attestation; the node may attest again later (new token).
@@ -76,11 +82,18 @@ impl<D: Datastore> Issuer<D> {
                 "k8s_psat attestation is not configured on this issuer".into(),
             )
         })?;
-        let node = attestor
+        let admitted = match attestor
             .attest(&self.settings.trust_domain, cluster, token)
-            .await?;
-        self.admit_node(node.spiffe_id, "k8s_psat", node.selectors, true, csr)
             .await
+        {
+            Ok(node) => {
+                self.admit_node(node.spiffe_id, "k8s_psat", node.selectors, true, csr)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        count_attestation("k8s_psat", &admitted);
+        admitted
     }
 
     /// Signs a node SVID and records the node; a banned node is refused. A fresh
@@ -309,6 +322,7 @@ impl<D: Datastore> Issuer<D> {
         let ttl = ttl_or(grant.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
             .min(active.not_after().duration_since(now).unwrap_or_default());
         let token = mint_jwt_svid(active.jwt_key(), &grant.spiffe_id, audience, ttl, now)?;
+        metrics::counter!("meshward_issuer_svids_signed_total", "type" => "jwt").increment(1);
         Ok((token, now + ttl))
     }
 
@@ -335,4 +349,23 @@ fn ttl_or(seconds: u32, default: Duration) -> Duration {
     } else {
         Duration::from_secs(u64::from(seconds))
     }
+}
+
+/// `meshward_issuer_attestations_total{method, result}`: `ok`, or why it failed.
+fn count_attestation(method: &'static str, result: &Result<X509Svid>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(ServiceError::InvalidArgument(_)) => "invalid_argument",
+        Err(ServiceError::PermissionDenied(_)) => "permission_denied",
+        Err(ServiceError::NotFound(_)) => "not_found",
+        Err(ServiceError::AlreadyExists(_)) => "already_exists",
+        Err(ServiceError::Unavailable(_)) => "unavailable",
+        Err(ServiceError::Internal(_)) => "internal",
+    };
+    metrics::counter!(
+        "meshward_issuer_attestations_total",
+        "method" => method,
+        "result" => outcome,
+    )
+    .increment(1);
 }

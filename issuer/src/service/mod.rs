@@ -143,7 +143,9 @@ impl<D: Datastore> Issuer<D> {
     pub(crate) fn sign(&self, csr: &[u8], template: &SvidTemplate<'_>) -> Result<X509Svid> {
         let now = SystemTime::now();
         let authority = self.read_authority()?;
-        Ok(sign_x509_svid(authority.active(now)?, csr, template, now)?)
+        let svid = sign_x509_svid(authority.active(now)?, csr, template, now)?;
+        metrics::counter!("meshward_issuer_svids_signed_total", "type" => "x509").increment(1);
+        Ok(svid)
     }
 
     /// One rotation step under the cluster-wide lease: prepare / drop generations,

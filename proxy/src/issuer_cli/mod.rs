@@ -324,7 +324,10 @@ async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {},
         }
     };
-    meshward_issuer::server::run(config, shutdown).await?;
+    let prometheus = meshward::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let render: meshward_issuer::server::MetricsRender =
+        std::sync::Arc::new(move || prometheus.render());
+    meshward_issuer::server::run(config, render, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
