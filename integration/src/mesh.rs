@@ -49,6 +49,8 @@ pub struct MeshSpec {
     default_mode: String,
     /// Namespace prefix and address block; `None`: a unique test prefix.
     prefix: Option<(String, u8)>,
+    /// `capture.exclude_ports`: traffic to these ports bypasses the daemons.
+    exclude_ports: Vec<u16>,
 }
 
 impl MeshSpec {
@@ -61,7 +63,14 @@ impl MeshSpec {
             svid_ttl: 0,
             default_mode: "deny".into(),
             prefix: None,
+            exclude_ports: Vec::new(),
         }
+    }
+
+    /// Ports capture leaves alone (direct paths beside the mesh, for comparisons).
+    pub fn exclude_ports(&mut self, ports: &[u16]) -> &mut Self {
+        self.exclude_ports.extend_from_slice(ports);
+        self
     }
 
     /// `authorization.default`: `deny` (meshward's) or `allow-if-no-policy` (Istio's).
@@ -214,13 +223,14 @@ impl Mesh {
                 &format!(
                     "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
                      agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
-                     capture:\n  pod_interface_prefix: veth\n\
+                     capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n\
                      outbound:\n  mesh_cidrs:\n{}\
                      authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
                     dir.join("bundle.pem").display(),
                     dir.join(format!("{node}-agent")).display(),
                     workloads.display(),
                     mesh.workload_api_socket(node).display(),
+                    spec.exclude_ports,
                     mesh_cidrs.concat(),
                     spec.default_mode,
                     mesh.policy_dir.display(),
@@ -273,6 +283,11 @@ impl Mesh {
 
     pub fn pod_ip(&self, pod: &str) -> Result<IpAddr> {
         Ok(self.cluster.pod(pod)?.ip())
+    }
+
+    /// The process ID of a node's daemon.
+    pub fn daemon_pid(&self, node: &str) -> Option<i32> {
+        self.daemons.get(node).map(Process::pid)
     }
 
     /// A node daemon's log so far.

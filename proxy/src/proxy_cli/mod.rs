@@ -73,6 +73,7 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
     };
     let config = ProxyConfig::from_file(&config)?;
     let logs = meshward::logging::init(&config.log);
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,6 +133,20 @@ async fn serve(
         _ = tokio::signal::ctrl_c() => {},
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every proxied connection holds two sockets: raise the soft limit on open files
+/// to the hard one (as ztunnel does), so the default 1024 does not cap a node.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("open files limit stays {soft}: {e}");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Removes the capture rules when the daemon stops (also on an error return), so a

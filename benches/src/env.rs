@@ -1,0 +1,282 @@
+//! The benchmark's world: two nodes with meshward daemons, a client pod on
+//! node-1 and a server pod on node-2, the server's apps on a meshed port and on a
+//! port capture leaves alone (direct), and the peer: an nginx mTLS pair (client
+//! nginx on node-1 tunnelling TCP in TLS to a server nginx on node-2) using the
+//! same SVIDs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshward_integration::{Mesh, MeshSpec, PodSpec, Process, exec, wait_for_port};
+
+const TD: &str = "bench.example.com";
+/// Meshed ports on the server pod, and their direct twins (excluded from capture).
+pub(crate) const HTTP: u16 = 8080;
+pub(crate) const HTTP_DIRECT: u16 = 8081;
+pub(crate) const ECHO: u16 = 9000;
+pub(crate) const ECHO_DIRECT: u16 = 9001;
+pub(crate) const BULK: u16 = 5201;
+pub(crate) const BULK_DIRECT: u16 = 5202;
+/// The server nginx's TLS ports (on node-2's address): stream for echo and bulk,
+/// http for the L7 path.
+const PEER_TLS_ECHO: u16 = 19001;
+const PEER_TLS_BULK: u16 = 15202;
+const PEER_TLS_HTTP: u16 = 18081;
+
+/// Who is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Variant {
+    Direct,
+    Meshward,
+    Nginx,
+}
+
+impl Variant {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Meshward => "meshward",
+            Self::Nginx => "nginx mTLS",
+        }
+    }
+}
+
+pub(crate) struct Env {
+    pub(crate) mesh: Mesh,
+    _apps: Vec<Process>,
+    _nginx: Vec<Process>,
+    pub(crate) server_ip: IpAddr,
+    pub(crate) node1_ip: IpAddr,
+    pub(crate) node2_ip: IpAddr,
+    /// The client pod's SVID files (svid.0.pem, svid.0.key, bundle.0.pem).
+    pub(crate) client_svid: PathBuf,
+}
+
+impl Env {
+    pub(crate) fn start(bin: &Path) -> anyhow::Result<Self> {
+        let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
+        spec.pod(
+            "node-1",
+            PodSpec::new("client").service_account("curl-spire"),
+            true,
+        )
+        .pod(
+            "node-2",
+            PodSpec::new("server")
+                .namespace("echoserver")
+                .label("app", "bench"),
+            true,
+        )
+        .exclude_ports(&[HTTP_DIRECT, ECHO_DIRECT, BULK_DIRECT])
+        .proxy_yaml(&format!(
+            "inbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\n"
+        ));
+        let mesh = Mesh::start(bin, spec).context("starting the mesh")?;
+        mesh.apply_policy(
+            "bench",
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bench, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: bench}}}}\n  rules:\n  - from: [{{source: {{principals: [\"{TD}/ns/default/sa/curl-spire\"]}}}}]\n    to: [{{operation: {{ports: [\"{ECHO}\", \"{BULK}\"]}}}}]\n  - from: [{{source: {{principals: [\"{TD}/ns/default/sa/curl-spire\"]}}}}]\n    to: [{{operation: {{methods: [GET], paths: [\"/bench/*\"]}}}}]\n"
+            ),
+        )?;
+        let bin_str = bin.display().to_string();
+        let mut apps = Vec::new();
+        for (args, port) in [
+            (vec!["echoserver", "--listen"], HTTP),
+            (vec!["echoserver", "--listen"], HTTP_DIRECT),
+            (vec!["echoserver", "--tcp", "--listen"], ECHO),
+            (vec!["echoserver", "--tcp", "--listen"], ECHO_DIRECT),
+        ] {
+            let listen = format!("0.0.0.0:{port}");
+            let mut args = args.clone();
+            args.push(&listen);
+            apps.push(mesh.cluster.spawn_in_pod("server", &bin_str, &args)?);
+        }
+        for port in [BULK, BULK_DIRECT] {
+            apps.push(mesh.cluster.spawn_in_pod(
+                "server",
+                "iperf3",
+                &["-s", "-p", &port.to_string()],
+            )?);
+        }
+        let server = mesh.cluster.pod("server")?;
+        let server_ip = server.ip();
+        for port in [HTTP, HTTP_DIRECT, ECHO, ECHO_DIRECT, BULK, BULK_DIRECT] {
+            wait_for_port(
+                server.netns(),
+                SocketAddr::new(server_ip, port),
+                Duration::from_secs(10),
+            )?;
+        }
+        let node1_ip = IpAddr::V4(mesh.cluster.node("node-1")?.underlay_ip());
+        let node2_ip = IpAddr::V4(mesh.cluster.node("node-2")?.underlay_ip());
+        let dir = mesh.cluster.log_dir().to_owned();
+        let client_svid = fetch_svid(&mesh, bin, "client", "node-1", &dir.join("client-svid"))?;
+        let server_svid = fetch_svid(&mesh, bin, "server", "node-2", &dir.join("server-svid"))?;
+        let nginx = start_nginx_pair(
+            &mesh,
+            &dir,
+            &client_svid,
+            &server_svid,
+            server_ip,
+            node1_ip,
+            node2_ip,
+        )?;
+        Ok(Self {
+            mesh,
+            _apps: apps,
+            _nginx: nginx,
+            server_ip,
+            node1_ip,
+            node2_ip,
+            client_svid,
+        })
+    }
+
+    /// Where the client connects for `port`'s service, per variant.
+    pub(crate) fn target(&self, variant: Variant, meshed_port: u16) -> SocketAddr {
+        let direct_port = match meshed_port {
+            HTTP => HTTP_DIRECT,
+            ECHO => ECHO_DIRECT,
+            _ => BULK_DIRECT,
+        };
+        match variant {
+            Variant::Direct => SocketAddr::new(self.server_ip, direct_port),
+            Variant::Meshward => SocketAddr::new(self.server_ip, meshed_port),
+            // the client nginx listens on node-1 with the direct port numbers
+            Variant::Nginx => SocketAddr::new(self.node1_ip, direct_port),
+        }
+    }
+
+    /// The processes doing the proxying for a variant (both nodes).
+    pub(crate) fn proxy_pids(&self, variant: Variant) -> Vec<i32> {
+        match variant {
+            Variant::Direct => Vec::new(),
+            Variant::Meshward => ["node-1", "node-2"]
+                .iter()
+                .filter_map(|n| self.mesh.daemon_pid(n))
+                .collect(),
+            Variant::Nginx => ["node-1", "node-2"]
+                .iter()
+                .filter_map(|n| self.mesh.cluster.node(n).ok())
+                .flat_map(|n| crate::measure::named(&n.netns().pids(), "nginx"))
+                .collect(),
+        }
+    }
+
+    /// The mTLS endpoint a handshake benchmark dials, per variant.
+    pub(crate) fn handshake_target(&self, variant: Variant) -> Option<SocketAddr> {
+        match variant {
+            Variant::Direct => None,
+            Variant::Meshward => Some(SocketAddr::new(self.server_ip, 15008)),
+            Variant::Nginx => Some(SocketAddr::new(self.node2_ip, PEER_TLS_ECHO)),
+        }
+    }
+}
+
+/// A pod's SVID through the Workload API, written as files.
+fn fetch_svid(
+    mesh: &Mesh,
+    bin: &Path,
+    pod: &str,
+    node: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let socket = mesh.workload_api_socket(node);
+    let out = mesh.cluster.exec_in_pod(
+        pod,
+        &bin.display().to_string(),
+        &[
+            "api",
+            "fetch",
+            "x509",
+            "-socketPath",
+            &socket.display().to_string(),
+            "-write",
+            &dir.display().to_string(),
+            "-silent",
+        ],
+        Duration::from_secs(30),
+    )?;
+    if out.code != Some(0) {
+        bail!("fetching {pod}'s SVID: {}", out.stderr);
+    }
+    Ok(dir.to_owned())
+}
+
+/// The peer: a client nginx on node-1 (TCP in, TLS with the client's SVID out)
+/// and a server nginx on node-2 (mTLS in, verifying against the bundle; plain to
+/// the pod; the HTTP port also checks method and path and sets XFCC, as an L7
+/// proxy must). nginx cannot check SPIFFE IDs, and the client side does not verify
+/// the server's chain (an SVID has no DNS name to verify against): the peer does
+/// less work than meshward.
+fn start_nginx_pair(
+    mesh: &Mesh,
+    dir: &Path,
+    client: &Path,
+    server: &Path,
+    server_ip: IpAddr,
+    node1: IpAddr,
+    node2: IpAddr,
+) -> anyhow::Result<Vec<Process>> {
+    let common = "worker_processes auto;\nworker_rlimit_nofile 65536;\nerror_log stderr warn;\nevents { worker_connections 30000; }\n";
+    let client_conf = format!(
+        "{common}stream {{\n  proxy_ssl on;\n  proxy_ssl_protocols TLSv1.3;\n  proxy_ssl_certificate {c}/svid.0.pem;\n  proxy_ssl_certificate_key {c}/svid.0.key;\n  proxy_ssl_verify off;\n  server {{ listen {node1}:{ECHO_DIRECT}; proxy_pass {node2}:{PEER_TLS_ECHO}; }}\n  server {{ listen {node1}:{BULK_DIRECT}; proxy_pass {node2}:{PEER_TLS_BULK}; }}\n  server {{ listen {node1}:{HTTP_DIRECT}; proxy_pass {node2}:{PEER_TLS_HTTP}; }}\n}}\n",
+        c = client.display()
+    );
+    let tls = format!(
+        "ssl_protocols TLSv1.3;\n  ssl_certificate {s}/svid.0.pem;\n  ssl_certificate_key {s}/svid.0.key;\n  ssl_client_certificate {s}/bundle.0.pem;\n  ssl_verify_client on;\n",
+        s = server.display()
+    );
+    let server_conf = format!(
+        "{common}stream {{\n  {tls}  server {{ listen {node2}:{PEER_TLS_ECHO} ssl; proxy_pass {server_ip}:{ECHO_DIRECT}; }}\n  server {{ listen {node2}:{PEER_TLS_BULK} ssl; proxy_pass {server_ip}:{BULK_DIRECT}; }}\n}}\nhttp {{\n  access_log off;\n  upstream app {{ server {server_ip}:{HTTP_DIRECT}; keepalive 64; }}\n  server {{\n    listen {node2}:{PEER_TLS_HTTP} ssl;\n    {tls}    location /bench/ {{\n      limit_except GET {{ deny all; }}\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-Client-Cert \"Hash=$ssl_client_fingerprint;Subject=\\\"$ssl_client_s_dn\\\"\";\n      proxy_pass http://app;\n    }}\n    location / {{ return 403 \"RBAC: access denied\"; }}\n  }}\n}}\n"
+    );
+    let mut processes = Vec::new();
+    for (node, name, conf) in [
+        ("node-2", "nginx-server", server_conf),
+        ("node-1", "nginx-client", client_conf),
+    ] {
+        let prefix = dir.join(name);
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        let file = prefix.join("nginx.conf");
+        std::fs::write(&file, conf)?;
+        let test = exec(
+            mesh.cluster.node(node)?.netns(),
+            "nginx",
+            &[
+                "-t",
+                "-q",
+                "-p",
+                &prefix.display().to_string(),
+                "-c",
+                &file.display().to_string(),
+            ],
+            Duration::from_secs(10),
+        )?;
+        if test.code != Some(0) {
+            bail!("nginx rejects {}: {}", file.display(), test.stderr);
+        }
+        processes.push(Process::spawn(
+            mesh.cluster.node(node)?.netns(),
+            name,
+            "nginx",
+            &[
+                "-p",
+                &prefix.display().to_string(),
+                "-c",
+                &file.display().to_string(),
+                "-g",
+                "daemon off; pid nginx.pid;",
+            ],
+            &[],
+            dir,
+        )?);
+    }
+    wait_for_port(
+        mesh.cluster.node("node-1")?.netns(),
+        SocketAddr::new(node1, ECHO_DIRECT),
+        Duration::from_secs(10),
+    )?;
+    Ok(processes)
+}

@@ -1,0 +1,405 @@
+//! `meshward-bench`: the end-to-end performance budget. Builds two nodes with
+//! meshward daemons (and an nginx mTLS pair as the peer) in network namespaces,
+//! drives load from the client pod to the server pod, and prints every figure as
+//! median, min, max over the runs, with its ratio to direct (no proxy) and to the
+//! peer, measured in the same run. Needs root; see `benches/README.md`.
+
+mod env;
+mod load;
+mod measure;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use env::{BULK, ECHO, Env, HTTP, Variant};
+use meshward_integration::exec;
+
+#[derive(Parser)]
+#[command(about = "meshward's end-to-end benchmarks (root; run benches/run.sh)")]
+struct Args {
+    /// Runs per figure.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Idle connections for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+}
+
+/// figure -> variant -> samples
+type Table = BTreeMap<&'static str, BTreeMap<Variant, Vec<f64>>>;
+
+const VARIANTS: [Variant; 3] = [Variant::Direct, Variant::Meshward, Variant::Nginx];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_open_files_limit();
+    meshward_tls_provider();
+    let bin = meshward_integration::meshward_binary()?;
+    eprintln!(
+        "meshward-bench: building the environment with {}",
+        bin.display()
+    );
+    let env = Env::start(&bin)?;
+    let duration = Duration::from_secs(args.seconds);
+    let mut table = Table::new();
+    for run in 1..=args.runs {
+        eprintln!("run {run}/{}", args.runs);
+        for variant in VARIANTS {
+            bulk(&env, variant, duration, &mut table)?;
+            held(&env, variant, duration, &mut table)?;
+            new_connections(&env, variant, duration, &mut table)?;
+            http1(&env, variant, duration, &mut table)?;
+            if variant != Variant::Nginx {
+                // the client nginx tunnels TCP: no ALPN, so no HTTP/2 through the pair
+                http2(&env, variant, duration, &mut table)?;
+            }
+            handshakes(&env, variant, duration, &mut table)?;
+        }
+    }
+    memory(&env, args.idle_connections, &mut table)?;
+    print(&table, args.runs);
+    Ok(())
+}
+
+fn record(table: &mut Table, figure: &'static str, variant: Variant, value: f64) {
+    table
+        .entry(figure)
+        .or_default()
+        .entry(variant)
+        .or_default()
+        .push(value);
+}
+
+fn client_ns(env: &Env) -> anyhow::Result<&meshward_integration::Netns> {
+    Ok(env.mesh.cluster.pod("client")?.netns())
+}
+
+fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
+    let target = env.target(variant, BULK);
+    let pids = env.proxy_pids(variant);
+    let cpu = measure::cpu_seconds(&pids);
+    let out = exec(
+        client_ns(env)?,
+        "iperf3",
+        &[
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+            "-t",
+            &duration.as_secs().to_string(),
+            "-J",
+        ],
+        duration + Duration::from_secs(30),
+    )?;
+    let report: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("iperf3 to {target}: {}{}", out.stdout, out.stderr))?;
+    let received = &report["end"]["sum_received"];
+    let bits = received["bits_per_second"].as_f64().unwrap_or(0.0);
+    let bytes = received["bytes"].as_f64().unwrap_or(0.0);
+    record(table, "bulk TCP throughput, Gbit/s", variant, bits / 1e9);
+    if variant != Variant::Direct && bytes > 0.0 {
+        let spent = measure::cpu_seconds(&pids) - cpu;
+        record(
+            table,
+            "bulk TCP, proxy CPU-seconds per GB",
+            variant,
+            spent / (bytes / 1e9),
+        );
+    }
+    Ok(())
+}
+
+fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
+    let target = env.target(variant, ECHO);
+    let result = client_ns(env)?.run(move || load::held_connection(target, duration, 2_000_000))?;
+    anyhow::ensure!(
+        result.errors == 0,
+        "{} held connection to {target} failed",
+        variant.name()
+    );
+    let us = |p| measure::percentile(&result.sorted, p).as_secs_f64() * 1e6;
+    record(
+        table,
+        "1 KiB RR held connection, req/s",
+        variant,
+        result.rate(),
+    );
+    record(table, "1 KiB RR held connection, p50 us", variant, us(0.5));
+    record(table, "1 KiB RR held connection, p90 us", variant, us(0.9));
+    record(table, "1 KiB RR held connection, p99 us", variant, us(0.99));
+    Ok(())
+}
+
+fn new_connections(
+    env: &Env,
+    variant: Variant,
+    duration: Duration,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let target = env.target(variant, ECHO);
+    let result =
+        client_ns(env)?.run(move || load::new_connection_each(target, duration, 1_000_000))?;
+    let us = |p| measure::percentile(&result.sorted, p).as_secs_f64() * 1e6;
+    record(
+        table,
+        "new connection per 1 KiB request, conn/s",
+        variant,
+        result.rate(),
+    );
+    record(
+        table,
+        "new connection per 1 KiB request, p99 us",
+        variant,
+        us(0.99),
+    );
+    Ok(())
+}
+
+fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
+    let target = env.target(variant, HTTP);
+    let url = format!("http://{target}/bench/x");
+    let out = exec(
+        client_ns(env)?,
+        "wrk",
+        &[
+            "-t",
+            "2",
+            "-c",
+            "16",
+            "-d",
+            &format!("{}s", duration.as_secs()),
+            &url,
+        ],
+        duration + Duration::from_secs(30),
+    )?;
+    let rps = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("wrk {url}: {}{}", out.stdout, out.stderr))?;
+    anyhow::ensure!(
+        !out.stdout.contains("Non-2xx"),
+        "{} answered non-2xx: {}",
+        variant.name(),
+        out.stdout
+    );
+    record(
+        table,
+        "HTTP/1.1 GET, L7 policy + XFCC, 16 conns, req/s",
+        variant,
+        rps,
+    );
+    Ok(())
+}
+
+fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
+    let target = env.target(variant, HTTP);
+    let url = format!("http://{target}/bench/x");
+    let out = exec(
+        client_ns(env)?,
+        "h2load",
+        &[
+            "-c",
+            "4",
+            "-m",
+            "16",
+            "-D",
+            &duration.as_secs().to_string(),
+            &url,
+        ],
+        duration + Duration::from_secs(30),
+    )?;
+    // "finished in 5.00s, 12345.67 req/s, ..."
+    let rps = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
+        .with_context(|| format!("h2load {url}: {}{}", out.stdout, out.stderr))?;
+    record(
+        table,
+        "HTTP/2 GET, L7 policy + XFCC, 4x16 streams, req/s",
+        variant,
+        rps,
+    );
+    Ok(())
+}
+
+fn handshakes(
+    env: &Env,
+    variant: Variant,
+    duration: Duration,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let Some(target) = env.handshake_target(variant) else {
+        return Ok(());
+    };
+    let config = Arc::new(client_tls(&env.client_svid)?);
+    // from node-1's namespace: a pod's connection to 15008 would itself be captured
+    let ns = env.mesh.cluster.node("node-1")?.netns();
+    let server_side: Vec<i32> = env
+        .proxy_pids(variant)
+        .into_iter()
+        .filter(|pid| {
+            env.mesh
+                .cluster
+                .node("node-2")
+                .is_ok_and(|n| n.netns().contains(*pid))
+        })
+        .collect();
+    let cpu = measure::cpu_seconds(&server_side);
+    let started = Instant::now();
+    let (done, errors) = ns.run(move || load::handshakes(target, config, duration, 1_000_000))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        done > 0,
+        "{}: no handshake completed ({errors} errors)",
+        variant.name()
+    );
+    let spent = measure::cpu_seconds(&server_side) - cpu;
+    #[allow(clippy::cast_precision_loss)]
+    let done = done as f64;
+    record(
+        table,
+        "mTLS handshakes/s (1 client)",
+        variant,
+        done / elapsed,
+    );
+    if spent > 0.0 {
+        record(
+            table,
+            "mTLS handshakes per server CPU-second",
+            variant,
+            done / spent,
+        );
+    }
+    Ok(())
+}
+
+fn memory(env: &Env, idle: usize, table: &mut Table) -> anyhow::Result<()> {
+    for variant in [Variant::Meshward, Variant::Nginx] {
+        let pids = env.proxy_pids(variant);
+        #[allow(clippy::cast_precision_loss)]
+        let before = measure::rss_bytes(&pids) as f64;
+        record(table, "RSS idle per node, MB", variant, before / 2.0 / 1e6);
+        let target = env.target(variant, ECHO);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let ns = client_ns(env)?;
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let holder = scope.spawn(move || {
+                ns.run(move || {
+                    let (open, failed) =
+                        load::idle_connections(target, idle, Duration::from_secs(60));
+                    let _ = tx.send((open.len(), failed));
+                    let _ = release_rx.recv_timeout(Duration::from_secs(60));
+                    drop(open);
+                })
+            });
+            let (opened, failed) = rx
+                .recv_timeout(Duration::from_secs(90))
+                .context("idle connections")?;
+            std::thread::sleep(Duration::from_secs(1));
+            #[allow(clippy::cast_precision_loss)]
+            let after = measure::rss_bytes(&pids) as f64;
+            let _ = release_tx.send(());
+            let _ = holder.join();
+            anyhow::ensure!(
+                opened > 0,
+                "{}: no idle connection opened ({failed} failed)",
+                variant.name()
+            );
+            #[allow(clippy::cast_precision_loss)]
+            let per = (after - before) / opened as f64 / 1e3;
+            record(
+                table,
+                "RSS per idle connection (both nodes), KB",
+                variant,
+                per,
+            );
+            eprintln!(
+                "{}: {opened} idle connections ({failed} failed)",
+                variant.name()
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn client_tls(dir: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("svid.0.pem"))?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("svid.0.key"))?;
+    let bundle: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("bundle.0.pem"))?.collect::<Result<_, _>>()?;
+    let td = meshward_tls::spiffe_id_of(&chain[0])
+        .ok()
+        .and_then(|id| meshward_tls::trust_domain_of(&id).map(str::to_owned))
+        .context("the client SVID has no SPIFFE ID")?;
+    let bundles = meshward_tls::TrustBundles::new();
+    bundles.set(&td, &bundle)?;
+    let mut config =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .dangerous()
+            .with_custom_certificate_verifier(meshward_tls::SpiffeServerVerifier::new(
+                bundles,
+                meshward_tls::Authorizer::AnyTrusted,
+            ))
+            .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.enable_sni = false;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+fn print(table: &Table, runs: usize) {
+    println!(
+        "{:<52} {:<11} {:>10} {:>10} {:>10} {:>4} {:>9} {:>9}",
+        "figure", "variant", "median", "min", "max", "runs", "/direct", "/peer"
+    );
+    for (figure, variants) in table {
+        let med = |v: Variant| variants.get(&v).map(|s| measure::median(&mut s.clone()));
+        let (direct, peer) = (med(Variant::Direct), med(Variant::Nginx));
+        for (variant, samples) in variants {
+            let m = measure::median(&mut samples.clone());
+            let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let ratio = |base: Option<f64>| {
+                base.filter(|b| *b > 0.0)
+                    .map_or_else(|| "-".to_owned(), |b| format!("{:.2}x", m / b))
+            };
+            println!(
+                "{figure:<52} {:<11} {m:>10.2} {min:>10.2} {max:>10.2} {:>4} {:>9} {:>9}",
+                variant.name(),
+                samples.len().min(runs.max(samples.len())),
+                ratio(direct),
+                ratio(peer),
+            );
+        }
+    }
+}
+
+/// Ten thousand idle connections need more than the default 1024 descriptors, in
+/// this process and in the daemons and servers it starts (they inherit it).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn meshward_tls_provider() {
+    meshward_tls::install_crypto_provider();
+}

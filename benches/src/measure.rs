@@ -1,0 +1,81 @@
+//! Reading the cost of processes from /proc, and summarizing samples.
+
+use std::time::Duration;
+
+/// CPU time (user + system) of the processes whose command name is `comm` inside
+/// the network namespaces of `pids`' owners, summed.
+pub(crate) fn cpu_seconds(pids: &[i32]) -> f64 {
+    // utime and stime are fields 14 and 15 of /proc/<pid>/stat, in clock ticks
+    let ticks = 100.0;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let after_comm = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after_comm.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+/// Resident set size in bytes, summed over `pids`.
+pub(crate) fn rss_bytes(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .sum()
+}
+
+/// Every process named `comm` (as /proc/<pid>/comm says) among `pids`.
+pub(crate) fn named(pids: &[i32], comm: &str) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Percentile of sorted latencies.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub(crate) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_medians() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&sorted, 0.5), Duration::from_micros(51));
+        assert_eq!(percentile(&sorted, 0.99), Duration::from_micros(99));
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(cpu_seconds(&[std::process::id().try_into().unwrap()]) >= 0.0);
+        assert!(rss_bytes(&[std::process::id().try_into().unwrap()]) > 0);
+    }
+}
