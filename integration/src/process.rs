@@ -47,10 +47,20 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = command.spawn().map_err(HarnessError::io(format!(
+        let mut child = command.spawn().map_err(HarnessError::io(format!(
             "spawn {program} in {}",
             ns.name()
         )))?;
+        // `ip netns exec` enters the namespace a moment after fork: wait for it, so
+        // whoever cleans the namespace up finds the process there (bounded; a child
+        // that already exited is left to its log)
+        #[allow(clippy::cast_possible_wrap)]
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ns.contains(pid) && Instant::now() < deadline && matches!(child.try_wait(), Ok(None))
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         Ok(Self {
             name: name.to_owned(),
             child,
