@@ -220,7 +220,7 @@ fn start_nginx_pair(
     node1: IpAddr,
     node2: IpAddr,
 ) -> anyhow::Result<Vec<Process>> {
-    let common = "worker_processes auto;\nworker_rlimit_nofile 65536;\nerror_log stderr warn;\nevents { worker_connections 30000; }\n";
+    let common = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes auto;\nworker_rlimit_nofile 65536;\nerror_log stderr warn;\nevents { worker_connections 30000; }\n";
     let client_conf = format!(
         "{common}stream {{\n  proxy_ssl on;\n  proxy_ssl_protocols TLSv1.3;\n  proxy_ssl_certificate {c}/svid.0.pem;\n  proxy_ssl_certificate_key {c}/svid.0.key;\n  proxy_ssl_verify off;\n  server {{ listen {node1}:{ECHO_DIRECT}; proxy_pass {node2}:{PEER_TLS_ECHO}; }}\n  server {{ listen {node1}:{BULK_DIRECT}; proxy_pass {node2}:{PEER_TLS_BULK}; }}\n  server {{ listen {node1}:{HTTP_DIRECT}; proxy_pass {node2}:{PEER_TLS_HTTP}; }}\n}}\n",
         c = client.display()

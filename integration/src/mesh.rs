@@ -51,6 +51,8 @@ pub struct MeshSpec {
     prefix: Option<(String, u8)>,
     /// `capture.exclude_ports`: traffic to these ports bypasses the daemons.
     exclude_ports: Vec<u16>,
+    /// The daemons' `RUST_LOG`.
+    log: String,
 }
 
 impl MeshSpec {
@@ -64,7 +66,15 @@ impl MeshSpec {
             default_mode: "deny".into(),
             prefix: None,
             exclude_ports: Vec::new(),
+            log: "info,access=debug".into(),
         }
+    }
+
+    /// The daemons' log directives (default `info,access=debug`: every request and
+    /// connection, the outbound side included).
+    pub fn log(&mut self, directives: &str) -> &mut Self {
+        directives.clone_into(&mut self.log);
+        self
     }
 
     /// Ports capture leaves alone (direct paths beside the mesh, for comparisons).
@@ -242,7 +252,7 @@ impl Mesh {
                 &format!("{node}-proxy"),
                 &path_str(bin),
                 &["proxy", "run", "-c", &path_str(&config)],
-                &[("RUST_LOG", "info,access=debug")],
+                &[("RUST_LOG", spec.log.as_str())],
                 &dir,
             )?;
             mesh.daemons.insert(node.clone(), daemon);

@@ -43,6 +43,9 @@ pub fn rules(config: &CaptureConfig) -> String {
         format!(":{DIVERT} - [0:0]"),
         // traffic for the node itself (kubelet, the daemon's own listeners) is not pod traffic
         format!("-A {DIVERT} -m addrtype --dst-type LOCAL -j RETURN"),
+        // a pod answering a connection made to it (an excluded port, say) is not
+        // making one: only what the pod originates is taken
+        format!("-A {DIVERT} -m conntrack --ctdir REPLY -j RETURN"),
     ];
     let exclusions = |chain: &str, r: &mut Vec<String>| {
         for cidr in &config.exclude_cidrs {
@@ -295,6 +298,7 @@ mod tests {
             "*mangle",
             ":MESHWARD_DIVERT - [0:0]",
             "-A MESHWARD_DIVERT -m addrtype --dst-type LOCAL -j RETURN",
+            "-A MESHWARD_DIVERT -m conntrack --ctdir REPLY -j RETURN",
             "-A MESHWARD_DIVERT -p tcp -d 169.254.0.0/16 -j RETURN",
             "-A MESHWARD_DIVERT -p tcp --dport 10250 -j RETURN",
             "-A MESHWARD_DIVERT -p tcp -j TPROXY --on-port 15001 --on-ip 0.0.0.0 --tproxy-mark 0x53a/0xfff",
