@@ -1,18 +1,25 @@
 //! Moving bytes both ways between two streams until both sides are done, with
 //! half-close kept (a FIN one way does not cut the other) and an idle timeout:
 //! a connection that moves no byte either way for `idle` is closed.
+//!
+//! Buffers grow with the traffic, as ztunnel's do: 1 KiB at first (an idle
+//! connection costs little), 16 KiB after 128 KiB (a full TLS record), 256 KiB
+//! after 10 MiB (bulk transfers make fewer, larger syscalls).
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Buffer per direction: TLS records are at most 16 KiB, so larger reads gain little.
-const BUFFER: usize = 16 * 1024;
+/// (bytes moved so far, buffer size from then on)
+const GROWTH: [(u64, usize); 3] = [
+    (0, 1024),
+    (128 * 1024, 16 * 1024),
+    (10 * 1024 * 1024, 256 * 1024),
+];
 
 /// Bytes moved by a finished copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,77 +41,120 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (from_a, from_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut a = Counting {
-        inner: a,
-        progress: from_a.clone(),
+    let (mut a_to_b, mut b_to_a) = (OneWay::default(), OneWay::default());
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let mut seen = 0;
+    let result = poll_fn(|cx| {
+        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        if forward.is_ready() && backward.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let moved = a_to_b.total + b_to_a.total;
+            if moved == seen {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle for {idle:?}"),
+                )));
+            }
+            seen = moved;
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        Poll::Pending
+    })
+    .await;
+    let moved = Transferred {
+        sent: a_to_b.total,
+        received: b_to_a.total,
     };
-    let mut b = Counting {
-        inner: b,
-        progress: from_b.clone(),
-    };
-    let moved = || Transferred {
-        sent: from_a.load(Ordering::Relaxed),
-        received: from_b.load(Ordering::Relaxed),
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
-    tokio::pin!(copy);
-    let mut seen = Transferred::default();
-    let result = loop {
-        tokio::select! {
-            result = &mut copy => break result.map(|_| ()),
-            () = tokio::time::sleep(idle) => {
-                let now = moved();
-                if now == seen {
-                    break Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("idle for {idle:?}"),
-                    ));
+    (moved, result)
+}
+
+/// One direction: read into the buffer, write it all out, repeat; at EOF, flush
+/// and shut the writer down (the half-close), then stay done.
+#[derive(Default)]
+struct OneWay {
+    buf: Vec<u8>,
+    pos: usize,
+    cap: usize,
+    total: u64,
+    read_done: bool,
+    need_flush: bool,
+    finished: bool,
+}
+
+impl OneWay {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                self.grow();
+                let mut read = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // nothing more to read now: push out what was written
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            (self.pos, self.cap) = (0, n);
+                            self.total += n as u64;
+                        }
+                    }
                 }
-                seen = now;
+            }
+            while self.pos < self.cap {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.pos..self.cap])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.finished = true;
+                return Poll::Ready(Ok(()));
             }
         }
-    };
-    (moved(), result)
-}
+    }
 
-/// Counts bytes read from one side.
-struct Counting<'a, T: ?Sized> {
-    inner: &'a mut T,
-    progress: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Counting<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.progress.fetch_add(read as u64, Ordering::Relaxed);
+    /// The buffer size for the bytes moved so far; replaced only when empty.
+    fn grow(&mut self) {
+        let want = GROWTH
+            .iter()
+            .rev()
+            .find(|(after, _)| self.total >= *after)
+            .map_or(GROWTH[0].1, |(_, size)| *size);
+        if self.buf.len() < want {
+            self.buf = vec![0; want];
         }
-        poll
-    }
-}
-
-impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counting<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 
@@ -141,6 +191,31 @@ mod tests {
                 received: 5
             }
         );
+    }
+
+    #[tokio::test]
+    async fn buffers_grow_with_the_traffic_and_every_byte_arrives() {
+        let (mut client, mut proxy_a) = duplex(1 << 16);
+        let (mut proxy_b, mut server) = duplex(1 << 16);
+        let copy = tokio::spawn(async move {
+            bidirectional(&mut proxy_a, &mut proxy_b, Duration::from_secs(5)).await
+        });
+        let data: Vec<u8> = (0..12 * 1024 * 1024)
+            .map(|i: u32| (i % 251) as u8)
+            .collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "bytes differ");
+        drop(server);
+        drop(writer.await.unwrap());
+        let (moved, _) = copy.await.unwrap();
+        assert_eq!(moved.sent, 12 * 1024 * 1024);
     }
 
     #[tokio::test(start_paused = true)]
