@@ -28,6 +28,9 @@ const DIVERT: &str = "MESHWARD_DIVERT";
 /// fwmark of TPROXYed packets, and the routing table that delivers them locally.
 const TPROXY_MARK: u32 = 0x53a;
 const TPROXY_TABLE: &str = "1337";
+/// Before the VPC CNI's policy rules (to-pod 512, from-pod 1536 and the per-ENI
+/// tables), or TPROXYed packets would follow an ENI's table instead of local delivery.
+const TPROXY_RULE_PREF: &str = "100";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -105,6 +108,8 @@ fn route_commands() -> [Vec<String>; 2] {
             &format!("{TPROXY_MARK:#x}/0xfff"),
             "lookup",
             TPROXY_TABLE,
+            "pref",
+            TPROXY_RULE_PREF,
         ]
         .map(str::to_owned)
         .to_vec(),
