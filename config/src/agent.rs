@@ -55,7 +55,9 @@ pub struct WorkloadSourceConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSource {
-    /// This node's name (usually from the downward API: spec.nodeName).
+    /// This node's name; empty: the `NODE_NAME` environment variable (the downward
+    /// API's spec.nodeName), so one ConfigMap serves a whole DaemonSet.
+    #[serde(default)]
     pub node_name: String,
     /// The API server; default: the in-cluster service account configuration.
     pub api_server: Option<String>,

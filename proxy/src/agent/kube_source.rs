@@ -41,7 +41,16 @@ impl KubeSource {
         let client = kube::Client::try_from(client_config)
             .map_err(|e| AgentError::Config(format!("Kubernetes client: {e}")))?;
         let (tx, updates) = watch::channel(None);
-        let node = config.node_name.clone();
+        // one ConfigMap serves every node of a DaemonSet: the name comes from the
+        // downward API when the file leaves it empty
+        let node = match config.node_name.as_str() {
+            "" => std::env::var("NODE_NAME").map_err(|_| {
+                AgentError::Config(
+                    "agent.workloads.kubernetes.node_name is empty and NODE_NAME is not set (set it from spec.nodeName)".into(),
+                )
+            })?,
+            name => name.to_owned(),
+        };
         tokio::spawn(async move {
             let pods: kube::Api<Pod> = kube::Api::all(client);
             let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));

@@ -309,10 +309,17 @@ async fn dispatch(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = match config {
+    let mut config = match config {
         Some(path) => IssuerConfig::from_file(&path)?,
         None => IssuerConfig::default(),
     };
+    // a datastore URL carries a password: from a Secret through the environment,
+    // never in the ConfigMap
+    if let Ok(url) = std::env::var("MESHWARD_DATASTORE_URL") {
+        if !url.is_empty() {
+            config.datastore_url = Some(url);
+        }
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
