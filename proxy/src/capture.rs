@@ -98,6 +98,54 @@ pub fn rules(config: &CaptureConfig) -> String {
     r.join("\n") + "\n"
 }
 
+/// Which iptables the node's kubelet, kube-proxy and CNI program: rules of the
+/// other backend would be invisible to them and mixing both breaks pod traffic
+/// (Bottlerocket's switch to nf_tables showed it). Detected by whose tables hold
+/// Kubernetes or VPC CNI chains; `iptables` (the system's alternative) when
+/// neither does, as in a fresh network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Nft,
+    Legacy,
+    System,
+}
+
+impl Backend {
+    fn detect() -> Self {
+        let save = |command: &str| {
+            Command::new(command)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        Self::choose(&save("iptables-nft-save"), &save("iptables-legacy-save"))
+    }
+
+    fn choose(nft_rules: &str, legacy_rules: &str) -> Self {
+        let kubernetes = |rules: &str| {
+            rules
+                .lines()
+                .filter(|l| l.starts_with(':') && (l.contains("KUBE-") || l.contains("AWS-")))
+                .count()
+        };
+        match (kubernetes(nft_rules), kubernetes(legacy_rules)) {
+            (0, 0) => Self::System,
+            (nft, legacy) if nft >= legacy => Self::Nft,
+            _ => Self::Legacy,
+        }
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Self::Nft => "iptables-nft",
+            Self::Legacy => "iptables-legacy",
+            Self::System => "iptables",
+        }
+    }
+}
+
 /// The policy routing TPROXY needs: marked packets are delivered locally.
 fn route_commands() -> [Vec<String>; 2] {
     [
@@ -131,33 +179,34 @@ fn route_commands() -> [Vec<String>; 2] {
 /// Installs the chains (after removing any left by an earlier run).
 pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
     remove(config);
-    let mut child = Command::new("iptables-restore")
+    let restore = format!("{}-restore", Backend::detect().command());
+    let mut child = Command::new(&restore)
         .arg("--noflush")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CaptureError::Command {
-            command: "iptables-restore".into(),
+            command: restore.clone(),
             reason: format!("{e} (install iptables)"),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(rules(config).as_bytes())
             .map_err(|e| CaptureError::Command {
-                command: "iptables-restore".into(),
+                command: restore.clone(),
                 reason: e.to_string(),
             })?;
     }
     let out = child
         .wait_with_output()
         .map_err(|e| CaptureError::Command {
-            command: "iptables-restore".into(),
+            command: restore.clone(),
             reason: e.to_string(),
         })?;
     if !out.status.success() {
         return Err(CaptureError::Command {
-            command: "iptables-restore --noflush".into(),
+            command: format!("{restore} --noflush"),
             reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
@@ -181,9 +230,10 @@ pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
 
 /// Removes the jumps, the chains and the policy route; quiet when they are not there.
 pub fn remove(config: &CaptureConfig) {
+    let backend = Backend::detect();
     let pods = format!("{}+", config.pod_interface_prefix);
     let iptables = |args: &[&str]| {
-        Command::new("iptables")
+        Command::new(backend.command())
             .args(["-w", "5", "-t", "nat"])
             .args(args)
             .stdout(Stdio::null())
@@ -217,7 +267,7 @@ pub fn remove(config: &CaptureConfig) {
         iptables(&["-X", chain]);
     }
     let mangle = |args: &[&str]| {
-        Command::new("iptables")
+        Command::new(backend.command())
             .args(["-w", "5", "-t", "mangle"])
             .args(args)
             .stdout(Stdio::null())
@@ -226,7 +276,7 @@ pub fn remove(config: &CaptureConfig) {
             .is_ok_and(|s| s.success())
     };
     // the jump carries the pod interface match: find it by listing
-    let listed = Command::new("iptables")
+    let listed = Command::new(backend.command())
         .args(["-w", "5", "-t", "mangle", "-S", "PREROUTING"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -289,6 +339,16 @@ pub fn original_destination(stream: &impl std::os::fd::AsFd) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backend_is_the_one_kubernetes_uses() {
+        let kube = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\nCOMMIT\n";
+        let cni = "*nat\n:AWS-SNAT-CHAIN-0 - [0:0]\nCOMMIT\n";
+        assert_eq!(Backend::choose(kube, ""), Backend::Nft);
+        assert_eq!(Backend::choose("", cni), Backend::Legacy);
+        assert_eq!(Backend::choose("*nat\nCOMMIT\n", ""), Backend::System);
+        assert_eq!(Backend::choose(cni, kube), Backend::Legacy);
+    }
 
     #[test]
     fn rules_read_as_documented() {
