@@ -19,6 +19,18 @@ pub struct AuthorizationConfig {
     pub path_normalization: PathNormalization,
     /// Files and directories of AuthorizationPolicy YAML, watched and reloaded.
     pub policy_paths: Vec<PathBuf>,
+    /// Also watch AuthorizationPolicy objects (`security.istio.io/v1`) through the
+    /// Kubernetes API; `{}` = in-cluster. Files and objects form one set.
+    pub kubernetes: Option<PolicyApi>,
+}
+
+/// The Kubernetes API the policies come from; every field empty: in-cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyApi {
+    pub api_server: Option<String>,
+    pub api_ca_path: Option<PathBuf>,
+    pub api_token_path: Option<PathBuf>,
 }
 
 impl Default for AuthorizationConfig {
@@ -30,6 +42,7 @@ impl Default for AuthorizationConfig {
             trust_domain_aliases: engine.trust_domain_aliases,
             path_normalization: engine.path_normalization,
             policy_paths: Vec::new(),
+            kubernetes: None,
         }
     }
 }

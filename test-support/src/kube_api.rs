@@ -1,7 +1,7 @@
 //! A small Kubernetes API server for tests, since no cluster runs here: HTTPS with
 //! its own CA, bearer-token authentication, `TokenReview` that really verifies the
-//! signed service-account tokens it issues (signature, expiry, audience), and
-//! `GET` of the pods and nodes it was given.
+//! signed service-account tokens it issues (signature, expiry, audience), `GET`
+//! of the pods and nodes it was given, pod and AuthorizationPolicy list + watch.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,9 +53,22 @@ struct State {
     version: u64,
     /// Open pod watches: node name filter and where to send event lines.
     watchers: Vec<(Option<String>, tokio::sync::mpsc::Sender<Bytes>)>,
+    /// AuthorizationPolicy objects by (namespace, name), and their open watches.
+    policies: std::collections::BTreeMap<(String, String), Value>,
+    policy_watchers: Vec<tokio::sync::mpsc::Sender<Bytes>>,
 }
 
 impl State {
+    /// Tells every open AuthorizationPolicy watch about an event.
+    fn notify_policy(&mut self, kind: &str, object: &Value) {
+        self.version += 1;
+        let mut object = object.clone();
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        let line = format!("{}\n", json!({"type": kind, "object": object}));
+        self.policy_watchers
+            .retain(|tx| tx.try_send(Bytes::from(line.clone())).is_ok());
+    }
+
     /// Tells every open watch (whose node filter matches) about a pod event.
     fn notify(&mut self, kind: &str, pod: &FakePod) {
         self.version += 1;
@@ -225,6 +238,41 @@ impl FakeKubeApi {
         }
     }
 
+    /// Adds or replaces an AuthorizationPolicy object (a JSON value with metadata
+    /// and spec); open watches see ADDED or MODIFIED.
+    pub fn apply_authorization_policy(&self, mut object: Value) {
+        object["apiVersion"] = json!("security.istio.io/v1");
+        object["kind"] = json!("AuthorizationPolicy");
+        let key = (
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if let Ok(mut s) = self.state.lock() {
+            let kind = if s.policies.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            s.policies.insert(key, object.clone());
+            s.notify_policy(kind, &object);
+        }
+    }
+
+    /// Removes an AuthorizationPolicy object; open watches see DELETED.
+    pub fn delete_authorization_policy(&self, namespace: &str, name: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(object) = s.policies.remove(&(namespace.to_owned(), name.to_owned())) {
+                s.notify_policy("DELETED", &object);
+            }
+        }
+    }
+
     /// Removes a pod; open watches see DELETED.
     pub fn remove_pod(&self, namespace: &str, name: &str) {
         if let Ok(mut s) = self.state.lock() {
@@ -274,6 +322,20 @@ type Body = BoxBody<Bytes, std::convert::Infallible>;
 fn json_response(status: StatusCode, body: Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A watch: one JSON event per line, as long as the test keeps the sender.
+fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    let frames =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))
+        });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -351,16 +413,7 @@ async fn handle(
             if let Ok(mut s) = state.lock() {
                 s.watchers.push((node_filter, tx));
             }
-            let frames = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                |b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)),
-            );
-            let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            response
+            stream_response(rx)
         }
         ("GET", ["api", "v1", "pods"]) => {
             let (items, version) = state
@@ -378,6 +431,26 @@ async fn handle(
             json_response(
                 StatusCode::OK,
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version.to_string()}, "items": items}),
+            )
+        }
+        ("GET", ["apis", "security.istio.io", "v1", "authorizationpolicies"])
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+        {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            if let Ok(mut s) = state.lock() {
+                s.policy_watchers.push(tx);
+            }
+            stream_response(rx)
+        }
+        ("GET", ["apis", "security.istio.io", "v1", "authorizationpolicies"]) => {
+            let (items, version) = state
+                .lock()
+                .map(|s| (s.policies.values().cloned().collect::<Vec<_>>(), s.version))
+                .unwrap_or_default();
+            json_response(
+                StatusCode::OK,
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicyList",
+                       "metadata": {"resourceVersion": version.to_string()}, "items": items}),
             )
         }
         ("GET", ["api", "v1", "nodes", name]) => {

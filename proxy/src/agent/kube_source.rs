@@ -21,25 +21,12 @@ pub(crate) struct KubeSource {
 impl KubeSource {
     /// Starts the watch on its own task.
     pub(crate) fn start(config: &KubernetesSource) -> Result<Self, AgentError> {
-        let client_config = match &config.api_server {
-            Some(url) => {
-                let mut c = kube::Config::new(
-                    url.parse()
-                        .map_err(|e| AgentError::Config(format!("api_server {url:?}: {e}")))?,
-                );
-                c.root_cert_file = config.api_ca_path.clone();
-                c.auth_info.token_file = config
-                    .api_token_path
-                    .as_ref()
-                    .map(|p| p.display().to_string());
-                c
-            }
-            None => kube::Config::incluster().map_err(|e| {
-                AgentError::Config(format!("not in a cluster and no api_server given: {e}"))
-            })?,
-        };
-        let client = kube::Client::try_from(client_config)
-            .map_err(|e| AgentError::Config(format!("Kubernetes client: {e}")))?;
+        let client = crate::kube_client::client(&crate::kube_client::ApiEndpoint {
+            api_server: config.api_server.clone(),
+            api_ca_path: config.api_ca_path.clone(),
+            api_token_path: config.api_token_path.clone(),
+        })
+        .map_err(AgentError::Config)?;
         let (tx, updates) = watch::channel(None);
         // one ConfigMap serves every node of a DaemonSet: the name comes from the
         // downward API when the file leaves it empty

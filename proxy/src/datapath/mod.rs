@@ -22,6 +22,7 @@ mod http;
 mod inbound;
 mod outbound;
 mod policies;
+mod policy_objects;
 mod pool;
 mod serve;
 mod socket;
@@ -52,6 +53,8 @@ pub enum DataPathError {
         role: &'static str,
         source: std::io::Error,
     },
+    #[error("authorization.kubernetes: {0}")]
+    PolicySource(String),
 }
 
 /// What every stage reads.
@@ -100,10 +103,22 @@ impl DataPath {
         let hbone = listen(capture.inbound_hbone_port, "inbound HBONE")?;
         let plaintext = listen(capture.inbound_plaintext_port, "inbound plaintext")?;
         let limits = config.limits.clone();
+        let kubernetes = match &config.authorization.kubernetes {
+            Some(api) => Some(
+                crate::kube_client::client(&crate::kube_client::ApiEndpoint {
+                    api_server: api.api_server.clone(),
+                    api_ca_path: api.api_ca_path.clone(),
+                    api_token_path: api.api_token_path.clone(),
+                })
+                .map_err(DataPathError::PolicySource)?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             state: state::follow(agent.snapshots.clone()),
             policies: policies::watch_policies(
                 config.authorization.policy_paths.clone(),
+                kubernetes,
                 config.engine_options(),
             ),
             inbound: config.inbound.clone(),

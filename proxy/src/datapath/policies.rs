@@ -1,6 +1,8 @@
 //! The AuthorizationPolicy set in force: loaded from the configured files and
-//! directories, reloaded when they change. A load with any error is reported and
-//! discarded; the last good set stays in force (fail safe: never a half-loaded set).
+//! directories and, when configured, the AuthorizationPolicy objects of the
+//! Kubernetes API (`security.istio.io/v1`, watched); rebuilt whenever either
+//! changes. A load with any error is reported and discarded; the last good set
+//! stays in force (fail safe: never a half-loaded set).
 //!
 //! Change detection polls a fingerprint (path, size, mtime of every file) each
 //! second rather than using inotify: Kubernetes ConfigMap volumes update by swapping
@@ -11,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_policy::{EngineOptions, PolicySet, load_paths};
+use meshward_policy::{EngineOptions, PolicySet, load_paths, load_str};
 use tokio::sync::watch;
 
+use super::policy_objects as objects;
 use crate::metrics;
 
 const POLL: Duration = Duration::from_secs(1);
@@ -22,34 +25,49 @@ const POLL: Duration = Duration::from_secs(1);
 pub(crate) type Policies = watch::Receiver<Arc<PolicySet>>;
 
 /// Loads the policies and keeps them current. An invalid first load starts with no
-/// policy at all, which under the default mode denies everything (fail closed).
-pub(crate) fn watch_policies(paths: Vec<PathBuf>, options: EngineOptions) -> Policies {
+/// policy at all, which under the default mode denies everything (fail closed); so
+/// does the time before the first list of the API's objects arrives.
+pub(crate) fn watch_policies(
+    paths: Vec<PathBuf>,
+    kubernetes: Option<kube::Client>,
+    options: EngineOptions,
+) -> Policies {
     // taken before the load, so a change made during it is seen
     let mut seen = fingerprint(&paths);
-    let initial = match load(&paths, &options) {
+    let initial = match load(&paths, &[], &options) {
         Ok(set) => set,
         Err(()) => PolicySet::empty(options.clone()),
     };
     let (tx, rx) = watch::channel(Arc::new(initial));
-    if paths.is_empty() {
+    let mut objects = kubernetes.map(objects::watch);
+    if paths.is_empty() && objects.is_none() {
         return rx;
     }
     tokio::spawn(async move {
+        let mut documents: Arc<Vec<String>> = Arc::default();
         loop {
-            tokio::time::sleep(POLL).await;
-            let now = {
-                let paths = paths.clone();
-                tokio::task::spawn_blocking(move || fingerprint(&paths))
-                    .await
-                    .unwrap_or_default()
+            let changed = tokio::select! {
+                () = tokio::time::sleep(POLL) => {
+                    let now = {
+                        let paths = paths.clone();
+                        tokio::task::spawn_blocking(move || fingerprint(&paths))
+                            .await
+                            .unwrap_or_default()
+                    };
+                    std::mem::replace(&mut seen, now) != seen
+                }
+                next = objects::next(&mut objects) => {
+                    documents = next;
+                    true
+                }
             };
-            if now == seen {
+            if !changed {
                 continue;
             }
-            seen = now;
             let loaded = {
-                let (paths, options) = (paths.clone(), options.clone());
-                tokio::task::spawn_blocking(move || load(&paths, &options)).await
+                let (paths, documents, options) =
+                    (paths.clone(), documents.clone(), options.clone());
+                tokio::task::spawn_blocking(move || load(&paths, &documents, &options)).await
             };
             if let Ok(Ok(set)) = loaded {
                 if tx.send(Arc::new(set)).is_err() {
@@ -61,9 +79,13 @@ pub(crate) fn watch_policies(paths: Vec<PathBuf>, options: EngineOptions) -> Pol
     rx
 }
 
-/// One load, reported. `Err` when any file had an error (already logged).
-fn load(paths: &[PathBuf], options: &EngineOptions) -> Result<PolicySet, ()> {
-    let report = load_paths(paths, options);
+/// One load, reported: the files, then the API's objects (one YAML stream whose
+/// documents name their objects). `Err` when anything had an error (logged).
+fn load(paths: &[PathBuf], documents: &[String], options: &EngineOptions) -> Result<PolicySet, ()> {
+    let mut report = load_paths(paths, options);
+    if !documents.is_empty() {
+        report.merge(load_str(&documents.join("\n---\n"), "kubernetes", options));
+    }
     for notice in &report.notices {
         tracing::info!("policy: {notice}");
     }
@@ -130,7 +152,8 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.yaml");
         std::fs::write(&file, ALLOW).unwrap();
-        let mut policies = watch_policies(vec![dir.path().to_owned()], EngineOptions::default());
+        let mut policies =
+            watch_policies(vec![dir.path().to_owned()], None, EngineOptions::default());
         assert_eq!(policies.borrow_and_update().len(), 1);
 
         // a second policy appears
@@ -153,6 +176,56 @@ spec:
         .unwrap();
         let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
         assert!(changed.is_err(), "a broken file must not replace the set");
+        assert_eq!(policies.borrow().len(), 2);
+    }
+
+    /// Waits (bounded) until the set in force has `len` policies.
+    async fn settles(policies: &mut Policies, len: usize) {
+        let wait = async {
+            while policies.borrow_and_update().len() != len {
+                if policies.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), wait)
+            .await
+            .unwrap_or_else(|_| panic!("never {len} policies"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authorization_policies_from_the_kubernetes_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
+        let policy = |name: &str, action: &str| {
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "echoserver", "uid": "u", "managedFields": []},
+                "spec": {"action": action, "rules": [{}]},
+            })
+        };
+        api.apply_authorization_policy(policy("allow-all", "ALLOW"));
+        let client = crate::kube_client::client(&crate::kube_client::ApiEndpoint {
+            api_server: Some(api.url()),
+            api_ca_path: Some(api.ca_file().to_owned()),
+            api_token_path: Some(api.token_file().to_owned()),
+        })
+        .unwrap();
+        // a file beside the API: one set
+        std::fs::write(dir.path().join("p.yaml"), ALLOW).unwrap();
+        let mut policies = watch_policies(
+            vec![dir.path().join("p.yaml")],
+            Some(client),
+            EngineOptions::default(),
+        );
+        settles(&mut policies, 2).await;
+        api.apply_authorization_policy(policy("deny-all", "DENY"));
+        settles(&mut policies, 3).await;
+        api.delete_authorization_policy("echoserver", "allow-all");
+        settles(&mut policies, 2).await;
+        // a broken object is refused: the set stays
+        api.apply_authorization_policy(policy("broken", "MAYBE"));
+        let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
+        assert!(changed.is_err(), "a broken object must not replace the set");
         assert_eq!(policies.borrow().len(), 2);
     }
 }

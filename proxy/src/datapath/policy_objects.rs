@@ -1,0 +1,118 @@
+//! AuthorizationPolicy objects from the Kubernetes API (`security.istio.io/v1`,
+//! Istio's CRD or the one in `docker/k8s/base/crds.yaml`): a kube-rs watcher (list,
+//! then watch, re-listing with backoff after errors) keeping the current objects,
+//! published as the YAML documents the policy loader reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// The objects as documents; `None` until the first complete list.
+pub(super) type Objects = watch::Receiver<Option<Arc<Vec<String>>>>;
+
+pub(super) fn watch(client: kube::Client) -> Objects {
+    let (tx, rx) = watch::channel(None);
+    let resource = ApiResource {
+        group: "security.istio.io".into(),
+        version: "v1".into(),
+        api_version: "security.istio.io/v1".into(),
+        kind: "AuthorizationPolicy".into(),
+        plural: "authorizationpolicies".into(),
+    };
+    tokio::spawn(async move {
+        let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut current: BTreeMap<String, String> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, String>> = None;
+        while let Some(event) = stream.next().await {
+            let publish = match event {
+                Ok(Event::Init) => {
+                    listing = Some(BTreeMap::new());
+                    false
+                }
+                Ok(Event::InitApply(object)) => {
+                    if let Some(list) = listing.as_mut() {
+                        insert(list, &object);
+                    }
+                    false
+                }
+                Ok(Event::InitDone) => match listing.take() {
+                    Some(list) => {
+                        current = list;
+                        true
+                    }
+                    None => false,
+                },
+                Ok(Event::Apply(object)) => {
+                    insert(&mut current, &object);
+                    true
+                }
+                Ok(Event::Delete(object)) => {
+                    current.remove(&key(&object));
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("AuthorizationPolicy watch: {e}; retrying");
+                    false
+                }
+            };
+            if publish
+                && tx
+                    .send(Some(Arc::new(current.values().cloned().collect())))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next set of documents; never returns when there is no API source.
+pub(super) async fn next(objects: &mut Option<Objects>) -> Arc<Vec<String>> {
+    loop {
+        let Some(rx) = objects.as_mut() else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            *objects = None;
+            continue;
+        }
+        if let Some(documents) = rx.borrow_and_update().clone() {
+            return documents;
+        }
+    }
+}
+
+fn key(object: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        object.metadata.namespace.as_deref().unwrap_or_default(),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The object as a policy document: what the loader reads from a file, with the
+/// object's name, namespace, labels and annotations (`istio.io/dry-run`).
+fn insert(into: &mut BTreeMap<String, String>, object: &DynamicObject) {
+    let document = json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {
+            "name": object.metadata.name,
+            "namespace": object.metadata.namespace,
+            "labels": object.metadata.labels.clone().unwrap_or_default(),
+            "annotations": object.metadata.annotations.clone().unwrap_or_default(),
+        },
+        "spec": object.data.get("spec").cloned().unwrap_or_else(|| json!({})),
+    });
+    into.insert(key(object), document.to_string());
+}
