@@ -19,14 +19,16 @@ mkdir -p "$out"
 
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked -p meshward \
   --target x86_64-unknown-linux-gnu --target-dir target/static
-cp target/static/x86_64-unknown-linux-gnu/release/meshward "$out/meshward"
+# no debug info in the image (the release profile keeps line tables for backtraces)
+strip -o "$out/meshward" target/static/x86_64-unknown-linux-gnu/release/meshward
 
 if [ ! -f "$out/rootfs.tar" ]; then
   mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
   mirror=${mirror:-http://deb.debian.org/debian}
   rm -rf "$out/rootfs"
   debootstrap --variant=minbase --include=iptables,nftables,ca-certificates bookworm "$out/rootfs" "$mirror"
-  rm -rf "$out/rootfs/var/lib/apt/lists/"* "$out/rootfs/usr/share/doc/"* "$out/rootfs/usr/share/man/"*
+  rm -rf "$out/rootfs/var/lib/apt/lists/"* "$out/rootfs/var/cache/apt/archives/"*.deb \
+    "$out/rootfs/usr/share/doc/"* "$out/rootfs/usr/share/man/"* "$out/rootfs/usr/share/locale/"*
   tar -C "$out/rootfs" --numeric-owner -cf "$out/rootfs.tar" .
   rm -rf "$out/rootfs"
 fi
