@@ -21,13 +21,13 @@ pub struct AuthorizationConfig {
     pub policy_paths: Vec<PathBuf>,
     /// Also watch AuthorizationPolicy objects (`security.istio.io/v1`) through the
     /// Kubernetes API; `{}` = in-cluster. Files and objects form one set.
-    pub kubernetes: Option<PolicyApi>,
+    pub kubernetes: Option<KubernetesApi>,
 }
 
-/// The Kubernetes API the policies come from; every field empty: in-cluster.
+/// A Kubernetes API to watch objects in; every field empty: in-cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PolicyApi {
+pub struct KubernetesApi {
     pub api_server: Option<String>,
     pub api_ca_path: Option<PathBuf>,
     pub api_token_path: Option<PathBuf>,

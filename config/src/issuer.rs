@@ -38,6 +38,9 @@ pub struct IssuerConfig {
     pub upstream_ca: Option<UpstreamCaFiles>,
     pub k8s_psat: Option<K8sPsatConfig>,
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// Watch ClusterSPIFFEID objects (`spire.spiffe.io/v1alpha1`) in this Kubernetes
+    /// API as identity templates (stored as `k8s/<name>`); `{}` = in-cluster.
+    pub cluster_spiffe_ids: Option<crate::KubernetesApi>,
 }
 
 /// An upstream CA as files: PEM chain (signing certificate first) and its key.
@@ -118,6 +121,7 @@ impl Default for IssuerConfig {
             upstream_ca: None,
             k8s_psat: None,
             bundle_endpoint: None,
+            cluster_spiffe_ids: None,
         }
     }
 }

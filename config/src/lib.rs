@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
-pub use authorization::{AuthorizationConfig, PolicyApi};
+pub use authorization::{AuthorizationConfig, KubernetesApi};
 pub use capture::CaptureConfig;
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;

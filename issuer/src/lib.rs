@@ -20,6 +20,7 @@ pub mod datastore;
 mod error;
 mod jwt;
 pub mod k8s_psat;
+pub mod kube_client;
 pub mod pem;
 mod random;
 pub mod server;

@@ -6,7 +6,6 @@ pub mod agent;
 pub mod capture;
 pub mod datapath;
 pub mod deny;
-pub mod kube_client;
 pub mod logging;
 pub mod metrics;
 pub mod workload_api;

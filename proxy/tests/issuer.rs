@@ -663,3 +663,75 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spiffe_id_objects_become_identity_templates() {
+    use meshward_test_support::kube_api::FakeKubeApi;
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    let object = |name: &str, template: &str| {
+        serde_json::json!({
+            "metadata": {"name": name, "uid": "u1", "generation": 1},
+            "spec": {"spiffeIDTemplate": template, "podSelector": {"matchLabels": {"spiffe": "enabled"}}, "ttl": "20m"},
+        })
+    };
+    let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
+    api.apply_cluster_spiffe_id(object("default", by_sa));
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &format!(
+            "cluster_spiffe_ids:\n  api_server: {}\n  api_ca_path: {}\n  api_token_path: {}\n",
+            api.url(),
+            api.ca_file().display(),
+            api.token_file().display()
+        ),
+    );
+    // an operator's own template beside them is never touched
+    let own = dir.path().join("own.yaml");
+    std::fs::write(&own, format!("apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: own\nspec:\n  spiffeIDTemplate: \"{by_sa}\"\n")).unwrap();
+    let (code, _, stderr) = issuer.cli(&["template", "apply", "-f", own.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let names = || -> Vec<String> {
+        let listed = issuer.cli_json(&["template", "list"]);
+        let mut names: Vec<String> = listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let wait_for = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = names();
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "templates {now:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&["k8s/default", "own"]);
+    // a new object, a refused one (not a SPIFFE ID of this trust domain), a deletion
+    api.apply_cluster_spiffe_id(object(
+        "by-name",
+        "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}",
+    ));
+    api.apply_cluster_spiffe_id(object("foreign", "spiffe://elsewhere.example/x"));
+    wait_for(&["k8s/by-name", "k8s/default", "own"]);
+    api.delete_cluster_spiffe_id("default");
+    wait_for(&["k8s/by-name", "own"]);
+    assert!(
+        issuer.log().contains("ClusterSPIFFEID foreign refused"),
+        "{}",
+        issuer.log()
+    );
+}

@@ -89,6 +89,11 @@ impl IssuerProcess {
     }
 
     /// Stops the process (SIGTERM); `start` brings it back.
+    /// The running issuer's log (empty when stopped).
+    pub fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
             daemon.stop();

@@ -53,20 +53,21 @@ struct State {
     version: u64,
     /// Open pod watches: node name filter and where to send event lines.
     watchers: Vec<(Option<String>, tokio::sync::mpsc::Sender<Bytes>)>,
-    /// AuthorizationPolicy objects by (namespace, name), and their open watches.
-    policies: std::collections::BTreeMap<(String, String), Value>,
-    policy_watchers: Vec<tokio::sync::mpsc::Sender<Bytes>>,
+    /// Custom objects by (plural, namespace, name), and open watches by plural.
+    objects: std::collections::BTreeMap<(String, String, String), Value>,
+    object_watchers: Vec<(String, tokio::sync::mpsc::Sender<Bytes>)>,
 }
 
 impl State {
-    /// Tells every open AuthorizationPolicy watch about an event.
-    fn notify_policy(&mut self, kind: &str, object: &Value) {
+    /// Tells every open watch of `plural` about an event.
+    fn notify_object(&mut self, plural: &str, kind: &str, object: &Value) {
         self.version += 1;
         let mut object = object.clone();
         object["metadata"]["resourceVersion"] = json!(self.version.to_string());
         let line = format!("{}\n", json!({"type": kind, "object": object}));
-        self.policy_watchers
-            .retain(|tx| tx.try_send(Bytes::from(line.clone())).is_ok());
+        self.object_watchers.retain(|(watched, tx)| {
+            watched != plural || tx.try_send(Bytes::from(line.clone())).is_ok()
+        });
     }
 
     /// Tells every open watch (whose node filter matches) about a pod event.
@@ -95,6 +96,8 @@ pub struct FakeKubeApi {
 }
 
 const ISSUER_TOKEN: &str = "issuer-sa-token";
+const POLICIES: &str = "authorizationpolicies";
+const CLUSTER_SPIFFE_IDS: &str = "clusterspiffeids";
 
 impl FakeKubeApi {
     /// Starts the server on loopback; writes its CA and the issuer's API token into `dir`.
@@ -240,10 +243,39 @@ impl FakeKubeApi {
 
     /// Adds or replaces an AuthorizationPolicy object (a JSON value with metadata
     /// and spec); open watches see ADDED or MODIFIED.
-    pub fn apply_authorization_policy(&self, mut object: Value) {
-        object["apiVersion"] = json!("security.istio.io/v1");
-        object["kind"] = json!("AuthorizationPolicy");
+    pub fn apply_authorization_policy(&self, object: Value) {
+        self.apply_object(
+            POLICIES,
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            object,
+        );
+    }
+
+    /// Removes an AuthorizationPolicy object; open watches see DELETED.
+    pub fn delete_authorization_policy(&self, namespace: &str, name: &str) {
+        self.delete_object(POLICIES, namespace, name);
+    }
+
+    /// Adds or replaces a ClusterSPIFFEID object (cluster-scoped).
+    pub fn apply_cluster_spiffe_id(&self, object: Value) {
+        self.apply_object(
+            CLUSTER_SPIFFE_IDS,
+            "spire.spiffe.io/v1alpha1",
+            "ClusterSPIFFEID",
+            object,
+        );
+    }
+
+    pub fn delete_cluster_spiffe_id(&self, name: &str) {
+        self.delete_object(CLUSTER_SPIFFE_IDS, "", name);
+    }
+
+    fn apply_object(&self, plural: &str, api_version: &str, kind: &str, mut object: Value) {
+        object["apiVersion"] = json!(api_version);
+        object["kind"] = json!(kind);
         let key = (
+            plural.to_owned(),
             object["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or_default()
@@ -254,21 +286,21 @@ impl FakeKubeApi {
                 .to_owned(),
         );
         if let Ok(mut s) = self.state.lock() {
-            let kind = if s.policies.contains_key(&key) {
+            let event = if s.objects.contains_key(&key) {
                 "MODIFIED"
             } else {
                 "ADDED"
             };
-            s.policies.insert(key, object.clone());
-            s.notify_policy(kind, &object);
+            s.objects.insert(key, object.clone());
+            s.notify_object(plural, event, &object);
         }
     }
 
-    /// Removes an AuthorizationPolicy object; open watches see DELETED.
-    pub fn delete_authorization_policy(&self, namespace: &str, name: &str) {
+    fn delete_object(&self, plural: &str, namespace: &str, name: &str) {
         if let Ok(mut s) = self.state.lock() {
-            if let Some(object) = s.policies.remove(&(namespace.to_owned(), name.to_owned())) {
-                s.notify_policy("DELETED", &object);
+            let key = (plural.to_owned(), namespace.to_owned(), name.to_owned());
+            if let Some(object) = s.objects.remove(&key) {
+                s.notify_object(plural, "DELETED", &object);
             }
         }
     }
@@ -433,24 +465,35 @@ async fn handle(
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version.to_string()}, "items": items}),
             )
         }
-        ("GET", ["apis", "security.istio.io", "v1", "authorizationpolicies"])
-            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+        ("GET", ["apis", _, _, plural])
+            if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural)
+                && query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
         {
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
             if let Ok(mut s) = state.lock() {
-                s.policy_watchers.push(tx);
+                s.object_watchers.push(((*plural).to_owned(), tx));
             }
             stream_response(rx)
         }
-        ("GET", ["apis", "security.istio.io", "v1", "authorizationpolicies"]) => {
-            let (items, version) = state
+        ("GET", ["apis", group, version, plural])
+            if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural) =>
+        {
+            let (items, resource_version) = state
                 .lock()
-                .map(|s| (s.policies.values().cloned().collect::<Vec<_>>(), s.version))
+                .map(|s| {
+                    let items: Vec<Value> = s
+                        .objects
+                        .iter()
+                        .filter(|((p, _, _), _)| p == plural)
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    (items, s.version)
+                })
                 .unwrap_or_default();
             json_response(
                 StatusCode::OK,
-                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicyList",
-                       "metadata": {"resourceVersion": version.to_string()}, "items": items}),
+                json!({"apiVersion": format!("{group}/{version}"), "kind": "List",
+                       "metadata": {"resourceVersion": resource_version.to_string()}, "items": items}),
             )
         }
         ("GET", ["api", "v1", "nodes", name]) => {

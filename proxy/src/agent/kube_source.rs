@@ -21,12 +21,13 @@ pub(crate) struct KubeSource {
 impl KubeSource {
     /// Starts the watch on its own task.
     pub(crate) fn start(config: &KubernetesSource) -> Result<Self, AgentError> {
-        let client = crate::kube_client::client(&crate::kube_client::ApiEndpoint {
-            api_server: config.api_server.clone(),
-            api_ca_path: config.api_ca_path.clone(),
-            api_token_path: config.api_token_path.clone(),
-        })
-        .map_err(AgentError::Config)?;
+        let client =
+            meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
+                api_server: config.api_server.clone(),
+                api_ca_path: config.api_ca_path.clone(),
+                api_token_path: config.api_token_path.clone(),
+            })
+            .map_err(AgentError::Config)?;
         let (tx, updates) = watch::channel(None);
         // one ConfigMap serves every node of a DaemonSet: the name comes from the
         // downward API when the file leaves it empty

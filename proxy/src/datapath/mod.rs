@@ -105,7 +105,7 @@ impl DataPath {
         let limits = config.limits.clone();
         let kubernetes = match &config.authorization.kubernetes {
             Some(api) => Some(
-                crate::kube_client::client(&crate::kube_client::ApiEndpoint {
+                meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
                     api_server: api.api_server.clone(),
                     api_ca_path: api.api_ca_path.clone(),
                     api_token_path: api.api_token_path.clone(),

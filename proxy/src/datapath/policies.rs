@@ -204,12 +204,13 @@ spec:
             })
         };
         api.apply_authorization_policy(policy("allow-all", "ALLOW"));
-        let client = crate::kube_client::client(&crate::kube_client::ApiEndpoint {
-            api_server: Some(api.url()),
-            api_ca_path: Some(api.ca_file().to_owned()),
-            api_token_path: Some(api.token_file().to_owned()),
-        })
-        .unwrap();
+        let client =
+            meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
+                api_server: Some(api.url()),
+                api_ca_path: Some(api.ca_file().to_owned()),
+                api_token_path: Some(api.token_file().to_owned()),
+            })
+            .unwrap();
         // a file beside the API: one set
         std::fs::write(dir.path().join("p.yaml"), ALLOW).unwrap();
         let mut policies = watch_policies(
