@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use meshward::agent::{AgentHandle, Snapshot};
 use meshward_config::{PodInfo, ProxyConfig, WorkloadsFile};
 use meshward_test_support::check_x509_svid;
-use meshward_test_support::issuer::IssuerProcess;
+use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 
 const TD: &str = "math.example.com";
 
@@ -60,7 +60,7 @@ fn start_issuer(dir: &Path) -> IssuerProcess {
         Path::new(env!("CARGO_BIN_EXE_meshward")),
         TD,
         dir,
-        &format!("sqlite://{}/i.sqlite3", dir.display()),
+        &sqlite_url(dir),
     )
 }
 
@@ -609,7 +609,7 @@ async fn agent_attests_with_its_projected_service_account_token() {
         Path::new(env!("CARGO_BIN_EXE_meshward")),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &api.issuer_psat_yaml(),
     );
     // a node alias: every node of cluster eks may serve the curl-spire entry

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use meshward_issuer::client::{Code, agent_client};
 use meshward_issuer::proto;
 use meshward_test_support::daemon::{free_port, http_get};
-use meshward_test_support::issuer::IssuerProcess;
+use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 use meshward_test_support::postgres::TestDatabase;
 use meshward_test_support::{check_x509_svid, p256_csr};
 use meshward_tls::CertStore;
@@ -333,7 +333,7 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
         meshward(),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &format!(
             "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2m\n  profile: https_spiffe\n"
         ),
@@ -375,7 +375,7 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
         meshward(),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &format!(
             "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_web\n  cert_file: {0}/web.pem\n  key_file: {0}/web.key\n",
             dir.path().display()
@@ -410,7 +410,7 @@ async fn k8s_psat_attestation_through_token_review() {
         meshward(),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &api.issuer_psat_yaml(),
     );
     let identity = CertStore::new();
@@ -519,7 +519,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         meshward(),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &api.issuer_psat_yaml(),
     );
     let template = dir.path().join("clusterspiffeid.yaml");
@@ -681,7 +681,7 @@ async fn cluster_spiffe_id_objects_become_identity_templates() {
         meshward(),
         TD,
         dir.path(),
-        &format!("sqlite://{}/i.sqlite3", dir.path().display()),
+        &sqlite_url(dir.path()),
         &format!(
             "cluster_spiffe_ids:\n  api_server: {}\n  api_ca_path: {}\n  api_token_path: {}\n",
             api.url(),

@@ -22,6 +22,11 @@ pub struct IssuerProcess {
     daemon: Option<Daemon>,
 }
 
+/// A SQLite datastore in `dir`, as most issuer tests use.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}/i.sqlite3", dir.display())
+}
+
 impl IssuerProcess {
     /// Starts `binary issuer run` for trust domain `trust_domain`, waits for `/ready`.
     pub fn new(binary: &Path, trust_domain: &str, dir: &Path, datastore_url: &str) -> Self {
