@@ -290,7 +290,7 @@ fn memory(env: &Env, idle: usize, table: &mut Table) -> anyhow::Result<()> {
         let pids = env.proxy_pids(variant);
         #[allow(clippy::cast_precision_loss)]
         let before = measure::rss_bytes(&pids) as f64;
-        record(table, "RSS idle per node, MB", variant, before / 2.0 / 1e6);
+        record(table, "RSS (anonymous) idle per node, MB", variant, before / 2.0 / 1e6);
         let target = env.target(variant, ECHO);
         let (tx, rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -322,7 +322,7 @@ fn memory(env: &Env, idle: usize, table: &mut Table) -> anyhow::Result<()> {
             let per = (after - before) / opened as f64 / 1e3;
             record(
                 table,
-                "RSS per idle connection (both nodes), KB",
+                "RSS (anonymous) per idle connection, both nodes, KB",
                 variant,
                 per,
             );

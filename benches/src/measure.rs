@@ -19,12 +19,14 @@ pub(crate) fn cpu_seconds(pids: &[i32]) -> f64 {
         .sum()
 }
 
-/// Resident set size in bytes, summed over `pids`.
+/// Anonymous resident memory in bytes (heap, stacks: what the process allocated),
+/// summed over `pids`. File-backed pages (the binary's text, shared and reclaimable,
+/// and with debug info much larger than a stripped image's) are left out.
 pub(crate) fn rss_bytes(pids: &[i32]) -> u64 {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter_map(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
             let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kb * 1024)
         })
