@@ -290,7 +290,12 @@ fn memory(env: &Env, idle: usize, table: &mut Table) -> anyhow::Result<()> {
         let pids = env.proxy_pids(variant);
         #[allow(clippy::cast_precision_loss)]
         let before = measure::rss_bytes(&pids) as f64;
-        record(table, "RSS (anonymous) idle per node, MB", variant, before / 2.0 / 1e6);
+        record(
+            table,
+            "RSS (anonymous) idle per node, MB",
+            variant,
+            before / 2.0 / 1e6,
+        );
         let target = env.target(variant, ECHO);
         let (tx, rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
