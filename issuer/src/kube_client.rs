@@ -11,6 +11,16 @@ pub struct ApiEndpoint {
     pub api_token_path: Option<PathBuf>,
 }
 
+impl From<&meshward_config::KubernetesApi> for ApiEndpoint {
+    fn from(api: &meshward_config::KubernetesApi) -> Self {
+        Self {
+            api_server: api.api_server.clone(),
+            api_ca_path: api.api_ca_path.clone(),
+            api_token_path: api.api_token_path.clone(),
+        }
+    }
+}
+
 /// A client for `endpoint`; the error says what is missing.
 pub fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, String> {
     let config = match &endpoint.api_server {

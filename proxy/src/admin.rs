@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::Snapshot;
+use crate::agent::{PodIdentities, Snapshot};
 use crate::logging::LogControl;
 
 /// What the admin endpoints read; all of it shared, nothing copied per request.
@@ -123,9 +123,15 @@ fn admin(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
     }
 }
 
-fn workloads(snapshot: &Snapshot) -> Value {
+/// The node's pods by namespace and name, so every listing reads the same way.
+fn sorted_pods(snapshot: &Snapshot) -> Vec<&PodIdentities> {
     let mut pods: Vec<_> = snapshot.pods.values().collect();
     pods.sort_by(|a, b| (&a.pod.namespace, &a.pod.name).cmp(&(&b.pod.namespace, &b.pod.name)));
+    pods
+}
+
+fn workloads(snapshot: &Snapshot) -> Value {
+    let pods = sorted_pods(snapshot);
     Value::Array(
         pods.into_iter()
             .map(|p| {
@@ -146,8 +152,7 @@ fn certificates(snapshot: &Snapshot) -> Value {
     let now = SystemTime::now();
     let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut out = Vec::new();
-    let mut pods: Vec<_> = snapshot.pods.values().collect();
-    pods.sort_by(|a, b| (&a.pod.namespace, &a.pod.name).cmp(&(&b.pod.namespace, &b.pod.name)));
+    let pods = sorted_pods(snapshot);
     for pod in pods {
         for svid in &pod.svids {
             out.push(json!({

@@ -178,8 +178,9 @@ fn route_commands() -> [Vec<String>; 2] {
 
 /// Installs the chains (after removing any left by an earlier run).
 pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
-    remove(config);
-    let restore = format!("{}-restore", Backend::detect().command());
+    let backend = Backend::detect();
+    remove_with(config, backend);
+    let restore = format!("{}-restore", backend.command());
     let mut child = Command::new(&restore)
         .arg("--noflush")
         .stdin(Stdio::piped())
@@ -230,7 +231,10 @@ pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
 
 /// Removes the jumps, the chains and the policy route; quiet when they are not there.
 pub fn remove(config: &CaptureConfig) {
-    let backend = Backend::detect();
+    remove_with(config, Backend::detect());
+}
+
+fn remove_with(config: &CaptureConfig, backend: Backend) {
     let pods = format!("{}+", config.pod_interface_prefix);
     let iptables = |args: &[&str]| {
         Command::new(backend.command())

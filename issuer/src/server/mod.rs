@@ -139,12 +139,8 @@ pub async fn run(
         .serve_with_incoming(UnixListenerStream::new(admin_listener));
     let health_server = health::serve(health_listener, issuer.clone(), metrics);
     if let Some(api) = &config.cluster_spiffe_ids {
-        let client = crate::kube_client::client(&crate::kube_client::ApiEndpoint {
-            api_server: api.api_server.clone(),
-            api_ca_path: api.api_ca_path.clone(),
-            api_token_path: api.api_token_path.clone(),
-        })
-        .map_err(startup("cluster_spiffe_ids"))?;
+        let client =
+            crate::kube_client::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
     }
     let bundle_server = async {

@@ -122,12 +122,13 @@ async fn respond(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    let policies = shared.policies.borrow().clone();
     let http = match HttpRequest::new(
         request.method().as_str(),
         &target,
         &host,
         request.headers().clone(),
-        shared.normalization,
+        policies.options().path_normalization,
     ) {
         Ok(http) => http,
         Err(e) => {
@@ -137,7 +138,6 @@ async fn respond(
     };
     http.target().path().clone_into(path);
     let normalized = http.target().to_request_target();
-    let policies = shared.policies.borrow().clone();
     let mut verdict = stream.authorize(&policies, &stream.request(Some(http)));
     if !verdict.allowed {
         return (deny::response(request.headers()).map(body::full), verdict);

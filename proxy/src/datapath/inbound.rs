@@ -162,19 +162,24 @@ fn connect(
         destination,
         pod: pod.clone(),
     };
-    if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
+    let authorized = if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
         let policies = shared.policies.borrow().clone();
         let verdict = stream.authorize(&policies, &stream.request(None));
         if !verdict.allowed {
             stream.log_connection(&verdict, 0, 0, std::time::Duration::ZERO, None);
             return status(StatusCode::UNAUTHORIZED);
         }
-    }
+        Some(verdict)
+    } else {
+        None
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     let shared = shared.clone();
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve::serve(shared, stream, TokioIo::new(upgraded)).await,
+            Ok(upgraded) => {
+                serve::serve(shared, stream, TokioIo::new(upgraded), authorized).await;
+            }
             Err(e) => tracing::debug!(%client, "CONNECT stream never opened: {e}"),
         }
     });
@@ -215,7 +220,7 @@ pub(crate) async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: Socke
         destination: target,
         pod,
     };
-    serve::serve(shared, stream, tcp).await;
+    serve::serve(shared, stream, tcp, None).await;
 }
 
 #[cfg(test)]

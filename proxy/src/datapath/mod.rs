@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshward_config::{InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
-use meshward_policy::PathNormalization;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -64,7 +63,6 @@ pub(crate) struct Shared {
     pub(crate) inbound: InboundConfig,
     pub(crate) outbound: OutboundConfig,
     pub(crate) limits: LimitsConfig,
-    pub(crate) normalization: PathNormalization,
     pub(crate) mark: u32,
     pub(crate) hbone_port: u16,
     own_ports: [u16; 3],
@@ -105,12 +103,8 @@ impl DataPath {
         let limits = config.limits.clone();
         let kubernetes = match &config.authorization.kubernetes {
             Some(api) => Some(
-                meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
-                    api_server: api.api_server.clone(),
-                    api_ca_path: api.api_ca_path.clone(),
-                    api_token_path: api.api_token_path.clone(),
-                })
-                .map_err(DataPathError::PolicySource)?,
+                meshward_issuer::kube_client::client(&api.into())
+                    .map_err(DataPathError::PolicySource)?,
             ),
             None => None,
         };
@@ -123,7 +117,6 @@ impl DataPath {
             ),
             inbound: config.inbound.clone(),
             outbound: config.outbound.clone(),
-            normalization: config.authorization.path_normalization,
             mark: capture.mark,
             hbone_port: capture.inbound_hbone_port,
             own_ports: [

@@ -9,16 +9,22 @@ use meshward_config::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
-use super::authz::InboundStream;
+use super::authz::{InboundStream, Verdict};
 use super::detect::{Detected, Prefixed, detect};
 use super::socket::connect_marked;
 use super::upstream::Version;
 use super::{copy, http};
 
-/// Serves `io` for `stream`. Returning drops `io`: for a tunnel that resets the
-/// stream, for plaintext it closes the connection.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: InboundStream, io: S)
-where
+/// Serves `io` for `stream`. `authorized`: the L4 verdict when a `tcp` port was
+/// already judged at CONNECT time (so it is not judged, nor counted, twice).
+/// Returning drops `io`: for a tunnel that resets the stream, for plaintext it
+/// closes the connection.
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: InboundStream,
+    io: S,
+    authorized: Option<Verdict>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let configured = shared
@@ -42,17 +48,23 @@ where
         (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp) => {
             http::serve(shared, Arc::new(stream), io, Version::Http1).await;
         }
-        (_, Detected::Tcp) => serve_tcp(&shared, &stream, io).await,
+        (_, Detected::Tcp) => serve_tcp(&shared, &stream, io, authorized).await,
     }
 }
 
-async fn serve_tcp<S>(shared: &Shared, stream: &InboundStream, mut io: S)
-where
+async fn serve_tcp<S>(
+    shared: &Shared,
+    stream: &InboundStream,
+    mut io: S,
+    authorized: Option<Verdict>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let policies = shared.policies.borrow().clone();
-    let verdict = stream.authorize(&policies, &stream.request(None));
+    let verdict = authorized.unwrap_or_else(|| {
+        let policies = shared.policies.borrow().clone();
+        stream.authorize(&policies, &stream.request(None))
+    });
     if !verdict.allowed {
         stream.log_connection(&verdict, 0, 0, started.elapsed(), None);
         return;
