@@ -44,6 +44,39 @@ impl FakePod {
     }
 }
 
+/// What a change is about, so it reaches only the watches that asked for it.
+#[derive(Debug, Clone)]
+enum Topic {
+    /// A pod, with the node it runs on (watches may filter on `spec.nodeName`).
+    Pod { node: String },
+    /// A custom object of a resource (`authorizationpolicies`, ...).
+    Object { plural: String },
+}
+
+/// What one open watch asked for.
+#[derive(Debug, Clone)]
+enum WatchFilter {
+    Pods { node: Option<String> },
+    Objects { plural: String },
+}
+
+impl WatchFilter {
+    fn wants(&self, topic: &Topic) -> bool {
+        match (self, topic) {
+            (Self::Pods { node: filter }, Topic::Pod { node }) => {
+                filter.as_ref().is_none_or(|f| f == node)
+            }
+            (Self::Objects { plural: watched }, Topic::Object { plural }) => watched == plural,
+            _ => false,
+        }
+    }
+}
+
+/// Events kept for watches that start from an older resourceVersion (the API
+/// server keeps a window too; a client that lists and then watches must not lose
+/// what changed in between).
+const HISTORY: usize = 256;
+
 #[derive(Default)]
 struct State {
     pods: HashMap<(String, String), FakePod>,
@@ -51,11 +84,12 @@ struct State {
     nodes: HashMap<String, (String, String)>,
     /// Bumped on every change (the watch's resourceVersion).
     version: u64,
-    /// Open pod watches: node name filter and where to send event lines.
-    watchers: Vec<(Option<String>, tokio::sync::mpsc::Sender<Bytes>)>,
-    /// Custom objects by (plural, namespace, name), and open watches by plural.
+    /// Custom objects by (plural, namespace, name).
     objects: std::collections::BTreeMap<(String, String, String), Value>,
-    object_watchers: Vec<(String, tokio::sync::mpsc::Sender<Bytes>)>,
+    /// The last `HISTORY` events: version, topic, event line.
+    history: std::collections::VecDeque<(u64, Topic, Bytes)>,
+    /// Open watches and where to send their event lines.
+    watches: Vec<(WatchFilter, tokio::sync::mpsc::Sender<Bytes>)>,
 }
 
 impl State {
@@ -64,25 +98,51 @@ impl State {
         self.version += 1;
         let mut object = object.clone();
         object["metadata"]["resourceVersion"] = json!(self.version.to_string());
-        let line = format!("{}\n", json!({"type": kind, "object": object}));
-        self.object_watchers.retain(|(watched, tx)| {
-            watched != plural || tx.try_send(Bytes::from(line.clone())).is_ok()
-        });
+        let topic = Topic::Object {
+            plural: plural.to_owned(),
+        };
+        self.publish(topic, json!({"type": kind, "object": object}));
     }
 
     /// Tells every open watch (whose node filter matches) about a pod event.
     fn notify(&mut self, kind: &str, pod: &FakePod) {
         self.version += 1;
-        let line = format!(
-            "{}\n",
-            json!({"type": kind, "object": pod.to_json(self.version)})
-        );
-        self.watchers.retain(|(node, tx)| {
-            if node.as_ref().is_some_and(|n| n != &pod.node_name) {
-                return true;
+        let topic = Topic::Pod {
+            node: pod.node_name.clone(),
+        };
+        let event = json!({"type": kind, "object": pod.to_json(self.version)});
+        self.publish(topic, event);
+    }
+
+    fn publish(&mut self, topic: Topic, event: Value) {
+        let line = Bytes::from(format!("{event}\n"));
+        self.watches
+            .retain(|(filter, tx)| !filter.wants(&topic) || tx.try_send(line.clone()).is_ok());
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((self.version, topic, line));
+    }
+
+    /// Opens a watch; it first replays the kept events newer than `since` (the
+    /// list's resourceVersion), like the API server.
+    fn open_watch(
+        &mut self,
+        filter: WatchFilter,
+        since: Option<u64>,
+    ) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(HISTORY + 64);
+        if let Some(since) = since.filter(|v| *v > 0) {
+            for (_, _, line) in self
+                .history
+                .iter()
+                .filter(|(version, topic, _)| *version > since && filter.wants(topic))
+            {
+                let _ = tx.try_send(line.clone());
             }
-            tx.try_send(Bytes::from(line.clone())).is_ok()
-        });
+        }
+        self.watches.push((filter, tx));
+        rx
     }
 }
 
@@ -361,7 +421,22 @@ fn json_response(status: StatusCode, body: Value) -> Response<Body> {
     response
 }
 
-/// A watch: one JSON event per line, as long as the test keeps the sender.
+/// A watch from the request's `resourceVersion`: one JSON event per line, for as
+/// long as the server runs.
+fn watch_response(
+    state: &Mutex<State>,
+    filter: WatchFilter,
+    query: &HashMap<String, String>,
+) -> Response<Body> {
+    let since = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok());
+    match state.lock() {
+        Ok(mut s) => stream_response(s.open_watch(filter, since)),
+        Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status"})),
+    }
+}
+
 fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let frames =
         tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
@@ -441,11 +516,8 @@ async fn handle(
         ("GET", ["api", "v1", "pods"])
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
         {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-            if let Ok(mut s) = state.lock() {
-                s.watchers.push((node_filter, tx));
-            }
-            stream_response(rx)
+            let filter = WatchFilter::Pods { node: node_filter };
+            watch_response(state, filter, &query)
         }
         ("GET", ["api", "v1", "pods"]) => {
             let (items, version) = state
@@ -469,11 +541,10 @@ async fn handle(
             if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural)
                 && query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
         {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-            if let Ok(mut s) = state.lock() {
-                s.object_watchers.push(((*plural).to_owned(), tx));
-            }
-            stream_response(rx)
+            let filter = WatchFilter::Objects {
+                plural: (*plural).to_owned(),
+            };
+            watch_response(state, filter, &query)
         }
         ("GET", ["apis", group, version, plural])
             if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural) =>
@@ -545,4 +616,40 @@ fn token_review(review: &Value, key: &jsonwebtoken::DecodingKey) -> Value {
         Err(e) => json!({"authenticated": false, "error": format!("invalid bearer token: {e}")}),
     };
     json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": review["spec"], "status": status})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "ns"}})
+    }
+
+    /// A client lists at version N, then opens its watch: what changed in between
+    /// must reach it, or watchers built on list + watch race (as one CI run showed).
+    #[test]
+    fn a_watch_replays_what_changed_since_its_resource_version() {
+        let mut state = State::default();
+        state.notify_object(POLICIES, "ADDED", &policy("listed"));
+        let listed_at = state.version;
+        state.notify_object(POLICIES, "ADDED", &policy("in-between"));
+        state.notify_object(CLUSTER_SPIFFE_IDS, "ADDED", &policy("other-resource"));
+
+        let filter = WatchFilter::Objects {
+            plural: POLICIES.to_owned(),
+        };
+        let mut from_list = state.open_watch(filter.clone(), Some(listed_at));
+        let mut from_now = state.open_watch(filter, None);
+        let line = from_list.try_recv().expect("the change after the list");
+        assert!(String::from_utf8_lossy(&line).contains("in-between"));
+        assert!(
+            from_list.try_recv().is_err(),
+            "only that change, of that resource"
+        );
+        assert!(from_now.try_recv().is_err());
+
+        state.notify_object(POLICIES, "DELETED", &policy("listed"));
+        assert!(from_list.try_recv().is_ok() && from_now.try_recv().is_ok());
+    }
 }
