@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 . scripts/packages.sh
 ensure_packages iproute2 iptables curl
 cargo build --locked -p meshward
-exec ./target/debug/meshward demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/meshward" demo "$@"

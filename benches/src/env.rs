@@ -26,7 +26,7 @@ const PEER_TLS_BULK: u16 = 15202;
 const PEER_TLS_HTTP: u16 = 18081;
 
 /// Who is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub(crate) enum Variant {
     Direct,
     Meshward,
@@ -55,7 +55,8 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    pub(crate) fn start(bin: &Path) -> anyhow::Result<Self> {
+    /// Two nodes whose daemons run `worker_threads` runtime threads each.
+    pub(crate) fn start(bin: &Path, worker_threads: usize) -> anyhow::Result<Self> {
         let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
         spec.pod(
             "node-1",
@@ -71,7 +72,7 @@ impl Env {
         )
         .exclude_ports(&[HTTP_DIRECT, ECHO_DIRECT, BULK_DIRECT])
         .proxy_yaml(&format!(
-            "inbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\n"
+            "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\n"
         ));
         let mesh = Mesh::start(bin, spec).context("starting the mesh")?;
         mesh.apply_policy(
@@ -80,6 +81,8 @@ impl Env {
                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bench, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: bench}}}}\n  rules:\n  - from: [{{source: {{principals: [\"{TD}/ns/default/sa/curl-spire\"]}}}}]\n    to: [{{operation: {{ports: [\"{ECHO}\", \"{BULK}\"]}}}}]\n  - from: [{{source: {{principals: [\"{TD}/ns/default/sa/curl-spire\"]}}}}]\n    to: [{{operation: {{methods: [GET], paths: [\"/bench/*\"]}}}}]\n"
             ),
         )?;
+        mesh.wait_for_policy_count(1)
+            .context("the bench policy in force")?;
         let bin_str = bin.display().to_string();
         let mut apps = Vec::new();
         for (args, port) in [
@@ -150,6 +153,20 @@ impl Env {
     }
 
     /// The processes doing the proxying for a variant (both nodes).
+    /// The last `lines` lines of each daemon's log, for failure messages.
+    pub(crate) fn log_tails(&self, lines: usize) -> String {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|node| {
+                let log = self.mesh.daemon_log(node);
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {node} ---\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub(crate) fn proxy_pids(&self, variant: Variant) -> Vec<i32> {
         match variant {
             Variant::Direct => Vec::new(),

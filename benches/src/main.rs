@@ -7,13 +7,14 @@
 mod env;
 mod load;
 mod measure;
+mod profile;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use env::{BULK, ECHO, Env, HTTP, Variant};
 use meshward_integration::exec;
 
@@ -29,15 +30,46 @@ struct Args {
     /// Idle connections for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// Which figures to take (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    figures: Vec<Figure>,
+    /// Which variants to measure (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    variants: Vec<Variant>,
+    /// Runtime threads per meshward daemon. Both daemons, the load generator and
+    /// the servers share this machine's cores; one each is what two one-core
+    /// nodes would give them (the daemon's own default is max(2, cores / 4)).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
+    /// Record the meshward daemons with `perf` while each figure runs, into
+    /// DIR/<figure>.data (read with `perf report -i`).
+    #[arg(long, value_name = "DIR")]
+    perf: Option<std::path::PathBuf>,
+}
+
+/// The figures, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Figure {
+    Bulk,
+    Held,
+    NewConnections,
+    Http1,
+    Http2,
+    Handshakes,
+    Memory,
 }
 
 /// figure -> variant -> samples
 type Table = BTreeMap<&'static str, BTreeMap<Variant, Vec<f64>>>;
 
-const VARIANTS: [Variant; 3] = [Variant::Direct, Variant::Meshward, Variant::Nginx];
-
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.figures.is_empty() {
+        args.figures = Figure::value_variants().to_vec();
+    }
+    if args.variants.is_empty() {
+        args.variants = Variant::value_variants().to_vec();
+    }
     raise_open_files_limit();
     meshward_tls_provider();
     let bin = meshward_integration::meshward_binary()?;
@@ -45,26 +77,57 @@ fn main() -> anyhow::Result<()> {
         "meshward-bench: building the environment with {}",
         bin.display()
     );
-    let env = Env::start(&bin)?;
+    let env = Env::start(&bin, args.worker_threads)?;
     let duration = Duration::from_secs(args.seconds);
     let mut table = Table::new();
     for run in 1..=args.runs {
         eprintln!("run {run}/{}", args.runs);
-        for variant in VARIANTS {
-            bulk(&env, variant, duration, &mut table)?;
-            held(&env, variant, duration, &mut table)?;
-            new_connections(&env, variant, duration, &mut table)?;
-            http1(&env, variant, duration, &mut table)?;
-            if variant != Variant::Nginx {
-                // the client nginx tunnels TCP: no ALPN, so no HTTP/2 through the pair
-                http2(&env, variant, duration, &mut table)?;
+        for &variant in &args.variants {
+            for &figure in &args.figures {
+                let recording = match (&args.perf, variant) {
+                    (Some(dir), Variant::Meshward) if figure != Figure::Memory => {
+                        let name = format!("{figure:?}-{run}").to_lowercase();
+                        Some(profile::Recording::start(
+                            dir,
+                            &name,
+                            &env.proxy_pids(variant),
+                        )?)
+                    }
+                    _ => None,
+                };
+                take(&env, figure, variant, duration, &mut table)?;
+                if let Some(recording) = recording {
+                    eprintln!("perf: {}", recording.finish()?.display());
+                }
             }
-            handshakes(&env, variant, duration, &mut table)?;
         }
     }
-    memory(&env, args.idle_connections, &mut table)?;
+    if args.figures.contains(&Figure::Memory) {
+        memory(&env, &args.variants, args.idle_connections, &mut table)?;
+    }
     print(&table, args.runs);
     Ok(())
+}
+
+/// One measurement of one figure for one variant (memory runs once, at the end).
+fn take(
+    env: &Env,
+    figure: Figure,
+    variant: Variant,
+    duration: Duration,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    match figure {
+        Figure::Bulk => bulk(env, variant, duration, table),
+        Figure::Held => held(env, variant, duration, table),
+        Figure::NewConnections => new_connections(env, variant, duration, table),
+        Figure::Http1 => http1(env, variant, duration, table),
+        // the client nginx tunnels TCP: no ALPN, so no HTTP/2 through the pair
+        Figure::Http2 if variant == Variant::Nginx => Ok(()),
+        Figure::Http2 => http2(env, variant, duration, table),
+        Figure::Handshakes => handshakes(env, variant, duration, table),
+        Figure::Memory => Ok(()),
+    }
 }
 
 fn record(table: &mut Table, figure: &'static str, variant: Variant, value: f64) {
@@ -121,8 +184,9 @@ fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
     let result = client_ns(env)?.run(move || load::held_connection(target, duration, 2_000_000))?;
     anyhow::ensure!(
         result.errors == 0,
-        "{} held connection to {target} failed",
-        variant.name()
+        "{} held connection to {target} failed; the daemons' last log lines:\n{}",
+        variant.name(),
+        env.log_tails(20)
     );
     let us = |p| measure::percentile(&result.sorted, p).as_secs_f64() * 1e6;
     record(
@@ -285,8 +349,8 @@ fn handshakes(
     Ok(())
 }
 
-fn memory(env: &Env, idle: usize, table: &mut Table) -> anyhow::Result<()> {
-    for variant in [Variant::Meshward, Variant::Nginx] {
+fn memory(env: &Env, variants: &[Variant], idle: usize, table: &mut Table) -> anyhow::Result<()> {
+    for &variant in variants.iter().filter(|v| **v != Variant::Direct) {
         let pids = env.proxy_pids(variant);
         #[allow(clippy::cast_precision_loss)]
         let before = measure::rss_bytes(&pids) as f64;

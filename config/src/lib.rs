@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     /// `/stats/prometheus`.
     pub metrics_listen: std::net::SocketAddr,
     pub log: LogConfig,
+    /// Threads of the async runtime. Absent: ztunnel's rule, max(2, a quarter of
+    /// the cores this process may use): a node proxy leaves the cores to the pods.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +71,7 @@ impl Default for ProxyConfig {
             admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
             log: LogConfig::default(),
+            worker_threads: None,
         }
     }
 }
@@ -91,7 +95,24 @@ impl ProxyConfig {
         self.authorization.validate(source)?;
         self.agent.validate(source)?;
         self.capture.validate(source)?;
+        if let Some(threads) = self.worker_threads
+            && !(1..=1024).contains(&threads)
+        {
+            return Err(ConfigError::invalid(
+                source,
+                "worker_threads",
+                format!("{threads} is not between 1 and 1024"),
+            ));
+        }
         self.limits.validate(source)
+    }
+
+    /// The runtime's thread count: `worker_threads`, or max(2, cores / 4).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            cores.div_ceil(4).max(2)
+        })
     }
 
     /// The policy engine's options under this configuration.

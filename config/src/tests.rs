@@ -57,6 +57,10 @@ fn errors_name_file_field_and_reason() {
             "p.yaml: authorization.trust_domain_aliases[1]",
         ),
         ("authorization: [\n", "p.yaml: invalid YAML at line"),
+        (
+            "worker_threads: 0\n",
+            "p.yaml: worker_threads: 0 is not between 1 and 1024",
+        ),
     ];
     for (yaml, want) in cases {
         let e = ProxyConfig::from_yaml(yaml, "p.yaml")
@@ -163,4 +167,12 @@ fn data_path_sections() {
             .to_string();
         assert!(e.starts_with(want), "want {want:?}, got {e:?}");
     }
+}
+
+#[test]
+fn worker_threads_default_to_at_least_two() {
+    let config = ProxyConfig::default();
+    assert!(config.worker_threads() >= 2);
+    let one = ProxyConfig::from_yaml("worker_threads: 1\n", "p.yaml").unwrap();
+    assert_eq!(one.worker_threads(), 1);
 }

@@ -286,6 +286,48 @@ impl Mesh {
         std::fs::remove_file(&file).map_err(HarnessError::io(format!("remove {}", file.display())))
     }
 
+    /// `GET` of a node daemon's admin endpoint (localhost:15000 in the node's
+    /// namespace): the status code (none when curl failed) and the body.
+    pub fn admin_get(&self, node: &str, path: &str) -> Result<(Option<i32>, String)> {
+        let url = format!("http://127.0.0.1:15000{path}");
+        let ns = self.cluster.node(node)?.netns();
+        let out = exec(
+            ns,
+            "curl",
+            &["-sS", "--max-time", "5", &url],
+            Duration::from_secs(10),
+        )?;
+        Ok((out.code, out.stdout))
+    }
+
+    /// Waits until every daemon's policy set in force has exactly `count`
+    /// policies: the daemons reload the policy directory within a second or two of
+    /// `apply_policy`, and load generators must not start before.
+    pub fn wait_for_policy_count(&self, count: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for node in self.daemons.keys() {
+            loop {
+                let (_, body) = self.admin_get(node, "/policies")?;
+                let in_force = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["count"].as_u64());
+                if in_force == Some(count as u64) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(HarnessError::Timeout {
+                        what: format!(
+                            "{node}'s daemon to hold {count} policies (has {in_force:?})"
+                        ),
+                        after: Duration::from_secs(15),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
     /// The Workload API socket of a node's daemon.
     pub fn workload_api_socket(&self, node: &str) -> PathBuf {
         self.cluster.log_dir().join(format!("{node}-agent.sock"))

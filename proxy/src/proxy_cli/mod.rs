@@ -75,6 +75,7 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
     let logs = meshward::logging::init(&config.log);
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
