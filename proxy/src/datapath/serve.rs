@@ -35,7 +35,7 @@ pub(crate) async fn serve<S>(
     let (detected, io) = if configured == Some(AppProtocol::Tcp) {
         (Detected::Tcp, Prefixed::new(io))
     } else {
-        match detect(io, shared.inbound.protocol_detection_timeout).await {
+        match Box::pin(detect(io, shared.inbound.protocol_detection_timeout)).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::debug!(dst_addr = %stream.destination, "stream ended before a byte: {e}");
@@ -43,10 +43,14 @@ pub(crate) async fn serve<S>(
             }
         }
     };
+    // the HTTP server and the upstream connect are boxed: a TCP stream in its
+    // copy stage then holds a pointer, not their state (memory per connection)
     match (configured, detected) {
-        (_, Detected::Http2) => http::serve(shared, Arc::new(stream), io, Version::Http2).await,
+        (_, Detected::Http2) => {
+            Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http2)).await;
+        }
         (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp) => {
-            http::serve(shared, Arc::new(stream), io, Version::Http1).await;
+            Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http1)).await;
         }
         (_, Detected::Tcp) => serve_tcp(&shared, &stream, io, authorized).await,
     }
@@ -69,11 +73,11 @@ async fn serve_tcp<S>(
         stream.log_connection(&verdict, 0, 0, started.elapsed(), None);
         return;
     }
-    let mut upstream = match connect_marked(
+    let mut upstream = match Box::pin(connect_marked(
         stream.destination,
         shared.mark,
         shared.limits.connect_timeout,
-    )
+    ))
     .await
     {
         Ok(upstream) => upstream,
