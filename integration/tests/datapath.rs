@@ -23,6 +23,39 @@ fn tcp_ping(mesh: &Mesh, pod: &str, addr: &str) -> String {
         .stdout
 }
 
+/// An HTTP/1.1 upgrade (a WebSocket handshake) from a pod to the echoserver on
+/// `ip:8080`, then `ping`: the lines that came back (status line; after a 101 the
+/// echoserver's `xfcc: ...` line and the echoed `ping`).
+fn upgrade_ping(mesh: &Mesh, pod: &str, ip: std::net::IpAddr) -> Vec<String> {
+    let script = format!(
+        r"import socket
+s=socket.create_connection(('{ip}',8080),timeout=5)
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: echoserver\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+data=b''
+def more():
+  global data
+  b=s.recv(1000)
+  if not b: raise SystemExit
+  data+=b
+while b'\r\n\r\n' not in data: more()
+head,_,data=data.partition(b'\r\n\r\n')
+print(head.split(b'\r\n')[0].decode())
+if b' 101 ' in head:
+  while b'\n' not in data: more()
+  line,_,data=data.partition(b'\n')
+  print(line.decode())
+  s.sendall(b'ping')
+  while len(data)<4: more()
+  print(data.decode())
+"
+    );
+    let out = mesh
+        .cluster
+        .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(20))
+        .unwrap();
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
 #[test]
 fn the_talk_across_nodes_and_on_one_node() {
     let Some(()) = available_or_skip("the_talk_across_nodes_and_on_one_node") else {
@@ -249,6 +282,19 @@ fn the_talk_across_nodes_and_on_one_node() {
     assert_eq!(trailers.get("grpc-status").unwrap(), "0");
     let xfcc = trailers.get("echo-xfcc").unwrap().to_str().unwrap();
     assert!(xfcc.ends_with("/ns/default/sa/neighbour"), "{xfcc}");
+
+    // WebSocket: an allowed upgrade joins the client to the pod (with XFCC on the
+    // handshake); a refused one gets the 403 like any request
+    let lines = upgrade_ping(&mesh, "neighbour", ip);
+    assert_eq!(lines.len(), 3, "{lines:?}\n{}", mesh.logs());
+    assert!(lines[0].starts_with("HTTP/1.1 101"), "{lines:?}");
+    assert!(
+        lines[1].ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/neighbour")),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "ping");
+    let lines = upgrade_ping(&mesh, "curl-spire", ip);
+    assert_eq!(lines, ["HTTP/1.1 403 Forbidden"]);
 }
 
 /// A gRPC message: uncompressed flag, big-endian length, payload.

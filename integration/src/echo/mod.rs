@@ -5,7 +5,10 @@
 //! and the plain text of Kubernetes' e2e `echoserver`; plus a TCP echo mode. A gRPC
 //! request (`content-type: application/grpc`) gets its message echoed back with
 //! trailers `grpc-status: 0` and `echo-xfcc` (the XFCC it arrived with), so trailer
-//! handling can be seen end to end.
+//! handling can be seen end to end. An HTTP/1.1 `Upgrade` request (a WebSocket
+//! handshake, say) is answered `101` and the connection then echoes bytes, after
+//! one line `xfcc: <the XFCC the request carried>`, so upgrades can be seen
+//! through the mesh without a WebSocket library.
 
 pub mod cli;
 mod json;
@@ -86,7 +89,7 @@ pub async fn serve_http(listener: TcpListener, format: Format, env: PodEnv) -> s
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             // A client that goes away mid-request is not the server's problem.
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -106,11 +109,14 @@ pub async fn serve_tcp_echo(listener: TcpListener) -> std::io::Result<()> {
 type EchoBody = UnsyncBoxBody<Bytes, Infallible>;
 
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     client: SocketAddr,
     format: Format,
     env: Arc<PodEnv>,
 ) -> Result<Response<EchoBody>, Infallible> {
+    if let Some(protocol) = upgrade_protocol(&req) {
+        return Ok(upgrade_echo(&mut req, protocol));
+    }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -168,6 +174,54 @@ async fn answer(
         .header(header::SERVER, "echoserver")
         .body(Full::new(Bytes::from(body)).boxed_unsync());
     Ok(response.unwrap_or_else(|_| plain(500, "cannot build the response\n")))
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<http::HeaderValue> {
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    (req.version() == http::Version::HTTP_11 && connection_upgrade)
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// `101 Switching Protocols`, then `xfcc: ...` and an echo of every byte.
+fn upgrade_echo(req: &mut Request<Incoming>, protocol: http::HeaderValue) -> Response<EchoBody> {
+    let xfcc = req
+        .headers()
+        .get("x-forwarded-client-cert")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        if io
+            .write_all(format!("xfcc: {xfcc}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (mut r, mut w) = tokio::io::split(io);
+        let _ = tokio::time::timeout(TCP_IDLE, tokio::io::copy(&mut r, &mut w)).await;
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(header::UPGRADE, protocol);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    response
 }
 
 /// The request message back, then trailers.

@@ -3,6 +3,9 @@
 //! Allowed: XFCC set (anything the client sent removed), the path normalized as
 //! policy saw it, sent to the pod over a pooled connection in the client's HTTP
 //! version; trailers pass through. The pod unreachable: 503 (gRPC: status 14).
+//! An allowed HTTP/1.1 upgrade (WebSocket) goes to the pod on its own connection;
+//! when the pod answers `101`, the client's and the pod's connections are joined
+//! byte for byte, as Envoy does for Istio's WebSocket routes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,14 +18,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshward_policy::HttpRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Shared;
 use super::authz::{InboundStream, Verdict};
 use super::body::{self, ProxyBody};
 use super::upstream::Version;
+use super::{Shared, copy};
 use crate::{deny, metrics, xfcc};
 
 /// Serves HTTP on `io` until the client is done with it.
@@ -47,6 +51,7 @@ pub(crate) async fn serve<S>(
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, service)
+                .with_upgrades()
                 .await
         }
         Version::Http2 => {
@@ -149,7 +154,11 @@ async fn respond(
         leaf_der: &p.leaf_der,
     });
     xfcc::set(request.headers_mut(), by.unwrap_or_default(), peer.as_ref());
+    let upgrade = upgrade_protocol(&request);
     strip_hop_by_hop(request.headers_mut());
+    if let Some(protocol) = &upgrade {
+        keep_upgrade(request.headers_mut(), protocol.clone());
+    }
     // the pod gets the path policy judged, never the raw one (Envoy rewrites too)
     let uri = match version {
         Version::Http1 => normalized.parse::<Uri>(),
@@ -162,15 +171,37 @@ async fn respond(
             return (response, refused(format!("bad request: {e}")));
         }
     }
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let request = request.map(body::stream);
-    match shared
-        .upstream
-        .send(stream.destination, version, request)
-        .await
-    {
-        Ok(response) => {
+    let sent = match upgrade {
+        Some(_) => {
+            shared
+                .upstream
+                .send_upgrade(stream.destination, request)
+                .await
+        }
+        None => {
+            shared
+                .upstream
+                .send(stream.destination, version, request)
+                .await
+        }
+    };
+    match sent {
+        Ok(mut response) => {
+            let switched = match client_side {
+                Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let pod_side = hyper::upgrade::on(&mut response);
+                    join_upgraded(client_side, pod_side, shared.limits.idle_timeout);
+                    response.headers().get(header::UPGRADE).cloned()
+                }
+                _ => None,
+            };
             let mut response = response.map(body::stream);
             strip_hop_by_hop(response.headers_mut());
+            if let Some(protocol) = switched {
+                keep_upgrade(response.headers_mut(), protocol);
+            }
             (response, verdict)
         }
         Err(e) => {
@@ -178,6 +209,51 @@ async fn respond(
             (unavailable(grpc), verdict)
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and
+/// `Upgrade`); HTTP/2 has no such handshake.
+fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
+    let asks = request.version() == http::Version::HTTP_11
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| request.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Once the client has the `101` and the pod's connection is handed over, copies
+/// bytes both ways until both sides are done or idle.
+fn join_upgraded(client: OnUpgrade, pod: OnUpgrade, idle: Duration) {
+    tokio::spawn(async move {
+        let (client, pod) = match (client.await, pod.await) {
+            (Ok(client), Ok(pod)) => (client, pod),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!("upgrade not completed: {e}");
+                return;
+            }
+        };
+        let (mut client, mut pod) = (TokioIo::new(client), TokioIo::new(pod));
+        let (moved, result) = copy::bidirectional(&mut client, &mut pod, idle).await;
+        tracing::debug!(
+            bytes_sent = moved.sent,
+            bytes_received = moved.received,
+            "upgraded connection ended: {}",
+            result
+                .err()
+                .map_or_else(|| "done".to_owned(), |e| e.to_string())
+        );
+    });
 }
 
 /// Headers that belong to one hop (RFC 9110 7.6.1), plus those `Connection` names.

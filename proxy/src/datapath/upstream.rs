@@ -2,6 +2,8 @@
 //! pooled per (pod address, HTTP version): HTTP/2 multiplexes on one connection;
 //! HTTP/1.1 keeps idle keep-alive connections and opens one more when all are busy.
 //! The pool never holds a request back: a busy or broken connection is skipped.
+//! An HTTP/1.1 upgrade (WebSocket) gets a connection of its own, never pooled: after
+//! `101` it belongs to the upgraded protocol.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,6 +86,29 @@ impl UpstreamPool {
             }
             Sender::Http2(mut sender) => sender.send_request(request).await.map_err(http),
         }
+    }
+
+    /// Sends an HTTP/1.1 upgrade request on a new connection that hyper hands over
+    /// (`hyper::upgrade::on` of the response) if the pod answers `101`.
+    pub(crate) async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let tcp = connect_marked(addr, self.mark, self.connect_timeout)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let http = |source| UpstreamError::Http { addr, source };
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream HTTP/1.1 upgrade connection: {e}");
+            }
+        });
+        sender.send_request(request).await.map_err(http)
     }
 
     fn pooled(&self, addr: SocketAddr, version: Version) -> Option<Sender> {
