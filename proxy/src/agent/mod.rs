@@ -206,8 +206,8 @@ impl AgentTask {
                     node::connect(agent, td, &self.bundles, &CertStore::new()).await?;
                 let (node, bundle) = node::attest(agent, &mut anonymous).await?;
                 eprintln!("meshward agent: attested as {}", node.spiffe_id);
-                self.store.save(&node)?;
-                self.adopt_bundle(&bundle)?;
+                self.store.save(&node).await?;
+                adopt_bundle(&self.bundles, &self.store, td, &bundle).await?;
                 self.node = Some(node);
             }
             self.present_node_identity()?;
@@ -219,7 +219,7 @@ impl AgentTask {
                 "meshward agent: renewed the node SVID (expires {:?})",
                 renewed.expires_at
             );
-            self.store.save(&renewed)?;
+            self.store.save(&renewed).await?;
             self.node = Some(renewed);
             self.present_node_identity()?;
             // the issuer checks the presented serial: use a connection with the new one
@@ -234,7 +234,7 @@ impl AgentTask {
             .map(CertificateDer::from)
             .collect();
         if !bundle.is_empty() {
-            self.adopt_bundle(&bundle)?;
+            adopt_bundle(&self.bundles, &self.store, td, &bundle).await?;
         }
         self.cache
             .sync(&mut client, &self.workloads, &auth, now)
@@ -281,11 +281,17 @@ impl AgentTask {
             .set(node.chain.clone(), &node.key_pkcs8)
             .map_err(|e| AgentError::Io(e.to_string()))
     }
+}
 
-    fn adopt_bundle(&self, bundle: &[CertificateDer<'static>]) -> Result<(), AgentError> {
-        self.bundles
-            .set(&self.config.trust_domain, bundle)
-            .map_err(|e| AgentError::Io(e.to_string()))?;
-        self.store.save_bundle(bundle)
-    }
+/// Trusts `bundle` for the issuer connection and keeps it for the next start.
+async fn adopt_bundle(
+    bundles: &TrustBundles,
+    store: &NodeStore,
+    trust_domain: &str,
+    bundle: &[CertificateDer<'static>],
+) -> Result<(), AgentError> {
+    bundles
+        .set(trust_domain, bundle)
+        .map_err(|e| AgentError::Io(e.to_string()))?;
+    store.save_bundle(bundle).await
 }

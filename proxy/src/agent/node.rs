@@ -64,14 +64,18 @@ impl NodeIdentity {
 }
 
 /// Files under `<data_dir>`: `node.pem` (chain), `node.key` (0600), `bundle.pem`.
+/// Writes are fsynced and renamed into place on the blocking pool, and the bundle
+/// only when it changed (every sync hands it over).
 pub(crate) struct NodeStore {
     dir: PathBuf,
+    saved_bundle: std::sync::Mutex<Vec<CertificateDer<'static>>>,
 }
 
 impl NodeStore {
     pub(crate) fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            saved_bundle: std::sync::Mutex::default(),
         }
     }
 
@@ -90,10 +94,14 @@ impl NodeStore {
         })
     }
 
-    pub(crate) fn save(&self, node: &NodeIdentity) -> Result<(), AgentError> {
+    pub(crate) async fn save(&self, node: &NodeIdentity) -> Result<(), AgentError> {
         let pem: String = node.chain.iter().map(|c| pem_encode(c)).collect();
-        write_private(&self.dir, "node.pem", pem.as_bytes(), 0o644)?;
-        write_private(&self.dir, "node.key", &node.key_pkcs8, 0o600)
+        let (dir, key) = (self.dir.clone(), node.key_pkcs8.clone());
+        off_thread(move || {
+            write_private(&dir, "node.pem", pem.as_bytes(), 0o644)?;
+            write_private(&dir, "node.key", &key, 0o600)
+        })
+        .await
     }
 
     /// Forgets the node SVID (the issuer rejected it): the next start attests anew.
@@ -109,10 +117,30 @@ impl NodeStore {
         (!certs.is_empty()).then_some(certs)
     }
 
-    pub(crate) fn save_bundle(&self, certs: &[CertificateDer<'_>]) -> Result<(), AgentError> {
+    pub(crate) async fn save_bundle(
+        &self,
+        certs: &[CertificateDer<'static>],
+    ) -> Result<(), AgentError> {
+        if self.saved_bundle.lock().is_ok_and(|saved| *saved == certs) {
+            return Ok(());
+        }
         let pem: String = certs.iter().map(|c| pem_encode(c)).collect();
-        write_private(&self.dir, "bundle.pem", pem.as_bytes(), 0o644)
+        let dir = self.dir.clone();
+        off_thread(move || write_private(&dir, "bundle.pem", pem.as_bytes(), 0o644)).await?;
+        if let Ok(mut saved) = self.saved_bundle.lock() {
+            certs.clone_into(&mut saved);
+        }
+        Ok(())
     }
+}
+
+/// File writes with fsync block: they run on the blocking pool, not on a worker.
+async fn off_thread(
+    write: impl FnOnce() -> Result<(), AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| AgentError::Io(format!("file write task: {e}")))?
 }
 
 fn write_private(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), AgentError> {
@@ -237,4 +265,37 @@ pub(crate) async fn renew(
         .svid
         .ok_or_else(|| AgentError::Attestation("the issuer answered without an SVID".into()))?;
     NodeIdentity::from_svid(svid, key.pkcs8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(name: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        cert.der().clone()
+    }
+
+    #[tokio::test]
+    async fn the_bundle_is_written_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::new(dir.path());
+        let file = dir.path().join("bundle.pem");
+        let first = vec![certificate("a")];
+        store.save_bundle(&first).await.unwrap();
+        assert_eq!(store.load_bundle().unwrap(), first);
+
+        // every sync hands the same bundle over: no write (the file stays gone)
+        std::fs::remove_file(&file).unwrap();
+        store.save_bundle(&first).await.unwrap();
+        assert!(!file.exists());
+
+        let rotated = vec![certificate("a"), certificate("b")];
+        store.save_bundle(&rotated).await.unwrap();
+        assert_eq!(store.load_bundle().unwrap(), rotated);
+    }
 }
