@@ -59,6 +59,10 @@ pub struct OutboundConfig {
     /// get addresses from). A connection from an enrolled pod to an address in
     /// these goes over HBONE; anything else passes through as it is.
     pub mesh_cidrs: Vec<IpNet>,
+    /// Where Services and EndpointSlices are watched, so a connection to a
+    /// Service's cluster IP goes to one of its ready pods over HBONE (`{}`:
+    /// in-cluster). Absent: cluster IPs pass through to kube-proxy.
+    pub kubernetes: Option<crate::KubernetesApi>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -43,6 +43,7 @@ pub struct MeshSpec {
     pods: Vec<(String, PodSpec, bool)>,
     /// Extra `proxy.yaml` text for every node (e.g. `inbound:` settings).
     proxy_yaml: String,
+    outbound_yaml: String,
     /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
     svid_ttl: u32,
     /// `authorization.default` of every node.
@@ -62,6 +63,7 @@ impl MeshSpec {
             nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
             pods: Vec::new(),
             proxy_yaml: String::new(),
+            outbound_yaml: String::new(),
             svid_ttl: 0,
             default_mode: "deny".into(),
             prefix: None,
@@ -104,6 +106,12 @@ impl MeshSpec {
     /// A pod on `node`; `identity`: register `spiffe://<td>/ns/<ns>/sa/<sa>` for it.
     pub fn pod(&mut self, node: &str, spec: PodSpec, identity: bool) -> &mut Self {
         self.pods.push((node.to_owned(), spec, identity));
+        self
+    }
+
+    /// Appends fields of the `outbound:` section (indented two spaces) for every node.
+    pub fn outbound_yaml(&mut self, yaml: &str) -> &mut Self {
+        self.outbound_yaml.push_str(yaml);
         self
     }
 
@@ -234,7 +242,7 @@ impl Mesh {
                     "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
                      agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
                      capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n\
-                     outbound:\n  mesh_cidrs:\n{}\
+                     outbound:\n  mesh_cidrs:\n{}{}\
                      authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
                     dir.join("bundle.pem").display(),
                     dir.join(format!("{node}-agent")).display(),
@@ -242,6 +250,7 @@ impl Mesh {
                     mesh.workload_api_socket(node).display(),
                     spec.exclude_ports,
                     mesh_cidrs.concat(),
+                    spec.outbound_yaml,
                     spec.default_mode,
                     mesh.policy_dir.display(),
                     spec.proxy_yaml,

@@ -1,7 +1,8 @@
 //! A small Kubernetes API server for tests, since no cluster runs here: HTTPS with
 //! its own CA, bearer-token authentication, `TokenReview` that really verifies the
 //! signed service-account tokens it issues (signature, expiry, audience), `GET`
-//! of the pods and nodes it was given, pod and AuthorizationPolicy list + watch.
+//! of the pods and nodes it was given; list + watch of pods, AuthorizationPolicy,
+//! ClusterSPIFFEID, Service and EndpointSlice objects.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,6 +159,8 @@ pub struct FakeKubeApi {
 const ISSUER_TOKEN: &str = "issuer-sa-token";
 const POLICIES: &str = "authorizationpolicies";
 const CLUSTER_SPIFFE_IDS: &str = "clusterspiffeids";
+const SERVICES: &str = "services";
+const ENDPOINT_SLICES: &str = "endpointslices";
 
 impl FakeKubeApi {
     /// Starts the server on loopback; writes its CA and the issuer's API token into `dir`.
@@ -329,6 +332,25 @@ impl FakeKubeApi {
 
     pub fn delete_cluster_spiffe_id(&self, name: &str) {
         self.delete_object(CLUSTER_SPIFFE_IDS, "", name);
+    }
+
+    /// Adds or replaces a Service (core v1).
+    pub fn apply_service(&self, object: Value) {
+        self.apply_object(SERVICES, "v1", "Service", object);
+    }
+
+    /// Adds or replaces an EndpointSlice (discovery.k8s.io/v1).
+    pub fn apply_endpoint_slice(&self, object: Value) {
+        self.apply_object(
+            ENDPOINT_SLICES,
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            object,
+        );
+    }
+
+    pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
+        self.delete_object(ENDPOINT_SLICES, namespace, name);
     }
 
     fn apply_object(&self, plural: &str, api_version: &str, kind: &str, mut object: Value) {
@@ -537,18 +559,20 @@ async fn handle(
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version.to_string()}, "items": items}),
             )
         }
-        ("GET", ["apis", _, _, plural])
-            if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural)
-                && query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
-        {
-            let filter = WatchFilter::Objects {
-                plural: (*plural).to_owned(),
+        ("GET", ["api", "v1", "services"] | ["apis", _, _, _]) => {
+            let (api_version, plural) = match segments.as_slice() {
+                ["apis", group, version, plural] => (format!("{group}/{version}"), *plural),
+                _ => ("v1".to_owned(), SERVICES),
             };
-            watch_response(state, filter, &query)
-        }
-        ("GET", ["apis", group, version, plural])
-            if [POLICIES, CLUSTER_SPIFFE_IDS].contains(plural) =>
-        {
+            if ![POLICIES, CLUSTER_SPIFFE_IDS, ENDPOINT_SLICES, SERVICES].contains(&plural) {
+                return not_found(&path);
+            }
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                let filter = WatchFilter::Objects {
+                    plural: plural.to_owned(),
+                };
+                return watch_response(state, filter, &query);
+            }
             let (items, resource_version) = state
                 .lock()
                 .map(|s| {
@@ -563,7 +587,7 @@ async fn handle(
                 .unwrap_or_default();
             json_response(
                 StatusCode::OK,
-                json!({"apiVersion": format!("{group}/{version}"), "kind": "List",
+                json!({"apiVersion": api_version, "kind": "List",
                        "metadata": {"resourceVersion": resource_version.to_string()}, "items": items}),
             )
         }

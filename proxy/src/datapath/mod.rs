@@ -20,11 +20,13 @@ mod detect;
 mod diagnose;
 mod http;
 mod inbound;
+mod kube_cache;
 mod outbound;
 mod policies;
 mod policy_objects;
 mod pool;
 mod serve;
+mod services;
 mod socket;
 mod state;
 mod upstream;
@@ -41,6 +43,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::agent::AgentHandle;
 use policies::Policies;
 use pool::HbonePool;
+use services::Services;
 use state::MeshState;
 use upstream::UpstreamPool;
 
@@ -54,6 +57,8 @@ pub enum DataPathError {
     },
     #[error("authorization.kubernetes: {0}")]
     PolicySource(String),
+    #[error("outbound.kubernetes: {0}")]
+    ServiceSource(String),
 }
 
 /// What every stage reads.
@@ -68,6 +73,7 @@ pub(crate) struct Shared {
     own_ports: [u16; 3],
     pub(crate) hbone: Arc<HbonePool>,
     pub(crate) upstream: UpstreamPool,
+    pub(crate) services: Services,
 }
 
 impl Shared {
@@ -108,6 +114,13 @@ impl DataPath {
             ),
             None => None,
         };
+        let services = match &config.outbound.kubernetes {
+            Some(api) => Services::watch(
+                meshward_issuer::kube_client::client(&api.into())
+                    .map_err(DataPathError::ServiceSource)?,
+            ),
+            None => Services::none(),
+        };
         let shared = Arc::new(Shared {
             state: state::follow(agent.snapshots.clone()),
             policies: policies::watch_policies(
@@ -131,6 +144,7 @@ impl DataPath {
                 limits.max_streams_per_connection,
             ),
             upstream: UpstreamPool::new(capture.mark, limits.connect_timeout),
+            services,
             limits,
         });
         Ok(Self {

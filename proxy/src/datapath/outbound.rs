@@ -1,6 +1,7 @@
 //! Outbound (15001): connections pods make, taken by TPROXY. The source pod is
 //! found by its address. An enrolled pod (it has an SVID) calling an address of
-//! the mesh goes over HBONE; anything else passes through unchanged (a pod without
+//! the mesh goes over HBONE (a Service's cluster IP first resolved to one of its
+//! pods, `services.rs`); anything else passes through unchanged (a pod without
 //! identity then meets STRICT at the destination, as in Istio).
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
+use super::services::Resolved;
 use super::socket::{connect_marked, reset};
 use super::{Shared, copy};
 use crate::metrics::{ConnectionLabels, Reporter};
@@ -26,12 +28,26 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
     let _ = tcp.set_nodelay(true);
     let state = shared.state.borrow().clone();
     let tls = state.pod(client.ip()).and_then(|pod| pod.tls.clone());
-    let meshed = state.pod(target.ip()).is_some()
+    // A Service address, from a pod that can tunnel: one of the Service's pods.
+    // Others pass through to kube-proxy with the address as it is.
+    let destination = match tls.as_ref().map(|_| shared.services.resolve(target)) {
+        Some(Resolved::Endpoint(endpoint)) => endpoint,
+        Some(Resolved::NoEndpoint) => {
+            tracing::info!(
+                target: "access",
+                src_addr = %client, dst_addr = %target,
+                "outbound refused: the Service has no ready endpoint"
+            );
+            return reset(tcp);
+        }
+        Some(Resolved::NotAService) | None => target,
+    };
+    let meshed = state.pod(destination.ip()).is_some()
         || shared
             .outbound
             .mesh_cidrs
             .iter()
-            .any(|net| net.contains(&target.ip()));
+            .any(|net| net.contains(&destination.ip()));
     // The connect and passthrough futures are boxed: an async fn's state is as
     // large as its largest stage, and every open connection pays for it. Boxed,
     // a connection in its copy stage holds a pointer instead (8.6 KB -> see
@@ -40,14 +56,14 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
         return Box::pin(passthrough(shared, tcp, client, target)).await;
     };
     let started = Instant::now();
-    let peer = SocketAddr::new(target.ip(), shared.hbone_port);
-    let mut tunnel = match Box::pin(shared.hbone.open(&tls, client, target, peer)).await {
+    let peer = SocketAddr::new(destination.ip(), shared.hbone_port);
+    let mut tunnel = match Box::pin(shared.hbone.open(&tls, client, destination, peer)).await {
         Ok(tunnel) => tunnel,
         Err(e) => {
             tracing::info!(
                 target: "access",
-                src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %target,
-                "outbound refused: {e}{}", e.hint()
+                src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %destination,
+                service_addr = %target, "outbound refused: {e}{}", e.hint()
             );
             return reset(tcp);
         }
@@ -64,8 +80,8 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
     labels.closed(moved.sent, moved.received);
     tracing::debug!(
         target: "access",
-        src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %target,
-        dst_principal = %tunnel.peer_id, bytes_sent = moved.sent, bytes_received = moved.received,
+        src_addr = %client, src_principal = %tls.spiffe_id, dst_addr = %destination,
+        service_addr = %target, dst_principal = %tunnel.peer_id, bytes_sent = moved.sent, bytes_received = moved.received,
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
         error = result.as_ref().err().map_or_else(|| "-".to_owned(), ToString::to_string),
         "outbound complete"

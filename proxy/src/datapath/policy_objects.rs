@@ -3,15 +3,16 @@
 //! then watch, re-listing with backoff after errors) keeping the current objects,
 //! published as the YAML documents the policy loader reads.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::watch;
+
+use super::kube_cache::ObjectCache;
 
 /// The objects as documents; `None` until the first complete list.
 pub(super) type Objects = watch::Receiver<Option<Arc<Vec<String>>>>;
@@ -30,44 +31,21 @@ pub(super) fn watch(client: kube::Client) -> Objects {
         let mut stream = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
-        let mut current: BTreeMap<String, String> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, String>> = None;
+        let mut cache = ObjectCache::default();
         while let Some(event) = stream.next().await {
-            let publish = match event {
-                Ok(Event::Init) => {
-                    listing = Some(BTreeMap::new());
-                    false
-                }
-                Ok(Event::InitApply(object)) => {
-                    if let Some(list) = listing.as_mut() {
-                        insert(list, &object);
-                    }
-                    false
-                }
-                Ok(Event::InitDone) => match listing.take() {
-                    Some(list) => {
-                        current = list;
-                        true
-                    }
-                    None => false,
-                },
-                Ok(Event::Apply(object)) => {
-                    insert(&mut current, &object);
-                    true
-                }
-                Ok(Event::Delete(object)) => {
-                    current.remove(&key(&object));
-                    true
-                }
+            let changed = match event {
+                Ok(event) => cache.apply(event),
                 Err(e) => {
                     tracing::warn!("AuthorizationPolicy watch: {e}; retrying");
                     false
                 }
             };
-            if publish
-                && tx
-                    .send(Some(Arc::new(current.values().cloned().collect())))
-                    .is_err()
+            let documents = cache
+                .objects()
+                .filter(|_| changed)
+                .map(|objects| objects.map(document).collect::<Vec<_>>());
+            if let Some(documents) = documents
+                && tx.send(Some(Arc::new(documents))).is_err()
             {
                 return;
             }
@@ -92,18 +70,10 @@ pub(super) async fn next(objects: &mut Option<Objects>) -> Arc<Vec<String>> {
     }
 }
 
-fn key(object: &DynamicObject) -> String {
-    format!(
-        "{}/{}",
-        object.metadata.namespace.as_deref().unwrap_or_default(),
-        object.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// The object as a policy document: what the loader reads from a file, with the
 /// object's name, namespace, labels and annotations (`istio.io/dry-run`).
-fn insert(into: &mut BTreeMap<String, String>, object: &DynamicObject) {
-    let document = json!({
+fn document(object: &DynamicObject) -> String {
+    json!({
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
         "metadata": {
@@ -113,6 +83,6 @@ fn insert(into: &mut BTreeMap<String, String>, object: &DynamicObject) {
             "annotations": object.metadata.annotations.clone().unwrap_or_default(),
         },
         "spec": object.data.get("spec").cloned().unwrap_or_else(|| json!({})),
-    });
-    into.insert(key(object), document.to_string());
+    })
+    .to_string()
 }

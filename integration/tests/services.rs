@@ -1,0 +1,87 @@
+//! Service cluster IPs through the mesh: the daemons watch Services and
+//! EndpointSlices in a (fake) Kubernetes API, and a pod's curl to a cluster IP
+//! reaches the Service's pod over HBONE with the caller's identity, as on EKS
+//! where capture sees the address before kube-proxy's DNAT.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use meshward_integration::{LoopbackForward, available_or_skip};
+use meshward_test_support::kube_api::FakeKubeApi;
+use serde_json::json;
+use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+
+const CLUSTER_IP: &str = "10.96.0.10";
+
+#[test]
+fn a_service_cluster_ip_reaches_its_pod_with_identity() {
+    let Some(()) = available_or_skip("a_service_cluster_ip_reaches_its_pod_with_identity") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let api = runtime.block_on(FakeKubeApi::start(dir.path()));
+    let api_addr: std::net::SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
+    // the daemons dial 127.0.0.1:<the same port> in their node, forwarded here
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true).outbound_yaml(&format!(
+            "  kubernetes: {{api_server: \"https://127.0.0.1:{}\", api_ca_path: {}, api_token_path: {}}}\n",
+            api_addr.port(),
+            api.ca_file().display(),
+            api.token_file().display()
+        ));
+    });
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api_addr.port(), api_addr).unwrap()
+        })
+        .collect();
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    let pod_ip = mesh.pod_ip("echoserver").unwrap().to_string();
+    api.apply_service(json!({
+        "metadata": {"name": "echoserver", "namespace": "echoserver"},
+        "spec": {"clusterIP": CLUSTER_IP, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }));
+    api.apply_endpoint_slice(json!({
+        "metadata": {"name": "echoserver-x1", "namespace": "echoserver",
+                     "labels": {"kubernetes.io/service-name": "echoserver"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": [pod_ip], "conditions": {"ready": true}}],
+    }));
+
+    let url = format!("http://{CLUSTER_IP}/via-service");
+    let r = eventually(&mesh, "the service answers", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let seen = r.json().unwrap();
+    assert_eq!(seen["http"]["originalUrl"], "/via-service");
+    let xfcc = seen["request"]["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap();
+    assert!(
+        xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/curl-spire")),
+        "{xfcc}"
+    );
+
+    // the pod leaves the service: the connection is refused at once, not hung
+    api.delete_endpoint_slice("echoserver", "echoserver-x1");
+    eventually(&mesh, "no endpoint left", || {
+        let r = mesh
+            .cluster
+            .curl("curl-spire", &["--max-time", "5", &url])
+            .map_err(|e| e.to_string())?;
+        match (r.status, r.exit_code) {
+            (None, Some(code)) if code != 28 => Ok(()),
+            other => Err(format!("still answered or hung: {other:?}")),
+        }
+    });
+    drop(runtime);
+}

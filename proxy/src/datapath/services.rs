@@ -1,0 +1,206 @@
+//! Service cluster IPs resolved to pods, as ztunnel does. A pod calling
+//! `echoserver.echoserver.svc:8080` connects to the Service's cluster IP; capture
+//! takes the connection before kube-proxy's DNAT, so the outbound listener sees
+//! that address. It picks one of the Service's ready endpoints and tunnels to that
+//! pod, whose node then enforces policy with the caller's identity. Without this,
+//! the connection would leave as plaintext and meet STRICT at the destination.
+//!
+//! Services and EndpointSlices come from two kube-rs watchers; the map is rebuilt
+//! on every change once both have listed, and published through a watch channel.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use super::kube_cache::ObjectCache;
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Service address (cluster IP, service port) -> ready endpoints (pod IP, target port).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServiceMap(HashMap<SocketAddr, Vec<SocketAddr>>);
+
+/// What an outbound destination is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// Not a Service address: the destination as it is.
+    NotAService,
+    /// A Service address: this endpoint of it.
+    Endpoint(SocketAddr),
+    /// A Service address without a ready endpoint (kube-proxy rejects these too).
+    NoEndpoint,
+}
+
+pub(crate) struct Services {
+    map: watch::Receiver<Arc<ServiceMap>>,
+    /// Round robin over a Service's endpoints.
+    next: AtomicUsize,
+}
+
+impl Services {
+    /// No registry: every destination is taken as it is.
+    pub(crate) fn none() -> Self {
+        Self::following(watch::channel(Arc::default()).1)
+    }
+
+    /// Services and EndpointSlices of the whole cluster, watched.
+    pub(crate) fn watch(client: kube::Client) -> Self {
+        let (tx, rx) = watch::channel(Arc::default());
+        tokio::spawn(async move {
+            let services = watcher::watcher(
+                kube::Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .map(|event| Change::Service(Box::new(event)));
+            let slices = watcher::watcher(
+                kube::Api::<EndpointSlice>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .map(|event| Change::Slice(Box::new(event)));
+            let mut events = futures_util::stream::select(services.boxed(), slices.boxed());
+            let (mut service_cache, mut slice_cache) =
+                (ObjectCache::default(), ObjectCache::default());
+            while let Some(change) = events.next().await {
+                let applied = match change {
+                    Change::Service(event) => (*event).map(|e| service_cache.apply(e)),
+                    Change::Slice(event) => (*event).map(|e| slice_cache.apply(e)),
+                };
+                let changed = applied.unwrap_or_else(|e| {
+                    tracing::warn!("Service/EndpointSlice watch: {e}; retrying");
+                    false
+                });
+                let (Some(services), Some(slices)) =
+                    (service_cache.objects(), slice_cache.objects())
+                else {
+                    continue;
+                };
+                if changed && tx.send(Arc::new(build(services, slices))).is_err() {
+                    return;
+                }
+            }
+        });
+        Self::following(rx)
+    }
+
+    fn following(map: watch::Receiver<Arc<ServiceMap>>) -> Self {
+        Self {
+            map,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn resolve(&self, target: SocketAddr) -> Resolved {
+        let map = self.map.borrow();
+        match map.0.get(&target) {
+            None => Resolved::NotAService,
+            Some(endpoints) if endpoints.is_empty() => Resolved::NoEndpoint,
+            Some(endpoints) => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                Resolved::Endpoint(endpoints[turn % endpoints.len()])
+            }
+        }
+    }
+}
+
+/// An event of either watcher (boxed: a Service event is much larger).
+enum Change {
+    Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
+    Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
+}
+
+/// The map kube-proxy would program: for each TCP port of each Service with a
+/// cluster IP, the ready endpoints of the same-named port in its EndpointSlices.
+fn build<'a>(
+    services: impl Iterator<Item = &'a Service>,
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+) -> ServiceMap {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            by_service
+                .entry((namespace, service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let mut map = HashMap::new();
+    for service in services {
+        let (Some(name), Some(spec)) = (service.metadata.name.as_deref(), service.spec.as_ref())
+        else {
+            continue;
+        };
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let slices = by_service
+            .get(&(namespace, name))
+            .map_or(&[][..], Vec::as_slice);
+        let cluster_ips: BTreeSet<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        for port in spec.ports.iter().flatten() {
+            if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                continue;
+            }
+            let Ok(service_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let endpoints = ready_endpoints(slices, port.name.as_deref().unwrap_or_default());
+            for ip in &cluster_ips {
+                map.insert(SocketAddr::new(*ip, service_port), endpoints.clone());
+            }
+        }
+    }
+    ServiceMap(map)
+}
+
+/// Ready addresses of the slices, with the number of the port named `port_name`.
+fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
+    let mut endpoints = BTreeSet::new();
+    for slice in slices {
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+        });
+        let Some(port) = port
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // absent `ready` means ready (the API's own reading)
+            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    endpoints.insert(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    endpoints.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;
