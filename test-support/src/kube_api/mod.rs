@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+
+mod events;
+mod routes;
+use events::{EventLog, Topic};
 
 /// A pod as the fake API knows it.
 #[derive(Debug, Clone, Default)]
@@ -45,39 +45,6 @@ impl FakePod {
     }
 }
 
-/// What a change is about, so it reaches only the watches that asked for it.
-#[derive(Debug, Clone)]
-enum Topic {
-    /// A pod, with the node it runs on (watches may filter on `spec.nodeName`).
-    Pod { node: String },
-    /// A custom object of a resource (`authorizationpolicies`, ...).
-    Object { plural: String },
-}
-
-/// What one open watch asked for.
-#[derive(Debug, Clone)]
-enum WatchFilter {
-    Pods { node: Option<String> },
-    Objects { plural: String },
-}
-
-impl WatchFilter {
-    fn wants(&self, topic: &Topic) -> bool {
-        match (self, topic) {
-            (Self::Pods { node: filter }, Topic::Pod { node }) => {
-                filter.as_ref().is_none_or(|f| f == node)
-            }
-            (Self::Objects { plural: watched }, Topic::Object { plural }) => watched == plural,
-            _ => false,
-        }
-    }
-}
-
-/// Events kept for watches that start from an older resourceVersion (the API
-/// server keeps a window too; a client that lists and then watches must not lose
-/// what changed in between).
-const HISTORY: usize = 256;
-
 #[derive(Default)]
 struct State {
     pods: HashMap<(String, String), FakePod>,
@@ -87,10 +54,8 @@ struct State {
     version: u64,
     /// Custom objects by (plural, namespace, name).
     objects: std::collections::BTreeMap<(String, String, String), Value>,
-    /// The last `HISTORY` events: version, topic, event line.
-    history: std::collections::VecDeque<(u64, Topic, Bytes)>,
-    /// Open watches and where to send their event lines.
-    watches: Vec<(WatchFilter, tokio::sync::mpsc::Sender<Bytes>)>,
+    /// Open watches and the recent events they may replay.
+    events: EventLog,
 }
 
 impl State {
@@ -116,34 +81,7 @@ impl State {
     }
 
     fn publish(&mut self, topic: Topic, event: Value) {
-        let line = Bytes::from(format!("{event}\n"));
-        self.watches
-            .retain(|(filter, tx)| !filter.wants(&topic) || tx.try_send(line.clone()).is_ok());
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back((self.version, topic, line));
-    }
-
-    /// Opens a watch; it first replays the kept events newer than `since` (the
-    /// list's resourceVersion), like the API server.
-    fn open_watch(
-        &mut self,
-        filter: WatchFilter,
-        since: Option<u64>,
-    ) -> tokio::sync::mpsc::Receiver<Bytes> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(HISTORY + 64);
-        if let Some(since) = since.filter(|v| *v > 0) {
-            for (_, _, line) in self
-                .history
-                .iter()
-                .filter(|(version, topic, _)| *version > since && filter.wants(topic))
-            {
-                let _ = tx.try_send(line.clone());
-            }
-        }
-        self.watches.push((filter, tx));
-        rx
+        self.events.publish(self.version, topic, &event);
     }
 }
 
@@ -218,7 +156,11 @@ impl FakeKubeApi {
                     };
                     let service = service_fn(move |req| {
                         let (state, key) = (state.clone(), key.clone());
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &key).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                routes::handle(req, &state, &key).await,
+                            )
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -428,252 +370,5 @@ impl FakeKubeApi {
 impl Drop for FakeKubeApi {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-type Body = BoxBody<Bytes, std::convert::Infallible>;
-
-fn json_response(status: StatusCode, body: Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A watch from the request's `resourceVersion`: one JSON event per line, for as
-/// long as the server runs.
-fn watch_response(
-    state: &Mutex<State>,
-    filter: WatchFilter,
-    query: &HashMap<String, String>,
-) -> Response<Body> {
-    let since = query
-        .get("resourceVersion")
-        .and_then(|v| v.parse::<u64>().ok());
-    match state.lock() {
-        Ok(mut s) => stream_response(s.open_watch(filter, since)),
-        Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status"})),
-    }
-}
-
-fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
-    let frames =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))
-        });
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn not_found(what: &str) -> Response<Body> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
-    )
-}
-
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    state: &Mutex<State>,
-    key: &jsonwebtoken::DecodingKey,
-) -> Response<Body> {
-    let authorized = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {ISSUER_TOKEN}"));
-    if !authorized {
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({"kind": "Status", "code": 401, "message": "Unauthorized"}),
-        );
-    }
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let query: HashMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace("%3D", "=").replace("%3d", "=")))
-        .collect();
-    let node_filter = query
-        .get("fieldSelector")
-        .and_then(|f| f.strip_prefix("spec.nodeName="))
-        .map(str::to_owned);
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
-        ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            json_response(StatusCode::CREATED, token_review(&review, key))
-        }
-        ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
-            let pod = state
-                .lock()
-                .ok()
-                .and_then(|s| s.pods.get(&((*ns).to_owned(), (*name).to_owned())).cloned());
-            match pod {
-                Some(p) => json_response(
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid},
-                           "spec": {"nodeName": p.node_name, "serviceAccountName": p.service_account, "containers": []}}),
-                ),
-                None => not_found(&format!("pod {ns}/{name}")),
-            }
-        }
-        ("GET", ["api", "v1", "pods"])
-            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
-        {
-            let filter = WatchFilter::Pods { node: node_filter };
-            watch_response(state, filter, &query)
-        }
-        ("GET", ["api", "v1", "pods"]) => {
-            let (items, version) = state
-                .lock()
-                .map(|s| {
-                    let items: Vec<Value> = s
-                        .pods
-                        .values()
-                        .filter(|p| node_filter.as_ref().is_none_or(|n| n == &p.node_name))
-                        .map(|p| p.to_json(s.version))
-                        .collect();
-                    (items, s.version)
-                })
-                .unwrap_or_default();
-            json_response(
-                StatusCode::OK,
-                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": version.to_string()}, "items": items}),
-            )
-        }
-        ("GET", ["api", "v1", "services"] | ["apis", _, _, _]) => {
-            let (api_version, plural) = match segments.as_slice() {
-                ["apis", group, version, plural] => (format!("{group}/{version}"), *plural),
-                _ => ("v1".to_owned(), SERVICES),
-            };
-            if ![POLICIES, CLUSTER_SPIFFE_IDS, ENDPOINT_SLICES, SERVICES].contains(&plural) {
-                return not_found(&path);
-            }
-            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                let filter = WatchFilter::Objects {
-                    plural: plural.to_owned(),
-                };
-                return watch_response(state, filter, &query);
-            }
-            let (items, resource_version) = state
-                .lock()
-                .map(|s| {
-                    let items: Vec<Value> = s
-                        .objects
-                        .iter()
-                        .filter(|((p, _, _), _)| p == plural)
-                        .map(|(_, v)| v.clone())
-                        .collect();
-                    (items, s.version)
-                })
-                .unwrap_or_default();
-            json_response(
-                StatusCode::OK,
-                json!({"apiVersion": api_version, "kind": "List",
-                       "metadata": {"resourceVersion": resource_version.to_string()}, "items": items}),
-            )
-        }
-        ("GET", ["api", "v1", "nodes", name]) => {
-            let node = state.lock().ok().and_then(|s| s.nodes.get(*name).cloned());
-            match node {
-                Some((uid, ip)) => json_response(
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": uid},
-                           "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
-                ),
-                None => not_found(&format!("node {name}")),
-            }
-        }
-        _ => not_found(&path),
-    }
-}
-
-/// Verifies the token like the API server does and answers a TokenReview.
-fn token_review(review: &Value, key: &jsonwebtoken::DecodingKey) -> Value {
-    let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let audiences: Vec<String> = review["spec"]["audiences"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&audiences);
-    let status = match jsonwebtoken::decode::<Value>(token, key, &validation) {
-        Ok(data) => {
-            let c = data.claims;
-            let k = &c["kubernetes.io"];
-            json!({
-                "authenticated": true,
-                "user": {
-                    "username": c["sub"],
-                    "uid": k["serviceaccount"]["uid"],
-                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", k["namespace"].as_str().unwrap_or_default())],
-                    "extra": {
-                        "authentication.kubernetes.io/pod-name": [k["pod"]["name"]],
-                        "authentication.kubernetes.io/pod-uid": [k["pod"]["uid"]],
-                    }
-                },
-                "audiences": c["aud"],
-            })
-        }
-        Err(e) => json!({"authenticated": false, "error": format!("invalid bearer token: {e}")}),
-    };
-    json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": review["spec"], "status": status})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(name: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": "ns"}})
-    }
-
-    /// A client lists at version N, then opens its watch: what changed in between
-    /// must reach it, or watchers built on list + watch race (as one CI run showed).
-    #[test]
-    fn a_watch_replays_what_changed_since_its_resource_version() {
-        let mut state = State::default();
-        state.notify_object(POLICIES, "ADDED", &policy("listed"));
-        let listed_at = state.version;
-        state.notify_object(POLICIES, "ADDED", &policy("in-between"));
-        state.notify_object(CLUSTER_SPIFFE_IDS, "ADDED", &policy("other-resource"));
-
-        let filter = WatchFilter::Objects {
-            plural: POLICIES.to_owned(),
-        };
-        let mut from_list = state.open_watch(filter.clone(), Some(listed_at));
-        let mut from_now = state.open_watch(filter, None);
-        let line = from_list.try_recv().expect("the change after the list");
-        assert!(String::from_utf8_lossy(&line).contains("in-between"));
-        assert!(
-            from_list.try_recv().is_err(),
-            "only that change, of that resource"
-        );
-        assert!(from_now.try_recv().is_err());
-
-        state.notify_object(POLICIES, "DELETED", &policy("listed"));
-        assert!(from_list.try_recv().is_ok() && from_now.try_recv().is_ok());
     }
 }
