@@ -41,6 +41,32 @@ pub struct IssuerConfig {
     /// Watch ClusterSPIFFEID objects (`spire.spiffe.io/v1alpha1`) in this Kubernetes
     /// API as identity templates (stored as `k8s/<name>`); `{}` = in-cluster.
     pub cluster_spiffe_ids: Option<crate::KubernetesApi>,
+    /// Keep the trust bundle (PEM) in a ConfigMap, as SPIRE's k8sbundle notifier
+    /// does: the node daemons mount it as `agent.trust_bundle_path`.
+    pub bundle_configmap: Option<BundleConfigMap>,
+}
+
+/// Where the issuer writes its trust bundle in the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfigMap {
+    pub namespace: String,
+    #[serde(default = "default_bundle_configmap_name")]
+    pub name: String,
+    /// The data key holding the PEM bundle.
+    #[serde(default = "default_bundle_configmap_key")]
+    pub key: String,
+    /// The API to write to; `{}` or absent = in-cluster.
+    #[serde(default)]
+    pub kubernetes: crate::KubernetesApi,
+}
+
+fn default_bundle_configmap_name() -> String {
+    "meshward-bundle".into()
+}
+
+fn default_bundle_configmap_key() -> String {
+    "bundle.pem".into()
 }
 
 /// An upstream CA as files: PEM chain (signing certificate first) and its key.
@@ -122,6 +148,7 @@ impl Default for IssuerConfig {
             k8s_psat: None,
             bundle_endpoint: None,
             cluster_spiffe_ids: None,
+            bundle_configmap: None,
         }
     }
 }

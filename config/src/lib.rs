@@ -26,8 +26,8 @@ pub use capture::CaptureConfig;
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;
 pub use issuer::{
-    BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster, K8sPsatConfig,
-    UpstreamCaFiles,
+    BundleConfigMap, BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster,
+    K8sPsatConfig, UpstreamCaFiles,
 };
 pub use observe::{LogConfig, LogFormat};
 pub use workloads::{PodInfo, WorkloadsFile};

@@ -735,3 +735,48 @@ async fn cluster_spiffe_id_objects_become_identity_templates() {
         issuer.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_bundle_is_kept_in_a_config_map() {
+    use meshward_test_support::kube_api::FakeKubeApi;
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes:\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n",
+            api.url(),
+            api.ca_file().display(),
+            api.token_file().display()
+        ),
+    );
+    let (code, shown, stderr) = issuer.cli(&["bundle", "show"]);
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let written = loop {
+        let data = api
+            .config_map("meshward-system", "meshward-bundle")
+            .and_then(|cm| cm["data"]["bundle.pem"].as_str().map(str::to_owned));
+        if let Some(pem) = data {
+            break pem;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bundle ConfigMap: {}",
+            issuer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(written.trim(), shown.trim());
+    assert!(written.contains("BEGIN CERTIFICATE"), "{written}");
+    assert!(
+        issuer
+            .log()
+            .contains("trust bundle written to ConfigMap meshward-system/meshward-bundle"),
+        "{}",
+        issuer.log()
+    );
+}

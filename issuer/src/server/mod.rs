@@ -9,6 +9,7 @@
 
 mod admin_api;
 mod agent_api;
+mod bundle_configmap;
 mod bundle_endpoint;
 mod convert;
 mod health;
@@ -142,6 +143,15 @@ pub async fn run(
         let client =
             crate::kube_client::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
+    }
+    if let Some(target) = &config.bundle_configmap {
+        let client = crate::kube_client::client(&(&target.kubernetes).into())
+            .map_err(startup("bundle_configmap"))?;
+        tokio::spawn(bundle_configmap::run(
+            client,
+            issuer.clone(),
+            target.clone(),
+        ));
     }
     let bundle_server = async {
         let Some(endpoint) = &config.bundle_endpoint else {

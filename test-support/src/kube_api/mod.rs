@@ -80,6 +80,28 @@ impl State {
         self.publish(topic, event);
     }
 
+    /// Adds or replaces an object; open watches see ADDED or MODIFIED.
+    fn apply_object(&mut self, plural: &str, object: Value) {
+        let key = (
+            plural.to_owned(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let event = if self.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.objects.insert(key, object.clone());
+        self.notify_object(plural, event, &object);
+    }
+
     fn publish(&mut self, topic: Topic, event: Value) {
         self.events.publish(self.version, topic, &event);
     }
@@ -99,6 +121,7 @@ const POLICIES: &str = "authorizationpolicies";
 const CLUSTER_SPIFFE_IDS: &str = "clusterspiffeids";
 const SERVICES: &str = "services";
 const ENDPOINT_SLICES: &str = "endpointslices";
+const CONFIG_MAPS: &str = "configmaps";
 
 impl FakeKubeApi {
     /// Starts the server on loopback; writes its CA and the issuer's API token into `dir`.
@@ -298,26 +321,19 @@ impl FakeKubeApi {
     fn apply_object(&self, plural: &str, api_version: &str, kind: &str, mut object: Value) {
         object["apiVersion"] = json!(api_version);
         object["kind"] = json!(kind);
-        let key = (
-            plural.to_owned(),
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
         if let Ok(mut s) = self.state.lock() {
-            let event = if s.objects.contains_key(&key) {
-                "MODIFIED"
-            } else {
-                "ADDED"
-            };
-            s.objects.insert(key, object.clone());
-            s.notify_object(plural, event, &object);
+            s.apply_object(plural, object);
         }
+    }
+
+    /// A ConfigMap as the API holds it (written with PATCH, e.g. server-side apply).
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Value> {
+        let key = (
+            CONFIG_MAPS.to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        self.state.lock().ok()?.objects.get(&key).cloned()
     }
 
     fn delete_object(&self, plural: &str, namespace: &str, name: &str) {

@@ -11,7 +11,9 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::events::WatchFilter;
-use super::{CLUSTER_SPIFFE_IDS, ENDPOINT_SLICES, ISSUER_TOKEN, POLICIES, SERVICES, State};
+use super::{
+    CLUSTER_SPIFFE_IDS, CONFIG_MAPS, ENDPOINT_SLICES, ISSUER_TOKEN, POLICIES, SERVICES, State,
+};
 
 type Body = BoxBody<Bytes, std::convert::Infallible>;
 
@@ -101,6 +103,30 @@ pub(super) async fn handle(
                 .unwrap_or_default();
             let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             json_response(StatusCode::CREATED, token_review(&review, key))
+        }
+        ("PATCH", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+            // a merge or apply patch of a whole object: enough for what is written here
+            let (ns, name) = ((*ns).to_owned(), (*name).to_owned());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"kind": "Status", "code": 400, "message": "body is not JSON"}),
+                );
+            };
+            object["apiVersion"] = json!("v1");
+            object["kind"] = json!("ConfigMap");
+            object["metadata"]["namespace"] = json!(ns);
+            object["metadata"]["name"] = json!(name);
+            if let Ok(mut s) = state.lock() {
+                s.apply_object(CONFIG_MAPS, object.clone());
+            }
+            json_response(StatusCode::OK, object)
         }
         ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
             let pod = state
