@@ -211,19 +211,29 @@ async fn respond(
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and
-/// `Upgrade`); HTTP/2 has no such handshake.
+/// `websocket` when an HTTP/1.1 request asks to switch to it (`Connection: upgrade`,
+/// `Upgrade: websocket`). Other upgrades are dropped like any hop-by-hop header, as
+/// Istio configures Envoy: after an `h2c` upgrade, say, further requests on the
+/// connection would reach the pod without being authorized one by one.
 fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
-    let asks = request.version() == http::Version::HTTP_11
-        && request
+    let tokens = |name| {
+        request
             .headers()
-            .get_all(header::CONNECTION)
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| request.headers().get(header::UPGRADE).cloned())
-        .flatten()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    let asks = request.version() == http::Version::HTTP_11
+        && tokens(header::CONNECTION)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(header::UPGRADE)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("websocket"));
+    asks.then(|| HeaderValue::from_static("websocket"))
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
@@ -327,6 +337,26 @@ fn unavailable(grpc: bool) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_websocket_upgrades_are_forwarded() {
+        let request = |connection: &str, upgrade: &str| {
+            Request::get("/ws")
+                .header(header::CONNECTION, connection)
+                .header(header::UPGRADE, upgrade)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            upgrade_protocol(&request("keep-alive, Upgrade", "WebSocket")).unwrap(),
+            "websocket"
+        );
+        assert_eq!(
+            upgrade_protocol(&request("Upgrade, HTTP2-Settings", "h2c")),
+            None
+        );
+        assert_eq!(upgrade_protocol(&request("keep-alive", "websocket")), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_te_trailers_stays() {
