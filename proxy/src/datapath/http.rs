@@ -29,6 +29,9 @@ use super::upstream::Version;
 use super::{Shared, copy};
 use crate::{deny, metrics, xfcc};
 
+/// How long the two sides of an upgrade may take to be handed over after the 101.
+const UPGRADE_HANDOVER: Duration = Duration::from_secs(30);
+
 /// Serves HTTP on `io` until the client is done with it.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
@@ -246,10 +249,18 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// bytes both ways until both sides are done or idle.
 fn join_upgraded(client: OnUpgrade, pod: OnUpgrade, idle: Duration) {
     tokio::spawn(async move {
-        let (client, pod) = match (client.await, pod.await) {
-            (Ok(client), Ok(pod)) => (client, pod),
-            (Err(e), _) | (_, Err(e)) => {
+        // both resolve as soon as the 101 is written (or fail when a side closes);
+        // the bound is for a peer that stops reading mid-handshake
+        let handed_over =
+            tokio::time::timeout(UPGRADE_HANDOVER, async { (client.await, pod.await) }).await;
+        let (client, pod) = match handed_over {
+            Ok((Ok(client), Ok(pod))) => (client, pod),
+            Ok((Err(e), _) | (_, Err(e))) => {
                 tracing::debug!("upgrade not completed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("upgrade not completed within {UPGRADE_HANDOVER:?}");
                 return;
             }
         };

@@ -100,16 +100,18 @@ impl Services {
         }
     }
 
+    /// What `target` is; a Service's endpoints are taken in turn.
     pub(crate) fn resolve(&self, target: SocketAddr) -> Resolved {
         let map = self.map.borrow();
-        match map.0.get(&target) {
-            None => Resolved::NotAService,
-            Some(endpoints) if endpoints.is_empty() => Resolved::NoEndpoint,
-            Some(endpoints) => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                Resolved::Endpoint(endpoints[turn % endpoints.len()])
-            }
-        }
+        let Some(endpoints) = map.0.get(&target) else {
+            return Resolved::NotAService;
+        };
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        endpoints
+            .get(turn.checked_rem(endpoints.len()).unwrap_or_default())
+            .map_or(Resolved::NoEndpoint, |endpoint| {
+                Resolved::Endpoint(*endpoint)
+            })
     }
 }
 
