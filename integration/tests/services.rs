@@ -26,14 +26,10 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     let dir = tempfile::tempdir().unwrap();
     let api = runtime.block_on(FakeKubeApi::start(dir.path()));
     let api_addr: std::net::SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
-    // the daemons dial 127.0.0.1:<the same port> in their node, forwarded here
+    // the daemons dial the API's 127.0.0.1:<port> in their node, forwarded here
     let (mesh, _echo) = echo_mesh(|spec| {
-        spec.pod("node-1", curl_spire(), true).outbound_yaml(&format!(
-            "  kubernetes: {{api_server: \"https://127.0.0.1:{}\", api_ca_path: {}, api_token_path: {}}}\n",
-            api_addr.port(),
-            api.ca_file().display(),
-            api.token_file().display()
-        ));
+        spec.pod("node-1", curl_spire(), true)
+            .outbound_yaml(&format!("  kubernetes: {}\n", api.connection_yaml()));
     });
     let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
         .iter()

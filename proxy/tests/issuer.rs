@@ -682,12 +682,7 @@ async fn cluster_spiffe_id_objects_become_identity_templates() {
         TD,
         dir.path(),
         &sqlite_url(dir.path()),
-        &format!(
-            "cluster_spiffe_ids:\n  api_server: {}\n  api_ca_path: {}\n  api_token_path: {}\n",
-            api.url(),
-            api.ca_file().display(),
-            api.token_file().display()
-        ),
+        &format!("cluster_spiffe_ids: {}\n", api.connection_yaml()),
     );
     // an operator's own template beside them is never touched
     let own = dir.path().join("own.yaml");
@@ -747,10 +742,8 @@ async fn the_trust_bundle_is_kept_in_a_config_map() {
         dir.path(),
         &sqlite_url(dir.path()),
         &format!(
-            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes:\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n",
-            api.url(),
-            api.ca_file().display(),
-            api.token_file().display()
+            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {}\n",
+            api.connection_yaml()
         ),
     );
     let (code, shown, stderr) = issuer.cli(&["bundle", "show"]);

@@ -2,48 +2,32 @@
 //! node daemons mount it as `agent.trust_bundle_path`, so a new node trusts the
 //! issuer on first contact and a CA rotation reaches the nodes by itself. Written
 //! with server-side apply (field manager `meshward-issuer`, so several issuer
-//! replicas agree) at start and whenever the bundle changes; a failed write is
-//! logged and retried on the next check.
+//! replicas agree) whenever the housekeeping loop publishes a changed bundle; a
+//! failed write is logged and retried.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use meshward_config::BundleConfigMap;
 use serde_json::json;
+use tokio::sync::watch;
 
-use crate::datastore::Datastore;
-use crate::service::Issuer;
-
-/// How often the bundle is compared with what was written.
-const CHECK: Duration = Duration::from_secs(10);
-/// A write that takes longer is abandoned and retried.
+/// A write that takes longer is abandoned; a failed one is retried after this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(10);
 
-/// Keeps the ConfigMap current until the process ends.
-pub(crate) async fn run<D: Datastore + 'static>(
+/// Writes every bundle `pem` publishes until the issuer stops publishing.
+pub(crate) async fn run(
     client: kube::Client,
-    issuer: Arc<Issuer<D>>,
     target: BundleConfigMap,
+    mut pem: watch::Receiver<String>,
 ) {
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, &target.namespace);
     let place = format!("ConfigMap {}/{}", target.namespace, target.name);
     let params = PatchParams::apply("meshward-issuer").force();
-    let mut written: Option<String> = None;
-    let mut tick = tokio::time::interval(CHECK);
     loop {
-        tick.tick().await;
-        let pem = match issuer.bundle().await {
-            Ok(bundle) => bundle.to_pem(),
-            Err(e) => {
-                eprintln!("meshward issuer: bundle for {place}: {e} (will retry)");
-                continue;
-            }
-        };
-        if written.as_deref() == Some(pem.as_str()) {
-            continue;
-        }
+        let bundle = pem.borrow_and_update().clone();
         let object = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -52,17 +36,26 @@ pub(crate) async fn run<D: Datastore + 'static>(
                 "namespace": target.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "meshward-issuer"},
             },
-            "data": {target.key.as_str(): pem},
+            "data": {target.key.as_str(): bundle},
         });
         let patch = Patch::Apply(&object);
         let write = api.patch(&target.name, &params, &patch);
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(_)) => {
+        let failure = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer".to_owned()),
+        };
+        match failure {
+            None => {
                 eprintln!("meshward issuer: trust bundle written to {place}");
-                written = Some(pem);
+                if pem.changed().await.is_err() {
+                    return;
+                }
             }
-            Ok(Err(e)) => eprintln!("meshward issuer: writing {place}: {e} (will retry)"),
-            Err(_) => eprintln!("meshward issuer: writing {place}: no answer (will retry)"),
+            Some(e) => {
+                eprintln!("meshward issuer: writing {place}: {e} (will retry)");
+                tokio::time::sleep(RETRY).await;
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use meshward_config::{BundleEndpointProfile, IssuerConfig};
 use meshward_tls::{Authorizer, CertStore, SpiffeClientVerifier, TrustBundles};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
 use crate::ca::{Authority, UpstreamCa};
@@ -105,8 +105,10 @@ pub async fn run(
     let issuer = Arc::new(issuer);
 
     let bundles = TrustBundles::new();
+    // the own bundle as PEM, for the ConfigMap writer: changes when rotation does
+    let (bundle_pem, _) = watch::channel(String::new());
     let server_cert = CertStore::new();
-    refresh_bundle(&issuer, &bundles)
+    refresh_bundle(&issuer, &bundles, &bundle_pem)
         .await
         .map_err(startup("trust bundle"))?;
     let mut server_svid_expiry =
@@ -149,8 +151,8 @@ pub async fn run(
             .map_err(startup("bundle_configmap"))?;
         tokio::spawn(bundle_configmap::run(
             client,
-            issuer.clone(),
             target.clone(),
+            bundle_pem.subscribe(),
         ));
     }
     let bundle_server = async {
@@ -189,7 +191,7 @@ pub async fn run(
                 Ok(false) => {}
                 Err(e) => eprintln!("meshward issuer: CA rotation failed (will retry): {e}"),
             }
-            if let Err(e) = refresh_bundle(&issuer, &bundles).await {
+            if let Err(e) = refresh_bundle(&issuer, &bundles, &bundle_pem).await {
                 eprintln!("meshward issuer: bundle refresh failed (will retry): {e}");
             }
             if now >= server_svid_expiry {
@@ -277,14 +279,25 @@ async fn accept_tls(
     }
 }
 
+/// Trusts the own bundle for agent connections and publishes it as PEM.
 async fn refresh_bundle<D: Datastore>(
     issuer: &Issuer<D>,
     bundles: &TrustBundles,
+    pem: &watch::Sender<String>,
 ) -> Result<(), String> {
     let own = issuer.bundle().await.map_err(|e| e.to_string())?;
     bundles
         .set(&own.trust_domain, &own.x509_authorities)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let now = own.to_pem();
+    pem.send_if_modified(|published| {
+        let changed = *published != now;
+        if changed {
+            now.clone_into(published);
+        }
+        changed
+    });
+    Ok(())
 }
 
 /// A new key and SVID for `spiffe://<td>/spire/server`; returns when to renew.

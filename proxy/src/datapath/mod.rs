@@ -31,6 +31,9 @@ mod socket;
 mod state;
 mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -181,16 +181,8 @@ spec:
 
     /// Waits (bounded) until the set in force has `len` policies.
     async fn settles(policies: &mut Policies, len: usize) {
-        let wait = async {
-            while policies.borrow_and_update().len() != len {
-                if policies.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), wait)
-            .await
-            .unwrap_or_else(|_| panic!("never {len} policies"));
+        let what = format!("{len} policies");
+        crate::datapath::testing::settles(policies, &what, |set| set.len() == len).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,13 +196,7 @@ spec:
             })
         };
         api.apply_authorization_policy(policy("allow-all", "ALLOW"));
-        let client =
-            meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
-                api_server: Some(api.url()),
-                api_ca_path: Some(api.ca_file().to_owned()),
-                api_token_path: Some(api.token_file().to_owned()),
-            })
-            .unwrap();
+        let client = crate::datapath::testing::kube_client(&api);
         // a file beside the API: one set
         std::fs::write(dir.path().join("p.yaml"), ALLOW).unwrap();
         let mut policies = watch_policies(

@@ -214,6 +214,17 @@ impl FakeKubeApi {
         &self.token_file
     }
 
+    /// How a configuration reaches this API, as a YAML flow mapping:
+    /// `{api_server: ..., api_ca_path: ..., api_token_path: ...}`.
+    pub fn connection_yaml(&self) -> String {
+        format!(
+            "{{api_server: \"{}\", api_ca_path: \"{}\", api_token_path: \"{}\"}}",
+            self.url(),
+            self.ca_file.display(),
+            self.token_file.display()
+        )
+    }
+
     /// An issuer.yaml `k8s_psat` section for cluster `eks` on this API, allowing
     /// the service account `meshward:meshward-node`.
     pub fn issuer_psat_yaml(&self) -> String {

@@ -95,25 +95,13 @@ pub(super) async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let review = json_body(req).await.unwrap_or(Value::Null);
             json_response(StatusCode::CREATED, token_review(&review, key))
         }
         ("PATCH", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
             // a merge or apply patch of a whole object: enough for what is written here
             let (ns, name) = ((*ns).to_owned(), (*name).to_owned());
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let Some(mut object) = json_body(req).await else {
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     json!({"kind": "Status", "code": 400, "message": "body is not JSON"}),
@@ -212,6 +200,12 @@ pub(super) async fn handle(
         }
         _ => not_found(&path),
     }
+}
+
+/// The request's body as JSON; `None` when it is not.
+async fn json_body(req: Request<hyper::body::Incoming>) -> Option<Value> {
+    let body = req.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
 }
 
 /// Verifies the token like the API server does and answers a TokenReview.

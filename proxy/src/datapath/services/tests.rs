@@ -3,6 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::datapath::testing;
 
 fn echoserver_service() -> Value {
     json!({
@@ -92,17 +93,8 @@ fn cluster_ips_map_to_ready_endpoints_of_the_same_named_port() {
 
 /// Waits (bounded) until the map has `len` service addresses.
 async fn settles(services: &Services, len: usize) {
-    let mut map = services.map.clone();
-    let wait = async {
-        while map.borrow_and_update().0.len() != len {
-            if map.changed().await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .unwrap_or_else(|_| panic!("never {len} service addresses"));
+    let what = format!("{len} service addresses");
+    testing::settles(&mut services.map.clone(), &what, |map| map.0.len() == len).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,12 +103,7 @@ async fn follows_services_and_endpoint_slices_in_the_kubernetes_api() {
     let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
     api.apply_service(echoserver_service());
     api.apply_endpoint_slice(echoserver_slice("echoserver-a", &[("10.0.1.5", None)]));
-    let client = meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
-        api_server: Some(api.url()),
-        api_ca_path: Some(api.ca_file().to_owned()),
-        api_token_path: Some(api.token_file().to_owned()),
-    })
-    .unwrap();
+    let client = testing::kube_client(&api);
     let services = Services::watch(client);
     settles(&services, 1).await;
     assert_eq!(

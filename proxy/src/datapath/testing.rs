@@ -1,0 +1,30 @@
+//! Helpers for the data path's unit tests that follow the (fake) Kubernetes API.
+
+use std::time::Duration;
+
+use meshward_test_support::kube_api::FakeKubeApi;
+use tokio::sync::watch;
+
+/// A client of the fake API, as the daemon builds one from its configuration.
+pub(super) fn kube_client(api: &FakeKubeApi) -> kube::Client {
+    meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
+        api_server: Some(api.url()),
+        api_ca_path: Some(api.ca_file().to_owned()),
+        api_token_path: Some(api.token_file().to_owned()),
+    })
+    .expect("a client of the fake API")
+}
+
+/// Waits, at most 15 s, until the channel's value satisfies `done`.
+pub(super) async fn settles<T>(rx: &mut watch::Receiver<T>, what: &str, done: impl Fn(&T) -> bool) {
+    let wait = async {
+        while !done(&rx.borrow_and_update()) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or_else(|_| panic!("never {what}"));
+}
