@@ -1,0 +1,145 @@
+//! The agent against a real issuer process: attestation with a join token, SVIDs
+//! for exactly the pods an entry or a template grants, published as snapshots;
+//! pods that leave lose their SVIDs; an issuer outage leaves the served SVIDs in
+//! place; an agent restart reuses its node SVID (the join token is already used).
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward::agent::{AgentHandle, Snapshot};
+use meshward_config::{PodInfo, ProxyConfig, WorkloadsFile};
+use meshward_test_support::check_x509_svid;
+use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
+
+const TD: &str = "math.example.com";
+
+fn pod(name: &str, namespace: &str, sa: &str, ip: &str, labels: &[(&str, &str)]) -> PodInfo {
+    PodInfo {
+        name: name.into(),
+        namespace: namespace.into(),
+        service_account: sa.into(),
+        uid: format!("{name}-uid"),
+        ip: ip.parse().unwrap(),
+        image: "example.com/app:1".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        netns: None,
+    }
+}
+
+fn write_workloads(path: &Path, pods: Vec<PodInfo>) {
+    let file = WorkloadsFile {
+        node: "node-1".into(),
+        workloads: pods,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, file.to_yaml()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn config(dir: &Path, issuer: &IssuerProcess, token: &str) -> ProxyConfig {
+    std::fs::write(dir.join("bundle.pem"), issuer.bundle_pem()).unwrap();
+    let yaml = format!(
+        "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  sync_interval: 1s\n",
+        issuer.agent,
+        dir.join("bundle.pem").display(),
+        dir.join("agent").display(),
+        dir.join("workloads.yaml").display()
+    );
+    ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap()
+}
+
+/// The real issuer process on SQLite in `dir`.
+fn start_issuer(dir: &Path) -> IssuerProcess {
+    IssuerProcess::new(
+        Path::new(env!("CARGO_BIN_EXE_meshward")),
+        TD,
+        dir,
+        &sqlite_url(dir),
+    )
+}
+
+/// A join token for `spiffe://<td>/node/node-1`.
+fn node_token(issuer: &IssuerProcess) -> String {
+    let token = issuer.cli_json(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        &format!("spiffe://{TD}/node/node-1"),
+    ]);
+    token["value"].as_str().unwrap().to_owned()
+}
+
+/// An entry: pods with service account curl-spire on node-1 are `.../ns/default/sa/curl-spire`.
+fn curl_spire_entry(issuer: &IssuerProcess) {
+    issuer.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+        "-parentID",
+        &format!("spiffe://{TD}/node/node-1"),
+        "-selector",
+        "k8s:sa:curl-spire",
+    ]);
+}
+
+/// Serves the Workload API for `handle` on `<dir>/agent.sock`; returns once the socket exists.
+async fn serve_workload_api(
+    dir: &Path,
+    handle: &AgentHandle,
+) -> (
+    std::path::PathBuf,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let socket = dir.join("agent.sock");
+    let server = tokio::spawn({
+        let (socket, handle) = (socket.clone(), handle.clone());
+        async move { meshward::workload_api::serve(&socket, handle).await }
+    });
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (socket, server)
+}
+
+/// Waits (bounded) for a snapshot that satisfies `done`.
+async fn wait_for(
+    handle: &mut AgentHandle,
+    what: &str,
+    done: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = handle.snapshots.borrow_and_update().clone();
+        if done(&current) {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last snapshot: {current:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(500), handle.snapshots.changed()).await;
+    }
+}
+
+fn ids(snapshot: &Snapshot, ip: &str) -> Vec<String> {
+    let ip: IpAddr = ip.parse().unwrap();
+    snapshot
+        .pods
+        .get(&ip)
+        .map(|p| p.svids.iter().map(|s| s.spiffe_id.clone()).collect())
+        .unwrap_or_default()
+}
+
+mod identities;
+mod kubernetes;
+mod workload_api;

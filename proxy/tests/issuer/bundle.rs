@@ -1,0 +1,142 @@
+//! The trust bundle as others fetch it: the HTTPS bundle endpoint and the ConfigMap.
+
+use super::*;
+
+/// GET / over TLS with `config`; the response body.
+async fn fetch_bundle(addr: SocketAddr, config: rustls::ClientConfig, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut tls = connector.connect(server_name, tcp).await.unwrap();
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut response)).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{response}"
+    );
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_endpoint_https_spiffe_and_https_web() {
+    meshward_tls::install_crypto_provider();
+    // https_spiffe: the issuer's own SVID, verified like a federating peer would
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2m\n  profile: https_spiffe\n"
+        ),
+    );
+    let verifier = meshward_tls::SpiffeServerVerifier::new(
+        issuer.bundle(),
+        meshward_tls::Authorizer::Exact(format!("spiffe://{TD}/spire/server")),
+    );
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let body = fetch_bundle(SocketAddr::from(([127, 0, 0, 1], port)), config, "issuer").await;
+    let fetched = meshward_issuer::Bundle::from_spiffe_json(TD, &body).unwrap();
+    assert_eq!(fetched.refresh_hint, Duration::from_secs(120));
+    assert_eq!(
+        (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
+        (1, 1)
+    );
+    let (_, shown, _) = issuer.cli(&["bundle", "show", "-format", "spiffe"]);
+    assert_eq!(
+        meshward_issuer::Bundle::from_spiffe_json(TD, &shown)
+            .unwrap()
+            .sequence,
+        fetched.sequence
+    );
+
+    // https_web: a Web PKI certificate from files, checked with the host name
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bundles.math.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("web.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("web.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let _issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_web\n  cert_file: {0}/web.pem\n  key_file: {0}/web.key\n",
+            dir.path().display()
+        ),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let body = fetch_bundle(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        config,
+        "bundles.math.example.com",
+    )
+    .await;
+    assert!(meshward_issuer::Bundle::from_spiffe_json(TD, &body).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_bundle_is_kept_in_a_config_map() {
+    use meshward_test_support::kube_api::FakeKubeApi;
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir.path()).await;
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {}\n",
+            api.connection_yaml()
+        ),
+    );
+    let (code, shown, stderr) = issuer.cli(&["bundle", "show"]);
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let written = loop {
+        let data = api
+            .config_map("meshward-system", "meshward-bundle")
+            .and_then(|cm| cm["data"]["bundle.pem"].as_str().map(str::to_owned));
+        if let Some(pem) = data {
+            break pem;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bundle ConfigMap: {}",
+            issuer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(written.trim(), shown.trim());
+    assert!(written.contains("BEGIN CERTIFICATE"), "{written}");
+    assert!(
+        issuer
+            .log()
+            .contains("trust bundle written to ConfigMap meshward-system/meshward-bundle"),
+        "{}",
+        issuer.log()
+    );
+}

@@ -1,0 +1,45 @@
+//! The real issuer process, driven as an operator and an agent would: the CLI
+//! over the admin socket, the agent API over SPIFFE-authenticated TLS. The same
+//! scenario runs on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshward_issuer::client::{Code, agent_client};
+use meshward_issuer::proto;
+use meshward_test_support::daemon::{free_port, http_get};
+use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
+use meshward_test_support::postgres::TestDatabase;
+use meshward_test_support::{check_x509_svid, p256_csr};
+use meshward_tls::CertStore;
+
+const TD: &str = "math.example.com";
+
+type Issuer = IssuerProcess;
+
+fn meshward() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_meshward"))
+}
+
+/// An agent's view: its identity store and an API client.
+async fn connect(
+    issuer: &Issuer,
+    identity: &Arc<CertStore>,
+) -> meshward_issuer::proto::agent_api_client::AgentApiClient<tonic::transport::Channel> {
+    agent_client(
+        &issuer.agent.to_string(),
+        TD,
+        issuer.bundle(),
+        identity.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+mod bundle;
+mod kubernetes;
+mod scenario;
