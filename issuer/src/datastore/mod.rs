@@ -4,6 +4,7 @@
 //! so nothing is ever half-written; uniqueness is the database's job, so concurrent
 //! writers lose nothing.
 
+mod rows;
 mod sql;
 mod types;
 
