@@ -10,6 +10,7 @@
 //! default mode ([`DefaultMode::Deny`]).
 
 mod compile;
+mod condition_key;
 mod engine;
 mod error;
 mod explain;
