@@ -9,13 +9,15 @@ mod support;
 mod actions;
 #[path = "authz/advisories.rs"]
 mod advisories;
-#[path = "authz/fields.rs"]
-mod fields;
 #[path = "authz/loading.rs"]
 mod loading;
 #[path = "authz/properties.rs"]
 mod properties;
+#[path = "authz/request_fields.rs"]
+mod request_fields;
 #[path = "authz/selection.rs"]
 mod selection;
+#[path = "authz/source_fields.rs"]
+mod source_fields;
 #[path = "authz/tcp.rs"]
 mod tcp;

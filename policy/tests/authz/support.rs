@@ -201,3 +201,22 @@ pub fn deny_rule(rule: &str) -> String {
 fn indent_rule(rule: &str) -> String {
     rule.trim().lines().collect::<Vec<_>>().join("\n    ")
 }
+
+/// Claims of a JWT from `iss` for `sub`, with audiences, presenter and nested claims.
+pub fn jwt(iss: &str, sub: &str) -> JwtClaims {
+    JwtClaims {
+        issuer: iss.into(),
+        subject: sub.into(),
+        audiences: vec!["api".into(), "web".into()],
+        presenter: Some("frontend".into()),
+        claims:
+            serde_json::json!({"groups": ["dev", "ops"], "role": "admin", "org": {"team": "pay"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+    }
+}
+
+/// Peers most tests use: `foo` is the one a policy names, `other` never is.
+pub const FOO: &str = "cluster.local/ns/foo/sa/bar";
+pub const OTHER: &str = "cluster.local/ns/other/sa/x";

@@ -5,8 +5,6 @@ use meshward_policy::{DefaultMode, EngineOptions};
 
 use crate::support::*;
 
-const FOO: &str = "cluster.local/ns/foo/sa/bar";
-
 #[test]
 fn allow_rule_with_http_fields_is_dropped_for_tcp() {
     let s = set(&allow_rule("to:\n- operation:\n    methods: [\"GET\"]"));
