@@ -16,9 +16,8 @@
 //! see it. Clusters are isolated by their namespaces; `B` differs per cluster too,
 //! so addresses in logs are never ambiguous.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -29,141 +28,14 @@ use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
 use crate::process::{CommandOutput, Process, exec};
 
+mod members;
+pub use members::{Host, Node, Pod, PodSpec};
+
 /// Every namespace a test cluster creates starts with this; `cluster-cleanup`
 /// removes leftovers by it.
 pub const TEST_PREFIX: &str = "mwt";
 
 static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
-
-/// What a pod is, in Kubernetes terms.
-#[derive(Debug, Clone)]
-pub struct PodSpec {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
-    pub labels: BTreeMap<String, String>,
-    pub image: String,
-}
-
-impl PodSpec {
-    /// A pod in namespace `default`, service account `default`, label `app=<name>`.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            namespace: "default".into(),
-            service_account: "default".into(),
-            labels: [("app".to_owned(), name.to_owned())].into(),
-            image: format!("example.com/{name}:latest"),
-        }
-    }
-
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        namespace.clone_into(&mut self.namespace);
-        self
-    }
-
-    pub fn service_account(mut self, service_account: &str) -> Self {
-        service_account.clone_into(&mut self.service_account);
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.labels.insert(key.to_owned(), value.to_owned());
-        self
-    }
-
-    pub fn image(mut self, image: &str) -> Self {
-        image.clone_into(&mut self.image);
-        self
-    }
-}
-
-#[derive(Debug)]
-pub struct Node {
-    name: String,
-    index: u8,
-    ns: Netns,
-    underlay_ip: Ipv4Addr,
-    workloads_file: PathBuf,
-    pod_cidr: String,
-    next_pod: u8,
-}
-
-impl Node {
-    /// The Kubernetes node name, e.g. `node-1`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn netns(&self) -> &Netns {
-        &self.ns
-    }
-
-    pub fn underlay_ip(&self) -> Ipv4Addr {
-        self.underlay_ip
-    }
-
-    /// The addresses its pods get, e.g. `10.40.1.0/24`.
-    pub fn pod_cidr(&self) -> &str {
-        &self.pod_cidr
-    }
-
-    /// The workloads file of this node (see `meshward_config::WorkloadsFile`).
-    pub fn workloads_file(&self) -> &Path {
-        &self.workloads_file
-    }
-}
-
-#[derive(Debug)]
-pub struct Pod {
-    info: PodInfo,
-    node: String,
-    ns: Netns,
-}
-
-impl Pod {
-    pub fn info(&self) -> &PodInfo {
-        &self.info
-    }
-
-    pub fn name(&self) -> &str {
-        &self.info.name
-    }
-
-    pub fn ip(&self) -> IpAddr {
-        self.info.ip
-    }
-
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    pub fn netns(&self) -> &Netns {
-        &self.ns
-    }
-}
-
-/// A namespace on the underlay that is not a node, e.g. the issuer.
-#[derive(Debug)]
-pub struct Host {
-    name: String,
-    ns: Netns,
-    ip: Ipv4Addr,
-}
-
-impl Host {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn netns(&self) -> &Netns {
-        &self.ns
-    }
-
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
-    }
-}
 
 /// The cluster; dropping it (also while a test panics) removes every namespace,
 /// interface and process it made. Field order is drop order: pods, then nodes and
