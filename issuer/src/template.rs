@@ -461,4 +461,31 @@ mod tests {
                 .contains("podSelectr")
         );
     }
+
+    /// The CRD in docker/k8s/base/crds.yaml admits the every-field fixture and refuses
+    /// the invalid ones (docker/check-custom-resources.py); the issuer agrees.
+    #[test]
+    fn the_crd_fixtures_read_as_the_crd_admits_them() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/tests");
+        let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap();
+        let all =
+            from_cluster_spiffe_id_yaml(&read("valid/cluster-spiffe-id-every-field.yaml")).unwrap();
+        let t = &all[0];
+        t.validate("math.example.com").unwrap();
+        assert_eq!((t.x509_svid_ttl, t.jwt_svid_ttl), (1800, 300));
+        assert_eq!(t.namespace_selector["mesh"], "on");
+        assert_eq!(
+            (
+                t.federates_with.len(),
+                t.workload_selector_templates.len(),
+                t.dns_name_templates.len()
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(t.hint, "payments");
+        for invalid in ["csid-without-template.yaml", "csid-misspelt-selector.yaml"] {
+            let text = read(&format!("invalid/{invalid}"));
+            assert!(from_cluster_spiffe_id_yaml(&text).is_err(), "{invalid}");
+        }
+    }
 }

@@ -292,3 +292,37 @@ fn trust_domain_rewrite_of_principals() {
         &http("GET", "/").from("cluster.local/ns/x/sa/y")
     ));
 }
+
+/// The CRD in docker/k8s/base/crds.yaml admits these fixtures and refuses the
+/// invalid ones (docker/check-custom-resources.py, run by docker/validate.sh); the
+/// engine must agree on both, so `kubectl apply` and the daemon never disagree.
+#[test]
+fn the_crd_fixtures_load_as_the_crd_admits_them() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/tests");
+    let valid = fixtures.join("valid/authorization-policy-every-field.yaml");
+    let report = load_paths(&[&valid], &options());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.policy_count(), 4);
+
+    let mut refused = 0;
+    for entry in std::fs::read_dir(fixtures.join("invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if !text.contains("kind: AuthorizationPolicy") {
+            continue;
+        }
+        let report = load_paths(&[&path], &options());
+        assert_eq!(
+            report.errors.len(),
+            1,
+            "{}: {:?}",
+            path.display(),
+            report.errors
+        );
+        refused += 1;
+    }
+    assert_eq!(
+        refused, 5,
+        "every invalid AuthorizationPolicy fixture was read"
+    );
+}
