@@ -22,7 +22,9 @@ for dir in docker/k8s/base docker/k8s/overlays/* docker/examples/k8s; do
   kubectl kustomize "$dir" > "$rendered/$(echo "$dir" | tr / -).yaml"
 done
 python3 -m kubernetes_validate --strict -k 1.30.0 "$rendered"/*.yaml docker/examples/policies/*.yaml
-# jsonschema and PyYAML come with kubernetes-validate
+# jsonschema and PyYAML normally come with kubernetes-validate
+python3 -c 'import jsonschema, yaml' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check jsonschema pyyaml
 python3 docker/check-custom-resources.py "$rendered/docker-k8s-base.yaml" \
   --valid "$rendered/docker-examples-k8s.yaml" docker/examples/policies/*.yaml docker/k8s/tests/valid/*.yaml \
   --invalid docker/k8s/tests/invalid/*.yaml
