@@ -9,10 +9,11 @@ use crate::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// Whether `proxy run` installs the rules at start (and removes them at exit).
-    /// `false` when something else owns them (a CNI plugin, or tests on a host
-    /// that must not be touched).
+    /// Whether `proxy run` installs the rules at start. `false` when something else
+    /// owns them (a CNI plugin, or tests on a host that must not be touched).
     pub install: bool,
+    /// What `proxy run` does with the rules it installed when it stops.
+    pub on_exit: CaptureOnExit,
     /// Host-side interfaces of pods: `eni` on EKS (VPC CNI), `veth` elsewhere.
     pub pod_interface_prefix: String,
     pub outbound_port: u16,
@@ -27,10 +28,25 @@ pub struct CaptureConfig {
     pub exclude_cidrs: Vec<String>,
 }
 
+/// The rules' fate when the daemon stops: the choice between pods that keep talking,
+/// unprotected, and pods that wait for their proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureOnExit {
+    /// Removed: until a daemon is back, the node's pods talk directly, without mTLS
+    /// and without authorization (inbound plaintext reaches them unchecked).
+    Remove,
+    /// Kept: until a daemon is back, meshed traffic from and to the node's pods
+    /// fails (refused, or unanswered for TPROXY), so a restart or an upgrade fails
+    /// closed. Uninstalling then needs `meshward proxy capture --remove` per node.
+    Keep,
+}
+
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             install: true,
+            on_exit: CaptureOnExit::Remove,
             pod_interface_prefix: "eni".into(),
             outbound_port: 15001,
             inbound_plaintext_port: 15006,

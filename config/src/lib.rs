@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
 pub use authorization::{AuthorizationConfig, KubernetesApi};
-pub use capture::CaptureConfig;
+pub use capture::{CaptureConfig, CaptureOnExit};
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;
 pub use issuer::{

@@ -176,3 +176,20 @@ fn worker_threads_default_to_at_least_two() {
     let one = ProxyConfig::from_yaml("worker_threads: 1\n", "p.yaml").unwrap();
     assert_eq!(one.worker_threads(), 1);
 }
+
+#[test]
+fn capture_on_exit() {
+    assert_eq!(
+        ProxyConfig::default().capture.on_exit,
+        CaptureOnExit::Remove
+    );
+    let config = ProxyConfig::from_yaml("capture:\n  on_exit: keep\n", "p.yaml").unwrap();
+    assert_eq!(config.capture.on_exit, CaptureOnExit::Keep);
+    let e = ProxyConfig::from_yaml("capture:\n  on_exit: forget\n", "p.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("p.yaml: capture.on_exit: unknown variant `forget`"),
+        "{e}"
+    );
+}

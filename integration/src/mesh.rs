@@ -44,6 +44,7 @@ pub struct MeshSpec {
     /// Extra `proxy.yaml` text for every node (e.g. `inbound:` settings).
     proxy_yaml: String,
     outbound_yaml: String,
+    capture_yaml: String,
     /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
     svid_ttl: u32,
     /// `authorization.default` of every node.
@@ -64,6 +65,7 @@ impl MeshSpec {
             pods: Vec::new(),
             proxy_yaml: String::new(),
             outbound_yaml: String::new(),
+            capture_yaml: String::new(),
             svid_ttl: 0,
             default_mode: "deny".into(),
             prefix: None,
@@ -112,6 +114,12 @@ impl MeshSpec {
     /// Appends fields of the `outbound:` section (indented two spaces) for every node.
     pub fn outbound_yaml(&mut self, yaml: &str) -> &mut Self {
         self.outbound_yaml.push_str(yaml);
+        self
+    }
+
+    /// Appends lines (indented two spaces) to every node's `capture:` section.
+    pub fn capture_yaml(&mut self, yaml: &str) -> &mut Self {
+        self.capture_yaml.push_str(yaml);
         self
     }
 
@@ -234,14 +242,14 @@ impl Mesh {
                     &spec.svid_ttl.to_string(),
                 ])?;
             }
-            let config = dir.join(format!("{node}-proxy.yaml"));
+            let config = mesh.node_config(node);
             let workloads = mesh.cluster.node(node)?.workloads_file().to_owned();
             write(
                 &config,
                 &format!(
                     "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
                      agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
-                     capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n\
+                     capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}\
                      outbound:\n  mesh_cidrs:\n{}{}\
                      authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
                     dir.join("bundle.pem").display(),
@@ -249,6 +257,7 @@ impl Mesh {
                     workloads.display(),
                     mesh.workload_api_socket(node).display(),
                     spec.exclude_ports,
+                    spec.capture_yaml,
                     mesh_cidrs.concat(),
                     spec.outbound_yaml,
                     spec.default_mode,
@@ -349,6 +358,16 @@ impl Mesh {
     /// The process ID of a node's daemon.
     pub fn daemon_pid(&self, node: &str) -> Option<i32> {
         self.daemons.get(node).map(Process::pid)
+    }
+
+    /// The `proxy.yaml` a node's daemon runs with.
+    pub fn node_config(&self, node: &str) -> PathBuf {
+        self.cluster.log_dir().join(format!("{node}-proxy.yaml"))
+    }
+
+    /// Stops a node's daemon (SIGTERM, as the kubelet stops a pod); its exit status.
+    pub fn stop_daemon(&mut self, node: &str) -> Option<String> {
+        self.daemons.get_mut(node).map(Process::stop)
     }
 
     /// A node daemon's log so far.

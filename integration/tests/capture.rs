@@ -1,15 +1,19 @@
 //! Capture on a simulated node: the daemon's iptables chains take a pod's
 //! outbound connections, plaintext to local pods and HBONE to local pods, and the
 //! original destination comes back with SO_ORIGINAL_DST. Removal restores the
-//! plain path; installing twice leaves one set of rules.
+//! plain path; installing twice leaves one set of rules. A daemon that stops removes
+//! its rules, or keeps them (`capture.on_exit: keep`) so its pods fail closed.
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshward_integration::{Cluster, Netns, PodSpec, RunExt, available_or_skip};
+use meshward_integration::{Cluster, Mesh, Netns, PodSpec, RunExt, available_or_skip};
+use support::{curl_spire, echo_mesh, eventually, status};
 
 fn meshward() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -145,4 +149,78 @@ fn pod_traffic_is_captured_and_the_original_destination_recovered() {
     assert!(!mangle.contains("MESHWARD"), "{mangle}");
     let r = c.curl("a", &[&format!("http://{b}:8080/x")]).unwrap();
     assert_eq!(r.exit_code, Some(7), "{r:?}");
+}
+
+/// The echo mesh with `curl-spire` (identity) and `curl` (none) on node-1, Istio's
+/// default mode (no policy needed), and `capture_yaml` in every daemon's `capture:`.
+fn echo_mesh_with_callers(capture_yaml: &str) -> (Mesh, meshward_integration::Process, String) {
+    let (mesh, echo) = echo_mesh(|spec| {
+        spec.capture_yaml(capture_yaml)
+            .default_mode("allow-if-no-policy")
+            .pod("node-1", curl_spire(), true)
+            .pod("node-1", PodSpec::new("curl"), false);
+    });
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    eventually(&mesh, "curl-spire reaches the echoserver", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let r = mesh.cluster.curl("curl", &[&url]).unwrap();
+    assert_eq!(
+        r.status, None,
+        "plaintext is refused while node-2's daemon runs: {r:?}"
+    );
+    (mesh, echo, url)
+}
+
+/// node-2's daemon stops as the kubelet stops it (SIGTERM), cleanly.
+fn stop_node_2(mesh: &mut Mesh) {
+    let exit = mesh.stop_daemon("node-2").unwrap();
+    assert!(exit.contains("exit status: 0"), "{exit}\n{}", mesh.logs());
+}
+
+#[test]
+fn a_stopped_daemon_removes_its_rules_by_default() {
+    let Some(()) = available_or_skip("a_stopped_daemon_removes_its_rules_by_default") else {
+        return;
+    };
+    let (mut mesh, _echo, url) = echo_mesh_with_callers("");
+    stop_node_2(&mut mesh);
+    let node = mesh.cluster.node("node-2").unwrap().netns();
+    assert!(!nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    // the trade-off: the pod is reachable again, without mTLS or authorization
+    let r = mesh.cluster.curl("curl", &[&url]).unwrap();
+    assert_eq!(r.status, Some(200), "{r:?}");
+}
+
+#[test]
+fn a_stopped_daemon_with_on_exit_keep_fails_closed() {
+    let Some(()) = available_or_skip("a_stopped_daemon_with_on_exit_keep_fails_closed") else {
+        return;
+    };
+    let (mut mesh, _echo, url) = echo_mesh_with_callers("  on_exit: keep\n");
+    let config = mesh.node_config("node-2");
+    stop_node_2(&mut mesh);
+    let node = mesh.cluster.node("node-2").unwrap().netns();
+    assert!(nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    // neither the meshed caller nor plaintext reaches the pod while no daemon runs
+    for pod in ["curl-spire", "curl"] {
+        let r = mesh.cluster.curl(pod, &["--max-time", "3", &url]).unwrap();
+        assert_eq!(r.status, None, "{pod}: {r:?}");
+    }
+    // uninstalling: `proxy capture --remove` takes the rules away
+    node.command(
+        meshward().to_str().unwrap(),
+        &[
+            "proxy",
+            "capture",
+            "--remove",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    )
+    .run()
+    .unwrap();
+    assert!(!nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    let r = mesh.cluster.curl("curl", &[&url]).unwrap();
+    assert_eq!(r.status, Some(200), "{r:?}");
 }

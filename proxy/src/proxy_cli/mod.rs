@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meshward_config::ProxyConfig;
+use meshward_config::{CaptureOnExit, ProxyConfig};
 
 #[derive(Subcommand)]
 pub(crate) enum ProxyCommand {
@@ -150,12 +150,19 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Removes the capture rules when the daemon stops (also on an error return), so a
-/// stopped daemon never leaves pods' traffic pointing at closed ports.
+/// When the daemon stops (also on an error return), removes the capture rules or,
+/// with `capture.on_exit: keep`, leaves them so the node's meshed traffic fails
+/// closed until a daemon is back.
 struct CaptureGuard(meshward_config::CaptureConfig);
 
 impl Drop for CaptureGuard {
     fn drop(&mut self) {
-        meshward::capture::remove(&self.0);
+        match self.0.on_exit {
+            CaptureOnExit::Remove => meshward::capture::remove(&self.0),
+            CaptureOnExit::Keep => tracing::info!(
+                "capture rules kept (capture.on_exit: keep): the node's meshed traffic fails \
+                 until a daemon is back; `meshward proxy capture --remove` takes them away"
+            ),
+        }
     }
 }
