@@ -36,9 +36,10 @@ pub enum CaptureOnExit {
     /// Removed: until a daemon is back, the node's pods talk directly, without mTLS
     /// and without authorization (inbound plaintext reaches them unchecked).
     Remove,
-    /// Kept: until a daemon is back, meshed traffic from and to the node's pods
-    /// fails (refused, or unanswered for TPROXY), so a restart or an upgrade fails
-    /// closed. Uninstalling then needs `meshward proxy capture --remove` per node.
+    /// Kept: until a daemon is back, every connection capture takes (the node's
+    /// pods' TCP but excluded ports and CIDRs) fails, refused or unanswered, so a
+    /// restart or an upgrade fails closed. Uninstalling then needs `meshward proxy
+    /// capture --remove` per node.
     Keep,
 }
 

@@ -151,7 +151,7 @@ fn raise_open_files_limit() {
 }
 
 /// When the daemon stops (also on an error return), removes the capture rules or,
-/// with `capture.on_exit: keep`, leaves them so the node's meshed traffic fails
+/// with `capture.on_exit: keep`, leaves them so the node's captured traffic fails
 /// closed until a daemon is back.
 struct CaptureGuard(meshward_config::CaptureConfig);
 
@@ -160,7 +160,7 @@ impl Drop for CaptureGuard {
         match self.0.on_exit {
             CaptureOnExit::Remove => meshward::capture::remove(&self.0),
             CaptureOnExit::Keep => tracing::info!(
-                "capture rules kept (capture.on_exit: keep): the node's meshed traffic fails \
+                "capture rules kept (capture.on_exit: keep): the node's captured traffic fails \
                  until a daemon is back; `meshward proxy capture --remove` takes them away"
             ),
         }
