@@ -9,26 +9,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshward_integration::{Cluster, Mesh, Netns, PodSpec, RunExt, available_or_skip};
+use meshward_integration::{
+    Cluster, Mesh, Netns, PodSpec, RunExt, available_or_skip, meshward_binary,
+};
 use support::{curl_spire, echo_mesh, eventually, status};
-
-fn meshward() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("meshward");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p meshward)",
-        bin.display()
-    );
-    bin
-}
 
 /// A listener in `ns` that answers one connection with a tiny HTTP response and
 /// reports the connection's original destination: for REDIRECTed connections by
@@ -94,7 +80,7 @@ fn pod_traffic_is_captured_and_the_original_destination_recovered() {
     let config = c.log_dir().join("proxy.yaml");
     std::fs::write(&config, "capture:\n  pod_interface_prefix: veth\n").unwrap();
     let node = c.node("node-1").unwrap().netns();
-    let bin = meshward();
+    let bin = meshward_binary().unwrap();
     let capture = |action: &str| {
         node.command(
             bin.to_str().unwrap(),
@@ -209,7 +195,7 @@ fn a_stopped_daemon_with_on_exit_keep_fails_closed() {
     }
     // uninstalling: `proxy capture --remove` takes the rules away
     node.command(
-        meshward().to_str().unwrap(),
+        meshward_binary().unwrap().to_str().unwrap(),
         &[
             "proxy",
             "capture",
