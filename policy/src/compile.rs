@@ -9,6 +9,11 @@ use crate::condition_key::condition_attribute;
 use crate::error::{Notice, PolicyError};
 use crate::model::{Action, Attribute, Clause, Matcher, Origin, Policy, PolicyId, Rule};
 use crate::options::EngineOptions;
+use crate::request::PseudoHeader;
+
+/// The longest value a policy field may hold (a path, a principal, a header value):
+/// far above real ones, and a bound on what every request is compared with.
+pub const MAX_VALUE_BYTES: usize = 4096;
 use crate::spec::{
     ActionSpec, ConditionSpec, OperationSpec, PolicyDocument, RuleSpec, SourceSpec, Values,
 };
@@ -391,6 +396,16 @@ impl Compiler<'_> {
         let values = values.filter(|v| !v.is_empty())?;
         let mut matchers = Vec::new();
         for (i, value) in values.iter().enumerate() {
+            if value.len() > MAX_VALUE_BYTES {
+                self.error(
+                    format!("{field}[{i}]"),
+                    format!(
+                        "{} bytes; a value holds at most {MAX_VALUE_BYTES}",
+                        value.len()
+                    ),
+                );
+                continue;
+            }
             match self.matchers(&attribute, value) {
                 Ok(m) => matchers.extend(m),
                 Err(InvalidValue(reason)) => self.error(format!("{field}[{i}]"), reason),
@@ -437,9 +452,17 @@ impl Compiler<'_> {
             }
             Attribute::DestinationPort => vec![Matcher::Port(parse_port(value)?)],
             Attribute::Path => vec![Matcher::Path(PathMatch::parse(value)?)],
-            Attribute::Host => vec![Matcher::Str(StringMatch::parse(value, true)?)],
+            Attribute::Host => vec![Matcher::Str(StringMatch::parse(
+                &self.host_name(value),
+                true,
+            )?)],
             Attribute::Header(_) => vec![Matcher::Str(
                 StringMatch::parse(value, false)?.presence_means_present(),
+            )],
+            // the authority is compared in its normalized (lower-case) form
+            Attribute::Pseudo(pseudo) => vec![Matcher::Str(
+                StringMatch::parse(value, *pseudo == PseudoHeader::Authority)?
+                    .presence_means_present(),
             )],
             Attribute::Namespace
             | Attribute::Sni
@@ -450,6 +473,30 @@ impl Compiler<'_> {
             | Attribute::Method
             | Attribute::EnvoyMetadata => vec![plain(value)?],
         })
+    }
+
+    /// The host-name part of a `hosts` value, as requests are matched
+    /// (`HttpRequest::host_name`): `:*` and a trailing dot dropped; an explicit port
+    /// dropped with a notice, since the port of `Host` is the client's to choose.
+    fn host_name(&mut self, value: &str) -> String {
+        let (name, port) = match value.rsplit_once(':') {
+            // `[fd00::1]` has colons of its own; only one after `]` is a port
+            Some((name, port))
+                if !port.contains(']') && (name.starts_with('[') || !name.contains(':')) =>
+            {
+                (name, Some(port))
+            }
+            _ => (value, None),
+        };
+        if let Some(port) = port.filter(|p| *p != "*") {
+            self.notice(format!(
+                "hosts value {value:?}: meshward matches the host name only, so port {port} is ignored; restrict the destination with `ports`"
+            ));
+        }
+        match name.strip_suffix('.') {
+            Some(stripped) if !stripped.is_empty() => stripped.to_owned(),
+            _ => name.to_owned(),
+        }
     }
 
     /// Istio's trust-domain rewrite (reference §4, TD): a principal of exactly five

@@ -3,6 +3,7 @@
 use http::HeaderName;
 
 use crate::model::Attribute;
+use crate::request::PseudoHeader;
 
 /// The `when.key`s Istio admits (reference §4, COND).
 pub(crate) fn condition_attribute(key: &str) -> Result<Attribute, String> {
@@ -11,6 +12,11 @@ pub(crate) fn condition_attribute(key: &str) -> Result<Attribute, String> {
             .strip_suffix(']')
             .filter(|n| !n.is_empty())
             .ok_or_else(|| format!("{key:?}: expected request.headers[<name>]"))?;
+        if name.starts_with(':') {
+            return PseudoHeader::parse(name).map(Attribute::Pseudo).ok_or_else(|| {
+                format!("{key:?}: the pseudo-headers a condition may name are :method, :authority and :path")
+            });
+        }
         return HeaderName::from_bytes(name.as_bytes())
             .map(Attribute::Header)
             .map_err(|_| format!("{key:?}: {name:?} is not a valid header name"));
@@ -88,6 +94,11 @@ mod tests {
             matches!(condition_attribute("request.headers[X-Role]"), Ok(Attribute::Header(h)) if h == "x-role")
         );
         assert!(condition_attribute("request.headers[bad name]").is_err());
+        assert!(matches!(
+            condition_attribute("request.headers[:authority]"),
+            Ok(Attribute::Pseudo(PseudoHeader::Authority))
+        ));
+        assert!(condition_attribute("request.headers[:scheme]").is_err());
         assert!(condition_attribute("request.headers[]").is_err());
         assert!(condition_attribute("source.user").is_err());
         assert_eq!(

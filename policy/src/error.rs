@@ -12,6 +12,12 @@ use crate::model::{Origin, PolicyId};
 pub enum PolicyError {
     #[error("{path}: cannot read: {reason}")]
     Read { path: String, reason: String },
+    #[error("{path}: {size} bytes: a policy source holds at most {limit}")]
+    TooLarge {
+        path: String,
+        size: u64,
+        limit: usize,
+    },
     #[error("{origin}: invalid YAML{}: {reason}", location(*line, *column))]
     Syntax {
         origin: Origin,

@@ -100,14 +100,15 @@ fn request_value(attribute: &Attribute, request: &Request) -> String {
         Attribute::Audience => jwt.map_or_else(none, |j| format!("{:?}", j.audiences)),
         Attribute::Presenter => quoted(jwt.and_then(|j| j.presenter.as_deref())),
         Attribute::Claim(path) => jwt.map_or_else(none, |j| format!("{:?}", j.claim_values(path))),
-        Attribute::Host => quoted(http.map(|h| h.host())),
+        Attribute::Host => quoted(http.map(|h| h.host_name())),
         Attribute::Method => quoted(http.map(|h| h.method())),
         Attribute::Path => quoted(http.map(|h| h.target().path())),
+        Attribute::Pseudo(pseudo) => quoted(http.map(|h| h.pseudo_header(*pseudo)).as_deref()),
         Attribute::Header(name) => {
             let values: Vec<String> = http
                 .into_iter()
-                .flat_map(|h| h.headers().get_all(name))
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .flat_map(|h| h.header_values(name))
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
                 .collect();
             if values.is_empty() {
                 "(absent)".into()

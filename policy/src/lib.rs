@@ -24,16 +24,19 @@ mod spec;
 mod template;
 mod value;
 
+pub use compile::MAX_VALUE_BYTES;
 pub use engine::{
     DecidingPolicy, Decision, PolicySet, PolicySummary, Reason, ShadowMatch, Verdict,
 };
 pub use error::{Notice, PolicyError};
 pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
 pub use identity::{Identity, InvalidIdentity};
-pub use load::{LoadReport, load_paths, load_str};
+pub use load::{LoadReport, MAX_SOURCE_BYTES, load_objects, load_paths, load_str};
 pub use model::{Action, Origin, PolicyId};
 pub use normalize::{
     InvalidTarget, NormalizedTarget, PathNormalization, normalize_path, normalize_target,
 };
 pub use options::{DefaultMode, EngineOptions};
-pub use request::{BadRequest, HttpRequest, JwtClaims, Request, Workload};
+pub use request::{
+    BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload, normalize_host,
+};

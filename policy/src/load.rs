@@ -17,6 +17,9 @@ use crate::options::EngineOptions;
 use crate::spec::PolicyDocument;
 
 const GROUP_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+/// The most text one source (a file, or one Kubernetes object) may hold: far above
+/// any real policy set, far below what would hurt a node to parse and keep.
+pub const MAX_SOURCE_BYTES: usize = 512 * 1024;
 
 /// Everything one load produced.
 #[derive(Debug, Default)]
@@ -76,8 +79,15 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P], options: &EngineOptions) -> LoadR
     let mut report = LoadReport::default();
     for path in paths {
         for file in expand(path.as_ref(), &mut report) {
+            let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+            if size > MAX_SOURCE_BYTES as u64 {
+                report
+                    .errors
+                    .push(too_big(&file.display().to_string(), size));
+                continue;
+            }
             match std::fs::read_to_string(&file) {
-                Ok(text) => load_into(&text, &file.display().to_string(), options, &mut report),
+                Ok(text) => load_into(&text, &file.display().to_string(), 0, options, &mut report),
                 Err(e) => report.errors.push(PolicyError::Read {
                     path: file.display().to_string(),
                     reason: e.to_string(),
@@ -92,7 +102,23 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P], options: &EngineOptions) -> LoadR
 /// Loads YAML text; `source` names it in errors (a file path, or e.g. `kubernetes`).
 pub fn load_str(text: &str, source: &str, options: &EngineOptions) -> LoadReport {
     let mut report = LoadReport::default();
-    load_into(text, source, options, &mut report);
+    load_into(text, source, 0, options, &mut report);
+    report.check_duplicates();
+    report
+}
+
+/// Loads objects that arrive one by one (the Kubernetes API's), each bounded by
+/// [`MAX_SOURCE_BYTES`] on its own; errors name `source` and the object's number.
+pub fn load_objects(objects: &[String], source: &str, options: &EngineOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    for (index, text) in objects.iter().enumerate() {
+        if text.len() > MAX_SOURCE_BYTES {
+            let name = format!("{source}: document {}", index + 1);
+            report.errors.push(too_big(&name, text.len() as u64));
+            continue;
+        }
+        load_into(text, source, index, options, &mut report);
+    }
     report.check_duplicates();
     report
 }
@@ -125,11 +151,30 @@ fn expand(path: &Path, report: &mut LoadReport) -> Vec<PathBuf> {
     files
 }
 
-fn load_into(text: &str, source: &str, options: &EngineOptions, report: &mut LoadReport) {
+fn too_big(source: &str, size: u64) -> PolicyError {
+    PolicyError::TooLarge {
+        path: source.to_owned(),
+        size,
+        limit: MAX_SOURCE_BYTES,
+    }
+}
+
+/// Loads the documents of `text`, numbered from `first_document + 1`.
+fn load_into(
+    text: &str,
+    source: &str,
+    first_document: usize,
+    options: &EngineOptions,
+    report: &mut LoadReport,
+) {
+    if text.len() > MAX_SOURCE_BYTES {
+        report.errors.push(too_big(source, text.len() as u64));
+        return;
+    }
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin {
             source: source.to_owned(),
-            document: index + 1,
+            document: first_document + index + 1,
         };
         match serde_yaml::Value::deserialize(document) {
             Ok(serde_yaml::Value::Null) => {} // an empty document, e.g. after a trailing `---`

@@ -13,7 +13,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::identity::Identity;
-use crate::request::Request;
+use crate::request::{PseudoHeader, Request};
 use crate::template::PathMatch;
 use crate::value::StringMatch;
 
@@ -184,6 +184,8 @@ pub(crate) enum Attribute {
     Method,
     Path,
     Header(HeaderName),
+    /// `request.headers[:method]` and friends, with Envoy's meaning.
+    Pseudo(PseudoHeader),
     /// `experimental.envoy.filters.*`: Envoy dynamic metadata, which meshward never has.
     EnvoyMetadata,
 }
@@ -200,6 +202,7 @@ impl Attribute {
                 | Self::Method
                 | Self::Path
                 | Self::Header(_)
+                | Self::Pseudo(_)
         )
     }
 }
@@ -299,7 +302,7 @@ impl Clause {
                     .into_iter()
                     .any(|v| self.any_str(v.as_bytes()))
             }),
-            Attribute::Host => http.is_some_and(|h| self.any_str(h.host().as_bytes())),
+            Attribute::Host => http.is_some_and(|h| self.any_str(h.host_name().as_bytes())),
             Attribute::Method => http.is_some_and(|h| self.any_str(h.method().as_bytes())),
             Attribute::Path => http.is_some_and(|h| {
                 let path = h.target().path();
@@ -307,13 +310,12 @@ impl Clause {
                     .iter()
                     .any(|m| matches!(m, Matcher::Path(p) if p.matches(path)))
             }),
-            // Each value of a repeated header on its own (CVE-2026-26308).
-            Attribute::Header(name) => http.is_some_and(|h| {
-                h.headers()
-                    .get_all(name)
-                    .iter()
-                    .any(|v| self.any_str(v.as_bytes()))
-            }),
+            Attribute::Header(name) => {
+                http.is_some_and(|h| h.header_values(name).iter().any(|v| self.any_str(v)))
+            }
+            Attribute::Pseudo(pseudo) => {
+                http.is_some_and(|h| self.any_str(h.pseudo_header(*pseudo).as_bytes()))
+            }
             Attribute::EnvoyMetadata => false,
         }
     }

@@ -3,7 +3,11 @@
 //!
 //! Always, whatever the option: the fragment is stripped (CVE-2021-39156), the query
 //! never takes part in `paths` (CVE-2020-8595), `%00` and malformed percent-escapes are
-//! a bad request. meshward's default is [`PathNormalization::DecodeAndMergeSlashes`]:
+//! a bad request, and path parameters (`/admin;x=1`, RFC 3986 §3.3) are removed from
+//! every segment before anything else, since servers such as Tomcat route
+//! `/admin;x=1` and `/..;/admin` as if they were not there. The result is what
+//! policy judges and what the backend receives: one normalization, applied once,
+//! idempotent. meshward's default is [`PathNormalization::DecodeAndMergeSlashes`]:
 //! the strictest option, the one Istio's best-practice page recommends, and the only
 //! one under which `//admin`, `/admin%2Fx` and `\admin` cannot slip past a policy
 //! written for `/admin` (CVE-2021-31920).
@@ -132,6 +136,8 @@ pub fn normalize_target(
 
 /// Normalizes a path that has no query or fragment. Idempotent.
 pub fn normalize_path(path: &str, option: PathNormalization) -> String {
+    let stripped = strip_path_parameters(path);
+    let path = stripped.as_ref();
     let mut out = match option {
         PathNormalization::None => return path.to_owned(),
         PathNormalization::DecodeAndMergeSlashes => {
@@ -190,6 +196,18 @@ fn strip_scheme_and_authority(path: &str) -> Result<&str, InvalidTarget> {
         .map(|(_, rest)| rest)
         .ok_or(InvalidTarget::NotAPath)?;
     Ok(after_scheme.find('/').map_or("/", |i| &after_scheme[i..]))
+}
+
+/// `/a;p=1/b;q` -> `/a/b`: each segment cut at its first `;`.
+fn strip_path_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
 }
 
 /// RFC 3986 §2.3 unreserved characters: the escapes Envoy's BASE decodes.

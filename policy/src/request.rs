@@ -1,10 +1,11 @@
 //! What a decision is made about: the destination workload and one connection or
 //! HTTP request, with every attribute policies can name.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::identity::Identity;
 use crate::normalize::{InvalidTarget, NormalizedTarget, PathNormalization, normalize_target};
@@ -52,6 +53,8 @@ pub enum BadRequest {
     Target(#[from] InvalidTarget),
     #[error("method {0:?} is not an upper-case HTTP token")]
     Method(String),
+    #[error("host {0:?} is not a valid authority (host[:port], no user info)")]
+    Host(String),
 }
 
 /// The HTTP attributes of a request, validated and normalized once.
@@ -59,7 +62,10 @@ pub enum BadRequest {
 pub struct HttpRequest {
     method: String,
     target: NormalizedTarget,
+    /// The authority as the backend gets it: lower case, no trailing dot.
     host: String,
+    /// `host` without its port: what `hosts` matches.
+    host_name_len: usize,
     headers: HeaderMap,
     jwt: Option<JwtClaims>,
     /// `iss/sub` of `jwt`, built once.
@@ -67,8 +73,8 @@ pub struct HttpRequest {
 }
 
 impl HttpRequest {
-    /// Validates the method, normalizes the request-target, lower-cases the host.
-    /// `host` is `:authority` or `Host`, port included.
+    /// Validates the method, normalizes the request-target and the host
+    /// ([`normalize_host`]). `host` is `:authority` or `Host`, port included.
     pub fn new(
         method: &str,
         target: &str,
@@ -81,10 +87,12 @@ impl HttpRequest {
         if method.is_empty() || !method.bytes().all(is_token) {
             return Err(BadRequest::Method(method.to_owned()));
         }
+        let (host, host_name_len) = normalize_host(host)?;
         Ok(Self {
             method: method.to_owned(),
             target: normalize_target(target, normalization)?,
-            host: host.to_ascii_lowercase(),
+            host,
+            host_name_len,
             headers,
             jwt: None,
             jwt_principal: None,
@@ -107,12 +115,58 @@ impl HttpRequest {
         &self.target
     }
 
+    /// The normalized authority, port included: what the backend receives.
     pub fn host(&self) -> &str {
         &self.host
     }
 
+    /// The host without its port: what `hosts` matches. The port of `Host` is the
+    /// client's to choose and decides nothing about where the request goes
+    /// (`ports` judges the real destination port).
+    pub fn host_name(&self) -> &str {
+        &self.host[..self.host_name_len]
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    /// The values `request.headers[name]` is matched against, each on its own (the
+    /// fix for CVE-2026-26308): every line as sent, every comma-separated element
+    /// of a line (RFC 9110 §5.6.1), and, for a repeated header, its lines combined
+    /// as RFC 9110 §5.3 says (`a, b`). `x-role: guest, admin` on one line and on two
+    /// lines thus give the same values, and the same decision.
+    pub fn header_values(&self, name: &HeaderName) -> Vec<Cow<'_, [u8]>> {
+        let lines: Vec<&[u8]> = self
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let mut values: Vec<Cow<'_, [u8]>> = Vec::with_capacity(lines.len() * 2);
+        for line in &lines {
+            values.push(Cow::Borrowed(line));
+            if line.contains(&b',') {
+                values.extend(
+                    line.split(|b| *b == b',')
+                        .map(|e| Cow::Borrowed(e.trim_ascii())),
+                );
+            }
+        }
+        if lines.len() > 1 {
+            values.push(Cow::Owned(lines.join(&b", "[..])));
+        }
+        values
+    }
+
+    /// What Envoy's header matchers see for a pseudo-header: the method, the
+    /// authority and the path (with its query) as the backend receives them.
+    pub(crate) fn pseudo_header(&self, pseudo: PseudoHeader) -> Cow<'_, str> {
+        match pseudo {
+            PseudoHeader::Method => Cow::Borrowed(&self.method),
+            PseudoHeader::Authority => Cow::Borrowed(&self.host),
+            PseudoHeader::Path => Cow::Owned(self.target.to_request_target()),
+        }
     }
 
     pub fn jwt(&self) -> Option<&JwtClaims> {
@@ -121,6 +175,59 @@ impl HttpRequest {
 
     pub(crate) fn jwt_principal(&self) -> Option<&str> {
         self.jwt_principal.as_deref()
+    }
+}
+
+/// The one form of an authority that policy judges and the backend receives: ASCII
+/// lower case (RFC 4343), the trailing dot of a fully qualified name removed, the
+/// port kept. Returns it with the length of its host part. An empty host (HTTP/1.0
+/// without `Host`) stays empty; user info, or anything that is not
+/// `host[:port]`, is a bad request.
+pub fn normalize_host(raw: &str) -> Result<(String, usize), BadRequest> {
+    let bad = || BadRequest::Host(raw.to_owned());
+    if raw.is_empty() {
+        return Ok((String::new(), 0));
+    }
+    let authority: http::uri::Authority = raw.parse().map_err(|_| bad())?;
+    if raw.contains('@') {
+        return Err(bad());
+    }
+    let port = raw[authority.host().len()..].strip_prefix(':');
+    if !raw.starts_with(authority.host())
+        || port.is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit()))
+        || (port.is_none() && raw.len() != authority.host().len())
+    {
+        return Err(bad());
+    }
+    let name = authority.host().trim_end_matches('.');
+    if name.is_empty() || name.contains(['/', '?', '#', '\\']) {
+        return Err(bad());
+    }
+    let mut host = name.to_ascii_lowercase();
+    let name_len = host.len();
+    if let Some(port) = port.filter(|p| !p.is_empty()) {
+        host.push(':');
+        host.push_str(port);
+    }
+    Ok((host, name_len))
+}
+
+/// The pseudo-headers `request.headers[...]` may name, as Istio admits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    Method,
+    Authority,
+    Path,
+}
+
+impl PseudoHeader {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            ":method" => Some(Self::Method),
+            ":authority" => Some(Self::Authority),
+            ":path" => Some(Self::Path),
+            _ => None,
+        }
     }
 }
 
@@ -187,6 +294,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.host(), "secret.com:80");
+        assert_eq!(r.host_name(), "secret.com");
+    }
+
+    #[test]
+    fn one_form_of_each_host() {
+        let host = |raw| normalize_host(raw).map(|(h, n)| (h.clone(), h[..n].to_owned()));
+        let pair = |h: &str, n: &str| Ok((h.to_owned(), n.to_owned()));
+        assert_eq!(
+            host("Admin.Example."),
+            pair("admin.example", "admin.example")
+        );
+        assert_eq!(
+            host("admin.example.:8080"),
+            pair("admin.example:8080", "admin.example")
+        );
+        assert_eq!(host("[FD00::1]:80"), pair("[fd00::1]:80", "[fd00::1]"));
+        assert_eq!(host("10.0.0.1"), pair("10.0.0.1", "10.0.0.1"));
+        assert_eq!(host(""), pair("", ""));
+        for bad in [
+            "user@admin.example",
+            "a b",
+            "admin.example:x",
+            ".",
+            "a/b",
+            ":80",
+        ] {
+            assert_eq!(host(bad), Err(BadRequest::Host(bad.to_owned())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_line_or_two_give_the_same_header_values() {
+        let values = |lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-role", line.parse().unwrap());
+            }
+            let r = HttpRequest::new("GET", "/", "h", headers, PathNormalization::Base).unwrap();
+            let mut v: Vec<String> = r
+                .header_values(&HeaderName::from_static("x-role"))
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(
+            values(&["guest, admin"]),
+            ["admin", "guest", "guest, admin"]
+        );
+        assert_eq!(
+            values(&["guest", "admin"]),
+            ["admin", "guest", "guest, admin"]
+        );
+        assert_eq!(values(&["admin"]), ["admin"]);
+        assert!(values(&[]).is_empty());
     }
 
     #[test]

@@ -17,6 +17,16 @@ fn table() {
         ("/a/./b/.", ["/a/./b/.", "/a/b/", "/a/b/", "/a/b/"]),
         ("/../../x", ["/../../x", "/x", "/x", "/x"]),
         ("//admin", ["//admin", "//admin", "/admin", "/admin"]),
+        // path parameters go under every option (Tomcat's `;` routing)
+        ("/admin;x=1", ["/admin", "/admin", "/admin", "/admin"]),
+        (
+            "/public/..;x/admin;a=b/c;d",
+            ["/public/../admin/c", "/admin/c", "/admin/c", "/admin/c"],
+        ),
+        // dot-segments first, then slashes merged (Envoy's order); the result is
+        // what the backend receives, so no later merge can make it another path
+        ("/a//../b", ["/a//../b", "/a/b", "/a/b", "/a/b"]),
+        ("/a/%2F/../b", ["/a/%2F/../b", "/a/b", "/a/b", "/a/b"]),
         ("/a//b///c", ["/a//b///c", "/a//b///c", "/a/b/c", "/a/b/c"]),
         (
             "/admin%2Fx",
@@ -144,6 +154,8 @@ mod properties {
             Just("%41".to_owned()),
             Just("%25".to_owned()),
             Just("\\".to_owned()),
+            Just(";".to_owned()),
+            Just(";x=1".to_owned()),
             "[a-z]{1,3}",
         ];
         proptest::collection::vec(piece, 0..12).prop_map(|p| format!("/{}", p.concat()))
@@ -166,6 +178,7 @@ mod properties {
             prop_assert!(!out.contains("//"));
             prop_assert!(!out.split('/').any(|s| s == "." || s == ".."));
             prop_assert!(!out.contains('\\'));
+            prop_assert!(!out.contains(';'));
         }
     }
 }

@@ -100,7 +100,62 @@ fn cve_2020_25017_and_cve_2026_26308_every_header_value_counts() {
                 false,
             ),
             (http("GET", "/").header("x-role", "user"), true),
+            // one line or two: the same values, the same decision
+            (http("GET", "/").header("x-role", "guest, admin"), false),
+            (http("GET", "/").header("x-role", "guest,admin"), false),
+            (
+                http("GET", "/").header("x-role", "guest, administrator"),
+                true,
+            ),
         ],
+    );
+    // the whole line still matches as written, and so do repeated lines combined
+    let s = set(&(policy("all", "  rules:\n  - {}")
+        + &deny_rule("when:\n- key: request.headers[x-role]\n  values: [\"a, b\"]")));
+    check(
+        &s,
+        &[
+            (http("GET", "/").header("x-role", "a, b"), false),
+            (
+                http("GET", "/").header("x-role", "a").header("x-role", "b"),
+                false,
+            ),
+            (http("GET", "/").header("x-role", "a"), true),
+        ],
+    );
+}
+
+/// `/admin;x=1` is `/admin` to Tomcat and others: parameters never hide a path.
+#[test]
+fn path_parameters_never_hide_a_path() {
+    let s = deny_only("paths: [\"/admin\"]");
+    for path in ["/admin;x=1", "/admin;", "/public/..;/admin", "/;x/admin"] {
+        check(&s, &[(http("GET", path), false)]);
+    }
+}
+
+/// Istio admits `request.headers[:method]` and friends; Envoy matches them.
+#[test]
+fn pseudo_headers_in_conditions() {
+    let s = set(&(policy("all", "  rules:\n  - {}")
+        + &deny_rule(
+            "when:\n- key: request.headers[:method]\n  values: [\"DELETE\"]\n- key: request.headers[:authority]\n  values: [\"Admin.example*\"]\n- key: request.headers[:path]\n  values: [\"/x?debug*\"]",
+        )));
+    check(
+        &s,
+        &[
+            (http("DELETE", "/x?debug=1").host("admin.example:80"), false),
+            (http("GET", "/x?debug=1").host("admin.example:80"), true),
+            (http("DELETE", "/x").host("admin.example"), true),
+            (http("DELETE", "/x?debug").host("other.example"), true),
+        ],
+    );
+    assert!(
+        errors(&deny_rule(
+            "when:\n- key: request.headers[:scheme]\n  values: [\"http\"]"
+        ))
+        .iter()
+        .any(|e| e.contains(":method, :authority and :path")),
     );
 }
 
@@ -153,18 +208,27 @@ fn cve_2021_39155_hosts_are_case_insensitive() {
     }
 }
 
+/// Istio's hosts compare `host:port` as a whole, so DENY `httpbin.foo` let
+/// `Host: httpbin.foo:8000` through (ISTIO-SECURITY-2021-008 told users to add
+/// `httpbin.foo:*`). meshward matches the name only: the port of `Host` is the
+/// client's to choose, and a trailing dot or upper case names the same host.
 #[test]
-fn advisory_2021_008_exact_host_includes_the_port() {
-    let s = deny_only("hosts: [\"httpbin.foo\"]");
-    check(&s, &[(http("GET", "/").host("httpbin.foo:8000"), true)]);
-    let s = deny_only("hosts: [\"httpbin.foo\", \"httpbin.foo:*\"]");
-    check(
-        &s,
-        &[
-            (http("GET", "/").host("httpbin.foo:8000"), false),
-            (http("GET", "/").host("httpbin.foo"), false),
-        ],
-    );
+fn advisory_2021_008_no_host_form_escapes_a_deny() {
+    for rule in [
+        "hosts: [\"httpbin.foo\"]",
+        "hosts: [\"httpbin.foo\", \"httpbin.foo:*\"]",
+    ] {
+        let s = deny_only(rule);
+        for host in [
+            "httpbin.foo:8000",
+            "httpbin.foo",
+            "HTTPBIN.foo.",
+            "httpbin.foo.:80",
+        ] {
+            check(&s, &[(http("GET", "/").host(host), false)]);
+        }
+        check(&s, &[(http("GET", "/").host("other.foo:8000"), true)]);
+    }
 }
 
 #[test]

@@ -326,3 +326,52 @@ fn the_crd_fixtures_load_as_the_crd_admits_them() {
         "every invalid AuthorizationPolicy fixture was read"
     );
 }
+
+#[test]
+fn oversized_values_and_sources_are_refused_by_name() {
+    let long = format!("/{}", "a".repeat(64 * 1024));
+    let error = one_error(&allow_rule(&format!(
+        "to:\n- operation:\n    paths: [\"/ok\", \"{long}\"]"
+    )));
+    assert!(
+        error.contains("spec.rules[0].to[0].operation.paths[1]")
+            && error.contains(&format!(
+                "a value holds at most {}",
+                meshward_policy::MAX_VALUE_BYTES
+            )),
+        "{error}"
+    );
+    let principal = "p".repeat(meshward_policy::MAX_VALUE_BYTES + 1);
+    let error = one_error(&allow_rule(&format!(
+        "from:\n- source:\n    principals: [\"{principal}\"]"
+    )));
+    assert!(error.contains("source.principals[0]"), "{error}");
+    // a value at the bound is fine
+    let at_bound = format!("/{}", "a".repeat(meshward_policy::MAX_VALUE_BYTES - 1));
+    assert!(
+        errors(&allow_rule(&format!(
+            "to:\n- operation:\n    paths: [\"{at_bound}\"]"
+        )))
+        .is_empty()
+    );
+
+    // a whole source past the bound is not even parsed, from text or from a file
+    let padding = format!("# {}\n", "x".repeat(meshward_policy::MAX_SOURCE_BYTES));
+    let big = padding + &allow_rule("{}");
+    let report = load_str(&big, "big.yaml", &options());
+    assert_eq!(report.policy_count(), 0);
+    assert!(
+        report.errors[0].to_string().starts_with("big.yaml: "),
+        "{:?}",
+        report.errors
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.yaml"), &big).unwrap();
+    let report = load_paths(&[dir.path()], &options());
+    let error = report.errors[0].to_string();
+    assert!(
+        error.contains("big.yaml")
+            && error.contains(&format!("at most {}", meshward_policy::MAX_SOURCE_BYTES)),
+        "{error}"
+    );
+}

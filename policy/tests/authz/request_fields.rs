@@ -4,7 +4,7 @@
 use crate::support::*;
 
 #[test]
-fn hosts_are_case_insensitive_and_include_the_port() {
+fn hosts_match_the_name_case_insensitively_whatever_the_port() {
     let s = set(&allow_rule(
         "to:\n- operation:\n    hosts: [\"Example.com\", \"*.internal\", \"api.local:*\"]",
     ));
@@ -13,10 +13,13 @@ fn hosts_are_case_insensitive_and_include_the_port() {
         &[
             (http("GET", "/").host("example.com"), true),
             (http("GET", "/").host("EXAMPLE.COM"), true),
-            (http("GET", "/").host("example.com:8080"), false),
+            (http("GET", "/").host("example.com:8080"), true),
+            (http("GET", "/").host("example.com."), true),
+            (http("GET", "/").host("example.org"), false),
             (http("GET", "/").host("svc.internal"), true),
             (http("GET", "/").host("api.local:9000"), true),
-            (http("GET", "/").host("api.local"), false),
+            (http("GET", "/").host("api.local"), true),
+            (http("GET", "/").host("api.localhost"), false),
         ],
     );
     let s = set(&allow_rule(

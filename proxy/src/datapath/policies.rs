@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_policy::{EngineOptions, PolicySet, load_paths, load_str};
+use meshward_policy::{EngineOptions, PolicySet, load_objects, load_paths};
 use tokio::sync::watch;
 
 use super::policy_objects as objects;
@@ -79,12 +79,12 @@ pub(crate) fn watch_policies(
     rx
 }
 
-/// One load, reported: the files, then the API's objects (one YAML stream whose
-/// documents name their objects). `Err` when anything had an error (logged).
+/// One load, reported: the files, then the API's objects (each bounded on its own,
+/// numbered as documents of the source `kubernetes`). `Err` when anything had an error (logged).
 fn load(paths: &[PathBuf], documents: &[String], options: &EngineOptions) -> Result<PolicySet, ()> {
     let mut report = load_paths(paths, options);
     if !documents.is_empty() {
-        report.merge(load_str(&documents.join("\n---\n"), "kubernetes", options));
+        report.merge(load_objects(documents, "kubernetes", options));
     }
     for notice in &report.notices {
         tracing::info!("policy: {notice}");
