@@ -414,9 +414,9 @@ fn client_tls(dir: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
     let bundle: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(dir.join("bundle.0.pem"))?.collect::<Result<_, _>>()?;
     let td = meshward_tls::spiffe_id_of(&chain[0])
-        .ok()
-        .and_then(|id| meshward_tls::trust_domain_of(&id).map(str::to_owned))
-        .context("the client SVID has no SPIFFE ID")?;
+        .context("the client SVID has no SPIFFE ID")?
+        .trust_domain()
+        .to_owned();
     let bundles = meshward_tls::TrustBundles::new();
     bundles.set(&td, &bundle)?;
     let mut config =

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::pem_encode;
 use crate::jwt::JwtPublicKey;
-use crate::spiffe_id::validate_trust_domain;
+use meshward_spiffe::validate_trust_domain;
 
 /// The authorities that verify SVIDs of one trust domain.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::error::CaError;
 use crate::jwt::JwtKey;
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// Certificates are backdated this much to absorb clock skew between machines.
 pub(crate) const BACKDATE: Duration = Duration::from_secs(10);

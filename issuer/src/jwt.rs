@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use crate::error::{CaError, SigningError};
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// One JWT signing key (P-256) with its key ID.
 pub struct JwtKey {

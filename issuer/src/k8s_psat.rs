@@ -17,7 +17,7 @@ use meshward_config::K8sPsatConfig;
 
 use crate::datastore::Selector;
 use crate::service::ServiceError;
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// Every call to the API server is bounded.
 const API_TIMEOUT: Duration = Duration::from_secs(10);

@@ -25,7 +25,6 @@ pub mod pem;
 mod random;
 pub mod server;
 pub mod service;
-mod spiffe_id;
 pub mod template;
 mod x509;
 
@@ -33,7 +32,7 @@ pub use bundle::{Bundle, InvalidBundle};
 pub use ca::{Authority, Rotation, SigningCa, UpstreamCa};
 pub use error::{CaError, SigningError};
 pub use jwt::{JwtKey, JwtPublicKey, mint_jwt_svid};
-pub use spiffe_id::{InvalidSpiffeId, SpiffeId, validate_trust_domain};
+pub use meshward_spiffe::{InvalidSpiffeId, SpiffeId, validate_trust_domain};
 pub use x509::{SvidTemplate, X509Svid, sign_x509_svid};
 
 /// Re-exported so callers need not depend on rustls-pki-types themselves.

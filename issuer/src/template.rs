@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::Selector;
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// A stored template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
 use crate::ca::{BACKDATE, SigningCa, hex, to_offset};
 use crate::error::{CaError, SigningError};
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// A signed X509-SVID.
 #[derive(Debug, Clone)]

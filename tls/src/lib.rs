@@ -12,6 +12,7 @@ mod verify;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use meshward_spiffe::{InvalidX509Svid, SpiffeId};
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use certs::CertStore;
@@ -19,8 +20,8 @@ pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
-    #[error("certificate has no SPIFFE ID: {0}")]
-    NoSpiffeId(String),
+    #[error("not an X509-SVID: {0}")]
+    NotAnSvid(#[from] InvalidX509Svid),
     #[error("invalid trust anchor for {trust_domain}: {reason}")]
     BadAnchor {
         trust_domain: String,
@@ -93,36 +94,10 @@ impl TrustBundles {
     }
 }
 
-/// The SPIFFE ID of a certificate: its only URI SAN, which must be `spiffe://`.
-pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| TlsError::NoSpiffeId(format!("unparsable certificate: {e}")))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| TlsError::NoSpiffeId(format!("bad subject alternative names: {e}")))?
-        .ok_or_else(|| TlsError::NoSpiffeId("no subject alternative names".into()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [one] if one.starts_with("spiffe://") && trust_domain_of(one).is_some() => {
-            Ok((*one).to_owned())
-        }
-        [one] => Err(TlsError::NoSpiffeId(format!(
-            "URI SAN {one:?} is not a SPIFFE ID"
-        ))),
-        [] => Err(TlsError::NoSpiffeId("no URI SAN".into())),
-        _ => Err(TlsError::NoSpiffeId(format!(
-            "{} URI SANs; an SVID has exactly one",
-            uris.len()
-        ))),
-    }
+/// The SPIFFE ID of an X509-SVID leaf, once it passes every leaf rule
+/// ([`meshward_spiffe::validate_x509_svid`]): the same rules the issuer signs by.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
+    Ok(meshward_spiffe::validate_x509_svid(cert)?)
 }
 
 /// The certificate's serial number, lower-case hex without leading zero bytes.

@@ -9,7 +9,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::{Authorizer, TrustBundles, spiffe_id_of, trust_domain_of};
+use crate::{Authorizer, TrustBundles, spiffe_id_of};
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
@@ -32,7 +32,7 @@ impl SpiffeVerifier {
         usage: webpki::KeyUsage,
     ) -> Result<(), Error> {
         let id = spiffe_id_of(end_entity).map_err(|e| Error::InvalidCertificate(other(e)))?;
-        let td = trust_domain_of(&id).unwrap_or_default();
+        let td = id.trust_domain();
         let anchors = self.bundles.get(td).ok_or_else(|| {
             Error::InvalidCertificate(other(format!(
                 "peer trust domain {td} is not in any bundle"
@@ -50,7 +50,7 @@ impl SpiffeVerifier {
             None,
         )
         .map_err(|e| Error::InvalidCertificate(map_webpki(e)))?;
-        if !self.authorizer.allows(&id) {
+        if !self.authorizer.allows(id.as_str()) {
             return Err(Error::InvalidCertificate(other(format!(
                 "peer {id} is not authorized here ({:?})",
                 self.authorizer

@@ -13,7 +13,7 @@ use std::future::Future;
 pub use sql::SqlStore;
 pub use types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken, Selector};
 
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatastoreError {

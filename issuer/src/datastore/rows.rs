@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::types::{AttestedNode, Entry, Selector};
 use super::{DatastoreError, Result};
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 pub(super) fn bind_entry<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,

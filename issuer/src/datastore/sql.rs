@@ -13,7 +13,7 @@ use super::rows::{
 };
 use super::types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
 use super::{Datastore, DatastoreError, Result};
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// Bounded: the issuer never opens more than this many connections.
 const MAX_CONNECTIONS: u32 = 8;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spiffe_id::SpiffeId;
+use meshward_spiffe::SpiffeId;
 
 /// `type:value`, e.g. `k8s:ns:echoserver` (type `k8s`, value `ns:echoserver`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ pub(crate) struct AdminService<D> {
     pub(crate) issuer: Arc<Issuer<D>>,
 }
 
-fn optional_id(field: &str, value: &str) -> Result<Option<crate::spiffe_id::SpiffeId>, Status> {
+fn optional_id(field: &str, value: &str) -> Result<Option<meshward_spiffe::SpiffeId>, Status> {
     if value.is_empty() {
         Ok(None)
     } else {

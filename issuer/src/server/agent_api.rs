@@ -33,11 +33,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     let id =
         meshward_tls::spiffe_id_of(&leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
     let serial = meshward_tls::serial_of(&leaf).unwrap_or_default();
-    Ok(Caller {
-        id: crate::spiffe_id::SpiffeId::parse(&id)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?,
-        serial,
-    })
+    Ok(Caller { id, serial })
 }
 
 impl<D: Datastore + 'static> AgentService<D> {

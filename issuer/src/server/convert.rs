@@ -8,8 +8,8 @@ use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Entry, Selector};
 use crate::proto;
 use crate::service::ServiceError;
-use crate::spiffe_id::SpiffeId;
 use crate::x509::X509Svid;
+use meshward_spiffe::SpiffeId;
 
 pub(crate) fn status(e: ServiceError) -> Status {
     match e {

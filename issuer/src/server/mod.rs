@@ -31,8 +31,8 @@ use crate::datastore::{Datastore, SqlStore};
 use crate::proto::admin_api_server::AdminApiServer;
 use crate::proto::agent_api_server::AgentApiServer;
 use crate::service::{Issuer, Settings};
-use crate::spiffe_id::SpiffeId;
 use crate::x509::SvidTemplate;
+use meshward_spiffe::SpiffeId;
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

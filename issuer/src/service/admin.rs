@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use super::{Issuer, Result, ServiceError, unix};
 use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter, JoinToken};
-use crate::spiffe_id::{SpiffeId, validate_trust_domain};
+use meshward_spiffe::{SpiffeId, validate_trust_domain};
 
 impl<D: Datastore> Issuer<D> {
     pub async fn create_entry(&self, mut entry: Entry) -> Result<Entry> {

@@ -8,9 +8,9 @@ use super::{Issuer, Result, ServiceError, unix};
 use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter};
 use crate::jwt::mint_jwt_svid;
-use crate::spiffe_id::SpiffeId;
 use crate::template::PodAttributes;
 use crate::x509::{SvidTemplate, X509Svid};
+use meshward_spiffe::SpiffeId;
 
 /// A node as the transport authenticated it: the SPIFFE ID and serial of the
 /// client certificate it presented (already verified against the bundle).

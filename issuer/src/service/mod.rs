@@ -13,8 +13,8 @@ use crate::ca::{Authority, pem_certificates, pem_encode};
 use crate::datastore::{CaRecord, Datastore, DatastoreError};
 use crate::error::{CaError, SigningError};
 use crate::jwt::JwtPublicKey;
-use crate::spiffe_id::SpiffeId;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
+use meshward_spiffe::SpiffeId;
 
 pub use agent::{BatchResult, Caller, SvidTarget};
 

@@ -83,7 +83,7 @@ impl NodeStore {
         let chain = pem_certificates(&std::fs::read_to_string(self.dir.join("node.pem")).ok()?);
         let key = std::fs::read(self.dir.join("node.key")).ok()?;
         let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
-        let spiffe_id = meshward_tls::spiffe_id_of(chain.first()?).ok()?;
+        let spiffe_id = meshward_tls::spiffe_id_of(chain.first()?).ok()?.to_string();
         let to_time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
         Some(NodeIdentity {
             spiffe_id,

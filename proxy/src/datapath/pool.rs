@@ -258,8 +258,7 @@ impl HbonePool {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| meshward_tls::spiffe_id_of(leaf).ok())
-            .unwrap_or_else(|| "unknown".to_owned())
-            .into();
+            .map_or_else(|| "unknown".into(), |id| id.as_str().into());
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
