@@ -36,8 +36,9 @@ pub struct InboundConfig {
     /// Protocol per destination (container) port; other ports are detected from
     /// the first bytes the client sends.
     pub ports: BTreeMap<u16, AppProtocol>,
-    /// How long detection waits for the client's first bytes; a client that sends
-    /// nothing by then (a server-first protocol) is treated as TCP.
+    /// How long detection waits for the client's first bytes. A client that sends
+    /// nothing by then is refused, unless its port is declared `tcp` (server-first
+    /// protocols); bytes that began an HTTP request stay HTTP however slow.
     #[serde(with = "crate::duration")]
     pub protocol_detection_timeout: Duration,
 }

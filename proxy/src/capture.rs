@@ -12,6 +12,10 @@
 //! - forwarded to a local pod otherwise (plaintext): REDIRECT to the inbound plaintext port
 //! - the daemon's own HBONE connections to a pod on this node: REDIRECT to the HBONE port
 //! - the daemon's own sockets (fwmark `mark`/0xfff): never captured
+//! - the daemon's passthrough sockets (also [`PASSTHROUGH_MARK`]) towards a pod
+//!   interface: rejected (filter table). Bytes from a caller without identity reach
+//!   a local pod only through that pod's inbound checks, never by a passthrough
+//!   that a DNAT (kube-proxy's, say) turned towards a pod of this node.
 //!
 //! For REDIRECTed connections the original destination comes back with
 //! `SO_ORIGINAL_DST` ([`original_destination`]).
@@ -25,6 +29,10 @@ use meshward_config::CaptureConfig;
 const PREROUTING: &str = "MESHWARD_PREROUTING";
 const OUTPUT: &str = "MESHWARD_OUTPUT";
 const DIVERT: &str = "MESHWARD_DIVERT";
+const GUARD: &str = "MESHWARD_GUARD";
+/// Added to the daemon's mark on passthrough sockets; outside the 0xfff mask the
+/// other rules match, so those sockets are otherwise the daemon's like any other.
+pub const PASSTHROUGH_MARK: u32 = 0x1000;
 /// fwmark of TPROXYed packets, and the routing table that delivers them locally.
 const TPROXY_MARK: u32 = 0x53a;
 const TPROXY_TABLE: &str = "1337";
@@ -93,6 +101,13 @@ pub fn rules(config: &CaptureConfig) -> String {
         // pods' own traffic is TPROXYed in mangle; only what comes from elsewhere is inbound
         format!("-I PREROUTING 1 ! -i {pods} -p tcp -j {PREROUTING}"),
         format!("-I OUTPUT 1 -p tcp -j {OUTPUT}"),
+        "COMMIT".to_owned(),
+        "*filter".to_owned(),
+        format!(":{GUARD} - [0:0]"),
+        format!(
+            "-A {GUARD} -o {pods} -m mark --mark {PASSTHROUGH_MARK:#x}/{PASSTHROUGH_MARK:#x} -j REJECT --reject-with tcp-reset"
+        ),
+        format!("-I OUTPUT 1 -p tcp -j {GUARD}"),
         "COMMIT".to_owned(),
     ]);
     r.join("\n") + "\n"
@@ -236,15 +251,18 @@ pub fn remove(config: &CaptureConfig) {
 
 fn remove_with(config: &CaptureConfig, backend: Backend) {
     let pods = format!("{}+", config.pod_interface_prefix);
-    let iptables = |args: &[&str]| {
+    let table = |table: &str, args: &[&str]| {
         Command::new(backend.command())
-            .args(["-w", "5", "-t", "nat"])
+            .args(["-w", "5", "-t", table])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
+    let iptables = |args: &[&str]| table("nat", args);
+    let filter = |args: &[&str]| table("filter", args);
+    let mangle = |args: &[&str]| table("mangle", args);
     // a jump may have been added more than once by a crashed run: delete until gone
     for _ in 0..16 {
         if !iptables(&[
@@ -270,15 +288,13 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
         iptables(&["-F", chain]);
         iptables(&["-X", chain]);
     }
-    let mangle = |args: &[&str]| {
-        Command::new(backend.command())
-            .args(["-w", "5", "-t", "mangle"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    for _ in 0..16 {
+        if !filter(&["-D", "OUTPUT", "-p", "tcp", "-j", GUARD]) {
+            break;
+        }
+    }
+    filter(&["-F", GUARD]);
+    filter(&["-X", GUARD]);
     // the jump carries the pod interface match: find it by listing
     let listed = Command::new(backend.command())
         .args(["-w", "5", "-t", "mangle", "-S", "PREROUTING"])
@@ -385,6 +401,11 @@ mod tests {
             "-A MESHWARD_OUTPUT -m mark --mark 0x539/0xfff -j RETURN",
             "-I PREROUTING 1 ! -i veth+ -p tcp -j MESHWARD_PREROUTING",
             "-I OUTPUT 1 -p tcp -j MESHWARD_OUTPUT",
+            "COMMIT",
+            "*filter",
+            ":MESHWARD_GUARD - [0:0]",
+            "-A MESHWARD_GUARD -o veth+ -m mark --mark 0x1000/0x1000 -j REJECT --reject-with tcp-reset",
+            "-I OUTPUT 1 -p tcp -j MESHWARD_GUARD",
             "COMMIT",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);

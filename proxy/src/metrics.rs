@@ -116,6 +116,12 @@ pub(crate) fn plaintext_refused() {
     counter!("meshward_plaintext_refused_total").increment(1);
 }
 
+/// An inbound stream refused before any policy could judge it, by short reason
+/// (`silent_client`: nothing sent on a port not declared `tcp`).
+pub(crate) fn stream_refused(reason: &'static str) {
+    counter!("meshward_streams_refused_total", "reason" => reason).increment(1);
+}
+
 /// A TLS handshake (or the connect before it) that failed, by short reason.
 pub(crate) fn handshake_failure(direction: &'static str, reason: &'static str) {
     counter!(

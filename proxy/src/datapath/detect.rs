@@ -1,25 +1,40 @@
-//! Which protocol a stream speaks, from its first bytes (as Envoy's http_inspector
-//! does): the HTTP/2 connection preface, or an HTTP/1.x request line; anything
-//! else, or nothing within the detection timeout (a server-first protocol), is TCP.
-//! The bytes read are replayed to whoever serves the stream ([`Prefixed`]).
+//! Which protocol a stream speaks, from its first bytes. The rule (docs/security.md,
+//! "protocol detection") never lets detection widen what a client can do:
+//!
+//! - bytes that are, or begin, the HTTP/2 connection preface: HTTP/2;
+//! - bytes that can begin an HTTP/1 request (optional empty lines, then a method
+//!   token followed by a space or tab), however long or slowly they come: HTTP/1;
+//!   the HTTP server then enforces its own size and time limits (431, 400, 408);
+//! - first bytes that can never begin an HTTP request (a TLS ClientHello, binary, a
+//!   line without a space after its first word): TCP;
+//! - no byte at all within the detection timeout: [`Detected::Silent`]. Only a port
+//!   declared `tcp` serves it (server-first protocols); every other port refuses it,
+//!   as Envoy waits for the client instead of guessing.
+//!
+//! The clock only ever decides between "HTTP" and "refused", never "TCP". The bytes
+//! read are replayed to whoever serves the stream ([`Prefixed`]).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// A request line longer than this is not worth waiting for: TCP.
-const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Detection reads no more than this: past it, the bytes began an HTTP request
+/// (or were classified long before).
+const MAX_DETECTION_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Detected {
     Http1,
     Http2,
+    /// Cannot be HTTP.
     Tcp,
+    /// The client sent nothing within the timeout.
+    Silent,
 }
 
 enum Verdict {
@@ -27,59 +42,74 @@ enum Verdict {
     NeedMore,
 }
 
+/// RFC 9110 §5.6.2 `tchar`: what a method is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn classify(bytes: &[u8]) -> Verdict {
-    let n = bytes.len().min(H2_PREFACE.len());
-    if bytes[..n] == H2_PREFACE[..n] {
+    // RFC 9112 §2.2: servers ignore empty lines before the request line
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(bytes.len());
+    let rest = &bytes[start..];
+    let n = rest.len().min(H2_PREFACE.len());
+    if start == 0 && rest[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
             Verdict::Is(Detected::Http2)
         } else {
             Verdict::NeedMore
         };
     }
-    // `METHOD SP target SP HTTP/1.x CRLF`
-    let method_len = bytes
+    let token = rest
         .iter()
-        .position(|b| !(b.is_ascii_uppercase() || *b == b'-' || *b == b'_'))
-        .unwrap_or(bytes.len());
-    if method_len == 0 || method_len > 32 {
-        return Verdict::Is(Detected::Tcp);
-    }
-    if method_len == bytes.len() {
-        return Verdict::NeedMore;
-    }
-    if bytes[method_len] != b' ' {
-        return Verdict::Is(Detected::Tcp);
-    }
-    match bytes.iter().position(|b| *b == b'\n') {
-        Some(end) => {
-            let line = bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end]);
-            let http1 = line.len() > 9
-                && line[line.len() - 9..line.len() - 1] == *b" HTTP/1."
-                && line[line.len() - 1].is_ascii_digit();
-            Verdict::Is(if http1 {
-                Detected::Http1
-            } else {
-                Detected::Tcp
-            })
-        }
-        None if bytes.len() >= MAX_REQUEST_LINE => Verdict::Is(Detected::Tcp),
-        None => Verdict::NeedMore,
+        .position(|b| !is_tchar(*b))
+        .unwrap_or(rest.len());
+    match rest.get(token) {
+        // still inside empty lines or the first word: it may yet be a request
+        None if bytes.len() < MAX_DETECTION_BYTES => Verdict::NeedMore,
+        None => Verdict::Is(Detected::Http1),
+        Some(b' ' | b'\t') if token > 0 => Verdict::Is(Detected::Http1),
+        Some(_) => Verdict::Is(Detected::Tcp),
     }
 }
 
-/// Reads until the protocol is known or `timeout` passes. Returns the stream with
-/// the bytes read put back in front.
+/// What bytes that stopped coming (timeout, or the end of the stream) were.
+fn undecided(bytes: &[u8], ended: bool) -> Detected {
+    let first_word = bytes
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .is_some_and(|start| bytes[start..].iter().all(|b| is_tchar(*b)));
+    if bytes.is_empty() {
+        Detected::Silent
+    } else if H2_PREFACE.starts_with(bytes) {
+        Detected::Http2
+    } else if ended && first_word {
+        // a first word cut off by the end of the stream can no longer be a request
+        Detected::Tcp
+    } else {
+        // the client slowed down in what may be a request: HTTP decides, not the clock
+        Detected::Http1
+    }
+}
+
+/// Reads until the protocol is known, the client stops sending, or `timeout`
+/// passes. Returns the stream with the bytes read put back in front.
 pub(crate) async fn detect<S: AsyncRead + Unpin>(
     mut stream: S,
     timeout: Duration,
 ) -> io::Result<(Detected, Prefixed<S>)> {
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(MAX_DETECTION_BYTES);
     let deadline = tokio::time::Instant::now() + timeout;
     let detected = loop {
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) => break Detected::Tcp,
+        let room = MAX_DETECTION_BYTES - buf.len();
+        let mut limited = (&mut buf).limit(room);
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut limited)).await;
+        match read {
+            Err(_) => break undecided(&buf, false),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => break Detected::Tcp,
+            Ok(Ok(0)) => break undecided(&buf, true),
             Ok(Ok(_)) => match classify(&buf) {
                 Verdict::Is(d) => break d,
                 Verdict::NeedMore => {}
@@ -146,55 +176,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-
-    async fn run(chunks: &[&[u8]]) -> (Detected, Vec<u8>) {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        for chunk in chunks {
-            client.write_all(chunk).await.unwrap();
-        }
-        drop(client);
-        let (detected, mut stream) = detect(server, Duration::from_secs(5)).await.unwrap();
-        let mut replay = Vec::new();
-        stream.read_to_end(&mut replay).await.unwrap();
-        (detected, replay)
-    }
-
-    #[tokio::test]
-    async fn http1_http2_and_tcp_with_every_byte_replayed() {
-        let get = b"GET /list?x=1 HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(run(&[get]).await, (Detected::Http1, get.to_vec()));
-        let h2 = [H2_PREFACE, b"\0\0\0\x04\0\0\0\0\0"].concat();
-        assert_eq!(run(&[&h2]).await, (Detected::Http2, h2.clone()));
-        for tcp in [
-            &b"\x16\x03\x01\x02\0"[..],
-            b"SSH-2.0-OpenSSH\r\n",
-            b"GET / FTP/1\r\n",
-            b"hello world\n",
-        ] {
-            assert_eq!(run(&[tcp]).await, (Detected::Tcp, tcp.to_vec()), "{tcp:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_request_line_split_over_reads() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(detect(server, Duration::from_secs(5)));
-        for part in [&b"PO"[..], b"ST /api/pay", b"ment HTTP/1.1\r\n"] {
-            client.write_all(part).await.unwrap();
-            tokio::task::yield_now().await;
-        }
-        let (detected, _) = task.await.unwrap().unwrap();
-        assert_eq!(detected, Detected::Http1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_client_is_tcp_after_the_timeout() {
-        let (_client, server) = tokio::io::duplex(64);
-        let (detected, _) = detect(server, Duration::from_millis(500)).await.unwrap();
-        assert_eq!(detected, Detected::Tcp);
-    }
-}
+mod tests;

@@ -100,6 +100,11 @@ async fn handle(
 
 /// Parse and normalize, authorize, then refuse or forward. `path` becomes the
 /// normalized path once known.
+///
+/// The order is the security argument: hop-by-hop headers go first, then
+/// meshward's XFCC is set (so no `Connection` option can name it away), then
+/// policy judges the request exactly as the pod will receive it (target, authority,
+/// headers); what goes out is rebuilt from that judged request, never from the raw one.
 async fn respond(
     shared: &Shared,
     stream: &InboundStream,
@@ -108,71 +113,73 @@ async fn respond(
     grpc: bool,
     path: &mut String,
 ) -> (Response<ProxyBody>, Verdict) {
-    let refused = |reason: String| Verdict {
-        allowed: false,
-        policy: "-".into(),
-        reason,
+    let bad_request = |reason: String| {
+        let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n"));
+        let verdict = Verdict {
+            allowed: false,
+            policy: "-".into(),
+            reason: format!("bad request: {reason}"),
+        };
+        (response, verdict)
     };
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let authority = match request_authority(&request, version) {
+        Ok(authority) => authority,
+        Err(reason) => return bad_request(reason),
+    };
     let target = request
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let policies = shared.policies.borrow().clone();
-    let http = match HttpRequest::new(
-        request.method().as_str(),
-        &target,
-        &host,
-        request.headers().clone(),
-        policies.options().path_normalization,
-    ) {
-        Ok(http) => http,
-        Err(e) => {
-            let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
-            return (response, refused(format!("bad request: {e}")));
-        }
-    };
-    http.target().path().clone_into(path);
-    let normalized = http.target().to_request_target();
-    let mut verdict = stream.authorize(&policies, &stream.request(Some(http)));
-    if !verdict.allowed {
-        return (deny::response(request.headers()).map(body::full), verdict);
-    }
-
+    let upgrade = upgrade_protocol(&request);
+    strip_hop_by_hop(request.headers_mut());
+    request.headers_mut().remove(header::HOST);
     let by = stream.pod.tls.as_ref().map(|t| t.spiffe_id.as_str());
     let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
         spiffe_id: &p.spiffe_id,
         leaf_der: &p.leaf_der,
     });
     xfcc::set(request.headers_mut(), by.unwrap_or_default(), peer.as_ref());
-    let upgrade = upgrade_protocol(&request);
-    strip_hop_by_hop(request.headers_mut());
-    if let Some(protocol) = &upgrade {
-        keep_upgrade(request.headers_mut(), protocol.clone());
+
+    let policies = shared.policies.borrow().clone();
+    let http = match HttpRequest::new(
+        request.method().as_str(),
+        &target,
+        &authority,
+        request.headers().clone(),
+        policies.options().path_normalization,
+    ) {
+        Ok(http) => http,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    http.target().path().clone_into(path);
+    let normalized = http.target().to_request_target();
+    let host = http.host().to_owned();
+    let mut verdict = stream.authorize(&policies, &stream.request(Some(http)));
+    if !verdict.allowed {
+        return (deny::response(request.headers()).map(body::full), verdict);
     }
-    // the pod gets the path policy judged, never the raw one (Envoy rewrites too)
+
+    // the pod gets the target and authority policy judged, never the raw ones
+    // (Envoy rewrites the path too)
     let uri = match version {
         Version::Http1 => normalized.parse::<Uri>(),
         Version::Http2 => format!("http://{host}{normalized}").parse::<Uri>(),
     };
     match uri {
         Ok(uri) => *request.uri_mut() = uri,
-        Err(e) => {
-            let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
-            return (response, refused(format!("bad request: {e}")));
+        Err(e) => return bad_request(e.to_string()),
+    }
+    if version == Version::Http1 && !host.is_empty() {
+        match HeaderValue::from_str(&host) {
+            Ok(value) => {
+                request.headers_mut().insert(header::HOST, value);
+            }
+            Err(e) => return bad_request(e.to_string()),
         }
+    }
+    if let Some(protocol) = &upgrade {
+        keep_upgrade(request.headers_mut(), protocol.clone());
     }
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let request = request.map(body::stream);
@@ -211,6 +218,49 @@ async fn respond(
             verdict.reason = format!("{}; upstream failed: {e}", verdict.reason);
             (unavailable(grpc), verdict)
         }
+    }
+}
+
+/// The authority a request names, or why it names none or two (a `400`):
+/// - HTTP/1 absolute-form (`GET http://a/x`): the target's authority, and `Host` is
+///   replaced by it (RFC 9112 §3.2.2);
+/// - HTTP/2: `:authority`, and a `host` header naming anything else is refused
+///   (RFC 9113 §8.3.1);
+/// - otherwise the one `Host` header; HTTP/1.1 without one is refused (RFC 9112 §3.2).
+///
+/// A scheme other than `http`/`https` is refused.
+fn request_authority<B>(request: &Request<B>, version: Version) -> Result<String, String> {
+    if let Some(scheme) = request.uri().scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(format!(
+                "scheme {scheme:?} (only http and https are served)"
+            ));
+        }
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host header".into()),
+        (Some(host), None) => Some(
+            host.to_str()
+                .map_err(|_| "a Host header that is not ASCII".to_owned())?,
+        ),
+        (None, None) => None,
+    };
+    let same = |a: &str, b: &str| {
+        let normalized = |h: &str| meshward_policy::normalize_host(h).ok().map(|(h, _)| h);
+        normalized(a).is_some() && normalized(a) == normalized(b)
+    };
+    match (request.uri().authority().map(|a| a.as_str()), host) {
+        (Some(authority), _) if version == Version::Http1 => Ok(authority.to_owned()),
+        (Some(authority), Some(host)) if !same(authority, host) => Err(format!(
+            "host header {host:?} differs from :authority {authority:?}"
+        )),
+        (Some(authority), _) => Ok(authority.to_owned()),
+        (None, Some(host)) => Ok(host.to_owned()),
+        (None, None) if request.version() == http::Version::HTTP_11 => {
+            Err("HTTP/1.1 request without Host".into())
+        }
+        (None, None) => Ok(String::new()),
     }
 }
 

@@ -120,8 +120,8 @@ fn verified_peer(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<
     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
     let spiffe_id = meshward_tls::spiffe_id_of(leaf).ok()?;
     Some(Peer {
-        identity: Identity::parse(&spiffe_id).ok()?,
-        spiffe_id,
+        identity: Identity::parse(spiffe_id.as_str()).ok()?,
+        spiffe_id: spiffe_id.into(),
         leaf_der: leaf.to_vec(),
     })
 }
@@ -203,6 +203,19 @@ pub(crate) async fn plaintext(shared: Arc<Shared>, tcp: TcpStream, client: Socke
     let Some((target, pod)) = destination_pod(&shared, &tcp, client) else {
         return reset(tcp);
     };
+    plaintext_to(shared, tcp, client, target, pod).await;
+}
+
+/// A plaintext connection for a local pod, whichever way it came: redirected to
+/// 15006, or made by a pod of this node without identity (outbound.rs). STRICT
+/// refuses it; PERMISSIVE serves it as a stream without principal.
+pub(crate) async fn plaintext_to(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    target: SocketAddr,
+    pod: Arc<LocalPod>,
+) {
     if shared.inbound.plaintext == PlaintextMode::Strict {
         metrics::plaintext_refused();
         tracing::info!(

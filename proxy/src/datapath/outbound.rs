@@ -1,8 +1,9 @@
 //! Outbound (15001): connections pods make, taken by TPROXY. The source pod is
 //! found by its address. An enrolled pod (it has an SVID) calling an address of
 //! the mesh goes over HBONE (a Service's cluster IP first resolved to one of its
-//! pods, `services.rs`); anything else passes through unchanged (a pod without
-//! identity then meets STRICT at the destination, as in Istio).
+//! pods, `services.rs`). A pod without identity calling a pod of this node gets
+//! that pod's inbound checks here (STRICT refuses); anything else passes through
+//! unchanged (and meets STRICT at the destination node, as in Istio).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio::net::TcpStream;
 
 use super::services::Resolved;
 use super::socket::{connect_marked, reset};
-use super::{Shared, copy};
+use super::{Shared, copy, inbound};
+use crate::capture::PASSTHROUGH_MARK;
 use crate::metrics::{ConnectionLabels, Reporter};
 
 /// One connection a pod made (TPROXY: the accepted socket's local address is
@@ -24,15 +26,15 @@ pub(crate) async fn connection(shared: Arc<Shared>, tcp: TcpStream, client: Sock
     }
 }
 
-async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
+async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let state = shared.state.borrow().clone();
     let tls = state.pod(client.ip()).and_then(|pod| pod.tls.clone());
-    // A Service address, from a pod that can tunnel: one of the Service's pods.
-    // Others pass through to kube-proxy with the address as it is.
-    let destination = match tls.as_ref().map(|_| shared.services.resolve(target)) {
-        Some(Resolved::Endpoint(endpoint)) => endpoint,
-        Some(Resolved::NoEndpoint) => {
+    // A Service address: one of the Service's pods, whoever calls (kube-proxy's
+    // DNAT would otherwise pick a pod of this node behind our back).
+    let destination = match shared.services.resolve(target) {
+        Resolved::Endpoint(endpoint) => endpoint,
+        Resolved::NoEndpoint => {
             tracing::info!(
                 target: "access",
                 src_addr = %client, dst_addr = %target,
@@ -40,8 +42,23 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
             );
             return reset(tcp);
         }
-        Some(Resolved::NotAService) | None => target,
+        Resolved::NotAService => target,
     };
+    // A caller without identity reaching a pod of this node never leaves the node,
+    // so no other node's inbound checks would see it: it gets this node's.
+    if tls.is_none() {
+        if let Some(pod) = state.pod(destination.ip()) {
+            let pod = pod.clone();
+            return Box::pin(inbound::plaintext_to(
+                shared.clone(),
+                tcp,
+                client,
+                destination,
+                pod,
+            ))
+            .await;
+        }
+    }
     let meshed = state.pod(destination.ip()).is_some()
         || shared
             .outbound
@@ -53,7 +70,7 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
     // a connection in its copy stage holds a pointer instead (8.6 KB -> see
     // benches/README.md, memory per idle connection).
     let Some(tls) = tls.filter(|_| meshed) else {
-        return Box::pin(passthrough(shared, tcp, client, target)).await;
+        return Box::pin(passthrough(shared, tcp, client, destination)).await;
     };
     let started = Instant::now();
     let peer = SocketAddr::new(destination.ip(), shared.hbone_port);
@@ -92,15 +109,18 @@ async fn handle(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target:
     }
 }
 
+/// Bytes that leave the mesh (or meet STRICT on another node) as they are. The
+/// socket carries [`PASSTHROUGH_MARK`]: capture rejects it on the way to a pod of
+/// this node, so a passthrough can never skip a local pod's inbound checks.
 async fn passthrough(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
-    let mut upstream =
-        match connect_marked(target, shared.mark, shared.limits.connect_timeout).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::debug!(%client, %target, "passthrough failed: {e}");
-                return reset(tcp);
-            }
-        };
+    let mark = shared.mark | PASSTHROUGH_MARK;
+    let mut upstream = match connect_marked(target, mark, shared.limits.connect_timeout).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::debug!(%client, %target, "passthrough failed: {e}");
+            return reset(tcp);
+        }
+    };
     let labels = ConnectionLabels {
         reporter: Reporter::Source,
         source_principal: "unknown".into(),

@@ -14,6 +14,7 @@ use super::detect::{Detected, Prefixed, detect};
 use super::socket::connect_marked;
 use super::upstream::Version;
 use super::{copy, http};
+use crate::metrics;
 
 /// Serves `io` for `stream`. `authorized`: the L4 verdict when a `tcp` port was
 /// already judged at CONNECT time (so it is not judged, nor counted, twice).
@@ -44,15 +45,31 @@ pub(crate) async fn serve<S>(
         }
     };
     // the HTTP server and the upstream connect are boxed: a TCP stream in its
-    // copy stage then holds a pointer, not their state (memory per connection)
+    // copy stage then holds a pointer, not their state (memory per connection).
+    // A port declared `http` is HTTP whatever its bytes (the server answers 400 to
+    // what does not parse); see detect.rs for the rule.
     match (configured, detected) {
         (_, Detected::Http2) => {
             Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http2)).await;
         }
-        (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp) => {
+        (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp | Detected::Silent) => {
             Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http1)).await;
         }
-        (_, Detected::Tcp) => serve_tcp(&shared, &stream, io, authorized).await,
+        (_, Detected::Tcp) | (Some(AppProtocol::Tcp), Detected::Silent) => {
+            serve_tcp(&shared, &stream, io, authorized).await;
+        }
+        (None, Detected::Silent) => {
+            metrics::stream_refused("silent_client");
+            tracing::info!(
+                target: "access",
+                src_addr = %stream.source, src_principal = stream.source_principal(),
+                dst_addr = %stream.destination, dst_workload = %stream.pod.info.name,
+                dst_namespace = %stream.pod.info.namespace,
+                "refused: the client sent nothing within inbound.protocol_detection_timeout \
+                 ({:?}); a server-first protocol needs its port declared `tcp` in inbound.ports",
+                shared.inbound.protocol_detection_timeout
+            );
+        }
     }
 }
 
