@@ -17,6 +17,7 @@ mod curl;
 pub mod echo;
 mod error;
 mod forward;
+pub mod hbone;
 mod mesh;
 mod netns;
 mod process;

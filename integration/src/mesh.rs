@@ -285,6 +285,21 @@ impl Mesh {
         &self.trust_domain
     }
 
+    /// The issuer's newest signing CA (`ca.pem`, `ca.key`): what tests mint
+    /// hand-made certificates with.
+    pub fn issuer_ca_dir(&self) -> Result<PathBuf> {
+        let ca = self.cluster.log_dir().join("issuer-data").join("ca");
+        let mut generations: Vec<PathBuf> = std::fs::read_dir(&ca)
+            .map_err(HarnessError::io(format!("read {}", ca.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("ca.key").exists())
+            .collect();
+        generations.sort();
+        generations
+            .pop()
+            .ok_or_else(|| HarnessError::Invalid(format!("no signing CA in {}", ca.display())))
+    }
+
     /// The directory every node daemon reads policies from (hot reloaded).
     pub fn policy_dir(&self) -> &Path {
         &self.policy_dir

@@ -105,7 +105,7 @@ pub fn rules(config: &CaptureConfig) -> String {
         "*filter".to_owned(),
         format!(":{GUARD} - [0:0]"),
         format!(
-            "-A {GUARD} -o {pods} -m mark --mark {PASSTHROUGH_MARK:#x}/{PASSTHROUGH_MARK:#x} -j REJECT --reject-with tcp-reset"
+            "-A {GUARD} -o {pods} -p tcp -m mark --mark {PASSTHROUGH_MARK:#x}/{PASSTHROUGH_MARK:#x} -j REJECT --reject-with tcp-reset"
         ),
         format!("-I OUTPUT 1 -p tcp -j {GUARD}"),
         "COMMIT".to_owned(),
@@ -404,7 +404,7 @@ mod tests {
             "COMMIT",
             "*filter",
             ":MESHWARD_GUARD - [0:0]",
-            "-A MESHWARD_GUARD -o veth+ -m mark --mark 0x1000/0x1000 -j REJECT --reject-with tcp-reset",
+            "-A MESHWARD_GUARD -o veth+ -p tcp -m mark --mark 0x1000/0x1000 -j REJECT --reject-with tcp-reset",
             "-I OUTPUT 1 -p tcp -j MESHWARD_GUARD",
             "COMMIT",
         ];

@@ -122,6 +122,11 @@ pub(crate) fn stream_refused(reason: &'static str) {
     counter!("meshward_streams_refused_total", "reason" => reason).increment(1);
 }
 
+/// An open connection closed because a policy change no longer allows it.
+pub(crate) fn connection_revoked() {
+    counter!("meshward_connections_revoked_total").increment(1);
+}
+
 /// A TLS handshake (or the connect before it) that failed, by short reason.
 pub(crate) fn handshake_failure(direction: &'static str, reason: &'static str) {
     counter!(

@@ -64,3 +64,73 @@ pub fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
 pub fn curl_spire() -> PodSpec {
     PodSpec::new("curl-spire").service_account("curl-spire")
 }
+
+/// From `pod`, a raw TCP exchange with `addr`: each `(pause, bytes)` is sent after
+/// sleeping `pause`; then everything that comes back until the peer closes (or 8 s
+/// of silence). Empty: refused or closed without a byte.
+pub fn raw_exchange(mesh: &Mesh, pod: &str, addr: &str, parts: &[(Duration, &[u8])]) -> Vec<u8> {
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let parts = parts
+        .iter()
+        .map(|(pause, bytes)| format!("({},bytes.fromhex('{}'))", pause.as_secs_f64(), hex(bytes)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = format!(
+        r"import socket,sys,time
+s=socket.create_connection(('{ip}',{port}),timeout=8)
+try:
+  for pause,data in [{parts}]:
+    time.sleep(pause)
+    s.sendall(data)
+except OSError:
+  pass
+got=b''
+try:
+  while True:
+    b=s.recv(65536)
+    if not b: break
+    got+=b
+except OSError:
+  pass
+sys.stdout.write(got.hex())
+"
+    );
+    let out = mesh
+        .cluster
+        .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(40))
+        .unwrap();
+    (0..out.stdout.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&out.stdout.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// An HTTP/2 prior-knowledge request made of hand-written frames: the preface, an
+/// empty SETTINGS, and one HEADERS frame (HPACK literals, never indexed) ending the
+/// stream. `headers` are written in order, pseudo-headers first as given.
+pub fn h2_request(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = u32::try_from(block.len()).unwrap().to_be_bytes();
+    out.extend_from_slice(&[len[1], len[2], len[3], 0x1, 0x5, 0, 0, 0, 1]); // HEADERS, END_STREAM|END_HEADERS, stream 1
+    out.extend_from_slice(&block);
+    // GOAWAY: no more streams, so the server closes once stream 1 is answered
+    out.extend_from_slice(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    out
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_policy::{HttpRequest, Identity, PolicySet, Request};
+use meshward_policy::{HttpRequest, Identity, PolicySet, Request, Workload};
 
+use super::policies::Policies;
 use super::state::LocalPod;
 use crate::metrics::{self, ConnectionLabels, Reporter};
 
@@ -97,6 +98,18 @@ impl InboundStream {
         }
     }
 
+    /// Resolves, with the reason, once a policy change no longer allows `request`;
+    /// never otherwise. A connection judged once (TCP, an upgraded WebSocket) races
+    /// its copy against this and closes when it resolves, as ztunnel closes
+    /// connections a new policy denies.
+    pub(crate) fn revoked(
+        &self,
+        policies: Policies,
+        request: Request,
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
+        revoked(policies, self.pod.workload.clone(), request)
+    }
+
     /// The access log line of one HTTP request.
     pub(crate) fn log_request(
         &self,
@@ -151,5 +164,20 @@ impl InboundStream {
             "connection complete: {}",
             verdict.reason
         );
+    }
+}
+
+async fn revoked(mut policies: Policies, workload: Workload, request: Request) -> String {
+    loop {
+        if policies.changed().await.is_err() {
+            // the policy source is gone with the data path: nothing can change now
+            return std::future::pending().await;
+        }
+        let set = policies.borrow_and_update().clone();
+        let decision = set.evaluate(&workload, &request);
+        if !decision.is_allowed() {
+            metrics::connection_revoked();
+            return decision.to_string();
+        }
     }
 }

@@ -155,7 +155,8 @@ async fn respond(
     http.target().path().clone_into(path);
     let normalized = http.target().to_request_target();
     let host = http.host().to_owned();
-    let mut verdict = stream.authorize(&policies, &stream.request(Some(http)));
+    let judged = stream.request(Some(http));
+    let mut verdict = stream.authorize(&policies, &judged);
     if !verdict.allowed {
         return (deny::response(request.headers()).map(body::full), verdict);
     }
@@ -202,7 +203,8 @@ async fn respond(
             let switched = match client_side {
                 Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let pod_side = hyper::upgrade::on(&mut response);
-                    join_upgraded(client_side, pod_side, shared.limits.idle_timeout);
+                    let revoked = stream.revoked(shared.policies.clone(), judged);
+                    join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
                     response.headers().get(header::UPGRADE).cloned()
                 }
                 _ => None,
@@ -296,8 +298,14 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Once the client has the `101` and the pod's connection is handed over, copies
-/// bytes both ways until both sides are done or idle.
-fn join_upgraded(client: OnUpgrade, pod: OnUpgrade, idle: Duration) {
+/// bytes both ways until both sides are done or idle, or until `revoked` says a
+/// policy change no longer allows the request that opened it.
+fn join_upgraded(
+    client: OnUpgrade,
+    pod: OnUpgrade,
+    idle: Duration,
+    revoked: impl std::future::Future<Output = String> + Send + 'static,
+) {
     tokio::spawn(async move {
         // both resolve as soon as the 101 is written (or fail when a side closes);
         // the bound is for a peer that stops reading mid-handshake
@@ -315,7 +323,14 @@ fn join_upgraded(client: OnUpgrade, pod: OnUpgrade, idle: Duration) {
             }
         };
         let (mut client, mut pod) = (TokioIo::new(client), TokioIo::new(pod));
-        let (moved, result) = copy::bidirectional(&mut client, &mut pod, idle).await;
+        let copy = copy::bidirectional(&mut client, &mut pod, idle);
+        let (moved, result) = tokio::select! {
+            done = copy => done,
+            reason = revoked => {
+                tracing::info!(target: "access", "upgraded connection closed: a policy change no longer allows it: {reason}");
+                return;
+            }
+        };
         tracing::debug!(
             bytes_sent = moved.sent,
             bytes_received = moved.received,

@@ -106,8 +106,18 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let (moved, result) =
-        copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout).await;
+    let revoked = stream.revoked(shared.policies.clone(), stream.request(None));
+    let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
+    let (moved, result) = tokio::select! {
+        done = copy => done,
+        reason = revoked => {
+            labels.closed(0, 0);
+            let revoked = Verdict { allowed: false, policy: "-".into(), reason };
+            let error = "closed: a policy change no longer allows this connection";
+            stream.log_connection(&revoked, 0, 0, started.elapsed(), Some(error));
+            return;
+        }
+    };
     labels.closed(moved.sent, moved.received);
     let error = result.err().map(|e| e.to_string());
     stream.log_connection(

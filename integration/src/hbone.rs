@@ -1,0 +1,253 @@
+//! A hand-driven HBONE peer for adversarial tests: mTLS with whatever certificate
+//! the test minted ([`mint_leaf`], signed by the mesh's own CA), one HTTP/2 CONNECT
+//! with whatever headers the test chose, then raw bytes through the tunnel. It
+//! checks nothing about the server: it plays the attacker, not a node proxy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{HarnessError, Result};
+use crate::netns::Netns;
+
+/// A client certificate chain and its key.
+#[derive(Debug)]
+pub struct Credentials {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// What a leaf looks like: its URI SANs, CA flag and key usages.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub uris: Vec<String>,
+    pub is_ca: bool,
+    pub usages: Vec<KeyUsagePurpose>,
+}
+
+impl LeafSpec {
+    /// What the issuer signs: one URI SAN, not a CA, `digitalSignature`.
+    pub fn svid(uri: &str) -> Self {
+        Self {
+            uris: vec![uri.to_owned()],
+            is_ca: false,
+            usages: vec![KeyUsagePurpose::DigitalSignature],
+        }
+    }
+}
+
+/// A leaf signed by the signing CA in `ca_dir` (`ca.pem`, `ca.key`, as the issuer
+/// keeps them), valid now, with the CA's chain after it.
+pub fn mint_leaf(ca_dir: &Path, spec: &LeafSpec) -> Result<Credentials> {
+    let read = |name: &str| {
+        let path = ca_dir.join(name);
+        std::fs::read_to_string(&path).map_err(HarnessError::io(format!("read {}", path.display())))
+    };
+    let invalid = |e: rcgen::Error| HarnessError::Invalid(format!("mint a leaf: {e}"));
+    let ca_pem = read("ca.pem")?;
+    let ca_key = KeyPair::from_pem(&read("ca.key")?).map_err(invalid)?;
+    let ca_chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| HarnessError::Invalid(format!("{}: {e}", ca_dir.display())))?;
+    let issuer = Issuer::from_ca_cert_der(&ca_chain[0], ca_key).map_err(invalid)?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = spec
+        .uris
+        .iter()
+        .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
+        .collect::<std::result::Result<_, rcgen::Error>>()
+        .map_err(invalid)?;
+    params.is_ca = if spec.is_ca {
+        IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    } else {
+        IsCa::ExplicitNoCa
+    };
+    params.key_usages.clone_from(&spec.usages);
+    let key = KeyPair::generate().map_err(invalid)?;
+    let leaf = params.signed_by(&key, &issuer).map_err(invalid)?;
+    let mut chain = vec![leaf.der().clone()];
+    chain.extend(ca_chain);
+    Ok(Credentials {
+        chain,
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    })
+}
+
+/// How one tunnel attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tunnel {
+    /// The TLS handshake or the HTTP/2 connection failed.
+    Refused(String),
+    /// The CONNECT was answered with a status other than 200.
+    Status(u16),
+    /// The CONNECT was accepted; the bytes that came back through the tunnel.
+    Open(Vec<u8>),
+}
+
+/// From inside `ns`: mTLS to `peer` (a pod's address on 15008) with `credentials`,
+/// CONNECT to `target` with `headers`, write `send`, read until the stream ends or
+/// `timeout` passes.
+pub fn tunnel(
+    ns: &Netns,
+    peer: SocketAddr,
+    target: SocketAddr,
+    headers: &[(&str, &str)],
+    credentials: &Credentials,
+    send: &[u8],
+    timeout: Duration,
+) -> Result<Tunnel> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    let (credentials, send) = (credentials.clone(), send.to_vec());
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(HarnessError::io("a runtime for the HBONE client"))?;
+        runtime.block_on(async move {
+            let exchange = exchange(peer, target, headers, credentials, send);
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(outcome) => Ok(outcome),
+                Err(_) => Err(HarnessError::Invalid(format!(
+                    "HBONE exchange with {peer} did not end within {timeout:?}"
+                ))),
+            }
+        })
+    })?
+}
+
+async fn exchange(
+    peer: SocketAddr,
+    target: SocketAddr,
+    headers: Vec<(String, String)>,
+    credentials: Credentials,
+    send: Vec<u8>,
+) -> Tunnel {
+    let refused = |what: &str, e: &dyn std::fmt::Display| Tunnel::Refused(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer))
+        })
+        .and_then(|b| {
+            b.with_client_auth_cert(credentials.chain, PrivateKeyDer::Pkcs8(credentials.key))
+        });
+    let mut config = match config {
+        Ok(config) => config,
+        Err(e) => return refused("client config", &e),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = match tokio::net::TcpStream::connect(peer).await {
+        Ok(tcp) => tcp,
+        Err(e) => return refused("connect", &e),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let Ok(name) = ServerName::try_from("hbone.invalid") else {
+        return Tunnel::Refused("server name".into());
+    };
+    let tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return refused("handshake", &e),
+    };
+    let (mut sender, connection) = match hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(e) => return refused("HTTP/2", &e),
+    };
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string());
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let Ok(request) = request.body(Empty::<Bytes>::new()) else {
+        return Tunnel::Refused("request".into());
+    };
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return refused("CONNECT", &e),
+    };
+    if response.status() != http::StatusCode::OK {
+        return Tunnel::Status(response.status().as_u16());
+    }
+    let mut io = match hyper::upgrade::on(response).await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => return refused("upgrade", &e),
+    };
+    let mut received = Vec::new();
+    if io.write_all(&send).await.is_ok() {
+        let _ = io.read_to_end(&mut received).await;
+    }
+    Tunnel::Open(received)
+}
+
+/// Accepts any server certificate: the attacker does not care whom it reached.
+#[derive(Debug)]
+struct AnyServer;
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
