@@ -38,10 +38,11 @@ impl Clone for Credentials {
     }
 }
 
-/// What a leaf looks like: its URI SANs, CA flag and key usages.
+/// What a leaf looks like: its URI and IP SANs, CA flag and key usages.
 #[derive(Debug, Clone)]
 pub struct LeafSpec {
     pub uris: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
     pub is_ca: bool,
     pub usages: Vec<KeyUsagePurpose>,
 }
@@ -51,6 +52,7 @@ impl LeafSpec {
     pub fn svid(uri: &str) -> Self {
         Self {
             uris: vec![uri.to_owned()],
+            ips: Vec::new(),
             is_ca: false,
             usages: vec![KeyUsagePurpose::DigitalSignature],
         }
@@ -78,6 +80,9 @@ pub fn mint_leaf(ca_dir: &Path, spec: &LeafSpec) -> Result<Credentials> {
         .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
         .collect::<std::result::Result<_, rcgen::Error>>()
         .map_err(invalid)?;
+    params
+        .subject_alt_names
+        .extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.is_ca = if spec.is_ca {
         IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
     } else {
@@ -209,6 +214,117 @@ async fn exchange(
         let _ = io.read_to_end(&mut received).await;
     }
     Tunnel::Open(received)
+}
+
+/// An HBONE server that should not be there (at an address of the mesh, with a
+/// certificate the mesh's CA signed): it answers every CONNECT with 200 and
+/// `reply`. Stops when dropped.
+pub struct RogueServer {
+    connects: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RogueServer {
+    /// Starts serving on `listen` inside `ns`.
+    pub fn start(
+        ns: &Netns,
+        listen: SocketAddr,
+        credentials: &Credentials,
+        reply: &'static [u8],
+    ) -> Result<Self> {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(listen))?
+            .map_err(HarnessError::io(format!("listen on {listen}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(HarnessError::io("non-blocking listener"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| {
+                b.with_no_client_auth().with_single_cert(
+                    credentials.chain.clone(),
+                    PrivateKeyDer::Pkcs8(credentials.key.clone_key()),
+                )
+            })
+            .map_err(|e| HarnessError::Invalid(format!("rogue server config: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let counted = connects.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let serve = async {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                        tokio::spawn(async move {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                serve_rogue(tls, counted, reply).await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(Self {
+            connects,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// How many CONNECT requests reached it.
+    pub fn connects(&self) -> usize {
+        self.connects.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RogueServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_rogue(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    connects: Arc<std::sync::atomic::AtomicUsize>,
+    reply: &'static [u8],
+) {
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        connects.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let _ = io.write_all(reply).await;
+                let _ = io.shutdown().await;
+            }
+        });
+        async { Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new())) }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
 }
 
 /// Accepts any server certificate: the attacker does not care whom it reached.

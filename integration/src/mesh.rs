@@ -44,6 +44,8 @@ pub struct MeshSpec {
     /// Extra `proxy.yaml` text for every node (e.g. `inbound:` settings).
     proxy_yaml: String,
     outbound_yaml: String,
+    /// `outbound.mesh_cidrs` beyond the nodes' pod CIDRs.
+    mesh_cidrs: Vec<String>,
     capture_yaml: String,
     /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
     svid_ttl: u32,
@@ -65,6 +67,7 @@ impl MeshSpec {
             pods: Vec::new(),
             proxy_yaml: String::new(),
             outbound_yaml: String::new(),
+            mesh_cidrs: Vec::new(),
             capture_yaml: String::new(),
             svid_ttl: 0,
             default_mode: "deny".into(),
@@ -108,6 +111,13 @@ impl MeshSpec {
     /// A pod on `node`; `identity`: register `spiffe://<td>/ns/<ns>/sa/<sa>` for it.
     pub fn pod(&mut self, node: &str, spec: PodSpec, identity: bool) -> &mut Self {
         self.pods.push((node.to_owned(), spec, identity));
+        self
+    }
+
+    /// Adds an address block the nodes treat as the mesh's (`outbound.mesh_cidrs`),
+    /// beyond their pod CIDRs: what tests put something unexpected in.
+    pub fn mesh_cidr(&mut self, cidr: &str) -> &mut Self {
+        self.mesh_cidrs.push(cidr.to_owned());
         self
     }
 
@@ -214,7 +224,9 @@ impl Mesh {
         let mesh_cidrs: Vec<String> = mesh
             .cluster
             .nodes()
-            .map(|n| format!("  - {}\n", n.pod_cidr()))
+            .map(|n| n.pod_cidr().to_owned())
+            .chain(spec.mesh_cidrs.iter().cloned())
+            .map(|cidr| format!("  - {cidr}\n"))
             .collect();
         progress(Phase::Nodes);
         for node in &spec.nodes {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod support;
 
-use meshward_integration::hbone::{LeafSpec, Tunnel, mint_leaf, tunnel};
+use meshward_integration::hbone::{LeafSpec, RogueServer, Tunnel, mint_leaf, tunnel};
 use meshward_integration::{PodSpec, available_or_skip};
 use rcgen::KeyUsagePurpose;
 use support::{TD, contains, curl_spire, echo_mesh, eventually, h2_request, raw_exchange, status};
@@ -551,5 +551,67 @@ for name in open_: print(name,'still open',flush=True)
         .daemon_log("node-2")
         .contains("a policy change no longer allows");
     findings.check("11 closing logged", logged, "no log line");
+    findings.assert_none(&mesh);
+}
+
+/// Class 12: the source checks whom it reached. Something at a mesh address answers
+/// with an SVID the mesh's CA signed, but not one issued for that address: the
+/// source node refuses it before sending a byte of the request.
+#[test]
+fn the_source_refuses_a_destination_its_svid_does_not_name() {
+    let Some(()) = available_or_skip("the_source_refuses_a_destination_its_svid_does_not_name")
+    else {
+        return;
+    };
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .mesh_cidr("10.0.0.0/8");
+    });
+    mesh.apply_policy("allow", &allow_curl_spire("")).unwrap();
+    let echo_ip = mesh.pod_ip("echoserver").unwrap();
+    eventually(&mesh, "the real echoserver answers", || {
+        status(
+            &mesh,
+            "curl-spire",
+            &[&format!("http://{echo_ip}:8080/")],
+            200,
+        )
+    });
+    // the rogue stands at an address of the mesh that no pod of ours holds
+    let host = mesh.cluster.host("issuer").unwrap();
+    let rogue_ip = std::net::IpAddr::V4(host.ip());
+    let ca = mesh.issuer_ca_dir().unwrap();
+    let findings = Findings::default();
+    let echoserver_id = format!("spiffe://{TD}/ns/echoserver/sa/default");
+    let cases = [
+        ("an SVID naming no address", LeafSpec::svid(&echoserver_id)),
+        (
+            "the echoserver's SVID, naming the echoserver's address",
+            LeafSpec {
+                ips: vec![echo_ip],
+                ..LeafSpec::svid(&echoserver_id)
+            },
+        ),
+    ];
+    for (what, spec) in cases {
+        let credentials = mint_leaf(&ca, &spec).unwrap();
+        let rogue = RogueServer::start(
+            host.netns(),
+            std::net::SocketAddr::new(rogue_ip, 15008),
+            &credentials,
+            b"hijacked",
+        )
+        .unwrap();
+        let r = mesh
+            .cluster
+            .curl("curl-spire", &[&format!("http://{rogue_ip}:8080/")])
+            .unwrap();
+        let refused = !r.body.contains("hijacked") && rogue.connects() == 0;
+        findings.check(&format!("12 {what}"), refused, (&r, rogue.connects()));
+    }
+    let logged = mesh
+        .daemon_log("node-1")
+        .contains("whose SVID does not name that address");
+    findings.check("12 refusal logged", logged, "no log line");
     findings.assert_none(&mesh);
 }

@@ -33,6 +33,7 @@ fn signing(c: &mut Criterion) {
     let template = SvidTemplate {
         spiffe_id: &id,
         dns_names: &[],
+        ip_addresses: &[],
         ttl: Duration::from_secs(3600),
     };
     let tbs_sized = vec![0x5au8; 320];

@@ -33,6 +33,8 @@ pub struct X509Svid {
 pub struct SvidTemplate<'a> {
     pub spiffe_id: &'a SpiffeId,
     pub dns_names: &'a [String],
+    /// Where the workload answers (its pod's IP), as IP SANs.
+    pub ip_addresses: &'a [std::net::IpAddr],
     /// Already min(entry TTL, default); capped here by the CA's remaining life.
     pub ttl: Duration,
 }
@@ -87,6 +89,9 @@ pub fn sign_x509_svid(
             SigningError::InvalidRequest(format!("DNS name {dns:?} is not an IA5 string"))
         })?;
         params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    for ip in template.ip_addresses {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.not_before = to_offset(now - BACKDATE);
@@ -163,6 +168,7 @@ fn check_requested(
         let granted = match san {
             SanType::URI(uri) => uri.as_str() == template.spiffe_id.as_str(),
             SanType::DnsName(name) => template.dns_names.iter().any(|d| d == name.as_str()),
+            SanType::IpAddress(ip) => template.ip_addresses.contains(ip),
             _ => false,
         };
         if !granted {

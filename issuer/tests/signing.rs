@@ -32,6 +32,7 @@ fn x509_svid_meets_the_whole_profile() {
     let template = SvidTemplate {
         spiffe_id: &spiffe_id,
         dns_names: &dns,
+        ip_addresses: &[],
         ttl: HOUR,
     };
     let svid = sign_x509_svid(ca.active(now).unwrap(), &csr, &template, now).unwrap();
@@ -58,6 +59,7 @@ fn ttl_is_capped_by_the_ca_life() {
     let template = SvidTemplate {
         spiffe_id: &spiffe_id,
         dns_names: &[],
+        ip_addresses: &[],
         ttl: DAY * 30,
     };
     let active = ca.active(now).unwrap();
@@ -75,6 +77,7 @@ fn csrs_that_ask_for_more_or_do_not_verify_are_refused() {
     let template = SvidTemplate {
         spiffe_id: &spiffe_id,
         dns_names: &[],
+        ip_addresses: &[],
         ttl: HOUR,
     };
     let p256 = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -129,6 +132,7 @@ fn csrs_that_ask_for_more_or_do_not_verify_are_refused() {
     let bad = SvidTemplate {
         spiffe_id: &td,
         dns_names: &[],
+        ip_addresses: &[],
         ttl: HOUR,
     };
     assert!(matches!(
@@ -146,6 +150,7 @@ fn svids_from_both_generations_verify_during_rotation() {
     let template = SvidTemplate {
         spiffe_id: &spiffe_id,
         dns_names: &[],
+        ip_addresses: &[],
         ttl: HOUR,
     };
     let old = sign_x509_svid(ca.active(start).unwrap(), &p256_csr().1, &template, start).unwrap();

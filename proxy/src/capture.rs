@@ -12,6 +12,10 @@
 //! - forwarded to a local pod otherwise (plaintext): REDIRECT to the inbound plaintext port
 //! - the daemon's own HBONE connections to a pod on this node: REDIRECT to the HBONE port
 //! - the daemon's own sockets (fwmark `mark`/0xfff): never captured
+//! - replies to the daemon's tunnels, which leave from their source pod's address
+//!   (transparent sockets): marked like TPROXYed packets (mangle,
+//!   `-m socket --transparent`), so the same policy route delivers them to the
+//!   daemon instead of forwarding them to the pod
 //! - the daemon's passthrough sockets (also [`PASSTHROUGH_MARK`]) towards a pod
 //!   interface: rejected (filter table). Bytes from a caller without identity reach
 //!   a local pod only through that pod's inbound checks, never by a passthrough
@@ -30,6 +34,7 @@ const PREROUTING: &str = "MESHWARD_PREROUTING";
 const OUTPUT: &str = "MESHWARD_OUTPUT";
 const DIVERT: &str = "MESHWARD_DIVERT";
 const GUARD: &str = "MESHWARD_GUARD";
+const REPLIES: &str = "MESHWARD_REPLIES";
 /// Added to the daemon's mark on passthrough sockets; outside the 0xfff mask the
 /// other rules match, so those sockets are otherwise the daemon's like any other.
 pub const PASSTHROUGH_MARK: u32 = 0x1000;
@@ -73,6 +78,11 @@ pub fn rules(config: &CaptureConfig) -> String {
             config.outbound_port
         ),
         format!("-I PREROUTING 1 -i {pods} -p tcp -j {DIVERT}"),
+        format!(":{REPLIES} - [0:0]"),
+        format!(
+            "-A {REPLIES} -p tcp -m socket --transparent -j MARK --set-xmark {TPROXY_MARK:#x}/0xfff"
+        ),
+        format!("-I PREROUTING 1 ! -i {pods} -p tcp -j {REPLIES}"),
         "COMMIT".to_owned(),
         "*nat".to_owned(),
         format!(":{PREROUTING} - [0:0]"),
@@ -303,7 +313,7 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
         .unwrap_or_default();
     for line in listed
         .lines()
-        .filter(|l| l.ends_with(&format!("-j {DIVERT}")))
+        .filter(|l| l.ends_with(&format!("-j {DIVERT}")) || l.ends_with(&format!("-j {REPLIES}")))
     {
         let spec: Vec<&str> = line
             .trim_start_matches("-A PREROUTING ")
@@ -313,8 +323,10 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
         args.extend(spec);
         mangle(&args);
     }
-    mangle(&["-F", DIVERT]);
-    mangle(&["-X", DIVERT]);
+    for chain in [DIVERT, REPLIES] {
+        mangle(&["-F", chain]);
+        mangle(&["-X", chain]);
+    }
     for args in route_commands() {
         let mut delete: Vec<String> = args.clone();
         delete[1] = "del".into();
@@ -388,6 +400,9 @@ mod tests {
             "-A MESHWARD_DIVERT -p tcp --dport 10250 -j RETURN",
             "-A MESHWARD_DIVERT -p tcp -j TPROXY --on-port 15001 --on-ip 0.0.0.0 --tproxy-mark 0x53a/0xfff",
             "-I PREROUTING 1 -i veth+ -p tcp -j MESHWARD_DIVERT",
+            ":MESHWARD_REPLIES - [0:0]",
+            "-A MESHWARD_REPLIES -p tcp -m socket --transparent -j MARK --set-xmark 0x53a/0xfff",
+            "-I PREROUTING 1 ! -i veth+ -p tcp -j MESHWARD_REPLIES",
             "COMMIT",
             "*nat",
             ":MESHWARD_PREROUTING - [0:0]",

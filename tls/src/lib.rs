@@ -100,6 +100,30 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
     Ok(meshward_spiffe::validate_x509_svid(cert)?)
 }
 
+/// The IP SANs of a certificate: for an SVID, where its workload answers.
+pub fn ip_addresses_of(cert: &CertificateDer<'_>) -> Vec<std::net::IpAddr> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(std::net::IpAddr::from),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// The certificate's serial number, lower-case hex without leading zero bytes.
 pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;

@@ -175,7 +175,7 @@ fn refusals_say_why() {
             Authorizer::AnyTrusted,
             Authorizer::AnyTrusted,
             true,
-            "not a SPIFFE ID",
+            "scheme is missing or invalid",
         ),
         (
             Some(svid(&s.ca, &["spiffe://td/a"])),

@@ -117,7 +117,24 @@ impl<D: Datastore + 'static> AgentApi for AgentService<D> {
             .into_inner()
             .params
             .into_iter()
-            .map(|p| Ok((target(p.entry_id, p.template, p.pod)?, p.csr)))
+            .map(|p| {
+                let addresses = p
+                    .ip_addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            Status::invalid_argument(format!(
+                                "ip_addresses: {a:?} is not an IP address"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, Status>>()?;
+                Ok(crate::service::SvidRequest {
+                    target: target(p.entry_id, p.template, p.pod)?,
+                    csr: p.csr,
+                    addresses,
+                })
+            })
             .collect::<Result<Vec<_>, Status>>()?;
         let results = self
             .issuer

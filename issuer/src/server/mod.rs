@@ -317,6 +317,7 @@ fn renew_server_svid<D: Datastore>(
             &SvidTemplate {
                 spiffe_id: &id,
                 dns_names: &[],
+                ip_addresses: &[],
                 ttl: issuer.settings().agent_svid_ttl,
             },
         )

@@ -34,6 +34,18 @@ pub enum SvidTarget {
     },
 }
 
+/// One X509-SVID asked for: what for, the CSR, and where the workload answers.
+#[derive(Debug, Clone)]
+pub struct SvidRequest {
+    pub target: SvidTarget,
+    pub csr: Vec<u8>,
+    /// The pod's addresses as its node reports them (IP SANs).
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// The most addresses one SVID names (a pod has one per IP family).
+pub const MAX_SVID_ADDRESSES: usize = 4;
+
 impl SvidTarget {
     fn key(&self) -> String {
         match self {
@@ -120,6 +132,7 @@ impl<D: Datastore> Issuer<D> {
             &SvidTemplate {
                 spiffe_id: &id,
                 dns_names: &[],
+                ip_addresses: &[],
                 ttl: self.settings.agent_svid_ttl,
             },
         )?;
@@ -174,6 +187,7 @@ impl<D: Datastore> Issuer<D> {
             &SvidTemplate {
                 spiffe_id: &caller.id,
                 dns_names: &[],
+                ip_addresses: &[],
                 ttl: self.settings.agent_svid_ttl,
             },
         )?;
@@ -280,22 +294,34 @@ impl<D: Datastore> Issuer<D> {
         }
     }
 
-    /// X509-SVIDs for a batch of (target, CSR); each must be granted to this node.
+    /// X509-SVIDs for a batch of requests; each must be granted to this node.
     pub async fn batch_new_x509_svid(
         &self,
         caller: &Caller,
-        requests: Vec<(SvidTarget, Vec<u8>)>,
+        requests: Vec<SvidRequest>,
     ) -> Result<Vec<BatchResult>> {
         let node = self.authenticate_node(caller).await?;
         let entries = self.entries_for_node(&node).await?;
         let mut results = Vec::with_capacity(requests.len());
-        for (target, csr) in requests {
+        for SvidRequest {
+            target,
+            csr,
+            addresses,
+        } in requests
+        {
             let result = match self.grant(&node, &entries, &target).await {
+                Ok(_) if addresses.len() > MAX_SVID_ADDRESSES => {
+                    Err(ServiceError::InvalidArgument(format!(
+                        "{} addresses; an SVID names at most {MAX_SVID_ADDRESSES}",
+                        addresses.len()
+                    )))
+                }
                 Ok(grant) => self.sign(
                     &csr,
                     &SvidTemplate {
                         spiffe_id: &grant.spiffe_id,
                         dns_names: &grant.dns_names,
+                        ip_addresses: &addresses,
                         ttl: ttl_or(grant.x509_svid_ttl, self.settings.default_x509_svid_ttl),
                     },
                 ),

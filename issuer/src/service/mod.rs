@@ -16,7 +16,7 @@ use crate::jwt::JwtPublicKey;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
 use meshward_spiffe::SpiffeId;
 
-pub use agent::{BatchResult, Caller, SvidTarget};
+pub use agent::{BatchResult, Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
 
 /// Why a call failed; each variant is one gRPC status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,15 @@ use meshward_test_support::{check_x509_svid, p256_csr};
 
 use super::*;
 use crate::datastore::{Entry, EntryFilter, Selector, SqlStore};
-use crate::service::{Caller, SvidTarget};
+use crate::service::{Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
+
+fn request(target: SvidTarget, csr: Vec<u8>) -> SvidRequest {
+    SvidRequest {
+        target,
+        csr,
+        addresses: Vec::new(),
+    }
+}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -187,13 +195,21 @@ async fn nodes_get_only_their_entries_and_signing_is_limited_to_them() {
         .collect();
     assert_eq!(listed, std::slice::from_ref(&mine.id));
 
+    let pod_ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     let results = issuer
         .batch_new_x509_svid(
             &node,
             vec![
-                (SvidTarget::Entry(mine.id.clone()), p256_csr().1),
-                (SvidTarget::Entry(theirs.id.clone()), p256_csr().1),
-                (SvidTarget::Entry(mine.id.clone()), b"x".to_vec()),
+                SvidRequest {
+                    addresses: vec![pod_ip],
+                    ..request(SvidTarget::Entry(mine.id.clone()), p256_csr().1)
+                },
+                request(SvidTarget::Entry(theirs.id.clone()), p256_csr().1),
+                request(SvidTarget::Entry(mine.id.clone()), b"x".to_vec()),
+                SvidRequest {
+                    addresses: vec![pod_ip; MAX_SVID_ADDRESSES + 1],
+                    ..request(SvidTarget::Entry(mine.id.clone()), p256_csr().1)
+                },
             ],
         )
         .await
@@ -207,6 +223,12 @@ async fn nodes_get_only_their_entries_and_signing_is_limited_to_them() {
         SystemTime::now(),
     )
     .unwrap();
+    // the node's word for where its pod answers, signed as an IP SAN
+    assert_eq!(meshward_tls::ip_addresses_of(&svid.chain[0]), [pod_ip]);
+    assert!(matches!(
+        &results[3].1,
+        Err(ServiceError::InvalidArgument(_))
+    ));
     assert!(matches!(
         &results[1].1,
         Err(ServiceError::PermissionDenied(_))

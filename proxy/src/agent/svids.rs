@@ -199,16 +199,21 @@ impl SvidCache {
             let mut params = Vec::with_capacity(chunk.len());
             for (_, grant, pod) in chunk {
                 let key = NewKey::generate()?;
+                // where the pod answers: signed into its SVID, so callers can check
+                // they reached it (the data path's outbound verification)
+                let ip_addresses = pod.map(|p| vec![p.ip.to_string()]).unwrap_or_default();
                 params.push(match grant {
                     Grant::Entry(id) => proto::NewX509SvidParams {
                         entry_id: id.clone(),
                         csr: key.csr.clone(),
+                        ip_addresses,
                         ..Default::default()
                     },
                     Grant::Template(name) => proto::NewX509SvidParams {
                         template: name.clone(),
                         csr: key.csr.clone(),
                         pod: pod.map(|p| pod_message(p, &workloads.node)),
+                        ip_addresses,
                         ..Default::default()
                     },
                 });

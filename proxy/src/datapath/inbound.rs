@@ -66,6 +66,8 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         return reset(tcp);
     };
     let _ = tcp.set_nodelay(true);
+    // capture maps this node's own connections to loopback (REDIRECT in OUTPUT)
+    let local = tcp.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
         .await
@@ -92,11 +94,17 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;
     };
-    let peer = Arc::new(peer);
+    let tunnel = Arc::new(Tunnel {
+        peer: Arc::new(peer),
+        pod,
+        target,
+        client,
+        local,
+    });
     let service = {
         let shared = shared.clone();
         service_fn(move |request| {
-            let response = connect(&shared, &peer, &pod, target, client, request);
+            let response = connect(&shared, &tunnel, request);
             async move { Ok::<_, Infallible>(response) }
         })
     };
@@ -126,15 +134,32 @@ fn verified_peer(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<
     })
 }
 
+/// One mTLS connection to 15008, verified.
+struct Tunnel {
+    peer: Arc<Peer>,
+    /// The pod whose certificate the client was shown, at `target`.
+    pod: Arc<LocalPod>,
+    target: SocketAddr,
+    /// The TCP source.
+    client: SocketAddr,
+    /// Opened by this node itself (to one of its own pods).
+    local: bool,
+}
+
 /// One CONNECT: check it, answer it, and serve the stream once upgraded.
 fn connect(
     shared: &Arc<Shared>,
-    peer: &Arc<Peer>,
-    pod: &Arc<LocalPod>,
-    tunnel_target: SocketAddr,
-    client: SocketAddr,
+    tunnel: &Tunnel,
     mut request: Request<Incoming>,
 ) -> Response<Empty<Bytes>> {
+    let Tunnel {
+        peer,
+        pod,
+        target: tunnel_target,
+        client,
+        local,
+    } = tunnel;
+    let (tunnel_target, client) = (*tunnel_target, *client);
     let status = |code: StatusCode| {
         let mut response = Response::new(Empty::new());
         *response.status_mut() = code;
@@ -155,7 +180,7 @@ fn connect(
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
         return status(StatusCode::BAD_REQUEST);
     }
-    let source = forwarded_for(&request).unwrap_or(client);
+    let source = stream_source(shared, peer, &request, client, *local);
     let stream = InboundStream {
         peer: Some(peer.clone()),
         source,
@@ -184,6 +209,35 @@ fn connect(
         }
     });
     status(StatusCode::OK)
+}
+
+/// Where a tunnelled stream comes from, which `ipBlocks` and `source.ip` judge.
+/// The TCP source, which the network vouches for: another node opens its tunnels
+/// from the source pod's own address (pool.rs). The one exception is a tunnel this
+/// node opened to its own pod (`local_tunnel`: capture redirected it to loopback),
+/// which leaves from the node: its `forwarded` claim is taken when it names a pod
+/// of this node that holds the peer's identity, and never otherwise.
+fn stream_source<B>(
+    shared: &Shared,
+    peer: &Peer,
+    request: &Request<B>,
+    client: SocketAddr,
+    local_tunnel: bool,
+) -> SocketAddr {
+    let Some(claimed) = forwarded_for(request).filter(|_| local_tunnel) else {
+        return client;
+    };
+    let state = shared.state.borrow();
+    let runs_as_peer = state
+        .pod(claimed.ip())
+        .and_then(|pod| pod.tls.as_ref())
+        .is_some_and(|tls| tls.spiffe_id == peer.spiffe_id);
+    if runs_as_peer {
+        claimed
+    } else {
+        tracing::info!(%client, %claimed, peer = %peer.spiffe_id, "ignored a forwarded claim: no pod of this node runs as the peer at that address");
+        client
+    }
 }
 
 /// `forwarded: for="ip:port"` (RFC 7239), as the source node wrote it.

@@ -74,7 +74,9 @@ async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, ta
     };
     let started = Instant::now();
     let peer = SocketAddr::new(destination.ip(), shared.hbone_port);
-    let mut tunnel = match Box::pin(shared.hbone.open(&tls, client, destination, peer)).await {
+    let remote = state.pod(destination.ip()).is_none();
+    let open = shared.hbone.open(&tls, client, destination, peer, remote);
+    let mut tunnel = match Box::pin(open).await {
         Ok(tunnel) => tunnel,
         Err(e) => {
             tracing::info!(

@@ -1,13 +1,16 @@
 //! HBONE client connections: mTLS with the source pod's SVID to the destination's
-//! node (port 15008), HTTP/2, one CONNECT stream per client connection. Connections
-//! are pooled per (source identity and certificate, peer address), so tunnels are
-//! never shared between identities, and a renewed SVID starts new connections while
-//! old ones finish their streams. One connect per key at a time (a burst of clients
+//! node (port 15008), HTTP/2, one CONNECT stream per client connection. A tunnel to
+//! another node leaves from the source pod's own address (a transparent socket, as
+//! ztunnel's in-pod mode does), so the destination reads the pod as the TCP source
+//! and the network's own source checks apply; nothing the source claims is needed.
+//! Connections are pooled per (source pod address, identity and certificate, peer
+//! address), so tunnels are never shared between pods or identities, and a renewed
+//! SVID starts new connections while old ones finish their streams. One connect per key at a time (a burst of clients
 //! opens one connection, not hundreds); past `max_streams` streams another opens;
 //! idle connections close after [`IDLE_RELEASE`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::diagnose;
-use super::socket::connect_marked;
+use super::socket::connect_marked_from;
 use super::state::PodTls;
 use crate::metrics;
 
@@ -51,6 +54,10 @@ pub(crate) enum HboneError {
         peer: SocketAddr,
         source: hyper::Error,
     },
+    #[error(
+        "{peer} presented {presented}, whose SVID does not name that address: not the workload that runs there"
+    )]
+    WrongDestination { peer: SocketAddr, presented: String },
     #[error("{peer} answered the CONNECT with {status}")]
     Refused {
         peer: SocketAddr,
@@ -67,6 +74,9 @@ impl HboneError {
             Self::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED => {
                 " (the destination's policy refused this connection)".into()
             }
+            Self::WrongDestination { .. } => {
+                " (an address reused by another pod, or someone else answering for it)".into()
+            }
             _ => String::new(),
         }
     }
@@ -74,6 +84,8 @@ impl HboneError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
+    /// The source pod's address, when the tunnel leaves from it.
+    source_ip: Option<IpAddr>,
     source_id: String,
     source_serial: String,
     peer: SocketAddr,
@@ -153,15 +165,19 @@ impl HbonePool {
     }
 
     /// Opens a tunnel for `client` (the source pod's address) to `target` (the
-    /// original destination) through the node at `peer`.
+    /// original destination) through the node at `peer`. `from_client`: leave from
+    /// the client's address (another node's pod); a pod of this node is reached
+    /// from the node itself, and its inbound side checks the `forwarded` claim.
     pub(crate) async fn open(
         &self,
         tls: &PodTls,
         client: SocketAddr,
         target: SocketAddr,
         peer: SocketAddr,
+        from_client: bool,
     ) -> Result<Tunnel, HboneError> {
         let key = Key {
+            source_ip: from_client.then_some(client.ip()),
             source_id: tls.spiffe_id.clone(),
             source_serial: tls.serial.clone(),
             peer,
@@ -181,7 +197,8 @@ impl HbonePool {
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            // RFC 7239: who the client is; the peer's policies see it as source.ip
+            // RFC 7239: who the client is. A destination trusts it only where it can
+            // tie it to this tunnel (inbound.rs); elsewhere the TCP source decides.
             .header("forwarded", format!("for=\"{client}\""))
             .body(Empty::new())
             .map_err(|_| HboneError::Refused {
@@ -231,7 +248,7 @@ impl HbonePool {
 
     async fn connect(&self, key: Key, tls: &PodTls) -> Result<Arc<Connection>, HboneError> {
         let peer = key.peer;
-        let tcp = connect_marked(peer, self.mark, self.connect_timeout)
+        let tcp = connect_marked_from(key.source_ip, peer, self.mark, self.connect_timeout)
             .await
             .map_err(|source| HboneError::Connect { peer, source })?;
         let connector = TlsConnector::from(tls.client.clone());
@@ -252,13 +269,22 @@ impl HbonePool {
                 return Err(HboneError::Handshake { peer, source });
             }
         };
-        let peer_id: Arc<str> = stream
+        let leaf = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| meshward_tls::spiffe_id_of(leaf).ok())
+            .and_then(|c| c.first());
+        let peer_svid = leaf.and_then(|leaf| meshward_tls::spiffe_id_of(leaf).ok());
+        let peer_id: Arc<str> = peer_svid
+            .as_ref()
             .map_or_else(|| "unknown".into(), |id| id.as_str().into());
+        if !reached_the_address(leaf, peer_svid.as_ref(), &tls.spiffe_id, peer) {
+            metrics::handshake_failure("outbound", "destination_mismatch");
+            return Err(HboneError::WrongDestination {
+                peer,
+                presented: peer_id.to_string(),
+            });
+        }
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -311,4 +337,25 @@ impl HbonePool {
             }
         }
     }
+}
+
+/// Whether the peer is the workload at the address dialled: an SVID of our own
+/// trust domain must name `peer`'s address as an IP SAN, which the issuer signs
+/// from what the destination's node reports. An SVID of another trust domain is
+/// accepted on its chain alone (federated issuers name no addresses of ours).
+/// Checked before a byte of HTTP/2 is sent.
+fn reached_the_address(
+    leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
+    peer_svid: Option<&meshward_spiffe::SpiffeId>,
+    own_id: &str,
+    peer: SocketAddr,
+) -> bool {
+    let (Some(leaf), Some(peer_svid)) = (leaf, peer_svid) else {
+        return false;
+    };
+    let own_domain = meshward_tls::trust_domain_of(own_id);
+    if own_domain != Some(peer_svid.trust_domain()) {
+        return true;
+    }
+    meshward_tls::ip_addresses_of(leaf).contains(&peer.ip())
 }
