@@ -71,13 +71,14 @@ impl AuthorizationConfig {
         Ok(())
     }
 
-    pub(crate) fn engine_options(&self, trust_domain: &str) -> EngineOptions {
+    pub(crate) fn engine_options(&self, trust_domain: &str, tcp_ports: Vec<u16>) -> EngineOptions {
         EngineOptions {
             default_mode: self.default,
             root_namespace: self.root_namespace.clone(),
             trust_domain: trust_domain.to_owned(),
             trust_domain_aliases: self.trust_domain_aliases.clone(),
             path_normalization: self.path_normalization,
+            tcp_ports,
         }
     }
 }

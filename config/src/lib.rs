@@ -117,7 +117,15 @@ impl ProxyConfig {
 
     /// The policy engine's options under this configuration.
     pub fn engine_options(&self) -> meshward_policy::EngineOptions {
-        self.authorization.engine_options(&self.trust_domain)
+        let tcp_ports = self
+            .inbound
+            .ports
+            .iter()
+            .filter(|(_, protocol)| **protocol == AppProtocol::Tcp)
+            .map(|(port, _)| *port)
+            .collect();
+        self.authorization
+            .engine_options(&self.trust_domain, tcp_ports)
     }
 }
 

@@ -209,12 +209,25 @@ impl Compiler<'_> {
                 "{field} of this {action} policy uses only HTTP fields: on TCP traffic they are ignored, so it matches every TCP connection"
             ));
         }
-        Rule {
+        let rule = Rule {
             from,
             to,
             when,
             uses_http,
+        };
+        if uses_http {
+            for port in self
+                .options
+                .tcp_ports
+                .iter()
+                .filter(|p| rule.targets_port(**p))
+            {
+                self.notice(format!(
+                    "{field} uses HTTP fields and targets port {port}, which inbound.ports declares tcp: it never matches there (as in Istio)"
+                ));
+            }
         }
+        rule
     }
 
     /// `from` / `to`: a list that, when present, must not be empty, of entries that

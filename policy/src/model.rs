@@ -232,6 +232,19 @@ impl fmt::Display for Matcher {
     }
 }
 
+impl Rule {
+    /// Whether the rule names `port` as a destination port (`ports` or
+    /// `destination.port`, not negated).
+    pub(crate) fn targets_port(&self, port: u16) -> bool {
+        self.to
+            .iter()
+            .flatten()
+            .chain(&self.when)
+            .filter(|c| c.attribute == Attribute::DestinationPort && !c.negated)
+            .any(|c| c.matchers.contains(&Matcher::Port(port)))
+    }
+}
+
 impl Clause {
     pub(crate) fn matches(&self, request: &Request) -> bool {
         // On TCP, HTTP-only constraints of DENY/AUDIT/CUSTOM rules match anything

@@ -56,6 +56,9 @@ pub struct EngineOptions {
     /// Other names of the mesh trust domain (Istio's `trustDomainAliases`).
     pub trust_domain_aliases: Vec<String>,
     pub path_normalization: PathNormalization,
+    /// Ports the node serves as opaque TCP (`inbound.ports: {P: tcp}`): a rule with
+    /// HTTP fields that targets one never matches there, and loading says so.
+    pub tcp_ports: Vec<u16>,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +69,7 @@ impl Default for EngineOptions {
             trust_domain: "cluster.local".into(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::default(),
+            tcp_ports: Vec::new(),
         }
     }
 }

@@ -375,3 +375,35 @@ fn oversized_values_and_sources_are_refused_by_name() {
         "{error}"
     );
 }
+
+#[test]
+fn http_rules_on_a_port_declared_tcp_are_reported_as_never_matching() {
+    let options = EngineOptions {
+        tcp_ports: vec![5432],
+        ..options()
+    };
+    let yaml = allow_rule("to:\n- operation:\n    ports: [\"5432\"]\n    paths: [\"/x\"]")
+        + "---\n"
+        + &policy(
+            "tcp-only",
+            "  rules:\n  - to:\n    - operation:\n        ports: [\"5432\"]",
+        );
+    let report = load_str(&yaml, "p.yaml", &options);
+    let notices: Vec<String> = report.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains(
+            "targets port 5432, which inbound.ports declares tcp: it never matches there"
+        ),
+        "{notices:?}"
+    );
+    // a host value with a port: the port is ignored, and said so
+    let report = load_str(
+        &allow_rule("to:\n- operation:\n    hosts: [\"a.example:8080\", \"b.example:*\"]"),
+        "h.yaml",
+        &options,
+    );
+    let notices: Vec<String> = report.notices.iter().map(ToString::to_string).collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("port 8080 is ignored"), "{notices:?}");
+}
