@@ -183,7 +183,7 @@ async fn respond(
         keep_upgrade(request.headers_mut(), protocol.clone());
     }
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let request = request.map(body::stream);
+    let request = request.map(body::request);
     let sent = match upgrade {
         Some(_) => {
             shared
