@@ -8,7 +8,7 @@ use std::time::Duration;
 mod support;
 
 use meshward_integration::{Mesh, PodSpec, available_or_skip};
-use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+use support::{TD, curl_spire, echo_mesh, eventually, example, status, tcp_echo};
 
 /// A TCP exchange from a pod: send `ping`, return what came back (empty: closed
 /// without a byte).
@@ -74,14 +74,7 @@ fn the_talk_across_nodes_and_on_one_node() {
                 true,
             );
     });
-    let _tcp = mesh
-        .cluster
-        .spawn_in_pod(
-            "echoserver",
-            env!("CARGO_BIN_EXE_echoserver"),
-            &["--listen", "0.0.0.0:9000", "--tcp"],
-        )
-        .unwrap();
+    let _tcp = tcp_echo(&mesh);
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
 

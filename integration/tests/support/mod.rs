@@ -61,6 +61,17 @@ pub fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
     (mesh, echo)
 }
 
+/// The echoserver's TCP echo on 9000, beside its HTTP on 8080.
+pub fn tcp_echo(mesh: &Mesh) -> Process {
+    mesh.cluster
+        .spawn_in_pod(
+            "echoserver",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:9000", "--tcp"],
+        )
+        .unwrap()
+}
+
 pub fn curl_spire() -> PodSpec {
     PodSpec::new("curl-spire").service_account("curl-spire")
 }

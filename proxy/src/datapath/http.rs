@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,6 +28,9 @@ use super::body::{self, ProxyBody};
 use super::upstream::Version;
 use super::{Shared, copy};
 use crate::{deny, metrics, xfcc};
+use headers::{keep_upgrade, request_authority, strip_hop_by_hop, upgrade_protocol};
+
+mod headers;
 
 /// How long the two sides of an upgrade may take to be handed over after the 101.
 const UPGRADE_HANDOVER: Duration = Duration::from_secs(30);
@@ -223,80 +226,6 @@ async fn respond(
     }
 }
 
-/// The authority a request names, or why it names none or two (a `400`):
-/// - HTTP/1 absolute-form (`GET http://a/x`): the target's authority, and `Host` is
-///   replaced by it (RFC 9112 §3.2.2);
-/// - HTTP/2: `:authority`, and a `host` header naming anything else is refused
-///   (RFC 9113 §8.3.1);
-/// - otherwise the one `Host` header; HTTP/1.1 without one is refused (RFC 9112 §3.2).
-///
-/// A scheme other than `http`/`https` is refused.
-fn request_authority<B>(request: &Request<B>, version: Version) -> Result<String, String> {
-    if let Some(scheme) = request.uri().scheme_str() {
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(format!(
-                "scheme {scheme:?} (only http and https are served)"
-            ));
-        }
-    }
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err("more than one Host header".into()),
-        (Some(host), None) => Some(
-            host.to_str()
-                .map_err(|_| "a Host header that is not ASCII".to_owned())?,
-        ),
-        (None, None) => None,
-    };
-    let same = |a: &str, b: &str| {
-        let normalized = |h: &str| meshward_policy::normalize_host(h).ok().map(|(h, _)| h);
-        normalized(a).is_some() && normalized(a) == normalized(b)
-    };
-    match (request.uri().authority().map(|a| a.as_str()), host) {
-        (Some(authority), _) if version == Version::Http1 => Ok(authority.to_owned()),
-        (Some(authority), Some(host)) if !same(authority, host) => Err(format!(
-            "host header {host:?} differs from :authority {authority:?}"
-        )),
-        (Some(authority), _) => Ok(authority.to_owned()),
-        (None, Some(host)) => Ok(host.to_owned()),
-        (None, None) if request.version() == http::Version::HTTP_11 => {
-            Err("HTTP/1.1 request without Host".into())
-        }
-        (None, None) => Ok(String::new()),
-    }
-}
-
-/// `websocket` when an HTTP/1.1 request asks to switch to it (`Connection: upgrade`,
-/// `Upgrade: websocket`). Other upgrades are dropped like any hop-by-hop header, as
-/// Istio configures Envoy: after an `h2c` upgrade, say, further requests on the
-/// connection would reach the pod without being authorized one by one.
-fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
-    let tokens = |name| {
-        request
-            .headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect::<Vec<_>>()
-    };
-    let asks = request.version() == http::Version::HTTP_11
-        && tokens(header::CONNECTION)
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && tokens(header::UPGRADE)
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("websocket"));
-    asks.then(|| HeaderValue::from_static("websocket"))
-}
-
-/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
-fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
-}
-
 /// Once the client has the `101` and the pod's connection is handed over, copies
 /// bytes both ways until both sides are done or idle, or until `revoked` says a
 /// policy change no longer allows the request that opened it.
@@ -342,43 +271,6 @@ fn join_upgraded(
     });
 }
 
-/// Headers that belong to one hop (RFC 9110 7.6.1), plus those `Connection` names.
-/// `te: trailers` stays: gRPC needs it end to end.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
 fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
@@ -408,50 +300,4 @@ fn unavailable(grpc: bool) -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream connect error or disconnect/reset before headers\n".into(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_websocket_upgrades_are_forwarded() {
-        let request = |connection: &str, upgrade: &str| {
-            Request::get("/ws")
-                .header(header::CONNECTION, connection)
-                .header(header::UPGRADE, upgrade)
-                .body(())
-                .unwrap()
-        };
-        assert_eq!(
-            upgrade_protocol(&request("keep-alive, Upgrade", "WebSocket")).unwrap(),
-            "websocket"
-        );
-        assert_eq!(
-            upgrade_protocol(&request("Upgrade, HTTP2-Settings", "h2c")),
-            None
-        );
-        assert_eq!(upgrade_protocol(&request("keep-alive", "websocket")), None);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_and_te_trailers_stays() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "te"]);
-        assert_eq!(headers[header::TE], "trailers");
-    }
 }
