@@ -17,9 +17,11 @@
 //!   `-m socket --transparent`), so the same policy route delivers them to the
 //!   daemon instead of forwarding them to the pod
 //! - the daemon's passthrough sockets (also [`PASSTHROUGH_MARK`]) towards a pod
-//!   interface: rejected (filter table). Bytes from a caller without identity reach
-//!   a local pod only through that pod's inbound checks, never by a passthrough
-//!   that a DNAT (kube-proxy's, say) turned towards a pod of this node.
+//!   interface: dropped (mangle POSTROUTING, where the output interface is the one
+//!   after any DNAT; in OUTPUT `-o` still names the route before it). Bytes from a
+//!   caller without identity reach a local pod only through that pod's inbound
+//!   checks, never by a passthrough that a DNAT (kube-proxy's, say) turned towards
+//!   a pod of this node; the daemon's connect then times out and the caller is reset.
 //!
 //! For REDIRECTed connections the original destination comes back with
 //! `SO_ORIGINAL_DST` ([`original_destination`]).
@@ -83,6 +85,11 @@ pub fn rules(config: &CaptureConfig) -> String {
             "-A {REPLIES} -p tcp -m socket --transparent -j MARK --set-xmark {TPROXY_MARK:#x}/0xfff"
         ),
         format!("-I PREROUTING 1 ! -i {pods} -p tcp -j {REPLIES}"),
+        format!(":{GUARD} - [0:0]"),
+        format!(
+            "-A {GUARD} -o {pods} -p tcp -m mark --mark {PASSTHROUGH_MARK:#x}/{PASSTHROUGH_MARK:#x} -j DROP"
+        ),
+        format!("-I POSTROUTING 1 -p tcp -j {GUARD}"),
         "COMMIT".to_owned(),
         "*nat".to_owned(),
         format!(":{PREROUTING} - [0:0]"),
@@ -111,13 +118,6 @@ pub fn rules(config: &CaptureConfig) -> String {
         // pods' own traffic is TPROXYed in mangle; only what comes from elsewhere is inbound
         format!("-I PREROUTING 1 ! -i {pods} -p tcp -j {PREROUTING}"),
         format!("-I OUTPUT 1 -p tcp -j {OUTPUT}"),
-        "COMMIT".to_owned(),
-        "*filter".to_owned(),
-        format!(":{GUARD} - [0:0]"),
-        format!(
-            "-A {GUARD} -o {pods} -p tcp -m mark --mark {PASSTHROUGH_MARK:#x}/{PASSTHROUGH_MARK:#x} -j REJECT --reject-with tcp-reset"
-        ),
-        format!("-I OUTPUT 1 -p tcp -j {GUARD}"),
         "COMMIT".to_owned(),
     ]);
     r.join("\n") + "\n"
@@ -271,7 +271,6 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
             .is_ok_and(|s| s.success())
     };
     let iptables = |args: &[&str]| table("nat", args);
-    let filter = |args: &[&str]| table("filter", args);
     let mangle = |args: &[&str]| table("mangle", args);
     // a jump may have been added more than once by a crashed run: delete until gone
     for _ in 0..16 {
@@ -299,12 +298,10 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
         iptables(&["-X", chain]);
     }
     for _ in 0..16 {
-        if !filter(&["-D", "OUTPUT", "-p", "tcp", "-j", GUARD]) {
+        if !mangle(&["-D", "POSTROUTING", "-p", "tcp", "-j", GUARD]) {
             break;
         }
     }
-    filter(&["-F", GUARD]);
-    filter(&["-X", GUARD]);
     // the jump carries the pod interface match: find it by listing
     let listed = Command::new(backend.command())
         .args(["-w", "5", "-t", "mangle", "-S", "PREROUTING"])
@@ -323,7 +320,7 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
         args.extend(spec);
         mangle(&args);
     }
-    for chain in [DIVERT, REPLIES] {
+    for chain in [DIVERT, REPLIES, GUARD] {
         mangle(&["-F", chain]);
         mangle(&["-X", chain]);
     }
@@ -403,6 +400,9 @@ mod tests {
             ":MESHWARD_REPLIES - [0:0]",
             "-A MESHWARD_REPLIES -p tcp -m socket --transparent -j MARK --set-xmark 0x53a/0xfff",
             "-I PREROUTING 1 ! -i veth+ -p tcp -j MESHWARD_REPLIES",
+            ":MESHWARD_GUARD - [0:0]",
+            "-A MESHWARD_GUARD -o veth+ -p tcp -m mark --mark 0x1000/0x1000 -j DROP",
+            "-I POSTROUTING 1 -p tcp -j MESHWARD_GUARD",
             "COMMIT",
             "*nat",
             ":MESHWARD_PREROUTING - [0:0]",
@@ -416,11 +416,6 @@ mod tests {
             "-A MESHWARD_OUTPUT -m mark --mark 0x539/0xfff -j RETURN",
             "-I PREROUTING 1 ! -i veth+ -p tcp -j MESHWARD_PREROUTING",
             "-I OUTPUT 1 -p tcp -j MESHWARD_OUTPUT",
-            "COMMIT",
-            "*filter",
-            ":MESHWARD_GUARD - [0:0]",
-            "-A MESHWARD_GUARD -o veth+ -p tcp -m mark --mark 0x1000/0x1000 -j REJECT --reject-with tcp-reset",
-            "-I OUTPUT 1 -p tcp -j MESHWARD_GUARD",
             "COMMIT",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);

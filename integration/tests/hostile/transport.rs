@@ -8,8 +8,11 @@ use meshward_integration::{PodSpec, available_or_skip};
 use crate::support::{curl_spire, echo_mesh, eventually, raw_exchange, status, tcp_echo};
 use crate::{Findings, NONE, allow_curl_spire, text};
 
-/// Class 1: a pod without identity on the echoserver's own node, by pod address
-/// and over TCP, meets STRICT like any plaintext client.
+const SERVICE_IP: &str = "10.96.0.10";
+
+/// Class 1: a pod without identity on the echoserver's own node, by pod address,
+/// over TCP, and through a Service address that kube-proxy's DNAT turns into the
+/// pod's, meets STRICT like any plaintext client.
 #[test]
 fn a_pod_without_identity_on_the_same_node_is_refused() {
     let Some(()) = available_or_skip("a_pod_without_identity_on_the_same_node_is_refused") else {
@@ -58,6 +61,32 @@ fn a_pod_without_identity_on_the_same_node_is_refused() {
         &[(NONE, b"ping\n")],
     );
     findings.check("1 same-node TCP", echoed.is_empty(), text(&echoed));
+
+    // kube-proxy's part, as it programs every node: a Service address DNATed to the
+    // pod in nat OUTPUT, behind the daemon's back (it watches no Services here)
+    let node = mesh.cluster.node("node-2").unwrap().netns();
+    // a node has a route for Service addresses (its default route, on EKS)
+    node.ip(&["route", "add", "10.96.0.0/12", "dev", "eth0"])
+        .unwrap();
+    let dnat = format!("{ip}:8080");
+    let rule = [
+        "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", SERVICE_IP, "--dport", "80",
+    ];
+    let added = node
+        .command("iptables", &rule)
+        .args(["-j", "DNAT", "--to-destination", &dnat])
+        .status()
+        .unwrap();
+    assert!(added.success(), "iptables DNAT");
+    let r = mesh
+        .cluster
+        .curl("intruder", &[&format!("http://{SERVICE_IP}/secret")])
+        .unwrap();
+    findings.check(
+        "1 same-node through a Service address",
+        r.status.is_none() && matches!(r.exit_code, Some(52 | 55 | 56)),
+        &r,
+    );
     findings.assert_none(&mesh);
 }
 
