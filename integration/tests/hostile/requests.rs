@@ -184,6 +184,18 @@ fn the_request_judged_is_the_request_forwarded() {
     );
     let refused = contains(&got, "bad request") && !contains(&got, "originalUrl");
     findings.check("4 HTTP/2 host vs :authority", refused, text(&got));
+    // duplicated and conflicting framing, in raw bytes
+    let raw =
+        |bytes: &[u8]| raw_exchange(&mesh, "curl-spire", &format!("{ip}:8080"), &[(NONE, bytes)]);
+    let got = raw(b"GET /x HTTP/1.1\r\nHost: public.example\r\nHost: admin.example\r\nConnection: close\r\n\r\n");
+    findings.check("4 two Host headers", contains(&got, " 400 "), text(&got));
+    let got = raw(b"POST /x HTTP/1.1\r\nHost: e\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n");
+    let smuggled = contains(&got, "\"originalUrl\":\"/admin\"");
+    findings.check(
+        "smuggled request behind Content-Length + chunked",
+        !smuggled,
+        text(&got),
+    );
 
     // 5: no spelling of a denied host escapes
     for host in ["admin.example:8080", "ADMIN.Example.", "admin.example.:80"] {
