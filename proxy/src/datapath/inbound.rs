@@ -152,14 +152,7 @@ fn connect(
     tunnel: &Tunnel,
     mut request: Request<Incoming>,
 ) -> Response<Empty<Bytes>> {
-    let Tunnel {
-        peer,
-        pod,
-        target: tunnel_target,
-        client,
-        local,
-    } = tunnel;
-    let (tunnel_target, client) = (*tunnel_target, *client);
+    let (peer, pod, client) = (&tunnel.peer, &tunnel.pod, tunnel.client);
     let status = |code: StatusCode| {
         let mut response = Response::new(Empty::new());
         *response.status_mut() = code;
@@ -176,11 +169,11 @@ fn connect(
         return status(StatusCode::BAD_REQUEST);
     };
     // a tunnel terminates for the one pod whose certificate it was shown
-    if destination.ip() != tunnel_target.ip() || shared.is_own_port(destination.port()) {
+    if destination.ip() != tunnel.target.ip() || shared.is_own_port(destination.port()) {
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
         return status(StatusCode::BAD_REQUEST);
     }
-    let source = stream_source(shared, peer, &request, client, *local);
+    let source = stream_source(shared, peer, &request, client, tunnel.local);
     let stream = InboundStream {
         peer: Some(peer.clone()),
         source,

@@ -112,7 +112,7 @@ async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, ta
 }
 
 /// Bytes that leave the mesh (or meet STRICT on another node) as they are. The
-/// socket carries [`PASSTHROUGH_MARK`]: capture rejects it on the way to a pod of
+/// socket carries [`PASSTHROUGH_MARK`]: capture drops it on the way to a pod of
 /// this node, so a passthrough can never skip a local pod's inbound checks.
 async fn passthrough(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
     let mark = shared.mark | PASSTHROUGH_MARK;
