@@ -97,6 +97,8 @@ fn the_talk_across_nodes_and_on_one_node() {
     // the talk's step 1, the namespace default-deny, still 403
     mesh.apply_policy("01-default-deny", &example("01-default-deny"))
         .unwrap();
+    mesh.wait_for_policy_count(1).unwrap();
+    status(&mesh, "curl-spire", &[&url("/")], 403).unwrap();
     // step 2: ALLOW the caller's principal -> 200, XFCC naming both identities,
     // even when the client tries to smuggle its own
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
@@ -423,6 +425,14 @@ fn permissive_plaintext_is_a_request_without_principal() {
         headers.get("x-forwarded-client-cert").is_none(),
         "{headers}"
     );
-    // a principal-only policy never matches plaintext
-    status(&mesh, "curl", &[&url("/private")], 403).unwrap();
+    // a principal-only policy never matches plaintext: any identity may call
+    // /private, and plaintext has none
+    mesh.apply_policy(
+        "any-identity",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: any-identity, namespace: echoserver}\nspec:\n  rules:\n  - from: [{source: {principals: [\"*\"]}}]\n    to: [{operation: {paths: [\"/private\"]}}]\n",
+    )
+    .unwrap();
+    mesh.wait_for_policy_count(2).unwrap();
+    let r = status(&mesh, "curl", &[&url("/private")], 403).unwrap();
+    assert_eq!(r.body, "RBAC: access denied");
 }
