@@ -8,7 +8,7 @@ use std::time::Duration;
 mod support;
 
 use meshward_integration::{Mesh, PodSpec, available_or_skip};
-use support::{TD, curl_spire, echo_mesh, eventually, example, status, tcp_echo};
+use support::{TD, curl_spire, echo_mesh, eventually, example, node_metric, status, tcp_echo};
 
 /// A TCP exchange from a pod: send `ping`, return what came back (empty: closed
 /// without a byte).
@@ -78,9 +78,17 @@ fn the_talk_across_nodes_and_on_one_node() {
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
 
-    // a pod without identity: plaintext, refused by the destination node (STRICT)
+    // a pod without identity: plaintext, refused by the destination node (STRICT):
+    // a reset, as the README says, counted and logged there
+    let refused = |node| node_metric(&mesh, node, "meshward_plaintext_refused_total", &[]);
+    let before = refused("node-2");
     let r = mesh.cluster.curl("curl", &[&url("/")]).unwrap();
     assert_eq!(r.status, None, "no identity must get no answer: {r:?}");
+    // node-1's daemon accepts for the destination, then resets once node-2 refused;
+    // curl meets that reset in its connect (7) or after its request (52, 56). The
+    // count at node-2 says the refusal was STRICT's, not a port nobody listens on.
+    assert!(matches!(r.exit_code, Some(7 | 52 | 56)), "a reset: {r:?}");
+    assert_eq!(refused("node-2") - before, 1.0);
     assert!(
         mesh.daemon_log("node-2").contains("refused: plaintext"),
         "{}",
@@ -175,12 +183,28 @@ fn the_talk_across_nodes_and_on_one_node() {
     .unwrap();
     // plaintext bytes straight at the HBONE port: the handshake fails, the
     // connection closes (no hang, no answer)
+    let failed = || {
+        let labels = ["direction=\"inbound\""];
+        node_metric(
+            &mesh,
+            "node-2",
+            "meshward_tls_handshake_failures_total",
+            &labels,
+        )
+    };
+    let before = failed();
     let r = mesh
         .cluster
         .curl("curl", &[&format!("http://{ip}:15008/")])
         .unwrap();
     assert_eq!(r.status, None, "{r:?}");
-    assert_ne!(r.exit_code, Some(28), "must not hang: {r:?}");
+    // rustls answers bytes that are not a ClientHello with an alert (curl: "HTTP/0.9",
+    // exit 1) and closes; never a hang (28), never an HTTP answer
+    assert!(
+        matches!(r.exit_code, Some(1 | 52 | 56)),
+        "a close, no hang: {r:?}"
+    );
+    assert_eq!(failed() - before, 1.0);
 
     // a broken policy file is refused; the set in force stays
     mesh.apply_policy("99-broken", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: echoserver}\nspec:\n  action: MAYBE\n").unwrap();

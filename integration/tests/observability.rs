@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use meshward_integration::{Mesh, available_or_skip, exec, meshward_binary};
-use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+use support::{TD, curl_spire, echo_mesh, eventually, example, sample, status};
 
 /// A GET from inside a node's namespace: (curl exit code, body).
 fn node_get(mesh: &Mesh, node: &str, url: &str) -> (Option<i32>, String) {
@@ -20,16 +20,6 @@ fn node_get(mesh: &Mesh, node: &str, url: &str) -> (Option<i32>, String) {
     )
     .unwrap();
     (out.code, out.stdout)
-}
-
-/// The value of the first sample whose line starts with `name{` and has every label.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

@@ -145,3 +145,23 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// The sum of the samples whose line starts with `name{` (or `name `) and has every
+/// label given.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One sample of a node daemon's metrics (`metrics_listen`, 15020).
+pub fn node_metric(mesh: &Mesh, node: &str, name: &str, labels: &[&str]) -> f64 {
+    let ns = mesh.cluster.node(node).unwrap().netns();
+    let url = "http://127.0.0.1:15020/stats/prometheus";
+    let args = ["-sS", "--max-time", "5", url];
+    let out = meshward_integration::exec(ns, "curl", &args, Duration::from_secs(10)).unwrap();
+    sample(&out.stdout, name, labels)
+}
