@@ -10,17 +10,49 @@ mod support;
 use meshward_integration::{Mesh, PodSpec, available_or_skip};
 use support::{TD, curl_spire, echo_mesh, eventually, example, node_metric, status, tcp_echo};
 
-/// A TCP exchange from a pod: send `ping`, return what came back (empty: closed
-/// without a byte).
-fn tcp_ping(mesh: &Mesh, pod: &str, addr: &str) -> String {
+/// How a TCP exchange from a pod ended: what came back, and whether the stream
+/// ended with a close, a reset or a timeout, and when.
+struct TcpOutcome {
+    data: String,
+    end: String,
+    seconds: f64,
+}
+
+/// A TCP exchange from a pod: send `ping`, read until the stream ends (5 s at most).
+fn tcp_ping(mesh: &Mesh, pod: &str, addr: &str) -> TcpOutcome {
     let (ip, port) = addr.split_once(':').unwrap();
     let script = format!(
-        "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=5)\ns.sendall(b'ping')\ns.shutdown(socket.SHUT_WR)\ndata=b''\ntry:\n  while True:\n    b=s.recv(100)\n    if not b: break\n    data+=b\nexcept OSError:\n  pass\nprint(data.decode(), end='')\n"
+        r"import socket,time
+t=time.monotonic()
+data=b''
+end='closed'
+try:
+  s=socket.create_connection(('{ip}',{port}),timeout=5)
+  s.sendall(b'ping')
+  s.shutdown(socket.SHUT_WR)
+  while True:
+    b=s.recv(100)
+    if not b: break
+    data+=b
+except ConnectionResetError: end='reset'
+except socket.timeout: end='timeout'
+except OSError as e: end='error: '+str(e)
+print(end, time.monotonic()-t)
+print(data.decode(), end='')
+"
     );
-    mesh.cluster
+    let out = mesh
+        .cluster
         .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(20))
         .unwrap()
-        .stdout
+        .stdout;
+    let (first, data) = out.split_once('\n').unwrap_or((&out, ""));
+    let (end, seconds) = first.rsplit_once(' ').unwrap_or((first, "0"));
+    TcpOutcome {
+        data: data.to_owned(),
+        end: end.to_owned(),
+        seconds: seconds.parse().unwrap_or(f64::MAX),
+    }
 }
 
 /// An HTTP/1.1 upgrade (a WebSocket handshake) from a pod to the echoserver on
@@ -72,7 +104,9 @@ fn the_talk_across_nodes_and_on_one_node() {
                 "node-2",
                 PodSpec::new("neighbour").service_account("neighbour"),
                 true,
-            );
+            )
+            // judged before the tunnel opens (as ztunnel), so a refusal is a reset
+            .proxy_yaml("inbound:\n  ports: {9000: tcp}\n");
     });
     let _tcp = tcp_echo(&mesh);
     let ip = mesh.pod_ip("echoserver").unwrap();
@@ -206,10 +240,19 @@ fn the_talk_across_nodes_and_on_one_node() {
     );
     assert_eq!(failed() - before, 1.0);
 
-    // a broken policy file is refused; the set in force stays
+    // a broken policy file is refused with everything that changed beside it: a
+    // valid policy added in the same change (GET /list allowed) takes no effect
+    let failed_reloads = || {
+        let labels = ["result=\"failed\""];
+        node_metric(&mesh, "node-2", "meshward_policy_reloads_total", &labels)
+    };
+    let before = failed_reloads();
     mesh.apply_policy("99-broken", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: echoserver}\nspec:\n  action: MAYBE\n").unwrap();
+    let allow_list = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-list, namespace: echoserver}\nspec:\n  rules:\n  - to: [{operation: {methods: [\"GET\"], paths: [\"/list\"]}}]\n";
+    mesh.apply_policy("98-allow-list", allow_list).unwrap();
     eventually(&mesh, "the broken file is reported", || {
-        if mesh.daemon_log("node-2").contains("policy change refused") {
+        if mesh.daemon_log("node-2").contains("policy change refused") && failed_reloads() > before
+        {
             Ok(())
         } else {
             Err("not yet".to_owned())
@@ -223,7 +266,13 @@ fn the_talk_across_nodes_and_on_one_node() {
     )
     .unwrap();
     status(&mesh, "curl-spire", &[&url("/list")], 403).unwrap();
+    // the broken file gone, the valid one loads: it was the broken one that held it
     mesh.delete_policy("99-broken").unwrap();
+    eventually(&mesh, "the valid change loads", || {
+        status(&mesh, "curl-spire", &[&url("/list")], 200)
+    });
+    mesh.delete_policy("98-allow-list").unwrap();
+    mesh.wait_for_policy_count(2).unwrap();
 
     // same node: the neighbour goes through the same mTLS and policy
     let r = status(&mesh, "neighbour", &[&url("/list")], 403).unwrap();
@@ -247,14 +296,32 @@ fn the_talk_across_nodes_and_on_one_node() {
         "{xfcc}"
     );
 
-    // plain TCP: authorized once per connection; refused = closed without a byte
+    // plain TCP on a port declared tcp: authorized once per connection, before the
+    // tunnel opens; refused = reset without a byte, at once, logged by node-2
     let tcp = format!("{ip}:9000");
+    let refused = tcp_ping(&mesh, "curl-spire", &tcp);
     assert_eq!(
-        tcp_ping(&mesh, "curl-spire", &tcp),
-        "",
-        "TCP must be refused for curl-spire"
+        (refused.data.as_str(), refused.end.as_str()),
+        ("", "reset"),
+        "TCP must be refused for curl-spire with a reset"
     );
-    assert_eq!(tcp_ping(&mesh, "neighbour", &tcp), "ping");
+    assert!(
+        refused.seconds < 2.0,
+        "a reset at once, not a wait: {}",
+        refused.seconds
+    );
+    let denied = mesh.daemon_log("node-2").lines().any(|l| {
+        l.contains("connection complete: denied")
+            && l.contains("sa/curl-spire")
+            && l.contains("dst_addr=")
+            && l.contains(":9000")
+    });
+    assert!(denied, "{}", mesh.logs());
+    let allowed = tcp_ping(&mesh, "neighbour", &tcp);
+    assert_eq!(
+        (allowed.data.as_str(), allowed.end.as_str()),
+        ("ping", "closed")
+    );
 
     // HTTP/2 (prior knowledge) through the mesh, and gRPC's refusal
     let out = mesh
