@@ -43,7 +43,8 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     let pod_ip = mesh.pod_ip("echoserver").unwrap().to_string();
     api.apply_service(json!({
         "metadata": {"name": "echoserver", "namespace": "echoserver"},
-        "spec": {"clusterIP": CLUSTER_IP, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        // a target port by name, unlike the slice's number: mapped by the port's name
+        "spec": {"clusterIP": CLUSTER_IP, "ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
     }));
     api.apply_endpoint_slice(json!({
         "metadata": {"name": "echoserver-x1", "namespace": "echoserver",

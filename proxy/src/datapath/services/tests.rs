@@ -11,7 +11,8 @@ fn echoserver_service() -> Value {
         "spec": {
             "clusterIP": "10.100.0.10", "clusterIPs": ["10.100.0.10"],
             "ports": [
-                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                // a named target port: the slice holds the number, found by port name
+                {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"},
                 {"name": "dns", "port": 53, "protocol": "UDP"},
             ],
         },
