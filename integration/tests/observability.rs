@@ -56,6 +56,26 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         "istio_requests_total",
         &[&ok, "response_code=\"403\""],
     );
+    let decisions = |metrics: &str, decision: &str| {
+        let decision = format!("decision=\"{decision}\"");
+        sample(
+            metrics,
+            "meshward_authz_decisions_total",
+            &["layer=\"l7\"", &decision],
+        )
+    };
+    let (allow_before, deny_before) = (decisions(&before, "allow"), decisions(&before, "deny"));
+    let source_before = metrics("node-1");
+    let tunnels_before = sample(
+        &source_before,
+        "meshward_hbone_connections_opened_total",
+        &[],
+    );
+    let streams_before = sample(
+        &source_before,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"source\"", &ok],
+    );
 
     for _ in 0..3 {
         status(
@@ -86,6 +106,8 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         ) - denied_before,
         1.0
     );
+    assert_eq!(decisions(&after, "allow") - allow_before, 3.0, "{after}");
+    assert_eq!(decisions(&after, "deny") - deny_before, 1.0, "{after}");
     assert!(
         sample(
             &after,
@@ -105,19 +127,17 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         &["/ns/echoserver/sa/default"],
     );
     assert!(left > 60.0 && left <= 3600.0, "seconds to expiry: {left}");
+    // four connections from curl-spire, four streams, all in the one pooled tunnel
     let source = metrics("node-1");
-    assert!(
-        sample(&source, "meshward_hbone_connections_opened_total", &[]) >= 1.0,
-        "{source}"
+    let tunnels = sample(&source, "meshward_hbone_connections_opened_total", &[]);
+    assert!(tunnels_before >= 1.0, "{source_before}");
+    assert_eq!(tunnels - tunnels_before, 0.0, "{source}");
+    let streams = sample(
+        &source,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"source\"", &ok],
     );
-    assert!(
-        sample(
-            &source,
-            "istio_tcp_connections_opened_total",
-            &["reporter=\"source\"", &ok]
-        ) >= 4.0,
-        "{source}"
-    );
+    assert_eq!(streams - streams_before, 4.0, "{source}");
 
     // the access log: one line per request, both identities, decision, policy
     let log = mesh.daemon_log("node-2");
@@ -141,10 +161,14 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         assert!(allowed.contains(&want), "{want} missing in {allowed}");
     }
     let denied = line("/list", "403");
-    assert!(
-        denied.contains("decision=\"deny\"") && denied.contains("no ALLOW policy matched"),
-        "{denied}"
-    );
+    for want in [
+        format!("src_principal=\"spiffe://{TD}/ns/default/sa/curl-spire\""),
+        format!("dst_principal=\"spiffe://{TD}/ns/echoserver/sa/default\""),
+        "decision=\"deny\"".to_owned(),
+        "no ALLOW policy matched".to_owned(),
+    ] {
+        assert!(denied.contains(&want), "{want} missing in {denied}");
+    }
 
     // admin: on the node's loopback only
     let (code, workloads) = node_get(&mesh, "node-2", "http://127.0.0.1:15000/workloads");
@@ -180,6 +204,15 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     );
     assert!(why.contains("denied: no ALLOW policy matched"), "{why}");
     assert!(why.contains("echoserver/allow-payment-only"), "{why}");
+    // and an allowed one: an explainer that always said "denied" would fail here
+    let (_, why) = node_get(
+        &mesh,
+        "node-2",
+        &format!(
+            "http://127.0.0.1:15000/explain?pod=echoserver&principal=spiffe://{TD}/ns/default/sa/curl-spire&method=POST&path=/api/payment&port=8080"
+        ),
+    );
+    assert!(why.contains("allowed") && !why.contains("denied"), "{why}");
 
     // log levels change at runtime
     let ns = mesh.cluster.node("node-2").unwrap().netns();
@@ -198,6 +231,34 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     assert_eq!(out.stdout.trim(), "info,access=off", "{}", out.stderr);
     let now = node_get(&mesh, "node-2", "http://127.0.0.1:15000/logging").1;
     assert!(now.contains("access=off") && now.contains("info"), "{now}");
+    // and really: a refused request leaves no access line, until access is back on
+    let access_lines = || {
+        let log = mesh.daemon_log("node-2");
+        log.lines()
+            .filter(|l| l.contains(" access: ") && l.contains("path=\"/quiet\""))
+            .count()
+    };
+    status(&mesh, "curl-spire", &[&url("/quiet")], 403).unwrap();
+    assert_eq!(access_lines(), 0);
+    let set = |level: &str| {
+        let url = format!("http://127.0.0.1:15000/logging?level={level}");
+        exec(
+            ns,
+            "curl",
+            &["-sS", "-X", "POST", &url],
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    set("info,access=debug");
+    status(&mesh, "curl-spire", &[&url("/quiet")], 403).unwrap();
+    eventually(&mesh, "the access line is back", || {
+        if access_lines() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{} lines", access_lines()))
+        }
+    });
 
     // `meshward proxy status` reads the same
     let bin = meshward_binary().unwrap();
