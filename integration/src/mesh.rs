@@ -152,6 +152,8 @@ pub struct Mesh {
     trust_domain: String,
     policy_dir: PathBuf,
     admin_socket: PathBuf,
+    /// The daemons' `RUST_LOG`.
+    log: String,
 }
 
 impl Mesh {
@@ -202,6 +204,7 @@ impl Mesh {
         )?;
         let mut mesh = Self {
             daemons: BTreeMap::new(),
+            log: spec.log.clone(),
             issuer,
             cluster,
             bin: bin.to_owned(),
@@ -277,14 +280,7 @@ impl Mesh {
                     spec.proxy_yaml,
                 ),
             )?;
-            let daemon = Process::spawn(
-                mesh.cluster.node(node)?.netns(),
-                &format!("{node}-proxy"),
-                &path_str(bin),
-                &["proxy", "run", "-c", &path_str(&config)],
-                &[("RUST_LOG", spec.log.as_str())],
-                &dir,
-            )?;
+            let daemon = mesh.spawn_daemon(node)?;
             mesh.daemons.insert(node.clone(), daemon);
         }
         for node in &spec.nodes {
@@ -390,6 +386,26 @@ impl Mesh {
     /// The `proxy.yaml` a node's daemon runs with.
     pub fn node_config(&self, node: &str) -> PathBuf {
         self.cluster.log_dir().join(format!("{node}-proxy.yaml"))
+    }
+
+    /// `meshward proxy run` on `node` with its `proxy.yaml`.
+    fn spawn_daemon(&self, node: &str) -> Result<Process> {
+        Process::spawn(
+            self.cluster.node(node)?.netns(),
+            &format!("{node}-proxy"),
+            &path_str(&self.bin),
+            &["proxy", "run", "-c", &path_str(&self.node_config(node))],
+            &[("RUST_LOG", self.log.as_str())],
+            self.cluster.log_dir(),
+        )
+    }
+
+    /// Starts a node's daemon again (after [`Mesh::stop_daemon`]), as a restart or
+    /// an upgrade does, and waits until it is ready. Its log starts afresh.
+    pub fn start_daemon(&mut self, node: &str) -> Result<()> {
+        let daemon = self.spawn_daemon(node)?;
+        self.daemons.insert(node.to_owned(), daemon);
+        self.wait_ready(node)
     }
 
     /// Stops a node's daemon (SIGTERM, as the kubelet stops a pod); its exit status.

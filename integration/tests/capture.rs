@@ -54,6 +54,20 @@ fn capture_listener(
     })
 }
 
+/// Every table's rules (`iptables-save`).
+fn all_rules(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.command("iptables-save", &[]).run().unwrap().stdout).into_owned()
+}
+
+/// The jumps capture adds to built-in chains, each expected exactly once.
+const JUMPS: [&str; 5] = [
+    "-j MESHWARD_PREROUTING",
+    "-j MESHWARD_OUTPUT",
+    "-j MESHWARD_DIVERT",
+    "-j MESHWARD_REPLIES",
+    "-j MESHWARD_GUARD",
+];
+
 fn nat_rules(ns: &Netns) -> String {
     String::from_utf8_lossy(
         &ns.command("iptables-save", &["-t", "nat"])
@@ -90,14 +104,13 @@ fn pod_traffic_is_captured_and_the_original_destination_recovered() {
         .unwrap()
     };
     capture("--install");
-    capture("--install"); // idempotent
-    let rules = nat_rules(node);
-    assert_eq!(
-        rules.matches("-j MESHWARD_PREROUTING").count(),
-        1,
-        "{rules}"
-    );
-    assert_eq!(rules.matches("-j MESHWARD_OUTPUT").count(), 1, "{rules}");
+    capture("--install"); // idempotent, in every table and in the policy routing
+    let rules = all_rules(node);
+    for jump in JUMPS {
+        assert_eq!(rules.matches(jump).count(), 1, "{jump}:\n{rules}");
+    }
+    let ip_rules = node.ip(&["rule"]).unwrap();
+    assert_eq!(ip_rules.matches("lookup 1337").count(), 1, "{ip_rules}");
 
     // outbound: pod a -> pod b on node-2 lands on 15001 of node-1
     let outbound = capture_listener(node, 15001, true);
@@ -123,16 +136,8 @@ fn pod_traffic_is_captured_and_the_original_destination_recovered() {
 
     // removed: the plain path is back (nothing listens on b:8080, so refused)
     capture("--remove");
-    assert!(!nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
-    let mangle = String::from_utf8_lossy(
-        &node
-            .command("iptables-save", &["-t", "mangle"])
-            .run()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    assert!(!mangle.contains("MESHWARD"), "{mangle}");
+    assert!(!all_rules(node).contains("MESHWARD"), "{}", all_rules(node));
+    assert!(!node.ip(&["rule"]).unwrap().contains("lookup 1337"));
     let r = c.curl("a", &[&format!("http://{b}:8080/x")]).unwrap();
     assert_eq!(r.exit_code, Some(7), "{r:?}");
 }
@@ -185,14 +190,46 @@ fn a_stopped_daemon_with_on_exit_keep_fails_closed() {
     };
     let (mut mesh, _echo, url) = echo_mesh_with_callers("  on_exit: keep\n");
     let config = mesh.node_config("node-2");
+    // somewhere the echoserver pod can reach when nothing captures it: the issuer
+    let issuer = format!("http://{}:8081/", mesh.cluster.host("issuer").unwrap().ip());
     stop_node_2(&mut mesh);
-    let node = mesh.cluster.node("node-2").unwrap().netns();
-    assert!(nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    let node_2_rules = |mesh: &Mesh| all_rules(mesh.cluster.node("node-2").unwrap().netns());
+    let rules = node_2_rules(&mesh);
+    for jump in JUMPS {
+        assert_eq!(rules.matches(jump).count(), 1, "{jump} kept:\n{rules}");
+    }
+    assert!(rules.contains("-j TPROXY --on-port 15001"), "{rules}");
     // neither the meshed caller nor plaintext reaches the pod while no daemon runs
     for pod in ["curl-spire", "curl"] {
         let r = mesh.cluster.curl(pod, &["--max-time", "3", &url]).unwrap();
         assert_eq!(r.status, None, "{pod}: {r:?}");
     }
+    // and the node's own pods cannot leave: their TCP goes to a port no one holds
+    let out = mesh
+        .cluster
+        .curl("echoserver", &["--max-time", "3", &issuer])
+        .unwrap();
+    // (TPROXY drops what no socket takes: unanswered, the README's "refused or
+    // unanswered")
+    assert!(
+        out.status.is_none() && matches!(out.exit_code, Some(7 | 28)),
+        "outbound must fail closed: {out:?}"
+    );
+    // a daemon starting over the kept rules takes them as they are, and serves
+    mesh.start_daemon("node-2").unwrap();
+    eventually(&mesh, "served again after the restart", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let rules = node_2_rules(&mesh);
+    for jump in JUMPS {
+        assert_eq!(
+            rules.matches(jump).count(),
+            1,
+            "{jump} after restart:\n{rules}"
+        );
+    }
+    stop_node_2(&mut mesh);
+    let node = mesh.cluster.node("node-2").unwrap().netns();
     // uninstalling: `proxy capture --remove` takes the rules away
     node.command(
         meshward_binary().unwrap().to_str().unwrap(),
@@ -206,7 +243,15 @@ fn a_stopped_daemon_with_on_exit_keep_fails_closed() {
     )
     .run()
     .unwrap();
-    assert!(!nat_rules(node).contains("MESHWARD"), "{}", nat_rules(node));
+    assert!(!all_rules(node).contains("MESHWARD"), "{}", all_rules(node));
     let r = mesh.cluster.curl("curl", &[&url]).unwrap();
     assert_eq!(r.status, Some(200), "{r:?}");
+    let out = mesh
+        .cluster
+        .curl("echoserver", &["--max-time", "3", &issuer])
+        .unwrap();
+    assert!(
+        !matches!(out.exit_code, Some(7 | 28)),
+        "outbound is plain again: {out:?}"
+    );
 }
