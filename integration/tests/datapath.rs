@@ -62,7 +62,7 @@ fn upgrade_ping(mesh: &Mesh, pod: &str, ip: std::net::IpAddr) -> Vec<String> {
     let script = format!(
         r"import socket
 s=socket.create_connection(('{ip}',8080),timeout=5)
-s.sendall(b'GET /ws HTTP/1.1\r\nHost: echoserver\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: echoserver\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-forwarded-client-cert: URI=spiffe://evil/x\r\n\r\n')
 data=b''
 def more():
   global data
@@ -374,8 +374,10 @@ fn the_talk_across_nodes_and_on_one_node() {
     let lines = upgrade_ping(&mesh, "neighbour", ip);
     assert_eq!(lines.len(), 3, "{lines:?}\n{}", mesh.logs());
     assert!(lines[0].starts_with("HTTP/1.1 101"), "{lines:?}");
+    // the handshake carried a forged XFCC: the pod saw meshward's only
     assert!(
-        lines[1].ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/neighbour")),
+        lines[1].ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/neighbour"))
+            && !lines[1].contains("evil"),
         "{lines:?}"
     );
     assert_eq!(lines[2], "ping");

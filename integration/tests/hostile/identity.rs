@@ -101,6 +101,33 @@ fn hand_made_certificates_and_forged_addresses() {
     let logged = mesh.daemon_log("node-2").contains("not an X509-SVID");
     findings.check("10 refusal logged", logged, "no handshake failure line");
 
+    // a trust domain the mesh has no bundle for, though the mesh's CA signed it
+    let foreign = LeafSpec::svid("spiffe://evil.example/ns/default/sa/curl-spire");
+    let outcome = open(&foreign, &[], "/any-identity");
+    findings.check(
+        "untrusted trust domain",
+        matches!(outcome, Tunnel::Refused(_)),
+        outcome,
+    );
+    // a CONNECT naming another pod than the one whose certificate the tunnel showed
+    let credentials = mint_leaf(&ca, &valid).unwrap();
+    let elsewhere = std::net::SocketAddr::new(curl_ip, 8080);
+    let outcome = tunnel(
+        node,
+        peer,
+        elsewhere,
+        &[],
+        &credentials,
+        b"",
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    findings.check(
+        "CONNECT to another pod",
+        outcome == Tunnel::Status(400),
+        outcome,
+    );
+
     // 9: a valid SVID claiming curl-spire's address is judged by its own
     let claim = format!("for=\"{curl_ip}:40000\"");
     let outcome = open(&valid, &[("forwarded", &claim)], "/from-curl-spire");

@@ -191,6 +191,22 @@ fn the_request_judged_is_the_request_forwarded() {
     findings.check("4 two Host headers", contains(&got, " 400 "), text(&got));
     let got = raw(b"POST /x HTTP/1.1\r\nHost: e\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n");
     let smuggled = contains(&got, "\"originalUrl\":\"/admin\"");
+    // an h2c upgrade is not forwarded: the request is answered as HTTP/1.1, and the
+    // pod never sees the upgrade asked (later requests would escape per-request policy)
+    let got = raw(b"GET /x HTTP/1.1\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nConnection: close\r\n\r\n");
+    let upgraded = contains(&got, " 101 ") || contains(&got, "h2c");
+    findings.check(
+        "h2c upgrade dropped",
+        contains(&got, " 200 ") && !upgraded,
+        text(&got),
+    );
+    // a head past limits.max_header_bytes (64 KiB): refused whole, never cut short
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: e\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(70 * 1024)
+    );
+    let got = raw(big.as_bytes());
+    findings.check("oversized head", contains(&got, " 431 "), text(&got));
     findings.check(
         "smuggled request behind Content-Length + chunked",
         !smuggled,

@@ -80,18 +80,26 @@ pub fn curl_spire() -> PodSpec {
 /// sleeping `pause`; then everything that comes back until the peer closes (or 8 s
 /// of silence). Empty: refused or closed without a byte.
 pub fn raw_exchange(mesh: &Mesh, pod: &str, addr: &str, parts: &[(Duration, &[u8])]) -> Vec<u8> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
     let (ip, port) = addr.rsplit_once(':').unwrap();
+    // the bytes go through a file: an argument holds at most 128 KiB
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let parts = parts
+    let lines: String = parts
         .iter()
-        .map(|(pause, bytes)| format!("({},bytes.fromhex('{}'))", pause.as_secs_f64(), hex(bytes)))
-        .collect::<Vec<_>>()
-        .join(",");
+        .map(|(pause, bytes)| format!("{} {}\n", pause.as_secs_f64(), hex(bytes)))
+        .collect();
+    let file = mesh
+        .cluster
+        .log_dir()
+        .join(format!("raw-{}.txt", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&file, lines).unwrap();
     let script = format!(
         r"import socket,sys,time
+parts=[(float(p),bytes.fromhex(h)) for p,h in (l.rstrip('\n').split(' ') for l in open('{}'))]
 s=socket.create_connection(('{ip}',{port}),timeout=8)
 try:
-  for pause,data in [{parts}]:
+  for pause,data in parts:
     time.sleep(pause)
     s.sendall(data)
 except OSError:
@@ -105,7 +113,8 @@ try:
 except OSError:
   pass
 sys.stdout.write(got.hex())
-"
+",
+        file.display()
     );
     let out = mesh
         .cluster
