@@ -209,3 +209,52 @@ fn explain_reads_a_json_request_too() {
         "{stdout}"
     );
 }
+
+/// `eval` and `explain` run the same engine through different code (a decision,
+/// and every rule's near miss): on every request of the talk, under two policy
+/// sets, they must agree.
+#[test]
+fn eval_and_explain_agree_on_every_request() {
+    let talk = std::fs::read_to_string(examples().join("requests/talk.jsonl")).unwrap();
+    let policies = examples().join("policies");
+    let sets = [
+        vec![policies.clone()],
+        vec![
+            policies.join("01-default-deny.yaml"),
+            policies.join("03-allow-payment-only.yaml"),
+        ],
+    ];
+    for set in &sets {
+        let mut flags: Vec<&str> = Vec::new();
+        for path in set {
+            flags.extend(["--policies", path.to_str().unwrap()]);
+        }
+        let mut eval = vec!["policy", "eval"];
+        eval.extend(&flags);
+        eval.extend(["--trust-domain", "math.example.com", "--requests", "-"]);
+        let out = meshward(&eval, Some(&talk));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let decisions = text(&out.stdout);
+        let mut checked = 0;
+        for (line, decision) in talk.lines().zip(decisions.lines()) {
+            let decision: serde_json::Value = serde_json::from_str(decision).unwrap();
+            let mut explain = vec!["policy", "explain"];
+            explain.extend(&flags);
+            explain.extend(["--trust-domain", "math.example.com", "--request", "-"]);
+            let out = meshward(&explain, Some(line));
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            let explained = text(&out.stdout);
+            let want = match decision["decision"].as_str() {
+                Some("allow") => "decision: allowed",
+                Some("deny") => "decision: denied",
+                other => panic!("{other:?}"),
+            };
+            assert!(
+                explained.contains(want),
+                "{set:?} {line}\neval: {decision}\nexplain: {explained}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, talk.lines().count());
+    }
+}
