@@ -319,6 +319,22 @@ fn the_crd_fixtures_load_as_the_crd_admits_them() {
             path.display(),
             report.errors
         );
+        // refused for the reason the fixture names: the quoted name or the value
+        // in its `# expect:` line (the CRD's wording) appears in the engine's error
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .unwrap();
+        let first = expect.split_whitespace().next().unwrap();
+        let culprit = first.trim_matches('\'');
+        let error = report.errors[0].to_string();
+        assert!(
+            error.contains(culprit),
+            "{}: want {culprit:?} in {error}",
+            path.display()
+        );
         refused += 1;
     }
     assert_eq!(
