@@ -235,9 +235,27 @@ fn pods_get_exactly_their_identity_from_the_node_agent() {
         )
         .unwrap();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    for file in ["svid.0.pem", "svid.0.key", "bundle.0.pem"] {
-        assert!(written.join(file).exists(), "{file}");
-    }
+    // and they are what they say: a chain to the bundle for curl-spire's ID, and
+    // the key the leaf was made for
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = |file: &str| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(written.join(file))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let (chain, bundle) = (pem("svid.0.pem"), pem("bundle.0.pem"));
+    let id = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    meshward_test_support::check_x509_svid(&chain, &bundle, &id, std::time::SystemTime::now())
+        .unwrap();
+    let key = std::fs::read_to_string(written.join("svid.0.key")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    assert!(
+        chain[0].windows(spki.len()).any(|w| w == spki.as_slice()),
+        "svid.0.key is not the leaf's key"
+    );
 
     // py-spiffe, in the pod, gets the same identity and a JWT-SVID the API validates
     if python_has_spiffe() {

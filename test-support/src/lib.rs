@@ -3,6 +3,8 @@
 //! - [`check_x509_svid`]: the whole X509-SVID profile (X509-SVID.md) plus meshward's
 //!   own stricter choices, and RFC 5280 path validation to a bundle (webpki).
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
+//! - [`verify_jwt_svid`]: a JWT-SVID checked against a bundle's JWKS, as a relying
+//!   party would.
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
@@ -12,12 +14,14 @@
 
 pub mod daemon;
 pub mod issuer;
+mod jwt_svid;
 pub mod kube_api;
 pub mod postgres;
 pub mod tcp_proxy;
 
 use std::time::{Duration, SystemTime};
 
+pub use jwt_svid::verify_jwt_svid;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};

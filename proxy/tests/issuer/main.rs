@@ -14,6 +14,7 @@ use meshward_issuer::proto;
 use meshward_test_support::daemon::{free_port, http_get};
 use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 use meshward_test_support::postgres::TestDatabase;
+use meshward_test_support::verify_jwt_svid;
 use meshward_test_support::{check_x509_svid, p256_csr};
 use meshward_tls::CertStore;
 

@@ -48,13 +48,27 @@ async fn scenario(datastore_url: &str, dir: &Path) {
     // both attempts, in the issuer's metrics
     let (status, metrics) = http_get(issuer.health, "/metrics").unwrap();
     assert_eq!(status, 200);
-    for want in [
-        "meshward_issuer_attestations_total{method=\"join_token\",result=\"ok\"}",
-        "meshward_issuer_attestations_total{method=\"join_token\",result=\"permission_denied\"}",
-        "meshward_issuer_svids_signed_total{type=\"x509\"}",
-        "meshward_issuer_datastore_duration_seconds_count{operation=\"consume_join_token\"}",
+    // one attestation of each outcome, two X509-SVIDs signed (the issuer's own
+    // server SVID and the node's), two token lookups
+    for (want, value) in [
+        (
+            "meshward_issuer_attestations_total{method=\"join_token\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "meshward_issuer_attestations_total{method=\"join_token\",result=\"permission_denied\"}",
+            1.0,
+        ),
+        ("meshward_issuer_svids_signed_total{type=\"x509\"}", 2.0),
+        (
+            "meshward_issuer_datastore_duration_seconds_count{operation=\"consume_join_token\"}",
+            2.0,
+        ),
     ] {
-        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+        let got = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(want)?.trim().parse::<f64>().ok());
+        assert_eq!(got, Some(value), "{want}:\n{metrics}");
     }
 
     // without the node SVID, node calls are refused
@@ -153,13 +167,17 @@ async fn scenario(datastore_url: &str, dir: &Path) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(jwt.token.split('.').count(), 3);
     let bundles = client
         .get_bundles(proto::GetBundlesRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(bundles.own.unwrap().trust_domain, TD);
+    let own = bundles.own.unwrap();
+    assert_eq!(own.trust_domain, TD);
+    // the JWT-SVID verifies against the bundle's JWT keys, for its audience and ID
+    let subject = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    verify_jwt_svid(&jwt.token, &own.jwks, "payments", &subject).unwrap();
+    assert!(verify_jwt_svid(&jwt.token, &own.jwks, "other", &subject).is_err());
 
     // 3. a restart keeps entries, the node, and the CA (the node SVID still works)
     issuer.restart();
