@@ -127,18 +127,7 @@ async fn svids_survive_an_issuer_outage_and_renew_once_it_is_back() {
     let mut issuer = start_issuer(dir.path());
     let token = node_token(&issuer);
     // renewed at half its life: about every 5 s
-    issuer.cli_json(&[
-        "entry",
-        "create",
-        "-spiffeID",
-        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
-        "-parentID",
-        &format!("spiffe://{TD}/node/node-1"),
-        "-selector",
-        "k8s:sa:curl-spire",
-        "-x509SVIDTTL",
-        "10",
-    ]);
+    curl_spire_entry_with(&issuer, &["-x509SVIDTTL", "10"]);
     write_workloads(
         &dir.path().join("workloads.yaml"),
         vec![pod("curl", "default", "curl-spire", "10.40.1.2", &[])],

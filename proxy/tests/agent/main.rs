@@ -77,16 +77,25 @@ fn node_token(issuer: &IssuerProcess) -> String {
 
 /// An entry: pods with service account curl-spire on node-1 are `.../ns/default/sa/curl-spire`.
 fn curl_spire_entry(issuer: &IssuerProcess) {
-    issuer.cli_json(&[
+    curl_spire_entry_with(issuer, &[]);
+}
+
+/// [`curl_spire_entry`] with more `entry create` flags (e.g. `-x509SVIDTTL`).
+fn curl_spire_entry_with(issuer: &IssuerProcess, flags: &[&str]) {
+    let id = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    let parent = format!("spiffe://{TD}/node/node-1");
+    let mut args = vec![
         "entry",
         "create",
         "-spiffeID",
-        &format!("spiffe://{TD}/ns/default/sa/curl-spire"),
+        &id,
         "-parentID",
-        &format!("spiffe://{TD}/node/node-1"),
+        &parent,
         "-selector",
         "k8s:sa:curl-spire",
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    issuer.cli_json(&args);
 }
 
 /// Serves the Workload API for `handle` on `<dir>/agent.sock`; returns once the socket exists.
