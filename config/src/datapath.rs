@@ -82,6 +82,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// HTTP/2 streams on one HBONE connection (and the pool opens another past it).
     pub max_streams_per_connection: u32,
+    /// A pooled HBONE connection to another node with no stream for this long is
+    /// closed (ztunnel's pool release timeout).
+    #[serde(with = "crate::duration")]
+    pub pool_idle_timeout: Duration,
     /// Request header block, HTTP/1 and HTTP/2.
     pub max_header_bytes: usize,
 }
@@ -94,6 +98,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(3600),
             max_connections: 16_384,
             max_streams_per_connection: 100,
+            pool_idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
         }
     }
@@ -106,6 +111,7 @@ impl LimitsConfig {
             ("limits.connect_timeout", self.connect_timeout),
             ("limits.handshake_timeout", self.handshake_timeout),
             ("limits.idle_timeout", self.idle_timeout),
+            ("limits.pool_idle_timeout", self.pool_idle_timeout),
         ] {
             if value.is_zero() {
                 return invalid(field, "must be more than 0s");

@@ -68,14 +68,14 @@ impl NodeIdentity {
 /// only when it changed (every sync hands it over).
 pub(crate) struct NodeStore {
     dir: PathBuf,
-    saved_bundle: std::sync::Mutex<Vec<CertificateDer<'static>>>,
+    saved_bundle: parking_lot::Mutex<Vec<CertificateDer<'static>>>,
 }
 
 impl NodeStore {
     pub(crate) fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
-            saved_bundle: std::sync::Mutex::default(),
+            saved_bundle: parking_lot::Mutex::default(),
         }
     }
 
@@ -121,15 +121,13 @@ impl NodeStore {
         &self,
         certs: &[CertificateDer<'static>],
     ) -> Result<(), AgentError> {
-        if self.saved_bundle.lock().is_ok_and(|saved| *saved == certs) {
+        if *self.saved_bundle.lock() == certs {
             return Ok(());
         }
         let pem: String = certs.iter().map(|c| pem_encode(c)).collect();
         let dir = self.dir.clone();
         off_thread(move || write_private(&dir, "bundle.pem", pem.as_bytes(), 0o644)).await?;
-        if let Ok(mut saved) = self.saved_bundle.lock() {
-            certs.clone_into(&mut saved);
-        }
+        certs.clone_into(&mut self.saved_bundle.lock());
         Ok(())
     }
 }

@@ -140,12 +140,7 @@ impl DataPath {
                 capture.inbound_plaintext_port,
                 capture.inbound_hbone_port,
             ],
-            hbone: HbonePool::new(
-                capture.mark,
-                limits.connect_timeout,
-                limits.handshake_timeout,
-                limits.max_streams_per_connection,
-            ),
+            hbone: HbonePool::new(capture.mark, &limits),
             upstream: UpstreamPool::new(capture.mark, limits.connect_timeout),
             services,
             limits,

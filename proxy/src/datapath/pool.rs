@@ -7,12 +7,12 @@
 //! address), so tunnels are never shared between pods or identities, and a renewed
 //! SVID starts new connections while old ones finish their streams. One connect per key at a time (a burst of clients
 //! opens one connection, not hundreds); past `max_streams` streams another opens;
-//! idle connections close after [`IDLE_RELEASE`].
+//! idle connections close after `limits.pool_idle_timeout`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshward_config::LimitsConfig;
+use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -29,8 +31,6 @@ use super::socket::connect_marked_from;
 use super::state::PodTls;
 use crate::metrics;
 
-/// An HBONE connection without streams for this long is closed.
-pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(300);
 /// HTTP/2 flow control as ztunnel sets it: a 4 MiB stream window and a connection
 /// window four times that, so one slow stream cannot stall the others.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -120,9 +120,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         metrics::hbone_stream(-1.0);
         if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut idle) = self.0.idle_since.lock() {
-                *idle = Some(Instant::now());
-            }
+            *self.0.idle_since.lock() = Some(Instant::now());
         }
     }
 }
@@ -132,29 +130,27 @@ pub(crate) struct HbonePool {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     max_streams: u32,
+    idle_release: Duration,
     connections: Mutex<HashMap<Key, Vec<Arc<Connection>>>>,
     connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl HbonePool {
-    pub(crate) fn new(
-        mark: u32,
-        connect_timeout: Duration,
-        handshake_timeout: Duration,
-        max_streams: u32,
-    ) -> Arc<Self> {
+    pub(crate) fn new(mark: u32, limits: &LimitsConfig) -> Arc<Self> {
+        let idle_release = limits.pool_idle_timeout;
         let pool = Arc::new(Self {
             mark,
-            connect_timeout,
-            handshake_timeout,
-            max_streams,
+            connect_timeout: limits.connect_timeout,
+            handshake_timeout: limits.handshake_timeout,
+            max_streams: limits.max_streams_per_connection,
+            idle_release,
             connections: Mutex::default(),
             connecting: Mutex::default(),
         });
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(IDLE_RELEASE / 10).await;
+                tokio::time::sleep(idle_release / 10).await;
                 match weak.upgrade() {
                     Some(pool) => pool.release_idle(),
                     None => return,
@@ -228,7 +224,7 @@ impl HbonePool {
 
     /// A live connection of `key` with room for one more stream, counted.
     fn checkout(&self, key: &Key) -> Option<Arc<Connection>> {
-        let mut all = self.connections.lock().ok()?;
+        let mut all = self.connections.lock();
         let list = all.get_mut(key)?;
         list.retain(|c| !c.sender.is_closed());
         let found = list
@@ -240,10 +236,11 @@ impl HbonePool {
     }
 
     fn connect_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
-        match self.connecting.lock() {
-            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
-            Err(_) => Arc::default(),
-        }
+        self.connecting
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     async fn connect(&self, key: Key, tls: &PodTls) -> Result<Arc<Connection>, HboneError> {
@@ -309,13 +306,15 @@ impl HbonePool {
             streams: AtomicU32::new(1),
             idle_since: Mutex::new(None),
         });
-        if let Ok(mut all) = self.connections.lock() {
-            all.entry(key).or_default().push(connection.clone());
-        }
+        self.connections
+            .lock()
+            .entry(key)
+            .or_default()
+            .push(connection.clone());
         Ok(connection)
     }
 
-    /// Drops connections idle past [`IDLE_RELEASE`] (hyper then closes them
+    /// Drops connections idle past `limits.pool_idle_timeout` (hyper then closes them
     /// gracefully) and those already closed.
     fn release_idle(&self) {
         let now = Instant::now();
@@ -323,19 +322,16 @@ impl HbonePool {
             c.streams.load(Ordering::Acquire) == 0
                 && c.idle_since
                     .lock()
-                    .ok()
-                    .and_then(|i| *i)
-                    .is_some_and(|since| now.duration_since(since) >= IDLE_RELEASE)
+                    .is_some_and(|since| now.duration_since(since) >= self.idle_release)
         };
-        if let Ok(mut all) = self.connections.lock() {
-            for list in all.values_mut() {
-                list.retain(|c| !c.sender.is_closed() && !idle_too_long(c));
-            }
-            all.retain(|_, list| !list.is_empty());
-            if let Ok(mut locks) = self.connecting.lock() {
-                locks.retain(|key, lock| all.contains_key(key) || Arc::strong_count(lock) > 1);
-            }
+        let mut all = self.connections.lock();
+        for list in all.values_mut() {
+            list.retain(|c| !c.sender.is_closed() && !idle_too_long(c));
         }
+        all.retain(|_, list| !list.is_empty());
+        self.connecting
+            .lock()
+            .retain(|key, lock| all.contains_key(key) || Arc::strong_count(lock) > 1);
     }
 }
 

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 
 use super::body::ProxyBody;
 use super::socket::connect_marked;
@@ -114,7 +114,7 @@ impl UpstreamPool {
     fn pooled(&self, addr: SocketAddr, version: Version) -> Option<Sender> {
         match version {
             Version::Http2 => {
-                let mut pool = self.http2.lock().ok()?;
+                let mut pool = self.http2.lock();
                 match pool.get(&addr) {
                     Some(sender) if !sender.is_closed() => Some(Sender::Http2(sender.clone())),
                     Some(_) => {
@@ -125,7 +125,7 @@ impl UpstreamPool {
                 }
             }
             Version::Http1 => {
-                let mut pool = self.http1.lock().ok()?;
+                let mut pool = self.http1.lock();
                 let idle = pool.get_mut(&addr)?;
                 idle.retain(|s| !s.is_closed());
                 let ready = idle.iter().position(http1::SendRequest::is_ready)?;
@@ -135,11 +135,10 @@ impl UpstreamPool {
     }
 
     fn put_http1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if let Ok(mut pool) = self.http1.lock() {
-            let idle = pool.entry(addr).or_default();
-            if idle.len() < MAX_IDLE_HTTP1 {
-                idle.push(sender);
-            }
+        let mut pool = self.http1.lock();
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < MAX_IDLE_HTTP1 {
+            idle.push(sender);
         }
     }
 
@@ -172,9 +171,7 @@ impl UpstreamPool {
                         tracing::debug!(%addr, "upstream HTTP/2 connection: {e}");
                     }
                 });
-                if let Ok(mut pool) = self.http2.lock() {
-                    pool.insert(addr, sender.clone());
-                }
+                self.http2.lock().insert(addr, sender.clone());
                 Ok(Sender::Http2(sender))
             }
         }
