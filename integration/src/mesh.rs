@@ -55,6 +55,9 @@ pub struct MeshSpec {
     prefix: Option<(String, u8)>,
     /// `capture.exclude_ports`: traffic to these ports bypasses the daemons.
     exclude_ports: Vec<u16>,
+    /// `capture.exclude_cidrs` holds the issuer's address (as a node excludes its
+    /// API server).
+    exclude_issuer: bool,
     /// The daemons' `RUST_LOG`.
     log: String,
 }
@@ -73,6 +76,7 @@ impl MeshSpec {
             default_mode: "deny".into(),
             prefix: None,
             exclude_ports: Vec::new(),
+            exclude_issuer: false,
             log: "info,access=debug".into(),
         }
     }
@@ -87,6 +91,13 @@ impl MeshSpec {
     /// Ports capture leaves alone (direct paths beside the mesh, for comparisons).
     pub fn exclude_ports(&mut self, ports: &[u16]) -> &mut Self {
         self.exclude_ports.extend_from_slice(ports);
+        self
+    }
+
+    /// The issuer's address in `capture.exclude_cidrs`: pods reach it beside the
+    /// daemons, as a node excludes its API server or the instance metadata.
+    pub fn exclude_issuer_address(&mut self) -> &mut Self {
+        self.exclude_issuer = true;
         self
     }
 
@@ -231,6 +242,11 @@ impl Mesh {
             .chain(spec.mesh_cidrs.iter().cloned())
             .map(|cidr| format!("  - {cidr}\n"))
             .collect();
+        let exclude_cidrs = if spec.exclude_issuer {
+            format!("  exclude_cidrs: [{issuer_ip}/32]\n")
+        } else {
+            String::new()
+        };
         progress(Phase::Nodes);
         for node in &spec.nodes {
             let node_id = format!("spiffe://{td}/node/{node}");
@@ -264,7 +280,7 @@ impl Mesh {
                 &format!(
                     "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
                      agent:\n  issuer_address: {issuer_ip}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
-                     capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}\
+                     capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}{}\
                      outbound:\n  mesh_cidrs:\n{}{}\
                      authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
                     dir.join("bundle.pem").display(),
@@ -272,6 +288,7 @@ impl Mesh {
                     workloads.display(),
                     mesh.workload_api_socket(node).display(),
                     spec.exclude_ports,
+                    exclude_cidrs,
                     spec.capture_yaml,
                     mesh_cidrs.concat(),
                     spec.outbound_yaml,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshward_integration::{
     Cluster, Mesh, Netns, PodSpec, RunExt, available_or_skip, meshward_binary,
 };
-use support::{curl_spire, echo_mesh, eventually, status};
+use support::{connect_from, curl_spire, echo_mesh, echoed, eventually, status, tcp_echo};
 
 /// A listener in `ns` that answers one connection with a tiny HTTP response and
 /// reports the connection's original destination: for REDIRECTed connections by
@@ -253,5 +253,54 @@ fn a_stopped_daemon_with_on_exit_keep_fails_closed() {
     assert!(
         !matches!(out.exit_code, Some(7 | 28)),
         "outbound is plain again: {out:?}"
+    );
+}
+
+/// Excluded ports and CIDRs pass beside the daemons: while they run, and after a
+/// daemon stops with its rules kept, so a node that fails closed still lets its
+/// pods reach what the operator excluded (the API server, instance metadata).
+#[test]
+fn excluded_ports_and_cidrs_pass_beside_the_daemons() {
+    let Some(()) = available_or_skip("excluded_ports_and_cidrs_pass_beside_the_daemons") else {
+        return;
+    };
+    let (mut mesh, _echo) = echo_mesh(|spec| {
+        spec.capture_yaml("  on_exit: keep\n")
+            .exclude_ports(&[9000])
+            .exclude_issuer_address()
+            .pod("node-1", PodSpec::new("curl"), false);
+    });
+    let _tcp = tcp_echo(&mesh);
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let excluded = SocketAddr::new(ip, 9000);
+    let captured = format!("http://{ip}:8080/");
+    let issuer = format!("http://{}:8081/", mesh.cluster.host("issuer").unwrap().ip());
+    // plaintext from a pod without identity: STRICT and default deny never see it
+    let bypass = |mesh: &Mesh| {
+        let mut c = connect_from(mesh, "curl", excluded).map_err(|e| e.to_string())?;
+        echoed(&mut c, Duration::from_secs(5))
+    };
+    eventually(&mesh, "the excluded port answers", || bypass(&mesh));
+    let r = mesh
+        .cluster
+        .curl("curl", &["--max-time", "3", &captured])
+        .unwrap();
+    assert_eq!(r.status, None, "a captured port refuses plaintext: {r:?}");
+
+    stop_node_2(&mut mesh);
+    bypass(&mesh).unwrap();
+    let r = mesh
+        .cluster
+        .curl("curl", &["--max-time", "3", &captured])
+        .unwrap();
+    assert_eq!(r.status, None, "the kept rules fail closed: {r:?}");
+    // the excluded CIDR: the node's own pod reaches the issuer with no daemon
+    let out = mesh
+        .cluster
+        .curl("echoserver", &["--max-time", "3", &issuer])
+        .unwrap();
+    assert!(
+        !matches!(out.exit_code, Some(7 | 28)),
+        "the excluded address is reachable: {out:?}"
     );
 }

@@ -213,6 +213,7 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         ),
     );
     assert!(why.contains("allowed") && !why.contains("denied"), "{why}");
+    explain_agrees_with_eval(&mesh);
 
     // log levels change at runtime
     let ns = mesh.cluster.node("node-2").unwrap().netns();
@@ -276,4 +277,71 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         out.stdout,
         out.stderr
     );
+}
+
+/// The admin `/explain` and `meshward policy eval` judge every request of the talk
+/// alike under the mesh's policies (they reach the engine through different code).
+fn explain_agrees_with_eval(mesh: &Mesh) {
+    let talk = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker/examples/requests/talk.jsonl"
+    ))
+    .unwrap();
+    let mut eval = std::process::Command::new(meshward_binary().unwrap())
+        .args([
+            "policy",
+            "eval",
+            "--trust-domain",
+            TD,
+            "--requests",
+            "-",
+            "--policies",
+        ])
+        .arg(mesh.policy_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut eval.stdin.take().unwrap(), talk.as_bytes()).unwrap();
+    let decisions = String::from_utf8(eval.wait_with_output().unwrap().stdout).unwrap();
+    let ns = mesh.cluster.node("node-2").unwrap().netns();
+    let mut seen = Vec::new();
+    for (line, decision) in talk.lines().zip(decisions.lines()) {
+        let request = &serde_json::from_str::<serde_json::Value>(line).unwrap()["request"];
+        let decision: serde_json::Value = serde_json::from_str(decision).unwrap();
+        let mut query = vec![
+            "pod=echoserver".to_owned(),
+            format!("port={}", request["destination_port"]),
+            format!("source_ip={}", request["source_ip"].as_str().unwrap()),
+        ];
+        if let Some(principal) = request["source_principal"].as_str() {
+            query.push(format!("principal=spiffe://{principal}"));
+        }
+        if request["protocol"] == "http" {
+            for field in ["method", "path", "host"] {
+                query.push(format!("{field}={}", request[field].as_str().unwrap()));
+            }
+        }
+        let mut args = vec!["-sS", "--max-time", "5", "-G"];
+        for q in &query {
+            args.extend(["--data-urlencode", q]);
+        }
+        args.push("http://127.0.0.1:15000/explain");
+        let out = exec(ns, "curl", &args, Duration::from_secs(10)).unwrap();
+        let want = match decision["decision"].as_str() {
+            Some("allow") => "decision: allowed",
+            Some("deny") => "decision: denied",
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            out.stdout.contains(want),
+            "{line}\neval: {decision}\n/explain: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        seen.push(want);
+    }
+    assert_eq!(seen.len(), talk.lines().count(), "{decisions}");
+    // the talk's requests are not all judged alike under this set
+    assert!(seen.contains(&"decision: allowed") && seen.contains(&"decision: denied"));
 }

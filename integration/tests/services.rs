@@ -6,7 +6,7 @@
 
 mod support;
 
-use meshward_integration::{LoopbackForward, available_or_skip};
+use meshward_integration::{LoopbackForward, PodSpec, available_or_skip};
 use meshward_test_support::kube_api::FakeKubeApi;
 use serde_json::json;
 use support::{TD, curl_spire, echo_mesh, eventually, example, status};
@@ -28,7 +28,12 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     let api_addr: std::net::SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
     // the daemons dial the API's 127.0.0.1:<port> in their node, forwarded here
     let (mesh, _echo) = echo_mesh(|spec| {
+        // a second endpoint, on the caller's own node
+        let second = PodSpec::new("echoserver-2")
+            .namespace("echoserver")
+            .label("app", "echoserver");
         spec.pod("node-1", curl_spire(), true)
+            .pod("node-1", second, true)
             .outbound_yaml(&format!("  kubernetes: {}\n", api.connection_yaml()));
     });
     let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
@@ -40,7 +45,16 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
         .collect();
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
         .unwrap();
+    let _echo_2 = mesh
+        .cluster
+        .spawn_in_pod(
+            "echoserver-2",
+            env!("CARGO_BIN_EXE_echoserver"),
+            &["--listen", "0.0.0.0:8080"],
+        )
+        .unwrap();
     let pod_ip = mesh.pod_ip("echoserver").unwrap().to_string();
+    let pod_2_ip = mesh.pod_ip("echoserver-2").unwrap().to_string();
     api.apply_service(json!({
         "metadata": {"name": "echoserver", "namespace": "echoserver"},
         // a target port by name, unlike the slice's number: mapped by the port's name
@@ -51,7 +65,10 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
                      "labels": {"kubernetes.io/service-name": "echoserver"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080}],
-        "endpoints": [{"addresses": [pod_ip], "conditions": {"ready": true}}],
+        "endpoints": [
+            {"addresses": [pod_ip], "conditions": {"ready": true}},
+            {"addresses": [pod_2_ip], "conditions": {"ready": true}},
+        ],
     }));
 
     let url = format!("http://{CLUSTER_IP}/via-service");
@@ -67,8 +84,17 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
         xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/curl-spire")),
         "{xfcc}"
     );
+    // new connections take the ready endpoints in turn
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..4 {
+        let r = status(&mesh, "curl-spire", &[&url], 200).unwrap();
+        let pod = r.json().unwrap()["environment"]["POD_NAME"].clone();
+        *served.entry(pod.as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let want = [("echoserver".to_owned(), 2), ("echoserver-2".to_owned(), 2)];
+    assert_eq!(served, want.into_iter().collect(), "round robin");
 
-    // the pod leaves the service: the connection is refused at once, not hung
+    // the pods leave the service: the connection is refused at once, not hung
     api.delete_endpoint_slice("echoserver", "echoserver-x1");
     eventually(&mesh, "no endpoint left", || {
         let r = mesh

@@ -1,6 +1,8 @@
 //! What the end-to-end test files share: the echo mesh, retries, curl checks.
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use meshward_integration::{CurlResponse, Mesh, MeshSpec, PodSpec, Process, meshward_binary};
@@ -74,6 +76,33 @@ pub fn tcp_echo(mesh: &Mesh) -> Process {
 
 pub fn curl_spire() -> PodSpec {
     PodSpec::new("curl-spire").service_account("curl-spire")
+}
+
+/// A TCP connection made from inside `pod`'s network namespace, held by the test.
+pub fn connect_from(mesh: &Mesh, pod: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let ns = mesh.cluster.pod(pod).unwrap().netns();
+    ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap()
+}
+
+/// Four bytes that cannot begin an HTTP request, so a daemon takes the stream as
+/// TCP at once (undeclared ports are detected).
+pub const TCP_PROBE: &[u8; 4] = b"\0tcp";
+
+/// Sends [`TCP_PROBE`] and reads its echo within `within`.
+pub fn echoed(stream: &mut TcpStream, within: Duration) -> Result<(), String> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    stream.write_all(TCP_PROBE).map_err(|e| e.to_string())?;
+    read_echo(stream)
+}
+
+/// Reads the echo of [`TCP_PROBE`].
+pub fn read_echo(stream: &mut TcpStream) -> Result<(), String> {
+    let mut got = [0u8; 4];
+    stream.read_exact(&mut got).map_err(|e| e.to_string())?;
+    (&got == TCP_PROBE)
+        .then_some(())
+        .ok_or_else(|| format!("echoed {got:?}"))
 }
 
 /// From `pod`, a raw TCP exchange with `addr`: each `(pause, bytes)` is sent after

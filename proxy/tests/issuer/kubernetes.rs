@@ -81,6 +81,15 @@ async fn k8s_psat_attestation_through_token_review() {
         client.attest_k8s_psat(attest("eks", wrong_audience)).await,
         "not valid for audience",
     );
+    refused(
+        client
+            .attest_k8s_psat(attest(
+                "eks",
+                api.expired_service_account_token(&agent_pod, "meshward-issuer"),
+            ))
+            .await,
+        "service account token has expired",
+    );
     let mut forged = token.clone();
     forged.pop();
     refused(

@@ -371,13 +371,27 @@ impl FakeKubeApi {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        self.signed_token(pod, audience, now, now + ttl.as_secs())
+    }
+
+    /// A token for `pod` that expired an hour ago (a node whose kubelet stopped
+    /// refreshing it).
+    pub fn expired_service_account_token(&self, pod: &FakePod, audience: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.signed_token(pod, audience, now - 7200, now - 3600)
+    }
+
+    fn signed_token(&self, pod: &FakePod, audience: &str, now: u64, exp: u64) -> String {
         let claims = json!({
             "iss": "https://kubernetes.default.svc",
             "sub": format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account),
             "aud": [audience],
             "iat": now,
             "nbf": now,
-            "exp": now + ttl.as_secs(),
+            "exp": exp,
             "kubernetes.io": {
                 "namespace": pod.namespace,
                 "pod": {"name": pod.name, "uid": pod.uid},

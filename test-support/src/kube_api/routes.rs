@@ -239,6 +239,11 @@ fn token_review(review: &Value, key: &jsonwebtoken::DecodingKey) -> Value {
                 "audiences": c["aud"],
             })
         }
+        // the API server's words for an expired token
+        Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => json!({
+            "authenticated": false,
+            "error": "[invalid bearer token, service account token has expired]",
+        }),
         Err(e) => json!({"authenticated": false, "error": format!("invalid bearer token: {e}")}),
     };
     json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": review["spec"], "status": status})
