@@ -52,17 +52,15 @@ fn chain() -> (CertificateDer<'static>, CertificateDer<'static>) {
 
 fn xfcc(c: &mut Criterion) {
     let (_, leaf) = chain();
+    let id = |text| meshward_spiffe::SpiffeId::parse(text).expect("a SPIFFE ID");
+    let client = id("spiffe://math.example.com/ns/default/sa/curl-spire");
+    let server = id("spiffe://math.example.com/ns/echoserver/sa/default");
     let peer = meshward::xfcc::PeerCertificate {
-        spiffe_id: "spiffe://math.example.com/ns/default/sa/curl-spire",
+        spiffe_id: &client,
         leaf_der: &leaf,
     };
     c.bench_function("xfcc_element", |b| {
-        b.iter(|| {
-            meshward::xfcc::element(
-                black_box("spiffe://math.example.com/ns/echoserver/sa/default"),
-                black_box(&peer),
-            )
-        })
+        b.iter(|| meshward::xfcc::element(black_box(&server), black_box(&peer)))
     });
 }
 
@@ -70,7 +68,8 @@ fn spiffe_verification(c: &mut Criterion) {
     meshward_tls::install_crypto_provider();
     let (ca, leaf) = chain();
     let bundles = TrustBundles::new();
-    bundles.set("math.example.com", &[ca]).unwrap();
+    let td = meshward_spiffe::TrustDomain::parse("math.example.com").expect("a trust domain");
+    bundles.set(&td, &[ca]).unwrap();
     let verifier = SpiffeServerVerifier::new(bundles, Authorizer::AnyTrusted);
     let name = ServerName::IpAddress(std::net::IpAddr::from([10, 0, 0, 1]).into());
     let now = UnixTime::now();

@@ -415,8 +415,7 @@ fn client_tls(dir: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
         CertificateDer::pem_file_iter(dir.join("bundle.0.pem"))?.collect::<Result<_, _>>()?;
     let td = meshward_tls::spiffe_id_of(&chain[0])
         .context("the client SVID has no SPIFFE ID")?
-        .trust_domain()
-        .to_owned();
+        .trust_domain();
     let bundles = meshward_tls::TrustBundles::new();
     bundles.set(&td, &bundle)?;
     let mut config =

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use meshward_policy::{DefaultMode, EngineOptions, PathNormalization};
+use meshward_policy::{DefaultMode, EngineOptions, PathNormalization, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -15,7 +15,7 @@ pub struct AuthorizationConfig {
     /// Policies here apply mesh-wide.
     pub root_namespace: String,
     /// Other names of the mesh trust domain.
-    pub trust_domain_aliases: Vec<String>,
+    pub trust_domain_aliases: Vec<TrustDomain>,
     pub path_normalization: PathNormalization,
     /// Files and directories of AuthorizationPolicy YAML, watched and reloaded.
     pub policy_paths: Vec<PathBuf>,
@@ -59,42 +59,22 @@ impl AuthorizationConfig {
                 ),
             ));
         }
-        for (i, alias) in self.trust_domain_aliases.iter().enumerate() {
-            validate_trust_domain(alias).map_err(|reason| {
-                ConfigError::invalid(
-                    source,
-                    &format!("authorization.trust_domain_aliases[{i}]"),
-                    reason,
-                )
-            })?;
-        }
         Ok(())
     }
 
-    pub(crate) fn engine_options(&self, trust_domain: &str, tcp_ports: Vec<u16>) -> EngineOptions {
+    pub(crate) fn engine_options(
+        &self,
+        trust_domain: &TrustDomain,
+        tcp_ports: Vec<u16>,
+    ) -> EngineOptions {
         EngineOptions {
             default_mode: self.default,
             root_namespace: self.root_namespace.clone(),
-            trust_domain: trust_domain.to_owned(),
+            trust_domain: trust_domain.clone(),
             trust_domain_aliases: self.trust_domain_aliases.clone(),
             path_normalization: self.path_normalization,
             tcp_ports,
         }
-    }
-}
-
-/// SPIFFE: a trust domain is lower-case letters, digits, `.`, `-` and `_`.
-pub(crate) fn validate_trust_domain(td: &str) -> Result<(), String> {
-    let ok = !td.is_empty()
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{td:?} is not a trust domain: use lower-case letters, digits, `.`, `-` and `_`"
-        ))
     }
 }
 

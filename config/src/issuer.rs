@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshward_spiffe::TrustDomain;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
-use crate::authorization::validate_trust_domain;
 use crate::error::parse_yaml;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerConfig {
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// CA keys and the SQLite file live here.
     pub data_dir: PathBuf,
     /// `sqlite:///path` or `postgres://user:pw@host/db`; default: SQLite in data_dir.
@@ -133,7 +133,7 @@ pub enum BundleEndpointProfile {
 impl Default for IssuerConfig {
     fn default() -> Self {
         Self {
-            trust_domain: "cluster.local".into(),
+            trust_domain: TrustDomain::default(),
             data_dir: PathBuf::from("/var/lib/meshward/issuer"),
             datastore_url: None,
             agent_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
@@ -177,7 +177,6 @@ impl IssuerConfig {
     fn validate(&self, source: &str) -> Result<(), ConfigError> {
         let invalid =
             |field: &str, reason: String| Err(ConfigError::invalid(source, field, reason));
-        validate_trust_domain(&self.trust_domain).or_else(|r| invalid("trust_domain", r))?;
         if self.ca_ttl < Duration::from_secs(60) {
             return invalid("ca_ttl", "must be at least 1m".into());
         }
@@ -306,7 +305,7 @@ mod tests {
             ),
             (
                 "trust_domain: TD\n",
-                "i.yaml: trust_domain: \"TD\" is not a trust domain",
+                "i.yaml: trust_domain: invalid trust domain \"TD\"",
             ),
             (
                 "agent_listen: nowhere\n",

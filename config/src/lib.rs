@@ -18,6 +18,7 @@ mod workloads;
 
 use std::path::Path;
 
+use meshward_spiffe::TrustDomain;
 use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
@@ -37,7 +38,7 @@ pub use workloads::{PodInfo, WorkloadsFile};
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct ProxyConfig {
     /// The mesh trust domain, e.g. `cluster.local` or `math.example.com`.
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     pub authorization: AuthorizationConfig,
     pub agent: AgentConfig,
     pub capture: CaptureConfig,
@@ -60,7 +61,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
-            trust_domain: "cluster.local".into(),
+            trust_domain: TrustDomain::default(),
             authorization: AuthorizationConfig::default(),
             agent: AgentConfig::default(),
             capture: CaptureConfig::default(),
@@ -90,8 +91,6 @@ impl ProxyConfig {
     }
 
     fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        authorization::validate_trust_domain(&self.trust_domain)
-            .map_err(|reason| ConfigError::invalid(source, "trust_domain", reason))?;
         self.authorization.validate(source)?;
         self.agent.validate(source)?;
         self.capture.validate(source)?;

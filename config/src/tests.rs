@@ -46,7 +46,7 @@ fn errors_name_file_field_and_reason() {
         ),
         (
             "trust_domain: Bad.TD\n",
-            "p.yaml: trust_domain: \"Bad.TD\" is not a trust domain",
+            "p.yaml: trust_domain: invalid trust domain \"Bad.TD\": trust domain characters are limited",
         ),
         (
             "authorization:\n  root_namespace: Istio_System\n",

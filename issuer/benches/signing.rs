@@ -14,14 +14,15 @@ use std::time::{Duration, SystemTime};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshward_issuer::{Authority, SpiffeId, SvidTemplate, mint_jwt_svid, sign_x509_svid};
+use meshward_issuer::{Authority, SvidTemplate, mint_jwt_svid, sign_x509_svid};
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 fn signing(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let now = SystemTime::now();
     let ca = Authority::load_or_init(
         dir.path(),
-        "bench.example",
+        &TrustDomain::parse("bench.example").expect("a trust domain"),
         Duration::from_secs(86_400),
         None,
         now,

@@ -27,7 +27,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::error::CaError;
 use crate::jwt::JwtKey;
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{TrustDomain, pem};
 
 /// Certificates are backdated this much to absorb clock skew between machines.
 pub(crate) const BACKDATE: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ impl UpstreamCa {
     /// Reads a PEM chain (signing certificate first, root last) and its PKCS#8 key.
     pub fn from_files(chain_path: &Path, key_path: &Path) -> Result<Self, CaError> {
         let read = |p: &Path| fs::read_to_string(p).map_err(|e| CaError::io(p, e));
-        let chain = pem_certificates(&read(chain_path)?)
+        let chain = pem::certificates(&read(chain_path)?)
             .map_err(|reason| CaError::Upstream(format!("{}: {reason}", chain_path.display())))?;
         let key = KeyPair::from_pem(&read(key_path)?).map_err(|e| {
             CaError::Upstream(format!("{}: not a PKCS#8 key: {e}", key_path.display()))
@@ -152,7 +152,7 @@ impl Rotation {
 
 /// Every unexpired generation, oldest first, and how new ones are made.
 pub struct Authority {
-    trust_domain: String,
+    trust_domain: TrustDomain,
     ttl: Duration,
     dir: PathBuf,
     upstream: Option<UpstreamCa>,
@@ -164,7 +164,7 @@ impl Authority {
     /// first generation when there is none.
     pub fn load_or_init(
         data_dir: &Path,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         ttl: Duration,
         upstream: Option<UpstreamCa>,
         now: SystemTime,
@@ -185,7 +185,7 @@ impl Authority {
         }
         generations.sort_by_key(|g| g.not_before);
         let mut authority = Self {
-            trust_domain: trust_domain.to_owned(),
+            trust_domain: trust_domain.clone(),
             ttl,
             dir,
             upstream,
@@ -244,7 +244,7 @@ impl Authority {
         }
     }
 
-    pub fn trust_domain(&self) -> &str {
+    pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
 
@@ -277,7 +277,7 @@ impl Authority {
             now.duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
-            &hex(&serial)[..8]
+            &crate::random::hex(&serial)[..8]
         );
         let not_before = now - BACKDATE;
         let mut not_after = now + self.ttl;
@@ -295,8 +295,7 @@ impl Authority {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let td_id = SpiffeId::for_trust_domain(&self.trust_domain)
-            .map_err(|e| CaError::Crypto(e.to_string()))?;
+        let td_id = self.trust_domain.id();
         params.subject_alt_names = vec![SanType::URI(
             td_id
                 .as_str()
@@ -345,9 +344,9 @@ impl Authority {
 
 fn store_generation(dir: &Path, g: &SigningCa) -> Result<(), CaError> {
     fs::create_dir_all(dir).map_err(|e| CaError::io(dir, e))?;
-    let mut chain_pem = pem_encode(&g.cert);
+    let mut chain_pem = pem::certificate(&g.cert);
     for c in &g.chain_tail[usize::from(!g.chain_tail.is_empty())..] {
-        chain_pem.push_str(&pem_encode(c));
+        chain_pem.push_str(&pem::certificate(c));
     }
     write_file(&dir.join("ca.pem"), chain_pem.as_bytes(), 0o644)?;
     write_file(
@@ -364,7 +363,7 @@ fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
         let p = dir.join(name);
         fs::read_to_string(&p).map_err(|e| CaError::io(&p, e))
     };
-    let chain = pem_certificates(&read("ca.pem")?)
+    let chain = pem::certificates(&read("ca.pem")?)
         .map_err(|r| CaError::Corrupt(format!("{}: {r}", dir.display())))?;
     let key = KeyPair::from_pem(&read("ca.key")?)
         .map_err(|e| CaError::Corrupt(format!("{}: ca.key: {e}", dir.display())))?;
@@ -415,18 +414,12 @@ fn parse<'a>(
         .map_err(|e| CaError::Corrupt(format!("unparsable certificate: {e}")))
 }
 
-pub(crate) use crate::pem::{certificate as pem_encode, certificates as pem_certificates};
-
 pub(crate) fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
 }
 
 pub(crate) fn to_system_time(unix: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

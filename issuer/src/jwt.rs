@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use crate::error::{CaError, SigningError};
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{JwtPublicKey, SpiffeId, pem};
 
 /// One JWT signing key (P-256) with its key ID.
 pub struct JwtKey {
@@ -20,15 +20,6 @@ pub struct JwtKey {
     encoding: EncodingKey,
     /// Uncompressed point: 0x04 || x || y.
     public: Vec<u8>,
-}
-
-/// The public half, as a bundle publishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtPublicKey {
-    pub kid: String,
-    /// base64url, no padding
-    pub x: String,
-    pub y: String,
 }
 
 impl JwtKey {
@@ -52,19 +43,16 @@ impl JwtKey {
 
     /// The key as standard PKCS#8 PEM (the key ID is stored beside it).
     pub(crate) fn to_pkcs8_pem(&self) -> String {
-        crate::pem::encode("PRIVATE KEY", &self.pkcs8)
+        pem::encode("PRIVATE KEY", &self.pkcs8)
     }
 
     pub(crate) fn from_pkcs8_pem(text: &str, kid: &str) -> Result<Self, CaError> {
-        let pem = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .filter(|p| p.label == "PRIVATE KEY")
-            .ok_or_else(|| CaError::Corrupt("JWT key: no PRIVATE KEY block".into()))?;
+        let der = pem::block(text, "PRIVATE KEY")
+            .map_err(|e| CaError::Corrupt(format!("JWT key: {e}")))?;
         if kid.is_empty() {
             return Err(CaError::Corrupt("JWT key: empty key ID".into()));
         }
-        Self::from_pkcs8(&pem.contents, kid.to_owned())
+        Self::from_pkcs8(&der, kid.to_owned())
     }
 
     pub fn kid(&self) -> &str {

@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use meshward_config::K8sPsatConfig;
 
-use crate::datastore::Selector;
 use crate::service::ServiceError;
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::Selector;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 /// Every call to the API server is bounded.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl PsatAttestor {
 
     pub async fn attest(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         cluster_name: &str,
         token: &str,
     ) -> Result<PsatNode, ServiceError> {

@@ -21,5 +21,10 @@ pub(crate) fn hex_token(n: usize) -> Result<String, CaError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| CaError::Crypto("the system random source failed".into()))?;
-    Ok(crate::ca::hex(&bytes))
+    Ok(hex(&bytes))
+}
+
+/// Lower-case hex, as serials and tokens are shown.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -14,8 +14,9 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
-use crate::ca::{BACKDATE, SigningCa, hex, to_offset};
+use crate::ca::{BACKDATE, SigningCa, to_offset};
 use crate::error::{CaError, SigningError};
+use crate::random::hex;
 use meshward_spiffe::SpiffeId;
 
 /// A signed X509-SVID.

@@ -1,11 +1,14 @@
 //! The datastore contract, run on SQLite and on PostgreSQL alike.
 #![allow(clippy::unwrap_used)]
 
-use meshward_issuer::SpiffeId;
 use meshward_issuer::datastore::{
-    AttestedNode, CaRecord, Datastore, DatastoreError, Entry, EntryFilter, JoinToken, Selector,
-    SqlStore,
+    AttestedNode, CaRecord, Datastore, DatastoreError, Entry, EntryFilter, JoinToken, SqlStore,
 };
+use meshward_spiffe::{Selector, SpiffeId, TrustDomain};
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::parse(name).unwrap()
+}
 use meshward_test_support::postgres::TestDatabase;
 
 fn id(s: &str) -> SpiffeId {
@@ -205,19 +208,19 @@ async fn nodes_suite(store: &SqlStore) {
 
 async fn federated_bundles_suite(store: &SqlStore) {
     store
-        .set_federated_bundle("partner.io", "{\"keys\":[]}", 1)
+        .set_federated_bundle(&td("partner.io"), "{\"keys\":[]}", 1)
         .await
         .unwrap();
     store
-        .set_federated_bundle("partner.io", "{\"keys\":[1]}", 2)
+        .set_federated_bundle(&td("partner.io"), "{\"keys\":[1]}", 2)
         .await
         .unwrap();
     store
-        .set_federated_bundle("other.io", "{}", 2)
+        .set_federated_bundle(&td("other.io"), "{}", 2)
         .await
         .unwrap();
     assert_eq!(
-        store.get_federated_bundle("partner.io").await.unwrap(),
+        store.get_federated_bundle(&td("partner.io")).await.unwrap(),
         "{\"keys\":[1]}"
     );
     let names: Vec<String> = store
@@ -228,9 +231,12 @@ async fn federated_bundles_suite(store: &SqlStore) {
         .map(|(td, _)| td)
         .collect();
     assert_eq!(names, ["other.io", "partner.io"]);
-    store.delete_federated_bundle("other.io").await.unwrap();
+    store
+        .delete_federated_bundle(&td("other.io"))
+        .await
+        .unwrap();
     assert!(matches!(
-        store.get_federated_bundle("other.io").await,
+        store.get_federated_bundle(&td("other.io")).await,
         Err(DatastoreError::NotFound(_))
     ));
 }
@@ -246,22 +252,22 @@ async fn ca_journal_suite(store: &SqlStore) {
         not_before: 0,
         not_after,
     };
-    assert_eq!(store.record_ca("td", &ca("a", 100)).await.unwrap(), 1);
+    assert_eq!(store.record_ca(&td("td"), &ca("a", 100)).await.unwrap(), 1);
     assert_eq!(
-        store.record_ca("td", &ca("a", 100)).await.unwrap(),
+        store.record_ca(&td("td"), &ca("a", 100)).await.unwrap(),
         1,
         "idempotent"
     );
-    assert_eq!(store.record_ca("td", &ca("b", 200)).await.unwrap(), 2);
+    assert_eq!(store.record_ca(&td("td"), &ca("b", 200)).await.unwrap(), 2);
     assert_eq!(store.list_cas(50).await.unwrap().len(), 2);
     assert_eq!(
         store.list_cas(150).await.unwrap().len(),
         1,
         "expired ones are not listed"
     );
-    assert_eq!(store.prune_cas("td", 150).await.unwrap(), 3);
+    assert_eq!(store.prune_cas(&td("td"), 150).await.unwrap(), 3);
     assert_eq!(
-        store.prune_cas("td", 150).await.unwrap(),
+        store.prune_cas(&td("td"), 150).await.unwrap(),
         3,
         "nothing to prune: unchanged"
     );

@@ -1,20 +1,26 @@
 //! SVIDs as a relying party sees them: the whole X509-SVID profile, the CSR
-//! refusals, JWT-SVIDs verified with the published bundle keys, bundle formats.
+//! refusals, JWT-SVIDs verified with the published bundle keys.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use meshward_issuer::{
-    Authority, Bundle, SigningError, SpiffeId, SvidTemplate, mint_jwt_svid, sign_x509_svid,
-};
+use meshward_issuer::{Authority, SigningError, SvidTemplate, mint_jwt_svid, sign_x509_svid};
+use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use meshward_test_support::{check_x509_svid, csr_with, p256_csr};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn authority(dir: &std::path::Path) -> Authority {
-    Authority::load_or_init(dir, "math.example.com", DAY, None, SystemTime::now()).unwrap()
+    Authority::load_or_init(
+        dir,
+        &TrustDomain::parse("math.example.com").unwrap(),
+        DAY,
+        None,
+        SystemTime::now(),
+    )
+    .unwrap()
 }
 
 fn id(s: &str) -> SpiffeId {
@@ -145,7 +151,14 @@ fn csrs_that_ask_for_more_or_do_not_verify_are_refused() {
 fn svids_from_both_generations_verify_during_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let start = SystemTime::now();
-    let mut ca = Authority::load_or_init(dir.path(), "td", DAY, None, start).unwrap();
+    let mut ca = Authority::load_or_init(
+        dir.path(),
+        &TrustDomain::parse("td").unwrap(),
+        DAY,
+        None,
+        start,
+    )
+    .unwrap();
     let spiffe_id = id("spiffe://td/w");
     let template = SvidTemplate {
         spiffe_id: &spiffe_id,
@@ -191,15 +204,14 @@ fn jwt_svid_verifies_with_the_bundle_key_and_has_the_required_shape() {
     assert_eq!(header.alg, Algorithm::ES256);
     assert_eq!(header.kid.as_deref(), Some(key.kid()));
     assert_eq!(header.typ.as_deref(), Some("JWT"));
+    let td = TrustDomain::parse("math.example.com").unwrap();
     let bundle_json = Bundle {
-        trust_domain: "math.example.com".into(),
         x509_authorities: ca.x509_authorities(),
         jwt_keys: vec![key.public()],
-        sequence: 1,
-        refresh_hint: Duration::from_secs(300),
+        ..Bundle::new(td.clone())
     }
     .to_spiffe_json();
-    let bundle = Bundle::from_spiffe_json("math.example.com", &bundle_json).unwrap();
+    let bundle = Bundle::from_spiffe_json(&td, &bundle_json).unwrap();
     let published = &bundle.jwt_keys[0];
     let decoding = DecodingKey::from_ec_components(&published.x, &published.y).unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
@@ -214,52 +226,4 @@ fn jwt_svid_verifies_with_the_bundle_key_and_has_the_required_shape() {
     assert_eq!(exp - iat, 300);
     // no audience: refused
     assert!(mint_jwt_svid(key, &spiffe_id, &[], Duration::from_secs(300), now).is_err());
-}
-
-#[test]
-fn bundle_formats() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = authority(dir.path());
-    let key = ca.active(SystemTime::now()).unwrap().jwt_key().public();
-    let bundle = Bundle {
-        trust_domain: "math.example.com".into(),
-        x509_authorities: ca.x509_authorities(),
-        jwt_keys: vec![key.clone()],
-        sequence: 7,
-        refresh_hint: Duration::from_secs(300),
-    };
-    let json: serde_json::Value = serde_json::from_str(&bundle.to_spiffe_json()).unwrap();
-    assert_eq!(json["spiffe_sequence"], 7);
-    assert_eq!(json["spiffe_refresh_hint"], 300);
-    let keys = json["keys"].as_array().unwrap();
-    assert_eq!(keys[0]["use"], "x509-svid");
-    assert!(keys[0].get("kid").is_none(), "x509-svid keys carry no kid");
-    assert_eq!(keys[0]["x5c"].as_array().unwrap().len(), 1);
-    assert_eq!(keys[1]["use"], "jwt-svid");
-    assert_eq!(keys[1]["kid"], key.kid.as_str());
-    assert_eq!(
-        Bundle::from_spiffe_json("math.example.com", &bundle.to_spiffe_json()).unwrap(),
-        bundle
-    );
-    let pem = bundle.to_pem();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
-    assert_eq!(
-        Bundle::from_pem("math.example.com", &pem)
-            .unwrap()
-            .x509_authorities,
-        bundle.x509_authorities
-    );
-    // unknown uses are ignored, a jwt-svid key without kid is an error
-    let odd = r#"{"keys":[{"kty":"EC","use":"other"},{"kty":"RSA","use":"jwt-svid","kid":"k"}]}"#;
-    assert_eq!(
-        Bundle::from_spiffe_json("td", odd).unwrap().jwt_keys.len(),
-        0
-    );
-    let bad = r#"{"keys":[{"kty":"EC","use":"jwt-svid","x":"a","y":"b"}]}"#;
-    assert!(
-        Bundle::from_spiffe_json("td", bad)
-            .unwrap_err()
-            .to_string()
-            .contains("needs a kid")
-    );
 }

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use meshward_policy::{
-    EngineOptions, HttpRequest, Identity, PathNormalization, PolicySet, Request, Workload,
+    EngineOptions, HttpRequest, PathNormalization, PolicySet, Request, SpiffeId, Workload,
     load_str, normalize_target,
 };
 
@@ -58,7 +58,9 @@ fn request(path: &str) -> Request {
     )
     .expect("valid request");
     Request {
-        source: Some(Identity::parse("cluster.local/ns/ns1/sa/client0").expect("valid identity")),
+        source: Some(
+            SpiffeId::parse_principal("cluster.local/ns/ns1/sa/client0").expect("valid identity"),
+        ),
         source_namespace: None,
         source_ip: [10, 0, 0, 5].into(),
         remote_ip: [10, 0, 0, 5].into(),

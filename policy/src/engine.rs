@@ -224,28 +224,28 @@ impl PolicySet {
         if let Some((policy, rule)) = matched(Step::Custom) {
             // No external authorizer is wired up yet: fail closed for what it matches.
             return Decision::by(
-                Verdict::Deny,
+                Effect::Deny,
                 policy,
                 rule,
                 Reason::CustomProviderUnavailable,
             );
         }
         if let Some((policy, rule)) = matched(Step::Deny) {
-            return Decision::by(Verdict::Deny, policy, rule, Reason::Denied);
+            return Decision::by(Effect::Deny, policy, rule, Reason::Denied);
         }
         if let Some((policy, rule)) = matched(Step::Allow) {
-            return Decision::by(Verdict::Allow, policy, rule, Reason::Allowed);
+            return Decision::by(Effect::Allow, policy, rule, Reason::Allowed);
         }
         let any_allow_policy = candidates.policies(Step::Allow, workload).next().is_some();
-        let (verdict, reason) = match (any_allow_policy, self.inner.options.default_mode) {
-            (true, _) => (Verdict::Deny, Reason::NoAllowMatched),
-            (false, DefaultMode::Deny) => (Verdict::Deny, Reason::NoAllowPolicyDefaultDeny),
+        let (effect, reason) = match (any_allow_policy, self.inner.options.default_mode) {
+            (true, _) => (Effect::Deny, Reason::NoAllowMatched),
+            (false, DefaultMode::Deny) => (Effect::Deny, Reason::NoAllowPolicyDefaultDeny),
             (false, DefaultMode::AllowIfNoPolicy) => {
-                (Verdict::Allow, Reason::NoAllowPolicyAllowIfNoPolicy)
+                (Effect::Allow, Reason::NoAllowPolicyAllowIfNoPolicy)
             }
         };
         Decision {
-            verdict,
+            effect,
             policy: None,
             rule: None,
             reason,
@@ -275,7 +275,7 @@ impl PolicySet {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Effect {
     Allow,
     Deny,
 }
@@ -300,7 +300,7 @@ pub enum Reason {
 /// One decision. Borrowed from the [`PolicySet`] it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'a> {
-    pub verdict: Verdict,
+    pub effect: Effect,
     /// The deciding policy, if one decided.
     pub policy: Option<DecidingPolicy<'a>>,
     /// The index of the deciding rule in `spec.rules`.
@@ -316,9 +316,9 @@ pub struct DecidingPolicy<'a> {
 }
 
 impl<'a> Decision<'a> {
-    fn by(verdict: Verdict, policy: &'a Policy, rule: usize, reason: Reason) -> Self {
+    fn by(effect: Effect, policy: &'a Policy, rule: usize, reason: Reason) -> Self {
         Self {
-            verdict,
+            effect,
             policy: Some(DecidingPolicy {
                 id: &policy.id,
                 action: policy.action,
@@ -330,7 +330,7 @@ impl<'a> Decision<'a> {
     }
 
     pub fn is_allowed(&self) -> bool {
-        self.verdict == Verdict::Allow
+        self.effect == Effect::Allow
     }
 }
 

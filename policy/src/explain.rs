@@ -90,7 +90,7 @@ fn request_value(attribute: &Attribute, request: &Request) -> String {
         ),
         Attribute::ServiceAccount => quoted(request.source.as_ref().map(|id| id.principal())),
         Attribute::Namespace => quoted(request.source_namespace()),
-        Attribute::TrustDomain => quoted(request.source.as_ref().map(|id| id.trust_domain())),
+        Attribute::TrustDomain => quoted(request.source.as_ref().map(|id| id.trust_domain_name())),
         Attribute::SourceIp => request.source_ip.to_string(),
         Attribute::RemoteIp => request.remote_ip.to_string(),
         Attribute::DestinationIp => request.destination_ip.to_string(),

@@ -14,7 +14,6 @@ mod condition_key;
 mod engine;
 mod error;
 mod explain;
-mod identity;
 mod load;
 mod model;
 mod normalize;
@@ -25,13 +24,11 @@ mod template;
 mod value;
 
 pub use compile::MAX_VALUE_BYTES;
-pub use engine::{
-    DecidingPolicy, Decision, PolicySet, PolicySummary, Reason, ShadowMatch, Verdict,
-};
+pub use engine::{DecidingPolicy, Decision, Effect, PolicySet, PolicySummary, Reason, ShadowMatch};
 pub use error::{Notice, PolicyError};
 pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
-pub use identity::{Identity, InvalidIdentity};
 pub use load::{LoadReport, MAX_SOURCE_BYTES, load_objects, load_paths, load_str};
+pub use meshward_spiffe::{SpiffeId, TrustDomain};
 pub use model::{Action, Origin, PolicyId};
 pub use normalize::{
     InvalidTarget, NormalizedTarget, PathNormalization, normalize_path, normalize_target,

@@ -12,10 +12,10 @@ use std::fmt;
 use http::HeaderName;
 use ipnet::IpNet;
 
-use crate::identity::Identity;
 use crate::request::{PseudoHeader, Request};
 use crate::template::PathMatch;
 use crate::value::StringMatch;
+use meshward_spiffe::SpiffeId;
 
 /// `metadata.namespace/metadata.name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -280,7 +280,7 @@ impl Clause {
                 .source_namespace()
                 .is_some_and(|ns| self.any_str(ns.as_bytes())),
             Attribute::TrustDomain => {
-                source.is_some_and(|id| self.any_str(id.trust_domain().as_bytes()))
+                source.is_some_and(|id| self.any_str(id.trust_domain_name().as_bytes()))
             }
             Attribute::ServiceAccount => source.is_some_and(|id| {
                 self.matchers.iter().any(|m| match m {
@@ -336,7 +336,7 @@ impl Clause {
 
 /// Istio's `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`, by segments, with no pattern
 /// characters: dots and the like are literal (CVE-2026-39350).
-fn service_account_matches(id: &Identity, namespace: &str, name: &str) -> bool {
+fn service_account_matches(id: &SpiffeId, namespace: &str, name: &str) -> bool {
     let segments: Vec<&str> = id.segments().collect();
     segments.windows(2).enumerate().any(|(i, w)| {
         w == ["ns", namespace] && segments[i + 2..].windows(2).any(|w2| w2 == ["sa", name])

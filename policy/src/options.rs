@@ -1,5 +1,6 @@
 //! Engine-wide settings: Istio MeshConfig's knobs that change decisions.
 
+use meshward_spiffe::TrustDomain;
 use std::fmt;
 use std::str::FromStr;
 
@@ -52,9 +53,9 @@ pub struct EngineOptions {
     /// Policies here apply mesh-wide (Istio's `rootNamespace`).
     pub root_namespace: String,
     /// The mesh trust domain; `cluster.local` in a principal points to it.
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// Other names of the mesh trust domain (Istio's `trustDomainAliases`).
-    pub trust_domain_aliases: Vec<String>,
+    pub trust_domain_aliases: Vec<TrustDomain>,
     pub path_normalization: PathNormalization,
     /// Ports the node serves as opaque TCP (`inbound.ports: {P: tcp}`): a rule with
     /// HTTP fields that targets one never matches there, and loading says so.
@@ -66,7 +67,7 @@ impl Default for EngineOptions {
         Self {
             default_mode: DefaultMode::Deny,
             root_namespace: "istio-system".into(),
-            trust_domain: "cluster.local".into(),
+            trust_domain: TrustDomain::default(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::default(),
             tcp_ports: Vec::new(),
@@ -78,6 +79,6 @@ impl EngineOptions {
     /// The mesh trust domain followed by its aliases.
     pub(crate) fn mesh_trust_domains(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.trust_domain.as_str())
-            .chain(self.trust_domain_aliases.iter().map(String::as_str))
+            .chain(self.trust_domain_aliases.iter().map(TrustDomain::as_str))
     }
 }

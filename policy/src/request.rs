@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::identity::Identity;
+use meshward_spiffe::SpiffeId;
+
 use crate::normalize::{InvalidTarget, NormalizedTarget, PathNormalization, normalize_target};
 
 /// The workload a request is for: what policy selection looks at.
@@ -21,7 +22,7 @@ pub struct Workload {
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The verified mTLS peer; `None` for plaintext.
-    pub source: Option<Identity>,
+    pub source: Option<SpiffeId>,
     /// Overrides the namespace taken from `source` (tests and tools only).
     pub source_namespace: Option<String>,
     /// The direct peer address (`ipBlocks`, `source.ip`).

@@ -24,7 +24,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use meshward_config::ProxyConfig;
-use meshward_policy::{HttpRequest, Identity, PolicySet, Workload};
+use meshward_policy::{HttpRequest, PolicySet, SpiffeId, Workload};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -163,7 +163,7 @@ fn certificates(snapshot: &Snapshot) -> Value {
                 "expires_at": unix(svid.expires_at),
                 "seconds_to_expiry": svid.expires_at.duration_since(now).map_or(0, |d| d.as_secs()),
                 "source": svid.source,
-                "chain": svid.chain.iter().map(meshward_issuer::pem::certificate).collect::<Vec<_>>(),
+                "chain": svid.chain.iter().map(meshward_spiffe::pem::certificate).collect::<Vec<_>>(),
             }));
         }
     }
@@ -205,7 +205,7 @@ fn explain(
     };
     let source = query
         .get("principal")
-        .map(|p| Identity::parse(p).map_err(|e| e.to_string()))
+        .map(|p| SpiffeId::parse_principal(p).map_err(|e| e.to_string()))
         .transpose()?;
     let port: u16 = query
         .get("port")

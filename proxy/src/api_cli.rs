@@ -248,7 +248,7 @@ fn validity(der: &[u8]) -> Option<(String, String)> {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    meshward_issuer::pem::encode(label, der)
+    meshward_spiffe::pem::encode(label, der)
 }
 
 fn write_key(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

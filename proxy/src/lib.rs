@@ -5,7 +5,6 @@ pub mod admin;
 pub mod agent;
 pub mod capture;
 pub mod datapath;
-pub mod deny;
 pub mod logging;
 pub mod metrics;
 pub mod workload_api;

@@ -5,6 +5,7 @@
 //! codes and reasons: bounded by what is deployed, never by traffic (no IPs, no
 //! paths).
 
+use meshward_spiffe::SpiffeId;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -37,12 +38,26 @@ impl Reporter {
     }
 }
 
+/// A peer's SPIFFE ID as labels and access logs write it: `unknown` without one
+/// (plaintext), as Istio's telemetry does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Principal<'a>(pub(crate) Option<&'a SpiffeId>);
+
+impl std::fmt::Display for Principal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
 /// The identities of one connection, as metric labels.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLabels {
     pub(crate) reporter: Reporter,
-    pub(crate) source_principal: String,
-    pub(crate) destination_principal: String,
+    pub(crate) source_principal: Option<SpiffeId>,
+    pub(crate) destination_principal: Option<SpiffeId>,
     pub(crate) mutual_tls: bool,
 }
 
@@ -50,8 +65,14 @@ impl ConnectionLabels {
     fn labels(&self) -> [(&'static str, String); 4] {
         [
             ("reporter", self.reporter.as_str().to_owned()),
-            ("source_principal", self.source_principal.clone()),
-            ("destination_principal", self.destination_principal.clone()),
+            (
+                "source_principal",
+                Principal(self.source_principal.as_ref()).to_string(),
+            ),
+            (
+                "destination_principal",
+                Principal(self.destination_principal.as_ref()).to_string(),
+            ),
             (
                 "connection_security_policy",
                 if self.mutual_tls {
@@ -79,8 +100,8 @@ impl ConnectionLabels {
 
 /// One HTTP request served on the destination side.
 pub(crate) fn request(
-    source_principal: &str,
-    destination_principal: &str,
+    source_principal: Principal<'_>,
+    destination_principal: Principal<'_>,
     code: u16,
     grpc: bool,
     duration: Duration,
@@ -89,8 +110,8 @@ pub(crate) fn request(
     counter!(
         "istio_requests_total",
         "reporter" => "destination",
-        "source_principal" => source_principal.to_owned(),
-        "destination_principal" => destination_principal.to_owned(),
+        "source_principal" => source_principal.to_string(),
+        "destination_principal" => destination_principal.to_string(),
         "response_code" => code.clone(),
         "request_protocol" => if grpc { "grpc" } else { "http" },
     )
@@ -159,12 +180,12 @@ pub(crate) fn policy_reload(ok: bool, loaded: usize) {
     }
 }
 
-pub(crate) fn svid_seconds_to_expiry(spiffe_id: &str, seconds: f64) {
-    gauge!("meshward_svid_seconds_to_expiry", "spiffe_id" => spiffe_id.to_owned()).set(seconds);
+pub(crate) fn svid_seconds_to_expiry(spiffe_id: &SpiffeId, seconds: f64) {
+    gauge!("meshward_svid_seconds_to_expiry", "spiffe_id" => spiffe_id.to_string()).set(seconds);
 }
 
-pub(crate) fn svid_rotated(spiffe_id: &str) {
-    counter!("meshward_svid_rotations_total", "spiffe_id" => spiffe_id.to_owned()).increment(1);
+pub(crate) fn svid_rotated(spiffe_id: &SpiffeId) {
+    counter!("meshward_svid_rotations_total", "spiffe_id" => spiffe_id.to_string()).increment(1);
 }
 
 /// One call to the issuer: its latency, and its error code if it failed.

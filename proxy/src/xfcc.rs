@@ -4,6 +4,7 @@
 //! Requests without a verified peer (plaintext, PERMISSIVE) carry no XFCC at all.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use meshward_spiffe::SpiffeId;
 
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -11,14 +12,14 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 #[derive(Debug, Clone)]
 pub struct PeerCertificate<'a> {
     /// The client's SPIFFE ID (its leaf's URI SAN).
-    pub spiffe_id: &'a str,
+    pub spiffe_id: &'a SpiffeId,
     /// The client's leaf certificate, DER.
     pub leaf_der: &'a [u8],
 }
 
 /// One XFCC element. SPIFFE IDs hold none of `,;="`, so nothing needs quoting
 /// but the (always empty) subject, which Envoy always quotes.
-pub fn element(server_id: &str, peer: &PeerCertificate<'_>) -> String {
+pub fn element(server_id: &SpiffeId, peer: &PeerCertificate<'_>) -> String {
     format!(
         "By={server_id};Hash={};Subject=\"\";URI={}",
         sha256_hex(peer.leaf_der),
@@ -26,10 +27,15 @@ pub fn element(server_id: &str, peer: &PeerCertificate<'_>) -> String {
     )
 }
 
-/// Removes every XFCC the request carried and sets ours when the peer is verified.
-pub fn set(headers: &mut HeaderMap, server_id: &str, peer: Option<&PeerCertificate<'_>>) {
+/// Removes every XFCC the request carried and sets ours when the peer is verified
+/// (and so the pod, `server_id`, has an identity).
+pub fn set(
+    headers: &mut HeaderMap,
+    server_id: Option<&SpiffeId>,
+    peer: Option<&PeerCertificate<'_>>,
+) {
     headers.remove(&XFCC);
-    if let Some(peer) = peer {
+    if let (Some(server_id), Some(peer)) = (server_id, peer) {
         if let Ok(value) = HeaderValue::from_str(&element(server_id, peer)) {
             headers.insert(XFCC, value);
         }
@@ -54,15 +60,20 @@ mod tests {
     const CLIENT: &str = "spiffe://math.example.com/ns/default/sa/curl-spire";
     const SERVER: &str = "spiffe://math.example.com/ns/echoserver/sa/default";
 
+    fn id(text: &str) -> SpiffeId {
+        SpiffeId::parse(text).unwrap()
+    }
+
     #[test]
     fn envoy_format_byte_for_byte() {
         // sha256("abc"), the FIPS 180-2 test vector, as the "leaf"
+        let client = id(CLIENT);
         let peer = PeerCertificate {
-            spiffe_id: CLIENT,
+            spiffe_id: &client,
             leaf_der: b"abc",
         };
         assert_eq!(
-            element(SERVER, &peer),
+            element(&id(SERVER), &peer),
             format!(
                 "By={SERVER};Hash=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;Subject=\"\";URI={CLIENT}"
             )
@@ -79,11 +90,12 @@ mod tests {
             ),
         );
         headers.append(XFCC, HeaderValue::from_static("URI=spiffe://evil/y"));
+        let (client, server) = (id(CLIENT), id(SERVER));
         let peer = PeerCertificate {
-            spiffe_id: CLIENT,
+            spiffe_id: &client,
             leaf_der: b"abc",
         };
-        set(&mut headers, SERVER, Some(&peer));
+        set(&mut headers, Some(&server), Some(&peer));
         let values: Vec<_> = headers.get_all(&XFCC).iter().collect();
         assert_eq!(values.len(), 1);
         assert!(
@@ -93,7 +105,7 @@ mod tests {
                 .ends_with(&format!("URI={CLIENT}"))
         );
         // plaintext: none at all
-        set(&mut headers, SERVER, None);
+        set(&mut headers, Some(&server), None);
         assert!(headers.get(&XFCC).is_none());
     }
 }

@@ -4,9 +4,10 @@
 
 use std::fmt;
 
+use crate::trust_domain::{TrustDomain, validate_trust_domain};
+
 const SCHEME: &str = "spiffe://";
 const MAX_LEN: usize = 2048;
-const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 /// A valid SPIFFE ID, e.g. `spiffe://cluster.local/ns/default/sa/curl`.
 #[derive(
@@ -67,13 +68,20 @@ impl SpiffeId {
         })
     }
 
-    /// `spiffe://<td>` with no path: a trust domain's own ID.
-    pub fn for_trust_domain(trust_domain: &str) -> Result<Self, InvalidSpiffeId> {
-        Self::parse(&format!("{SCHEME}{trust_domain}"))
+    /// The principal form Istio writes (`td/path`), or a whole ID.
+    pub fn parse_principal(text: &str) -> Result<Self, InvalidSpiffeId> {
+        if text.starts_with(SCHEME) {
+            Self::parse(text)
+        } else {
+            Self::parse(&format!("{SCHEME}{text}"))
+        }
     }
 
     /// `spiffe://<td>/<path>` from a trust domain and path segments.
-    pub fn from_segments(trust_domain: &str, segments: &[&str]) -> Result<Self, InvalidSpiffeId> {
+    pub fn from_segments(
+        trust_domain: &TrustDomain,
+        segments: &[&str],
+    ) -> Result<Self, InvalidSpiffeId> {
         Self::parse(&format!("{SCHEME}{trust_domain}/{}", segments.join("/")))
     }
 
@@ -81,8 +89,21 @@ impl SpiffeId {
         &self.id
     }
 
-    pub fn trust_domain(&self) -> &str {
+    /// The trust domain's name, as written in the ID.
+    pub fn trust_domain_name(&self) -> &str {
         &self.id[SCHEME.len()..self.trust_domain_end]
+    }
+
+    pub fn trust_domain(&self) -> TrustDomain {
+        TrustDomain::already_valid(self.trust_domain_name())
+    }
+
+    /// `spiffe://<td>`, for an already valid trust domain.
+    pub(crate) fn from_trust_domain(td: &TrustDomain) -> Self {
+        Self {
+            id: format!("{SCHEME}{td}"),
+            trust_domain_end: SCHEME.len() + td.as_str().len(),
+        }
     }
 
     /// The path, `""` or starting with `/`.
@@ -95,28 +116,22 @@ impl SpiffeId {
         &self.id[SCHEME.len()..]
     }
 
-    pub fn is_member_of(&self, trust_domain: &str) -> bool {
-        self.trust_domain() == trust_domain
+    /// The path's segments, after the trust domain.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.path().split('/').skip(1)
     }
-}
 
-/// SPIFFE-ID.md §2.1: non-empty, lower-case letters, digits, `.`, `-`, `_`.
-pub fn validate_trust_domain(td: &str) -> Result<(), &'static str> {
-    if td.is_empty() {
-        return Err("trust domain is missing");
+    /// The Kubernetes namespace of an ID shaped `.../ns/<namespace>/...`: the
+    /// segment after the first `ns` segment.
+    pub fn namespace(&self) -> Option<&str> {
+        let mut segments = self.segments();
+        segments.find(|s| *s == "ns")?;
+        segments.next()
     }
-    if td.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err("trust domain is longer than 255 bytes");
+
+    pub fn is_member_of(&self, trust_domain: &TrustDomain) -> bool {
+        self.trust_domain_name() == trust_domain.as_str()
     }
-    if !td
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-    {
-        return Err(
-            "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores",
-        );
-    }
-    Ok(())
 }
 
 impl fmt::Display for SpiffeId {
@@ -152,13 +167,28 @@ mod tests {
     #[test]
     fn valid_ids_and_parts() {
         let id = SpiffeId::parse("spiffe://math.example.com/ns/default/sa/curl-spire").unwrap();
-        assert_eq!(id.trust_domain(), "math.example.com");
+        assert_eq!(id.trust_domain_name(), "math.example.com");
+        assert!(id.is_member_of(&TrustDomain::parse("math.example.com").unwrap()));
         assert_eq!(id.path(), "/ns/default/sa/curl-spire");
         assert_eq!(id.principal(), "math.example.com/ns/default/sa/curl-spire");
-        let td = SpiffeId::for_trust_domain("td").unwrap();
+        assert_eq!(id.namespace(), Some("default"));
+        assert_eq!(
+            SpiffeId::parse_principal("math.example.com/ns/default/sa/curl-spire").unwrap(),
+            id
+        );
+        assert_eq!(SpiffeId::parse_principal(id.as_str()).unwrap(), id);
+        for (text, ns) in [
+            ("spiffe://td/spire/agent/join_token/x", None),
+            ("spiffe://td/ns", None),
+            ("spiffe://td", None),
+            ("spiffe://td/a/ns/b/sa/c", Some("b")),
+        ] {
+            assert_eq!(SpiffeId::parse(text).unwrap().namespace(), ns, "{text}");
+        }
+        let td = TrustDomain::parse("td").unwrap().id();
         assert_eq!((td.as_str(), td.path()), ("spiffe://td", ""));
         assert_eq!(
-            SpiffeId::from_segments("td", &["spire", "agent", "join_token", "abc"])
+            SpiffeId::from_segments(&td.trust_domain(), &["spire", "agent", "join_token", "abc"])
                 .unwrap()
                 .as_str(),
             "spiffe://td/spire/agent/join_token/abc"

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshward_tls::TrustBundles;
-use rustls_pki_types::CertificateDer;
 
 use crate::daemon::{Daemon, free_port};
 
@@ -138,15 +137,10 @@ impl IssuerProcess {
 
     /// The trust bundle as verifier input.
     pub fn bundle(&self) -> Arc<TrustBundles> {
-        let certs: Vec<CertificateDer<'static>> =
-            x509_parser::pem::Pem::iter_from_buffer(self.bundle_pem().as_bytes())
-                .filter_map(Result::ok)
-                .map(|p| CertificateDer::from(p.contents))
-                .collect();
+        let certs = meshward_spiffe::pem::certificates(&self.bundle_pem()).expect("PEM");
+        let td = meshward_spiffe::TrustDomain::parse(&self.trust_domain).expect("trust domain");
         let bundles = TrustBundles::new();
-        bundles
-            .set(&self.trust_domain, &certs)
-            .expect("a valid bundle");
+        bundles.set(&td, &certs).expect("a valid bundle");
         bundles
     }
 }

@@ -10,9 +10,10 @@ mod certs;
 mod verify;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use meshward_spiffe::{InvalidX509Svid, SpiffeId};
+use meshward_spiffe::{InvalidX509Svid, SpiffeId, TrustDomain};
+use parking_lot::RwLock;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use certs::CertStore;
@@ -22,10 +23,10 @@ pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 pub enum TlsError {
     #[error("not an X509-SVID: {0}")]
     NotAnSvid(#[from] InvalidX509Svid),
-    #[error("invalid trust anchor for {trust_domain}: {reason}")]
+    #[error("invalid trust anchor for {trust_domain}: {source}")]
     BadAnchor {
-        trust_domain: String,
-        reason: String,
+        trust_domain: TrustDomain,
+        source: webpki::Error,
     },
     #[error("invalid key or certificate: {0}")]
     BadCredentials(String),
@@ -35,18 +36,18 @@ pub enum TlsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorizer {
     /// Exactly this SPIFFE ID (e.g. the issuer's `spiffe://td/spire/server`).
-    Exact(String),
+    Exact(SpiffeId),
     /// Any ID of this trust domain.
-    TrustDomain(String),
+    TrustDomain(TrustDomain),
     /// Any ID whose trust domain has a bundle.
     AnyTrusted,
 }
 
 impl Authorizer {
-    fn allows(&self, id: &str) -> bool {
+    fn allows(&self, id: &SpiffeId) -> bool {
         match self {
             Self::Exact(want) => id == want,
-            Self::TrustDomain(td) => trust_domain_of(id) == Some(td.as_str()),
+            Self::TrustDomain(td) => id.is_member_of(td),
             Self::AnyTrusted => true,
         }
     }
@@ -55,7 +56,7 @@ impl Authorizer {
 /// Trust anchors by trust domain; updated when bundles rotate, read per handshake.
 #[derive(Debug, Default)]
 pub struct TrustBundles {
-    anchors: RwLock<HashMap<String, Arc<Vec<TrustAnchor<'static>>>>>,
+    anchors: RwLock<HashMap<TrustDomain, Arc<Vec<TrustAnchor<'static>>>>>,
 }
 
 impl TrustBundles {
@@ -66,31 +67,29 @@ impl TrustBundles {
     /// Replaces the authorities of one trust domain.
     pub fn set(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         authorities: &[CertificateDer<'_>],
     ) -> Result<(), TlsError> {
         let anchors = authorities
             .iter()
             .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::BadAnchor {
-                trust_domain: trust_domain.to_owned(),
-                reason: e.to_string(),
+            .map_err(|source| TlsError::BadAnchor {
+                trust_domain: trust_domain.clone(),
+                source,
             })?;
-        if let Ok(mut map) = self.anchors.write() {
-            map.insert(trust_domain.to_owned(), Arc::new(anchors));
-        }
+        self.anchors
+            .write()
+            .insert(trust_domain.clone(), Arc::new(anchors));
         Ok(())
     }
 
-    pub fn remove(&self, trust_domain: &str) {
-        if let Ok(mut map) = self.anchors.write() {
-            map.remove(trust_domain);
-        }
+    pub fn remove(&self, trust_domain: &TrustDomain) {
+        self.anchors.write().remove(trust_domain);
     }
 
-    pub(crate) fn get(&self, trust_domain: &str) -> Option<Arc<Vec<TrustAnchor<'static>>>> {
-        self.anchors.read().ok()?.get(trust_domain).cloned()
+    pub(crate) fn get(&self, trust_domain: &TrustDomain) -> Option<Arc<Vec<TrustAnchor<'static>>>> {
+        self.anchors.read().get(trust_domain).cloned()
     }
 }
 
@@ -130,13 +129,6 @@ pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     let raw = parsed.raw_serial();
     let trimmed = raw.strip_prefix(&[0u8][..]).unwrap_or(raw);
     Some(trimmed.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// `td` of `spiffe://td/...`.
-pub fn trust_domain_of(id: &str) -> Option<&str> {
-    let rest = id.strip_prefix("spiffe://")?;
-    let td = rest.split('/').next()?;
-    (!td.is_empty()).then_some(td)
 }
 
 /// Installs aws-lc-rs as the process's rustls provider (idempotent).

@@ -33,7 +33,7 @@ impl SpiffeVerifier {
     ) -> Result<(), Error> {
         let id = spiffe_id_of(end_entity).map_err(|e| Error::InvalidCertificate(other(e)))?;
         let td = id.trust_domain();
-        let anchors = self.bundles.get(td).ok_or_else(|| {
+        let anchors = self.bundles.get(&td).ok_or_else(|| {
             Error::InvalidCertificate(other(format!(
                 "peer trust domain {td} is not in any bundle"
             )))
@@ -50,7 +50,7 @@ impl SpiffeVerifier {
             None,
         )
         .map_err(|e| Error::InvalidCertificate(map_webpki(e)))?;
-        if !self.authorizer.allows(id.as_str()) {
+        if !self.authorizer.allows(&id) {
             return Err(Error::InvalidCertificate(other(format!(
                 "peer {id} is not authorized here ({:?})",
                 self.authorizer

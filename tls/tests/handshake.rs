@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use meshward_spiffe::{SpiffeId, TrustDomain};
 use meshward_tls::{
     Authorizer, CertStore, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles,
 };
@@ -16,6 +17,14 @@ type Creds = (Vec<CertificateDer<'static>>, Vec<u8>);
 struct Ca {
     cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+}
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::parse(name).unwrap()
+}
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::parse(text).unwrap()
 }
 
 fn ca(td: &str) -> Ca {
@@ -102,7 +111,9 @@ fn setup() -> Setup {
     meshward_tls::install_crypto_provider();
     let ca = ca("td");
     let bundles = TrustBundles::new();
-    bundles.set("td", std::slice::from_ref(&ca.cert)).unwrap();
+    bundles
+        .set(&td("td"), std::slice::from_ref(&ca.cert))
+        .unwrap();
     Setup { bundles, ca }
 }
 
@@ -136,8 +147,8 @@ fn mutual_spiffe_authentication() {
     let (c, sv) = configs(
         &s,
         Some(svid(&s.ca, &["spiffe://td/node/a"])),
-        Authorizer::TrustDomain("td".into()),
-        Authorizer::Exact("spiffe://td/spire/server".into()),
+        Authorizer::TrustDomain(td("td")),
+        Authorizer::Exact(id("spiffe://td/spire/server")),
         true,
     );
     handshake(c, sv).unwrap();
@@ -179,7 +190,7 @@ fn refusals_say_why() {
         ),
         (
             Some(svid(&s.ca, &["spiffe://td/a"])),
-            Authorizer::Exact("spiffe://td/b".into()),
+            Authorizer::Exact(id("spiffe://td/b")),
             Authorizer::AnyTrusted,
             true,
             "not authorized",
@@ -194,7 +205,7 @@ fn refusals_say_why() {
         (
             None,
             Authorizer::AnyTrusted,
-            Authorizer::Exact("spiffe://td/someone-else".into()),
+            Authorizer::Exact(id("spiffe://td/someone-else")),
             false,
             "client: ",
         ),
@@ -248,7 +259,7 @@ fn rotation_of_bundles_and_certificates() {
             .contains("UnknownIssuer")
     );
     s.bundles
-        .set("td", &[s.ca.cert.clone(), next.cert.clone()])
+        .set(&td("td"), &[s.ca.cert.clone(), next.cert.clone()])
         .unwrap();
     handshake(client(), server()).unwrap();
     server_store

@@ -2,6 +2,10 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 
+fn td(name: &str) -> meshward_spiffe::TrustDomain {
+    meshward_spiffe::TrustDomain::parse(name).unwrap()
+}
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn t0() -> SystemTime {
@@ -11,7 +15,7 @@ fn t0() -> SystemTime {
 #[test]
 fn first_start_creates_one_self_signed_generation_with_private_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Authority::load_or_init(dir.path(), "td", DAY, None, t0()).unwrap();
+    let ca = Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0()).unwrap();
     assert_eq!(ca.generations().len(), 1);
     let g = ca.active(t0()).unwrap();
     assert_eq!(g.not_after(), t0() + DAY);
@@ -29,9 +33,9 @@ fn first_start_creates_one_self_signed_generation_with_private_keys() {
 #[test]
 fn restart_keeps_the_same_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Authority::load_or_init(dir.path(), "td", DAY, None, t0()).unwrap();
+    let first = Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0()).unwrap();
     let later = t0() + Duration::from_secs(3600);
-    let again = Authority::load_or_init(dir.path(), "td", DAY, None, later).unwrap();
+    let again = Authority::load_or_init(dir.path(), &td("td"), DAY, None, later).unwrap();
     assert_eq!(again.generations().len(), 1);
     let (a, b) = (first.active(t0()).unwrap(), again.active(later).unwrap());
     assert_eq!(a.certificate(), b.certificate());
@@ -41,7 +45,7 @@ fn restart_keeps_the_same_ca() {
 #[test]
 fn rotation_prepares_at_half_activates_at_five_sixths_keeps_until_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ca = Authority::load_or_init(dir.path(), "td", DAY, None, t0()).unwrap();
+    let mut ca = Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0()).unwrap();
     let first = ca.active(t0()).unwrap().id().to_owned();
 
     let before_half = t0() + DAY / 2 - Duration::from_secs(60);
@@ -78,16 +82,16 @@ fn rotation_prepares_at_half_activates_at_five_sixths_keeps_until_expiry() {
     assert!(!dir.path().join("ca").join(&first).exists());
 
     // a restart derives the same active generation from the files alone
-    let again = Authority::load_or_init(dir.path(), "td", DAY, None, expiry).unwrap();
+    let again = Authority::load_or_init(dir.path(), &td("td"), DAY, None, expiry).unwrap();
     assert_eq!(again.active(expiry).unwrap().id(), second);
 }
 
 #[test]
 fn expired_state_starts_over() {
     let dir = tempfile::tempdir().unwrap();
-    Authority::load_or_init(dir.path(), "td", DAY, None, t0()).unwrap();
+    Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0()).unwrap();
     let much_later = t0() + DAY * 3;
-    let ca = Authority::load_or_init(dir.path(), "td", DAY, None, much_later).unwrap();
+    let ca = Authority::load_or_init(dir.path(), &td("td"), DAY, None, much_later).unwrap();
     assert_eq!(ca.generations().len(), 1);
     assert!(ca.active(much_later).is_ok());
 }
@@ -115,8 +119,14 @@ fn upstream_mode_signs_an_intermediate_and_publishes_the_upstream_root() {
     let dir = tempfile::tempdir().unwrap();
     let (chain, key, root) = upstream_files(dir.path());
     let upstream = UpstreamCa::from_files(&chain, &key).unwrap();
-    let ca =
-        Authority::load_or_init(&dir.path().join("data"), "td", DAY, Some(upstream), t0()).unwrap();
+    let ca = Authority::load_or_init(
+        &dir.path().join("data"),
+        &td("td"),
+        DAY,
+        Some(upstream),
+        t0(),
+    )
+    .unwrap();
     assert_eq!(ca.x509_authorities(), [root]);
     let g = ca.active(t0()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(g.certificate()).unwrap();

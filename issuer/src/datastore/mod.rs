@@ -11,9 +11,9 @@ mod types;
 use std::future::Future;
 
 pub use sql::SqlStore;
-pub use types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken, Selector};
+pub use types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
 
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatastoreError {
@@ -69,43 +69,50 @@ pub trait Datastore: Send + Sync {
 
     fn set_federated_bundle(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         bundle_json: &str,
         now: i64,
     ) -> impl Future<Output = Result<()>> + Send;
     fn get_federated_bundle(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
     ) -> impl Future<Output = Result<String>> + Send;
     fn list_federated_bundles(&self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     fn delete_federated_bundle(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Records a CA generation's public half (idempotent) and returns the bundle
     /// sequence after the change.
     fn record_ca(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         ca: &CaRecord,
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Every recorded CA generation that has not expired at `now`.
     fn list_cas(&self, now: i64) -> impl Future<Output = Result<Vec<CaRecord>>> + Send;
     /// The current `spiffe_sequence` of the own bundle (0 before the first CA).
-    fn bundle_sequence(&self, trust_domain: &str) -> impl Future<Output = Result<u64>> + Send;
+    fn bundle_sequence(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Drops expired generations; returns the bundle sequence.
-    fn prune_cas(&self, trust_domain: &str, now: i64) -> impl Future<Output = Result<u64>> + Send;
+    fn prune_cas(
+        &self,
+        trust_domain: &TrustDomain,
+        now: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Creates or replaces an identity template (by name).
     fn put_template(
         &self,
-        template: &crate::template::IdentityTemplate,
+        template: &meshward_api::template::IdentityTemplate,
         now: i64,
     ) -> impl Future<Output = Result<()>> + Send;
     fn list_templates(
         &self,
-    ) -> impl Future<Output = Result<Vec<crate::template::IdentityTemplate>>> + Send;
+    ) -> impl Future<Output = Result<Vec<meshward_api::template::IdentityTemplate>>> + Send;
     fn delete_template(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes or renews lease `name` for `holder` until `expires_at`; false if another

@@ -4,8 +4,9 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::types::{AttestedNode, Entry, Selector};
+use super::types::{AttestedNode, Entry};
 use super::{DatastoreError, Result};
+use meshward_spiffe::Selector;
 use meshward_spiffe::SpiffeId;
 
 pub(super) fn bind_entry<'q>(

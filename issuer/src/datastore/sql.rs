@@ -13,7 +13,7 @@ use super::rows::{
 };
 use super::types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
 use super::{Datastore, DatastoreError, Result};
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 /// Bounded: the issuer never opens more than this many connections.
 const MAX_CONNECTIONS: u32 = 8;
@@ -93,29 +93,29 @@ impl SqlStore {
     async fn bump_sequence(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
     ) -> Result<u64> {
         sqlx::query(&self.sql(
             "INSERT INTO bundle_sequence (trust_domain, sequence) VALUES ($1, 1) \
              ON CONFLICT (trust_domain) DO UPDATE SET sequence = bundle_sequence.sequence + 1",
         ))
-        .bind(trust_domain)
+        .bind(trust_domain.as_str())
         .execute(&mut **tx)
         .await
         .map_err(classify)?;
         let row =
             sqlx::query(&self.sql("SELECT sequence FROM bundle_sequence WHERE trust_domain = $1"))
-                .bind(trust_domain)
+                .bind(trust_domain.as_str())
                 .fetch_one(&mut **tx)
                 .await
                 .map_err(classify)?;
         Ok(row.try_get::<i64, _>(0).map_err(corrupt)? as u64)
     }
 
-    async fn sequence_of(&self, trust_domain: &str) -> Result<u64> {
+    async fn sequence_of(&self, trust_domain: &TrustDomain) -> Result<u64> {
         let row =
             sqlx::query(&self.sql("SELECT sequence FROM bundle_sequence WHERE trust_domain = $1"))
-                .bind(trust_domain)
+                .bind(trust_domain.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(classify)?;
@@ -345,7 +345,7 @@ impl Datastore for SqlStore {
 
     async fn set_federated_bundle(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         bundle_json: &str,
         now: i64,
     ) -> Result<()> {
@@ -354,7 +354,7 @@ impl Datastore for SqlStore {
             "INSERT INTO federated_bundles (trust_domain, bundle, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (trust_domain) DO UPDATE SET bundle = excluded.bundle, updated_at = excluded.updated_at",
         ))
-        .bind(trust_domain)
+        .bind(trust_domain.as_str())
         .bind(bundle_json)
         .bind(now)
         .execute(&self.pool)
@@ -363,11 +363,11 @@ impl Datastore for SqlStore {
         Ok(())
     }
 
-    async fn get_federated_bundle(&self, trust_domain: &str) -> Result<String> {
+    async fn get_federated_bundle(&self, trust_domain: &TrustDomain) -> Result<String> {
         let _timer = OperationTimer::start("get_federated_bundle");
         let row =
             sqlx::query(&self.sql("SELECT bundle FROM federated_bundles WHERE trust_domain = $1"))
-                .bind(trust_domain)
+                .bind(trust_domain.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(classify)?
@@ -392,10 +392,10 @@ impl Datastore for SqlStore {
             .collect()
     }
 
-    async fn delete_federated_bundle(&self, trust_domain: &str) -> Result<()> {
+    async fn delete_federated_bundle(&self, trust_domain: &TrustDomain) -> Result<()> {
         let _timer = OperationTimer::start("delete_federated_bundle");
         let done = sqlx::query(&self.sql("DELETE FROM federated_bundles WHERE trust_domain = $1"))
-            .bind(trust_domain)
+            .bind(trust_domain.as_str())
             .execute(&self.pool)
             .await
             .map_err(classify)?;
@@ -407,7 +407,7 @@ impl Datastore for SqlStore {
         Ok(())
     }
 
-    async fn record_ca(&self, trust_domain: &str, ca: &CaRecord) -> Result<u64> {
+    async fn record_ca(&self, trust_domain: &TrustDomain, ca: &CaRecord) -> Result<u64> {
         let _timer = OperationTimer::start("record_ca");
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let inserted = sqlx::query(&self.sql(
@@ -463,12 +463,12 @@ impl Datastore for SqlStore {
             .collect()
     }
 
-    async fn bundle_sequence(&self, trust_domain: &str) -> Result<u64> {
+    async fn bundle_sequence(&self, trust_domain: &TrustDomain) -> Result<u64> {
         let _timer = OperationTimer::start("bundle_sequence");
         self.sequence_of(trust_domain).await
     }
 
-    async fn prune_cas(&self, trust_domain: &str, now: i64) -> Result<u64> {
+    async fn prune_cas(&self, trust_domain: &TrustDomain, now: i64) -> Result<u64> {
         let _timer = OperationTimer::start("prune_cas");
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let removed = sqlx::query(&self.sql("DELETE FROM ca_journal WHERE not_after <= $1"))
@@ -490,7 +490,7 @@ impl Datastore for SqlStore {
 
     async fn put_template(
         &self,
-        template: &crate::template::IdentityTemplate,
+        template: &meshward_api::template::IdentityTemplate,
         now: i64,
     ) -> Result<()> {
         let _timer = OperationTimer::start("put_template");
@@ -507,7 +507,7 @@ impl Datastore for SqlStore {
         Ok(())
     }
 
-    async fn list_templates(&self) -> Result<Vec<crate::template::IdentityTemplate>> {
+    async fn list_templates(&self) -> Result<Vec<meshward_api::template::IdentityTemplate>> {
         let _timer = OperationTimer::start("list_templates");
         let rows = sqlx::query("SELECT spec FROM identity_templates ORDER BY name")
             .fetch_all(&self.pool)

@@ -1,51 +1,8 @@
 //! What the datastore holds.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
-use meshward_spiffe::SpiffeId;
-
-/// `type:value`, e.g. `k8s:ns:echoserver` (type `k8s`, value `ns:echoserver`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Selector {
-    pub kind: String,
-    pub value: String,
-}
-
-impl FromStr for Selector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once(':') {
-            Some((kind, value)) if !kind.is_empty() && !value.is_empty() => Ok(Self {
-                kind: kind.to_owned(),
-                value: value.to_owned(),
-            }),
-            _ => Err(format!("selector {s:?} is not of the form type:value")),
-        }
-    }
-}
-
-impl TryFrom<String> for Selector {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<Selector> for String {
-    fn from(s: Selector) -> Self {
-        s.to_string()
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
-}
+use meshward_spiffe::{Selector, SpiffeId};
 
 /// A registration entry: workloads with all of `selectors`, under `parent_id`,
 /// get `spiffe_id`.

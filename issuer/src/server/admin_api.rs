@@ -9,9 +9,9 @@ use super::convert::{
     template_from,
 };
 use crate::datastore::{Datastore, EntryFilter};
-use crate::proto::admin_api_server::AdminApi;
-use crate::proto::{self};
 use crate::service::Issuer;
+use meshward_api::proto::admin_api_server::AdminApi;
+use meshward_api::proto::{self};
 
 pub(crate) struct AdminService<D> {
     pub(crate) issuer: Arc<Issuer<D>>,
@@ -168,7 +168,9 @@ impl<D: Datastore + 'static> AdminApi for AdminService<D> {
         request: Request<proto::TrustDomainRef>,
     ) -> Result<Response<proto::Empty>, Status> {
         self.issuer
-            .delete_federated_bundle(&request.into_inner().trust_domain)
+            .delete_federated_bundle(&super::convert::trust_domain(
+                &request.into_inner().trust_domain,
+            )?)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::Empty {}))

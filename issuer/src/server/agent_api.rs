@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{bundle, code_of, entry, status, svid, target, template};
 use crate::datastore::Datastore;
-use crate::proto::agent_api_server::AgentApi;
-use crate::proto::{self};
 use crate::service::{Caller, Issuer};
+use meshward_api::proto::agent_api_server::AgentApi;
+use meshward_api::proto::{self};
 
 pub(crate) struct AgentService<D> {
     pub(crate) issuer: Arc<Issuer<D>>,

@@ -36,7 +36,7 @@ pub(crate) fn web_certificate(
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let chain = crate::ca::pem_certificates(&read(cert_file)?)
+    let chain = meshward_spiffe::pem::certificates(&read(cert_file)?)
         .map_err(|e| format!("{}: {e}", cert_file.display()))?;
     let key = rcgen::KeyPair::from_pem(&read(key_file)?)
         .map_err(|e| format!("{}: {e}", key_file.display()))?;

@@ -4,12 +4,13 @@ use std::time::SystemTime;
 
 use tonic::Status;
 
-use crate::bundle::Bundle;
-use crate::datastore::{AttestedNode, Entry, Selector};
-use crate::proto;
+use crate::datastore::{AttestedNode, Entry};
 use crate::service::ServiceError;
 use crate::x509::X509Svid;
+use meshward_api::proto;
+use meshward_spiffe::Bundle;
 use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{Selector, TrustDomain};
 
 pub(crate) fn status(e: ServiceError) -> Status {
     match e {
@@ -40,7 +41,7 @@ pub(crate) fn svid(s: &X509Svid) -> proto::X509Svid {
 
 pub(crate) fn bundle(b: &Bundle) -> proto::Bundle {
     proto::Bundle {
-        trust_domain: b.trust_domain.clone(),
+        trust_domain: b.trust_domain.to_string(),
         x509_authorities: b.x509_authorities.iter().map(|c| c.to_vec()).collect(),
         jwks: b.to_spiffe_json(),
         sequence: b.sequence,
@@ -51,16 +52,22 @@ pub(crate) fn bundle(b: &Bundle) -> proto::Bundle {
 /// A bundle from the admin API: the JWKS (SPIFFE format) when given, else the DER
 /// authorities.
 pub(crate) fn bundle_from(b: proto::Bundle) -> Result<Bundle, Status> {
+    let td = trust_domain(&b.trust_domain)?;
     if !b.jwks.is_empty() {
-        return Bundle::from_spiffe_json(&b.trust_domain, &b.jwks)
+        return Bundle::from_spiffe_json(&td, &b.jwks)
             .map_err(|e| Status::invalid_argument(e.to_string()));
     }
     let pem: String = b
         .x509_authorities
         .iter()
-        .map(|der| crate::ca::pem_encode(&der.clone().into()))
+        .map(|der| meshward_spiffe::pem::certificate(&der.clone().into()))
         .collect();
-    Bundle::from_pem(&b.trust_domain, &pem).map_err(|e| Status::invalid_argument(e.to_string()))
+    Bundle::from_pem(&td, &pem).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A trust domain named in a request: invalid is the caller's error.
+pub(crate) fn trust_domain(name: &str) -> Result<TrustDomain, Status> {
+    TrustDomain::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 pub(crate) fn entry(e: &Entry) -> proto::Entry {
@@ -131,13 +138,13 @@ pub(crate) fn agent(n: &AttestedNode) -> proto::Agent {
     }
 }
 
-pub(crate) fn template(t: &crate::template::IdentityTemplate) -> proto::IdentityTemplate {
+pub(crate) fn template(t: &meshward_api::template::IdentityTemplate) -> proto::IdentityTemplate {
     t.into()
 }
 
 pub(crate) fn template_from(
     t: proto::IdentityTemplate,
-) -> Result<crate::template::IdentityTemplate, Status> {
+) -> Result<meshward_api::template::IdentityTemplate, Status> {
     t.try_into().map_err(Status::invalid_argument)
 }
 
@@ -151,7 +158,7 @@ pub(crate) fn target(
         (false, true, None) => Ok(crate::service::SvidTarget::Entry(entry_id)),
         (true, false, Some(p)) => Ok(crate::service::SvidTarget::Template {
             name: template,
-            pod: crate::template::PodAttributes {
+            pod: meshward_api::template::PodAttributes {
                 namespace: p.namespace,
                 name: p.name,
                 uid: p.uid,

@@ -28,10 +28,10 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
 use crate::ca::{Authority, UpstreamCa};
 use crate::datastore::{Datastore, SqlStore};
-use crate::proto::admin_api_server::AdminApiServer;
-use crate::proto::agent_api_server::AgentApiServer;
 use crate::service::{Issuer, Settings};
 use crate::x509::SvidTemplate;
+use meshward_api::proto::admin_api_server::AdminApiServer;
+use meshward_api::proto::agent_api_server::AgentApiServer;
 use meshward_spiffe::SpiffeId;
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -42,13 +42,22 @@ const TICK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{what}: {reason}")]
-    Startup { what: String, reason: String },
+    #[error("{what}: {source}")]
+    Startup {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
-fn startup(what: impl Into<String>) -> impl FnOnce(String) -> ServerError {
+/// What failed to start, keeping why (an error, or a message where there is none).
+fn startup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> ServerError {
     let what = what.into();
-    move |reason| ServerError::Startup { what, reason }
+    move |e| ServerError::Startup {
+        what,
+        source: e.into(),
+    }
 }
 
 /// Renders the process's metrics in the Prometheus text format (`/metrics` on the
@@ -63,14 +72,14 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     meshward_tls::install_crypto_provider();
     std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| startup(format!("create {}", config.data_dir.display()))(e.to_string()))?;
+        .map_err(startup(format!("create {}", config.data_dir.display())))?;
     let store = SqlStore::connect(&config.datastore_url())
         .await
-        .map_err(|e| startup("datastore")(e.to_string()))?;
+        .map_err(startup("datastore"))?;
     let upstream = match &config.upstream_ca {
         Some(files) => Some(
             UpstreamCa::from_files(&files.cert_chain, &files.key)
-                .map_err(|e| startup("upstream_ca")(e.to_string()))?,
+                .map_err(startup("upstream_ca"))?,
         ),
         None => None,
     };
@@ -81,7 +90,7 @@ pub async fn run(
         upstream,
         SystemTime::now(),
     )
-    .map_err(|e| startup("CA")(e.to_string()))?;
+    .map_err(startup("CA"))?;
     let settings = Settings {
         trust_domain: config.trust_domain.clone(),
         instance: instance_name(),
@@ -96,7 +105,7 @@ pub async fn run(
     };
     let mut issuer = Issuer::new(settings, authority, store)
         .await
-        .map_err(|e| startup("issuer")(e.to_string()))?;
+        .map_err(startup("issuer"))?;
     if let Some(psat) = &config.k8s_psat {
         issuer = issuer.with_psat(
             crate::k8s_psat::PsatAttestor::from_config(psat).map_err(startup("k8s_psat"))?,
@@ -116,10 +125,10 @@ pub async fn run(
 
     let agent_listener = TcpListener::bind(config.agent_listen)
         .await
-        .map_err(|e| startup(format!("listen on {}", config.agent_listen))(e.to_string()))?;
+        .map_err(startup(format!("listen on {}", config.agent_listen)))?;
     let health_listener = TcpListener::bind(config.health_listen)
         .await
-        .map_err(|e| startup(format!("listen on {}", config.health_listen))(e.to_string()))?;
+        .map_err(startup(format!("listen on {}", config.health_listen)))?;
     let admin_listener = bind_admin_socket(&config.admin_socket)?;
 
     let tls = tls_config(&issuer, &bundles, &server_cert);
@@ -143,11 +152,11 @@ pub async fn run(
     let health_server = health::serve(health_listener, issuer.clone(), metrics);
     if let Some(api) = &config.cluster_spiffe_ids {
         let client =
-            crate::kube_client::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
+            meshward_kubernetes::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
     }
     if let Some(target) = &config.bundle_configmap {
-        let client = crate::kube_client::client(&(&target.kubernetes).into())
+        let client = meshward_kubernetes::client(&(&target.kubernetes).into())
             .map_err(startup("bundle_configmap"))?;
         tokio::spawn(bundle_configmap::run(
             client,
@@ -168,7 +177,7 @@ pub async fn run(
         };
         let listener = TcpListener::bind(endpoint.listen)
             .await
-            .map_err(|e| startup(format!("listen on {}", endpoint.listen))(e.to_string()))?;
+            .map_err(startup(format!("listen on {}", endpoint.listen)))?;
         bundle_endpoint::serve(listener, bundle_endpoint::tls_config(cert), issuer.clone())
             .await
             .map_err(startup("bundle endpoint"))
@@ -205,8 +214,8 @@ pub async fn run(
         }
     };
     let result = tokio::select! {
-        r = agent_server => r.map_err(|e| startup("agent API")(e.to_string())),
-        r = admin_server => r.map_err(|e| startup("admin API")(e.to_string())),
+        r = agent_server => r.map_err(startup("agent API")),
+        r = admin_server => r.map_err(startup("admin API")),
         r = health_server => r.map_err(startup("health")),
         r = bundle_server => r,
         () = housekeeping => Ok(()),
@@ -224,15 +233,13 @@ fn instance_name() -> String {
 
 fn bind_admin_socket(path: &std::path::Path) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| startup(format!("create {}", dir.display()))(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(startup(format!("create {}", dir.display())))?;
     }
     // a socket left by a previous run would make bind fail
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .map_err(|e| startup(format!("bind {}", path.display()))(e.to_string()))?;
+    let listener = UnixListener::bind(path).map_err(startup(format!("bind {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| startup(format!("chmod {}", path.display()))(e.to_string()))?;
+        .map_err(startup(format!("chmod {}", path.display())))?;
     Ok(listener)
 }
 

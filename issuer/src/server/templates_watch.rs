@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::datastore::Datastore;
 use crate::service::Issuer;
-use crate::template::{IdentityTemplate, from_cluster_spiffe_id_yaml};
+use meshward_api::template::{IdentityTemplate, from_cluster_spiffe_id_yaml};
 
 const PREFIX: &str = "k8s/";
 

@@ -3,9 +3,9 @@
 use std::time::SystemTime;
 
 use super::{Issuer, Result, ServiceError, unix};
-use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter, JoinToken};
-use meshward_spiffe::{SpiffeId, validate_trust_domain};
+use meshward_spiffe::Bundle;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 impl<D: Datastore> Issuer<D> {
     pub async fn create_entry(&self, mut entry: Entry) -> Result<Entry> {
@@ -74,14 +74,15 @@ impl<D: Datastore> Issuer<D> {
         }
         for (i, fed) in entry.federates_with.iter().enumerate() {
             let name = fed.strip_prefix("spiffe://").unwrap_or(fed);
-            if let Err(reason) = validate_trust_domain(name) {
-                return invalid(&format!("federates_with[{i}]"), reason.into());
-            }
-            if name == td {
-                return invalid(
-                    &format!("federates_with[{i}]"),
-                    "an entry cannot federate with its own trust domain".into(),
-                );
+            match TrustDomain::parse(name) {
+                Err(e) => return invalid(&format!("federates_with[{i}]"), e.reason.into()),
+                Ok(other) if other == *td => {
+                    return invalid(
+                        &format!("federates_with[{i}]"),
+                        "an entry cannot federate with its own trust domain".into(),
+                    );
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
@@ -153,8 +154,6 @@ impl<D: Datastore> Issuer<D> {
                 "the own trust domain's bundle is managed by the CA, not set by hand".into(),
             ));
         }
-        validate_trust_domain(&bundle.trust_domain)
-            .map_err(|r| ServiceError::InvalidArgument(format!("id: {r}")))?;
         if bundle.x509_authorities.is_empty() && bundle.jwt_keys.is_empty() {
             return Err(ServiceError::InvalidArgument(
                 "the bundle holds no authority".into(),
@@ -173,6 +172,7 @@ impl<D: Datastore> Issuer<D> {
     pub async fn federated_bundles(&self) -> Result<Vec<Bundle>> {
         let mut bundles = Vec::new();
         for (td, json) in self.store.list_federated_bundles().await? {
+            let td = TrustDomain::parse(&td).map_err(|e| ServiceError::Internal(e.to_string()))?;
             bundles.push(
                 Bundle::from_spiffe_json(&td, &json)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?,
@@ -184,7 +184,7 @@ impl<D: Datastore> Issuer<D> {
     /// Creates or replaces identity templates; all are validated before any is stored.
     pub async fn put_templates(
         &self,
-        templates: &[crate::template::IdentityTemplate],
+        templates: &[meshward_api::template::IdentityTemplate],
     ) -> Result<()> {
         for t in templates {
             t.validate(&self.settings.trust_domain).map_err(|e| {
@@ -198,7 +198,7 @@ impl<D: Datastore> Issuer<D> {
         Ok(())
     }
 
-    pub async fn list_templates(&self) -> Result<Vec<crate::template::IdentityTemplate>> {
+    pub async fn list_templates(&self) -> Result<Vec<meshward_api::template::IdentityTemplate>> {
         Ok(self.store.list_templates().await?)
     }
 
@@ -206,7 +206,7 @@ impl<D: Datastore> Issuer<D> {
         Ok(self.store.delete_template(name).await?)
     }
 
-    pub async fn delete_federated_bundle(&self, trust_domain: &str) -> Result<()> {
+    pub async fn delete_federated_bundle(&self, trust_domain: &TrustDomain) -> Result<()> {
         Ok(self.store.delete_federated_bundle(trust_domain).await?)
     }
 }

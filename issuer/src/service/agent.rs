@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use super::{Issuer, Result, ServiceError, unix};
-use crate::bundle::Bundle;
 use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter};
 use crate::jwt::mint_jwt_svid;
-use crate::template::PodAttributes;
 use crate::x509::{SvidTemplate, X509Svid};
+use meshward_api::template::PodAttributes;
+use meshward_spiffe::Bundle;
 use meshward_spiffe::SpiffeId;
 
 /// A node as the transport authenticated it: the SPIFFE ID and serial of the
@@ -114,7 +114,7 @@ impl<D: Datastore> Issuer<D> {
         &self,
         id: SpiffeId,
         attestation_type: &str,
-        selectors: Vec<crate::datastore::Selector>,
+        selectors: Vec<meshward_spiffe::Selector>,
         can_reattest: bool,
         csr: &[u8],
     ) -> Result<X509Svid> {
@@ -356,7 +356,7 @@ impl<D: Datastore> Issuer<D> {
     pub async fn identity_templates(
         &self,
         caller: &Caller,
-    ) -> Result<Vec<crate::template::IdentityTemplate>> {
+    ) -> Result<Vec<meshward_api::template::IdentityTemplate>> {
         self.authenticate_node(caller).await?;
         Ok(self.store.list_templates().await?)
     }

@@ -8,13 +8,14 @@ mod agent;
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
-use crate::bundle::Bundle;
-use crate::ca::{Authority, pem_certificates, pem_encode};
+use crate::ca::Authority;
 use crate::datastore::{CaRecord, Datastore, DatastoreError};
 use crate::error::{CaError, SigningError};
-use crate::jwt::JwtPublicKey;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::Bundle;
+use meshward_spiffe::JwtPublicKey;
+use meshward_spiffe::pem;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 pub use agent::{BatchResult, Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
 
@@ -72,7 +73,7 @@ pub type Result<T> = std::result::Result<T, ServiceError>;
 /// Settings the service decides with (from `issuer.yaml`).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// Names this issuer instance in the CA journal and leases (HA).
     pub instance: String,
     pub default_x509_svid_ttl: Duration,
@@ -188,7 +189,7 @@ impl<D: Datastore> Issuer<D> {
                     CaRecord {
                         id: format!("{}/{}", self.settings.instance, g.id()),
                         instance: self.settings.instance.clone(),
-                        certificate_pem: pem_encode(g.certificate()),
+                        certificate_pem: pem::certificate(g.certificate()),
                         jwt_kid: kid,
                         jwt_x: x,
                         jwt_y: y,
@@ -227,7 +228,8 @@ impl<D: Datastore> Issuer<D> {
                 let mut certs = Vec::new();
                 for r in &records {
                     certs.extend(
-                        pem_certificates(&r.certificate_pem).map_err(ServiceError::Internal)?,
+                        pem::certificates(&r.certificate_pem)
+                            .map_err(|e| ServiceError::Internal(e.to_string()))?,
                     );
                 }
                 certs

@@ -3,8 +3,13 @@ use std::time::{Duration, SystemTime};
 use meshward_test_support::{check_x509_svid, p256_csr};
 
 use super::*;
-use crate::datastore::{Entry, EntryFilter, Selector, SqlStore};
+use crate::datastore::{Entry, EntryFilter, SqlStore};
 use crate::service::{Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
+use meshward_spiffe::Selector;
+
+fn td(name: &str) -> meshward_spiffe::TrustDomain {
+    meshward_spiffe::TrustDomain::parse(name).unwrap()
+}
 
 fn request(target: SvidTarget, csr: Vec<u8>) -> SvidRequest {
     SvidRequest {
@@ -20,9 +25,10 @@ async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
     let store = SqlStore::connect(&format!("sqlite://{}/db.sqlite3", dir.display()))
         .await
         .unwrap();
-    let authority = Authority::load_or_init(dir, "td", HOUR * 24, None, SystemTime::now()).unwrap();
+    let authority =
+        Authority::load_or_init(dir, &td("td"), HOUR * 24, None, SystemTime::now()).unwrap();
     let settings = Settings {
-        trust_domain: "td".into(),
+        trust_domain: td("td"),
         instance: "issuer-0".into(),
         default_x509_svid_ttl: HOUR,
         default_jwt_svid_ttl: Duration::from_secs(300),
@@ -363,14 +369,14 @@ async fn bundle_tracks_rotation_and_federation() {
     assert!(second.sequence > first.sequence);
 
     let mut partner = first.clone();
-    partner.trust_domain = "partner.io".into();
+    partner.trust_domain = td("partner.io");
     issuer.set_federated_bundle(&partner).await.unwrap();
     assert_eq!(
         issuer.federated_bundles().await.unwrap()[0].trust_domain,
         "partner.io"
     );
     let mut own = first;
-    own.trust_domain = "td".into();
+    own.trust_domain = td("td");
     assert!(matches!(
         issuer.set_federated_bundle(&own).await,
         Err(ServiceError::InvalidArgument(_))

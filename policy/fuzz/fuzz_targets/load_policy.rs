@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshward_policy::{EngineOptions, HttpRequest, Identity, PathNormalization, Request, Workload, load_str};
+use meshward_policy::{EngineOptions, HttpRequest, SpiffeId, PathNormalization, Request, Workload, load_str};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let http = HttpRequest::new("GET", "/a/b", "a.default:80", Default::default(), PathNormalization::default())
         .expect("a fixed valid request");
     let request = Request {
-        source: Identity::parse("cluster.local/ns/default/sa/a").ok(),
+        source: SpiffeId::parse_principal("cluster.local/ns/default/sa/a").ok(),
         source_namespace: None,
         source_ip: [10, 0, 0, 1].into(),
         remote_ip: [10, 0, 0, 1].into(),

@@ -1,6 +1,6 @@
 //! Actions, their order, the special policies, dry-run and the two default modes.
 
-use meshward_policy::{Action, DefaultMode, EngineOptions, Reason, Verdict};
+use meshward_policy::{Action, DefaultMode, Effect, EngineOptions, Reason};
 
 use crate::support::*;
 
@@ -10,7 +10,7 @@ const CURL: &str = "math.example.com/ns/default/sa/curl-spire";
 fn default_deny_even_without_any_policy() {
     let s = set("");
     let d = s.evaluate(&echo(), &http("GET", "/").build()).clone();
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.reason, Reason::NoAllowPolicyDefaultDeny);
 }
 
@@ -51,7 +51,7 @@ fn allow_nothing_spec_and_empty_rules() {
     for spec in ["  {}", "  action: ALLOW", "  rules: []"] {
         let s = set_with(&policy("nothing", spec), options.clone());
         let d = s.evaluate(&echo(), &http("GET", "/").build()).clone();
-        assert_eq!(d.verdict, Verdict::Deny, "{spec}");
+        assert_eq!(d.effect, Effect::Deny, "{spec}");
         assert_eq!(d.reason, Reason::NoAllowMatched, "{spec}");
     }
 }
@@ -93,7 +93,7 @@ fn audit_never_decides() {
     let s = set(&audit);
     let req = http("GET", "/").build();
     let d = s.evaluate(&echo(), &req);
-    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.effect, Effect::Deny);
     assert_eq!(
         d.reason,
         Reason::NoAllowPolicyDefaultDeny,
@@ -149,7 +149,7 @@ fn dry_run_policies_are_reported_never_enforced() {
     // a dry-run DENY does not deny
     let s = set(&(dry("DENY") + &policy("all", "  rules:\n  - {}")));
     let req = http("GET", "/").build();
-    assert_eq!(s.evaluate(&echo(), &req).verdict, Verdict::Allow);
+    assert_eq!(s.evaluate(&echo(), &req).effect, Effect::Allow);
     let shadow = s.shadow_matches(&echo(), &req);
     assert_eq!(
         (shadow.len(), shadow[0].action, shadow[0].dry_run),

@@ -1,7 +1,7 @@
 //! Loading: documents, kinds, files and directories, and every admission check,
 //! with errors that name file, document, field and reason.
 
-use meshward_policy::{EngineOptions, load_paths, load_str};
+use meshward_policy::{EngineOptions, TrustDomain, load_paths, load_str};
 
 use crate::support::*;
 
@@ -240,8 +240,8 @@ fn files_and_directories() {
 #[test]
 fn trust_domain_rewrite_of_principals() {
     let options = EngineOptions {
-        trust_domain: "math.example.com".into(),
-        trust_domain_aliases: vec!["old.example.com".into()],
+        trust_domain: TrustDomain::parse("math.example.com").unwrap(),
+        trust_domain_aliases: vec![TrustDomain::parse("old.example.com").unwrap()],
         ..EngineOptions::default()
     };
     // cluster.local points to the mesh trust domain and its aliases

@@ -1,7 +1,7 @@
 //! Every `from.source` field, with its `not` form and the exact / prefix / suffix /
 //! presence kinds.
 
-use meshward_policy::EngineOptions;
+use meshward_policy::{EngineOptions, TrustDomain};
 
 use crate::support::*;
 
@@ -150,8 +150,8 @@ fn trust_domains() {
 #[test]
 fn mesh_trust_domain_aliases_expand_to_each_other() {
     let options = EngineOptions {
-        trust_domain: "new.td".into(),
-        trust_domain_aliases: vec!["old.td".into()],
+        trust_domain: TrustDomain::parse("new.td").unwrap(),
+        trust_domain_aliases: vec![TrustDomain::parse("old.td").unwrap()],
         ..EngineOptions::default()
     };
     let s = set_with(

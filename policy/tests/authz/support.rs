@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshward_policy::{
-    EngineOptions, HttpRequest, Identity, JwtClaims, PathNormalization, PolicySet, Request,
-    Verdict, Workload, load_str,
+    Effect, EngineOptions, HttpRequest, JwtClaims, PathNormalization, PolicySet, Request, SpiffeId,
+    Workload, load_str,
 };
 
 pub fn options() -> EngineOptions {
@@ -147,7 +147,7 @@ impl Req {
             source: self
                 .principal
                 .as_deref()
-                .map(|p| Identity::parse(p).unwrap()),
+                .map(|p| SpiffeId::parse_principal(p).unwrap()),
             source_namespace: None,
             source_ip: self.source_ip,
             remote_ip: self.remote_ip.unwrap_or(self.source_ip),
@@ -160,7 +160,7 @@ impl Req {
 }
 
 pub fn allowed(set: &PolicySet, workload: &Workload, request: &Req) -> bool {
-    set.evaluate(workload, &request.build()).verdict == Verdict::Allow
+    set.evaluate(workload, &request.build()).effect == Effect::Allow
 }
 
 /// Asserts the verdict of each `(request, allowed?)` case against `echo()`.
@@ -171,7 +171,7 @@ pub fn check(set: &PolicySet, cases: &[(Req, bool)]) {
         let request = req.build();
         let decision = set.evaluate(&wl, &request);
         assert_eq!(
-            decision.verdict == Verdict::Allow,
+            decision.effect == Effect::Allow,
             *want,
             "case {i}: {request:?}\n{}",
             set.explain(&wl, &request)

@@ -1,7 +1,5 @@
 //! Keys are generated on the node and never leave it: only CSRs do.
 
-use rustls_pki_types::CertificateDer;
-
 use super::AgentError;
 
 pub(crate) struct NewKey {
@@ -12,25 +10,13 @@ pub(crate) struct NewKey {
 
 impl NewKey {
     pub(crate) fn generate() -> Result<Self, AgentError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| AgentError::Io(format!("key generation: {e}")))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| AgentError::Io(format!("CSR: {e}")))?;
+        let csr = params.serialize_request(&key)?;
         Ok(Self {
             pkcs8: key.serialize_der(),
             csr: csr.der().to_vec(),
         })
     }
-}
-
-pub(crate) fn pem_encode(der: &CertificateDer<'_>) -> String {
-    meshward_issuer::pem::certificate(der)
-}
-
-/// The certificates of a PEM text (none when it holds none).
-pub(crate) fn pem_certificates(text: &str) -> Vec<CertificateDer<'static>> {
-    meshward_issuer::pem::certificates(text).unwrap_or_default()
 }

@@ -21,13 +21,11 @@ pub(crate) struct KubeSource {
 impl KubeSource {
     /// Starts the watch on its own task.
     pub(crate) fn start(config: &KubernetesSource) -> Result<Self, AgentError> {
-        let client =
-            meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
-                api_server: config.api_server.clone(),
-                api_ca_path: config.api_ca_path.clone(),
-                api_token_path: config.api_token_path.clone(),
-            })
-            .map_err(AgentError::Config)?;
+        let client = meshward_kubernetes::client(&meshward_kubernetes::ApiEndpoint {
+            api_server: config.api_server.clone(),
+            api_ca_path: config.api_ca_path.clone(),
+            api_token_path: config.api_token_path.clone(),
+        })?;
         let (tx, updates) = watch::channel(None);
         // one ConfigMap serves every node of a DaemonSet: the name comes from the
         // downward API when the file leaves it empty

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshward_config::ProxyConfig;
+use meshward_spiffe::TrustDomain;
 use meshward_tls::{CertStore, TrustBundles};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
@@ -30,7 +31,7 @@ use node::{NodeIdentity, NodeStore};
 use svids::SvidCache;
 use workloads::{FileSource, WorkloadSource};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("agent configuration: {0}")]
     Config(String),
@@ -41,8 +42,23 @@ pub enum AgentError {
     NodeRejected(String),
     #[error("issuer unavailable: {0}")]
     IssuerUnavailable(String),
-    #[error("{0}")]
-    Io(String),
+    #[error("{path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a file write task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("key or CSR generation: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("the issuer sent an unusable SVID: {0}")]
+    InvalidSvid(#[from] meshward_spiffe::InvalidSpiffeId),
+    #[error("TLS credentials: {0}")]
+    Tls(#[from] meshward_tls::TlsError),
+    #[error("no node identity yet")]
+    NoNodeIdentity,
+    #[error("agent.workloads.kubernetes: {0}")]
+    Kubernetes(#[from] meshward_kubernetes::KubernetesError),
 }
 
 /// Maps an issuer status to what the agent does about it.
@@ -66,7 +82,7 @@ pub struct AgentHandle {
 
 /// The agent API client, as the node.
 pub type IssuerClient =
-    meshward_issuer::proto::agent_api_client::AgentApiClient<tonic::transport::Channel>;
+    meshward_api::proto::agent_api_client::AgentApiClient<tonic::transport::Channel>;
 
 /// Backoff after failures: 1 s doubling to 30 s.
 struct Backoff(Duration);
@@ -101,10 +117,12 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
         }
     };
     let bootstrap = match &agent.trust_bundle_path {
-        Some(path) => keys::pem_certificates(
-            &std::fs::read_to_string(path)
-                .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?,
-        ),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| meshward_spiffe::pem::certificates(&text).unwrap_or_default())
+            .map_err(|source| AgentError::File {
+                path: path.clone(),
+                source,
+            })?,
         None => Vec::new(),
     };
     let store = NodeStore::new(&agent.data_dir);
@@ -134,9 +152,7 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
         snapshots: snapshots_tx,
         ready: ready_tx,
     };
-    task.bundles
-        .set(&config.trust_domain, &trusted)
-        .map_err(|e| AgentError::Config(e.to_string()))?;
+    task.bundles.set(&config.trust_domain, &trusted)?;
     tokio::spawn(task.run());
     Ok(AgentHandle {
         snapshots,
@@ -247,25 +263,25 @@ impl AgentTask {
                 .bundles
                 .federated
                 .iter()
-                .map(|b| {
-                    (
-                        b.trust_domain.clone(),
+                .filter_map(|b| match TrustDomain::parse(&b.trust_domain) {
+                    Ok(td) => Some((
+                        td,
                         b.x509_authorities
                             .iter()
                             .cloned()
                             .map(CertificateDer::from)
                             .collect(),
-                    )
+                    )),
+                    Err(e) => {
+                        eprintln!("meshward agent: skipped a federated bundle: {e}");
+                        None
+                    }
                 })
                 .collect(),
             pods: self.cache.pods(&self.workloads, &auth),
             local: self.cache.local(&auth),
             node_name: self.workloads.node.clone(),
-            node_id: self
-                .node
-                .as_ref()
-                .map(|n| n.spiffe_id.clone())
-                .unwrap_or_default(),
+            node_id: self.node.as_ref().map(|n| n.spiffe_id.clone()),
         };
         self.snapshots.send_replace(Arc::new(snapshot));
         self.ready.send_replace(true);
@@ -273,13 +289,8 @@ impl AgentTask {
     }
 
     fn present_node_identity(&self) -> Result<(), AgentError> {
-        let node = self
-            .node
-            .as_ref()
-            .ok_or_else(|| AgentError::Io("no node identity".into()))?;
-        self.identity
-            .set(node.chain.clone(), &node.key_pkcs8)
-            .map_err(|e| AgentError::Io(e.to_string()))
+        let node = self.node.as_ref().ok_or(AgentError::NoNodeIdentity)?;
+        Ok(self.identity.set(node.chain.clone(), &node.key_pkcs8)?)
     }
 }
 
@@ -287,11 +298,9 @@ impl AgentTask {
 async fn adopt_bundle(
     bundles: &TrustBundles,
     store: &NodeStore,
-    trust_domain: &str,
+    trust_domain: &TrustDomain,
     bundle: &[CertificateDer<'static>],
 ) -> Result<(), AgentError> {
-    bundles
-        .set(trust_domain, bundle)
-        .map_err(|e| AgentError::Io(e.to_string()))?;
+    bundles.set(trust_domain, bundle)?;
     store.save_bundle(bundle).await
 }

@@ -6,20 +6,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshward_api::proto;
+use meshward_api::proto::agent_api_client::AgentApiClient;
 use meshward_config::AgentConfig;
-use meshward_issuer::proto;
-use meshward_issuer::proto::agent_api_client::AgentApiClient;
 use meshward_tls::{CertStore, TrustBundles};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
 use super::AgentError;
-use super::keys::{NewKey, pem_certificates, pem_encode};
+use super::keys::NewKey;
+use meshward_spiffe::{SpiffeId, TrustDomain, pem};
 
 /// The node SVID with its key.
 #[derive(Clone)]
 pub(crate) struct NodeIdentity {
-    pub(crate) spiffe_id: String,
+    pub(crate) spiffe_id: SpiffeId,
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key_pkcs8: Vec<u8>,
     pub(crate) issued_at: SystemTime,
@@ -50,7 +51,7 @@ impl NodeIdentity {
         let expires_at =
             SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
         Ok(Self {
-            spiffe_id: svid.spiffe_id,
+            spiffe_id: SpiffeId::parse(&svid.spiffe_id)?,
             chain: svid
                 .cert_chain
                 .into_iter()
@@ -80,10 +81,11 @@ impl NodeStore {
     }
 
     pub(crate) fn load(&self) -> Option<NodeIdentity> {
-        let chain = pem_certificates(&std::fs::read_to_string(self.dir.join("node.pem")).ok()?);
+        let chain =
+            pem::certificates(&std::fs::read_to_string(self.dir.join("node.pem")).ok()?).ok()?;
         let key = std::fs::read(self.dir.join("node.key")).ok()?;
         let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
-        let spiffe_id = meshward_tls::spiffe_id_of(chain.first()?).ok()?.to_string();
+        let spiffe_id = meshward_tls::spiffe_id_of(chain.first()?).ok()?;
         let to_time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
         Some(NodeIdentity {
             spiffe_id,
@@ -95,7 +97,7 @@ impl NodeStore {
     }
 
     pub(crate) async fn save(&self, node: &NodeIdentity) -> Result<(), AgentError> {
-        let pem: String = node.chain.iter().map(|c| pem_encode(c)).collect();
+        let pem: String = node.chain.iter().map(|c| pem::certificate(c)).collect();
         let (dir, key) = (self.dir.clone(), node.key_pkcs8.clone());
         off_thread(move || {
             write_private(&dir, "node.pem", pem.as_bytes(), 0o644)?;
@@ -113,7 +115,8 @@ impl NodeStore {
 
     /// The last bundle the issuer served (trusted for the next start).
     pub(crate) fn load_bundle(&self) -> Option<Vec<CertificateDer<'static>>> {
-        let certs = pem_certificates(&std::fs::read_to_string(self.dir.join("bundle.pem")).ok()?);
+        let certs =
+            pem::certificates(&std::fs::read_to_string(self.dir.join("bundle.pem")).ok()?).ok()?;
         (!certs.is_empty()).then_some(certs)
     }
 
@@ -124,7 +127,7 @@ impl NodeStore {
         if *self.saved_bundle.lock() == certs {
             return Ok(());
         }
-        let pem: String = certs.iter().map(|c| pem_encode(c)).collect();
+        let pem: String = certs.iter().map(|c| pem::certificate(c)).collect();
         let dir = self.dir.clone();
         off_thread(move || write_private(&dir, "bundle.pem", pem.as_bytes(), 0o644)).await?;
         certs.clone_into(&mut self.saved_bundle.lock());
@@ -136,15 +139,17 @@ impl NodeStore {
 async fn off_thread(
     write: impl FnOnce() -> Result<(), AgentError> + Send + 'static,
 ) -> Result<(), AgentError> {
-    tokio::task::spawn_blocking(write)
-        .await
-        .map_err(|e| AgentError::Io(format!("file write task: {e}")))?
+    tokio::task::spawn_blocking(write).await?
 }
 
 fn write_private(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), AgentError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::Io(format!("{}: {e}", dir.display())))?;
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::File { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(failed(dir))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::OpenOptions::new()
@@ -153,21 +158,21 @@ fn write_private(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(
         .truncate(true)
         .mode(mode)
         .open(&tmp)
-        .map_err(|e| AgentError::Io(format!("{}: {e}", tmp.display())))?;
+        .map_err(failed(&tmp))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|e| AgentError::Io(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| AgentError::Io(format!("{}: {e}", path.display())))
+        .map_err(failed(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(failed(&path))
 }
 
 /// A client to the issuer that presents `identity` (empty before attestation).
 pub(crate) async fn connect(
     config: &AgentConfig,
-    trust_domain: &str,
+    trust_domain: &TrustDomain,
     bundles: &Arc<TrustBundles>,
     identity: &Arc<CertStore>,
 ) -> Result<AgentApiClient<Channel>, AgentError> {
-    meshward_issuer::client::agent_client(
+    meshward_api::client::agent_client(
         &config.issuer_address,
         trust_domain,
         bundles.clone(),

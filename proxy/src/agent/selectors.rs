@@ -1,8 +1,8 @@
 //! A pod's selectors, as SPIRE's k8s workload attestor names them.
 
+use meshward_api::template::PodAttributes;
 use meshward_config::PodInfo;
-use meshward_issuer::datastore::Selector;
-use meshward_issuer::template::PodAttributes;
+use meshward_spiffe::Selector;
 
 fn k8s(value: String) -> Selector {
     Selector {

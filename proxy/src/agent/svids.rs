@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshward_api::proto;
+use meshward_api::proto::agent_api_client::AgentApiClient;
+use meshward_api::template::IdentityTemplate;
 use meshward_config::PodInfo;
-use meshward_issuer::datastore::Selector;
-use meshward_issuer::proto;
-use meshward_issuer::proto::agent_api_client::AgentApiClient;
-use meshward_issuer::template::IdentityTemplate;
+use meshward_spiffe::{Selector, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
@@ -27,7 +27,7 @@ const BATCH: usize = 50;
 
 /// One workload identity: the SVID chain (leaf first) and its key.
 pub struct WorkloadSvid {
-    pub spiffe_id: String,
+    pub spiffe_id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
     pub key_pkcs8: Vec<u8>,
     pub issued_at: SystemTime,
@@ -58,17 +58,17 @@ pub struct PodIdentities {
 /// What the data path and the Workload API read: immutable, swapped whole.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// X.509 authorities of the own trust domain.
     pub bundle: Vec<CertificateDer<'static>>,
     /// The own bundle as SPIFFE JSON (JWT keys included).
     pub jwks: String,
     /// Other trust domains: name -> authorities.
-    pub federated: Vec<(String, Vec<CertificateDer<'static>>)>,
+    pub federated: Vec<(TrustDomain, Vec<CertificateDer<'static>>)>,
     /// By pod IP.
     pub pods: HashMap<IpAddr, PodIdentities>,
-    /// The node's SPIFFE ID.
-    pub node_id: String,
+    /// The node's SPIFFE ID, once attested.
+    pub node_id: Option<SpiffeId>,
     /// The Kubernetes node name the pods run on.
     pub node_name: String,
     /// Identities of local (non-pod) processes: entries with only `unix:`
@@ -239,8 +239,15 @@ impl SvidCache {
                     );
                     continue;
                 };
+                let spiffe_id = match SpiffeId::parse(&svid.spiffe_id) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        eprintln!("meshward agent: the issuer sent an unusable SVID: {e}");
+                        continue;
+                    }
+                };
                 let svid = WorkloadSvid {
-                    spiffe_id: svid.spiffe_id,
+                    spiffe_id,
                     chain: svid
                         .cert_chain
                         .into_iter()

@@ -7,17 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_policy::{HttpRequest, Identity, PolicySet, Request, Workload};
+use meshward_policy::{HttpRequest, PolicySet, Request, Workload};
+use meshward_spiffe::SpiffeId;
 
 use super::policies::Policies;
 use super::state::LocalPod;
-use crate::metrics::{self, ConnectionLabels, Reporter};
+use crate::metrics::{self, ConnectionLabels, Principal, Reporter};
 
 /// The verified client of an mTLS tunnel.
 #[derive(Debug)]
 pub(crate) struct Peer {
-    pub(crate) identity: Identity,
-    pub(crate) spiffe_id: String,
+    pub(crate) spiffe_id: SpiffeId,
     /// The client's leaf certificate (XFCC's `Hash`).
     pub(crate) leaf_der: Vec<u8>,
 }
@@ -36,7 +36,7 @@ pub(crate) struct InboundStream {
 
 /// A decision, as logs and metrics tell it.
 #[derive(Debug, Clone)]
-pub(crate) struct Verdict {
+pub(crate) struct DecisionRecord {
     pub(crate) allowed: bool,
     /// `namespace/name` of the deciding policy, or `-`.
     pub(crate) policy: String,
@@ -48,7 +48,7 @@ impl InboundStream {
     /// The request policies judge, at L4 (`http: None`) or for one HTTP request.
     pub(crate) fn request(&self, http: Option<HttpRequest>) -> Request {
         Request {
-            source: self.peer.as_ref().map(|p| p.identity.clone()),
+            source: self.peer.as_ref().map(|p| p.spiffe_id.clone()),
             source_namespace: None,
             source_ip: self.source.ip(),
             remote_ip: self.source.ip(),
@@ -59,43 +59,55 @@ impl InboundStream {
         }
     }
 
-    /// The client's SPIFFE ID, `unknown` for plaintext.
-    pub(crate) fn source_principal(&self) -> &str {
-        self.peer
-            .as_ref()
-            .map_or("unknown", |p| p.spiffe_id.as_str())
+    /// The client's SPIFFE ID; `unknown` for plaintext.
+    pub(crate) fn source_principal(&self) -> Principal<'_> {
+        Principal(self.peer.as_ref().map(|p| &p.spiffe_id))
     }
 
-    /// The pod's SPIFFE ID (the certificate the client was shown), `unknown` without.
-    pub(crate) fn destination_principal(&self) -> &str {
-        self.pod
-            .tls
-            .as_ref()
-            .map_or("unknown", |t| t.spiffe_id.as_str())
+    /// The pod's SPIFFE ID (the certificate the client was shown); `unknown` without.
+    pub(crate) fn destination_principal(&self) -> Principal<'_> {
+        Principal(self.pod.tls.as_ref().map(|t| &t.spiffe_id))
     }
 
     pub(crate) fn connection_labels(&self) -> ConnectionLabels {
         ConnectionLabels {
             reporter: Reporter::Destination,
-            source_principal: self.source_principal().to_owned(),
-            destination_principal: self.destination_principal().to_owned(),
+            source_principal: self.source_principal().0.cloned(),
+            destination_principal: self.destination_principal().0.cloned(),
             mutual_tls: self.peer.is_some(),
         }
     }
 
     /// Decides and counts the decision.
-    pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> Verdict {
+    pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> DecisionRecord {
         let decision = policies.evaluate(&self.pod.workload, request);
         let (policy, action) = decision.policy.map_or(("-".to_owned(), "-"), |p| {
             (p.id.to_string(), p.action.as_str())
         });
         let layer = if request.http.is_some() { "l7" } else { "l4" };
         metrics::decision(layer, decision.is_allowed(), &policy, action);
-        Verdict {
+        DecisionRecord {
             allowed: decision.is_allowed(),
             policy,
             reason: decision.to_string(),
         }
+    }
+
+    /// The one L4 decision of this stream (a TCP connection: judged once), made
+    /// with the policies in force now; a refusal is logged here. Called when the
+    /// CONNECT for a `tcp` port arrives (so the refusal is a `401`) or, for a
+    /// detected TCP stream, before its first byte is forwarded.
+    pub(crate) fn authorize_connection(
+        &self,
+        policies: &Policies,
+        started: std::time::Instant,
+    ) -> DecisionRecord {
+        let set = policies.borrow().clone();
+        let record = self.authorize(&set, &self.request(None));
+        if !record.allowed {
+            self.log_connection(&record, 0, 0, started.elapsed(), None);
+        }
+        record
     }
 
     /// Resolves, with the reason, once a policy change no longer allows `request`;
@@ -116,32 +128,32 @@ impl InboundStream {
         method: &str,
         path: &str,
         status: u16,
-        verdict: &Verdict,
+        record: &DecisionRecord,
         duration: Duration,
     ) {
         tracing::info!(
             target: "access",
             src_addr = %self.source,
-            src_principal = self.source_principal(),
+            src_principal = self.source_principal().to_string().as_str(),
             dst_addr = %self.destination,
             dst_workload = %self.pod.info.name,
             dst_namespace = %self.pod.info.namespace,
-            dst_principal = self.destination_principal(),
+            dst_principal = self.destination_principal().to_string().as_str(),
             method,
             path,
             status,
-            decision = if verdict.allowed { "allow" } else { "deny" },
-            policy = %verdict.policy,
+            decision = if record.allowed { "allow" } else { "deny" },
+            policy = %record.policy,
             duration_ms = duration.as_secs_f64() * 1e3,
             "{}",
-            verdict.reason
+            record.reason
         );
     }
 
     /// The access log line of one TCP connection, when it ends.
     pub(crate) fn log_connection(
         &self,
-        verdict: &Verdict,
+        record: &DecisionRecord,
         sent: u64,
         received: u64,
         duration: Duration,
@@ -150,19 +162,19 @@ impl InboundStream {
         tracing::info!(
             target: "access",
             src_addr = %self.source,
-            src_principal = self.source_principal(),
+            src_principal = self.source_principal().to_string().as_str(),
             dst_addr = %self.destination,
             dst_workload = %self.pod.info.name,
             dst_namespace = %self.pod.info.namespace,
-            dst_principal = self.destination_principal(),
-            decision = if verdict.allowed { "allow" } else { "deny" },
-            policy = %verdict.policy,
+            dst_principal = self.destination_principal().to_string().as_str(),
+            decision = if record.allowed { "allow" } else { "deny" },
+            policy = %record.policy,
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = duration.as_secs_f64() * 1e3,
             error = error.unwrap_or("-"),
             "connection complete: {}",
-            verdict.reason
+            record.reason
         );
     }
 }

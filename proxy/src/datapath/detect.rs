@@ -37,7 +37,7 @@ pub(crate) enum Detected {
     Silent,
 }
 
-enum Verdict {
+enum Classified {
     Is(Detected),
     NeedMore,
 }
@@ -47,7 +47,7 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn classify(bytes: &[u8]) -> Verdict {
+fn classify(bytes: &[u8]) -> Classified {
     // RFC 9112 §2.2: servers ignore empty lines before the request line
     let start = bytes
         .iter()
@@ -57,9 +57,9 @@ fn classify(bytes: &[u8]) -> Verdict {
     let n = rest.len().min(H2_PREFACE.len());
     if start == 0 && rest[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
-            Verdict::Is(Detected::Http2)
+            Classified::Is(Detected::Http2)
         } else {
-            Verdict::NeedMore
+            Classified::NeedMore
         };
     }
     let token = rest
@@ -68,10 +68,10 @@ fn classify(bytes: &[u8]) -> Verdict {
         .unwrap_or(rest.len());
     match rest.get(token) {
         // still inside empty lines or the first word: it may yet be a request
-        None if bytes.len() < MAX_DETECTION_BYTES => Verdict::NeedMore,
-        None => Verdict::Is(Detected::Http1),
-        Some(b' ' | b'\t') if token > 0 => Verdict::Is(Detected::Http1),
-        Some(_) => Verdict::Is(Detected::Tcp),
+        None if bytes.len() < MAX_DETECTION_BYTES => Classified::NeedMore,
+        None => Classified::Is(Detected::Http1),
+        Some(b' ' | b'\t') if token > 0 => Classified::Is(Detected::Http1),
+        Some(_) => Classified::Is(Detected::Tcp),
     }
 }
 
@@ -111,8 +111,8 @@ pub(crate) async fn detect<S: AsyncRead + Unpin>(
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => break undecided(&buf, true),
             Ok(Ok(_)) => match classify(&buf) {
-                Verdict::Is(d) => break d,
-                Verdict::NeedMore => {}
+                Classified::Is(d) => break d,
+                Classified::NeedMore => {}
             },
         }
     };

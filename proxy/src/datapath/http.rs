@@ -11,23 +11,21 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use meshward_policy::HttpRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::authz::{InboundStream, Verdict};
+use super::authz::{DecisionRecord, InboundStream};
 use super::body::{self, ProxyBody};
 use super::upstream::Version;
-use super::{Shared, copy};
-use crate::{deny, metrics, xfcc};
+use super::{Shared, copy, h2, responses};
+use crate::{metrics, xfcc};
 use headers::{keep_upgrade, request_authority, strip_hop_by_hop, upgrade_protocol};
 
 mod headers;
@@ -60,16 +58,7 @@ pub(crate) async fn serve<S>(
                 .with_upgrades()
                 .await
         }
-        Version::Http2 => {
-            http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(limits.max_streams_per_connection)
-                .keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(20))
-                .serve_connection(io, service)
-                .await
-        }
+        Version::Http2 => h2::app_server(&limits).serve_connection(io, service).await,
     };
     if let Err(e) = result {
         tracing::debug!("HTTP connection ended: {e}");
@@ -85,9 +74,9 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let method = request.method().clone();
-    let grpc = deny::is_grpc(request.headers());
+    let grpc = responses::is_grpc(request.headers());
     let mut path = request.uri().path().to_owned();
-    let (response, verdict) = respond(shared, stream, request, version, grpc, &mut path).await;
+    let (response, record) = respond(shared, stream, request, version, grpc, &mut path).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::request(
@@ -97,7 +86,7 @@ async fn handle(
         grpc,
         elapsed,
     );
-    stream.log_request(method.as_str(), &path, status, &verdict, elapsed);
+    stream.log_request(method.as_str(), &path, status, &record, elapsed);
     response
 }
 
@@ -115,15 +104,15 @@ async fn respond(
     version: Version,
     grpc: bool,
     path: &mut String,
-) -> (Response<ProxyBody>, Verdict) {
+) -> (Response<ProxyBody>, DecisionRecord) {
     let bad_request = |reason: String| {
-        let response = plain(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n"));
-        let verdict = Verdict {
+        let response = responses::bad_request(&reason);
+        let record = DecisionRecord {
             allowed: false,
             policy: "-".into(),
             reason: format!("bad request: {reason}"),
         };
-        (response, verdict)
+        (response, record)
     };
     let authority = match request_authority(&request, version) {
         Ok(authority) => authority,
@@ -137,12 +126,12 @@ async fn respond(
     let upgrade = upgrade_protocol(&request);
     strip_hop_by_hop(request.headers_mut());
     request.headers_mut().remove(header::HOST);
-    let by = stream.pod.tls.as_ref().map(|t| t.spiffe_id.as_str());
+    let by = stream.pod.tls.as_ref().map(|t| &t.spiffe_id);
     let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
         spiffe_id: &p.spiffe_id,
         leaf_der: &p.leaf_der,
     });
-    xfcc::set(request.headers_mut(), by.unwrap_or_default(), peer.as_ref());
+    xfcc::set(request.headers_mut(), by, peer.as_ref());
 
     let policies = shared.policies.borrow().clone();
     let http = match HttpRequest::new(
@@ -159,9 +148,9 @@ async fn respond(
     let normalized = http.target().to_request_target();
     let host = http.host().to_owned();
     let judged = stream.request(Some(http));
-    let mut verdict = stream.authorize(&policies, &judged);
-    if !verdict.allowed {
-        return (deny::response(request.headers()).map(body::full), verdict);
+    let mut record = stream.authorize(&policies, &judged);
+    if !record.allowed {
+        return (responses::forbidden(grpc), record);
     }
 
     // the pod gets the target and authority policy judged, never the raw ones
@@ -217,11 +206,11 @@ async fn respond(
             if let Some(protocol) = switched {
                 keep_upgrade(response.headers_mut(), protocol);
             }
-            (response, verdict)
+            (response, record)
         }
         Err(e) => {
-            verdict.reason = format!("{}; upstream failed: {e}", verdict.reason);
-            (unavailable(grpc), verdict)
+            record.reason = format!("{}; upstream failed: {e}", record.reason);
+            (responses::unavailable(grpc), record)
         }
     }
 }
@@ -269,35 +258,4 @@ fn join_upgraded(
                 .map_or_else(|| "done".to_owned(), |e| e.to_string())
         );
     });
-}
-
-fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(Full::new(Bytes::from(text))));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
-}
-
-/// What Envoy answers when the upstream cannot be reached.
-fn unavailable(grpc: bool) -> Response<ProxyBody> {
-    if grpc {
-        let mut response = Response::new(body::full(Full::new(Bytes::new())));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static("14"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("upstream connect error"),
-        );
-        return response;
-    }
-    plain(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream connect error or disconnect/reset before headers\n".into(),
-    )
 }

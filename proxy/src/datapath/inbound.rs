@@ -11,17 +11,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use meshward_config::{AppProtocol, PlaintextMode};
-use meshward_policy::Identity;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -29,7 +26,7 @@ use super::authz::{InboundStream, Peer};
 use super::diagnose;
 use super::socket::reset;
 use super::state::LocalPod;
-use super::{Shared, serve};
+use super::{Shared, h2, responses, serve};
 use crate::capture::original_destination;
 use crate::metrics;
 
@@ -108,15 +105,7 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
             async move { Ok::<_, Infallible>(response) }
         })
     };
-    let result = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(shared.limits.max_streams_per_connection)
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(1024 * 1024)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+    let result = h2::hbone_server(&shared.limits)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(e) = result {
@@ -128,8 +117,7 @@ fn verified_peer(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<
     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
     let spiffe_id = meshward_tls::spiffe_id_of(leaf).ok()?;
     Some(Peer {
-        identity: Identity::parse(spiffe_id.as_str()).ok()?,
-        spiffe_id: spiffe_id.into(),
+        spiffe_id,
         leaf_der: leaf.to_vec(),
     })
 }
@@ -153,11 +141,7 @@ fn connect(
     mut request: Request<Incoming>,
 ) -> Response<Empty<Bytes>> {
     let (peer, pod, client) = (&tunnel.peer, &tunnel.pod, tunnel.client);
-    let status = |code: StatusCode| {
-        let mut response = Response::new(Empty::new());
-        *response.status_mut() = code;
-        response
-    };
+    let status = responses::tunnel;
     if request.method() != Method::CONNECT {
         return status(StatusCode::BAD_REQUEST);
     }
@@ -181,13 +165,11 @@ fn connect(
         pod: pod.clone(),
     };
     let authorized = if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
-        let policies = shared.policies.borrow().clone();
-        let verdict = stream.authorize(&policies, &stream.request(None));
-        if !verdict.allowed {
-            stream.log_connection(&verdict, 0, 0, std::time::Duration::ZERO, None);
+        let record = stream.authorize_connection(&shared.policies, std::time::Instant::now());
+        if !record.allowed {
             return status(StatusCode::UNAUTHORIZED);
         }
-        Some(verdict)
+        Some(record)
     } else {
         None
     };

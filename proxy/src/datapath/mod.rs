@@ -18,6 +18,7 @@ mod body;
 mod copy;
 mod detect;
 mod diagnose;
+mod h2;
 mod http;
 mod inbound;
 mod kube_cache;
@@ -25,6 +26,7 @@ mod outbound;
 mod policies;
 mod policy_objects;
 mod pool;
+mod responses;
 mod serve;
 mod services;
 mod socket;
@@ -59,9 +61,9 @@ pub enum DataPathError {
         source: std::io::Error,
     },
     #[error("authorization.kubernetes: {0}")]
-    PolicySource(String),
+    PolicySource(#[source] meshward_kubernetes::KubernetesError),
     #[error("outbound.kubernetes: {0}")]
-    ServiceSource(String),
+    ServiceSource(#[source] meshward_kubernetes::KubernetesError),
 }
 
 /// What every stage reads.
@@ -112,15 +114,13 @@ impl DataPath {
         let limits = config.limits.clone();
         let kubernetes = match &config.authorization.kubernetes {
             Some(api) => Some(
-                meshward_issuer::kube_client::client(&api.into())
-                    .map_err(DataPathError::PolicySource)?,
+                meshward_kubernetes::client(&api.into()).map_err(DataPathError::PolicySource)?,
             ),
             None => None,
         };
         let services = match &config.outbound.kubernetes {
             Some(api) => Services::watch(
-                meshward_issuer::kube_client::client(&api.into())
-                    .map_err(DataPathError::ServiceSource)?,
+                meshward_kubernetes::client(&api.into()).map_err(DataPathError::ServiceSource)?,
             ),
             None => Services::none(),
         };

@@ -5,6 +5,7 @@
 //! that pod's inbound checks here (STRICT refuses); anything else passes through
 //! unchanged (and meets STRICT at the destination node, as in Istio).
 
+use meshward_spiffe::SpiffeId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,8 +90,8 @@ async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, ta
     };
     let labels = ConnectionLabels {
         reporter: Reporter::Source,
-        source_principal: tls.spiffe_id.clone(),
-        destination_principal: tunnel.peer_id.to_string(),
+        source_principal: Some(tls.spiffe_id.clone()),
+        destination_principal: Some(SpiffeId::clone(&tunnel.peer_id)),
         mutual_tls: true,
     };
     labels.opened();
@@ -125,8 +126,8 @@ async fn passthrough(shared: &Shared, mut tcp: TcpStream, client: SocketAddr, ta
     };
     let labels = ConnectionLabels {
         reporter: Reporter::Source,
-        source_principal: "unknown".into(),
-        destination_principal: "unknown".into(),
+        source_principal: None,
+        destination_principal: None,
         mutual_tls: false,
     };
     labels.opened();

@@ -9,6 +9,7 @@
 //! opens one connection, not hundreds); past `max_streams` streams another opens;
 //! idle connections close after `limits.pool_idle_timeout`.
 
+use meshward_spiffe::SpiffeId;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,22 +21,16 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use meshward_config::LimitsConfig;
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use super::diagnose;
 use super::socket::connect_marked_from;
 use super::state::PodTls;
+use super::{diagnose, h2};
 use crate::metrics;
-
-/// HTTP/2 flow control as ztunnel sets it: a 4 MiB stream window and a connection
-/// window four times that, so one slow stream cannot stall the others.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-const MAX_FRAME: u32 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HboneError {
@@ -55,9 +50,13 @@ pub(crate) enum HboneError {
         source: hyper::Error,
     },
     #[error(
-        "{peer} presented {presented}, whose SVID does not name that address: not the workload that runs there"
+        "{peer} presented {}, whose SVID does not name that address: not the workload that runs there",
+        presented.as_ref().map_or("no SVID".to_owned(), ToString::to_string)
     )]
-    WrongDestination { peer: SocketAddr, presented: String },
+    WrongDestination {
+        peer: SocketAddr,
+        presented: Option<SpiffeId>,
+    },
     #[error("{peer} answered the CONNECT with {status}")]
     Refused {
         peer: SocketAddr,
@@ -86,7 +85,7 @@ impl HboneError {
 struct Key {
     /// The source pod's address, when the tunnel leaves from it.
     source_ip: Option<IpAddr>,
-    source_id: String,
+    source_id: SpiffeId,
     source_serial: String,
     peer: SocketAddr,
 }
@@ -94,7 +93,7 @@ struct Key {
 struct Connection {
     sender: http2::SendRequest<Empty<Bytes>>,
     /// The SPIFFE ID the peer node presented (the destination pod's).
-    peer_id: Arc<str>,
+    peer_id: Arc<SpiffeId>,
     streams: AtomicU32,
     idle_since: Mutex<Option<Instant>>,
 }
@@ -103,7 +102,7 @@ struct Connection {
 pub(crate) struct Tunnel {
     pub(crate) io: TokioIo<Upgraded>,
     /// The destination's SPIFFE ID, as its certificate showed it.
-    pub(crate) peer_id: Arc<str>,
+    pub(crate) peer_id: Arc<SpiffeId>,
     _stream: StreamGuard,
 }
 
@@ -272,24 +271,16 @@ impl HbonePool {
             .peer_certificates()
             .and_then(|c| c.first());
         let peer_svid = leaf.and_then(|leaf| meshward_tls::spiffe_id_of(leaf).ok());
-        let peer_id: Arc<str> = peer_svid
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |id| id.as_str().into());
-        if !reached_the_address(leaf, peer_svid.as_ref(), &tls.spiffe_id, peer) {
-            metrics::handshake_failure("outbound", "destination_mismatch");
-            return Err(HboneError::WrongDestination {
-                peer,
-                presented: peer_id.to_string(),
-            });
-        }
-        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
+        let peer_id = match (leaf, peer_svid) {
+            (Some(leaf), Some(id)) if reached_the_address(leaf, &id, &tls.spiffe_id, peer) => {
+                Arc::new(id)
+            }
+            (_, presented) => {
+                metrics::handshake_failure("outbound", "destination_mismatch");
+                return Err(HboneError::WrongDestination { peer, presented });
+            }
+        };
+        let (sender, driver) = h2::hbone_client()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| HboneError::Http2 { peer, source })?;
@@ -341,16 +332,12 @@ impl HbonePool {
 /// accepted on its chain alone (federated issuers name no addresses of ours).
 /// Checked before a byte of HTTP/2 is sent.
 fn reached_the_address(
-    leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
-    peer_svid: Option<&meshward_spiffe::SpiffeId>,
-    own_id: &str,
+    leaf: &rustls_pki_types::CertificateDer<'_>,
+    peer_svid: &SpiffeId,
+    own_id: &SpiffeId,
     peer: SocketAddr,
 ) -> bool {
-    let (Some(leaf), Some(peer_svid)) = (leaf, peer_svid) else {
-        return false;
-    };
-    let own_domain = meshward_tls::trust_domain_of(own_id);
-    if own_domain != Some(peer_svid.trust_domain()) {
+    if own_id.trust_domain_name() != peer_svid.trust_domain_name() {
         return true;
     }
     meshward_tls::ip_addresses_of(leaf).contains(&peer.ip())

@@ -9,14 +9,14 @@ use meshward_config::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
-use super::authz::{InboundStream, Verdict};
+use super::authz::{DecisionRecord, InboundStream};
 use super::detect::{Detected, Prefixed, detect};
 use super::socket::connect_marked;
 use super::upstream::Version;
 use super::{copy, http};
 use crate::metrics;
 
-/// Serves `io` for `stream`. `authorized`: the L4 verdict when a `tcp` port was
+/// Serves `io` for `stream`. `authorized`: the L4 record when a `tcp` port was
 /// already judged at CONNECT time (so it is not judged, nor counted, twice).
 /// Returning drops `io`: for a tunnel that resets the stream, for plaintext it
 /// closes the connection.
@@ -24,7 +24,7 @@ pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
     stream: InboundStream,
     io: S,
-    authorized: Option<Verdict>,
+    authorized: Option<DecisionRecord>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -62,7 +62,7 @@ pub(crate) async fn serve<S>(
             metrics::stream_refused("silent_client");
             tracing::info!(
                 target: "access",
-                src_addr = %stream.source, src_principal = stream.source_principal(),
+                src_addr = %stream.source, src_principal = stream.source_principal().to_string().as_str(),
                 dst_addr = %stream.destination, dst_workload = %stream.pod.info.name,
                 dst_namespace = %stream.pod.info.namespace,
                 "refused: the client sent nothing within inbound.protocol_detection_timeout \
@@ -77,17 +77,14 @@ async fn serve_tcp<S>(
     shared: &Shared,
     stream: &InboundStream,
     mut io: S,
-    authorized: Option<Verdict>,
+    authorized: Option<DecisionRecord>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let verdict = authorized.unwrap_or_else(|| {
-        let policies = shared.policies.borrow().clone();
-        stream.authorize(&policies, &stream.request(None))
-    });
-    if !verdict.allowed {
-        stream.log_connection(&verdict, 0, 0, started.elapsed(), None);
+    let record =
+        authorized.unwrap_or_else(|| stream.authorize_connection(&shared.policies, started));
+    if !record.allowed {
         return;
     }
     let mut upstream = match Box::pin(connect_marked(
@@ -100,7 +97,7 @@ async fn serve_tcp<S>(
         Ok(upstream) => upstream,
         Err(e) => {
             let error = format!("the pod did not accept the connection: {e}");
-            stream.log_connection(&verdict, 0, 0, started.elapsed(), Some(&error));
+            stream.log_connection(&record, 0, 0, started.elapsed(), Some(&error));
             return;
         }
     };
@@ -112,7 +109,7 @@ async fn serve_tcp<S>(
         done = copy => done,
         reason = revoked => {
             labels.closed(0, 0);
-            let revoked = Verdict { allowed: false, policy: "-".into(), reason };
+            let revoked = DecisionRecord { allowed: false, policy: "-".into(), reason };
             let error = "closed: a policy change no longer allows this connection";
             stream.log_connection(&revoked, 0, 0, started.elapsed(), Some(error));
             return;
@@ -121,7 +118,7 @@ async fn serve_tcp<S>(
     labels.closed(moved.sent, moved.received);
     let error = result.err().map(|e| e.to_string());
     stream.log_connection(
-        &verdict,
+        &record,
         moved.sent,
         moved.received,
         started.elapsed(),

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use meshward_config::PodInfo;
 use meshward_policy::Workload;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 use meshward_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -37,7 +38,7 @@ pub(crate) struct LocalPod {
 
 /// One pod identity, ready for handshakes.
 pub(crate) struct PodTls {
-    pub(crate) spiffe_id: String,
+    pub(crate) spiffe_id: SpiffeId,
     /// Serial of the leaf: distinguishes an SVID from its renewal (pool keys).
     pub(crate) serial: String,
     /// Presented on 15008 to clients of this pod; client certificates required.
@@ -84,8 +85,8 @@ impl MeshState {
 pub(crate) struct StateBuilder {
     bundles: Arc<TrustBundles>,
     /// (SPIFFE ID, serial) -> configs, from the previous build.
-    built: HashMap<(String, String), Arc<PodTls>>,
-    federated: Vec<String>,
+    built: HashMap<(SpiffeId, String), Arc<PodTls>>,
+    federated: Vec<TrustDomain>,
 }
 
 impl StateBuilder {
@@ -137,7 +138,7 @@ impl StateBuilder {
     }
 
     fn update_bundles(&mut self, snapshot: &Snapshot) {
-        if !snapshot.trust_domain.is_empty() {
+        if !snapshot.bundle.is_empty() {
             if let Err(e) = self.bundles.set(&snapshot.trust_domain, &snapshot.bundle) {
                 tracing::error!("own trust bundle unusable, keeping the previous one: {e}");
             }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 /// A client of the fake API, as the daemon builds one from its configuration.
 pub(super) fn kube_client(api: &FakeKubeApi) -> kube::Client {
-    meshward_issuer::kube_client::client(&meshward_issuer::kube_client::ApiEndpoint {
+    meshward_kubernetes::client(&meshward_kubernetes::ApiEndpoint {
         api_server: Some(api.url()),
         api_ca_path: Some(api.ca_file().to_owned()),
         api_token_path: Some(api.token_file().to_owned()),

@@ -12,10 +12,11 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
 use super::body::ProxyBody;
+use super::h2;
 use super::socket::connect_marked;
 
 /// Idle HTTP/1.1 connections kept per pod address.
@@ -159,13 +160,7 @@ impl UpstreamPool {
                 Ok(Sender::Http1(sender))
             }
             Version::Http2 => {
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(20))
-                    .handshake(io)
-                    .await
-                    .map_err(http)?;
+                let (sender, conn) = h2::app_client().handshake(io).await.map_err(http)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, "upstream HTTP/2 connection: {e}");

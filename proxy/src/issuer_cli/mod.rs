@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use meshward_api::client::admin_client;
+use meshward_api::proto;
 use meshward_config::IssuerConfig;
-use meshward_issuer::client::admin_client;
-use meshward_issuer::proto;
+use meshward_spiffe::{Bundle, TrustDomain};
 
 use args::{
     AgentCommand, BundleCommand, BundleFormat, EntryCommand, EntryFields, TemplateCommand,
@@ -24,7 +25,7 @@ pub(crate) fn run(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(dispatch(cmd)).map_err(|e| {
-        match e.downcast_ref::<meshward_issuer::client::Status>() {
+        match e.downcast_ref::<meshward_api::client::Status>() {
             // "PermissionDenied: node ... is banned" rather than tonic's debug form
             Some(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
             None => e,
@@ -269,7 +270,7 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             format,
             common,
         } => {
-            let trust_domain = id.strip_prefix("spiffe://").unwrap_or(&id).to_owned();
+            let trust_domain = TrustDomain::parse(id.strip_prefix("spiffe://").unwrap_or(&id))?;
             let text = match path {
                 Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(&p)
                     .with_context(|| format!("{}: cannot read", p.display()))?,
@@ -277,14 +278,14 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             };
             let message = match format {
                 BundleFormat::Spiffe => proto::Bundle {
-                    trust_domain: trust_domain.clone(),
+                    trust_domain: trust_domain.to_string(),
                     jwks: text,
                     ..Default::default()
                 },
                 BundleFormat::Pem => {
-                    let parsed = meshward_issuer::Bundle::from_pem(&trust_domain, &text)?;
+                    let parsed = Bundle::from_pem(&trust_domain, &text)?;
                     proto::Bundle {
-                        trust_domain: trust_domain.clone(),
+                        trust_domain: trust_domain.to_string(),
                         x509_authorities: parsed
                             .x509_authorities
                             .iter()
@@ -327,7 +328,7 @@ async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("{}: cannot read", file.display()))?
             };
-            let templates = meshward_issuer::template::from_cluster_spiffe_id_yaml(&text)
+            let templates = meshward_api::template::from_cluster_spiffe_id_yaml(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let names: Vec<String> = templates.iter().map(|t| t.name.clone()).collect();
             let message = proto::ListIdentityTemplatesResponse {

@@ -1,7 +1,7 @@
 //! What the admin verbs print: spire-server's layout for people, JSON for scripts.
 
 use clap::ValueEnum;
-use meshward_issuer::proto;
+use meshward_api::proto;
 use serde_json::json;
 
 use super::BundleFormat;
@@ -183,5 +183,5 @@ pub(crate) fn bundle(b: &proto::Bundle, format: BundleFormat, with_header: bool)
 }
 
 fn pem(der: &[u8]) -> String {
-    meshward_issuer::pem::encode("CERTIFICATE", der)
+    meshward_spiffe::pem::encode("CERTIFICATE", der)
 }

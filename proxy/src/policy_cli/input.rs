@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshward_policy::{
-    BadRequest, Decision, HttpRequest, Identity, JwtClaims, PathNormalization, PolicySet, Request,
-    Verdict, Workload,
+    BadRequest, Decision, Effect, HttpRequest, JwtClaims, PathNormalization, PolicySet, Request,
+    SpiffeId, Workload,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -142,7 +142,7 @@ impl EvalInput {
         let source = r
             .source_principal
             .as_deref()
-            .map(Identity::parse)
+            .map(SpiffeId::parse_principal)
             .transpose()
             .context("request.source_principal")?;
         if source.is_none() && r.source_namespace.is_some() {
@@ -223,7 +223,7 @@ impl EvalInput {
 
 impl DecisionLine {
     fn new(decision: &Decision<'_>, is_http: bool) -> Self {
-        let allowed = decision.verdict == Verdict::Allow;
+        let allowed = decision.effect == Effect::Allow;
         Self {
             decision: if allowed { "allow" } else { "deny" },
             status: is_http.then_some(if allowed { 200 } else { 403 }),

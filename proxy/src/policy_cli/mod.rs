@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use meshward_config::ProxyConfig;
-use meshward_policy::{DefaultMode, EngineOptions, PathNormalization, PolicySet, load_paths};
+use meshward_policy::{
+    DefaultMode, EngineOptions, PathNormalization, PolicySet, TrustDomain, load_paths,
+};
 
 use input::{EvalInput, Outcome};
 
@@ -55,10 +57,10 @@ pub(crate) struct EngineArgs {
     root_namespace: Option<String>,
     /// Mesh trust domain [default: cluster.local]
     #[arg(long, value_name = "TD")]
-    trust_domain: Option<String>,
+    trust_domain: Option<TrustDomain>,
     /// Trust domain alias (repeatable)
     #[arg(long = "trust-domain-alias", value_name = "TD")]
-    trust_domain_aliases: Vec<String>,
+    trust_domain_aliases: Vec<TrustDomain>,
     /// NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES [default: DECODE_AND_MERGE_SLASHES]
     #[arg(long, value_name = "OPTION")]
     path_normalization: Option<PathNormalization>,

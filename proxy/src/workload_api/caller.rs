@@ -26,7 +26,7 @@ pub(crate) fn pod_of(snapshot: &Snapshot, pid: i32) -> Option<&PodIdentities> {
 
 /// A local process's selectors, as SPIRE's unix workload attestor names them:
 /// `unix:uid:<n>`, `unix:gid:<n>` (real IDs) and `unix:path:<executable>`.
-pub(crate) fn unix_selectors(pid: i32) -> Vec<meshward_issuer::datastore::Selector> {
+pub(crate) fn unix_selectors(pid: i32) -> Vec<meshward_spiffe::Selector> {
     let mut out = Vec::new();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     for (key, kind) in [("Uid:", "uid"), ("Gid:", "gid")] {
@@ -44,8 +44,8 @@ pub(crate) fn unix_selectors(pid: i32) -> Vec<meshward_issuer::datastore::Select
     out
 }
 
-fn unix(value: String) -> meshward_issuer::datastore::Selector {
-    meshward_issuer::datastore::Selector {
+fn unix(value: String) -> meshward_spiffe::Selector {
+    meshward_spiffe::Selector {
         kind: "unix".into(),
         value,
     }

@@ -1,7 +1,8 @@
 //! JWT-SVIDs through the Workload API: minted by the issuer for the caller's
 //! identities, validated locally with the bundle's JWT keys (JWT-SVID.md).
 
-use meshward_issuer::proto;
+use meshward_api::proto;
+use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use prost_types::value::Kind;
 use tonic::Status;
 
@@ -19,16 +20,17 @@ pub(crate) async fn fetch(
     node_name: &str,
     pod: Option<&PodInfo>,
     svids: &[Arc<WorkloadSvid>],
-    spiffe_id: &str,
+    spiffe_id: Option<&SpiffeId>,
     audience: &[String],
 ) -> Result<Vec<Jwtsvid>, Status> {
     let wanted: Vec<_> = svids
         .iter()
-        .filter(|s| spiffe_id.is_empty() || s.spiffe_id == spiffe_id)
+        .filter(|s| spiffe_id.is_none_or(|id| s.spiffe_id == *id))
         .collect();
     if wanted.is_empty() {
         return Err(Status::permission_denied(format!(
-            "no identity {spiffe_id} issued to this workload"
+            "no identity {} issued to this workload",
+            spiffe_id.map_or_else(String::new, ToString::to_string)
         )));
     }
     let mut out = Vec::with_capacity(wanted.len());
@@ -66,7 +68,7 @@ pub(crate) async fn fetch(
             .into_inner()
             .token;
         out.push(Jwtsvid {
-            spiffe_id: svid.spiffe_id.clone(),
+            spiffe_id: svid.spiffe_id.to_string(),
             svid: token,
             hint: String::new(),
         });
@@ -75,8 +77,11 @@ pub(crate) async fn fetch(
 }
 
 /// A JWKS with only the `jwt-svid` keys, as FetchJWTBundles carries it.
-pub(crate) fn jwt_only_jwks(trust_domain: &str, bundle_json: &str) -> Result<String, Status> {
-    meshward_issuer::Bundle::from_spiffe_json(trust_domain, bundle_json)
+pub(crate) fn jwt_only_jwks(
+    trust_domain: &TrustDomain,
+    bundle_json: &str,
+) -> Result<String, Status> {
+    Bundle::from_spiffe_json(trust_domain, bundle_json)
         .map(|b| b.jwt_jwks())
         .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))
 }
@@ -87,7 +92,7 @@ pub(crate) fn validate(
     snapshot: &Snapshot,
     token: &str,
     audience: &str,
-) -> Result<(String, prost_types::Struct), Status> {
+) -> Result<(SpiffeId, prost_types::Struct), Status> {
     let invalid = |why: String| Status::invalid_argument(why);
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
@@ -97,7 +102,7 @@ pub(crate) fn validate(
     let kid = header
         .kid
         .ok_or_else(|| invalid("token header missing key id".into()))?;
-    let bundle = meshward_issuer::Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
+    let bundle = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
         .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))?;
     let key = bundle
         .jwt_keys
@@ -116,13 +121,16 @@ pub(crate) fn validate(
     validation.set_required_spec_claims(&["exp", "aud", "sub"]);
     let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation)
         .map_err(|e| invalid(format!("invalid token: {e}")))?;
-    let sub = data.claims["sub"].as_str().unwrap_or_default().to_owned();
-    if meshward_tls::trust_domain_of(&sub) != Some(snapshot.trust_domain.as_str()) {
-        return Err(invalid(format!(
-            "sub {sub:?} is not a SPIFFE ID of {}",
-            snapshot.trust_domain
-        )));
-    }
+    let sub = data.claims["sub"].as_str().unwrap_or_default();
+    let sub = SpiffeId::parse(sub)
+        .ok()
+        .filter(|id| id.is_member_of(&snapshot.trust_domain))
+        .ok_or_else(|| {
+            invalid(format!(
+                "sub {sub:?} is not a SPIFFE ID of {}",
+                snapshot.trust_domain
+            ))
+        })?;
     let serde_json::Value::Object(map) = data.claims else {
         return Err(invalid("claims are not an object".into()));
     };

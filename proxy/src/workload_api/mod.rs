@@ -10,6 +10,7 @@ mod authority;
 mod caller;
 mod jwt;
 
+use meshward_spiffe::{SpiffeId, TrustDomain};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -118,8 +119,9 @@ fn der_concat(certs: &[CertificateDer<'_>]) -> Vec<u8> {
         .collect()
 }
 
-fn trust_domain_id(td: &str) -> String {
-    format!("spiffe://{td}")
+/// The Workload API keys bundles by trust domain ID (`spiffe://<td>`).
+fn trust_domain_id(td: &TrustDomain) -> String {
+    td.id().to_string()
 }
 
 fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResponse {
@@ -129,7 +131,7 @@ fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResp
             .svids
             .iter()
             .map(|s| X509svid {
-                spiffe_id: s.spiffe_id.clone(),
+                spiffe_id: s.spiffe_id.to_string(),
                 x509_svid: der_concat(&s.chain),
                 x509_svid_key: s.key_pkcs8.clone(),
                 bundle: bundle.clone(),
@@ -249,12 +251,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .borrow()
             .clone()
             .ok_or_else(|| Status::unavailable("the agent has no issuer connection yet"))?;
+        let only = match request.spiffe_id.as_str() {
+            "" => None,
+            id => Some(SpiffeId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
         let svids = jwt::fetch(
             issuer,
             &snapshot.node_name,
             caller.pod.as_ref(),
             &caller.svids,
-            &request.spiffe_id,
+            only.as_ref(),
             &request.audience,
         )
         .await?;
@@ -292,7 +298,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         identities(&snapshot, pid).ok_or_else(no_identity)?;
         let (spiffe_id, claims) = jwt::validate(&snapshot, &request.svid, &request.audience)?;
         Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id,
+            spiffe_id: spiffe_id.to_string(),
             claims: Some(claims),
         }))
     }

@@ -145,7 +145,7 @@ fn ids(snapshot: &Snapshot, ip: &str) -> Vec<String> {
     snapshot
         .pods
         .get(&ip)
-        .map(|p| p.svids.iter().map(|s| s.spiffe_id.clone()).collect())
+        .map(|p| p.svids.iter().map(|s| s.spiffe_id.to_string()).collect())
         .unwrap_or_default()
 }
 

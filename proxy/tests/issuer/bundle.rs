@@ -43,14 +43,20 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
     );
     let verifier = meshward_tls::SpiffeServerVerifier::new(
         issuer.bundle(),
-        meshward_tls::Authorizer::Exact(format!("spiffe://{TD}/spire/server")),
+        meshward_tls::Authorizer::Exact(
+            meshward_spiffe::SpiffeId::parse(&format!("spiffe://{TD}/spire/server")).unwrap(),
+        ),
     );
     let config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     let body = fetch_bundle(SocketAddr::from(([127, 0, 0, 1], port)), config, "issuer").await;
-    let fetched = meshward_issuer::Bundle::from_spiffe_json(TD, &body).unwrap();
+    let fetched = meshward_spiffe::Bundle::from_spiffe_json(
+        &meshward_spiffe::TrustDomain::parse(TD).unwrap(),
+        &body,
+    )
+    .unwrap();
     assert_eq!(fetched.refresh_hint, Duration::from_secs(120));
     assert_eq!(
         (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
@@ -58,9 +64,12 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
     );
     let (_, shown, _) = issuer.cli(&["bundle", "show", "-format", "spiffe"]);
     assert_eq!(
-        meshward_issuer::Bundle::from_spiffe_json(TD, &shown)
-            .unwrap()
-            .sequence,
+        meshward_spiffe::Bundle::from_spiffe_json(
+            &meshward_spiffe::TrustDomain::parse(TD).unwrap(),
+            &shown
+        )
+        .unwrap()
+        .sequence,
         fetched.sequence
     );
 
@@ -95,7 +104,13 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
         "bundles.math.example.com",
     )
     .await;
-    assert!(meshward_issuer::Bundle::from_spiffe_json(TD, &body).is_ok());
+    assert!(
+        meshward_spiffe::Bundle::from_spiffe_json(
+            &meshward_spiffe::TrustDomain::parse(TD).unwrap(),
+            &body
+        )
+        .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

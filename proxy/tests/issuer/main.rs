@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_issuer::client::{Code, agent_client};
-use meshward_issuer::proto;
+use meshward_api::client::{Code, agent_client};
+use meshward_api::proto;
 use meshward_test_support::daemon::{free_port, http_get};
 use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 use meshward_test_support::postgres::TestDatabase;
@@ -30,10 +30,10 @@ fn meshward() -> &'static Path {
 async fn connect(
     issuer: &Issuer,
     identity: &Arc<CertStore>,
-) -> meshward_issuer::proto::agent_api_client::AgentApiClient<tonic::transport::Channel> {
+) -> meshward_api::proto::agent_api_client::AgentApiClient<tonic::transport::Channel> {
     agent_client(
         &issuer.agent.to_string(),
-        TD,
+        &meshward_spiffe::TrustDomain::parse(TD).unwrap(),
         issuer.bundle(),
         identity.clone(),
     )

@@ -3,6 +3,14 @@
 
 use rustls_pki_types::CertificateDer;
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPem {
+    #[error("invalid PEM: {0}")]
+    Malformed(String),
+    #[error("no CERTIFICATE block")]
+    NoCertificate,
+}
+
 /// `-----BEGIN <label>-----`, base64 in 64-column lines, `-----END <label>-----`.
 pub fn encode(label: &str, der: &[u8]) -> String {
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
@@ -20,18 +28,29 @@ pub fn certificate(der: &CertificateDer<'_>) -> String {
 }
 
 /// Every `CERTIFICATE` block of a PEM text, in order; an error if there is none.
-pub fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, InvalidPem> {
     let mut out = Vec::new();
     for pem in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
-        let pem = pem.map_err(|e| format!("invalid PEM: {e}"))?;
+        let pem = pem.map_err(|e| InvalidPem::Malformed(e.to_string()))?;
         if pem.label == "CERTIFICATE" {
             out.push(CertificateDer::from(pem.contents));
         }
     }
     if out.is_empty() {
-        return Err("no CERTIFICATE block".into());
+        return Err(InvalidPem::NoCertificate);
     }
     Ok(out)
+}
+
+/// The first block labelled `label` (a key, say), as DER.
+pub fn block(text: &str, label: &str) -> Result<Vec<u8>, InvalidPem> {
+    for pem in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
+        let pem = pem.map_err(|e| InvalidPem::Malformed(e.to_string()))?;
+        if pem.label == label {
+            return Ok(pem.contents);
+        }
+    }
+    Err(InvalidPem::Malformed(format!("no {label} block")))
 }
 
 #[cfg(test)]
@@ -47,5 +66,11 @@ mod tests {
         assert_eq!(pem, cert.pem().replace("\r\n", "\n"));
         assert_eq!(super::certificates(&(pem.clone() + &pem)).unwrap().len(), 2);
         assert!(super::certificates("nothing").is_err());
+        let key_pem = key.serialize_pem();
+        assert_eq!(
+            super::block(&key_pem, "PRIVATE KEY").unwrap(),
+            key.serialize_der()
+        );
+        assert!(super::block(&pem, "PRIVATE KEY").is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 use meshward_tls::{Authorizer, CertStore, SpiffeServerVerifier, TrustBundles};
 use rustls_pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
@@ -25,20 +26,23 @@ pub enum ClientError {
     Connect { target: String, reason: String },
 }
 
+/// The issuer's own SVID ID: `spiffe://<td>/spire/server`, as SPIRE's.
+pub fn server_id(trust_domain: &TrustDomain) -> SpiffeId {
+    SpiffeId::from_segments(trust_domain, &["spire", "server"])
+        .unwrap_or_else(|_| trust_domain.id())
+}
+
 /// A client for the agent API at `address` (`host:port`). The server must present
 /// an SVID for `spiffe://<trust_domain>/spire/server` that chains to `bundles`;
 /// `identity` holds the node SVID once attested (empty before).
 pub async fn agent_client(
     address: &str,
-    trust_domain: &str,
+    trust_domain: &TrustDomain,
     bundles: Arc<TrustBundles>,
     identity: Arc<CertStore>,
 ) -> Result<AgentApiClient<Channel>, ClientError> {
     meshward_tls::install_crypto_provider();
-    let verifier = SpiffeServerVerifier::new(
-        bundles,
-        Authorizer::Exact(format!("spiffe://{trust_domain}/spire/server")),
-    );
+    let verifier = SpiffeServerVerifier::new(bundles, Authorizer::Exact(server_id(trust_domain)));
     let mut config = rustls::ClientConfig::builder()
         .dangerous() // a SPIFFE verifier that wraps webpki, not a bypass
         .with_custom_certificate_verifier(verifier)

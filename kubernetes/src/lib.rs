@@ -1,5 +1,6 @@
-//! One way to reach the Kubernetes API for every watcher of the daemon: an explicit
-//! server (with its CA and a token file), or the pod's in-cluster service account.
+//! meshward-kubernetes: one way to reach the Kubernetes API for every watcher of
+//! meshward: an explicit server (with its CA and a token file), or the pod's
+//! in-cluster service account.
 
 use std::path::PathBuf;
 
@@ -21,14 +22,28 @@ impl From<&meshward_config::KubernetesApi> for ApiEndpoint {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("api_server {url:?}: {source}")]
+    ApiServer {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("not in a cluster and no api_server given: {0}")]
+    NotInCluster(#[from] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
 /// A client for `endpoint`; the error says what is missing.
-pub fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, String> {
+pub fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, KubernetesError> {
     let config = match &endpoint.api_server {
         Some(url) => {
-            let mut c = kube::Config::new(
-                url.parse()
-                    .map_err(|e| format!("api_server {url:?}: {e}"))?,
-            );
+            let mut c =
+                kube::Config::new(url.parse().map_err(|source| KubernetesError::ApiServer {
+                    url: url.clone(),
+                    source,
+                })?);
             c.root_cert_file = endpoint.api_ca_path.clone();
             c.auth_info.token_file = endpoint
                 .api_token_path
@@ -36,8 +51,7 @@ pub fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, String> {
                 .map(|p| p.display().to_string());
             c
         }
-        None => kube::Config::incluster()
-            .map_err(|e| format!("not in a cluster and no api_server given: {e}"))?,
+        None => kube::Config::incluster()?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    Ok(kube::Client::try_from(config)?)
 }

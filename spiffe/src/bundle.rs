@@ -1,7 +1,9 @@
 //! Trust bundles: the SPIFFE format (an RFC 7517 JWK Set with `x509-svid` keys
 //! carrying `x5c` and no `kid`, `jwt-svid` keys with `kid`, `spiffe_sequence`,
-//! `spiffe_refresh_hint`) and PEM.
+//! `spiffe_refresh_hint`) and PEM; and the bundles of every trust domain a party
+//! trusts, keyed by trust domain ([`BundleSet`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -9,14 +11,16 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use crate::ca::pem_encode;
-use crate::jwt::JwtPublicKey;
-use meshward_spiffe::validate_trust_domain;
+/// `spiffe_refresh_hint` when a bundle gives none: SPIRE's default, 5 minutes.
+const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
+
+use crate::TrustDomain;
+use crate::pem;
 
 /// The authorities that verify SVIDs of one trust domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     pub x509_authorities: Vec<CertificateDer<'static>>,
     pub jwt_keys: Vec<JwtPublicKey>,
     /// Increases on every change of content.
@@ -24,10 +28,19 @@ pub struct Bundle {
     pub refresh_hint: Duration,
 }
 
+/// A JWT-SVID signing key's public half (P-256), as a bundle publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtPublicKey {
+    pub kid: String,
+    /// base64url, no padding
+    pub x: String,
+    pub y: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid bundle for {trust_domain}: {reason}")]
 pub struct InvalidBundle {
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     pub reason: String,
 }
 
@@ -58,6 +71,17 @@ struct Jwk {
 }
 
 impl Bundle {
+    /// An empty bundle of `trust_domain` (sequence 0, the default refresh hint).
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            x509_authorities: Vec::new(),
+            jwt_keys: Vec::new(),
+            sequence: 0,
+            refresh_hint: DEFAULT_REFRESH_HINT,
+        }
+    }
+
     /// The SPIFFE bundle format (JSON).
     pub fn to_spiffe_json(&self) -> String {
         let mut keys = Vec::new();
@@ -94,7 +118,7 @@ impl Bundle {
 
     /// The X.509 authorities as concatenated PEM certificates.
     pub fn to_pem(&self) -> String {
-        self.x509_authorities.iter().map(pem_encode).collect()
+        self.x509_authorities.iter().map(pem::certificate).collect()
     }
 
     /// Concatenated DER authorities, as the Workload API carries them.
@@ -116,19 +140,18 @@ impl Bundle {
 
     /// Parses a SPIFFE bundle of `trust_domain`. Keys of unknown `kty`/`use` are
     /// ignored, as the spec asks; an `x509-svid` key takes its first `x5c` value.
-    pub fn from_spiffe_json(trust_domain: &str, json: &str) -> Result<Self, InvalidBundle> {
+    pub fn from_spiffe_json(trust_domain: &TrustDomain, json: &str) -> Result<Self, InvalidBundle> {
         let invalid = |reason: String| InvalidBundle {
-            trust_domain: trust_domain.to_owned(),
+            trust_domain: trust_domain.clone(),
             reason,
         };
-        validate_trust_domain(trust_domain).map_err(|r| invalid(r.into()))?;
         let set: JwkSet = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
         let mut bundle = Self {
-            trust_domain: trust_domain.to_owned(),
-            x509_authorities: Vec::new(),
-            jwt_keys: Vec::new(),
             sequence: set.spiffe_sequence.unwrap_or(0),
-            refresh_hint: Duration::from_secs(set.spiffe_refresh_hint.unwrap_or(300)),
+            refresh_hint: set
+                .spiffe_refresh_hint
+                .map_or(DEFAULT_REFRESH_HINT, Duration::from_secs),
+            ..Self::new(trust_domain.clone())
         };
         for (i, key) in set.keys.into_iter().enumerate() {
             match key.use_.as_str() {
@@ -160,18 +183,14 @@ impl Bundle {
     }
 
     /// Parses concatenated PEM certificates (e.g. `bundle set -format pem`).
-    pub fn from_pem(trust_domain: &str, pem: &str) -> Result<Self, InvalidBundle> {
-        let invalid = |reason: String| InvalidBundle {
-            trust_domain: trust_domain.to_owned(),
-            reason,
-        };
-        validate_trust_domain(trust_domain).map_err(|r| invalid(r.into()))?;
+    pub fn from_pem(trust_domain: &TrustDomain, text: &str) -> Result<Self, InvalidBundle> {
+        let x509_authorities = pem::certificates(text).map_err(|e| InvalidBundle {
+            trust_domain: trust_domain.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            x509_authorities: crate::ca::pem_certificates(pem).map_err(invalid)?,
-            jwt_keys: Vec::new(),
-            sequence: 0,
-            refresh_hint: Duration::from_secs(300),
+            x509_authorities,
+            ..Self::new(trust_domain.clone())
         })
     }
 }
@@ -188,3 +207,49 @@ fn ec_coordinates(cert: &CertificateDer<'_>) -> Option<(String, String)> {
         URL_SAFE_NO_PAD.encode(&point[33..]),
     ))
 }
+
+/// The bundles a party trusts, one per trust domain: its own and those it
+/// federates with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleSet(BTreeMap<TrustDomain, Bundle>);
+
+impl BundleSet {
+    /// Adds or replaces the bundle of its trust domain.
+    pub fn insert(&mut self, bundle: Bundle) {
+        self.0.insert(bundle.trust_domain.clone(), bundle);
+    }
+
+    pub fn get(&self, trust_domain: &TrustDomain) -> Option<&Bundle> {
+        self.0.get(trust_domain)
+    }
+
+    /// The bundle that verifies SVIDs of `id`'s trust domain.
+    pub fn for_id(&self, id: &crate::SpiffeId) -> Option<&Bundle> {
+        self.0.get(&id.trust_domain())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Bundle> {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Bundle> for BundleSet {
+    fn from_iter<I: IntoIterator<Item = Bundle>>(bundles: I) -> Self {
+        let mut set = Self::default();
+        for bundle in bundles {
+            set.insert(bundle);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests;

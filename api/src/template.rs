@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::datastore::Selector;
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::Selector;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 /// A stored template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,11 +81,16 @@ impl IdentityTemplate {
     /// Renders the ID, the workload selectors and the DNS names for `pod`.
     pub fn render(
         &self,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         cluster: &str,
         pod: &PodAttributes,
     ) -> Result<Rendered, String> {
-        let id = render(&self.spiffe_id_template, trust_domain, cluster, pod)?;
+        let id = render(
+            &self.spiffe_id_template,
+            trust_domain.as_str(),
+            cluster,
+            pod,
+        )?;
         let spiffe_id = SpiffeId::parse(&id).map_err(|e| format!("template {}: {e}", self.name))?;
         if !spiffe_id.is_member_of(trust_domain) {
             return Err(format!(
@@ -98,7 +103,7 @@ impl IdentityTemplate {
             value: format!("pod-uid:{}", pod.uid),
         }];
         for t in &self.workload_selector_templates {
-            let rendered = render(t, trust_domain, cluster, pod)?;
+            let rendered = render(t, trust_domain.as_str(), cluster, pod)?;
             selectors.push(
                 rendered
                     .parse()
@@ -108,7 +113,7 @@ impl IdentityTemplate {
         let dns_names = self
             .dns_name_templates
             .iter()
-            .map(|t| render(t, trust_domain, cluster, pod))
+            .map(|t| render(t, trust_domain.as_str(), cluster, pod))
             .collect::<Result<_, _>>()?;
         Ok(Rendered {
             spiffe_id,
@@ -118,7 +123,7 @@ impl IdentityTemplate {
     }
 
     /// Checks that every template renders for a typical pod.
-    pub fn validate(&self, trust_domain: &str) -> Result<(), String> {
+    pub fn validate(&self, trust_domain: &TrustDomain) -> Result<(), String> {
         if self.name.is_empty() {
             return Err("name: must not be empty".into());
         }
@@ -346,6 +351,10 @@ pub fn from_cluster_spiffe_id_yaml(text: &str) -> Result<Vec<IdentityTemplate>, 
 mod tests {
     use super::*;
 
+    fn td(name: &str) -> meshward_spiffe::TrustDomain {
+        meshward_spiffe::TrustDomain::parse(name).unwrap()
+    }
+
     fn pod() -> PodAttributes {
         PodAttributes {
             namespace: "default".into(),
@@ -379,8 +388,10 @@ mod tests {
             "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
         );
         let short = template("spiffe://{{trust-domain}}/ns/{{namespace}}/sa/{{serviceaccount}}");
-        let a = long.render("math.example.com", "eks", &pod()).unwrap();
-        let b = short.render("math.example.com", "eks", &pod()).unwrap();
+        let a = long.render(&td("math.example.com"), "eks", &pod()).unwrap();
+        let b = short
+            .render(&td("math.example.com"), "eks", &pod())
+            .unwrap();
         assert_eq!(
             a.spiffe_id.as_str(),
             "spiffe://math.example.com/ns/default/sa/curl-spire"
@@ -400,29 +411,33 @@ mod tests {
     fn labels_and_errors() {
         let t = template("spiffe://td/app/{{ index .PodMeta.Labels \"app\" }}/{{label:app}}");
         assert_eq!(
-            t.render("td", "c", &pod()).unwrap().spiffe_id.as_str(),
+            t.render(&td("td"), "c", &pod()).unwrap().spiffe_id.as_str(),
             "spiffe://td/app/curl/curl"
         );
         let missing = template("spiffe://td/{{ label:tier }}");
         assert!(
             missing
-                .render("td", "c", &pod())
+                .render(&td("td"), "c", &pod())
                 .unwrap_err()
                 .contains("no label \"tier\"")
         );
         assert!(
             template("spiffe://td/{{ .Nope }}")
-                .render("td", "c", &pod())
+                .render(&td("td"), "c", &pod())
                 .unwrap_err()
                 .contains("unknown template expression")
         );
         assert!(
             template("spiffe://other/x")
-                .render("td", "c", &pod())
+                .render(&td("td"), "c", &pod())
                 .unwrap_err()
                 .contains("not in trust domain")
         );
-        assert!(template("spiffe://td/{{ namespace").validate("td").is_err());
+        assert!(
+            template("spiffe://td/{{ namespace")
+                .validate(&td("td"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -471,7 +486,7 @@ mod tests {
         let all =
             from_cluster_spiffe_id_yaml(&read("valid/cluster-spiffe-id-every-field.yaml")).unwrap();
         let t = &all[0];
-        t.validate("math.example.com").unwrap();
+        t.validate(&td("math.example.com")).unwrap();
         assert_eq!((t.x509_svid_ttl, t.jwt_svid_ttl), (1800, 300));
         assert_eq!(t.namespace_selector["mesh"], "on");
         assert_eq!(

@@ -1,0 +1,134 @@
+//! Every answer the data path gives itself instead of the pod, in one place, as
+//! Envoy gives them (a client cannot tell the two proxies apart by their refusals):
+//!
+//! - refused by policy: HTTP `403`, `text/plain`, body `RBAC: access denied`
+//!   (19 bytes); gRPC: a trailers-only `200` with `grpc-status: 7`
+//!   (PERMISSION_DENIED) and the same message. The connection stays usable.
+//! - malformed: `400`, with the reason.
+//! - the pod unreachable: `503` `upstream connect error or disconnect/reset before
+//!   headers`; gRPC: `grpc-status: 14` (UNAVAILABLE).
+//! - an HBONE CONNECT: `200` opens the tunnel; `400` a malformed or misdirected
+//!   CONNECT; `401` a TCP port policy refused before a byte flowed.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::{Empty, Full};
+
+use super::body::{self, ProxyBody};
+
+pub(crate) const RBAC_DENIED: &str = "RBAC: access denied";
+const UPSTREAM_FAILED: &str = "upstream connect error or disconnect/reset before headers\n";
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A request policy refused.
+pub(crate) fn forbidden(grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        return grpc_status("7", RBAC_DENIED);
+    }
+    plain(
+        StatusCode::FORBIDDEN,
+        Bytes::from_static(RBAC_DENIED.as_bytes()),
+    )
+}
+
+/// A request that cannot be judged as it is.
+pub(crate) fn bad_request(reason: &str) -> Response<ProxyBody> {
+    plain(
+        StatusCode::BAD_REQUEST,
+        Bytes::from(format!("bad request: {reason}\n")),
+    )
+}
+
+/// The pod did not answer.
+pub(crate) fn unavailable(grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        return grpc_status("14", "upstream connect error");
+    }
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(UPSTREAM_FAILED.as_bytes()),
+    )
+}
+
+/// The answer to an HBONE CONNECT.
+pub(crate) fn tunnel(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    response
+}
+
+fn plain(status: StatusCode, text: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(Full::new(text)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// A trailers-only gRPC answer: `200` with the status in the headers.
+fn grpc_status(code: &'static str, message: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(Full::new(Bytes::new())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(code));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn text(response: Response<ProxyBody>) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_as_envoy_writes_them() {
+        let r = forbidden(false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
+        let body = text(r).await;
+        assert_eq!((body.as_str(), body.len()), (RBAC_DENIED, 19));
+
+        let r = forbidden(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(r.headers()["grpc-message"], RBAC_DENIED);
+
+        let r = unavailable(false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text(r).await, UPSTREAM_FAILED);
+        assert_eq!(unavailable(true).headers()["grpc-status"], "14");
+
+        let r = bad_request("two Host headers");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(text(r).await, "bad request: two Host headers\n");
+        assert_eq!(tunnel(StatusCode::UNAUTHORIZED).status(), 401);
+    }
+
+    #[test]
+    fn grpc_by_content_type() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&headers));
+    }
+}

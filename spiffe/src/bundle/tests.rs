@@ -1,0 +1,108 @@
+use std::time::Duration;
+
+use super::*;
+use crate::SpiffeId;
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::parse(name).unwrap()
+}
+
+fn ca_certificate() -> CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().der().clone()
+}
+
+fn sample() -> Bundle {
+    Bundle {
+        x509_authorities: vec![ca_certificate()],
+        jwt_keys: vec![JwtPublicKey {
+            kid: "k1".into(),
+            x: "Zwxvpx7CAIwseV9zZkAMO0nhhkLdKkPgrybbl4IC9G4".into(),
+            y: "Oe7hihJc83PqzQzIlkJf1dMzYsIPnJh5r1f4OVZZxG0".into(),
+        }],
+        sequence: 7,
+        refresh_hint: Duration::from_secs(120),
+        ..Bundle::new(td("math.example.com"))
+    }
+}
+
+#[test]
+fn spiffe_json_and_pem_round_trip() {
+    let bundle = sample();
+    let json: serde_json::Value = serde_json::from_str(&bundle.to_spiffe_json()).unwrap();
+    assert_eq!(json["spiffe_sequence"], 7);
+    assert_eq!(json["spiffe_refresh_hint"], 120);
+    let keys = json["keys"].as_array().unwrap();
+    assert_eq!(keys[0]["use"], "x509-svid");
+    assert!(keys[0].get("kid").is_none(), "x509-svid keys carry no kid");
+    assert_eq!(keys[0]["x5c"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&keys[1]["use"], &keys[1]["kid"]),
+        (&"jwt-svid".into(), &"k1".into())
+    );
+    let parsed = Bundle::from_spiffe_json(&bundle.trust_domain, &bundle.to_spiffe_json());
+    assert_eq!(parsed.unwrap(), bundle);
+    let pem = bundle.to_pem();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+    let from_pem = Bundle::from_pem(&bundle.trust_domain, &pem).unwrap();
+    assert_eq!(from_pem.x509_authorities, bundle.x509_authorities);
+    assert_eq!(from_pem.refresh_hint, DEFAULT_REFRESH_HINT);
+    assert!(Bundle::from_pem(&bundle.trust_domain, "no blocks").is_err());
+    // the Workload API's JWKS carries the JWT keys only
+    let jwks = Bundle::from_spiffe_json(&bundle.trust_domain, &bundle.jwt_jwks()).unwrap();
+    assert_eq!((jwks.x509_authorities.len(), jwks.jwt_keys.len()), (0, 1));
+}
+
+#[test]
+fn unknown_keys_are_ignored_and_incomplete_ones_refused() {
+    let odd = r#"{"keys":[{"kty":"EC","use":"other"},{"kty":"RSA","use":"jwt-svid","kid":"k"}]}"#;
+    let bundle = Bundle::from_spiffe_json(&td("td"), odd).unwrap();
+    assert_eq!(bundle.jwt_keys.len(), 0);
+    assert_eq!(bundle.refresh_hint, DEFAULT_REFRESH_HINT);
+    for (bad, why) in [
+        (
+            r#"{"keys":[{"kty":"EC","use":"jwt-svid","x":"a","y":"b"}]}"#,
+            "needs a kid",
+        ),
+        (
+            r#"{"keys":[{"kty":"EC","use":"jwt-svid","kid":"k","x":"a"}]}"#,
+            "needs x and y",
+        ),
+        (
+            r#"{"keys":[{"kty":"EC","use":"x509-svid","x5c":["AAAA"]}]}"#,
+            "not a certificate",
+        ),
+        (
+            r#"{"keys":[{"kty":"EC","use":"x509-svid","x5c":["%"]}]}"#,
+            "x5c[0]",
+        ),
+        ("[]", "invalid bundle for td"),
+    ] {
+        let e = Bundle::from_spiffe_json(&td("td"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_set_holds_one_bundle_per_trust_domain() {
+    let mut set: BundleSet = [sample(), Bundle::new(td("payments.example.org"))]
+        .into_iter()
+        .collect();
+    assert_eq!(set.len(), 2);
+    let newer = Bundle {
+        sequence: 8,
+        ..sample()
+    };
+    set.insert(newer);
+    assert_eq!(set.len(), 2, "replaced, not added");
+    let id = SpiffeId::parse("spiffe://math.example.com/ns/a/sa/b").unwrap();
+    assert_eq!(set.for_id(&id).map(|b| b.sequence), Some(8));
+    let foreign = SpiffeId::parse("spiffe://other.example/x").unwrap();
+    assert!(set.for_id(&foreign).is_none());
+    let names: Vec<&str> = set.iter().map(|b| b.trust_domain.as_str()).collect();
+    assert_eq!(names, ["math.example.com", "payments.example.org"]);
+}
