@@ -45,27 +45,29 @@ impl UpstreamCa {
     pub fn from_files(chain_path: &Path, key_path: &Path) -> Result<Self, CaError> {
         let read = |p: &Path| fs::read_to_string(p).map_err(|e| CaError::io(p, e));
         let chain = pem::certificates(&read(chain_path)?)
-            .map_err(|reason| CaError::Upstream(format!("{}: {reason}", chain_path.display())))?;
-        let key = KeyPair::from_pem(&read(key_path)?).map_err(|e| {
-            CaError::Upstream(format!("{}: not a PKCS#8 key: {e}", key_path.display()))
-        })?;
-        let first = chain.first().ok_or_else(|| {
-            CaError::Upstream(format!("{}: no certificate", chain_path.display()))
-        })?;
-        let parsed = parse(first)?;
+            .map_err(|e| CaError::upstream(chain_path)(e.into()))?;
+        let key = KeyPair::from_pem(&read(key_path)?)
+            .map_err(|e| CaError::upstream(key_path)(e.into()))?;
+        let first = chain
+            .first()
+            .ok_or_else(|| CaError::upstream(chain_path)("no certificate".into()))?;
+        let parsed = x509_parser::parse_x509_certificate(first)
+            .map(|(_, c)| c)
+            .map_err(|e| CaError::upstream(chain_path)(e.into()))?;
         if !parsed.is_ca() {
-            return Err(CaError::Upstream(format!(
-                "{}: the first certificate is not a CA",
-                chain_path.display()
-            )));
+            return Err(CaError::upstream(chain_path)(
+                "the first certificate is not a CA".into(),
+            ));
         }
         if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
         {
-            return Err(CaError::Upstream(format!(
-                "{}: the key does not belong to the first certificate of {}",
-                key_path.display(),
-                chain_path.display()
-            )));
+            return Err(CaError::upstream(key_path)(
+                format!(
+                    "the key does not belong to the first certificate of {}",
+                    chain_path.display()
+                )
+                .into(),
+            ));
         }
         let not_after = to_system_time(parsed.validity().not_after.timestamp());
         Ok(Self {
@@ -270,7 +272,7 @@ impl Authority {
 
     fn create_generation(&mut self, now: SystemTime) -> Result<String, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Crypto(e.to_string()))?;
+            .map_err(|e| CaError::crypto("CA key generation")(e.into()))?;
         let serial = crate::random::serial()?;
         let id = format!(
             "{}-{}",
@@ -285,7 +287,11 @@ impl Authority {
             not_after = not_after.min(upstream.not_after);
         }
         if not_after <= now {
-            return Err(CaError::Upstream("the upstream CA has expired".into()));
+            let path = self.dir.clone();
+            return Err(CaError::Upstream {
+                path,
+                source: "the upstream CA has expired".into(),
+            });
         }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -296,12 +302,10 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let td_id = self.trust_domain.id();
-        params.subject_alt_names = vec![SanType::URI(
-            td_id
-                .as_str()
-                .try_into()
-                .map_err(|_| CaError::Crypto("bad URI SAN".into()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(td_id.as_str().try_into().map_err(
+                |e: rcgen::Error| CaError::crypto("the CA's URI SAN")(e.into()),
+            )?)];
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.not_before = to_offset(not_before);
         params.not_after = to_offset(not_after);
@@ -310,15 +314,15 @@ impl Authority {
             None => {
                 let cert = params
                     .self_signed(&key)
-                    .map_err(|e| CaError::Crypto(e.to_string()))?;
+                    .map_err(|e| CaError::crypto("self-signing the CA")(e.into()))?;
                 (cert.der().clone(), Vec::new())
             }
             Some(upstream) => {
                 let issuer = Issuer::from_ca_cert_der(&upstream.chain[0], &upstream.key)
-                    .map_err(|e| CaError::Upstream(e.to_string()))?;
+                    .map_err(|e| CaError::crypto("reading the upstream CA")(e.into()))?;
                 let cert = params
                     .signed_by(&key, &issuer)
-                    .map_err(|e| CaError::Crypto(e.to_string()))?;
+                    .map_err(|e| CaError::crypto("the upstream CA signing ours")(e.into()))?;
                 let mut tail = vec![cert.der().clone()];
                 // upstream intermediates, without the root
                 tail.extend(upstream.chain[..upstream.chain.len() - 1].iter().cloned());
@@ -329,7 +333,7 @@ impl Authority {
         let generation = SigningCa {
             id: id.clone(),
             issuer: Issuer::from_ca_cert_der(&cert, key)
-                .map_err(|e| CaError::Crypto(e.to_string()))?,
+                .map_err(|e| CaError::crypto("reading the new CA")(e.into()))?,
             cert,
             chain_tail,
             jwt,
@@ -364,15 +368,16 @@ fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
         fs::read_to_string(&p).map_err(|e| CaError::io(&p, e))
     };
     let chain = pem::certificates(&read("ca.pem")?)
-        .map_err(|r| CaError::Corrupt(format!("{}: {r}", dir.display())))?;
+        .map_err(|e| CaError::corrupt(&dir.join("ca.pem"))(e.into()))?;
     let key = KeyPair::from_pem(&read("ca.key")?)
-        .map_err(|e| CaError::Corrupt(format!("{}: ca.key: {e}", dir.display())))?;
+        .map_err(|e| CaError::corrupt(&dir.join("ca.key"))(e.into()))?;
     let jwt = JwtKey::from_pkcs8_pem(&read("jwt.key")?, read("jwt.kid")?.trim())
-        .map_err(|e| CaError::Corrupt(format!("{}: jwt.key: {e}", dir.display())))?;
-    let cert = chain.first().cloned().ok_or_else(|| {
-        CaError::Corrupt(format!("{}: ca.pem holds no certificate", dir.display()))
-    })?;
-    let parsed = parse(&cert)?;
+        .map_err(|e| CaError::corrupt(&dir.join("jwt.key"))(e.into()))?;
+    let cert = chain
+        .first()
+        .cloned()
+        .ok_or_else(|| CaError::corrupt(&dir.join("ca.pem"))("no certificate".into()))?;
+    let parsed = parse(&cert, &dir.join("ca.pem"))?;
     let self_signed = parsed.subject() == parsed.issuer();
     let chain_tail = if self_signed { Vec::new() } else { chain };
     let id = dir
@@ -385,7 +390,7 @@ fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
         not_before: to_system_time(parsed.validity().not_before.timestamp()),
         not_after: to_system_time(parsed.validity().not_after.timestamp()),
         issuer: Issuer::from_ca_cert_der(&cert, key)
-            .map_err(|e| CaError::Corrupt(format!("{}: {e}", dir.display())))?,
+            .map_err(|e| CaError::corrupt(&dir.join("ca.key"))(e.into()))?,
         cert,
         chain_tail,
         jwt,
@@ -406,12 +411,14 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     fs::rename(&tmp, path).map_err(|e| CaError::io(path, e))
 }
 
+/// A certificate read from `path`.
 fn parse<'a>(
     der: &'a CertificateDer<'_>,
+    path: &Path,
 ) -> Result<x509_parser::certificate::X509Certificate<'a>, CaError> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, c)| c)
-        .map_err(|e| CaError::Corrupt(format!("unparsable certificate: {e}")))
+        .map_err(|e| CaError::corrupt(path)(e.into()))
 }
 
 pub(crate) fn to_offset(t: SystemTime) -> time::OffsetDateTime {

@@ -1,27 +1,52 @@
-//! The issuer's errors. Each says what to fix; the API layer maps them to gRPC codes.
+//! The issuer's errors. Each says what to fix and keeps the error that caused it
+//! (`source`); the API layer maps them to gRPC codes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An error with its cause kept, whatever its type (a library's error, or a rule
+/// of ours given as text).
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("{path}: {reason}")]
-    Io { path: String, reason: String },
-    #[error("upstream CA: {0}")]
-    Upstream(String),
-    #[error("CA state on disk is corrupt: {0}")]
-    Corrupt(String),
-    #[error("cryptography failed: {0}")]
-    Crypto(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The upstream CA files cannot sign for us.
+    #[error("upstream CA {}: {source}", path.display())]
+    Upstream { path: PathBuf, source: Cause },
+    #[error("CA state on disk is corrupt: {}: {source}", path.display())]
+    Corrupt { path: PathBuf, source: Cause },
+    #[error("{what}: {source}")]
+    Crypto { what: &'static str, source: Cause },
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomFailed),
     #[error("no CA is active (all generations expired)")]
     NoActiveCa,
 }
 
 impl CaError {
-    pub(crate) fn io(path: &Path, e: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+            path: path.to_owned(),
+            source,
         }
+    }
+
+    pub(crate) fn upstream(path: &Path) -> impl FnOnce(Cause) -> Self {
+        let path = path.to_owned();
+        move |source| Self::Upstream { path, source }
+    }
+
+    pub(crate) fn corrupt(path: &Path) -> impl FnOnce(Cause) -> Self {
+        let path = path.to_owned();
+        move |source| Self::Corrupt { path, source }
+    }
+
+    pub(crate) fn crypto(what: &'static str) -> impl FnOnce(Cause) -> Self {
+        move |source| Self::Crypto { what, source }
     }
 }
 
@@ -36,4 +61,10 @@ pub enum SigningError {
     InvalidRequest(String),
     #[error(transparent)]
     Ca(#[from] CaError),
+}
+
+impl From<crate::random::RandomFailed> for SigningError {
+    fn from(e: crate::random::RandomFailed) -> Self {
+        Self::Ca(e.into())
+    }
 }

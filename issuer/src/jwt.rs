@@ -26,13 +26,13 @@ impl JwtKey {
     pub(crate) fn generate() -> Result<Self, CaError> {
         let rng = SystemRandom::new();
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| CaError::Crypto("cannot generate a P-256 key".into()))?;
+            .map_err(|e| CaError::crypto("JWT key generation")(e.into()))?;
         Self::from_pkcs8(doc.as_ref(), crate::random::hex_token(16)?)
     }
 
     fn from_pkcs8(pkcs8: &[u8], kid: String) -> Result<Self, CaError> {
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-            .map_err(|_| CaError::Crypto("not a P-256 PKCS#8 key".into()))?;
+            .map_err(|e| CaError::crypto("JWT key: not a P-256 PKCS#8 key")(e.into()))?;
         Ok(Self {
             kid,
             public: pair.public_key().as_ref().to_vec(),
@@ -47,10 +47,10 @@ impl JwtKey {
     }
 
     pub(crate) fn from_pkcs8_pem(text: &str, kid: &str) -> Result<Self, CaError> {
-        let der = pem::block(text, "PRIVATE KEY")
-            .map_err(|e| CaError::Corrupt(format!("JWT key: {e}")))?;
+        let der =
+            pem::block(text, "PRIVATE KEY").map_err(|e| CaError::crypto("JWT key")(e.into()))?;
         if kid.is_empty() {
-            return Err(CaError::Corrupt("JWT key: empty key ID".into()));
+            return Err(CaError::crypto("JWT key")("empty key ID".into()));
         }
         Self::from_pkcs8(&der, kid.to_owned())
     }
@@ -115,5 +115,5 @@ pub fn mint_jwt_svid(
     header.kid = Some(key.kid.clone());
     header.typ = Some("JWT".into());
     jsonwebtoken::encode(&header, &claims, &key.encoding)
-        .map_err(|e| SigningError::Ca(CaError::Crypto(e.to_string())))
+        .map_err(|e| SigningError::Ca(CaError::crypto("signing a JWT-SVID")(e.into())))
 }

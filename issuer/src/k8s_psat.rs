@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use meshward_config::K8sPsatConfig;
 
-use crate::service::ServiceError;
 use meshward_spiffe::Selector;
 use meshward_spiffe::{SpiffeId, TrustDomain};
 
@@ -37,6 +36,31 @@ pub struct PsatAttestor {
 }
 
 /// What a successful attestation proves.
+/// Why a projected service-account token did not attest a node.
+#[derive(Debug, thiserror::Error)]
+pub enum PsatError {
+    /// The token, its pod or its node is not acceptable.
+    #[error("k8s_psat: {0}")]
+    Denied(String),
+    #[error("k8s_psat: {0}")]
+    InvalidArgument(String),
+    /// The cluster's API could not answer: retry later.
+    #[error("k8s_psat: {what}: {source}")]
+    Kubernetes {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl PsatError {
+    fn kubernetes(what: String) -> impl FnOnce(kube::Error) -> Self {
+        move |e| Self::Kubernetes {
+            what,
+            source: Box::new(e),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsatNode {
     pub spiffe_id: SpiffeId,
@@ -88,16 +112,14 @@ impl PsatAttestor {
         trust_domain: &TrustDomain,
         cluster_name: &str,
         token: &str,
-    ) -> Result<PsatNode, ServiceError> {
-        let denied = |why: String| ServiceError::PermissionDenied(format!("k8s_psat: {why}"));
+    ) -> Result<PsatNode, PsatError> {
+        let denied = PsatError::Denied;
         let cluster = self
             .clusters
             .get(cluster_name)
             .ok_or_else(|| denied(format!("cluster {cluster_name:?} is not configured")))?;
         if token.is_empty() {
-            return Err(ServiceError::InvalidArgument(
-                "k8s_psat: the token is empty".into(),
-            ));
+            return Err(PsatError::InvalidArgument("the token is empty".into()));
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -110,11 +132,9 @@ impl PsatAttestor {
         let reviewed = reviews
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| {
-                ServiceError::Unavailable(format!(
-                    "k8s_psat: TokenReview on cluster {cluster_name}: {e}"
-                ))
-            })?;
+            .map_err(PsatError::kubernetes(format!(
+                "TokenReview on cluster {cluster_name}"
+            )))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(denied(format!(
@@ -147,9 +167,12 @@ impl PsatAttestor {
             first(POD_UID).ok_or_else(|| denied("the token carries no pod UID".into()))?;
 
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
-        let pod = pods.get(&pod_name).await.map_err(|e| {
-            ServiceError::Unavailable(format!("k8s_psat: get pod {namespace}/{pod_name}: {e}"))
-        })?;
+        let pod = pods
+            .get(&pod_name)
+            .await
+            .map_err(PsatError::kubernetes(format!(
+                "get pod {namespace}/{pod_name}"
+            )))?;
         if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
             return Err(denied(format!(
                 "pod {namespace}/{pod_name} has another UID than the token's (replaced?)"
@@ -161,13 +184,14 @@ impl PsatAttestor {
             ))
         })?;
         let nodes: Api<Node> = Api::all(cluster.client.clone());
-        let node = nodes.get(&node_name).await.map_err(|e| {
-            ServiceError::Unavailable(format!("k8s_psat: get node {node_name}: {e}"))
+        let node = nodes
+            .get(&node_name)
+            .await
+            .map_err(PsatError::kubernetes(format!("get node {node_name}")))?;
+        let node_uid = node.metadata.uid.ok_or_else(|| PsatError::Kubernetes {
+            what: format!("get node {node_name}"),
+            source: "the node has no UID".into(),
         })?;
-        let node_uid = node
-            .metadata
-            .uid
-            .ok_or_else(|| ServiceError::Internal(format!("node {node_name} has no UID")))?;
         let node_ip = node
             .status
             .and_then(|s| s.addresses)
@@ -178,7 +202,7 @@ impl PsatAttestor {
             trust_domain,
             &["spire", "agent", "k8s_psat", cluster_name, &node_uid],
         )
-        .map_err(|e| ServiceError::InvalidArgument(format!("k8s_psat: {e}")))?;
+        .map_err(|e| PsatError::InvalidArgument(e.to_string()))?;
         let mut selectors = vec![
             ("cluster", cluster_name.to_owned()),
             ("agent_ns", namespace.to_owned()),

@@ -100,7 +100,7 @@ pub fn sign_x509_svid(
     params.use_authority_key_identifier_extension = true;
     let leaf = params
         .signed_by(&request.public_key, ca.issuer())
-        .map_err(|e| SigningError::Ca(CaError::Crypto(e.to_string())))?;
+        .map_err(|e| SigningError::Ca(CaError::crypto("signing an X509-SVID")(e.into())))?;
     let mut chain = vec![leaf.der().clone()];
     chain.extend(ca.chain_tail().iter().cloned());
     Ok(X509Svid {

@@ -152,11 +152,9 @@ async fn join_tokens_suite(store: &SqlStore) {
     store.create_join_token(&token).await.unwrap();
     assert_eq!(store.consume_join_token("abc", 1000).await.unwrap(), token);
     let reused = store.consume_join_token("abc", 1000).await;
-    assert_eq!(
-        reused,
-        Err(DatastoreError::Refused(
-            "join token is unknown or already used".into()
-        ))
+    assert!(
+        matches!(&reused, Err(DatastoreError::Refused(m)) if m == "join token is unknown or already used"),
+        "{reused:?}"
     );
     store
         .create_join_token(&JoinToken {
@@ -167,9 +165,9 @@ async fn join_tokens_suite(store: &SqlStore) {
         .await
         .unwrap();
     let expired = store.consume_join_token("old", 1000).await;
-    assert_eq!(
-        expired,
-        Err(DatastoreError::Refused("join token has expired".into()))
+    assert!(
+        matches!(&expired, Err(DatastoreError::Refused(m)) if m == "join token has expired"),
+        "{expired:?}"
     );
 }
 

@@ -15,11 +15,11 @@ pub use types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
 
 use meshward_spiffe::{SpiffeId, TrustDomain};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
     /// The database cannot be reached or failed: retry later (gRPC Unavailable).
     #[error("datastore unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::error::Cause),
     #[error("{0} already exists")]
     AlreadyExists(String),
     #[error("{0} not found")]
@@ -28,7 +28,7 @@ pub enum DatastoreError {
     #[error("{0}")]
     Refused(String),
     #[error("datastore holds invalid data: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] crate::error::Cause),
 }
 
 pub type Result<T> = std::result::Result<T, DatastoreError>;

@@ -92,15 +92,24 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T>
 }
 
 pub(super) fn new_id() -> Result<String> {
-    crate::random::hex_token(16).map_err(|e| DatastoreError::Unavailable(e.to_string()))
+    crate::random::hex_token(16).map_err(|e| DatastoreError::Unavailable(Box::new(e)))
 }
 
-pub(super) fn corrupt(e: impl std::fmt::Display) -> DatastoreError {
-    DatastoreError::Corrupt(e.to_string())
+/// A value the database holds that is not what we wrote.
+pub(super) fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> DatastoreError {
+    DatastoreError::Corrupt(Box::new(e))
 }
 
 pub(super) fn unavailable(e: sqlx::Error) -> DatastoreError {
-    DatastoreError::Unavailable(e.to_string())
+    DatastoreError::Unavailable(Box::new(e))
+}
+
+/// Connecting to the database failed; the URL is shown without its password.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {source}")]
+pub(super) struct ConnectFailed {
+    pub(super) url: String,
+    pub(super) source: sqlx::Error,
 }
 
 pub(super) fn classify(e: sqlx::Error) -> DatastoreError {
@@ -111,8 +120,8 @@ pub(super) fn classify(e: sqlx::Error) -> DatastoreError {
         sqlx::Error::RowNotFound => DatastoreError::NotFound("row".into()),
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
-        | sqlx::Error::TypeNotFound { .. } => DatastoreError::Corrupt(e.to_string()),
-        _ => DatastoreError::Unavailable(e.to_string()),
+        | sqlx::Error::TypeNotFound { .. } => DatastoreError::Corrupt(Box::new(e)),
+        _ => DatastoreError::Unavailable(Box::new(e)),
     }
 }
 

@@ -8,8 +8,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 use super::rows::{
-    OperationTimer, bind_entry, classify, corrupt, entry_from_row, from_json, json, new_id,
-    node_from_row, normalize, redact, sorted, spiffe_id, unavailable,
+    ConnectFailed, OperationTimer, bind_entry, classify, corrupt, entry_from_row, from_json, json,
+    new_id, node_from_row, normalize, redact, sorted, spiffe_id, unavailable,
 };
 use super::types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
 use super::{Datastore, DatastoreError, Result};
@@ -50,10 +50,13 @@ impl SqlStore {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(DatastoreError::Unavailable(format!(
-                "unsupported datastore URL {:?}: use sqlite:///path or postgres://...",
-                redact(url)
-            )));
+            return Err(DatastoreError::Unavailable(
+                format!(
+                    "unsupported datastore URL {:?}: use sqlite:///path or postgres://...",
+                    redact(url)
+                )
+                .into(),
+            ));
         };
         let url = match backend {
             // create the file on first use
@@ -67,7 +70,12 @@ impl SqlStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(&url)
             .await
-            .map_err(|e| DatastoreError::Unavailable(format!("{}: {e}", redact(&url))))?;
+            .map_err(|source| {
+                DatastoreError::Unavailable(Box::new(ConnectFailed {
+                    url: redact(&url),
+                    source,
+                }))
+            })?;
         if backend == Backend::Sqlite {
             // concurrent readers with one writer; persistent in the file
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -78,7 +86,7 @@ impl SqlStore {
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| DatastoreError::Unavailable(format!("schema migration failed: {e}")))?;
+            .map_err(|e| DatastoreError::Unavailable(Box::new(e)))?;
         Ok(Self { pool, backend })
     }
 

@@ -12,19 +12,34 @@ use meshward_spiffe::Bundle;
 use meshward_spiffe::SpiffeId;
 use meshward_spiffe::{Selector, TrustDomain};
 
+/// The gRPC status of an error: its code, and its message with every cause.
 pub(crate) fn status(e: ServiceError) -> Status {
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        // causes whose text the message already shows are not repeated
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    Status::new(code(&e), message)
+}
+
+pub(crate) fn code(e: &ServiceError) -> tonic::Code {
     match e {
-        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
-        ServiceError::PermissionDenied(m) => Status::permission_denied(m),
-        ServiceError::NotFound(m) => Status::not_found(m),
-        ServiceError::AlreadyExists(m) => Status::already_exists(m),
-        ServiceError::Unavailable(m) => Status::unavailable(m),
-        ServiceError::Internal(m) => Status::internal(m),
+        ServiceError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+        ServiceError::PermissionDenied(_) => tonic::Code::PermissionDenied,
+        ServiceError::NotFound(_) => tonic::Code::NotFound,
+        ServiceError::AlreadyExists(_) => tonic::Code::AlreadyExists,
+        ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+        ServiceError::Internal(_) => tonic::Code::Internal,
     }
 }
 
 pub(crate) fn code_of(e: &ServiceError) -> i32 {
-    status(e.clone()).code() as i32
+    code(e) as i32
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -113,7 +113,7 @@ impl<D: Datastore> Issuer<D> {
                 &self.settings.trust_domain,
                 &["spire", "agent", "join_token", &token],
             )
-            .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            .map_err(|e| ServiceError::Internal(Box::new(e)))?,
         };
         let ttl = if ttl_seconds == 0 {
             self.settings.join_token_ttl.as_secs() as i64
@@ -172,10 +172,10 @@ impl<D: Datastore> Issuer<D> {
     pub async fn federated_bundles(&self) -> Result<Vec<Bundle>> {
         let mut bundles = Vec::new();
         for (td, json) in self.store.list_federated_bundles().await? {
-            let td = TrustDomain::parse(&td).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let td = TrustDomain::parse(&td).map_err(|e| ServiceError::Internal(Box::new(e)))?;
             bundles.push(
                 Bundle::from_spiffe_json(&td, &json)
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                    .map_err(|e| ServiceError::Internal(Box::new(e)))?,
             );
         }
         Ok(bundles)

@@ -102,7 +102,7 @@ impl<D: Datastore> Issuer<D> {
                 self.admit_node(node.spiffe_id, "k8s_psat", node.selectors, true, csr)
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         count_attestation("k8s_psat", &admitted);
         admitted

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::ca::Authority;
 use crate::datastore::{CaRecord, Datastore, DatastoreError};
-use crate::error::{CaError, SigningError};
+use crate::error::{CaError, Cause, SigningError};
+use crate::k8s_psat::PsatError;
+use crate::random::RandomFailed;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
 use meshward_spiffe::Bundle;
 use meshward_spiffe::JwtPublicKey;
@@ -19,8 +21,10 @@ use meshward_spiffe::{SpiffeId, TrustDomain};
 
 pub use agent::{BatchResult, Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
 
-/// Why a call failed; each variant is one gRPC status code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a call failed; each variant is one gRPC status code. The caller's mistakes
+/// carry the message it reads; failures of ours or of what we depend on keep the
+/// error that caused them.
+#[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{0}")]
     InvalidArgument(String),
@@ -30,21 +34,39 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A dependency failed (the datastore, a Kubernetes API, no active CA): retry.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
+    /// A fault of ours (corrupt state, failed cryptography), not the caller's.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl From<DatastoreError> for ServiceError {
     fn from(e: DatastoreError) -> Self {
         match e {
-            DatastoreError::Unavailable(m) => Self::Unavailable(m),
-            DatastoreError::AlreadyExists(m) => Self::AlreadyExists(format!("{m} already exists")),
-            DatastoreError::NotFound(m) => Self::NotFound(format!("{m} not found")),
+            DatastoreError::AlreadyExists(_) => Self::AlreadyExists(e.to_string()),
+            DatastoreError::NotFound(_) => Self::NotFound(e.to_string()),
             DatastoreError::Refused(m) => Self::PermissionDenied(m),
-            DatastoreError::Corrupt(m) => Self::Internal(m),
+            DatastoreError::Unavailable(_) => Self::Unavailable(Box::new(e)),
+            DatastoreError::Corrupt(_) => Self::Internal(Box::new(e)),
         }
+    }
+}
+
+impl From<PsatError> for ServiceError {
+    fn from(e: PsatError) -> Self {
+        match e {
+            PsatError::Denied(_) => Self::PermissionDenied(e.to_string()),
+            PsatError::InvalidArgument(_) => Self::InvalidArgument(e.to_string()),
+            PsatError::Kubernetes { .. } => Self::Unavailable(Box::new(e)),
+        }
+    }
+}
+
+impl From<RandomFailed> for ServiceError {
+    fn from(e: RandomFailed) -> Self {
+        Self::Internal(Box::new(e))
     }
 }
 
@@ -62,8 +84,8 @@ impl From<SigningError> for ServiceError {
 impl From<CaError> for ServiceError {
     fn from(e: CaError) -> Self {
         match e {
-            CaError::NoActiveCa => Self::Unavailable(e.to_string()),
-            other => Self::Internal(other.to_string()),
+            CaError::NoActiveCa => Self::Unavailable(Box::new(e)),
+            other => Self::Internal(Box::new(other)),
         }
     }
 }
@@ -130,7 +152,7 @@ impl<D: Datastore> Issuer<D> {
     /// parent of node alias entries).
     pub fn server_id(&self) -> Result<SpiffeId> {
         SpiffeId::from_segments(&self.settings.trust_domain, &["spire", "server"])
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(|e| ServiceError::Internal(Box::new(e)))
     }
 
     fn read_authority(&self) -> Result<std::sync::RwLockReadGuard<'_, Authority>> {
@@ -229,7 +251,7 @@ impl<D: Datastore> Issuer<D> {
                 for r in &records {
                     certs.extend(
                         pem::certificates(&r.certificate_pem)
-                            .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                            .map_err(|e| ServiceError::Internal(Box::new(e)))?,
                     );
                 }
                 certs

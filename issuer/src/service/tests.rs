@@ -138,12 +138,10 @@ async fn banned_nodes_cannot_renew_or_attest_and_evicted_nodes_must_reattest() {
 
     issuer.ban_agent(&caller.id).await.unwrap();
     let denied = issuer.renew_agent(&caller, &p256_csr().1).await;
-    assert_eq!(
-        denied.err(),
-        Some(ServiceError::PermissionDenied(format!(
-            "node {} is banned",
-            caller.id
-        )))
+    let want = format!("node {} is banned", caller.id);
+    assert!(
+        matches!(&denied, Err(ServiceError::PermissionDenied(m)) if *m == want),
+        "{denied:?}"
     );
     let alias_token = issuer
         .generate_join_token(Some(caller.id.clone()), 60)
@@ -329,9 +327,10 @@ async fn entry_validation_names_the_field() {
         "federates_with[0]: an entry cannot federate with its own trust domain",
     ));
     for (e, want) in cases {
-        assert_eq!(
-            issuer.create_entry(e).await,
-            Err(ServiceError::InvalidArgument(want.into()))
+        let created = issuer.create_entry(e).await;
+        assert!(
+            matches!(&created, Err(ServiceError::InvalidArgument(m)) if m == want),
+            "{created:?}"
         );
     }
     issuer
