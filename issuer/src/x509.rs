@@ -101,6 +101,17 @@ pub fn sign_x509_svid(
     let leaf = params
         .signed_by(&request.public_key, ca.issuer())
         .map_err(|e| SigningError::Ca(CaError::crypto("signing an X509-SVID")(e.into())))?;
+    // what a relying party will check, checked before anyone sees it
+    let signed = meshward_spiffe::validate_x509_svid(leaf.der()).map_err(|e| {
+        SigningError::Ca(CaError::crypto(
+            "the signed SVID breaks the X509-SVID rules",
+        )(Box::new(e)))
+    })?;
+    if signed != *template.spiffe_id {
+        return Err(SigningError::Ca(CaError::crypto("signing an X509-SVID")(
+            format!("the leaf names {signed}, not {}", template.spiffe_id).into(),
+        )));
+    }
     let mut chain = vec![leaf.der().clone()];
     chain.extend(ca.chain_tail().iter().cloned());
     Ok(X509Svid {

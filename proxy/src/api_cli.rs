@@ -1,6 +1,7 @@
 //! `meshward api fetch x509|jwt|bundle`, `meshward api validate jwt`: a Workload
 //! API client, like `spire-agent api`.
 
+use meshward_spiffe::SpiffeId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -59,8 +60,9 @@ pub(crate) enum FetchCommand {
         /// comma-separated
         #[arg(long, value_delimiter = ',', required = true)]
         audience: Vec<String>,
-        #[arg(long = "spiffeID", default_value = "")]
-        spiffe_id: String,
+        /// Only this identity of the caller's (default: all of them).
+        #[arg(long = "spiffeID")]
+        spiffe_id: Option<SpiffeId>,
     },
     /// The X.509 bundles (PEM).
     Bundle {
@@ -169,7 +171,7 @@ async fn dispatch(cmd: ApiCommand) -> anyhow::Result<ExitCode> {
             let response = api
                 .fetch_jwtsvid(with_security_header(JwtsvidRequest {
                     audience,
-                    spiffe_id,
+                    spiffe_id: spiffe_id.map(|id| id.to_string()).unwrap_or_default(),
                 }))
                 .await?
                 .into_inner();

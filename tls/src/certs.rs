@@ -1,7 +1,9 @@
 //! The local certificate and key, swappable while connections keep being made
 //! (SVID rotation): one store serves both rustls resolver traits.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
@@ -29,16 +31,14 @@ impl CertStore {
     ) -> Result<(), TlsError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_key.to_vec()));
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let certified = CertifiedKey::from_der(chain, key, &provider)
-            .map_err(|e| TlsError::BadCredentials(e.to_string()))?;
-        if let Ok(mut current) = self.current.write() {
-            *current = Some(Arc::new(certified));
-        }
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(TlsError::BadCredentials)?;
+        *self.current.write() = Some(Arc::new(certified));
         Ok(())
     }
 
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok()?.clone()
+        self.current.read().clone()
     }
 }
 

@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 pub use certs::CertStore;
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TlsError {
     #[error("not an X509-SVID: {0}")]
     NotAnSvid(#[from] InvalidX509Svid),
@@ -29,7 +29,7 @@ pub enum TlsError {
         source: webpki::Error,
     },
     #[error("invalid key or certificate: {0}")]
-    BadCredentials(String),
+    BadCredentials(#[source] rustls::Error),
 }
 
 /// Which peer IDs may connect, once their chain verified.

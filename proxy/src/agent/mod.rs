@@ -51,8 +51,6 @@ pub enum AgentError {
     Task(#[from] tokio::task::JoinError),
     #[error("key or CSR generation: {0}")]
     Key(#[from] rcgen::Error),
-    #[error("the issuer sent an unusable SVID: {0}")]
-    InvalidSvid(#[from] meshward_spiffe::InvalidSpiffeId),
     #[error("TLS credentials: {0}")]
     Tls(#[from] meshward_tls::TlsError),
     #[error("no node identity yet")]

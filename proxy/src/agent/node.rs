@@ -50,13 +50,23 @@ impl NodeIdentity {
     fn from_svid(svid: proto::X509Svid, key_pkcs8: Vec<u8>) -> Result<Self, AgentError> {
         let expires_at =
             SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
+        let chain: Vec<CertificateDer<'static>> = svid
+            .cert_chain
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        // the leaf obeys the X509-SVID rules and names the ID it was sent for
+        let spiffe_id =
+            meshward_tls::spiffe_id_of(chain.first().ok_or(AgentError::NoNodeIdentity)?)?;
+        if spiffe_id.as_str() != svid.spiffe_id {
+            return Err(AgentError::Attestation(format!(
+                "the issuer sent an SVID for {spiffe_id} as {}",
+                svid.spiffe_id
+            )));
+        }
         Ok(Self {
-            spiffe_id: SpiffeId::parse(&svid.spiffe_id)?,
-            chain: svid
-                .cert_chain
-                .into_iter()
-                .map(CertificateDer::from)
-                .collect(),
+            spiffe_id,
+            chain,
             key_pkcs8,
             issued_at: SystemTime::now(),
             expires_at,

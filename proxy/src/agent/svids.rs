@@ -239,10 +239,18 @@ impl SvidCache {
                     );
                     continue;
                 };
-                let spiffe_id = match SpiffeId::parse(&svid.spiffe_id) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        eprintln!("meshward agent: the issuer sent an unusable SVID: {e}");
+                // the leaf obeys the X509-SVID rules and names the ID it is sent for
+                let leaf = svid
+                    .cert_chain
+                    .first()
+                    .map(|der| CertificateDer::from(der.as_slice()));
+                let spiffe_id = match leaf.map(|der| meshward_spiffe::validate_x509_svid(&der)) {
+                    Some(Ok(id)) if id.as_str() == svid.spiffe_id => id,
+                    other => {
+                        eprintln!(
+                            "meshward agent: the issuer sent an unusable SVID for {}: {other:?}",
+                            svid.spiffe_id
+                        );
                         continue;
                     }
                 };

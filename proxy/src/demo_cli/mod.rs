@@ -6,6 +6,7 @@
 
 mod scenario;
 
+use meshward_spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub(crate) struct DemoArgs {
     command: Option<DemoCommand>,
     /// The mesh's trust domain.
     #[arg(long, default_value = scenario::TALK_TRUST_DOMAIN)]
-    trust_domain: String,
+    trust_domain: TrustDomain,
     /// Run the scenario without pauses, then exit: non-zero if any step differs.
     #[arg(long)]
     check: bool,
@@ -62,7 +63,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn demo(trust_domain: &str, check: bool) -> anyhow::Result<ExitCode> {
+fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "meshward demo needs root: it creates network namespaces, veth pairs, and iptables rules inside those namespaces (nothing outside them changes). Run it as root: sudo ./scripts/demo.sh (or sudo meshward demo)"
@@ -72,7 +73,7 @@ fn demo(trust_domain: &str, check: bool) -> anyhow::Result<ExitCode> {
     let stop = watch_signals()?;
     clear_leftovers()?;
     let bin = std::env::current_exe().context("where is this meshward binary?")?;
-    let mut spec = MeshSpec::new(trust_domain, &["node-1", "node-2"]);
+    let mut spec = MeshSpec::new(trust_domain.as_str(), &["node-1", "node-2"]);
     spec.prefix(PREFIX, BLOCK)
         // Istio's default, as in the talk: no policy yet means allowed; the talk's
         // first policy is the namespace's default deny (meshward's own default is

@@ -1,5 +1,6 @@
 //! The `meshward issuer` command line: verbs and flags as spire-server spells them.
 
+use meshward_spiffe::SpiffeId;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -121,21 +122,21 @@ pub(crate) enum AgentCommand {
     },
     Show {
         #[arg(long = "spiffeID")]
-        spiffe_id: String,
+        spiffe_id: SpiffeId,
         #[command(flatten)]
         common: Common,
     },
     /// A banned node cannot attest or renew.
     Ban {
         #[arg(long = "spiffeID")]
-        spiffe_id: String,
+        spiffe_id: SpiffeId,
         #[command(flatten)]
         common: Common,
     },
     /// Forget the node: it must attest again.
     Evict {
         #[arg(long = "spiffeID")]
-        spiffe_id: String,
+        spiffe_id: SpiffeId,
         #[command(flatten)]
         common: Common,
     },

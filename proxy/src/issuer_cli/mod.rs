@@ -210,7 +210,9 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
         AgentCommand::Show { spiffe_id, common } => {
             let agent = admin_client(common.socket_path.clone())
                 .await?
-                .show_agent(proto::AgentRef { spiffe_id })
+                .show_agent(proto::AgentRef {
+                    spiffe_id: spiffe_id.to_string(),
+                })
                 .await?
                 .into_inner();
             common.output.agents(&[agent]);
@@ -219,7 +221,7 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             admin_client(common.socket_path.clone())
                 .await?
                 .ban_agent(proto::AgentRef {
-                    spiffe_id: spiffe_id.clone(),
+                    spiffe_id: spiffe_id.to_string(),
                 })
                 .await?;
             common.output.done(&format!("Agent {spiffe_id} banned"));
@@ -228,7 +230,7 @@ async fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             admin_client(common.socket_path.clone())
                 .await?
                 .evict_agent(proto::AgentRef {
-                    spiffe_id: spiffe_id.clone(),
+                    spiffe_id: spiffe_id.to_string(),
                 })
                 .await?;
             common.output.done(&format!("Agent {spiffe_id} evicted"));
