@@ -151,8 +151,7 @@ impl<D: Datastore> Issuer<D> {
     /// `spiffe://<td>/spire/server`: the issuer's own ID (its TLS certificate, and the
     /// parent of node alias entries).
     pub fn server_id(&self) -> Result<SpiffeId> {
-        SpiffeId::from_segments(&self.settings.trust_domain, &["spire", "server"])
-            .map_err(|e| ServiceError::Internal(Box::new(e)))
+        Ok(meshward_api::client::server_id(&self.settings.trust_domain))
     }
 
     fn read_authority(&self) -> Result<std::sync::RwLockReadGuard<'_, Authority>> {
