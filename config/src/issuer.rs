@@ -38,6 +38,8 @@ pub struct IssuerConfig {
     pub upstream_ca: Option<UpstreamCaFiles>,
     pub k8s_psat: Option<K8sPsatConfig>,
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// Trust domains whose bundles this issuer fetches and keeps.
+    pub federation: crate::FederationConfig,
     /// Watch ClusterSPIFFEID objects (`spire.spiffe.io/v1alpha1`) in this Kubernetes
     /// API as identity templates (stored as `k8s/<name>`); `{}` = in-cluster.
     pub cluster_spiffe_ids: Option<crate::KubernetesApi>,
@@ -147,6 +149,7 @@ impl Default for IssuerConfig {
             upstream_ca: None,
             k8s_psat: None,
             bundle_endpoint: None,
+            federation: crate::FederationConfig::default(),
             cluster_spiffe_ids: None,
             bundle_configmap: None,
         }
@@ -210,6 +213,7 @@ impl IssuerConfig {
                 );
             }
         }
+        self.federation.validate(source, &self.trust_domain)?;
         if let Some(endpoint) = &self.bundle_endpoint {
             let files = endpoint.cert_file.is_some() && endpoint.key_file.is_some();
             let any_file = endpoint.cert_file.is_some() || endpoint.key_file.is_some();

@@ -12,6 +12,7 @@ mod capture;
 mod datapath;
 mod duration;
 mod error;
+mod federation;
 mod issuer;
 mod observe;
 mod workloads;
@@ -26,6 +27,9 @@ pub use authorization::{AuthorizationConfig, KubernetesApi};
 pub use capture::{CaptureConfig, CaptureOnExit};
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;
+pub use federation::{
+    BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
+};
 pub use issuer::{
     BundleConfigMap, BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster,
     K8sPsatConfig, UpstreamCaFiles,
