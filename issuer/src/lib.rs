@@ -10,6 +10,7 @@
 mod ca;
 pub mod datastore;
 mod error;
+pub mod federation;
 mod jwt;
 pub mod k8s_psat;
 mod random;

@@ -155,6 +155,9 @@ pub async fn run(
             meshward_kubernetes::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
     }
+    crate::federation::start(&config.federation, &issuer)
+        .await
+        .map_err(startup("federation"))?;
     if let Some(target) = &config.bundle_configmap {
         let client = meshward_kubernetes::client(&(&target.kubernetes).into())
             .map_err(startup("bundle_configmap"))?;

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use super::{Issuer, Result, ServiceError, unix};
-use crate::datastore::{AttestedNode, Datastore, Entry, EntryFilter, JoinToken};
+use crate::datastore::{AttestedNode, Datastore, DatastoreError, Entry, EntryFilter, JoinToken};
 use meshward_spiffe::Bundle;
 use meshward_spiffe::{SpiffeId, TrustDomain};
 
@@ -167,6 +167,17 @@ impl<D: Datastore> Issuer<D> {
             )
             .await?;
         Ok(())
+    }
+
+    /// The stored bundle of `trust_domain`, if any.
+    pub async fn federated_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Bundle>> {
+        match self.store.get_federated_bundle(trust_domain).await {
+            Ok(json) => Bundle::from_spiffe_json(trust_domain, &json)
+                .map(Some)
+                .map_err(|e| ServiceError::Internal(Box::new(e))),
+            Err(DatastoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn federated_bundles(&self) -> Result<Vec<Bundle>> {

@@ -42,5 +42,6 @@ async fn connect(
 }
 
 mod bundle;
+mod federation;
 mod kubernetes;
 mod scenario;

@@ -1,0 +1,196 @@
+//! Federation between two real issuers: A keeps B's bundle fresh from B's bundle
+//! endpoint, under both profiles, and authenticates that endpoint as the profile
+//! says.
+
+use meshward_spiffe::{Bundle, TrustDomain};
+
+use super::*;
+
+const PARTNER: &str = "payments.example.org";
+
+/// A's stored bundle of the partner, if any (`bundle list -format spiffe`).
+fn partner_bundle(issuer: &Issuer) -> Option<Bundle> {
+    let id = format!("spiffe://{PARTNER}");
+    let (code, out, _) = issuer.cli(&["bundle", "list", "-id", &id, "-format", "spiffe"]);
+    let json: Vec<&str> = out.lines().filter(|l| !l.starts_with('*')).collect();
+    let td = TrustDomain::parse(PARTNER).unwrap();
+    (code == 0).then(|| Bundle::from_spiffe_json(&td, &json.join("\n")).ok())?
+}
+
+/// Polls `check` for at most 15 s.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The sum of an issuer's `name{...}` samples that carry `labels`.
+fn metric(issuer: &Issuer, name: &str, labels: &[&str]) -> f64 {
+    let (_, body) = http_get(issuer.health, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `issuer.yaml` lines federating with the partner.
+fn federates_with(url: &str, profile: &str) -> String {
+    format!(
+        "federation:\n  federates_with:\n  - trust_domain: {PARTNER}\n    bundle_endpoint_url: {url}\n    bundle_endpoint_profile: {profile}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
+    // B serves its bundle at an https_spiffe endpoint, hinting a 2 s refresh
+    let dir_b = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let b = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir_b.path(),
+        &sqlite_url(dir_b.path()),
+        &format!(
+            "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2s\n  profile: https_spiffe\n"
+        ),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let spiffe = |endpoint_id: &str, dir: &Path| {
+        // bootstrap: B's CA certificates only, as an operator copies them
+        let bootstrap = dir.join("partner.pem");
+        std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
+        format!(
+            "{}    endpoint_spiffe_id: {endpoint_id}\n    trust_domain_bundle_path: {}\n    trust_domain_bundle_format: pem\n",
+            federates_with(&url, "https_spiffe"),
+            bootstrap.display()
+        )
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_a.path(),
+        &sqlite_url(dir_a.path()),
+        &spiffe(&format!("spiffe://{PARTNER}/spire/server"), dir_a.path()),
+    );
+    // the PEM bootstrap carries neither JWT keys nor a hint: the endpoint does
+    let fetched = eventually("A fetched B's bundle", || {
+        partner_bundle(&a).filter(|bundle| !bundle.jwt_keys.is_empty())
+    })
+    .await;
+    let (_, served, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
+    let served = Bundle::from_spiffe_json(&TrustDomain::parse(PARTNER).unwrap(), &served).unwrap();
+    assert_eq!(fetched.x509_authorities, served.x509_authorities);
+    assert_eq!(fetched.jwt_keys, served.jwt_keys);
+    assert_eq!(fetched.refresh_hint, Duration::from_secs(2));
+    // and again at the hint: a refresh every 2 s, each counted
+    let td = format!("trust_domain=\"{PARTNER}\"");
+    let ok = |issuer: &Issuer| {
+        metric(
+            issuer,
+            "meshward_issuer_federation_refreshes_total",
+            &[&td, "result=\"ok\""],
+        )
+    };
+    eventually("a second refresh", || (ok(&a) >= 2.0).then_some(())).await;
+    assert!(
+        metric(
+            &a,
+            "meshward_issuer_federation_last_success_timestamp_seconds",
+            &[&td]
+        ) > 0.0
+    );
+
+    // an endpoint that is not the configured SPIFFE ID is never believed
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_c.path(),
+        &sqlite_url(dir_c.path()),
+        &spiffe(&format!("spiffe://{PARTNER}/someone-else"), dir_c.path()),
+    );
+    let error = |issuer: &Issuer| {
+        metric(
+            issuer,
+            "meshward_issuer_federation_refreshes_total",
+            &[&td, "result=\"error\""],
+        )
+    };
+    eventually("C's fetch failed", || (error(&c) >= 2.0).then_some(())).await;
+    assert_eq!(ok(&c), 0.0);
+    let kept = partner_bundle(&c).unwrap();
+    assert!(
+        kept.jwt_keys.is_empty(),
+        "only the bootstrap bundle is kept"
+    );
+    assert_eq!(kept.x509_authorities, served.x509_authorities);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_web_bundles_are_fetched_with_the_configured_roots() {
+    // B's endpoint has a Web PKI certificate for 127.0.0.1 from a private CA
+    let dir_b = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())];
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir_b.path().join("web.pem"), cert.pem()).unwrap();
+    std::fs::write(dir_b.path().join("web.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let _b = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir_b.path(),
+        &sqlite_url(dir_b.path()),
+        &format!(
+            "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2s\n  profile: https_web\n  cert_file: {0}/web.pem\n  key_file: {0}/web.key\n",
+            dir_b.path().display()
+        ),
+    );
+    let url = format!("https://127.0.0.1:{port}/");
+    // A trusts that CA for https_web; no bootstrap bundle is needed
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_a.path(),
+        &sqlite_url(dir_a.path()),
+        &format!(
+            "{}  https_web_ca_file: {}/web.pem\n",
+            federates_with(&url, "https_web"),
+            dir_b.path().display()
+        ),
+    );
+    let fetched = eventually("A fetched B's bundle", || partner_bundle(&a)).await;
+    assert_eq!(
+        (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
+        (1, 1)
+    );
+    // with only the system's roots, the private certificate is refused
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_c.path(),
+        &sqlite_url(dir_c.path()),
+        &federates_with(&url, "https_web"),
+    );
+    let td = format!("trust_domain=\"{PARTNER}\"");
+    eventually("C's fetch failed", || {
+        let failed = metric(
+            &c,
+            "meshward_issuer_federation_refreshes_total",
+            &[&td, "result=\"error\""],
+        );
+        (failed >= 1.0).then_some(())
+    })
+    .await;
+    assert!(partner_bundle(&c).is_none());
+}
