@@ -39,6 +39,9 @@ pub enum Authorizer {
     Exact(SpiffeId),
     /// Any ID of this trust domain.
     TrustDomain(TrustDomain),
+    /// Any ID of one of these trust domains: a workload's own and those it
+    /// federates with, though the bundles hold more.
+    TrustDomains(Vec<TrustDomain>),
     /// Any ID whose trust domain has a bundle.
     AnyTrusted,
 }
@@ -48,6 +51,7 @@ impl Authorizer {
         match self {
             Self::Exact(want) => id == want,
             Self::TrustDomain(td) => id.is_member_of(td),
+            Self::TrustDomains(tds) => tds.iter().any(|td| id.is_member_of(td)),
             Self::AnyTrusted => true,
         }
     }

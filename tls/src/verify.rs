@@ -51,6 +51,11 @@ impl SpiffeVerifier {
         )
         .map_err(|e| Error::InvalidCertificate(map_webpki(e)))?;
         if !self.authorizer.allows(&id) {
+            if let Authorizer::TrustDomains(_) = &self.authorizer {
+                return Err(Error::InvalidCertificate(other(format!(
+                    "peer {id}: trust domain {td} is not federated with here"
+                ))));
+            }
             return Err(Error::InvalidCertificate(other(format!(
                 "peer {id} is not authorized here ({:?})",
                 self.authorizer

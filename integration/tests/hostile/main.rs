@@ -10,6 +10,7 @@ use std::time::Duration;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod federation;
 mod identity;
 mod requests;
 mod transport;

@@ -3,7 +3,7 @@
 //! at half their life (with jitter), fetched in batches, forgotten when the pod or
 //! the grant goes, and kept while the issuer is down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,6 +53,9 @@ impl std::fmt::Debug for WorkloadSvid {
 pub struct PodIdentities {
     pub pod: PodInfo,
     pub svids: Vec<Arc<WorkloadSvid>>,
+    /// The foreign trust domains its entries and templates federate with: the
+    /// bundles it receives, and the peers its tunnels accept.
+    pub federates_with: BTreeSet<TrustDomain>,
 }
 
 /// What the data path and the Workload API read: immutable, swapped whole.
@@ -81,6 +84,7 @@ pub struct Snapshot {
 pub struct LocalIdentity {
     pub selectors: Vec<Selector>,
     pub svid: Arc<WorkloadSvid>,
+    pub federates_with: BTreeSet<TrustDomain>,
 }
 
 /// The key local identities are held under (no pod has this UID).
@@ -304,6 +308,7 @@ impl SvidCache {
                 Some(LocalIdentity {
                     selectors: e.selectors.iter().filter_map(|s| s.parse().ok()).collect(),
                     svid: held.svid.clone(),
+                    federates_with: trust_domains(&e.federates_with),
                 })
             })
             .collect()
@@ -317,20 +322,54 @@ impl SvidCache {
     ) -> HashMap<IpAddr, PodIdentities> {
         let mut out = HashMap::new();
         for pod in &workloads.pods {
-            let svids: Vec<Arc<WorkloadSvid>> = grants_for(pod, &workloads.node, auth)
-                .into_iter()
-                .filter_map(|g| self.held.get(&(pod.uid.clone(), g)).map(|h| h.svid.clone()))
-                .collect();
+            let mut svids = Vec::new();
+            let mut federates_with = BTreeSet::new();
+            for grant in grants_for(pod, &workloads.node, auth) {
+                let Some(held) = self.held.get(&(pod.uid.clone(), grant.clone())) else {
+                    continue;
+                };
+                svids.push(held.svid.clone());
+                federates_with.extend(auth.federates_with(&grant));
+            }
             out.insert(
                 pod.ip,
                 PodIdentities {
                     pod: pod.clone(),
                     svids,
+                    federates_with,
                 },
             );
         }
         out
     }
+}
+
+impl Authorizations {
+    /// The trust domains a grant's entry or template federates with.
+    fn federates_with(&self, grant: &Grant) -> BTreeSet<TrustDomain> {
+        let listed = match grant {
+            Grant::Entry(id) => self
+                .entries
+                .iter()
+                .find(|e| e.id == *id)
+                .map(|e| &e.federates_with),
+            Grant::Template(name) => self
+                .templates
+                .iter()
+                .find(|t| t.name == *name)
+                .map(|t| &t.federates_with),
+        };
+        listed.map(|l| trust_domains(l)).unwrap_or_default()
+    }
+}
+
+/// `federatesWith` values (`spiffe://td` or `td`), the valid ones; the issuer
+/// admits no others.
+fn trust_domains(listed: &[String]) -> BTreeSet<TrustDomain> {
+    listed
+        .iter()
+        .filter_map(|td| TrustDomain::parse(td.strip_prefix("spiffe://").unwrap_or(td)).ok())
+        .collect()
 }
 
 /// Entries for local processes: every selector is a `unix:` one.

@@ -47,6 +47,14 @@ pub(crate) fn handshake(error: &io::Error) -> (&'static str, &'static str) {
                 "the peer's trust domain has no bundle here: federate with it (issuer bundle set) or check the peer's trust domain",
             )
         }
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if other.to_string().contains("is not federated with here") =>
+        {
+            (
+                "not_federated",
+                "the peer's trust domain is trusted on this node, but this pod's identity does not federate with it: add it to the entry's or template's federatesWith",
+            )
+        }
         rustls::Error::InvalidCertificate(_) => (
             "invalid_certificate",
             "the peer's certificate is not a valid X509-SVID of a trusted domain (one spiffe:// URI SAN, chain to the bundle)",

@@ -4,7 +4,7 @@
 //! the current [`MeshState`] once, at accept; rotation swaps it for new handshakes
 //! while established ones keep the configuration they started with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -84,8 +84,8 @@ impl MeshState {
 /// Builds TLS configurations from SVIDs, reusing those of SVIDs it has seen.
 pub(crate) struct StateBuilder {
     bundles: Arc<TrustBundles>,
-    /// (SPIFFE ID, serial) -> configs, from the previous build.
-    built: HashMap<(SpiffeId, String), Arc<PodTls>>,
+    /// (SPIFFE ID, serial, federated trust domains) -> configs, from the previous build.
+    built: HashMap<(SpiffeId, String, BTreeSet<TrustDomain>), Arc<PodTls>>,
     federated: Vec<TrustDomain>,
 }
 
@@ -105,11 +105,15 @@ impl StateBuilder {
         for (ip, entry) in &snapshot.pods {
             // the first identity is the pod's default one, as in the Workload API
             let tls = entry.svids.first().and_then(|svid| {
-                let key = (svid.spiffe_id.clone(), serial(svid));
+                let key = (
+                    svid.spiffe_id.clone(),
+                    serial(svid),
+                    entry.federates_with.clone(),
+                );
                 let tls = match self.built.get(&key) {
                     Some(tls) => tls.clone(),
-                    None => match pod_tls(svid, &self.bundles) {
-                        Ok(tls) if self.built.keys().any(|(id, _)| *id == key.0) => {
+                    None => match pod_tls(svid, &entry.federates_with, &self.bundles) {
+                        Ok(tls) if self.built.keys().any(|(id, serial, _)| *id == key.0 && *serial != key.1) => {
                             metrics::svid_rotated(&key.0);
                             Arc::new(tls)
                         }
@@ -164,7 +168,19 @@ fn serial(svid: &WorkloadSvid) -> String {
         .unwrap_or_default()
 }
 
-fn pod_tls(svid: &WorkloadSvid, bundles: &Arc<TrustBundles>) -> Result<PodTls, rustls::Error> {
+/// `federates_with`: the foreign trust domains whose peers this pod's tunnels
+/// accept, in both directions (its own domain always); the node may trust more
+/// bundles, for other pods.
+fn pod_tls(
+    svid: &WorkloadSvid,
+    federates_with: &BTreeSet<TrustDomain>,
+    bundles: &Arc<TrustBundles>,
+) -> Result<PodTls, rustls::Error> {
+    let trusted = || {
+        let mut domains = vec![svid.spiffe_id.trust_domain()];
+        domains.extend(federates_with.iter().cloned());
+        Authorizer::TrustDomains(domains)
+    };
     let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_pkcs8.clone()));
     let chain: Vec<CertificateDer<'static>> = svid.chain.clone();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -172,25 +188,18 @@ fn pod_tls(svid: &WorkloadSvid, bundles: &Arc<TrustBundles>) -> Result<PodTls, r
     // mutual handshake, so a peer's current certificate is always the one checked)
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(SpiffeClientVerifier::new(
-            bundles.clone(),
-            Authorizer::AnyTrusted,
-            true,
-        ))
+        .with_client_cert_verifier(SpiffeClientVerifier::new(bundles.clone(), trusted(), true))
         .with_single_cert(chain.clone(), key())?;
     server.alpn_protocols = vec![ALPN_H2.to_vec()];
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
     // the destination is an address, not a name: no SNI; whoever answers must
-    // hold an SVID of a trusted domain (there is no registry of remote pods here
-    // that would name the one expected)
+    // hold an SVID of the pod's own domain or one it federates with (pool.rs then
+    // checks that an own-domain SVID names the address dialled)
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(SpiffeServerVerifier::new(
-            bundles.clone(),
-            Authorizer::AnyTrusted,
-        ))
+        .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundles.clone(), trusted()))
         .with_client_auth_cert(chain, key())?;
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
     client.enable_sni = false;

@@ -11,7 +11,7 @@ mod caller;
 mod jwt;
 
 use meshward_spiffe::{SpiffeId, TrustDomain};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -87,6 +87,20 @@ fn no_identity() -> Status {
 struct CallerIdentities {
     pod: Option<PodInfo>,
     svids: Vec<Arc<WorkloadSvid>>,
+    /// The foreign trust domains whose bundles the caller receives.
+    federates_with: BTreeSet<TrustDomain>,
+}
+
+impl CallerIdentities {
+    /// The federated bundles this caller may see, by trust domain ID.
+    fn federated_bundles(&self, snapshot: &Snapshot) -> HashMap<String, Vec<u8>> {
+        snapshot
+            .federated
+            .iter()
+            .filter(|(td, _)| self.federates_with.contains(td))
+            .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
+            .collect()
+    }
 }
 
 /// The caller's identities in one snapshot; `None` when it has none.
@@ -95,16 +109,21 @@ fn identities(snapshot: &Snapshot, pid: i32) -> Option<CallerIdentities> {
         Some(pod) => CallerIdentities {
             pod: Some(pod.pod.clone()),
             svids: pod.svids.clone(),
+            federates_with: pod.federates_with.clone(),
         },
         None => {
             let selectors = caller::unix_selectors(pid);
+            let granted: Vec<_> = snapshot
+                .local
+                .iter()
+                .filter(|l| l.selectors.iter().all(|s| selectors.contains(s)))
+                .collect();
             CallerIdentities {
                 pod: None,
-                svids: snapshot
-                    .local
+                svids: granted.iter().map(|l| l.svid.clone()).collect(),
+                federates_with: granted
                     .iter()
-                    .filter(|l| l.selectors.iter().all(|s| selectors.contains(s)))
-                    .map(|l| l.svid.clone())
+                    .flat_map(|l| l.federates_with.iter().cloned())
                     .collect(),
             }
         }
@@ -139,20 +158,13 @@ fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResp
             })
             .collect(),
         crl: Vec::new(),
-        federated_bundles: snapshot
-            .federated
-            .iter()
-            .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
-            .collect(),
+        federated_bundles: caller.federated_bundles(snapshot),
     }
 }
 
-fn x509_bundles(snapshot: &Snapshot) -> X509BundlesResponse {
-    let mut bundles: HashMap<String, Vec<u8>> = snapshot
-        .federated
-        .iter()
-        .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
-        .collect();
+/// The own bundle and the federated ones the caller may see.
+fn x509_bundles(snapshot: &Snapshot, caller: &CallerIdentities) -> X509BundlesResponse {
+    let mut bundles = caller.federated_bundles(snapshot);
     bundles.insert(
         trust_domain_id(&snapshot.trust_domain),
         der_concat(&snapshot.bundle),
@@ -228,7 +240,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let pid = caller_pid(&request)?;
         let stream = watch_stream(&self.agent, move |snapshot| {
             identities(snapshot, pid)
-                .map(|_| x509_bundles(snapshot))
+                .map(|caller| x509_bundles(snapshot, &caller))
                 .ok_or_else(no_identity)
         })?;
         Ok(Response::new(stream))

@@ -220,3 +220,87 @@ async fn local_processes_get_identities_by_unix_selectors() {
     );
     server.abort();
 }
+
+/// A partner trust domain's CA, as PEM, for `bundle set`.
+fn partner_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_bundles_go_only_to_workloads_that_federate() {
+    const PARTNER: &str = "spiffe://partner.example";
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = start_issuer(dir.path());
+    let token = node_token(&issuer);
+    let pem = dir.path().join("partner.pem");
+    std::fs::write(&pem, partner_ca_pem()).unwrap();
+    issuer.cli_json(&[
+        "bundle",
+        "set",
+        "-id",
+        PARTNER,
+        "-path",
+        pem.to_str().unwrap(),
+    ]);
+    curl_spire_entry_with(&issuer, &["-federatesWith", PARTNER]);
+    let mut me = pod("curl", "default", "curl-spire", "10.40.1.2", &[]);
+    me.netns = Some(format!("/proc/{}/ns/net", std::process::id()).into());
+    write_workloads(&dir.path().join("workloads.yaml"), vec![me]);
+    let config = config(dir.path(), &issuer, &token);
+    let mut handle = meshward::agent::start(&config).unwrap();
+    wait_for(&mut handle, "the SVID", |s| !ids(s, "10.40.1.2").is_empty()).await;
+    let (socket, server) = serve_workload_api(dir.path(), &handle).await;
+    let mut api = client(&socket).await;
+
+    // the entry federates with the partner: its bundle comes with the SVID and
+    // with the bundles
+    let mut svids = api
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = svids.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.federated_bundles.keys().collect::<Vec<_>>(),
+        [PARTNER],
+        "{first:?}"
+    );
+    let bundles = api
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let mut domains: Vec<&String> = bundles.bundles.keys().collect();
+    domains.sort();
+    assert_eq!(domains, [&format!("spiffe://{TD}"), PARTNER]);
+
+    // it no longer does: the stream sends the SVID again, without the bundle
+    let shown = issuer.cli_json(&["entry", "show", "-selector", "k8s:sa:curl-spire"]);
+    let entry = &shown["entries"][0];
+    issuer.cli_json(&[
+        "entry",
+        "update",
+        "-entryID",
+        entry["id"].as_str().unwrap(),
+        "-spiffeID",
+        entry["spiffe_id"].as_str().unwrap(),
+        "-parentID",
+        entry["parent_id"].as_str().unwrap(),
+        "-selector",
+        "k8s:sa:curl-spire",
+    ]);
+    let next = tokio::time::timeout(Duration::from_secs(15), svids.message())
+        .await
+        .expect("an update within 15 s")
+        .unwrap()
+        .unwrap();
+    assert!(next.federated_bundles.is_empty(), "{next:?}");
+    server.abort();
+}

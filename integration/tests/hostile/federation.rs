@@ -1,0 +1,135 @@
+//! Class 14, federation: a workload of a federated trust domain reaches only the
+//! pods whose identity federates with that domain (SPIRE's `federatesWith`), and
+//! nothing else does, though the node trusts the domain's bundle for them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use meshward_integration::hbone::{Credentials, LeafSpec, Tunnel, mint_leaf, tunnel};
+use meshward_integration::{Mesh, available_or_skip};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+use crate::support::{TD, contains, echo_mesh, eventually};
+
+const PARTNER: &str = "partner.example";
+
+/// A CA of the partner domain, kept as the issuer keeps its own (`ca.pem`, `ca.key`).
+fn partner_ca(dir: &Path) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{PARTNER}").as_str().try_into().unwrap(),
+    )];
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+}
+
+/// Sets the echoserver entry's `federatesWith` (empty: none).
+fn federate_echoserver(mesh: &Mesh, with: &[&str]) {
+    let id = format!("spiffe://{TD}/ns/echoserver/sa/default");
+    let shown = mesh
+        .issuer_cli(&["entry", "show", "-spiffeID", &id, "-output", "json"])
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let entry = &shown["entries"][0];
+    let mut args = vec![
+        "entry".to_owned(),
+        "update".into(),
+        "-entryID".into(),
+        entry["id"].as_str().unwrap().into(),
+        "-spiffeID".into(),
+        id,
+        "-parentID".into(),
+        entry["parent_id"].as_str().unwrap().into(),
+    ];
+    for s in entry["selectors"].as_array().unwrap() {
+        args.extend(["-selector".into(), s.as_str().unwrap().into()]);
+    }
+    for td in with {
+        args.extend(["-federatesWith".into(), format!("spiffe://{td}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    mesh.issuer_cli(&args).unwrap();
+}
+
+#[test]
+fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
+    let Some(()) =
+        available_or_skip("a_federated_workload_reaches_only_pods_that_federate_with_it")
+    else {
+        return;
+    };
+    let (mesh, _echo) = echo_mesh(|_| {});
+    mesh.apply_policy(
+        "allow-any-identity",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-any-identity, namespace: echoserver}\nspec:\n  rules:\n  - from:\n    - source:\n        principals: [\"*\"]\n",
+    )
+    .unwrap();
+    // the mesh's issuer trusts the partner's bundle (set by hand, as before a
+    // federation relationship keeps it fresh)
+    let dir = tempfile::tempdir().unwrap();
+    partner_ca(dir.path());
+    let bundle = dir.path().join("ca.pem");
+    mesh.issuer_cli(&[
+        "bundle",
+        "set",
+        "-id",
+        &format!("spiffe://{PARTNER}"),
+        "-path",
+        bundle.to_str().unwrap(),
+    ])
+    .unwrap();
+    let foreign: Credentials = mint_leaf(
+        dir.path(),
+        &LeafSpec::svid(&format!("spiffe://{PARTNER}/ns/payments/sa/api")),
+    )
+    .unwrap();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let node = mesh.cluster.node("node-1").unwrap().netns();
+    let call = || {
+        tunnel(
+            node,
+            std::net::SocketAddr::new(ip, 15008),
+            std::net::SocketAddr::new(ip, 8080),
+            &[],
+            &foreign,
+            b"GET /from-partner HTTP/1.1\r\nHost: echoserver\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(15),
+        )
+        .unwrap()
+    };
+
+    // the echoserver federates with the partner: its workloads are served, and
+    // the pod learns who called
+    federate_echoserver(&mesh, &[PARTNER]);
+    let served = eventually(&mesh, "the partner's workload is served", || match call() {
+        Tunnel::Open(bytes) if contains(&bytes, " 200 ") => Ok(bytes),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(
+        contains(
+            &served,
+            &format!("URI=spiffe://{PARTNER}/ns/payments/sa/api")
+        ),
+        "{}",
+        String::from_utf8_lossy(&served)
+    );
+    // it no longer does: the same certificate, the same bundle on the node, refused
+    // in the handshake
+    federate_echoserver(&mesh, &[]);
+    eventually(&mesh, "the partner's workload is refused", || {
+        match call() {
+            Tunnel::Refused(reason) => Ok(reason),
+            Tunnel::Open(bytes) => Err(format!(
+                "still answered: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+            other => Err(format!("still answered: {other:?}")),
+        }
+    });
+    let logs = mesh.daemon_log("node-2");
+    assert!(logs.contains("not_federated"), "{logs}");
+}
