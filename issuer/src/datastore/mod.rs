@@ -4,6 +4,7 @@
 //! so nothing is ever half-written; uniqueness is the database's job, so concurrent
 //! writers lose nothing.
 
+mod federation;
 mod rows;
 mod sql;
 mod types;
@@ -11,7 +12,9 @@ mod types;
 use std::future::Future;
 
 pub use sql::SqlStore;
-pub use types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
+pub use types::{
+    AttestedNode, CaRecord, EndpointProfile, Entry, EntryFilter, FederationRelationship, JoinToken,
+};
 
 use meshward_spiffe::{SpiffeId, TrustDomain};
 
@@ -114,6 +117,20 @@ pub trait Datastore: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<meshward_api::template::IdentityTemplate>>> + Send;
     fn delete_template(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates or replaces the relationship with its trust domain.
+    fn put_federation_relationship(
+        &self,
+        relationship: &FederationRelationship,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn list_federation_relationships(
+        &self,
+    ) -> impl Future<Output = Result<Vec<FederationRelationship>>> + Send;
+    fn delete_federation_relationship(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes or renews lease `name` for `holder` until `expires_at`; false if another
     /// holder has it.

@@ -11,7 +11,7 @@ use super::rows::{
     ConnectFailed, OperationTimer, bind_entry, classify, corrupt, entry_from_row, from_json, json,
     new_id, node_from_row, normalize, redact, sorted, spiffe_id, unavailable,
 };
-use super::types::{AttestedNode, CaRecord, Entry, EntryFilter, JoinToken};
+use super::types::{AttestedNode, CaRecord, Entry, EntryFilter, FederationRelationship, JoinToken};
 use super::{Datastore, DatastoreError, Result};
 use meshward_spiffe::{SpiffeId, TrustDomain};
 
@@ -90,8 +90,12 @@ impl SqlStore {
         Ok(Self { pool, backend })
     }
 
+    pub(super) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// A statement in this backend's placeholder style.
-    fn sql(&self, statement: &str) -> String {
+    pub(super) fn sql(&self, statement: &str) -> String {
         match self.backend {
             Backend::Postgres => statement.to_owned(),
             Backend::Sqlite => statement.replace('$', "?"),
@@ -537,6 +541,22 @@ impl Datastore for SqlStore {
             return Err(DatastoreError::NotFound(format!("template {name}")));
         }
         Ok(())
+    }
+
+    async fn put_federation_relationship(
+        &self,
+        relationship: &FederationRelationship,
+        now: i64,
+    ) -> Result<()> {
+        self.put_relationship(relationship, now).await
+    }
+
+    async fn list_federation_relationships(&self) -> Result<Vec<FederationRelationship>> {
+        self.relationships().await
+    }
+
+    async fn delete_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<()> {
+        self.delete_relationship(trust_domain).await
     }
 
     async fn try_lease(&self, name: &str, holder: &str, expires_at: i64, now: i64) -> Result<bool> {

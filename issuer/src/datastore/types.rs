@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use meshward_spiffe::{Selector, SpiffeId};
+use meshward_spiffe::{Selector, SpiffeId, TrustDomain};
 
 /// A registration entry: workloads with all of `selectors`, under `parent_id`,
 /// get `spiffe_id`.
@@ -70,4 +70,45 @@ pub struct CaRecord {
     pub jwt_y: String,
     pub not_before: i64,
     pub not_after: i64,
+}
+
+/// A federation relationship: where a foreign trust domain's bundle is fetched
+/// from, and how that endpoint is authenticated (SPIFFE Federation §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationRelationship {
+    pub trust_domain: TrustDomain,
+    /// `https://...`; never inferred from the trust domain.
+    pub bundle_endpoint_url: String,
+    pub profile: EndpointProfile,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// A Web PKI certificate for the URL's host.
+    HttpsWeb,
+    /// An X509-SVID for `endpoint_id`, checked with the latest bundle of its domain.
+    HttpsSpiffe { endpoint_id: SpiffeId },
+}
+
+impl EndpointProfile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+
+    /// From a profile name and the endpoint ID (`https_spiffe` needs one,
+    /// `https_web` takes none).
+    pub fn parse(name: &str, endpoint_id: Option<SpiffeId>) -> Result<Self, String> {
+        match (name, endpoint_id) {
+            ("https_web", None) => Ok(Self::HttpsWeb),
+            ("https_web", Some(_)) => Err("endpoint_spiffe_id is for https_spiffe only".into()),
+            ("https_spiffe", Some(endpoint_id)) => Ok(Self::HttpsSpiffe { endpoint_id }),
+            ("https_spiffe", None) => Err("endpoint_spiffe_id is required by https_spiffe".into()),
+            (other, _) => Err(format!(
+                "bundle_endpoint_profile {other:?}: use https_web or https_spiffe"
+            )),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use meshward_tls::{Authorizer, SpiffeServerVerifier, TrustBundles};
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
-use super::{Profile, Relationship};
+use crate::datastore::{EndpointProfile, FederationRelationship};
 
 /// The whole exchange: connect, handshake, request, body.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ pub(crate) enum Trust<'a> {
 
 /// Fetches `relationship`'s bundle.
 pub(crate) async fn fetch(
-    relationship: &Relationship,
+    relationship: &FederationRelationship,
     trust: Trust<'_>,
 ) -> Result<Bundle, FetchError> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch_unbounded(relationship, trust))
@@ -71,7 +71,7 @@ pub(crate) async fn fetch(
 }
 
 async fn fetch_unbounded(
-    relationship: &Relationship,
+    relationship: &FederationRelationship,
     trust: Trust<'_>,
 ) -> Result<Bundle, FetchError> {
     let url = &relationship.bundle_endpoint_url;
@@ -138,11 +138,11 @@ async fn fetch_unbounded(
 }
 
 fn client_config(
-    relationship: &Relationship,
+    relationship: &FederationRelationship,
     trust: Trust<'_>,
 ) -> Result<rustls::ClientConfig, FetchError> {
     let mut config = match (&relationship.profile, trust) {
-        (Profile::HttpsSpiffe { endpoint_id }, Trust::Spiffe(bundle)) => {
+        (EndpointProfile::HttpsSpiffe { endpoint_id }, Trust::Spiffe(bundle)) => {
             let td = endpoint_id.trust_domain();
             let bundle = bundle
                 .filter(|b| !b.x509_authorities.is_empty())
@@ -158,14 +158,14 @@ fn client_config(
                 .with_custom_certificate_verifier(verifier)
                 .with_no_client_auth()
         }
-        (Profile::HttpsWeb, Trust::Web(roots)) => rustls::ClientConfig::builder()
+        (EndpointProfile::HttpsWeb, Trust::Web(roots)) => rustls::ClientConfig::builder()
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
         // the caller picks the trust by the profile; a mismatch authenticates nothing
-        (Profile::HttpsSpiffe { endpoint_id }, Trust::Web(_)) => {
+        (EndpointProfile::HttpsSpiffe { endpoint_id }, Trust::Web(_)) => {
             return Err(FetchError::NoBundle(endpoint_id.trust_domain()));
         }
-        (Profile::HttpsWeb, Trust::Spiffe(_)) => {
+        (EndpointProfile::HttpsWeb, Trust::Spiffe(_)) => {
             return Err(FetchError::Url {
                 url: relationship.bundle_endpoint_url.clone(),
                 reason: "https_web needs Web PKI roots",

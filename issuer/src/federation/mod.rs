@@ -14,13 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::HashMap;
+
 use meshward_config::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
-use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
+use meshward_spiffe::{Bundle, TrustDomain};
 use rustls::RootCertStore;
 
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, EndpointProfile, FederationRelationship};
 use crate::service::Issuer;
 pub use fetch::FetchError;
 use fetch::Trust;
@@ -32,107 +34,153 @@ const MAX_REFRESH: Duration = Duration::from_secs(3600);
 const MIN_RETRY: Duration = Duration::from_secs(1);
 /// The refresh hint while no bundle of the domain is known.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
-
-/// One federation relationship.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relationship {
-    pub trust_domain: TrustDomain,
-    pub bundle_endpoint_url: String,
-    pub profile: Profile,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Profile {
-    /// A Web PKI certificate for the URL's host.
-    HttpsWeb,
-    /// An X509-SVID for `endpoint_id`.
-    HttpsSpiffe { endpoint_id: SpiffeId },
-}
+/// How often the stored relationships are read for changes (admin API, replicas).
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
-    #[error("federation.federates_with[{index}]: endpoint_spiffe_id is required by https_spiffe")]
-    NoEndpointId { index: usize },
+    #[error("federation.federates_with[{index}]: {reason}")]
+    Config { index: usize, reason: String },
     #[error("{}: {source}", path.display())]
     File {
         path: std::path::PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("the bootstrap bundle of {trust_domain}: {source}")]
+    #[error("federation with {trust_domain}: {source}")]
     Store {
         trust_domain: TrustDomain,
         source: crate::service::ServiceError,
     },
 }
 
-impl Relationship {
-    fn from_config(
-        index: usize,
-        c: &FederationRelationshipConfig,
-    ) -> Result<Self, FederationError> {
-        let profile = match (c.bundle_endpoint_profile, &c.endpoint_spiffe_id) {
-            (EndpointProfileName::HttpsWeb, _) => Profile::HttpsWeb,
-            (EndpointProfileName::HttpsSpiffe, Some(id)) => Profile::HttpsSpiffe {
-                endpoint_id: id.clone(),
-            },
-            (EndpointProfileName::HttpsSpiffe, None) => {
-                return Err(FederationError::NoEndpointId { index });
-            }
-        };
-        Ok(Self {
-            trust_domain: c.trust_domain.clone(),
-            bundle_endpoint_url: c.bundle_endpoint_url.clone(),
-            profile,
-        })
-    }
-}
-
-/// The configured relationships, their bootstrap bundles stored (unless a bundle
-/// of that domain is already known: it is newer), and a refresh task each.
+/// The relationships of `issuer.yaml`, stored (replacing what the admin API set
+/// for the same domains: the file wins at start) with their bootstrap bundles;
+/// then one task keeps a refresh task per stored relationship, following
+/// changes made through the admin API.
 pub(crate) async fn start<D: Datastore + 'static>(
     config: &FederationConfig,
     issuer: &Arc<Issuer<D>>,
 ) -> Result<(), FederationError> {
     let roots = Arc::new(web_roots(config.https_web_ca_file.as_deref())?);
     for (index, c) in config.federates_with.iter().enumerate() {
-        let relationship = Relationship::from_config(index, c)?;
-        if let Some(path) = &c.trust_domain_bundle_path {
-            bootstrap(issuer, &c.trust_domain, path, c.trust_domain_bundle_format).await?;
-        }
-        tokio::spawn(refresh_forever(issuer.clone(), relationship, roots.clone()));
+        let relationship = from_config(index, c)?;
+        let bootstrap = match &c.trust_domain_bundle_path {
+            Some(path) => Some(read_bundle(
+                &c.trust_domain,
+                path,
+                c.trust_domain_bundle_format,
+            )?),
+            None => None,
+        };
+        let replace = issuer
+            .federation_relationship(&c.trust_domain)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        issuer
+            .put_federation_relationship(&relationship, bootstrap.as_ref(), replace)
+            .await
+            .map_err(|source| FederationError::Store {
+                trust_domain: c.trust_domain.clone(),
+                source,
+            })?;
     }
+    tokio::spawn(supervise(issuer.clone(), roots));
     Ok(())
 }
 
-async fn bootstrap<D: Datastore>(
-    issuer: &Issuer<D>,
+fn from_config(
+    index: usize,
+    c: &FederationRelationshipConfig,
+) -> Result<FederationRelationship, FederationError> {
+    let name = match c.bundle_endpoint_profile {
+        EndpointProfileName::HttpsWeb => "https_web",
+        EndpointProfileName::HttpsSpiffe => "https_spiffe",
+    };
+    let profile = EndpointProfile::parse(name, c.endpoint_spiffe_id.clone())
+        .map_err(|reason| FederationError::Config { index, reason })?;
+    Ok(FederationRelationship {
+        trust_domain: c.trust_domain.clone(),
+        bundle_endpoint_url: c.bundle_endpoint_url.clone(),
+        profile,
+    })
+}
+
+fn read_bundle(
     trust_domain: &TrustDomain,
     path: &Path,
     format: BundleFormat,
-) -> Result<(), FederationError> {
-    let store = |source| FederationError::Store {
-        trust_domain: trust_domain.clone(),
-        source,
-    };
-    if issuer
-        .federated_bundle(trust_domain)
-        .await
-        .map_err(store)?
-        .is_some()
-    {
-        return Ok(());
-    }
+) -> Result<Bundle, FederationError> {
     let file = |source: Box<dyn std::error::Error + Send + Sync>| FederationError::File {
         path: path.to_owned(),
         source,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file(Box::new(e)))?;
-    let bundle = match format {
+    match format {
         BundleFormat::Spiffe => Bundle::from_spiffe_json(trust_domain, &text),
         BundleFormat::Pem => Bundle::from_pem(trust_domain, &text),
     }
-    .map_err(|e| file(Box::new(e)))?;
-    issuer.set_federated_bundle(&bundle).await.map_err(store)
+    .map_err(|e| file(Box::new(e)))
+}
+
+/// Keeps one refresh task per stored relationship: started for a new one,
+/// restarted for a changed one, stopped for a deleted one.
+async fn supervise<D: Datastore + 'static>(issuer: Arc<Issuer<D>>, roots: Arc<RootCertStore>) {
+    let mut running: HashMap<TrustDomain, (FederationRelationship, AbortOnDrop)> = HashMap::new();
+    loop {
+        match issuer.federation_relationships().await {
+            Ok(stored) => {
+                running.retain(|td, (relationship, _)| {
+                    stored
+                        .iter()
+                        .any(|r| r.trust_domain == *td && r == relationship)
+                });
+                for relationship in stored {
+                    if running.contains_key(&relationship.trust_domain) {
+                        continue;
+                    }
+                    let task = tokio::spawn(refresh_forever(
+                        issuer.clone(),
+                        relationship.clone(),
+                        roots.clone(),
+                    ));
+                    running.insert(
+                        relationship.trust_domain.clone(),
+                        (relationship, AbortOnDrop(task)),
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("meshward issuer: federation relationships unreadable (will retry): {e}")
+            }
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `federation refresh`: fetches the relationship's bundle now.
+pub async fn refresh_now<D: Datastore>(
+    issuer: &Issuer<D>,
+    trust_domain: &TrustDomain,
+    web_ca_file: Option<&Path>,
+) -> Result<Bundle, RefreshError> {
+    let relationship = issuer
+        .federation_relationship(trust_domain)
+        .await?
+        .ok_or_else(|| RefreshError::Unknown(trust_domain.clone()))?;
+    let roots = Arc::new(web_roots(web_ca_file).map_err(|e| RefreshError::Roots(Box::new(e)))?);
+    let current = issuer.federated_bundle(trust_domain).await?;
+    refresh(issuer, &relationship, current.as_ref(), &roots).await
 }
 
 /// The system's roots, or only those of `ca_file`.
@@ -164,7 +212,7 @@ fn web_roots(ca_file: Option<&Path>) -> Result<RootCertStore, FederationError> {
 
 async fn refresh_forever<D: Datastore>(
     issuer: Arc<Issuer<D>>,
-    relationship: Relationship,
+    relationship: FederationRelationship,
     roots: Arc<RootCertStore>,
 ) {
     let td = relationship.trust_domain.clone();
@@ -205,13 +253,13 @@ async fn refresh_forever<D: Datastore>(
 /// One fetch, stored when the content changed.
 async fn refresh<D: Datastore>(
     issuer: &Issuer<D>,
-    relationship: &Relationship,
+    relationship: &FederationRelationship,
     current: Option<&Bundle>,
     roots: &Arc<RootCertStore>,
 ) -> Result<Bundle, RefreshError> {
     let fetched = match &relationship.profile {
-        Profile::HttpsWeb => fetch::fetch(relationship, Trust::Web(roots)).await?,
-        Profile::HttpsSpiffe { endpoint_id } => {
+        EndpointProfile::HttpsWeb => fetch::fetch(relationship, Trust::Web(roots)).await?,
+        EndpointProfile::HttpsSpiffe { endpoint_id } => {
             let endpoint_td = endpoint_id.trust_domain();
             let own;
             let other;
@@ -232,7 +280,11 @@ async fn refresh<D: Datastore>(
             || c.jwt_keys != fetched.jwt_keys
             || c.refresh_hint != fetched.refresh_hint
     });
-    if changed {
+    // a relationship deleted (or changed) while this fetch ran stores nothing
+    let still = issuer
+        .federation_relationship(&relationship.trust_domain)
+        .await?;
+    if changed && still.as_ref() == Some(relationship) {
         issuer.set_federated_bundle(&fetched).await?;
         eprintln!(
             "meshward issuer: the bundle of {} was updated from its endpoint (sequence {})",
@@ -243,10 +295,14 @@ async fn refresh<D: Datastore>(
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RefreshError {
+pub enum RefreshError {
+    #[error("no federation relationship with {0}")]
+    Unknown(TrustDomain),
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("storing it: {0}")]
+    #[error("the web roots: {0}")]
+    Roots(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
     Store(#[from] crate::service::ServiceError),
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    agent, bundle, bundle_from, entry, entry_from, selectors, spiffe_id, status, template,
-    template_from,
+    agent, bundle, bundle_from, entry, entry_from, relationship, relationship_from, selectors,
+    spiffe_id, status, template, template_from,
 };
 use crate::datastore::{Datastore, EntryFilter};
 use crate::service::Issuer;
@@ -15,6 +15,8 @@ use meshward_api::proto::{self};
 
 pub(crate) struct AdminService<D> {
     pub(crate) issuer: Arc<Issuer<D>>,
+    /// `federation.https_web_ca_file`, for `federation refresh`.
+    pub(crate) https_web_ca_file: Option<std::path::PathBuf>,
 }
 
 fn optional_id(field: &str, value: &str) -> Result<Option<meshward_spiffe::SpiffeId>, Status> {
@@ -22,6 +24,21 @@ fn optional_id(field: &str, value: &str) -> Result<Option<meshward_spiffe::Spiff
         Ok(None)
     } else {
         spiffe_id(field, value).map(Some)
+    }
+}
+
+impl<D: Datastore + 'static> AdminService<D> {
+    async fn put_relationship(
+        &self,
+        message: proto::FederationRelationship,
+        replace: bool,
+    ) -> Result<Response<proto::FederationRelationship>, Status> {
+        let (relationship, bootstrap) = relationship_from(message)?;
+        self.issuer
+            .put_federation_relationship(&relationship, bootstrap.as_ref(), replace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(super::convert::relationship(&relationship)))
     }
 }
 
@@ -174,6 +191,62 @@ impl<D: Datastore + 'static> AdminApi for AdminService<D> {
             .await
             .map_err(status)?;
         Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn create_federation_relationship(
+        &self,
+        request: Request<proto::FederationRelationship>,
+    ) -> Result<Response<proto::FederationRelationship>, Status> {
+        self.put_relationship(request.into_inner(), false).await
+    }
+
+    async fn update_federation_relationship(
+        &self,
+        request: Request<proto::FederationRelationship>,
+    ) -> Result<Response<proto::FederationRelationship>, Status> {
+        self.put_relationship(request.into_inner(), true).await
+    }
+
+    async fn delete_federation_relationship(
+        &self,
+        request: Request<proto::TrustDomainRef>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let td = super::convert::trust_domain(&request.into_inner().trust_domain)?;
+        self.issuer
+            .delete_federation_relationship(&td)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn list_federation_relationships(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListFederationRelationshipsResponse>, Status> {
+        let relationships = self
+            .issuer
+            .federation_relationships()
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ListFederationRelationshipsResponse {
+            relationships: relationships.iter().map(relationship).collect(),
+        }))
+    }
+
+    async fn refresh_federated_bundle(
+        &self,
+        request: Request<proto::TrustDomainRef>,
+    ) -> Result<Response<proto::Bundle>, Status> {
+        let td = super::convert::trust_domain(&request.into_inner().trust_domain)?;
+        let fetched =
+            crate::federation::refresh_now(&self.issuer, &td, self.https_web_ca_file.as_deref())
+                .await
+                .map_err(|e| match e {
+                    crate::federation::RefreshError::Unknown(_) => Status::not_found(e.to_string()),
+                    crate::federation::RefreshError::Store(s) => status(s),
+                    other => Status::unavailable(other.to_string()),
+                })?;
+        Ok(Response::new(bundle(&fetched)))
     }
 
     async fn put_templates(

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use tonic::Status;
 
-use crate::datastore::{AttestedNode, Entry};
+use crate::datastore::{AttestedNode, EndpointProfile, Entry, FederationRelationship};
 use crate::service::ServiceError;
 use crate::x509::X509Svid;
 use meshward_api::proto;
@@ -187,4 +187,38 @@ pub(crate) fn target(
             "give entry_id, or template with pod: exactly one of the two",
         )),
     }
+}
+
+pub(crate) fn relationship(r: &FederationRelationship) -> proto::FederationRelationship {
+    proto::FederationRelationship {
+        trust_domain: r.trust_domain.to_string(),
+        bundle_endpoint_url: r.bundle_endpoint_url.clone(),
+        bundle_endpoint_profile: r.profile.name().to_owned(),
+        endpoint_spiffe_id: match &r.profile {
+            EndpointProfile::HttpsSpiffe { endpoint_id } => endpoint_id.to_string(),
+            EndpointProfile::HttpsWeb => String::new(),
+        },
+        trust_domain_bundle: None,
+    }
+}
+
+/// A relationship from the admin API, with its bootstrap bundle if given.
+pub(crate) fn relationship_from(
+    r: proto::FederationRelationship,
+) -> Result<(FederationRelationship, Option<Bundle>), Status> {
+    let endpoint_id = match r.endpoint_spiffe_id.as_str() {
+        "" => None,
+        id => Some(spiffe_id("endpoint_spiffe_id", id)?),
+    };
+    let profile = EndpointProfile::parse(&r.bundle_endpoint_profile, endpoint_id)
+        .map_err(Status::invalid_argument)?;
+    let bootstrap = r.trust_domain_bundle.map(bundle_from).transpose()?;
+    Ok((
+        FederationRelationship {
+            trust_domain: trust_domain(&r.trust_domain)?,
+            bundle_endpoint_url: r.bundle_endpoint_url,
+            profile,
+        },
+        bootstrap,
+    ))
 }

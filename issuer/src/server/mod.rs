@@ -147,6 +147,7 @@ pub async fn run(
     let admin_server = tonic::transport::Server::builder()
         .add_service(AdminApiServer::new(admin_api::AdminService {
             issuer: issuer.clone(),
+            https_web_ca_file: config.federation.https_web_ca_file.clone(),
         }))
         .serve_with_incoming(UnixListenerStream::new(admin_listener));
     let health_server = health::serve(health_listener, issuer.clone(), metrics);

@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod federation;
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};

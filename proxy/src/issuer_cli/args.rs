@@ -32,6 +32,9 @@ pub(crate) enum IssuerCommand {
     /// Trust bundles: the own one and federated ones.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Federation relationships: foreign trust domains whose bundles are kept fresh.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Whether the issuer is ready (datastore reachable, a CA active).
     Healthcheck {
         #[command(flatten)]
@@ -222,6 +225,69 @@ pub(crate) enum BundleCommand {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FederationCommand {
+    /// Federate with a trust domain: fetch its bundle from its endpoint.
+    Create {
+        #[command(flatten)]
+        fields: FederationFields,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Replace a relationship's endpoint or profile.
+    Update {
+        #[command(flatten)]
+        fields: FederationFields,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// End a relationship; the domain's bundle is forgotten with it.
+    Delete {
+        /// The trust domain (`td` or `spiffe://td`)
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    Show {
+        #[arg(long = "trustDomain")]
+        trust_domain: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fetch the domain's bundle now.
+    Refresh {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct FederationFields {
+    /// The foreign trust domain (`td` or `spiffe://td`); never inferred from the URL.
+    #[arg(long = "trustDomain")]
+    pub(super) trust_domain: String,
+    #[arg(long = "bundleEndpointURL")]
+    pub(super) bundle_endpoint_url: String,
+    /// https_web | https_spiffe
+    #[arg(long = "bundleEndpointProfile")]
+    pub(super) bundle_endpoint_profile: String,
+    /// https_spiffe: the SPIFFE ID the endpoint presents.
+    #[arg(long = "endpointSpiffeID")]
+    pub(super) endpoint_spiffe_id: Option<SpiffeId>,
+    /// The domain's first bundle (needed by https_spiffe); `-` reads standard input.
+    #[arg(long = "trustDomainBundlePath")]
+    pub(super) trust_domain_bundle_path: Option<PathBuf>,
+    #[arg(long = "trustDomainBundleFormat", value_enum, default_value_t = BundleFormat::Pem)]
+    pub(super) trust_domain_bundle_format: BundleFormat,
 }
 
 /// spire-server and spire-agent write flags with one dash (`-spiffeID`): accept that by turning a

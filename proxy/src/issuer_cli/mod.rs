@@ -2,6 +2,7 @@
 //! spire-server's verbs and flags (`-spiffeID`, `-parentID`, `-selector`, ...).
 
 mod args;
+mod federation;
 mod output;
 
 use std::path::PathBuf;
@@ -11,7 +12,6 @@ use anyhow::{Context, bail};
 use meshward_api::client::admin_client;
 use meshward_api::proto;
 use meshward_config::IssuerConfig;
-use meshward_spiffe::{Bundle, TrustDomain};
 
 use args::{
     AgentCommand, BundleCommand, BundleFormat, EntryCommand, EntryFields, TemplateCommand,
@@ -55,6 +55,7 @@ async fn dispatch(cmd: IssuerCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         IssuerCommand::Bundle(cmd) => bundle(cmd).await,
+        IssuerCommand::Federation(cmd) => federation::run(cmd).await,
         IssuerCommand::Template(cmd) => template(cmd).await,
         IssuerCommand::Healthcheck { common } => {
             let mut client = admin_client(common.socket_path.clone()).await?;
@@ -272,31 +273,8 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             format,
             common,
         } => {
-            let trust_domain = TrustDomain::parse(id.strip_prefix("spiffe://").unwrap_or(&id))?;
-            let text = match path {
-                Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(&p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?,
-                _ => std::io::read_to_string(std::io::stdin())?,
-            };
-            let message = match format {
-                BundleFormat::Spiffe => proto::Bundle {
-                    trust_domain: trust_domain.to_string(),
-                    jwks: text,
-                    ..Default::default()
-                },
-                BundleFormat::Pem => {
-                    let parsed = Bundle::from_pem(&trust_domain, &text)?;
-                    proto::Bundle {
-                        trust_domain: trust_domain.to_string(),
-                        x509_authorities: parsed
-                            .x509_authorities
-                            .iter()
-                            .map(|c| c.to_vec())
-                            .collect(),
-                        ..Default::default()
-                    }
-                }
-            };
+            let trust_domain = federation::trust_domain(&id)?;
+            let message = federation::bundle_message(&trust_domain, path.as_deref(), format)?;
             admin_client(common.socket_path.clone())
                 .await?
                 .set_federated_bundle(message)

@@ -158,6 +158,32 @@ impl Output {
         self.done(&format!("Deleted entry with ID: {id}"));
     }
 
+    pub(crate) fn relationships(self, relationships: &[proto::FederationRelationship]) {
+        match self {
+            Self::Json => println!(
+                "{}",
+                json!({ "relationships": relationships.iter().map(|r| json!({
+                    "trust_domain": r.trust_domain,
+                    "bundle_endpoint_url": r.bundle_endpoint_url,
+                    "bundle_endpoint_profile": r.bundle_endpoint_profile,
+                    "endpoint_spiffe_id": r.endpoint_spiffe_id,
+                })).collect::<Vec<_>>() })
+            ),
+            Self::Pretty => {
+                println!("Found {} federation relationship(s)", relationships.len());
+                for r in relationships {
+                    println!();
+                    println!("Trust domain              : {}", r.trust_domain);
+                    println!("Bundle endpoint URL       : {}", r.bundle_endpoint_url);
+                    println!("Bundle endpoint profile   : {}", r.bundle_endpoint_profile);
+                    if !r.endpoint_spiffe_id.is_empty() {
+                        println!("Endpoint SPIFFE ID        : {}", r.endpoint_spiffe_id);
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) fn done(self, message: &str) {
         match self {
             Self::Json => println!("{}", json!({ "result": message })),

@@ -17,14 +17,18 @@ fn partner_bundle(issuer: &Issuer) -> Option<Bundle> {
     (code == 0).then(|| Bundle::from_spiffe_json(&td, &json.join("\n")).ok())?
 }
 
-/// Polls `check` for at most 15 s.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+/// Polls `check` for at most 30 s; on failure, shows `issuer`'s log.
+async fn eventually<T>(issuer: &Issuer, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}\n{}",
+            issuer.log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -80,7 +84,7 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
         &spiffe(&format!("spiffe://{PARTNER}/spire/server"), dir_a.path()),
     );
     // the PEM bootstrap carries neither JWT keys nor a hint: the endpoint does
-    let fetched = eventually("A fetched B's bundle", || {
+    let fetched = eventually(&a, "A fetched B's bundle", || {
         partner_bundle(&a).filter(|bundle| !bundle.jwt_keys.is_empty())
     })
     .await;
@@ -98,7 +102,7 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
             &[&td, "result=\"ok\""],
         )
     };
-    eventually("a second refresh", || (ok(&a) >= 2.0).then_some(())).await;
+    eventually(&a, "a second refresh", || (ok(&a) >= 2.0).then_some(())).await;
     assert!(
         metric(
             &a,
@@ -123,7 +127,7 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
             &[&td, "result=\"error\""],
         )
     };
-    eventually("C's fetch failed", || (error(&c) >= 2.0).then_some(())).await;
+    eventually(&c, "C's fetch failed", || (error(&c) >= 2.0).then_some(())).await;
     assert_eq!(ok(&c), 0.0);
     let kept = partner_bundle(&c).unwrap();
     assert!(
@@ -168,7 +172,7 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
             dir_b.path().display()
         ),
     );
-    let fetched = eventually("A fetched B's bundle", || partner_bundle(&a)).await;
+    let fetched = eventually(&a, "A fetched B's bundle", || partner_bundle(&a)).await;
     assert_eq!(
         (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
         (1, 1)
@@ -183,7 +187,7 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
         &federates_with(&url, "https_web"),
     );
     let td = format!("trust_domain=\"{PARTNER}\"");
-    eventually("C's fetch failed", || {
+    eventually(&c, "C's fetch failed", || {
         let failed = metric(
             &c,
             "meshward_issuer_federation_refreshes_total",
@@ -193,4 +197,85 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
     })
     .await;
     assert!(partner_bundle(&c).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationships_are_managed_with_the_cli() {
+    let dir_b = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let b = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir_b.path(),
+        &sqlite_url(dir_b.path()),
+        &format!("bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_spiffe\n"),
+    );
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Issuer::new(meshward(), TD, dir_a.path(), &sqlite_url(dir_a.path()));
+    let bootstrap = dir_a.path().join("partner.pem");
+    std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let endpoint_id = format!("spiffe://{PARTNER}/spire/server");
+    let create = |td: &str, with_bundle: bool| {
+        let mut args = vec![
+            "federation",
+            "create",
+            "-trustDomain",
+            td,
+            "-bundleEndpointURL",
+            &url,
+            "-bundleEndpointProfile",
+            "https_spiffe",
+            "-endpointSpiffeID",
+            &endpoint_id,
+        ];
+        if with_bundle {
+            args.extend(["-trustDomainBundlePath", bootstrap.to_str().unwrap()]);
+        }
+        a.cli(&args)
+    };
+    let (code, _, stderr) = create(PARTNER, true);
+    assert_eq!(code, 0, "{stderr}");
+    // once only; and https_spiffe cannot start without a bundle to check with
+    let (code, _, stderr) = create(PARTNER, true);
+    assert!(code != 0 && stderr.contains("already exists"), "{stderr}");
+    let (code, _, stderr) = create("other.example", false);
+    assert!(
+        code != 0 && stderr.contains("trust_domain_bundle: https_spiffe"),
+        "{stderr}"
+    );
+    let listed = a.cli_json(&["federation", "list"]);
+    assert_eq!(
+        listed["relationships"],
+        serde_json::json!([{
+            "trust_domain": PARTNER,
+            "bundle_endpoint_url": url,
+            "bundle_endpoint_profile": "https_spiffe",
+            "endpoint_spiffe_id": endpoint_id,
+        }])
+    );
+    // refresh: fetched now, the JWT keys (absent from the PEM bootstrap) included
+    let (code, out, stderr) = a.cli(&["federation", "refresh", "-id", PARTNER]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("refreshed"), "{out}");
+    assert_eq!(partner_bundle(&a).unwrap().jwt_keys.len(), 1);
+    // and kept fresh by the issuer itself, as a configured one is
+    let td = format!("trust_domain=\"{PARTNER}\"");
+    eventually(&a, "the issuer refreshes it", || {
+        let ok = metric(
+            &a,
+            "meshward_issuer_federation_refreshes_total",
+            &[&td, "result=\"ok\""],
+        );
+        (ok >= 1.0).then_some(())
+    })
+    .await;
+    // deleted: the relationship and the bundle are gone
+    let (code, _, stderr) = a.cli(&["federation", "delete", "-id", PARTNER]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        a.cli_json(&["federation", "list"])["relationships"],
+        serde_json::json!([])
+    );
+    assert!(partner_bundle(&a).is_none());
 }
