@@ -147,6 +147,58 @@ fn trust_domains() {
     );
 }
 
+/// Federation: a foreign principal matches exactly; the trust-domain rewrite of
+/// `cluster.local` and aliases stays within the mesh's own domain.
+#[test]
+fn foreign_principals_match_exactly() {
+    let options = || EngineOptions {
+        trust_domain: TrustDomain::parse("new.td").unwrap(),
+        trust_domain_aliases: vec![TrustDomain::parse("old.td").unwrap()],
+        ..EngineOptions::default()
+    };
+    const FOREIGN: &str = "payments.example.org/ns/x/sa/y";
+    let s = set_with(
+        &allow_rule("from:\n- source:\n    principals: [\"payments.example.org/ns/x/sa/y\"]"),
+        options(),
+    );
+    check(
+        &s,
+        &[
+            (http("GET", "/").from(FOREIGN), true),
+            (http("GET", "/").from("new.td/ns/x/sa/y"), false),
+            (
+                http("GET", "/").from("payments.example.org/ns/x/sa/z"),
+                false,
+            ),
+        ],
+    );
+    let s = set_with(
+        &allow_rule("from:\n- source:\n    principals: [\"cluster.local/ns/x/sa/y\"]"),
+        options(),
+    );
+    check(
+        &s,
+        &[
+            (http("GET", "/").from("new.td/ns/x/sa/y"), true),
+            (http("GET", "/").from("old.td/ns/x/sa/y"), true),
+            (http("GET", "/").from(FOREIGN), false),
+        ],
+    );
+    let s = set_with(
+        &allow_rule(
+            "when:\n- key: source.principal\n  values: [\"payments.example.org/ns/x/sa/y\"]",
+        ),
+        options(),
+    );
+    check(
+        &s,
+        &[
+            (http("GET", "/").from(FOREIGN), true),
+            (http("GET", "/").from("new.td/ns/x/sa/y"), false),
+        ],
+    );
+}
+
 #[test]
 fn mesh_trust_domain_aliases_expand_to_each_other() {
     let options = EngineOptions {
