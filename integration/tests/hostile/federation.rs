@@ -9,7 +9,7 @@ use meshward_integration::hbone::{Credentials, LeafSpec, Tunnel, mint_leaf, tunn
 use meshward_integration::{Mesh, available_or_skip};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
-use crate::support::{TD, contains, echo_mesh, eventually};
+use crate::support::{TD, contains, echo_mesh, eventually, tcp_echo};
 
 const PARTNER: &str = "partner.example";
 
@@ -63,6 +63,7 @@ fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
         return;
     };
     let (mesh, _echo) = echo_mesh(|_| {});
+    let _tcp = tcp_echo(&mesh);
     mesh.apply_policy(
         "allow-any-identity",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-any-identity, namespace: echoserver}\nspec:\n  rules:\n  - from:\n    - source:\n        principals: [\"*\"]\n",
@@ -117,9 +118,38 @@ fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
         "{}",
         String::from_utf8_lossy(&served)
     );
-    // it no longer does: the same certificate, the same bundle on the node, refused
-    // in the handshake
-    federate_echoserver(&mesh, &[]);
+    // it no longer does: a connection the partner holds open is closed, and the
+    // same certificate, with the same bundle on the node, is refused in the handshake
+    let held = std::thread::scope(|scope| {
+        let open = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let outcome = tunnel(
+                node,
+                std::net::SocketAddr::new(ip, 15008),
+                std::net::SocketAddr::new(ip, 9000),
+                &[],
+                &foreign,
+                b"\0tcp",
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            (outcome, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        federate_echoserver(&mesh, &[]);
+        open.join().unwrap()
+    });
+    assert!(
+        matches!(&held.0, Tunnel::Open(bytes) if contains(bytes, "\0tcp")),
+        "the held connection was served first: {:?}",
+        held.0
+    );
+    assert!(
+        held.1 < Duration::from_secs(20),
+        "the held connection stayed open for {:?}\n{}",
+        held.1,
+        mesh.logs()
+    );
     eventually(&mesh, "the partner's workload is refused", || {
         match call() {
             Tunnel::Refused(reason) => Ok(reason),

@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 use meshward_policy::{HttpRequest, PolicySet, Request, Workload};
 use meshward_spiffe::SpiffeId;
 
 use super::policies::Policies;
-use super::state::LocalPod;
+use super::state::{LocalPod, MeshState};
 use crate::metrics::{self, ConnectionLabels, Principal, Reporter};
 
 /// The verified client of an mTLS tunnel.
@@ -114,12 +115,37 @@ impl InboundStream {
     /// never otherwise. A connection judged once (TCP, an upgraded WebSocket) races
     /// its copy against this and closes when it resolves, as ztunnel closes
     /// connections a new policy denies.
+    ///
+    /// Also resolves once the peer is no longer trusted by the pod (a federation
+    /// ended, or the pod's identity stopped federating with the peer's domain).
     pub(crate) fn revoked(
         &self,
         policies: Policies,
+        state: watch::Receiver<Arc<MeshState>>,
         request: Request,
     ) -> impl std::future::Future<Output = String> + Send + 'static {
-        revoked(policies, self.pod.workload.clone(), request)
+        let by_policy = revoked(policies, self.pod.workload.clone(), request);
+        let peer = self.peer.as_ref().map(|p| p.spiffe_id.clone());
+        let pod = self.destination.ip();
+        async move {
+            let by_trust = async move {
+                match peer {
+                    Some(peer) => distrusted(state, pod, peer).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                reason = by_policy => reason,
+                reason = by_trust => reason,
+            }
+        }
+    }
+
+    /// Whether the peer is still trusted by the pod (see [`MeshState::trusts`]).
+    pub(crate) fn peer_trusted(&self, state: &MeshState) -> bool {
+        self.peer
+            .as_ref()
+            .is_none_or(|p| state.trusts(self.destination.ip(), &p.spiffe_id))
     }
 
     /// The access log line of one HTTP request.
@@ -176,6 +202,27 @@ impl InboundStream {
             "connection complete: {}",
             record.reason
         );
+    }
+}
+
+/// Resolves when the node's state no longer trusts `peer` for the pod at `pod`.
+async fn distrusted(
+    mut state: watch::Receiver<Arc<MeshState>>,
+    pod: std::net::IpAddr,
+    peer: SpiffeId,
+) -> String {
+    loop {
+        if state.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let now = state.borrow_and_update().clone();
+        if !now.trusts(pod, &peer) {
+            metrics::connection_revoked();
+            return format!(
+                "{peer} is no longer trusted here: the pod no longer federates with {}, or its bundle is gone",
+                peer.trust_domain()
+            );
+        }
     }
 }
 

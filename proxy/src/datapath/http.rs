@@ -148,6 +148,15 @@ async fn respond(
     let normalized = http.target().to_request_target();
     let host = http.host().to_owned();
     let judged = stream.request(Some(http));
+    if !stream.peer_trusted(&shared.state.borrow()) {
+        // an HBONE stream opened before the pod stopped trusting the peer's domain
+        let record = DecisionRecord {
+            allowed: false,
+            policy: "-".into(),
+            reason: "the peer's trust domain is no longer trusted by this pod".into(),
+        };
+        return (responses::forbidden(grpc), record);
+    }
     let mut record = stream.authorize(&policies, &judged);
     if !record.allowed {
         return (responses::forbidden(grpc), record);
@@ -195,7 +204,8 @@ async fn respond(
             let switched = match client_side {
                 Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let pod_side = hyper::upgrade::on(&mut response);
-                    let revoked = stream.revoked(shared.policies.clone(), judged);
+                    let revoked =
+                        stream.revoked(shared.policies.clone(), shared.state.clone(), judged);
                     join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
                     response.headers().get(header::UPGRADE).cloned()
                 }

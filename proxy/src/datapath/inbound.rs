@@ -157,6 +157,16 @@ fn connect(
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
         return status(StatusCode::BAD_REQUEST);
     }
+    // the handshake trusted the peer; a federation may have ended since, and an
+    // HBONE connection outlives it: every CONNECT is judged with the trust of now
+    if !shared
+        .state
+        .borrow()
+        .trusts(destination.ip(), &peer.spiffe_id)
+    {
+        tracing::info!(%client, peer = %peer.spiffe_id, pod = %pod.info.name, "refused CONNECT: the pod no longer trusts the peer's trust domain");
+        return status(StatusCode::UNAUTHORIZED);
+    }
     let source = stream_source(shared, peer, &request, client, tunnel.local);
     let stream = InboundStream {
         peer: Some(peer.clone()),

@@ -103,7 +103,11 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let revoked = stream.revoked(shared.policies.clone(), stream.request(None));
+    let revoked = stream.revoked(
+        shared.policies.clone(),
+        shared.state.clone(),
+        stream.request(None),
+    );
     let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
     let (moved, result) = tokio::select! {
         done = copy => done,

@@ -46,6 +46,8 @@ pub(crate) struct PodTls {
     /// Presented to peer nodes when this pod calls out.
     pub(crate) client: Arc<ClientConfig>,
     pub(crate) expires_at: SystemTime,
+    /// The trust domains whose peers it accepts: its own and those it federates with.
+    pub(crate) trusts: Vec<TrustDomain>,
 }
 
 impl std::fmt::Debug for PodTls {
@@ -61,9 +63,23 @@ impl std::fmt::Debug for PodTls {
 #[derive(Debug, Default)]
 pub(crate) struct MeshState {
     pods: HashMap<IpAddr, Arc<LocalPod>>,
+    /// The trust domains this node has a bundle of now.
+    bundles: BTreeSet<TrustDomain>,
 }
 
 impl MeshState {
+    /// Whether the pod at `pod` accepts `peer` now: its trust domain is the pod's
+    /// or one it federates with, and the node still holds that domain's bundle.
+    /// Tunnels and connections opened earlier are judged again with this.
+    pub(crate) fn trusts(&self, pod: IpAddr, peer: &SpiffeId) -> bool {
+        let td = peer.trust_domain();
+        self.bundles.contains(&td)
+            && self
+                .pod(pod)
+                .and_then(|p| p.tls.as_ref())
+                .is_some_and(|tls| tls.trusts.contains(&td))
+    }
+
     pub(crate) fn pod(&self, ip: IpAddr) -> Option<&Arc<LocalPod>> {
         self.pods.get(&ip)
     }
@@ -138,7 +154,10 @@ impl StateBuilder {
             pods.insert(*ip, Arc::new(pod));
         }
         self.built = built;
-        MeshState { pods }
+        let bundles = std::iter::once(snapshot.trust_domain.clone())
+            .chain(self.federated.iter().cloned())
+            .collect();
+        MeshState { pods, bundles }
     }
 
     fn update_bundles(&mut self, snapshot: &Snapshot) {
@@ -176,11 +195,9 @@ fn pod_tls(
     federates_with: &BTreeSet<TrustDomain>,
     bundles: &Arc<TrustBundles>,
 ) -> Result<PodTls, rustls::Error> {
-    let trusted = || {
-        let mut domains = vec![svid.spiffe_id.trust_domain()];
-        domains.extend(federates_with.iter().cloned());
-        Authorizer::TrustDomains(domains)
-    };
+    let mut trusts = vec![svid.spiffe_id.trust_domain()];
+    trusts.extend(federates_with.iter().cloned());
+    let trusted = || Authorizer::TrustDomains(trusts.clone());
     let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_pkcs8.clone()));
     let chain: Vec<CertificateDer<'static>> = svid.chain.clone();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -210,6 +227,7 @@ fn pod_tls(
         server: Arc::new(server),
         client: Arc::new(client),
         expires_at: svid.expires_at,
+        trusts,
     })
 }
 
