@@ -43,6 +43,9 @@ pub struct IssuerConfig {
     /// Watch ClusterSPIFFEID objects (`spire.spiffe.io/v1alpha1`) in this Kubernetes
     /// API as identity templates (stored as `k8s/<name>`); `{}` = in-cluster.
     pub cluster_spiffe_ids: Option<crate::KubernetesApi>,
+    /// Watch ClusterFederatedTrustDomain objects (`spire.spiffe.io/v1alpha1`) in
+    /// this Kubernetes API as federation relationships; `{}` = in-cluster.
+    pub cluster_federated_trust_domains: Option<crate::KubernetesApi>,
     /// Keep the trust bundle (PEM) in a ConfigMap, as SPIRE's k8sbundle notifier
     /// does: the node daemons mount it as `agent.trust_bundle_path`.
     pub bundle_configmap: Option<BundleConfigMap>,
@@ -151,6 +154,7 @@ impl Default for IssuerConfig {
             bundle_endpoint: None,
             federation: crate::FederationConfig::default(),
             cluster_spiffe_ids: None,
+            cluster_federated_trust_domains: None,
             bundle_configmap: None,
         }
     }

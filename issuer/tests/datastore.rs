@@ -72,6 +72,7 @@ on_both_backends!(entries, entries_suite);
 on_both_backends!(join_tokens, join_tokens_suite);
 on_both_backends!(nodes, nodes_suite);
 on_both_backends!(federated_bundles, federated_bundles_suite);
+on_both_backends!(federation_relationships, federation_relationships_suite);
 on_both_backends!(ca_journal, ca_journal_suite);
 on_both_backends!(leases, leases_suite);
 on_both_backends!(concurrent_writers, concurrent_writers_suite);
@@ -237,6 +238,52 @@ async fn federated_bundles_suite(store: &SqlStore) {
         store.get_federated_bundle(&td("other.io")).await,
         Err(DatastoreError::NotFound(_))
     ));
+}
+
+async fn federation_relationships_suite(store: &SqlStore) {
+    use meshward_issuer::datastore::{EndpointProfile, FederationRelationship};
+    let spiffe = FederationRelationship {
+        trust_domain: td("partner.io"),
+        bundle_endpoint_url: "https://bundles.partner.io".into(),
+        profile: EndpointProfile::HttpsSpiffe {
+            endpoint_id: id("spiffe://partner.io/spire/server"),
+        },
+        managed_by: Some("k8s/partner".into()),
+    };
+    let web = FederationRelationship {
+        trust_domain: td("other.io"),
+        bundle_endpoint_url: "https://other.io/bundle".into(),
+        profile: EndpointProfile::HttpsWeb,
+        managed_by: None,
+    };
+    store.put_federation_relationship(&spiffe, 1).await.unwrap();
+    store.put_federation_relationship(&web, 1).await.unwrap();
+    assert_eq!(
+        store.list_federation_relationships().await.unwrap(),
+        [web.clone(), spiffe.clone()]
+    );
+    // replaced by trust domain
+    let moved = FederationRelationship {
+        bundle_endpoint_url: "https://moved.other.io".into(),
+        ..web
+    };
+    store.put_federation_relationship(&moved, 2).await.unwrap();
+    assert_eq!(
+        store.list_federation_relationships().await.unwrap(),
+        [moved, spiffe.clone()]
+    );
+    store
+        .delete_federation_relationship(&td("other.io"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_federation_relationship(&td("other.io")).await,
+        Err(DatastoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.list_federation_relationships().await.unwrap(),
+        [spiffe]
+    );
 }
 
 async fn ca_journal_suite(store: &SqlStore) {

@@ -21,15 +21,17 @@ impl SqlStore {
         };
         sqlx::query(&self.sql(
             "INSERT INTO federation_relationships \
-             (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (trust_domain) DO UPDATE SET \
+             (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trust_domain) DO UPDATE SET \
              bundle_endpoint_url = excluded.bundle_endpoint_url, profile = excluded.profile, \
-             endpoint_spiffe_id = excluded.endpoint_spiffe_id, updated_at = excluded.updated_at",
+             endpoint_spiffe_id = excluded.endpoint_spiffe_id, managed_by = excluded.managed_by, \
+             updated_at = excluded.updated_at",
         ))
         .bind(relationship.trust_domain.as_str())
         .bind(&relationship.bundle_endpoint_url)
         .bind(relationship.profile.name())
         .bind(endpoint_id)
+        .bind(relationship.managed_by.as_deref().unwrap_or_default())
         .bind(now)
         .execute(self.pool())
         .await
@@ -40,7 +42,7 @@ impl SqlStore {
     pub(super) async fn relationships(&self) -> Result<Vec<FederationRelationship>> {
         let _timer = OperationTimer::start("list_federation_relationships");
         let rows = sqlx::query(
-            "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id \
+            "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by \
              FROM federation_relationships ORDER BY trust_domain",
         )
         .fetch_all(self.pool())
@@ -58,6 +60,7 @@ impl SqlStore {
                     bundle_endpoint_url: text(1)?,
                     profile: EndpointProfile::parse(&text(2)?, endpoint_id)
                         .map_err(|e| DatastoreError::Corrupt(e.into()))?,
+                    managed_by: Some(text(4)?).filter(|m| !m.is_empty()),
                 })
             })
             .collect()

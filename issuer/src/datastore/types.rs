@@ -80,6 +80,9 @@ pub struct FederationRelationship {
     /// `https://...`; never inferred from the trust domain.
     pub bundle_endpoint_url: String,
     pub profile: EndpointProfile,
+    /// `None`: an operator's (CLI, issuer.yaml); `Some("k8s/<name>")`: a
+    /// ClusterFederatedTrustDomain object's, which alone changes or removes it.
+    pub managed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -104,6 +104,7 @@ fn from_config(
         trust_domain: c.trust_domain.clone(),
         bundle_endpoint_url: c.bundle_endpoint_url.clone(),
         profile,
+        managed_by: None,
     })
 }
 

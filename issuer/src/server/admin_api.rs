@@ -213,7 +213,7 @@ impl<D: Datastore + 'static> AdminApi for AdminService<D> {
     ) -> Result<Response<proto::Empty>, Status> {
         let td = super::convert::trust_domain(&request.into_inner().trust_domain)?;
         self.issuer
-            .delete_federation_relationship(&td)
+            .delete_federation_relationship(&td, None)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::Empty {}))

@@ -199,6 +199,7 @@ pub(crate) fn relationship(r: &FederationRelationship) -> proto::FederationRelat
             EndpointProfile::HttpsWeb => String::new(),
         },
         trust_domain_bundle: None,
+        managed_by: r.managed_by.clone().unwrap_or_default(),
     }
 }
 
@@ -218,6 +219,7 @@ pub(crate) fn relationship_from(
             trust_domain: trust_domain(&r.trust_domain)?,
             bundle_endpoint_url: r.bundle_endpoint_url,
             profile,
+            managed_by: None,
         },
         bootstrap,
     ))

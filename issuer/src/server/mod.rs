@@ -12,6 +12,7 @@ mod agent_api;
 mod bundle_configmap;
 mod bundle_endpoint;
 mod convert;
+mod federation_watch;
 mod health;
 mod templates_watch;
 
@@ -159,6 +160,11 @@ pub async fn run(
     crate::federation::start(&config.federation, &issuer)
         .await
         .map_err(startup("federation"))?;
+    if let Some(api) = &config.cluster_federated_trust_domains {
+        let client = meshward_kubernetes::client(&api.into())
+            .map_err(startup("cluster_federated_trust_domains"))?;
+        tokio::spawn(federation_watch::run(client, issuer.clone()));
+    }
     if let Some(target) = &config.bundle_configmap {
         let client = meshward_kubernetes::client(&(&target.kubernetes).into())
             .map_err(startup("bundle_configmap"))?;

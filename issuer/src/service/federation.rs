@@ -33,8 +33,19 @@ impl<D: Datastore> Issuer<D> {
                 relationship.bundle_endpoint_url
             ));
         }
-        let known = self.federation_relationship(td).await?.is_some();
-        match (known, replace) {
+        let known = self.federation_relationship(td).await?;
+        if let Some(existing) = &known
+            && existing.managed_by != relationship.managed_by
+        {
+            return Err(ServiceError::AlreadyExists(format!(
+                "the federation relationship with {td} is managed by {}",
+                existing
+                    .managed_by
+                    .as_deref()
+                    .unwrap_or("an operator (CLI or issuer.yaml)")
+            )));
+        }
+        match (known.is_some(), replace) {
             (true, false) => {
                 return Err(ServiceError::AlreadyExists(format!(
                     "a federation relationship with {td} already exists"
@@ -87,7 +98,23 @@ impl<D: Datastore> Issuer<D> {
 
     /// Ends the relationship and forgets the domain's bundle: its workloads are
     /// trusted nowhere any more (agents drop the bundle at their next sync).
-    pub async fn delete_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<()> {
+    /// `managed_by`: who asks (`None`: an operator); only the manager may delete.
+    pub async fn delete_federation_relationship(
+        &self,
+        trust_domain: &TrustDomain,
+        managed_by: Option<&str>,
+    ) -> Result<()> {
+        if let Some(existing) = self.federation_relationship(trust_domain).await?
+            && existing.managed_by.as_deref() != managed_by
+        {
+            return Err(ServiceError::InvalidArgument(format!(
+                "the federation relationship with {trust_domain} is managed by {}: delete that instead",
+                existing
+                    .managed_by
+                    .as_deref()
+                    .unwrap_or("an operator (CLI or issuer.yaml)")
+            )));
+        }
         self.store
             .delete_federation_relationship(trust_domain)
             .await?;

@@ -103,6 +103,7 @@ fn relationship(fields: FederationFields) -> anyhow::Result<proto::FederationRel
             .map(|id| id.to_string())
             .unwrap_or_default(),
         trust_domain_bundle,
+        managed_by: String::new(),
     })
 }
 

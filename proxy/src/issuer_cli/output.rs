@@ -167,6 +167,7 @@ impl Output {
                     "bundle_endpoint_url": r.bundle_endpoint_url,
                     "bundle_endpoint_profile": r.bundle_endpoint_profile,
                     "endpoint_spiffe_id": r.endpoint_spiffe_id,
+                    "managed_by": r.managed_by,
                 })).collect::<Vec<_>>() })
             ),
             Self::Pretty => {
@@ -178,6 +179,9 @@ impl Output {
                     println!("Bundle endpoint profile   : {}", r.bundle_endpoint_profile);
                     if !r.endpoint_spiffe_id.is_empty() {
                         println!("Endpoint SPIFFE ID        : {}", r.endpoint_spiffe_id);
+                    }
+                    if !r.managed_by.is_empty() {
+                        println!("Managed by                : {}", r.managed_by);
                     }
                 }
             }

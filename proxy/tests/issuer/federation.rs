@@ -252,6 +252,7 @@ async fn relationships_are_managed_with_the_cli() {
             "bundle_endpoint_url": url,
             "bundle_endpoint_profile": "https_spiffe",
             "endpoint_spiffe_id": endpoint_id,
+            "managed_by": "",
         }])
     );
     // refresh: fetched now, the JWT keys (absent from the PEM bootstrap) included
@@ -277,5 +278,78 @@ async fn relationships_are_managed_with_the_cli() {
         a.cli_json(&["federation", "list"])["relationships"],
         serde_json::json!([])
     );
+    assert!(partner_bundle(&a).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_federated_trust_domain_objects_become_relationships() {
+    use meshward_test_support::kube_api::FakeKubeApi;
+    let dir_b = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let b = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir_b.path(),
+        &sqlite_url(dir_b.path()),
+        &format!("bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_spiffe\n"),
+    );
+    let (_, partner_json, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
+    let dir_a = tempfile::tempdir().unwrap();
+    let api = FakeKubeApi::start(dir_a.path()).await;
+    // spire-controller-manager's shape, the bootstrap bundle inline
+    api.apply_cluster_federated_trust_domain(serde_json::json!({
+        "metadata": {"name": "payments", "uid": "u1", "generation": 1},
+        "spec": {
+            "trustDomain": PARTNER,
+            "bundleEndpointURL": format!("https://127.0.0.1:{port}"),
+            "bundleEndpointProfile": {"type": "https_spiffe", "endpointSPIFFEID": format!("spiffe://{PARTNER}/spire/server")},
+            "trustDomainBundle": partner_json,
+        },
+    }));
+    // an invalid object is refused and the others still apply
+    api.apply_cluster_federated_trust_domain(serde_json::json!({
+        "metadata": {"name": "broken", "uid": "u2", "generation": 1},
+        "spec": {"trustDomain": "other.example", "bundleEndpointURL": "https://x", "bundleEndpointProfile": {"type": "https_tls"}},
+    }));
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_a.path(),
+        &sqlite_url(dir_a.path()),
+        &format!(
+            "cluster_federated_trust_domains: {}\n",
+            api.connection_yaml()
+        ),
+    );
+    let relationships =
+        |issuer: &Issuer| issuer.cli_json(&["federation", "list"])["relationships"].clone();
+    eventually(&a, "the object became a relationship", || {
+        let all = relationships(&a);
+        (all.as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(relationships(&a)[0]["managed_by"], "k8s/payments");
+    assert!(
+        a.log()
+            .contains("ClusterFederatedTrustDomain broken refused"),
+        "{}",
+        a.log()
+    );
+    eventually(&a, "its bundle fetched", || {
+        partner_bundle(&a).filter(|b| !b.jwt_keys.is_empty())
+    })
+    .await;
+    // the CLI cannot take it over or delete it
+    let (code, _, stderr) = a.cli(&["federation", "delete", "-id", PARTNER]);
+    assert!(
+        code != 0 && stderr.contains("managed by k8s/payments"),
+        "{stderr}"
+    );
+    // the object goes: so do the relationship and the bundle
+    api.delete_cluster_federated_trust_domain("payments");
+    eventually(&a, "the relationship removed", || {
+        (relationships(&a).as_array().map(Vec::len) == Some(0)).then_some(())
+    })
+    .await;
     assert!(partner_bundle(&a).is_none());
 }

@@ -119,6 +119,7 @@ pub struct FakeKubeApi {
 const ISSUER_TOKEN: &str = "issuer-sa-token";
 const POLICIES: &str = "authorizationpolicies";
 const CLUSTER_SPIFFE_IDS: &str = "clusterspiffeids";
+const CLUSTER_FEDERATED_TRUST_DOMAINS: &str = "clusterfederatedtrustdomains";
 const SERVICES: &str = "services";
 const ENDPOINT_SLICES: &str = "endpointslices";
 const CONFIG_MAPS: &str = "configmaps";
@@ -308,6 +309,20 @@ impl FakeKubeApi {
 
     pub fn delete_cluster_spiffe_id(&self, name: &str) {
         self.delete_object(CLUSTER_SPIFFE_IDS, "", name);
+    }
+
+    /// Adds or replaces a ClusterFederatedTrustDomain object (cluster-scoped).
+    pub fn apply_cluster_federated_trust_domain(&self, object: Value) {
+        self.apply_object(
+            CLUSTER_FEDERATED_TRUST_DOMAINS,
+            "spire.spiffe.io/v1alpha1",
+            "ClusterFederatedTrustDomain",
+            object,
+        );
+    }
+
+    pub fn delete_cluster_federated_trust_domain(&self, name: &str) {
+        self.delete_object(CLUSTER_FEDERATED_TRUST_DOMAINS, "", name);
     }
 
     /// Adds or replaces a Service (core v1).

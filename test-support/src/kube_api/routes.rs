@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::events::WatchFilter;
 use super::{
-    CLUSTER_SPIFFE_IDS, CONFIG_MAPS, ENDPOINT_SLICES, ISSUER_TOKEN, POLICIES, SERVICES, State,
+    CLUSTER_FEDERATED_TRUST_DOMAINS, CLUSTER_SPIFFE_IDS, CONFIG_MAPS, ENDPOINT_SLICES,
+    ISSUER_TOKEN, POLICIES, SERVICES, State,
 };
 
 type Body = BoxBody<Bytes, std::convert::Infallible>;
@@ -160,7 +161,14 @@ pub(super) async fn handle(
                 ["apis", group, version, plural] => (format!("{group}/{version}"), *plural),
                 _ => ("v1".to_owned(), SERVICES),
             };
-            if ![POLICIES, CLUSTER_SPIFFE_IDS, ENDPOINT_SLICES, SERVICES].contains(&plural) {
+            let served = [
+                POLICIES,
+                CLUSTER_SPIFFE_IDS,
+                CLUSTER_FEDERATED_TRUST_DOMAINS,
+                ENDPOINT_SLICES,
+                SERVICES,
+            ];
+            if !served.contains(&plural) {
                 return not_found(&path);
             }
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
