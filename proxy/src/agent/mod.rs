@@ -261,15 +261,8 @@ impl AgentTask {
                 .bundles
                 .federated
                 .iter()
-                .filter_map(|b| match TrustDomain::parse(&b.trust_domain) {
-                    Ok(td) => Some((
-                        td,
-                        b.x509_authorities
-                            .iter()
-                            .cloned()
-                            .map(CertificateDer::from)
-                            .collect(),
-                    )),
+                .filter_map(|b| match federated_bundle(b) {
+                    Ok(bundle) => Some(bundle),
                     Err(e) => {
                         eprintln!("meshward agent: skipped a federated bundle: {e}");
                         None
@@ -290,6 +283,26 @@ impl AgentTask {
         let node = self.node.as_ref().ok_or(AgentError::NoNodeIdentity)?;
         Ok(self.identity.set(node.chain.clone(), &node.key_pkcs8)?)
     }
+}
+
+/// A federated bundle as the issuer sent it: the SPIFFE JSON (X.509 authorities
+/// and JWT keys) when present, else the X.509 authorities alone.
+fn federated_bundle(
+    b: &meshward_api::proto::Bundle,
+) -> Result<meshward_spiffe::Bundle, Box<dyn std::error::Error>> {
+    let td = TrustDomain::parse(&b.trust_domain)?;
+    if !b.jwks.is_empty() {
+        return Ok(meshward_spiffe::Bundle::from_spiffe_json(&td, &b.jwks)?);
+    }
+    Ok(meshward_spiffe::Bundle {
+        x509_authorities: b
+            .x509_authorities
+            .iter()
+            .cloned()
+            .map(CertificateDer::from)
+            .collect(),
+        ..meshward_spiffe::Bundle::new(td)
+    })
 }
 
 /// Trusts `bundle` for the issuer connection and keeps it for the next start.

@@ -13,7 +13,7 @@ use meshward_api::proto;
 use meshward_api::proto::agent_api_client::AgentApiClient;
 use meshward_api::template::IdentityTemplate;
 use meshward_config::PodInfo;
-use meshward_spiffe::{Selector, SpiffeId, TrustDomain};
+use meshward_spiffe::{BundleSet, Selector, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
@@ -67,7 +67,7 @@ pub struct Snapshot {
     /// The own bundle as SPIFFE JSON (JWT keys included).
     pub jwks: String,
     /// Other trust domains: name -> authorities.
-    pub federated: Vec<(TrustDomain, Vec<CertificateDer<'static>>)>,
+    pub federated: BundleSet,
     /// By pod IP.
     pub pods: HashMap<IpAddr, PodIdentities>,
     /// The node's SPIFFE ID, once attested.

@@ -167,8 +167,9 @@ impl StateBuilder {
             }
         }
         let mut now = Vec::new();
-        for (td, authorities) in &snapshot.federated {
-            match self.bundles.set(td, authorities) {
+        for bundle in snapshot.federated.iter() {
+            let td = &bundle.trust_domain;
+            match self.bundles.set(td, &bundle.x509_authorities) {
                 Ok(()) => now.push(td.clone()),
                 Err(e) => tracing::error!("federated bundle of {td} unusable: {e}"),
             }

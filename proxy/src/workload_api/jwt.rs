@@ -86,10 +86,13 @@ pub(crate) fn jwt_only_jwks(
         .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))
 }
 
-/// Validates a JWT-SVID of the own trust domain: ES256 with a known `kid`,
-/// `aud` containing `audience`, `exp` in the future, `sub` a SPIFFE ID.
+/// Validates a JWT-SVID of the own trust domain or of one the caller federates
+/// with (`federated`): ES256 with a `kid` of that domain's bundle, `aud`
+/// containing `audience`, `exp` in the future, `sub` a SPIFFE ID of the domain
+/// whose key signed it.
 pub(crate) fn validate(
     snapshot: &Snapshot,
+    federated: &[&Bundle],
     token: &str,
     audience: &str,
 ) -> Result<(SpiffeId, prost_types::Struct), Status> {
@@ -102,15 +105,14 @@ pub(crate) fn validate(
     let kid = header
         .kid
         .ok_or_else(|| invalid("token header missing key id".into()))?;
-    let bundle = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
+    let own = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
         .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))?;
-    let key = bundle
-        .jwt_keys
-        .iter()
-        .find(|k| k.kid == kid)
+    let (bundle, key) = std::iter::once(&own)
+        .chain(federated.iter().copied())
+        .find_map(|b| b.jwt_keys.iter().find(|k| k.kid == kid).map(|k| (b, k)))
         .ok_or_else(|| {
             invalid(format!(
-                "key {kid:?} not found in the bundle of {}",
+                "key {kid:?} not found in the bundle of {} or of a domain this workload federates with",
                 snapshot.trust_domain
             ))
         })?;
@@ -122,13 +124,14 @@ pub(crate) fn validate(
     let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation)
         .map_err(|e| invalid(format!("invalid token: {e}")))?;
     let sub = data.claims["sub"].as_str().unwrap_or_default();
+    // a domain's key vouches for its own workloads only
     let sub = SpiffeId::parse(sub)
         .ok()
-        .filter(|id| id.is_member_of(&snapshot.trust_domain))
+        .filter(|id| id.is_member_of(&bundle.trust_domain))
         .ok_or_else(|| {
             invalid(format!(
                 "sub {sub:?} is not a SPIFFE ID of {}",
-                snapshot.trust_domain
+                bundle.trust_domain
             ))
         })?;
     let serde_json::Value::Object(map) = data.claims else {

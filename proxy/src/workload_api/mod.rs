@@ -94,12 +94,25 @@ struct CallerIdentities {
 impl CallerIdentities {
     /// The federated bundles this caller may see, by trust domain ID.
     fn federated_bundles(&self, snapshot: &Snapshot) -> HashMap<String, Vec<u8>> {
+        self.federated(snapshot)
+            .map(|b| {
+                (
+                    trust_domain_id(&b.trust_domain),
+                    der_concat(&b.x509_authorities),
+                )
+            })
+            .collect()
+    }
+
+    /// The federated bundles of the domains the caller federates with.
+    fn federated<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+    ) -> impl Iterator<Item = &'a meshward_spiffe::Bundle> + 'a {
         snapshot
             .federated
             .iter()
-            .filter(|(td, _)| self.federates_with.contains(td))
-            .map(|(td, certs)| (trust_domain_id(td), der_concat(certs)))
-            .collect()
+            .filter(|b| self.federates_with.contains(&b.trust_domain))
     }
 }
 
@@ -285,11 +298,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let pid = caller_pid(&request)?;
         let stream = watch_stream(&self.agent, move |snapshot| {
-            identities(snapshot, pid).ok_or_else(no_identity)?;
+            let caller = identities(snapshot, pid).ok_or_else(no_identity)?;
             let jwks = jwt::jwt_only_jwks(&snapshot.trust_domain, &snapshot.jwks)?;
-            Ok(JwtBundlesResponse {
-                bundles: [(trust_domain_id(&snapshot.trust_domain), jwks.into_bytes())].into(),
-            })
+            let mut bundles: HashMap<String, Vec<u8>> = caller
+                .federated(snapshot)
+                .map(|b| (trust_domain_id(&b.trust_domain), b.jwt_jwks().into_bytes()))
+                .collect();
+            bundles.insert(trust_domain_id(&snapshot.trust_domain), jwks.into_bytes());
+            Ok(JwtBundlesResponse { bundles })
         })?;
         Ok(Response::new(stream))
     }
@@ -307,8 +323,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let snapshot: Arc<Snapshot> = self.agent.snapshots.borrow().clone();
-        identities(&snapshot, pid).ok_or_else(no_identity)?;
-        let (spiffe_id, claims) = jwt::validate(&snapshot, &request.svid, &request.audience)?;
+        let caller = identities(&snapshot, pid).ok_or_else(no_identity)?;
+        let federated: Vec<&meshward_spiffe::Bundle> = caller.federated(&snapshot).collect();
+        let (spiffe_id, claims) =
+            jwt::validate(&snapshot, &federated, &request.svid, &request.audience)?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: spiffe_id.to_string(),
             claims: Some(claims),

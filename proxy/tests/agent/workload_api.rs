@@ -3,7 +3,7 @@
 use super::*;
 use meshward::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshward::workload_proto::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
 use tonic::transport::Channel;
 
@@ -221,12 +221,49 @@ async fn local_processes_get_identities_by_unix_selectors() {
     server.abort();
 }
 
-/// A partner trust domain's CA, as PEM, for `bundle set`.
-fn partner_ca_pem() -> String {
+/// A partner trust domain's bundle (a CA and a JWT key, kid `k1`) as SPIFFE JSON,
+/// and the JWT key's signer.
+fn partner_bundle() -> (String, jsonwebtoken::EncodingKey) {
+    use base64::Engine as _;
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::default();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.self_signed(&key).unwrap().pem()
+    let ca = params.self_signed(&key).unwrap();
+    let jwt = rcgen::KeyPair::generate().unwrap();
+    let point = jwt.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let bundle = meshward_spiffe::Bundle {
+        x509_authorities: vec![ca.der().clone()],
+        jwt_keys: vec![meshward_spiffe::JwtPublicKey {
+            kid: "k1".into(),
+            x: b64(&point[1..33]),
+            y: b64(&point[33..]),
+        }],
+        ..meshward_spiffe::Bundle::new(
+            meshward_spiffe::TrustDomain::parse("partner.example").unwrap(),
+        )
+    };
+    (
+        bundle.to_spiffe_json(),
+        jsonwebtoken::EncodingKey::from_ec_der(&jwt.serialize_der()),
+    )
+}
+
+/// A JWT-SVID for `sub` and audience `me`, signed by `key` as kid `k1`.
+fn jwt_svid(sub: &str, key: &jsonwebtoken::EncodingKey) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"sub": sub, "aud": "me", "exp": exp}),
+        key,
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,15 +272,12 @@ async fn federated_bundles_go_only_to_workloads_that_federate() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = start_issuer(dir.path());
     let token = node_token(&issuer);
-    let pem = dir.path().join("partner.pem");
-    std::fs::write(&pem, partner_ca_pem()).unwrap();
+    let (json, partner_key) = partner_bundle();
+    let path = dir.path().join("partner.json");
+    std::fs::write(&path, json).unwrap();
+    let path = path.to_str().unwrap();
     issuer.cli_json(&[
-        "bundle",
-        "set",
-        "-id",
-        PARTNER,
-        "-path",
-        pem.to_str().unwrap(),
+        "bundle", "set", "-id", PARTNER, "-path", path, "-format", "spiffe",
     ]);
     curl_spire_entry_with(&issuer, &["-federatesWith", PARTNER]);
     let mut me = pod("curl", "default", "curl-spire", "10.40.1.2", &[]);
@@ -280,6 +314,44 @@ async fn federated_bundles_go_only_to_workloads_that_federate() {
     let mut domains: Vec<&String> = bundles.bundles.keys().collect();
     domains.sort();
     assert_eq!(domains, [&format!("spiffe://{TD}"), PARTNER]);
+    let jwt_bundles = api
+        .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(jwt_bundles.bundles.contains_key(PARTNER), "{jwt_bundles:?}");
+    // a partner's JWT-SVID validates; its key cannot vouch for our own IDs
+    let validate = |token: String| {
+        let mut api = api.clone();
+        async move {
+            api.validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "me".into(),
+                svid: token,
+            }))
+            .await
+        }
+    };
+    let valid = validate(jwt_svid("spiffe://partner.example/ns/x/sa/y", &partner_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.spiffe_id, "spiffe://partner.example/ns/x/sa/y");
+    let forged = validate(jwt_svid(
+        &format!("spiffe://{TD}/ns/default/sa/admin"),
+        &partner_key,
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        forged
+            .message()
+            .contains("is not a SPIFFE ID of partner.example"),
+        "{forged}"
+    );
 
     // it no longer does: the stream sends the SVID again, without the bundle
     let shown = issuer.cli_json(&["entry", "show", "-selector", "k8s:sa:curl-spire"]);
@@ -302,5 +374,9 @@ async fn federated_bundles_go_only_to_workloads_that_federate() {
         .unwrap()
         .unwrap();
     assert!(next.federated_bundles.is_empty(), "{next:?}");
+    let refused = validate(jwt_svid("spiffe://partner.example/ns/x/sa/y", &partner_key))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("not found"), "{refused}");
     server.abort();
 }
