@@ -353,3 +353,82 @@ async fn cluster_federated_trust_domain_objects_become_relationships() {
     .await;
     assert!(partner_bundle(&a).is_none());
 }
+
+/// Polls A's partner bundle until `check` holds, at most until `deadline`.
+async fn until(
+    a: &Issuer,
+    deadline: tokio::time::Instant,
+    what: &str,
+    check: impl Fn(&Bundle) -> bool,
+) {
+    loop {
+        if partner_bundle(a).is_some_and(|bundle| check(&bundle)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// https_spiffe across a CA rotation in the partner: its new CA reaches us in a
+/// refresh, and once its old CA is gone its endpoint, now signed by the new one,
+/// is still believed (authenticated with the latest bundle, not the bootstrap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_ca_rotation_is_followed_across_refreshes() {
+    let dir_b = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // a one-minute CA: the next one is prepared at 30 s, active at 50 s, and the
+    // first expires at 60 s
+    let b = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir_b.path(),
+        &sqlite_url(dir_b.path()),
+        &format!(
+            "ca_ttl: 1m\ndefault_x509_svid_ttl: 20s\ndefault_jwt_svid_ttl: 20s\nagent_svid_ttl: 20s\njoin_token_ttl: 20s\nbundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2s\n  profile: https_spiffe\n"
+        ),
+    );
+    let dir_a = tempfile::tempdir().unwrap();
+    let bootstrap = dir_a.path().join("partner.pem");
+    std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir_a.path(),
+        &sqlite_url(dir_a.path()),
+        &format!(
+            "{}    endpoint_spiffe_id: spiffe://{PARTNER}/spire/server\n    trust_domain_bundle_path: {}\n    trust_domain_bundle_format: pem\n",
+            federates_with(&format!("https://127.0.0.1:{port}"), "https_spiffe"),
+            bootstrap.display()
+        ),
+    );
+    let first = partner_bundle(&a).unwrap().x509_authorities;
+    assert_eq!(first.len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    until(&a, deadline, "the partner's next CA arrived", |bundle| {
+        bundle.x509_authorities.len() == 2 && bundle.x509_authorities.contains(&first[0])
+    })
+    .await;
+    until(&a, deadline, "the partner's first CA is gone", |bundle| {
+        !bundle.x509_authorities.is_empty() && !bundle.x509_authorities.contains(&first[0])
+    })
+    .await;
+    // and the endpoint, signed by the new CA only, is still believed
+    let td = format!("trust_domain=\"{PARTNER}\"");
+    let ok = || {
+        metric(
+            &a,
+            "meshward_issuer_federation_refreshes_total",
+            &[&td, "result=\"ok\""],
+        )
+    };
+    let before = ok();
+    eventually(&a, "refreshes after the rotation", || {
+        (ok() >= before + 2.0).then_some(())
+    })
+    .await;
+}
