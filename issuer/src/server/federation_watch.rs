@@ -9,9 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
+use kube::api::DynamicObject;
+use kube::runtime::watcher::Event;
 use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use serde_json::Value;
 
@@ -22,17 +21,11 @@ const PREFIX: &str = "k8s/";
 
 /// Follows the objects until the process ends.
 pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Arc<Issuer<D>>) {
-    let resource = ApiResource {
-        group: "spire.spiffe.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "spire.spiffe.io/v1alpha1".into(),
-        kind: "ClusterFederatedTrustDomain".into(),
-        plural: "clusterfederatedtrustdomains".into(),
-    };
-    let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = super::spire_objects::watch(
+        client,
+        "ClusterFederatedTrustDomain",
+        "clusterfederatedtrustdomains",
+    );
     let mut listed: Option<BTreeSet<String>> = None;
     while let Some(event) = stream.next().await {
         match event {

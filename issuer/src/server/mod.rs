@@ -14,6 +14,7 @@ mod bundle_endpoint;
 mod convert;
 mod federation_watch;
 mod health;
+mod spire_objects;
 mod templates_watch;
 
 use std::future::Future;

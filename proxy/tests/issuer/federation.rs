@@ -43,6 +43,24 @@ fn metric(issuer: &Issuer, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The partner's issuer, serving its bundle at an https_spiffe endpoint on
+/// 127.0.0.1 (`extra`: more issuer.yaml lines, `endpoint`: more `bundle_endpoint`
+/// lines); its directory, the issuer, and the endpoint's URL.
+fn partner_issuer(extra: &str, endpoint: &str) -> (tempfile::TempDir, Issuer, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let issuer = Issuer::with_extra(
+        meshward(),
+        PARTNER,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "{extra}bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_spiffe\n{endpoint}"
+        ),
+    );
+    (dir, issuer, format!("https://127.0.0.1:{port}"))
+}
+
 /// `issuer.yaml` lines federating with the partner.
 fn federates_with(url: &str, profile: &str) -> String {
     format!(
@@ -53,18 +71,7 @@ fn federates_with(url: &str, profile: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
     // B serves its bundle at an https_spiffe endpoint, hinting a 2 s refresh
-    let dir_b = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let b = Issuer::with_extra(
-        meshward(),
-        PARTNER,
-        dir_b.path(),
-        &sqlite_url(dir_b.path()),
-        &format!(
-            "bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2s\n  profile: https_spiffe\n"
-        ),
-    );
-    let url = format!("https://127.0.0.1:{port}");
+    let (_dir_b, b, url) = partner_issuer("", "  refresh_hint: 2s\n");
     let spiffe = |endpoint_id: &str, dir: &Path| {
         // bootstrap: B's CA certificates only, as an operator copies them
         let bootstrap = dir.join("partner.pem");
@@ -201,20 +208,11 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relationships_are_managed_with_the_cli() {
-    let dir_b = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let b = Issuer::with_extra(
-        meshward(),
-        PARTNER,
-        dir_b.path(),
-        &sqlite_url(dir_b.path()),
-        &format!("bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_spiffe\n"),
-    );
+    let (_dir_b, b, url) = partner_issuer("", "");
     let dir_a = tempfile::tempdir().unwrap();
     let a = Issuer::new(meshward(), TD, dir_a.path(), &sqlite_url(dir_a.path()));
     let bootstrap = dir_a.path().join("partner.pem");
     std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
-    let url = format!("https://127.0.0.1:{port}");
     let endpoint_id = format!("spiffe://{PARTNER}/spire/server");
     let create = |td: &str, with_bundle: bool| {
         let mut args = vec![
@@ -284,15 +282,7 @@ async fn relationships_are_managed_with_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_federated_trust_domain_objects_become_relationships() {
     use meshward_test_support::kube_api::FakeKubeApi;
-    let dir_b = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let b = Issuer::with_extra(
-        meshward(),
-        PARTNER,
-        dir_b.path(),
-        &sqlite_url(dir_b.path()),
-        &format!("bundle_endpoint:\n  listen: 127.0.0.1:{port}\n  profile: https_spiffe\n"),
-    );
+    let (_dir_b, b, url) = partner_issuer("", "");
     let (_, partner_json, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
     let dir_a = tempfile::tempdir().unwrap();
     let api = FakeKubeApi::start(dir_a.path()).await;
@@ -301,7 +291,7 @@ async fn cluster_federated_trust_domain_objects_become_relationships() {
         "metadata": {"name": "payments", "uid": "u1", "generation": 1},
         "spec": {
             "trustDomain": PARTNER,
-            "bundleEndpointURL": format!("https://127.0.0.1:{port}"),
+            "bundleEndpointURL": url,
             "bundleEndpointProfile": {"type": "https_spiffe", "endpointSPIFFEID": format!("spiffe://{PARTNER}/spire/server")},
             "trustDomainBundle": partner_json,
         },
@@ -379,18 +369,11 @@ async fn until(
 /// is still believed (authenticated with the latest bundle, not the bootstrap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_ca_rotation_is_followed_across_refreshes() {
-    let dir_b = tempfile::tempdir().unwrap();
-    let port = free_port();
     // a one-minute CA: the next one is prepared at 30 s, active at 50 s, and the
     // first expires at 60 s
-    let b = Issuer::with_extra(
-        meshward(),
-        PARTNER,
-        dir_b.path(),
-        &sqlite_url(dir_b.path()),
-        &format!(
-            "ca_ttl: 1m\ndefault_x509_svid_ttl: 20s\ndefault_jwt_svid_ttl: 20s\nagent_svid_ttl: 20s\njoin_token_ttl: 20s\nbundle_endpoint:\n  listen: 127.0.0.1:{port}\n  refresh_hint: 2s\n  profile: https_spiffe\n"
-        ),
+    let (_dir_b, b, url) = partner_issuer(
+        "ca_ttl: 1m\ndefault_x509_svid_ttl: 20s\ndefault_jwt_svid_ttl: 20s\nagent_svid_ttl: 20s\njoin_token_ttl: 20s\n",
+        "  refresh_hint: 2s\n",
     );
     let dir_a = tempfile::tempdir().unwrap();
     let bootstrap = dir_a.path().join("partner.pem");
@@ -402,7 +385,7 @@ async fn a_partner_ca_rotation_is_followed_across_refreshes() {
         &sqlite_url(dir_a.path()),
         &format!(
             "{}    endpoint_spiffe_id: spiffe://{PARTNER}/spire/server\n    trust_domain_bundle_path: {}\n    trust_domain_bundle_format: pem\n",
-            federates_with(&format!("https://127.0.0.1:{port}"), "https_spiffe"),
+            federates_with(&url, "https_spiffe"),
             bootstrap.display()
         ),
     );
