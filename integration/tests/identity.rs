@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use meshward_integration::{Cluster, PodSpec, Process, available_or_skip};
 
 const TD: &str = "math.example.com";
+const PARTNER: &str = "spiffe://partner.example";
 
 /// The meshward binary next to this test's (cargo test --workspace builds it).
 fn meshward() -> PathBuf {
@@ -120,18 +121,41 @@ fn pods_get_exactly_their_identity_from_the_node_agent() {
         "json",
     ]);
     let token: serde_json::Value = serde_json::from_str(&token).unwrap();
-    for (id, selectors) in [
+    // a partner's bundle, which only curl-spire's entry federates with
+    let partner_ca = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    };
+    let partner_pem = dir.join("partner.pem");
+    std::fs::write(&partner_pem, partner_ca).unwrap();
+    let (code, _, err) = run(&[
+        "issuer",
+        "bundle",
+        "set",
+        "-id",
+        PARTNER,
+        "-path",
+        partner_pem.to_str().unwrap(),
+        "-socketPath",
+        admin,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for (id, selectors, federates) in [
         (
             "ns/default/sa/curl-spire",
             ["k8s:ns:default", "k8s:sa:curl-spire"],
+            true,
         ),
         (
             "ns/echoserver/sa/default",
             ["k8s:ns:echoserver", "k8s:sa:default"],
+            false,
         ),
     ] {
         let spiffe_id = format!("spiffe://{TD}/{id}");
-        let (code, _, err) = run(&[
+        let mut args = vec![
             "issuer",
             "entry",
             "create",
@@ -145,7 +169,11 @@ fn pods_get_exactly_their_identity_from_the_node_agent() {
             selectors[1],
             "-socketPath",
             admin,
-        ]);
+        ];
+        if federates {
+            args.extend(["-federatesWith", PARTNER]);
+        }
+        let (code, _, err) = run(&args);
         assert_eq!(code, 0, "{err}");
     }
     let (_, bundle, _) = run(&["issuer", "bundle", "show", "-socketPath", admin]);
@@ -280,6 +308,26 @@ fn pods_get_exactly_their_identity_from_the_node_agent() {
         assert_eq!(got["x509_spiffe_id"], want.as_str());
         assert_eq!(got["jwt_spiffe_id"], want.as_str());
         assert_eq!(got["validated_spiffe_id"], want.as_str());
+        // the partner's bundle too: curl-spire's entry federates with it
+        assert_eq!(
+            got["bundle_trust_domains"],
+            serde_json::json!([TD, "partner.example"])
+        );
+        // and not for a workload whose entry does not
+        let out = c
+            .exec_in_pod(
+                "echoserver",
+                "python3",
+                &[script.to_str().unwrap(), sock, "payments"],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+        let got: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(
+            got["x509_spiffe_id"],
+            format!("spiffe://{TD}/ns/echoserver/sa/default").as_str()
+        );
         assert_eq!(got["bundle_trust_domains"], serde_json::json!([TD]));
     } else if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("py-spiffe is not installed: scripts/test.sh installs it (pip install spiffe)");
