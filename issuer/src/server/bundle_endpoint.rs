@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use meshward_tls::CertStore;
 use tokio::net::TcpListener;
 
@@ -18,6 +18,11 @@ use crate::datastore::Datastore;
 use crate::service::Issuer;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head not complete by then closes the connection: the endpoint is
+/// public, and a client trickling bytes must not hold a connection forever.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 256;
 
 /// TLS for the endpoint: the rotating issuer SVID, or a fixed Web PKI certificate.
 pub(crate) fn tls_config(cert: Arc<CertStore>) -> Arc<rustls::ServerConfig> {
@@ -53,10 +58,15 @@ pub(crate) async fn serve<D: Datastore + 'static>(
     issuer: Arc<Issuer<D>>,
 ) -> Result<(), String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let (acceptor, issuer) = (acceptor.clone(), issuer.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let Ok(Ok(tls)) =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
             else {
@@ -67,6 +77,8 @@ pub(crate) async fn serve<D: Datastore + 'static>(
                 async move { Ok::<_, std::convert::Infallible>(answer(req.method(), &issuer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });

@@ -62,6 +62,32 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
         (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
         (1, 1)
     );
+    // a client that never finishes its request head is closed, not kept
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let verifier = meshward_tls::SpiffeServerVerifier::new(
+            issuer.bundle(),
+            meshward_tls::Authorizer::AnyTrusted,
+        );
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("issuer").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: iss").await.unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a half-sent request held the connection for 20 s"
+        );
+    }
     let (_, shown, _) = issuer.cli(&["bundle", "show", "-format", "spiffe"]);
     assert_eq!(
         meshward_spiffe::Bundle::from_spiffe_json(
