@@ -61,6 +61,19 @@ fn partner_issuer(extra: &str, endpoint: &str) -> (tempfile::TempDir, Issuer, St
     (dir, issuer, format!("https://127.0.0.1:{port}"))
 }
 
+/// How many of the issuer's refreshes of the partner's bundle ended with `result`
+/// (`ok` or `error`).
+fn refreshes(issuer: &Issuer, result: &str) -> f64 {
+    metric(
+        issuer,
+        "meshward_issuer_federation_refreshes_total",
+        &[
+            &format!("trust_domain=\"{PARTNER}\""),
+            &format!("result=\"{result}\""),
+        ],
+    )
+}
+
 /// `issuer.yaml` lines federating with the partner.
 fn federates_with(url: &str, profile: &str) -> String {
     format!(
@@ -102,14 +115,10 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
     assert_eq!(fetched.refresh_hint, Duration::from_secs(2));
     // and again at the hint: a refresh every 2 s, each counted
     let td = format!("trust_domain=\"{PARTNER}\"");
-    let ok = |issuer: &Issuer| {
-        metric(
-            issuer,
-            "meshward_issuer_federation_refreshes_total",
-            &[&td, "result=\"ok\""],
-        )
-    };
-    eventually(&a, "a second refresh", || (ok(&a) >= 2.0).then_some(())).await;
+    eventually(&a, "a second refresh", || {
+        (refreshes(&a, "ok") >= 2.0).then_some(())
+    })
+    .await;
     assert!(
         metric(
             &a,
@@ -127,15 +136,11 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
         &sqlite_url(dir_c.path()),
         &spiffe(&format!("spiffe://{PARTNER}/someone-else"), dir_c.path()),
     );
-    let error = |issuer: &Issuer| {
-        metric(
-            issuer,
-            "meshward_issuer_federation_refreshes_total",
-            &[&td, "result=\"error\""],
-        )
-    };
-    eventually(&c, "C's fetch failed", || (error(&c) >= 2.0).then_some(())).await;
-    assert_eq!(ok(&c), 0.0);
+    eventually(&c, "C's fetch failed", || {
+        (refreshes(&c, "error") >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(refreshes(&c, "ok"), 0.0);
     let kept = partner_bundle(&c).unwrap();
     assert!(
         kept.jwt_keys.is_empty(),
@@ -193,13 +198,8 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
         &sqlite_url(dir_c.path()),
         &federates_with(&url, "https_web"),
     );
-    let td = format!("trust_domain=\"{PARTNER}\"");
     eventually(&c, "C's fetch failed", || {
-        let failed = metric(
-            &c,
-            "meshward_issuer_federation_refreshes_total",
-            &[&td, "result=\"error\""],
-        );
+        let failed = refreshes(&c, "error");
         (failed >= 1.0).then_some(())
     })
     .await;
@@ -259,13 +259,8 @@ async fn relationships_are_managed_with_the_cli() {
     assert!(out.contains("refreshed"), "{out}");
     assert_eq!(partner_bundle(&a).unwrap().jwt_keys.len(), 1);
     // and kept fresh by the issuer itself, as a configured one is
-    let td = format!("trust_domain=\"{PARTNER}\"");
     eventually(&a, "the issuer refreshes it", || {
-        let ok = metric(
-            &a,
-            "meshward_issuer_federation_refreshes_total",
-            &[&td, "result=\"ok\""],
-        );
+        let ok = refreshes(&a, "ok");
         (ok >= 1.0).then_some(())
     })
     .await;
@@ -401,17 +396,9 @@ async fn a_partner_ca_rotation_is_followed_across_refreshes() {
     })
     .await;
     // and the endpoint, signed by the new CA only, is still believed
-    let td = format!("trust_domain=\"{PARTNER}\"");
-    let ok = || {
-        metric(
-            &a,
-            "meshward_issuer_federation_refreshes_total",
-            &[&td, "result=\"ok\""],
-        )
-    };
-    let before = ok();
+    let before = refreshes(&a, "ok");
     eventually(&a, "refreshes after the rotation", || {
-        (ok() >= before + 2.0).then_some(())
+        (refreshes(&a, "ok") >= before + 2.0).then_some(())
     })
     .await;
 }
