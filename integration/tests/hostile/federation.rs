@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use meshward_integration::available_or_skip;
 use meshward_integration::hbone::{Credentials, LeafSpec, Tunnel, mint_leaf, tunnel};
-use meshward_integration::{Mesh, available_or_skip};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
-use crate::support::{TD, contains, echo_mesh, eventually, tcp_echo};
+use crate::support::{contains, echo_mesh, eventually, tcp_echo};
 
 const PARTNER: &str = "partner.example";
 
@@ -25,34 +25,6 @@ fn partner_ca(dir: &Path) {
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
-}
-
-/// Sets the echoserver entry's `federatesWith` (empty: none).
-fn federate_echoserver(mesh: &Mesh, with: &[&str]) {
-    let id = format!("spiffe://{TD}/ns/echoserver/sa/default");
-    let shown = mesh
-        .issuer_cli(&["entry", "show", "-spiffeID", &id, "-output", "json"])
-        .unwrap();
-    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    let entry = &shown["entries"][0];
-    let mut args = vec![
-        "entry".to_owned(),
-        "update".into(),
-        "-entryID".into(),
-        entry["id"].as_str().unwrap().into(),
-        "-spiffeID".into(),
-        id,
-        "-parentID".into(),
-        entry["parent_id"].as_str().unwrap().into(),
-    ];
-    for s in entry["selectors"].as_array().unwrap() {
-        args.extend(["-selector".into(), s.as_str().unwrap().into()]);
-    }
-    for td in with {
-        args.extend(["-federatesWith".into(), format!("spiffe://{td}")]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    mesh.issuer_cli(&args).unwrap();
 }
 
 #[test]
@@ -105,7 +77,7 @@ fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
 
     // the echoserver federates with the partner: its workloads are served, and
     // the pod learns who called
-    federate_echoserver(&mesh, &[PARTNER]);
+    mesh.federate_pod("echoserver", &[PARTNER]).unwrap();
     let served = eventually(&mesh, "the partner's workload is served", || match call() {
         Tunnel::Open(bytes) if contains(&bytes, " 200 ") => Ok(bytes),
         other => Err(format!("{other:?}")),
@@ -136,7 +108,7 @@ fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
             (outcome, started.elapsed())
         });
         std::thread::sleep(Duration::from_secs(2));
-        federate_echoserver(&mesh, &[]);
+        mesh.federate_pod("echoserver", &[]).unwrap();
         open.join().unwrap()
     });
     assert!(

@@ -1,7 +1,9 @@
 //! `meshward demo`: the quick start. Builds the integration environment on this
 //! machine (an issuer, two nodes with daemons, an echoserver, a curl pod with an
-//! identity and one without), replays the zero-trust talk, then stays up for the
-//! user to try things (`meshward demo exec`) until Ctrl-C removes everything.
+//! identity and one without) and a second cluster of another trust domain (its
+//! issuer, a node, a `payments` pod serving on 8080), replays the zero-trust talk
+//! and then the federation act, and stays up for the user to try things
+//! (`meshward demo exec`) until Ctrl-C removes everything.
 //! `--check` runs the same steps without waiting and fails on any surprise.
 
 mod scenario;
@@ -41,7 +43,7 @@ pub(crate) struct DemoArgs {
 enum DemoCommand {
     /// Run a command in a pod of the running demo, e.g. `exec curl-spire -- curl ...`.
     Exec {
-        /// curl-spire, curl or echoserver
+        /// curl-spire, curl, echoserver, or payments (the second cluster's pod)
         pod: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -72,6 +74,10 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
     preflight()?;
     let stop = watch_signals()?;
     clear_leftovers()?;
+    let partner = scenario::PARTNER_TRUST_DOMAIN;
+    if trust_domain.as_str() == partner {
+        bail!("--trust-domain: {partner} is the second cluster's; choose another");
+    }
     let bin = std::env::current_exe().context("where is this meshward binary?")?;
     let mut spec = MeshSpec::new(trust_domain.as_str(), &["node-1", "node-2"]);
     spec.prefix(PREFIX, BLOCK)
@@ -91,8 +97,21 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
                 .namespace("echoserver")
                 .label("app", "echoserver"),
             true,
+        )
+        // the federation act's second cluster: pod addresses route between the
+        // clusters (as two peered VPCs); trust is what federation adds
+        .cluster(partner, &["node-3"])
+        .pod(
+            "node-3",
+            PodSpec::new("payments")
+                .namespace("payments")
+                .service_account("checkout"),
+            true,
         );
-    println!("meshward demo: trust domain {trust_domain}; two nodes, an issuer, three pods");
+    println!(
+        "meshward demo: trust domain {trust_domain} (two nodes, an issuer, three pods) and \
+         a second cluster, {partner} (a node, its issuer, one pod)"
+    );
     let started = Instant::now();
     let mut phase_started = Instant::now();
     let mut report = |phase: Phase| {
@@ -105,7 +124,7 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
             match phase {
                 Phase::Network =>
                     "creating the environment: network namespaces, veth pairs, routes",
-                Phase::Issuer => "starting the issuer (CA, SQLite datastore)",
+                Phase::Issuer => "starting the issuers (CA, SQLite datastore), one per cluster",
                 Phase::Nodes =>
                     "registering the pods; node daemons attest, install capture, fetch SVIDs",
             }
@@ -116,26 +135,17 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).context("building the demo environment"),
     };
     println!("   done ({:.1}s)", phase_started.elapsed().as_secs_f64());
-    let echo = mesh
-        .cluster
-        .spawn_in_pod(
-            "echoserver",
-            &bin.display().to_string(),
-            &["echoserver", "--listen", "0.0.0.0:8080"],
-        )
-        .context("starting the echoserver")?;
+    let servers = ["echoserver", "payments"]
+        .into_iter()
+        .map(|pod| serve_echo(&mesh, &bin, pod))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let echo_ip = mesh.pod_ip("echoserver")?;
-    meshward_integration::wait_for_port(
-        mesh.cluster.pod("echoserver")?.netns(),
-        (echo_ip, 8080).into(),
-        Duration::from_secs(10),
-    )?;
     write_state(&mesh)?;
     println!("ready in {:.1}s", started.elapsed().as_secs_f64());
 
     let echo_url = format!("http://{echo_ip}:8080");
     let stopped = || stop.load(Ordering::Relaxed);
-    let failures = scenario::run(&mesh, &echo_url, &stopped);
+    let failures = scenario::run(&mesh, &stopped);
     let outcome = if failures == 0 && !stopped() {
         println!("\nevery step showed what the talk shows");
         ExitCode::SUCCESS
@@ -150,10 +160,28 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
         }
         println!("\nremoving everything...");
     }
-    drop(echo);
+    drop(servers);
     drop(mesh);
     let _ = std::fs::remove_file(STATE_FILE);
     Ok(outcome)
+}
+
+/// The echoserver on port 8080 of `pod`.
+fn serve_echo(mesh: &Mesh, bin: &Path, pod: &str) -> anyhow::Result<meshward_integration::Process> {
+    let server = mesh
+        .cluster
+        .spawn_in_pod(
+            pod,
+            &bin.display().to_string(),
+            &["echoserver", "--listen", "0.0.0.0:8080"],
+        )
+        .with_context(|| format!("starting the echoserver in {pod}"))?;
+    meshward_integration::wait_for_port(
+        mesh.cluster.pod(pod)?.netns(),
+        (mesh.pod_ip(pod)?, 8080).into(),
+        Duration::from_secs(10),
+    )?;
+    Ok(server)
 }
 
 fn hints(mesh: &Mesh, bin: &Path, echo_url: &str) {
@@ -164,6 +192,7 @@ fn hints(mesh: &Mesh, bin: &Path, echo_url: &str) {
          \x20 meshward demo exec curl-spire -- curl -sS -X POST {echo_url}/api/payment\n\
          \x20 meshward demo exec curl-spire -- curl -sS {echo_url}/list\n\
          \x20 meshward demo exec curl -- curl -sS {echo_url}/            (no identity: refused)\n\
+         \x20 meshward demo exec payments -- curl -sS {echo_url}/       (the partner cluster, federated)\n\
          \x20 meshward demo exec curl-spire -- {} api fetch x509 -socketPath {}\n\
          Policies, reloaded within a second of any edit: {}\n\
          Logs (issuer, node daemons with every refusal, echoserver): {}\n\

@@ -18,16 +18,22 @@ const ALLOW_PAYMENT_ONLY: (&str, &str) = (
     "03-allow-payment-only",
     include_str!("../../../docker/examples/policies/03-allow-payment-only.yaml"),
 );
+const ALLOW_PARTNER: (&str, &str) = (
+    "04-allow-partner",
+    include_str!("../../../docker/examples/policies/04-allow-partner.yaml"),
+);
 /// The trust domain the policy files name.
 pub(crate) const TALK_TRUST_DOMAIN: &str = "math.example.com";
-/// A policy change reaches the daemons within about a second; give it a few.
-const SETTLE: Duration = Duration::from_secs(10);
+/// The second cluster's trust domain (04-allow-partner.yaml names it).
+pub(crate) const PARTNER_TRUST_DOMAIN: &str = "payments.example.org";
+/// A policy or federation change reaches the daemons within a few seconds.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// What a step must show.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    /// No HTTP answer at all: the connection is refused.
-    Refused,
+    /// No HTTP answer at all: the connection is refused, for this reason.
+    Refused(&'static str),
     /// This status; with `xfcc`, the echoserver saw an XFCC naming the caller.
     Status { code: u16, xfcc: bool },
 }
@@ -36,99 +42,119 @@ struct Request {
     pod: &'static str,
     method: &'static str,
     path: &'static str,
+    /// The pod called (its port 8080).
+    to: &'static str,
     expect: Expect,
+}
+
+/// What a step changes before its requests, as the user would.
+enum Change {
+    Apply((&'static str, &'static str)),
+    Remove(&'static str),
+    /// Each cluster's issuer federates with the other; the echoserver's entry
+    /// federates with the partner, the partner's payments entry with us.
+    Federate,
 }
 
 struct Step {
     title: &'static str,
-    remove: Option<&'static str>,
-    apply: Option<(&'static str, &'static str)>,
+    changes: Vec<Change>,
     requests: Vec<Request>,
 }
+
+const NO_IDENTITY: Expect = Expect::Refused(
+    "refused: no identity, no mTLS, and the destination accepts only mTLS (STRICT)",
+);
+const NOT_FEDERATED: Expect = Expect::Refused(
+    "refused: the caller's node does not trust the other trust domain for this caller",
+);
+const OK_WITH_XFCC: Expect = Expect::Status {
+    code: 200,
+    xfcc: true,
+};
+const DENIED: Expect = Expect::Status {
+    code: 403,
+    xfcc: false,
+};
 
 fn steps() -> Vec<Step> {
     let get = |pod, path, expect| Request {
         pod,
         method: "GET",
         path,
+        to: "echoserver",
         expect,
     };
     vec![
         Step {
             title: "a pod without identity is refused",
-            remove: None,
-            apply: None,
-            requests: vec![get("curl", "/", Expect::Refused)],
+            changes: vec![],
+            requests: vec![get("curl", "/", NO_IDENTITY)],
         },
         Step {
             title: "a pod with identity gets 200, and the echoserver sees who called",
-            remove: None,
-            apply: None,
-            requests: vec![get(
-                "curl-spire",
-                "/",
-                Expect::Status {
-                    code: 200,
-                    xfcc: true,
-                },
-            )],
+            changes: vec![],
+            requests: vec![get("curl-spire", "/", OK_WITH_XFCC)],
         },
         Step {
             title: "default deny for the echoserver namespace",
-            remove: None,
-            apply: Some(DEFAULT_DENY),
-            requests: vec![get(
-                "curl-spire",
-                "/",
-                Expect::Status {
-                    code: 403,
-                    xfcc: false,
-                },
-            )],
+            changes: vec![Change::Apply(DEFAULT_DENY)],
+            requests: vec![get("curl-spire", "/", DENIED)],
         },
         Step {
             title: "ALLOW the caller's SPIFFE identity",
-            remove: None,
-            apply: Some(ALLOW_CURL_SPIRE),
-            requests: vec![get(
-                "curl-spire",
-                "/",
-                Expect::Status {
-                    code: 200,
-                    xfcc: true,
-                },
-            )],
+            changes: vec![Change::Apply(ALLOW_CURL_SPIRE)],
+            requests: vec![get("curl-spire", "/", OK_WITH_XFCC)],
         },
         Step {
             title: "ALLOW only POST /api/payment",
-            remove: Some(ALLOW_CURL_SPIRE.0),
-            apply: Some(ALLOW_PAYMENT_ONLY),
+            changes: vec![
+                Change::Remove(ALLOW_CURL_SPIRE.0),
+                Change::Apply(ALLOW_PAYMENT_ONLY),
+            ],
             requests: vec![
                 Request {
                     pod: "curl-spire",
                     method: "POST",
                     path: "/api/payment",
-                    expect: Expect::Status {
-                        code: 200,
-                        xfcc: true,
-                    },
+                    to: "echoserver",
+                    expect: OK_WITH_XFCC,
                 },
-                get(
-                    "curl-spire",
-                    "/list",
-                    Expect::Status {
-                        code: 403,
-                        xfcc: false,
-                    },
-                ),
+                get("curl-spire", "/list", DENIED),
             ],
+        },
+        Step {
+            title: "a second cluster, trust domain payments.example.org: its workload is refused",
+            changes: vec![],
+            requests: vec![get("payments", "/", NOT_FEDERATED)],
+        },
+        Step {
+            title: "the clusters federate: the default deny now judges the partner's workload",
+            changes: vec![Change::Federate],
+            requests: vec![get("payments", "/", DENIED)],
+        },
+        Step {
+            title: "ALLOW the partner's SPIFFE ID: 200, and the echoserver sees it",
+            changes: vec![Change::Apply(ALLOW_PARTNER)],
+            requests: vec![get("payments", "/", OK_WITH_XFCC)],
+        },
+        Step {
+            title: "curl-spire's entry does not federate with the partner: it cannot reach the partner",
+            changes: vec![],
+            requests: vec![Request {
+                pod: "curl-spire",
+                method: "GET",
+                path: "/",
+                to: "payments",
+                expect: NOT_FEDERATED,
+            }],
         },
     ]
 }
 
 /// Runs every step; returns how many showed something else than expected.
 /// `stop` is polled between steps (Ctrl-C).
-pub(crate) fn run(mesh: &Mesh, echo_url: &str, stop: &dyn Fn() -> bool) -> usize {
+pub(crate) fn run(mesh: &Mesh, stop: &dyn Fn() -> bool) -> usize {
     let td = mesh.trust_domain().to_owned();
     let mut failures = 0;
     for (n, step) in steps().into_iter().enumerate() {
@@ -136,27 +162,14 @@ pub(crate) fn run(mesh: &Mesh, echo_url: &str, stop: &dyn Fn() -> bool) -> usize
             break;
         }
         println!("\n== Step {}: {}", n + 1, step.title);
-        if let Some(name) = step.remove {
-            println!("$ kubectl delete -f docker/examples/policies/{name}.yaml");
-            if let Err(e) = mesh.delete_policy(name) {
-                println!("   could not remove it: {e}");
-            }
-        }
-        if let Some((name, yaml)) = step.apply {
-            println!("$ kubectl apply -f docker/examples/policies/{name}.yaml");
-            for line in yaml.lines().filter(|l| !l.starts_with('#')) {
-                println!("   | {line}");
-            }
-            // the files name the talk's trust domain; another one is substituted
-            let yaml = yaml.replace(TALK_TRUST_DOMAIN, &td);
-            if let Err(e) = mesh.apply_policy(name, &yaml) {
-                println!("   could not apply it: {e}");
+        for change in &step.changes {
+            if let Err(e) = make(mesh, change, &td) {
+                println!("   could not do it: {e}");
                 failures += 1;
-                continue;
             }
         }
         for request in &step.requests {
-            if !perform(mesh, echo_url, request, &td) {
+            if !perform(mesh, request) {
                 failures += 1;
             }
         }
@@ -164,9 +177,44 @@ pub(crate) fn run(mesh: &Mesh, echo_url: &str, stop: &dyn Fn() -> bool) -> usize
     failures
 }
 
-/// One request, retried while a policy change settles; prints what it saw.
-fn perform(mesh: &Mesh, echo_url: &str, request: &Request, td: &str) -> bool {
-    let url = format!("{echo_url}{}", request.path);
+fn make(mesh: &Mesh, change: &Change, td: &str) -> meshward_integration::Result<()> {
+    match change {
+        Change::Remove(name) => {
+            println!("$ kubectl delete -f docker/examples/policies/{name}.yaml");
+            mesh.delete_policy(name)
+        }
+        Change::Apply((name, yaml)) => {
+            println!("$ kubectl apply -f docker/examples/policies/{name}.yaml");
+            for line in yaml.lines().filter(|l| !l.starts_with('#')) {
+                println!("   | {line}");
+            }
+            // the files name the talk's trust domain; another one is substituted
+            mesh.apply_policy(name, &yaml.replace(TALK_TRUST_DOMAIN, td))
+        }
+        Change::Federate => {
+            let commands = [
+                mesh.federate(td, PARTNER_TRUST_DOMAIN)?,
+                mesh.federate(PARTNER_TRUST_DOMAIN, td)?,
+                vec![mesh.federate_pod("echoserver", &[PARTNER_TRUST_DOMAIN])?],
+                vec![mesh.federate_pod("payments", &[td])?],
+            ];
+            for command in commands.iter().flatten() {
+                println!("$ {command}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One request, retried while a change settles; prints what it saw.
+fn perform(mesh: &Mesh, request: &Request) -> bool {
+    let (url, caller) = match (mesh.pod_ip(request.to), mesh.pod_spiffe_id(request.pod)) {
+        (Ok(ip), Ok(caller)) => (format!("http://{ip}:8080{}", request.path), caller),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("   UNEXPECTED: {e}");
+            return false;
+        }
+    };
     let mut args = vec!["-X", request.method, url.as_str()];
     if request.method == "POST" {
         args.splice(2..2, ["-d", "amount=42"]);
@@ -180,7 +228,7 @@ fn perform(mesh: &Mesh, echo_url: &str, request: &Request, td: &str) -> bool {
     let (response, verdict) = loop {
         let response = mesh.cluster.curl(request.pod, &args);
         let verdict = match &response {
-            Ok(r) => judge(r, request.expect, request.pod, td),
+            Ok(r) => judge(r, request.expect, &caller),
             Err(e) => Err(format!("curl did not run: {e}")),
         };
         if verdict.is_ok() || Instant::now() >= deadline {
@@ -203,12 +251,11 @@ fn perform(mesh: &Mesh, echo_url: &str, request: &Request, td: &str) -> bool {
     }
 }
 
-fn judge(r: &CurlResponse, expect: Expect, pod: &str, td: &str) -> Result<String, String> {
+/// Whether `r` is what `expect` says; `caller` is the calling pod's SPIFFE ID.
+fn judge(r: &CurlResponse, expect: Expect, caller: &str) -> Result<String, String> {
     match (expect, r.status) {
-        (Expect::Refused, None) => Ok(
-            "refused: no identity, no mTLS, and the destination accepts only mTLS (STRICT)".into(),
-        ),
-        (Expect::Refused, Some(code)) => Err(format!("expected a refusal, got HTTP {code}")),
+        (Expect::Refused(why), None) => Ok(why.into()),
+        (Expect::Refused(_), Some(code)) => Err(format!("expected a refusal, got HTTP {code}")),
         (Expect::Status { code, .. }, got) if got != Some(code) => Err(format!(
             "expected HTTP {code}, got {}",
             got.map_or_else(|| "no answer".to_owned(), |c| c.to_string())
@@ -218,7 +265,7 @@ fn judge(r: &CurlResponse, expect: Expect, pod: &str, td: &str) -> Result<String
         }
         (Expect::Status { code: 403, .. }, _) => Ok("403 RBAC: access denied".into()),
         (Expect::Status { code, xfcc: true }, _) => {
-            let want = format!("URI=spiffe://{td}/ns/default/sa/{}", pod_account(pod));
+            let want = format!("URI={caller}");
             match xfcc_of(r) {
                 Some(x) if x.ends_with(&want) => Ok(format!(
                     "{code}, and the echoserver saw the caller's identity"
@@ -227,14 +274,6 @@ fn judge(r: &CurlResponse, expect: Expect, pod: &str, td: &str) -> Result<String
             }
         }
         (Expect::Status { code, .. }, _) => Ok(code.to_string()),
-    }
-}
-
-fn pod_account(pod: &str) -> &str {
-    if pod == "curl-spire" {
-        "curl-spire"
-    } else {
-        "default"
     }
 }
 
@@ -291,10 +330,12 @@ mod tests {
         let xfcc = format!(
             r#"{{"request":{{"headers":{{"x-forwarded-client-cert":"By=spiffe://{TD}/ns/echoserver/sa/default;Hash=00;Subject=\"\";URI=spiffe://{TD}/ns/default/sa/curl-spire"}}}}}}"#
         );
-        assert!(judge(&response(Some(200), &xfcc), ok_200, "curl-spire", TD).is_ok());
+        let curl_spire = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+        assert!(judge(&response(Some(200), &xfcc), ok_200, &curl_spire).is_ok());
         // 200 without XFCC, or naming someone else, is not the talk
-        assert!(judge(&response(Some(200), "{}"), ok_200, "curl-spire", TD).is_err());
-        assert!(judge(&response(Some(200), &xfcc), ok_200, "curl", TD).is_err());
+        assert!(judge(&response(Some(200), "{}"), ok_200, &curl_spire).is_err());
+        let partner = "spiffe://payments.example.org/ns/default/sa/curl-spire";
+        assert!(judge(&response(Some(200), &xfcc), ok_200, partner).is_err());
         // 403 must be Envoy's refusal
         let denied = Expect::Status {
             code: 403,
@@ -304,15 +345,14 @@ mod tests {
             judge(
                 &response(Some(403), "RBAC: access denied"),
                 denied,
-                "curl-spire",
-                TD
+                &curl_spire
             )
             .is_ok()
         );
-        assert!(judge(&response(Some(403), "Forbidden"), denied, "curl-spire", TD).is_err());
+        assert!(judge(&response(Some(403), "Forbidden"), denied, &curl_spire).is_err());
         // a refusal is no answer at all
-        assert!(judge(&response(None, ""), Expect::Refused, "curl", TD).is_ok());
-        assert!(judge(&response(Some(200), ""), Expect::Refused, "curl", TD).is_err());
-        assert!(judge(&response(None, ""), denied, "curl-spire", TD).is_err());
+        assert!(judge(&response(None, ""), NO_IDENTITY, "").is_ok());
+        assert!(judge(&response(Some(200), ""), NO_IDENTITY, "").is_err());
+        assert!(judge(&response(None, ""), denied, &curl_spire).is_err());
     }
 }
