@@ -75,7 +75,7 @@ impl ClusterIssuer {
             &[],
             &dir,
         )?;
-        let issuer = Self {
+        let mut issuer = Self {
             trust_domain: trust_domain.to_owned(),
             ip,
             bundle_file: dir.join(format!("{name}-bundle.pem")),
@@ -123,12 +123,14 @@ impl ClusterIssuer {
         format!("https://{}:{BUNDLE_ENDPOINT_PORT}", self.ip)
     }
 
-    fn wait_healthy(&self, bin: &Path) -> Result<()> {
+    /// Waits until the issuer answers; fails at once if it exited (a config
+    /// error, say).
+    fn wait_healthy(&mut self, bin: &Path) -> Result<()> {
         let deadline = Instant::now() + STARTUP;
         loop {
             match self.cli(bin, &["healthcheck"]) {
                 Ok(_) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
+                Err(e) if Instant::now() >= deadline || !self.process.is_running() => {
                     return Err(HarnessError::Invalid(format!(
                         "the issuer of {} never became healthy: {e}\n{}",
                         self.trust_domain,

@@ -44,7 +44,7 @@ pub(crate) fn handshake(error: &io::Error) -> (&'static str, &'static str) {
         {
             (
                 "unknown_trust_domain",
-                "the peer's trust domain has no bundle here: federate with it (issuer bundle set) or check the peer's trust domain",
+                "the peer's trust domain has no bundle here: federate with it (meshward issuer federation create) or check the peer's trust domain",
             )
         }
         rustls::Error::InvalidCertificate(CertificateError::Other(other))

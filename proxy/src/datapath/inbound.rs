@@ -91,6 +91,7 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;
     };
+    let peer_id = peer.spiffe_id.clone();
     let tunnel = Arc::new(Tunnel {
         peer: Arc::new(peer),
         pod,
@@ -105,9 +106,29 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
             async move { Ok::<_, Infallible>(response) }
         })
     };
-    let result = h2::hbone_server(&shared.limits)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let connection =
+        h2::hbone_server(&shared.limits).serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // Once the pod no longer trusts the peer's trust domain (a federation deleted,
+    // `federatesWith` changed), the connection is shut down: its streams are
+    // refused or closed already, and the peer's next connection meets a handshake
+    // that refuses it.
+    let mut state = shared.state.clone();
+    let mut watching = true;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            changed = state.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                } else if !state.borrow_and_update().trusts(target.ip(), &peer_id) {
+                    tracing::info!(%client, peer = %peer_id, "closing the HBONE connection: the pod no longer trusts the peer's trust domain");
+                    connection.as_mut().graceful_shutdown();
+                    watching = false;
+                }
+            }
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(%client, "HBONE connection ended: {e}");
     }
