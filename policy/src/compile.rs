@@ -15,7 +15,8 @@ use crate::request::PseudoHeader;
 /// far above real ones, and a bound on what every request is compared with.
 pub const MAX_VALUE_BYTES: usize = 4096;
 use crate::spec::{
-    ActionSpec, ConditionSpec, OperationSpec, PolicyDocument, RuleSpec, SourceSpec, Values,
+    ActionSpec, ConditionSpec, ObjectMeta, OperationSpec, PolicyDocument, RuleSpec, SourceSpec,
+    Values, WorkloadSelector,
 };
 use crate::template::PathMatch;
 use crate::value::{InvalidValue, StringMatch, parse_ip_block, parse_port};
@@ -29,13 +30,7 @@ pub(crate) fn compile(
     options: &EngineOptions,
     notices: &mut Vec<Notice>,
 ) -> Result<Policy, Vec<PolicyError>> {
-    let mut c = Compiler {
-        origin: &origin,
-        options,
-        id: None,
-        errors: Vec::new(),
-        notices,
-    };
+    let mut c = Compiler::new(&origin, options, notices);
     let policy = c.policy(doc);
     match policy {
         Some(policy) if c.errors.is_empty() => Ok(policy),
@@ -43,16 +38,32 @@ pub(crate) fn compile(
     }
 }
 
-struct Compiler<'a> {
-    origin: &'a Origin,
+/// One document's compilation: where it is, and what was found wrong with it.
+/// RequestAuthentication (`authn/`) compiles with it too.
+pub(crate) struct Compiler<'a> {
+    pub(crate) origin: &'a Origin,
     options: &'a EngineOptions,
-    id: Option<PolicyId>,
-    errors: Vec<PolicyError>,
+    pub(crate) id: Option<PolicyId>,
+    pub(crate) errors: Vec<PolicyError>,
     notices: &'a mut Vec<Notice>,
 }
 
-impl Compiler<'_> {
-    fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+impl<'a> Compiler<'a> {
+    pub(crate) fn new(
+        origin: &'a Origin,
+        options: &'a EngineOptions,
+        notices: &'a mut Vec<Notice>,
+    ) -> Self {
+        Compiler {
+            origin,
+            options,
+            id: None,
+            errors: Vec::new(),
+            notices,
+        }
+    }
+
+    pub(crate) fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(PolicyError::Invalid {
             origin: self.origin.clone(),
             policy: self.id.clone(),
@@ -61,7 +72,7 @@ impl Compiler<'_> {
         });
     }
 
-    fn notice(&mut self, message: String) {
+    pub(crate) fn notice(&mut self, message: String) {
         let message = match &self.id {
             Some(id) => format!("policy {id}: {message}"),
             None => message,
@@ -72,21 +83,55 @@ impl Compiler<'_> {
         });
     }
 
-    fn policy(&mut self, doc: PolicyDocument) -> Option<Policy> {
-        let meta = doc.metadata;
-        let name = match meta.name.filter(|n| !n.is_empty()) {
-            Some(name) => name,
-            None => {
-                self.error("metadata.name", "is required");
-                return None;
-            }
+    /// `metadata.namespace/metadata.name` (namespace `default` when unset).
+    pub(crate) fn object_id(&mut self, meta: &ObjectMeta) -> Option<PolicyId> {
+        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+            self.error("metadata.name", "is required");
+            return None;
         };
         let namespace = meta
             .namespace
+            .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
         let id = PolicyId { namespace, name };
         self.id = Some(id.clone());
+        Some(id)
+    }
+
+    /// The workloads an object applies to: its selector's labels (`None`: every
+    /// workload of the namespace), and whether it targets gateways instead
+    /// (`targetRef(s)`), which never apply to a workload here.
+    pub(crate) fn targets(
+        &mut self,
+        selector: Option<WorkloadSelector>,
+        target_ref: bool,
+        target_refs: bool,
+    ) -> (Option<BTreeMap<String, String>>, bool) {
+        let set =
+            usize::from(selector.is_some()) + usize::from(target_ref) + usize::from(target_refs);
+        if set > 1 {
+            self.error(
+                "spec",
+                "only one of selector, targetRef and targetRefs may be set",
+            );
+        }
+        let targets_gateway = target_ref || target_refs;
+        if targets_gateway {
+            self.notice(
+                "uses targetRef(s): it applies to gateways and waypoints only, never to a workload"
+                    .into(),
+            );
+        }
+        (
+            selector.and_then(|s| self.selector(s.match_labels)),
+            targets_gateway,
+        )
+    }
+
+    fn policy(&mut self, doc: PolicyDocument) -> Option<Policy> {
+        let meta = doc.metadata;
+        let id = self.object_id(&meta)?;
         let spec = doc.spec;
 
         let dry_run = match meta.annotations.get(DRY_RUN_ANNOTATION).map(String::as_str) {
@@ -102,23 +147,11 @@ impl Compiler<'_> {
             }
         };
 
-        let targets = usize::from(spec.selector.is_some())
-            + usize::from(spec.target_ref.is_some())
-            + usize::from(spec.target_refs.is_some());
-        if targets > 1 {
-            self.error(
-                "spec",
-                "only one of selector, targetRef and targetRefs may be set",
-            );
-        }
-        let targets_gateway = spec.target_ref.is_some() || spec.target_refs.is_some();
-        if targets_gateway {
-            self.notice(
-                "uses targetRef(s): it applies to gateways and waypoints only, never to a workload"
-                    .into(),
-            );
-        }
-        let selector = spec.selector.and_then(|s| self.selector(s.match_labels));
+        let (selector, targets_gateway) = self.targets(
+            spec.selector,
+            spec.target_ref.is_some(),
+            spec.target_refs.is_some(),
+        );
 
         let action = match spec.action.unwrap_or(ActionSpec::Allow) {
             ActionSpec::Allow => Action::Allow,

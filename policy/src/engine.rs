@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::authn::{JwtRule, RequestAuthentication};
 use crate::model::{Action, Origin, Policy, PolicyId};
 use crate::options::{DefaultMode, EngineOptions};
 use crate::request::{Request, Workload};
@@ -29,6 +30,8 @@ struct Inner {
     namespaces: HashMap<String, NamespaceIndex>,
     len: usize,
     summaries: Vec<PolicySummary>,
+    /// RequestAuthentications, sorted by namespace and name.
+    authentications: Vec<RequestAuthentication>,
 }
 
 /// One loaded policy, as admin endpoints list it.
@@ -115,7 +118,12 @@ impl<'s> Candidates<'s> {
 }
 
 impl PolicySet {
-    pub(crate) fn new(mut policies: Vec<Policy>, options: EngineOptions) -> Self {
+    pub(crate) fn new(
+        mut policies: Vec<Policy>,
+        mut authentications: Vec<RequestAuthentication>,
+        options: EngineOptions,
+    ) -> Self {
+        authentications.sort_by(|a, b| a.id.cmp(&b.id));
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         let len = policies.len();
         let summaries = policies
@@ -148,13 +156,33 @@ impl PolicySet {
                 namespaces,
                 len,
                 summaries,
+                authentications,
             }),
         }
     }
 
     /// A set with no policies (everything denied under the `deny` default).
     pub fn empty(options: EngineOptions) -> Self {
-        Self::new(Vec::new(), options)
+        Self::new(Vec::new(), Vec::new(), options)
+    }
+
+    /// The JWT rules that apply to `workload`: those of every RequestAuthentication
+    /// of the root namespace and of the workload's namespace that selects it, in
+    /// a stable order. Empty: requests are not authenticated.
+    pub fn jwt_rules(&self, workload: &Workload) -> Vec<Arc<JwtRule>> {
+        let root = &self.inner.options.root_namespace;
+        self.inner
+            .authentications
+            .iter()
+            .filter(|a| a.id.namespace == *root || a.id.namespace == workload.namespace)
+            .filter(|a| a.selects(&workload.labels))
+            .flat_map(|a| a.rules.iter().cloned())
+            .collect()
+    }
+
+    /// Every RequestAuthentication of the set, sorted by namespace and name.
+    pub fn authentications(&self) -> &[RequestAuthentication] {
+        &self.inner.authentications
     }
 
     pub fn options(&self) -> &EngineOptions {

@@ -1,4 +1,4 @@
-//! meshward-policy: Istio AuthorizationPolicy for meshward.
+//! meshward-policy: Istio AuthorizationPolicy and RequestAuthentication for meshward.
 //!
 //! Load `security.istio.io/v1` and `v1beta1` AuthorizationPolicy YAML
 //! ([`load_paths`], [`load_str`]), compile it under [`EngineOptions`] into a
@@ -9,6 +9,7 @@
 //! those of `shared/reference/istio-authz.md`; the one deliberate difference is the
 //! default mode ([`DefaultMode::Deny`]).
 
+mod authn;
 mod compile;
 mod condition_key;
 mod engine;
@@ -23,6 +24,7 @@ mod spec;
 mod template;
 mod value;
 
+pub use authn::{DEFAULT_JWKS_TIMEOUT, JwtRule, KeySource, RequestAuthentication, TokenLocation};
 pub use compile::MAX_VALUE_BYTES;
 pub use engine::{DecidingPolicy, Decision, Effect, PolicySet, PolicySummary, Reason, ShadowMatch};
 pub use error::{Notice, PolicyError};

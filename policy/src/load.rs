@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::authn::{self, RequestAuthentication, RequestAuthenticationDocument};
 use crate::compile::compile;
 use crate::engine::PolicySet;
 use crate::error::{Notice, PolicyError};
@@ -25,21 +26,31 @@ pub const MAX_SOURCE_BYTES: usize = 512 * 1024;
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub(crate) policies: Vec<Policy>,
+    pub(crate) authentications: Vec<RequestAuthentication>,
     pub notices: Vec<Notice>,
     pub errors: Vec<PolicyError>,
 }
 
 impl LoadReport {
-    /// How many policies compiled.
+    /// How many AuthorizationPolicies compiled.
     pub fn policy_count(&self) -> usize {
         self.policies.len()
+    }
+
+    /// How many RequestAuthentications compiled.
+    pub fn authentication_count(&self) -> usize {
+        self.authentications.len()
     }
 
     /// The policy set, or every error: one invalid policy fails the whole load, so a
     /// reload keeps the last good set rather than running with a policy missing.
     pub fn into_policy_set(self, options: &EngineOptions) -> Result<PolicySet, Vec<PolicyError>> {
         if self.errors.is_empty() {
-            Ok(PolicySet::new(self.policies, options.clone()))
+            Ok(PolicySet::new(
+                self.policies,
+                self.authentications,
+                options.clone(),
+            ))
         } else {
             Err(self.errors)
         }
@@ -48,22 +59,31 @@ impl LoadReport {
     /// Adds another load's results (e.g. files plus the Kubernetes API).
     pub fn merge(&mut self, other: LoadReport) {
         self.policies.extend(other.policies);
+        self.authentications.extend(other.authentications);
         self.notices.extend(other.notices);
         self.errors.extend(other.errors);
         self.check_duplicates();
     }
 
+    /// Two objects of one kind with one namespace and name: the load fails.
     fn check_duplicates(&mut self) {
-        let mut seen: std::collections::HashMap<_, &Origin> = std::collections::HashMap::new();
         let mut duplicates = Vec::new();
-        for policy in &self.policies {
-            if let Some(first) = seen.insert(&policy.id, &policy.origin) {
-                duplicates.push(PolicyError::Duplicate {
-                    origin: policy.origin.clone(),
-                    policy: policy.id.clone(),
-                    first: first.clone(),
-                });
-                seen.insert(&policy.id, first);
+        let policies = self.policies.iter().map(|p| (&p.id, &p.origin));
+        let authentications = self.authentications.iter().map(|a| (&a.id, &a.origin));
+        for objects in [
+            policies.collect::<Vec<_>>(),
+            authentications.collect::<Vec<_>>(),
+        ] {
+            let mut seen: std::collections::HashMap<_, &Origin> = std::collections::HashMap::new();
+            for (id, origin) in objects {
+                if let Some(first) = seen.insert(id, origin) {
+                    duplicates.push(PolicyError::Duplicate {
+                        origin: origin.clone(),
+                        policy: id.clone(),
+                        first: first.clone(),
+                    });
+                    seen.insert(id, first);
+                }
             }
         }
         for d in duplicates {
@@ -224,7 +244,10 @@ fn load_value(
         report.errors.push(invalid("kind", "is required".into()));
         return;
     }
-    if kind == "List" || kind == "AuthorizationPolicyList" {
+    if matches!(
+        kind,
+        "List" | "AuthorizationPolicyList" | "RequestAuthenticationList"
+    ) {
         let items = value
             .get("items")
             .and_then(serde_yaml::Value::as_sequence)
@@ -234,25 +257,40 @@ fn load_value(
         }
         return;
     }
-    if kind != "AuthorizationPolicy" || !GROUP_VERSIONS.contains(&api_version) {
-        report.notices.push(Notice {
-            origin,
-            message: format!("skipped: kind {kind} (apiVersion {api_version}) is not a security.istio.io AuthorizationPolicy"),
-        });
-        return;
-    }
-    let parsed: Result<PolicyDocument, _> = serde_path_to_error::deserialize(value);
-    match parsed {
-        Ok(doc) => match compile(doc, origin, options, &mut report.notices) {
-            Ok(policy) => report.policies.push(policy),
-            Err(errors) => report.errors.extend(errors),
-        },
-        Err(e) => {
-            let field = e.path().to_string();
-            report
-                .errors
-                .push(invalid(&field, strip_location(&e.into_inner().to_string())));
+    let istio = GROUP_VERSIONS.contains(&api_version);
+    let at = origin.clone();
+    let result = match kind {
+        "AuthorizationPolicy" if istio => {
+            serde_path_to_error::deserialize::<_, PolicyDocument>(value).map(|doc| {
+                match compile(doc, origin, options, &mut report.notices) {
+                    Ok(policy) => report.policies.push(policy),
+                    Err(errors) => report.errors.extend(errors),
+                }
+            })
         }
+        "RequestAuthentication" if istio => {
+            serde_path_to_error::deserialize::<_, RequestAuthenticationDocument>(value).map(|doc| {
+                match authn::compile(doc, origin, options, &mut report.notices) {
+                    Ok(authentication) => report.authentications.push(authentication),
+                    Err(errors) => report.errors.extend(errors),
+                }
+            })
+        }
+        _ => {
+            report.notices.push(Notice {
+                origin,
+                message: format!("skipped: kind {kind} (apiVersion {api_version}) is neither a security.istio.io AuthorizationPolicy nor a RequestAuthentication"),
+            });
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        report.errors.push(PolicyError::Invalid {
+            origin: at,
+            policy: None,
+            field: e.path().to_string(),
+            reason: strip_location(&e.into_inner().to_string()),
+        });
     }
 }
 

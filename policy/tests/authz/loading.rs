@@ -25,7 +25,7 @@ fn multi_document_files_and_other_kinds() {
     assert_eq!(
         notices,
         [
-            "mixed.yaml: document 1: skipped: kind Service (apiVersion v1) is not a security.istio.io AuthorizationPolicy"
+            "mixed.yaml: document 1: skipped: kind Service (apiVersion v1) is neither a security.istio.io AuthorizationPolicy nor a RequestAuthentication"
         ]
     );
 }
