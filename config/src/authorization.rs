@@ -1,6 +1,7 @@
 //! `authorization:` how policies are found and decided.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use meshward_policy::{DefaultMode, EngineOptions, PathNormalization, TrustDomain};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,29 @@ pub struct AuthorizationConfig {
     /// Also watch AuthorizationPolicy objects (`security.istio.io/v1`) through the
     /// Kubernetes API; `{}` = in-cluster. Files and objects form one set.
     pub kubernetes: Option<KubernetesApi>,
+    /// Fetching RequestAuthentication keys (`jwksUri`, OpenID discovery).
+    pub jwks: JwksConfig,
+}
+
+/// `authorization.jwks`: how remote JWKS are fetched and kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// PEM roots trusted for JWKS servers besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// How often keys are fetched again (Istio's default: 20 minutes). A failed
+    /// refresh keeps the keys of the last good one.
+    #[serde(with = "crate::duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            refresh_interval: Duration::from_secs(20 * 60),
+        }
+    }
 }
 
 /// A Kubernetes API to watch objects in; every field empty: in-cluster.
@@ -43,12 +67,20 @@ impl Default for AuthorizationConfig {
             path_normalization: engine.path_normalization,
             policy_paths: Vec::new(),
             kubernetes: None,
+            jwks: JwksConfig::default(),
         }
     }
 }
 
 impl AuthorizationConfig {
     pub(crate) fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        if self.jwks.refresh_interval < Duration::from_secs(10) {
+            return Err(ConfigError::invalid(
+                source,
+                "authorization.jwks.refresh_interval",
+                "must be at least 10s",
+            ));
+        }
         if !is_dns_label(&self.root_namespace) {
             return Err(ConfigError::invalid(
                 source,

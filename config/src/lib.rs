@@ -23,7 +23,7 @@ use meshward_spiffe::TrustDomain;
 use serde::{Deserialize, Serialize};
 
 pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
-pub use authorization::{AuthorizationConfig, KubernetesApi};
+pub use authorization::{AuthorizationConfig, JwksConfig, KubernetesApi};
 pub use capture::{CaptureConfig, CaptureOnExit};
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;

@@ -148,6 +148,22 @@ pub(crate) fn connection_revoked() {
     counter!("meshward_connections_revoked_total").increment(1);
 }
 
+/// A request refused with `401` because a JWT did not verify, by short reason
+/// (`meshward_jwt::JwtFailure::reason`).
+pub(crate) fn jwt_refused(reason: &'static str) {
+    counter!("meshward_jwt_refused_total", "reason" => reason).increment(1);
+}
+
+/// A fetch of remote JWT keys (`jwksUri`, OpenID discovery), by source.
+pub(crate) fn jwks_fetch(source: &str, ok: bool) {
+    counter!(
+        "meshward_jwks_fetches_total",
+        "source" => source.to_owned(),
+        "result" => if ok { "ok" } else { "error" },
+    )
+    .increment(1);
+}
+
 /// A TLS handshake (or the connect before it) that failed, by short reason.
 pub(crate) fn handshake_failure(direction: &'static str, reason: &'static str) {
     counter!(

@@ -5,8 +5,11 @@
 //! that ID's trust domain only**, skip hostname checks, then ask an
 //! [`Authorizer`] whether this ID may talk. They wrap webpki; they never accept a
 //! chain webpki rejects.
+//!
+//! [`https_get`] is the one HTTPS client for small documents (bundles, JWKS).
 
 mod certs;
+mod https_get;
 mod verify;
 
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use parking_lot::RwLock;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use certs::CertStore;
+pub use https_get::{HttpsGetError, https_get};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

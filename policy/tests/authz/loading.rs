@@ -303,12 +303,18 @@ fn the_crd_fixtures_load_as_the_crd_admits_them() {
     let report = load_paths(&[&valid], &options());
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.policy_count(), 4);
+    let valid = fixtures.join("valid/request-authentication-every-field.yaml");
+    let report = load_paths(&[&valid], &options());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.authentication_count(), 2);
 
     let mut refused = 0;
     for entry in std::fs::read_dir(fixtures.join("invalid")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        if !text.contains("kind: AuthorizationPolicy") {
+        if !text.contains("kind: AuthorizationPolicy")
+            && !text.contains("kind: RequestAuthentication")
+        {
             continue;
         }
         let report = load_paths(&[&path], &options());
@@ -338,8 +344,8 @@ fn the_crd_fixtures_load_as_the_crd_admits_them() {
         refused += 1;
     }
     assert_eq!(
-        refused, 5,
-        "every invalid AuthorizationPolicy fixture was read"
+        refused, 6,
+        "every invalid AuthorizationPolicy and RequestAuthentication fixture was read"
     );
 }
 

@@ -1,5 +1,6 @@
 //! L7: HTTP/1.1 or HTTP/2 (gRPC included) served on an inbound stream, each request
-//! authorized on its own. Refused: 403 `RBAC: access denied` (gRPC: status 7).
+//! authenticated (RequestAuthentication: a bad JWT gets 401) and authorized on its
+//! own. Refused: 403 `RBAC: access denied` (gRPC: status 7).
 //! Allowed: XFCC set (anything the client sent removed), the path normalized as
 //! policy saw it, sent to the pod over a pooled connection in the client's HTTP
 //! version; trailers pass through. The pod unreachable: 503 (gRPC: status 14).
@@ -18,11 +19,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshward_policy::HttpRequest;
+use meshward_jwt::JwtFailure;
+use meshward_policy::{HttpRequest, JwtClaims, PolicySet};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::authz::{DecisionRecord, InboundStream};
 use super::body::{self, ProxyBody};
+use super::jwks::RequestKeys;
 use super::upstream::Version;
 use super::{Shared, copy, h2, responses};
 use crate::{metrics, xfcc};
@@ -134,6 +137,25 @@ async fn respond(
     xfcc::set(request.headers_mut(), by, peer.as_ref());
 
     let policies = shared.policies.borrow().clone();
+    // RequestAuthentication: a token that does not verify is refused here; one
+    // that does gives the request principal policy judges, and the headers are
+    // shaped (token removed, claims written) before policy sees them
+    let jwt = match authenticate(shared, stream, &policies, &mut request).await {
+        Ok(jwt) => jwt,
+        Err(failure) => {
+            metrics::jwt_refused(failure.reason());
+            let realm = format!("http://{authority}{}", request.uri().path());
+            let record = DecisionRecord {
+                allowed: false,
+                policy: "-".into(),
+                reason: format!("JWT refused: {failure} ({failure:?})"),
+            };
+            return (
+                responses::unauthorized(&failure.to_string(), &realm, grpc),
+                record,
+            );
+        }
+    };
     let http = match HttpRequest::new(
         request.method().as_str(),
         &target,
@@ -141,7 +163,10 @@ async fn respond(
         request.headers().clone(),
         policies.options().path_normalization,
     ) {
-        Ok(http) => http,
+        Ok(http) => match jwt {
+            Some(claims) => http.with_jwt(claims),
+            None => http,
+        },
         Err(e) => return bad_request(e.to_string()),
     };
     http.target().path().clone_into(path);
@@ -223,6 +248,28 @@ async fn respond(
             (responses::unavailable(grpc), record)
         }
     }
+}
+
+/// Authenticates `request` under the RequestAuthentication rules of its pod:
+/// `Ok(None)` when there are none or it carries no token.
+async fn authenticate(
+    shared: &Shared,
+    stream: &InboundStream,
+    policies: &PolicySet,
+    request: &mut Request<Incoming>,
+) -> Result<Option<JwtClaims>, JwtFailure> {
+    let rules = policies.jwt_rules(&stream.pod.workload);
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let state = shared.state.borrow().clone();
+    let keys = RequestKeys {
+        cache: &shared.jwks,
+        state: &state,
+        pod: &stream.pod,
+    };
+    let query = request.uri().query().map(str::to_owned);
+    meshward_jwt::authenticate(&rules, request.headers_mut(), query.as_deref(), &keys).await
 }
 
 /// Once the client has the `101` and the pod's connection is handed over, copies

@@ -21,6 +21,7 @@ mod diagnose;
 mod h2;
 mod http;
 mod inbound;
+mod jwks;
 mod kube_cache;
 mod outbound;
 mod policies;
@@ -46,6 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::agent::AgentHandle;
+use jwks::JwksCache;
 use policies::Policies;
 use pool::HbonePool;
 use services::Services;
@@ -64,6 +66,8 @@ pub enum DataPathError {
     PolicySource(#[source] meshward_kubernetes::KubernetesError),
     #[error("outbound.kubernetes: {0}")]
     ServiceSource(#[source] meshward_kubernetes::KubernetesError),
+    #[error("authorization.jwks.ca_file {path}: {reason}")]
+    JwksCaFile { path: String, reason: String },
 }
 
 /// What every stage reads.
@@ -79,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) hbone: Arc<HbonePool>,
     pub(crate) upstream: UpstreamPool,
     pub(crate) services: Services,
+    /// RequestAuthentication keys fetched from `jwksUri` and discovery.
+    pub(crate) jwks: Arc<JwksCache>,
 }
 
 impl Shared {
@@ -144,7 +150,9 @@ impl DataPath {
             upstream: UpstreamPool::new(capture.mark, limits.connect_timeout),
             services,
             limits,
+            jwks: Arc::new(JwksCache::new(&config.authorization.jwks)?),
         });
+        shared.jwks.clone().keep_fresh(shared.policies.clone());
         Ok(Self {
             shared,
             outbound,

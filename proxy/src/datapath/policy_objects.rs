@@ -1,7 +1,8 @@
-//! AuthorizationPolicy objects from the Kubernetes API (`security.istio.io/v1`,
-//! Istio's CRD or the one in `docker/k8s/base/crds.yaml`): a kube-rs watcher (list,
-//! then watch, re-listing with backoff after errors) keeping the current objects,
-//! published as the YAML documents the policy loader reads.
+//! AuthorizationPolicy and RequestAuthentication objects from the Kubernetes API
+//! (`security.istio.io/v1`, Istio's CRDs or those in `docker/k8s/base/crds.yaml`):
+//! a kube-rs watcher per kind (list, then watch, re-listing with backoff after
+//! errors) keeping the current objects, published together as the YAML documents
+//! the policy loader reads.
 
 use std::sync::Arc;
 
@@ -17,14 +18,50 @@ use super::kube_cache::ObjectCache;
 /// The objects as documents; `None` until the first complete list.
 pub(super) type Objects = watch::Receiver<Option<Arc<Vec<String>>>>;
 
+/// The kinds the policy set is made of.
+const KINDS: [(&str, &str); 2] = [
+    ("AuthorizationPolicy", "authorizationpolicies"),
+    ("RequestAuthentication", "requestauthentications"),
+];
+
+/// Watches both kinds; publishes their documents together once both have been
+/// listed (a set missing a kind is never published).
 pub(super) fn watch(client: kube::Client) -> Objects {
+    let (tx, rx) = watch::channel(None);
+    let mut kinds: Vec<_> = KINDS
+        .iter()
+        .map(|(kind, plural)| watch_kind(client.clone(), kind, plural))
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            let changes = kinds.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let (changed, _, _) = futures_util::future::select_all(changes).await;
+            if changed.is_err() {
+                return;
+            }
+            let lists: Option<Vec<Arc<Vec<String>>>> = kinds
+                .iter_mut()
+                .map(|rx| rx.borrow_and_update().clone())
+                .collect();
+            if let Some(lists) = lists {
+                let documents = lists.iter().flat_map(|l| l.iter().cloned()).collect();
+                if tx.send(Some(Arc::new(documents))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn watch_kind(client: kube::Client, kind: &'static str, plural: &'static str) -> Objects {
     let (tx, rx) = watch::channel(None);
     let resource = ApiResource {
         group: "security.istio.io".into(),
         version: "v1".into(),
         api_version: "security.istio.io/v1".into(),
-        kind: "AuthorizationPolicy".into(),
-        plural: "authorizationpolicies".into(),
+        kind: kind.into(),
+        plural: plural.into(),
     };
     tokio::spawn(async move {
         let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
@@ -36,14 +73,14 @@ pub(super) fn watch(client: kube::Client) -> Objects {
             let changed = match event {
                 Ok(event) => cache.apply(event),
                 Err(e) => {
-                    tracing::warn!("AuthorizationPolicy watch: {e}; retrying");
+                    tracing::warn!("{kind} watch: {e}; retrying");
                     false
                 }
             };
             let documents = cache
                 .objects()
                 .filter(|_| changed)
-                .map(|objects| objects.map(document).collect::<Vec<_>>());
+                .map(|objects| objects.map(|o| document(kind, o)).collect::<Vec<_>>());
             if let Some(documents) = documents
                 && tx.send(Some(Arc::new(documents))).is_err()
             {
@@ -72,10 +109,10 @@ pub(super) async fn next(objects: &mut Option<Objects>) -> Arc<Vec<String>> {
 
 /// The object as a policy document: what the loader reads from a file, with the
 /// object's name, namespace, labels and annotations (`istio.io/dry-run`).
-fn document(object: &DynamicObject) -> String {
+fn document(kind: &str, object: &DynamicObject) -> String {
     json!({
         "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
+        "kind": kind,
         "metadata": {
             "name": object.metadata.name,
             "namespace": object.metadata.namespace,

@@ -4,6 +4,10 @@
 //! - refused by policy: HTTP `403`, `text/plain`, body `RBAC: access denied`
 //!   (19 bytes); gRPC: a trailers-only `200` with `grpc-status: 7`
 //!   (PERMISSION_DENIED) and the same message. The connection stays usable.
+//! - a JWT that does not verify (RequestAuthentication): `401`, `text/plain`,
+//!   body Envoy's reason (`Jwt verification fails`, `Jwt is expired`, ...) and
+//!   `www-authenticate: Bearer realm="http://<host><path>", error="invalid_token"`;
+//!   gRPC: `grpc-status: 16` (UNAUTHENTICATED).
 //! - malformed: `400`, with the reason.
 //! - the pod unreachable: `503` `upstream connect error or disconnect/reset before
 //!   headers`; gRPC: `grpc-status: 14` (UNAVAILABLE).
@@ -36,6 +40,22 @@ pub(crate) fn forbidden(grpc: bool) -> Response<ProxyBody> {
         StatusCode::FORBIDDEN,
         Bytes::from_static(RBAC_DENIED.as_bytes()),
     )
+}
+
+/// A request whose token did not verify; `reason` is Envoy's text, `realm` the
+/// URL the client asked for.
+pub(crate) fn unauthorized(reason: &str, realm: &str, grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        return grpc_status("16", reason);
+    }
+    let mut response = plain(StatusCode::UNAUTHORIZED, Bytes::from(reason.to_owned()));
+    let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// A request that cannot be judged as it is.
@@ -74,7 +94,7 @@ fn plain(status: StatusCode, text: Bytes) -> Response<ProxyBody> {
 }
 
 /// A trailers-only gRPC answer: `200` with the status in the headers.
-fn grpc_status(code: &'static str, message: &'static str) -> Response<ProxyBody> {
+fn grpc_status(code: &'static str, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(Full::new(Bytes::new())));
     let headers = response.headers_mut();
     headers.insert(
@@ -82,7 +102,10 @@ fn grpc_status(code: &'static str, message: &'static str) -> Response<ProxyBody>
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert("grpc-status", HeaderValue::from_static(code));
-    headers.insert("grpc-message", HeaderValue::from_static(message));
+    // grpc-message is percent-encoded text; these messages are plain ASCII
+    if let Ok(message) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", message);
+    }
     response
 }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshward_config::PodInfo;
+use meshward_jwt::KeySet;
 use meshward_policy::Workload;
-use meshward_spiffe::{SpiffeId, TrustDomain};
+use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use meshward_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -65,6 +66,8 @@ pub(crate) struct MeshState {
     pods: HashMap<IpAddr, Arc<LocalPod>>,
     /// The trust domains this node has a bundle of now.
     bundles: BTreeSet<TrustDomain>,
+    /// Their JWT-SVID keys (RequestAuthentication rules with a `spiffe://` issuer).
+    jwt_keys: HashMap<TrustDomain, Arc<KeySet>>,
 }
 
 impl MeshState {
@@ -78,6 +81,13 @@ impl MeshState {
                 .pod(pod)
                 .and_then(|p| p.tls.as_ref())
                 .is_some_and(|tls| tls.trusts.contains(&td))
+    }
+
+    /// The JWT-SVID keys of `td` for tokens sent to `pod`: only its own trust
+    /// domain's or one it federates with, as for its X509-SVID peers.
+    pub(crate) fn jwt_keys(&self, pod: &LocalPod, td: &TrustDomain) -> Option<Arc<KeySet>> {
+        pod.tls.as_ref().filter(|tls| tls.trusts.contains(td))?;
+        self.jwt_keys.get(td).cloned()
     }
 
     pub(crate) fn pod(&self, ip: IpAddr) -> Option<&Arc<LocalPod>> {
@@ -157,7 +167,11 @@ impl StateBuilder {
         let bundles = std::iter::once(snapshot.trust_domain.clone())
             .chain(self.federated.iter().cloned())
             .collect();
-        MeshState { pods, bundles }
+        MeshState {
+            pods,
+            bundles,
+            jwt_keys: jwt_keys(snapshot),
+        }
     }
 
     fn update_bundles(&mut self, snapshot: &Snapshot) {
@@ -179,6 +193,23 @@ impl StateBuilder {
         }
         self.federated = now;
     }
+}
+
+/// The JWT-SVID keys of every bundle the node holds; a bundle without any has no
+/// entry (its JWT-SVIDs are refused).
+fn jwt_keys(snapshot: &Snapshot) -> HashMap<TrustDomain, Arc<KeySet>> {
+    let own = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks).ok();
+    own.iter()
+        .chain(snapshot.federated.iter())
+        .filter(|bundle| !bundle.jwt_keys.is_empty())
+        .filter_map(|bundle| match KeySet::from_jwks(&bundle.jwt_jwks()) {
+            Ok(keys) => Some((bundle.trust_domain.clone(), Arc::new(keys))),
+            Err(e) => {
+                tracing::error!(trust_domain = %bundle.trust_domain, "JWT keys unusable: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 fn serial(svid: &WorkloadSvid) -> String {

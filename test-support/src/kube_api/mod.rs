@@ -118,6 +118,7 @@ pub struct FakeKubeApi {
 
 const ISSUER_TOKEN: &str = "issuer-sa-token";
 const POLICIES: &str = "authorizationpolicies";
+const REQUEST_AUTHENTICATIONS: &str = "requestauthentications";
 const CLUSTER_SPIFFE_IDS: &str = "clusterspiffeids";
 const CLUSTER_FEDERATED_TRUST_DOMAINS: &str = "clusterfederatedtrustdomains";
 const SERVICES: &str = "services";
@@ -295,6 +296,17 @@ impl FakeKubeApi {
     /// Removes an AuthorizationPolicy object; open watches see DELETED.
     pub fn delete_authorization_policy(&self, namespace: &str, name: &str) {
         self.delete_object(POLICIES, namespace, name);
+    }
+
+    /// Adds or replaces a RequestAuthentication object; open watches see ADDED or
+    /// MODIFIED.
+    pub fn apply_request_authentication(&self, object: Value) {
+        self.apply_object(
+            REQUEST_AUTHENTICATIONS,
+            "security.istio.io/v1",
+            "RequestAuthentication",
+            object,
+        );
     }
 
     /// Adds or replaces a ClusterSPIFFEID object (cluster-scoped).

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::events::WatchFilter;
 use super::{
     CLUSTER_FEDERATED_TRUST_DOMAINS, CLUSTER_SPIFFE_IDS, CONFIG_MAPS, ENDPOINT_SLICES,
-    ISSUER_TOKEN, POLICIES, SERVICES, State,
+    ISSUER_TOKEN, POLICIES, REQUEST_AUTHENTICATIONS, SERVICES, State,
 };
 
 type Body = BoxBody<Bytes, std::convert::Infallible>;
@@ -163,6 +163,7 @@ pub(super) async fn handle(
             };
             let served = [
                 POLICIES,
+                REQUEST_AUTHENTICATIONS,
                 CLUSTER_SPIFFE_IDS,
                 CLUSTER_FEDERATED_TRUST_DOMAINS,
                 ENDPOINT_SLICES,
