@@ -60,9 +60,11 @@ pub(crate) fn judges(rule: &JwtRule, token: &Unverified) -> bool {
 
 /// Verifies `token` under `rule` with `keys`; the claims policy reads.
 pub(crate) fn verify(token: &str, rule: &JwtRule, keys: &KeySet) -> Result<JwtClaims, JwtFailure> {
-    let header = decode_header(token).map_err(|e| match e.kind() {
-        ErrorKind::InvalidAlgorithmName => JwtFailure::UnsupportedAlgorithm(e.to_string()),
-        _ => JwtFailure::Malformed,
+    // a header naming an algorithm jsonwebtoken does not know (`none`) does not
+    // parse; it is refused as an algorithm, not as a malformed token
+    let header = decode_header(token).map_err(|_| match header_alg(token) {
+        Some(alg) => JwtFailure::UnsupportedAlgorithm(alg),
+        None => JwtFailure::Malformed,
     })?;
     if !allowed(header.alg) {
         return Err(JwtFailure::UnsupportedAlgorithm(format!(
@@ -98,6 +100,16 @@ pub(crate) fn verify(token: &str, rule: &JwtRule, keys: &KeySet) -> Result<JwtCl
         }
     }
     Err(last)
+}
+
+/// The `alg` of a token's header, read without any other check.
+fn header_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
 }
 
 fn validation(alg: Algorithm, svid: bool) -> Validation {

@@ -179,7 +179,7 @@ impl Mesh {
                  agent:\n  issuer_address: {}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
                  capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}{}\
                  outbound:\n  mesh_cidrs:\n{}{}\
-                 authorization:\n  default: {}\n  policy_paths: [{}]\n{}",
+                 authorization:\n  default: {}\n  policy_paths: [{}]\n{}{}",
                 issuer.ip,
                 issuer.bundle_file.display(),
                 dir.join(format!("{node}-agent")).display(),
@@ -192,6 +192,7 @@ impl Mesh {
                 spec.outbound_yaml,
                 spec.default_mode,
                 issuer.policy_dir.display(),
+                spec.authorization_yaml,
                 spec.proxy_yaml,
             ),
         )

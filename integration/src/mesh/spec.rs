@@ -22,6 +22,7 @@ pub struct MeshSpec {
     /// `outbound.mesh_cidrs` beyond the nodes' pod CIDRs.
     pub(super) mesh_cidrs: Vec<String>,
     pub(super) capture_yaml: String,
+    pub(super) authorization_yaml: String,
     /// `-x509SVIDTTL` of the pods' entries (seconds; 0: the issuer's default).
     pub(super) svid_ttl: u32,
     /// `authorization.default` of every node.
@@ -50,6 +51,7 @@ impl MeshSpec {
             outbound_yaml: String::new(),
             mesh_cidrs: Vec::new(),
             capture_yaml: String::new(),
+            authorization_yaml: String::new(),
             svid_ttl: 0,
             default_mode: "deny".into(),
             prefix: None,
@@ -142,6 +144,12 @@ impl MeshSpec {
     /// Appends lines (indented two spaces) to every node's `capture:` section.
     pub fn capture_yaml(&mut self, yaml: &str) -> &mut Self {
         self.capture_yaml.push_str(yaml);
+        self
+    }
+
+    /// Appends lines (indented two spaces) to every node's `authorization:` section.
+    pub fn authorization_yaml(&mut self, yaml: &str) -> &mut Self {
+        self.authorization_yaml.push_str(yaml);
         self
     }
 
