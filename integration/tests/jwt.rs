@@ -132,7 +132,7 @@ fn jwt_svids_from_the_workload_api_authenticate_requests() {
         (Some(403), "RBAC: access denied")
     );
     // tampered: one character of the signature changed
-    let mut tampered = token.clone().into_bytes();
+    let mut tampered = token.into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
