@@ -30,6 +30,9 @@ pub struct IssuerConfig {
     pub default_x509_svid_ttl: Duration,
     #[serde(with = "crate::duration")]
     pub default_jwt_svid_ttl: Duration,
+    /// The `iss` claim of JWT-SVIDs (SPIRE's `jwt_issuer`), e.g. the URL of an
+    /// OpenID discovery document; none by default, as SPIRE.
+    pub jwt_issuer: Option<String>,
     /// TTL of node SVIDs.
     #[serde(with = "crate::duration")]
     pub agent_svid_ttl: Duration,
@@ -147,6 +150,7 @@ impl Default for IssuerConfig {
             ca_ttl: Duration::from_secs(24 * 3600),
             default_x509_svid_ttl: Duration::from_secs(3600),
             default_jwt_svid_ttl: Duration::from_secs(300),
+            jwt_issuer: None,
             agent_svid_ttl: Duration::from_secs(3600),
             join_token_ttl: Duration::from_secs(600),
             upstream_ca: None,
@@ -186,6 +190,13 @@ impl IssuerConfig {
             |field: &str, reason: String| Err(ConfigError::invalid(source, field, reason));
         if self.ca_ttl < Duration::from_secs(60) {
             return invalid("ca_ttl", "must be at least 1m".into());
+        }
+        if let Some(issuer) = &self.jwt_issuer {
+            // SPIRE requires a URL; a RequestAuthentication rule names it exactly
+            let url = issuer.split_once("://");
+            if !url.is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty()) {
+                return invalid("jwt_issuer", format!("{issuer:?} is not a URL"));
+            }
         }
         for (field, ttl) in [
             ("default_x509_svid_ttl", self.default_x509_svid_ttl),
@@ -274,6 +285,7 @@ mod tests {
         assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(c.join_token_ttl, Duration::from_secs(600));
+        assert_eq!(c.jwt_issuer, None);
         assert_eq!(c.agent_listen.port(), 8081);
         assert_eq!(
             c.datastore_url(),
@@ -324,6 +336,10 @@ mod tests {
                 "i.yaml: k8s_psat.clusters[0].service_account_allow_list[0]",
             ),
             ("tls: {}\n", "i.yaml: tls: unknown field `tls`"),
+            (
+                "jwt_issuer: oidc.example\n",
+                "i.yaml: jwt_issuer: \"oidc.example\" is not a URL",
+            ),
             (
                 "bundle_endpoint: {listen: 0.0.0.0:8443, profile: https_web}\n",
                 "i.yaml: bundle_endpoint: profile https_web needs cert_file and key_file",

@@ -71,6 +71,7 @@ fn signing(c: &mut Criterion) {
             mint_jwt_svid(
                 active.jwt_key(),
                 &id,
+                None,
                 black_box(&aud),
                 Duration::from_secs(300),
                 now,

@@ -71,6 +71,9 @@ impl JwtKey {
 
 #[derive(Serialize)]
 struct Claims<'a> {
+    /// Only with `jwt_issuer` (SPIRE's): JWT-SVIDs carry no `iss` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
     sub: &'a str,
     aud: Audience<'a>,
     exp: u64,
@@ -86,9 +89,11 @@ enum Audience<'a> {
 }
 
 /// Mints a JWT-SVID; `ttl` is already capped by the caller (entry, default, CA life).
+/// `issuer`: the `iss` claim (`jwt_issuer`), none by default.
 pub fn mint_jwt_svid(
     key: &JwtKey,
     spiffe_id: &SpiffeId,
+    issuer: Option<&str>,
     audience: &[String],
     ttl: Duration,
     now: SystemTime,
@@ -103,6 +108,7 @@ pub fn mint_jwt_svid(
         .unwrap_or_default()
         .as_secs();
     let claims = Claims {
+        iss: issuer,
         sub: spiffe_id.as_str(),
         aud: match audience {
             [one] => Audience::One(one),

@@ -195,6 +195,7 @@ fn jwt_svid_verifies_with_the_bundle_key_and_has_the_required_shape() {
     let token = mint_jwt_svid(
         key,
         &spiffe_id,
+        None,
         &["payments".to_owned()],
         Duration::from_secs(300),
         now,
@@ -224,6 +225,14 @@ fn jwt_svid_verifies_with_the_bundle_key_and_has_the_required_shape() {
         data.claims["iat"].as_u64().unwrap(),
     );
     assert_eq!(exp - iat, 300);
+    // SPIRE writes no `iss` unless jwt_issuer is set
+    assert!(data.claims.get("iss").is_none());
+    let issuer = Some("https://oidc.math.example.com");
+    let aud = ["payments".to_owned()];
+    let with_iss = mint_jwt_svid(key, &spiffe_id, issuer, &aud, Duration::from_secs(300), now);
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(&with_iss.unwrap(), &decoding, &validation);
+    assert_eq!(data.unwrap().claims["iss"], "https://oidc.math.example.com");
     // no audience: refused
-    assert!(mint_jwt_svid(key, &spiffe_id, &[], Duration::from_secs(300), now).is_err());
+    assert!(mint_jwt_svid(key, &spiffe_id, None, &[], Duration::from_secs(300), now).is_err());
 }

@@ -98,6 +98,7 @@ pub async fn run(
         instance: instance_name(),
         default_x509_svid_ttl: config.default_x509_svid_ttl,
         default_jwt_svid_ttl: config.default_jwt_svid_ttl,
+        jwt_issuer: config.jwt_issuer.clone(),
         agent_svid_ttl: config.agent_svid_ttl,
         join_token_ttl: config.join_token_ttl,
         bundle_refresh_hint: config

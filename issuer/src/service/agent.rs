@@ -347,7 +347,14 @@ impl<D: Datastore> Issuer<D> {
         let active = authority.active(now)?;
         let ttl = ttl_or(grant.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
             .min(active.not_after().duration_since(now).unwrap_or_default());
-        let token = mint_jwt_svid(active.jwt_key(), &grant.spiffe_id, audience, ttl, now)?;
+        let token = mint_jwt_svid(
+            active.jwt_key(),
+            &grant.spiffe_id,
+            self.settings.jwt_issuer.as_deref(),
+            audience,
+            ttl,
+            now,
+        )?;
         metrics::counter!("meshward_issuer_svids_signed_total", "type" => "jwt").increment(1);
         Ok((token, now + ttl))
     }

@@ -101,6 +101,8 @@ pub struct Settings {
     pub instance: String,
     pub default_x509_svid_ttl: Duration,
     pub default_jwt_svid_ttl: Duration,
+    /// The `iss` of JWT-SVIDs (SPIRE's `jwt_issuer`); none by default.
+    pub jwt_issuer: Option<String>,
     pub agent_svid_ttl: Duration,
     pub join_token_ttl: Duration,
     pub bundle_refresh_hint: Duration,

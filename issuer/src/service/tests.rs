@@ -32,6 +32,7 @@ async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
         instance: "issuer-0".into(),
         default_x509_svid_ttl: HOUR,
         default_jwt_svid_ttl: Duration::from_secs(300),
+        jwt_issuer: None,
         agent_svid_ttl: HOUR,
         join_token_ttl: Duration::from_secs(600),
         bundle_refresh_hint: Duration::from_secs(300),
