@@ -90,9 +90,10 @@ fn load(paths: &[PathBuf], documents: &[String], options: &EngineOptions) -> Res
         tracing::info!("policy: {notice}");
     }
     let count = report.policy_count();
+    let authentications = report.authentication_count();
     match report.into_policy_set(options) {
         Ok(set) => {
-            tracing::info!(policies = count, "policies loaded");
+            tracing::info!(policies = count, authentications, "policies loaded");
             metrics::policy_reload(true, count);
             Ok(set)
         }

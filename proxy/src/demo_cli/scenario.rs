@@ -22,6 +22,14 @@ const ALLOW_PARTNER: (&str, &str) = (
     "04-allow-partner",
     include_str!("../../../docker/examples/policies/04-allow-partner.yaml"),
 );
+const REQUEST_AUTHENTICATION: (&str, &str) = (
+    "05-request-authentication",
+    include_str!("../../../docker/examples/policies/05-request-authentication.yaml"),
+);
+const ALLOW_JWT_PRINCIPAL: (&str, &str) = (
+    "06-allow-jwt-principal",
+    include_str!("../../../docker/examples/policies/06-allow-jwt-principal.yaml"),
+);
 /// The trust domain the policy files name.
 pub(crate) const TALK_TRUST_DOMAIN: &str = "math.example.com";
 /// The second cluster's trust domain (04-allow-partner.yaml names it).
@@ -36,6 +44,18 @@ enum Expect {
     Refused(&'static str),
     /// This status; with `xfcc`, the echoserver saw an XFCC naming the caller.
     Status { code: u16, xfcc: bool },
+    /// `401` with this body (Envoy's jwt_authn text) and a `www-authenticate`.
+    Unauthorized(&'static str),
+}
+
+/// The `Authorization: Bearer` a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    None,
+    /// A JWT-SVID the caller fetched from its node for this audience.
+    JwtSvid(&'static str),
+    /// The same, one character of its signature changed.
+    Tampered,
 }
 
 struct Request {
@@ -44,6 +64,7 @@ struct Request {
     path: &'static str,
     /// The pod called (its port 8080).
     to: &'static str,
+    token: Token,
     expect: Expect,
 }
 
@@ -83,7 +104,12 @@ fn steps() -> Vec<Step> {
         method: "GET",
         path,
         to: "echoserver",
+        token: Token::None,
         expect,
+    };
+    let with_token = |token, expect| Request {
+        token,
+        ..get("curl-spire", "/jwt", expect)
     };
     vec![
         Step {
@@ -114,11 +140,9 @@ fn steps() -> Vec<Step> {
             ],
             requests: vec![
                 Request {
-                    pod: "curl-spire",
                     method: "POST",
                     path: "/api/payment",
-                    to: "echoserver",
-                    expect: OK_WITH_XFCC,
+                    ..get("curl-spire", "", OK_WITH_XFCC)
                 },
                 get("curl-spire", "/list", DENIED),
             ],
@@ -142,12 +166,34 @@ fn steps() -> Vec<Step> {
             title: "curl-spire's entry does not federate with the partner: it cannot reach the partner",
             changes: vec![],
             requests: vec![Request {
-                pod: "curl-spire",
-                method: "GET",
-                path: "/",
                 to: "payments",
-                expect: NOT_FEDERATED,
+                ..get("curl-spire", "/", NOT_FEDERATED)
             }],
+        },
+        Step {
+            title: "RequestAuthentication: a JWT-SVID for the echoserver, sent as a Bearer token",
+            changes: vec![
+                Change::Apply(REQUEST_AUTHENTICATION),
+                Change::Apply(ALLOW_JWT_PRINCIPAL),
+            ],
+            requests: vec![
+                with_token(Token::JwtSvid("echoserver"), OK_WITH_XFCC),
+                with_token(Token::None, DENIED),
+            ],
+        },
+        Step {
+            title: "a token that does not verify is refused before any policy: 401",
+            changes: vec![],
+            requests: vec![
+                with_token(
+                    Token::Tampered,
+                    Expect::Unauthorized("Jwt verification fails"),
+                ),
+                with_token(
+                    Token::JwtSvid("billing"),
+                    Expect::Unauthorized("Audiences in Jwt are not allowed"),
+                ),
+            ],
         },
     ]
 }
@@ -219,11 +265,37 @@ fn perform(mesh: &Mesh, request: &Request) -> bool {
     if request.method == "POST" {
         args.splice(2..2, ["-d", "amount=42"]);
     }
-    println!(
-        "$ meshward demo exec {} -- curl -sS {}",
-        request.pod,
-        args.join(" ")
-    );
+    let authorization = match bearer(mesh, request) {
+        Ok(header) => header,
+        Err(e) => {
+            println!("   UNEXPECTED: no JWT-SVID: {e}");
+            return false;
+        }
+    };
+    let mut shown = args.join(" ");
+    if let Some(header) = &authorization {
+        args.splice(0..0, ["-H", header.as_str()]);
+        let audience = match request.token {
+            Token::JwtSvid(audience) => audience,
+            _ => "echoserver",
+        };
+        let socket = mesh
+            .cluster
+            .pod(request.pod)
+            .map(|p| mesh.workload_api_socket(p.node()).display().to_string())
+            .unwrap_or_default();
+        println!(
+            "$ TOKEN=$(meshward demo exec {} -- meshward api fetch jwt -audience {audience} -socketPath {socket} | sed -n 2p | tr -d '\\t'){}",
+            request.pod,
+            if request.token == Token::Tampered {
+                "    # then one character of its signature changed"
+            } else {
+                ""
+            }
+        );
+        shown = format!("-H \"authorization: Bearer $TOKEN\" {shown}");
+    }
+    println!("$ meshward demo exec {} -- curl -sS {shown}", request.pod);
     let deadline = Instant::now() + SETTLE;
     let (response, verdict) = loop {
         let response = mesh.cluster.curl(request.pod, &args);
@@ -251,11 +323,76 @@ fn perform(mesh: &Mesh, request: &Request) -> bool {
     }
 }
 
+/// The `authorization` header of `request`: a JWT-SVID fetched from the
+/// caller's node, as `meshward api fetch jwt` gives it to the pod.
+fn bearer(mesh: &Mesh, request: &Request) -> Result<Option<String>, String> {
+    let audience = match request.token {
+        Token::None => return Ok(None),
+        Token::JwtSvid(audience) => audience,
+        Token::Tampered => "echoserver",
+    };
+    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let node = mesh
+        .cluster
+        .pod(request.pod)
+        .map_err(|e| e.to_string())?
+        .node()
+        .to_owned();
+    let socket = mesh.workload_api_socket(&node);
+    let out = mesh
+        .cluster
+        .exec_in_pod(
+            request.pod,
+            &bin.display().to_string(),
+            &[
+                "api",
+                "fetch",
+                "jwt",
+                "-audience",
+                audience,
+                "-socketPath",
+                &socket.display().to_string(),
+            ],
+            Duration::from_secs(10),
+        )
+        .map_err(|e| e.to_string())?;
+    let mut token = out
+        .stdout
+        .lines()
+        .nth(1)
+        .map(|line| line.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("no token in {:?}{:?}", out.stdout, out.stderr))?;
+    if request.token == Token::Tampered {
+        token = tamper(&token);
+    }
+    Ok(Some(format!("authorization: Bearer {token}")))
+}
+
+/// The token with one character of its signature changed.
+fn tamper(token: &str) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len().saturating_sub(2);
+    if let Some(b) = bytes.get_mut(i) {
+        *b = if *b == b'A' { b'B' } else { b'A' };
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Whether `r` is what `expect` says; `caller` is the calling pod's SPIFFE ID.
 fn judge(r: &CurlResponse, expect: Expect, caller: &str) -> Result<String, String> {
     match (expect, r.status) {
         (Expect::Refused(why), None) => Ok(why.into()),
         (Expect::Refused(_), Some(code)) => Err(format!("expected a refusal, got HTTP {code}")),
+        (Expect::Unauthorized(body), Some(401))
+            if r.body == body && r.header("www-authenticate").is_some() =>
+        {
+            Ok(format!("401 {body}"))
+        }
+        (Expect::Unauthorized(body), got) => Err(format!(
+            "expected 401 {body:?} with www-authenticate, got {got:?} {:?}",
+            r.body
+        )),
         (Expect::Status { code, .. }, got) if got != Some(code) => Err(format!(
             "expected HTTP {code}, got {}",
             got.map_or_else(|| "no answer".to_owned(), |c| c.to_string())
@@ -354,5 +491,24 @@ mod tests {
         assert!(judge(&response(None, ""), NO_IDENTITY, "").is_ok());
         assert!(judge(&response(Some(200), ""), NO_IDENTITY, "").is_err());
         assert!(judge(&response(None, ""), denied, &curl_spire).is_err());
+        // a bad token: 401 with Envoy's text and a challenge
+        let bad = Expect::Unauthorized("Jwt verification fails");
+        let mut challenged = response(Some(401), "Jwt verification fails");
+        assert!(
+            judge(&challenged, bad, &curl_spire).is_err(),
+            "no www-authenticate"
+        );
+        challenged
+            .headers
+            .push(("www-authenticate".into(), "Bearer realm=\"x\"".into()));
+        assert!(judge(&challenged, bad, &curl_spire).is_ok());
+        assert!(
+            judge(
+                &response(Some(403), "Jwt verification fails"),
+                bad,
+                &curl_spire
+            )
+            .is_err()
+        );
     }
 }

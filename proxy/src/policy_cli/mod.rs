@@ -128,7 +128,13 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         eprintln!("notice: {notice}");
     }
     if report.errors.is_empty() {
-        println!("{} policies valid", report.policy_count());
+        match report.authentication_count() {
+            0 => println!("{} policies valid", report.policy_count()),
+            n => println!(
+                "{} policies and {n} RequestAuthentication(s) valid",
+                report.policy_count()
+            ),
+        }
         return ExitCode::SUCCESS;
     }
     for e in &report.errors {
