@@ -12,6 +12,7 @@ mod capture;
 mod datapath;
 mod duration;
 mod error;
+mod extension;
 mod federation;
 mod issuer;
 mod observe;
@@ -27,6 +28,9 @@ pub use authorization::{AuthorizationConfig, JwksConfig, KubernetesApi};
 pub use capture::{CaptureConfig, CaptureOnExit};
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};
 pub use error::ConfigError;
+pub use extension::{
+    ExtAuthzGrpc, ExtAuthzHttp, ExtensionProvider, MAX_CHECK_BODY_BYTES, RequestBody,
+};
 pub use federation::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
@@ -60,6 +64,10 @@ pub struct ProxyConfig {
     /// Threads of the async runtime. Absent: ztunnel's rule, max(2, a quarter of
     /// the cores this process may use): a node proxy leaves the cores to the pods.
     pub worker_threads: Option<usize>,
+    /// External authorizers CUSTOM policies name (Istio's meshConfig
+    /// `extensionProviders`).
+    #[serde(alias = "extensionProviders")]
+    pub extension_providers: Vec<ExtensionProvider>,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +85,7 @@ impl Default for ProxyConfig {
             metrics_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
             log: LogConfig::default(),
             worker_threads: None,
+            extension_providers: Vec::new(),
         }
     }
 }
@@ -98,6 +107,7 @@ impl ProxyConfig {
         self.authorization.validate(source)?;
         self.agent.validate(source)?;
         self.capture.validate(source)?;
+        extension::validate(&self.extension_providers, source)?;
         if let Some(threads) = self.worker_threads
             && !(1..=1024).contains(&threads)
         {

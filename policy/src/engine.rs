@@ -34,6 +34,16 @@ struct Inner {
     authentications: Vec<RequestAuthentication>,
 }
 
+/// A CUSTOM policy matched: which provider must decide.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomCheck<'s> {
+    pub policy: &'s PolicyId,
+    pub rule: usize,
+    /// `spec.provider.name`.
+    pub provider: &'s str,
+    matched: &'s Policy,
+}
+
 /// One loaded policy, as admin endpoints list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySummary {
@@ -241,23 +251,52 @@ impl PolicySet {
         .collect()
     }
 
-    /// The decision for one request to `workload`.
+    /// The decision for one request to `workload`, without an external
+    /// authorizer: a request a CUSTOM policy matches is denied (fail closed).
     pub fn evaluate<'s>(&'s self, workload: &Workload, request: &Request) -> Decision<'s> {
+        if let Some(check) = self.custom_check(workload, request) {
+            return Decision::by(
+                Effect::Deny,
+                check.matched,
+                check.rule,
+                Reason::CustomProviderUnavailable,
+            );
+        }
+        self.evaluate_after_custom(workload, request)
+    }
+
+    /// The first CUSTOM policy that matches the request: its provider must allow
+    /// the request before DENY and ALLOW policies are read.
+    pub fn custom_check<'s>(
+        &'s self,
+        workload: &Workload,
+        request: &Request,
+    ) -> Option<CustomCheck<'s>> {
+        let candidates = self.candidates(workload);
+        candidates
+            .policies(Step::Custom, workload)
+            .find_map(|p| p.first_match(request).map(|rule| (p, rule)))
+            .map(|(policy, rule)| CustomCheck {
+                policy: &policy.id,
+                rule,
+                provider: policy.provider.as_deref().unwrap_or_default(),
+                matched: policy,
+            })
+    }
+
+    /// The decision once the provider of [`PolicySet::custom_check`] allowed the
+    /// request (or no CUSTOM policy matched): DENY, then ALLOW, then the default.
+    pub fn evaluate_after_custom<'s>(
+        &'s self,
+        workload: &Workload,
+        request: &Request,
+    ) -> Decision<'s> {
         let candidates = self.candidates(workload);
         let matched = |step| {
             candidates
                 .policies(step, workload)
                 .find_map(|p| p.first_match(request).map(|rule| (p, rule)))
         };
-        if let Some((policy, rule)) = matched(Step::Custom) {
-            // No external authorizer is wired up yet: fail closed for what it matches.
-            return Decision::by(
-                Effect::Deny,
-                policy,
-                rule,
-                Reason::CustomProviderUnavailable,
-            );
-        }
         if let Some((policy, rule)) = matched(Step::Deny) {
             return Decision::by(Effect::Deny, policy, rule, Reason::Denied);
         }

@@ -26,7 +26,9 @@ mod value;
 
 pub use authn::{DEFAULT_JWKS_TIMEOUT, JwtRule, KeySource, RequestAuthentication, TokenLocation};
 pub use compile::MAX_VALUE_BYTES;
-pub use engine::{DecidingPolicy, Decision, Effect, PolicySet, PolicySummary, Reason, ShadowMatch};
+pub use engine::{
+    CustomCheck, DecidingPolicy, Decision, Effect, PolicySet, PolicySummary, Reason, ShadowMatch,
+};
 pub use error::{Notice, PolicyError};
 pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
 pub use load::{LoadReport, MAX_SOURCE_BYTES, load_objects, load_paths, load_str};

@@ -100,6 +100,13 @@ impl HttpRequest {
         })
     }
 
+    /// The same request with the headers an external authorizer left (CUSTOM):
+    /// method, target, authority and token stay as judged.
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
+        self
+    }
+
     /// Claims of a JWT that was already validated (`requestPrincipals`, `request.auth.*`).
     pub fn with_jwt(mut self, jwt: JwtClaims) -> Self {
         self.jwt_principal = jwt.principal();

@@ -154,6 +154,17 @@ pub(crate) fn jwt_refused(reason: &'static str) {
     counter!("meshward_jwt_refused_total", "reason" => reason).increment(1);
 }
 
+/// A CUSTOM policy's provider asked, by provider and result (`allow`, `deny`,
+/// `error`, `not_configured`, `not_for_tcp`).
+pub(crate) fn ext_authz_check(provider: &str, result: &'static str) {
+    counter!(
+        "meshward_ext_authz_checks_total",
+        "provider" => provider.to_owned(),
+        "result" => result,
+    )
+    .increment(1);
+}
+
 /// A fetch of remote JWT keys (`jwksUri`, OpenID discovery), by source.
 pub(crate) fn jwks_fetch(source: &str, ok: bool) {
     counter!(

@@ -39,7 +39,10 @@ fn check_accepts_the_example_policies() {
         None,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "3 policies valid\n");
+    assert_eq!(
+        text(&out.stdout),
+        "5 policies and 1 RequestAuthentication(s) valid\n"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //!   setup started.
 
 pub mod daemon;
+pub mod ext_authz;
 pub mod issuer;
 mod jwt_svid;
 pub mod kube_api;

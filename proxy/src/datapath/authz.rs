@@ -79,9 +79,25 @@ impl InboundStream {
         }
     }
 
-    /// Decides and counts the decision.
+    /// Decides and counts the decision (a CUSTOM policy that matches denies: this
+    /// is for requests no provider was asked about).
     pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> DecisionRecord {
-        let decision = policies.evaluate(&self.pod.workload, request);
+        self.record(request, policies.evaluate(&self.pod.workload, request))
+    }
+
+    /// Decides, once the provider of a matching CUSTOM policy allowed `request`.
+    pub(crate) fn authorize_after_custom(
+        &self,
+        policies: &PolicySet,
+        request: &Request,
+    ) -> DecisionRecord {
+        self.record(
+            request,
+            policies.evaluate_after_custom(&self.pod.workload, request),
+        )
+    }
+
+    fn record(&self, request: &Request, decision: meshward_policy::Decision<'_>) -> DecisionRecord {
         let (policy, action) = decision.policy.map_or(("-".to_owned(), "-"), |p| {
             (p.id.to_string(), p.action.as_str())
         });
@@ -233,7 +249,9 @@ async fn revoked(mut policies: Policies, workload: Workload, request: Request) -
             return std::future::pending().await;
         }
         let set = policies.borrow_and_update().clone();
-        let decision = set.evaluate(&workload, &request);
+        // a CUSTOM provider was asked when the connection opened; DENY and ALLOW
+        // policies are judged again
+        let decision = set.evaluate_after_custom(&workload, &request);
         if !decision.is_allowed() {
             metrics::connection_revoked();
             return decision.to_string();

@@ -19,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use meshward_extauthz::Verdict;
 use meshward_jwt::JwtFailure;
 use meshward_policy::{HttpRequest, JwtClaims, PolicySet};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +28,7 @@ use super::authz::{DecisionRecord, InboundStream};
 use super::body::{self, ProxyBody};
 use super::jwks::RequestKeys;
 use super::upstream::Version;
-use super::{Shared, copy, h2, responses};
+use super::{Shared, copy, custom, h2, responses};
 use crate::{metrics, xfcc};
 use headers::{keep_upgrade, request_authority, strip_hop_by_hop, upgrade_protocol};
 
@@ -172,7 +173,7 @@ async fn respond(
     http.target().path().clone_into(path);
     let normalized = http.target().to_request_target();
     let host = http.host().to_owned();
-    let judged = stream.request(Some(http));
+    let mut judged = stream.request(Some(http));
     if !stream.peer_trusted(&shared.state.borrow()) {
         // an HBONE stream opened before the pod stopped trusting the peer's domain
         let record = DecisionRecord {
@@ -182,7 +183,52 @@ async fn respond(
         };
         return (responses::forbidden(grpc), record);
     }
-    let mut record = stream.authorize(&policies, &judged);
+    // CUSTOM first: the provider's refusal is the client's answer; what it allows
+    // goes on, with its header changes, to DENY and ALLOW
+    let mut on_allow = Vec::new();
+    let mut record = match policies.custom_check(&stream.pod.workload, &judged) {
+        None => stream.authorize(&policies, &judged),
+        Some(check) => {
+            let protocol = match version {
+                Version::Http1 => "HTTP/1.1",
+                Version::Http2 => "HTTP/2",
+            };
+            let Some(http) = judged.http.as_ref() else {
+                return bad_request("no HTTP request".into());
+            };
+            let input = custom::http_input(stream, http, protocol);
+            let asked = custom::ask(&shared.providers, &check, &input).await;
+            match asked.verdict {
+                Verdict::Deny {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let policy = check.policy.to_string();
+                    metrics::decision("l7", false, &policy, "CUSTOM");
+                    let record = DecisionRecord {
+                        allowed: false,
+                        policy,
+                        reason: asked.reason,
+                    };
+                    return (responses::custom_denied(status, &headers, body), record);
+                }
+                Verdict::Allow {
+                    upstream,
+                    remove,
+                    downstream,
+                } => {
+                    custom::apply(request.headers_mut(), &upstream, &remove);
+                    on_allow = downstream;
+                    let headers = request.headers().clone();
+                    judged.http = judged.http.map(|h| h.with_headers(headers));
+                    let mut record = stream.authorize_after_custom(&policies, &judged);
+                    record.reason = format!("{}; {}", asked.reason, record.reason);
+                    record
+                }
+            }
+        }
+    };
     if !record.allowed {
         return (responses::forbidden(grpc), record);
     }
@@ -238,6 +284,7 @@ async fn respond(
             };
             let mut response = response.map(body::stream);
             strip_hop_by_hop(response.headers_mut());
+            custom::apply(response.headers_mut(), &on_allow, &[]);
             if let Some(protocol) = switched {
                 keep_upgrade(response.headers_mut(), protocol);
             }

@@ -16,6 +16,7 @@
 mod authz;
 mod body;
 mod copy;
+mod custom;
 mod detect;
 mod diagnose;
 mod h2;
@@ -47,6 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::agent::AgentHandle;
+use custom::Providers;
 use jwks::JwksCache;
 use policies::Policies;
 use pool::HbonePool;
@@ -68,6 +70,8 @@ pub enum DataPathError {
     ServiceSource(#[source] meshward_kubernetes::KubernetesError),
     #[error("authorization.jwks.ca_file {path}: {reason}")]
     JwksCaFile { path: String, reason: String },
+    #[error("extension_providers {name:?}: {reason}")]
+    ExtensionProvider { name: String, reason: String },
 }
 
 /// What every stage reads.
@@ -85,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) services: Services,
     /// RequestAuthentication keys fetched from `jwksUri` and discovery.
     pub(crate) jwks: Arc<JwksCache>,
+    /// The external authorizers CUSTOM policies name.
+    pub(crate) providers: Providers,
 }
 
 impl Shared {
@@ -151,6 +157,7 @@ impl DataPath {
             services,
             limits,
             jwks: Arc::new(JwksCache::new(&config.authorization.jwks)?),
+            providers: Providers::new(&config.extension_providers)?,
         });
         shared.jwks.clone().keep_fresh(shared.policies.clone());
         Ok(Self {

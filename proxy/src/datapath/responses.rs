@@ -8,6 +8,8 @@
 //!   body Envoy's reason (`Jwt verification fails`, `Jwt is expired`, ...) and
 //!   `www-authenticate: Bearer realm="http://<host><path>", error="invalid_token"`;
 //!   gRPC: `grpc-status: 16` (UNAUTHENTICATED).
+//! - refused by a CUSTOM policy's provider: the status, headers and body it gave
+//!   (`statusOnError`, 403 by default, when it could not be asked).
 //! - malformed: `400`, with the reason.
 //! - the pod unreachable: `503` `upstream connect error or disconnect/reset before
 //!   headers`; gRPC: `grpc-status: 14` (UNAVAILABLE).
@@ -55,6 +57,18 @@ pub(crate) fn unauthorized(reason: &str, realm: &str, grpc: bool) -> Response<Pr
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
     }
+    response
+}
+
+/// A CUSTOM provider's refusal: its status, headers and body, as it gave them.
+pub(crate) fn custom_denied(
+    status: u16,
+    headers: &[meshward_extauthz::HeaderChange],
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(Full::new(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    super::custom::apply(response.headers_mut(), headers, &[]);
     response
 }
 
