@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use meshward_integration::{CurlResponse, LoopbackForward, Mesh, available_or_skip};
 use meshward_test_support::ext_authz::{Behaviour, ExtAuthzServer};
-use support::{TD, curl_spire, echo_mesh, eventually};
+use support::{TD, connect_from, curl_spire, echo_mesh, echoed, eventually, tcp_echo};
 
 const DENIED_BODY: &str =
     "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
@@ -54,7 +54,11 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
         .enable_all()
         .build()
         .unwrap();
-    let grpc = runtime.block_on(ExtAuthzServer::grpc(Behaviour::default()));
+    let curl_spire_id = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    let grpc = runtime.block_on(ExtAuthzServer::grpc(Behaviour {
+        allowed_principals: vec![curl_spire_id.clone()],
+        ..Behaviour::default()
+    }));
     let http = runtime.block_on(ExtAuthzServer::http(Behaviour::default()));
     let slow = runtime.block_on(ExtAuthzServer::grpc(Behaviour {
         delay: Duration::from_secs(3),
@@ -188,4 +192,51 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
     assert_eq!(grpc.seen().len() + http.seen().len(), before);
     let logs = mesh.daemon_log("node-2");
     assert!(logs.contains("could not be asked"), "{logs}");
+
+    // TCP: a CUSTOM policy on a port asks the gRPC provider, with no HTTP part
+    // (the DENY on HTTP paths goes too: on TCP, Istio's DENY with HTTP-only fields
+    // matches every connection)
+    let _tcp = tcp_echo(&mesh);
+    for name in [
+        "grpc",
+        "http",
+        "missing",
+        "slow",
+        "slow-open",
+        "unreachable",
+        "deny-forbidden",
+    ] {
+        mesh.delete_policy(name).unwrap();
+    }
+    let on_port = |provider: &str| {
+        let spec = format!(
+            "  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules:\n  - to:\n    - operation:\n        ports: [\"9000\"]\n"
+        );
+        mesh.apply_policy("tcp", &policy("tcp", &spec)).unwrap();
+    };
+    on_port("ext-authz-grpc");
+    mesh.wait_for_policy_count(2).unwrap();
+    let echo = SocketAddr::new(mesh.pod_ip("echoserver").unwrap(), 9000);
+    let seen_before = grpc.seen().len();
+    eventually(
+        &mesh,
+        "the TCP connection is allowed by the provider",
+        || {
+            let mut stream = connect_from(&mesh, "curl-spire", echo).map_err(|e| e.to_string())?;
+            echoed(&mut stream, Duration::from_secs(5))
+        },
+    );
+    let check = grpc.seen().into_iter().last().unwrap();
+    assert!(grpc.seen().len() > seen_before);
+    assert!(!check.http, "a TCP check carries no HTTP request");
+    assert_eq!(check.source_principal, curl_spire_id);
+    // an HTTP authorizer cannot judge TCP: the connection is refused
+    on_port("ext-authz-http");
+    eventually(&mesh, "the TCP connection is refused", || {
+        let mut stream = connect_from(&mesh, "curl-spire", echo).map_err(|e| e.to_string())?;
+        match echoed(&mut stream, Duration::from_secs(5)) {
+            Ok(()) => Err("still echoed".to_owned()),
+            Err(_) => Ok(()),
+        }
+    });
 }

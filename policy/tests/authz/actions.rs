@@ -188,3 +188,37 @@ fn explain_names_the_failing_field() {
     assert!(e.to_string().contains("rule 0: matched"), "{e}");
     assert!(e.decision.is_allowed());
 }
+
+/// As the node proxy decides: the provider of a matching CUSTOM policy first,
+/// then DENY and ALLOW for what it allows.
+#[test]
+fn custom_with_a_provider_that_allows_and_one_that_denies() {
+    let s = set(&(policy(
+        "ext",
+        "  action: CUSTOM\n  provider:\n    name: opa\n  rules:\n  - to:\n    - operation:\n        paths: [\"/ext/*\"]",
+    ) + &deny_rule("to:\n- operation:\n    paths: [\"/ext/forbidden\"]")
+        + &policy("all", "  rules:\n  - {}")));
+    let decide = |provider_allows: bool, path: &str| {
+        let request = http("GET", path).build();
+        match s.custom_check(&echo(), &request) {
+            Some(check) => {
+                assert_eq!((check.provider, check.policy.name.as_str()), ("opa", "ext"));
+                provider_allows && s.evaluate_after_custom(&echo(), &request).is_allowed()
+            }
+            None => s.evaluate(&echo(), &request).is_allowed(),
+        }
+    };
+    assert!(
+        decide(true, "/ext/a"),
+        "the provider allows, and so does ALLOW"
+    );
+    assert!(!decide(false, "/ext/a"), "the provider denies");
+    assert!(
+        !decide(true, "/ext/forbidden"),
+        "DENY still applies after the provider"
+    );
+    assert!(
+        decide(false, "/other"),
+        "no CUSTOM policy matches: no provider asked"
+    );
+}

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use meshward_extauthz::{CheckInput, Verdict};
 use meshward_policy::{HttpRequest, PolicySet, Request, Workload};
 use meshward_spiffe::SpiffeId;
 
+use super::custom::{self, Providers};
 use super::policies::Policies;
 use super::state::{LocalPod, MeshState};
 use crate::metrics::{self, ConnectionLabels, Principal, Reporter};
@@ -114,13 +116,42 @@ impl InboundStream {
     /// with the policies in force now; a refusal is logged here. Called when the
     /// CONNECT for a `tcp` port arrives (so the refusal is a `401`) or, for a
     /// detected TCP stream, before its first byte is forwarded.
-    pub(crate) fn authorize_connection(
+    ///
+    /// A CUSTOM policy that matches the connection asks its provider first (the
+    /// gRPC form, as Envoy's network ext_authz: no HTTP part in the check).
+    pub(crate) async fn authorize_connection(
         &self,
         policies: &Policies,
+        providers: &Providers,
         started: std::time::Instant,
     ) -> DecisionRecord {
         let set = policies.borrow().clone();
-        let record = self.authorize(&set, &self.request(None));
+        let request = self.request(None);
+        let record = match set.custom_check(&self.pod.workload, &request) {
+            None => self.authorize(&set, &request),
+            Some(check) => {
+                let (source, destination) = custom::peers(self);
+                let input = CheckInput {
+                    source,
+                    destination,
+                    http: None,
+                };
+                let asked = custom::ask(providers, &check, &input).await;
+                if let Verdict::Allow { .. } = asked.verdict {
+                    let mut record = self.authorize_after_custom(&set, &request);
+                    record.reason = format!("{}; {}", asked.reason, record.reason);
+                    record
+                } else {
+                    let policy = check.policy.to_string();
+                    metrics::decision("l4", false, &policy, "CUSTOM");
+                    DecisionRecord {
+                        allowed: false,
+                        policy,
+                        reason: asked.reason,
+                    }
+                }
+            }
+        };
         if !record.allowed {
             self.log_connection(&record, 0, 0, started.elapsed(), None);
         }

@@ -102,8 +102,8 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
     let service = {
         let shared = shared.clone();
         service_fn(move |request| {
-            let response = connect(&shared, &tunnel, request);
-            async move { Ok::<_, Infallible>(response) }
+            let (shared, tunnel) = (shared.clone(), tunnel.clone());
+            async move { Ok::<_, Infallible>(connect(&shared, &tunnel, request).await) }
         })
     };
     let connection =
@@ -156,7 +156,7 @@ struct Tunnel {
 }
 
 /// One CONNECT: check it, answer it, and serve the stream once upgraded.
-fn connect(
+async fn connect(
     shared: &Arc<Shared>,
     tunnel: &Tunnel,
     mut request: Request<Incoming>,
@@ -196,7 +196,13 @@ fn connect(
         pod: pod.clone(),
     };
     let authorized = if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
-        let record = stream.authorize_connection(&shared.policies, std::time::Instant::now());
+        let record = stream
+            .authorize_connection(
+                &shared.policies,
+                &shared.providers,
+                std::time::Instant::now(),
+            )
+            .await;
         if !record.allowed {
             return status(StatusCode::UNAUTHORIZED);
         }

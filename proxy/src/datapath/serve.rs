@@ -82,8 +82,14 @@ async fn serve_tcp<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let record =
-        authorized.unwrap_or_else(|| stream.authorize_connection(&shared.policies, started));
+    let record = match authorized {
+        Some(record) => record,
+        None => {
+            stream
+                .authorize_connection(&shared.policies, &shared.providers, started)
+                .await
+        }
+    };
     if !record.allowed {
         return;
     }
