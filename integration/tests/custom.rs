@@ -71,11 +71,15 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
          - name: ext-authz-http\n  envoyExtAuthzHttp:\n    service: 127.0.0.1\n    port: {}\n    timeout: 2s\n    pathPrefix: /check\n    includeRequestHeadersInCheck: [x-ext-authz]\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result]\n\
          - name: slow\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {}, timeout: 1s, statusOnError: \"503\"}}\n\
          - name: slow-open\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {}, timeout: 1s, failOpen: true}}\n\
-         - name: unreachable\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: 9, timeout: 1s}}\n",
+         - name: unreachable\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: 9, timeout: 1s}}\n\
+         - name: body-partial\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {}, timeout: 2s, includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true}}}}\n\
+         - name: body-strict\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {}, timeout: 2s, includeRequestHeadersInCheck: [x-ext-authz], includeRequestBodyInCheck: {{maxRequestBytes: 16}}}}\n",
         port(&grpc),
         port(&http),
         port(&slow),
         port(&slow),
+        port(&grpc),
+        port(&http),
     );
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
@@ -99,6 +103,8 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
         ("slow", custom("slow", "/slow/*")),
         ("slow-open", custom("slow-open", "/open/*")),
         ("unreachable", custom("unreachable", "/unreachable/*")),
+        ("body-partial", custom("body-partial", "/partial/*")),
+        ("body-strict", custom("body-strict", "/strict/*")),
         (
             "deny-forbidden",
             "  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [\"*/forbidden\"]\n".into(),
@@ -110,7 +116,7 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
     ] {
         mesh.apply_policy(name, &policy(name, &spec)).unwrap();
     }
-    mesh.wait_for_policy_count(8).unwrap();
+    mesh.wait_for_policy_count(10).unwrap();
 
     // gRPC: allowed with the header, and the pod sees what the authorizer set
     let r = eventually(&mesh, "gRPC ext_authz allows", || {
@@ -193,6 +199,47 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
     let logs = mesh.daemon_log("node-2");
     assert!(logs.contains("could not be asked"), "{logs}");
 
+    // the body: its first maxRequestBytes go to the authorizer, all of it to the pod
+    let long = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let post = |path: &str| {
+        let url = format!("http://{}:8080{path}", mesh.pod_ip("echoserver").unwrap());
+        let args = [
+            "-H",
+            "x-ext-authz: allow",
+            "--data-binary",
+            long,
+            url.as_str(),
+        ];
+        mesh.cluster.curl("curl-spire", &args).unwrap()
+    };
+    let r = post("/partial/d");
+    assert_eq!(r.status, Some(200), "{}", r.body);
+    assert_eq!(r.json().unwrap()["request"]["body"], long);
+    assert_eq!(
+        grpc.seen().into_iter().last().unwrap().body,
+        long.as_bytes()[..16]
+    );
+    // larger than maxRequestBytes without allowPartialMessage: 413, nothing asked
+    let asked = http.seen().len();
+    assert_eq!(post("/strict/d").status, Some(413));
+    assert_eq!(http.seen().len(), asked);
+    let url = format!(
+        "http://{}:8080/strict/e",
+        mesh.pod_ip("echoserver").unwrap()
+    );
+    let small = [
+        "-H",
+        "x-ext-authz: allow",
+        "--data-binary",
+        "short",
+        url.as_str(),
+    ];
+    assert_eq!(
+        mesh.cluster.curl("curl-spire", &small).unwrap().status,
+        Some(200)
+    );
+    assert_eq!(http.seen().into_iter().last().unwrap().body, b"short");
+
     // TCP: a CUSTOM policy on a port asks the gRPC provider, with no HTTP part
     // (the DENY on HTTP paths goes too: on TCP, Istio's DENY with HTTP-only fields
     // matches every connection)
@@ -204,6 +251,8 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
         "slow",
         "slow-open",
         "unreachable",
+        "body-partial",
+        "body-strict",
         "deny-forbidden",
     ] {
         mesh.delete_policy(name).unwrap();

@@ -40,6 +40,8 @@ pub struct SeenCheck {
     pub source_address: String,
     /// `false` for a TCP connection's check.
     pub http: bool,
+    /// The request body the check carried.
+    pub body: Vec<u8>,
 }
 
 /// How the authorizer behaves.
@@ -138,7 +140,11 @@ async fn http_check(
 ) -> Response<Full<Bytes>> {
     tokio::time::sleep(behaviour.delay).await;
     let (parts, body) = request.into_parts();
-    let _ = body.collect().await;
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -163,6 +169,7 @@ async fn http_check(
                 .to_owned(),
             headers,
             http: true,
+            body,
             ..SeenCheck::default()
         });
     }
@@ -227,6 +234,16 @@ impl auth::authorization_server::Authorization for GrpcAuthorizer {
             destination_principal: destination.principal,
             source_address: address,
             http: http.is_some(),
+            body: http
+                .as_ref()
+                .map(|h| {
+                    if h.raw_body.is_empty() {
+                        h.body.clone().into_bytes()
+                    } else {
+                        h.raw_body.clone()
+                    }
+                })
+                .unwrap_or_default(),
         };
         let allowed = if check.http {
             check

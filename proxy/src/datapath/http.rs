@@ -104,11 +104,14 @@ async fn handle(
 async fn respond(
     shared: &Shared,
     stream: &InboundStream,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     version: Version,
     grpc: bool,
     path: &mut String,
 ) -> (Response<ProxyBody>, DecisionRecord) {
+    // the body as it will be forwarded (an XFCC trailer removed); an external
+    // authorizer may read its first bytes before
+    let mut request = request.map(body::request);
     let bad_request = |reason: String| {
         let response = responses::bad_request(&reason);
         let record = DecisionRecord {
@@ -196,7 +199,28 @@ async fn respond(
             let Some(http) = judged.http.as_ref() else {
                 return bad_request("no HTTP request".into());
             };
-            let input = custom::http_input(stream, http, protocol);
+            let mut input = custom::http_input(stream, http, protocol);
+            let wanted = shared
+                .providers
+                .get(check.provider)
+                .and_then(|a| a.body().cloned());
+            if let Some(wanted) = wanted {
+                match read_for_check(&mut request, &wanted).await {
+                    Ok(prefix) => {
+                        if let Some(http) = input.http.as_mut() {
+                            http.body = Some(prefix);
+                        }
+                    }
+                    Err((status, reason)) => {
+                        let record = DecisionRecord {
+                            allowed: false,
+                            policy: check.policy.to_string(),
+                            reason,
+                        };
+                        return (responses::status_only(status), record);
+                    }
+                }
+            }
             let asked = custom::ask(&shared.providers, &check, &input).await;
             match asked.verdict {
                 Verdict::Deny {
@@ -255,7 +279,6 @@ async fn respond(
         keep_upgrade(request.headers_mut(), protocol.clone());
     }
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let request = request.map(body::request);
     let sent = match upgrade {
         Some(_) => {
             shared
@@ -297,13 +320,44 @@ async fn respond(
     }
 }
 
+/// How long a client may take to send the body an authorizer wants to read.
+const BODY_FOR_CHECK: Duration = Duration::from_secs(30);
+
+/// The first `maxRequestBytes` of the body, for an authorizer; the request keeps
+/// the whole body. A larger body is `413` unless `allowPartialMessage`; a client
+/// too slow to send it, `408`.
+async fn read_for_check(
+    request: &mut Request<ProxyBody>,
+    wanted: &meshward_config::RequestBody,
+) -> Result<bytes::Bytes, (StatusCode, String)> {
+    let max = wanted.max_request_bytes as usize;
+    let taken = std::mem::replace(request.body_mut(), body::empty());
+    let peeked = tokio::time::timeout(BODY_FOR_CHECK, body::peek(taken, max))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the body the authorizer reads was not sent in time".to_owned(),
+            )
+        })?
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+    *request.body_mut() = peeked.body;
+    if peeked.truncated && !wanted.allow_partial_message {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the authorizer's maxRequestBytes ({max})"),
+        ));
+    }
+    Ok(peeked.prefix)
+}
+
 /// Authenticates `request` under the RequestAuthentication rules of its pod:
 /// `Ok(None)` when there are none or it carries no token.
 async fn authenticate(
     shared: &Shared,
     stream: &InboundStream,
     policies: &PolicySet,
-    request: &mut Request<Incoming>,
+    request: &mut Request<ProxyBody>,
 ) -> Result<Option<JwtClaims>, JwtFailure> {
     let rules = policies.jwt_rules(&stream.pod.workload);
     if rules.is_empty() {

@@ -72,6 +72,12 @@ pub(crate) fn custom_denied(
     response
 }
 
+/// A bare status (413, 408), as Envoy sends them.
+pub(crate) fn status_only(status: StatusCode) -> Response<ProxyBody> {
+    let text = status.canonical_reason().unwrap_or("").to_owned();
+    plain(status, Bytes::from(text))
+}
+
 /// A request that cannot be judged as it is.
 pub(crate) fn bad_request(reason: &str) -> Response<ProxyBody> {
     plain(
