@@ -197,6 +197,14 @@ impl Provider {
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256",
             "x": b64(&self.public[1..33]), "y": b64(&self.public[33..65])}]});
         std::fs::write(www.join("jwks.json"), jwks.to_string()).unwrap();
+        // OpenID discovery, for a rule that names only the issuer
+        let base = format!("https://{ip}:8443");
+        std::fs::create_dir_all(www.join(".well-known")).unwrap();
+        std::fs::write(
+            www.join(".well-known/openid-configuration"),
+            json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")}).to_string(),
+        )
+        .unwrap();
         let path = |name: &str| self.dir.path().join(name).display().to_string();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/serve_https.py");
         let ns = mesh.cluster.host("idp").unwrap().netns();
@@ -351,6 +359,32 @@ fn tokens_of_an_https_jwks_are_validated_in_every_bad_class() {
             panic!("{token}: want {body}: {e}");
         }
     }
+    // OpenID discovery: a rule naming only an https:// issuer finds its keys
+    // through <issuer>/.well-known/openid-configuration
+    let discovered = jwks_uri.trim_end_matches("/jwks.json").to_owned();
+    apply(
+        &mesh,
+        "discovered",
+        &format!("  jwtRules:\n  - issuer: {discovered}\n"),
+    );
+    apply(
+        &mesh,
+        "admins-only",
+        &format!(
+            "  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"https://idp.example/*\", \"{discovered}/*\"]\n    when:\n    - key: request.auth.claims[groups]\n      values: [admins]\n"
+        ),
+    );
+    let by_discovery = provider.token(&claims(json!({"iss": discovered})));
+    eventually(
+        &mesh,
+        "a token of the discovered issuer is accepted",
+        || {
+            let r = call(&mesh, &bearer(&by_discovery));
+            (r.status == Some(200))
+                .then_some(())
+                .ok_or(format!("{:?} {}", r.status, r.body))
+        },
+    );
     let fetched = |result: &str| {
         node_metric(
             &mesh,

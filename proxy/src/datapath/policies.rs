@@ -216,4 +216,39 @@ spec:
         assert!(changed.is_err(), "a broken object must not replace the set");
         assert_eq!(policies.borrow().len(), 2);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_authentications_from_the_kubernetes_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
+        let authentication = |name: &str, issuer: &str| {
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "echoserver", "uid": "u"},
+                "spec": {"jwtRules": [{"issuer": issuer}]},
+            })
+        };
+        api.apply_request_authentication(authentication("svids", "spiffe://math.example.com"));
+        let client = crate::datapath::testing::kube_client(&api);
+        let mut policies = watch_policies(Vec::new(), Some(client), EngineOptions::default());
+        let echo = meshward_policy::Workload {
+            namespace: "echoserver".into(),
+            ..Default::default()
+        };
+        let rules = |set: &PolicySet| set.jwt_rules(&echo).len();
+        crate::datapath::testing::settles(&mut policies, "one rule", |set| rules(set) == 1).await;
+        // an AuthorizationPolicy beside it: one set of both kinds
+        api.apply_authorization_policy(serde_json::json!({
+            "metadata": {"name": "allow-all", "namespace": "echoserver", "uid": "v"},
+            "spec": {"rules": [{}]},
+        }));
+        crate::datapath::testing::settles(&mut policies, "both kinds", |set| {
+            set.len() == 1 && rules(set) == 1
+        })
+        .await;
+        // an object a rule cannot be made of is refused: the set stays
+        api.apply_request_authentication(authentication("broken", "accounts"));
+        let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
+        assert!(changed.is_err(), "a broken object must not replace the set");
+        assert_eq!(rules(&policies.borrow()), 1);
+    }
 }
