@@ -87,34 +87,7 @@ fn jwt_svids_from_the_workload_api_authenticate_requests() {
             "  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"spiffe://{TD}/{caller}\"]\n"
         ),
     );
-    let fetch = |audience: &str| {
-        let out = mesh
-            .cluster
-            .exec_in_pod(
-                "curl-spire",
-                meshward_integration::meshward_binary()
-                    .unwrap()
-                    .to_str()
-                    .unwrap(),
-                &[
-                    "api",
-                    "fetch",
-                    "jwt",
-                    "-audience",
-                    audience,
-                    "-socketPath",
-                    mesh.workload_api_socket("node-1").to_str().unwrap(),
-                ],
-                Duration::from_secs(10),
-            )
-            .unwrap();
-        out.stdout
-            .lines()
-            .nth(1)
-            .unwrap_or_else(|| panic!("no token: {out:?}"))
-            .trim()
-            .to_owned()
-    };
+    let fetch = |audience: &str| mesh.fetch_jwt_svid("curl-spire", audience).unwrap();
     let token = fetch("echoserver");
 
     let r = eventually(&mesh, "the JWT-SVID is accepted", || {
@@ -193,10 +166,8 @@ impl Provider {
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(self.dir.path().join("server.pem"), cert.pem()).unwrap();
         std::fs::write(self.dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256",
-            "x": b64(&self.public[1..33]), "y": b64(&self.public[33..65])}]});
-        std::fs::write(www.join("jwks.json"), jwks.to_string()).unwrap();
+        let jwks = meshward_test_support::jwks::p256("idp-1", &self.public);
+        std::fs::write(www.join("jwks.json"), jwks).unwrap();
         // OpenID discovery, for a rule that names only the issuer
         let base = format!("https://{ip}:8443");
         std::fs::create_dir_all(www.join(".well-known")).unwrap();

@@ -30,10 +30,7 @@ impl Signer {
     }
 
     fn jwks(&self) -> String {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig",
-            "x": b64(&self.public_raw[1..33]), "y": b64(&self.public_raw[33..65])}]})
-        .to_string()
+        meshward_test_support::jwks::p256(&self.kid, &self.public_raw)
     }
 
     fn sign(&self, claims: &Value) -> String {

@@ -15,6 +15,7 @@
 pub mod daemon;
 pub mod ext_authz;
 pub mod issuer;
+pub mod jwks;
 mod jwt_svid;
 pub mod kube_api;
 pub mod postgres;

@@ -229,6 +229,32 @@ impl Mesh {
         Ok(self.issuer_of(trust_domain)?.bundle_endpoint_url())
     }
 
+    /// A JWT-SVID for `audience`, fetched inside `pod` from its node's Workload
+    /// API with `meshward api fetch jwt`, as a workload would.
+    pub fn fetch_jwt_svid(&self, pod: &str, audience: &str) -> Result<String> {
+        let node = self.cluster.pod(pod)?.node().to_owned();
+        let socket = path_str(&self.workload_api_socket(&node));
+        let args = [
+            "api",
+            "fetch",
+            "jwt",
+            "-audience",
+            audience,
+            "-socketPath",
+            socket.as_str(),
+        ];
+        let out =
+            self.cluster
+                .exec_in_pod(pod, &path_str(&self.bin), &args, Duration::from_secs(10))?;
+        // `token(<SPIFFE ID>):` then the token on the next line, as SPIRE prints it
+        out.stdout
+            .lines()
+            .nth(1)
+            .map(|line| line.trim().to_owned())
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| HarnessError::Invalid(format!("no JWT-SVID from {pod}: {out:?}")))
+    }
+
     /// The first issuer's newest signing CA (`ca.pem`, `ca.key`): what tests mint
     /// hand-made certificates with.
     pub fn issuer_ca_dir(&self) -> Result<PathBuf> {

@@ -331,38 +331,9 @@ fn bearer(mesh: &Mesh, request: &Request) -> Result<Option<String>, String> {
         Token::JwtSvid(audience) => audience,
         Token::Tampered => "echoserver",
     };
-    let bin = std::env::current_exe().map_err(|e| e.to_string())?;
-    let node = mesh
-        .cluster
-        .pod(request.pod)
-        .map_err(|e| e.to_string())?
-        .node()
-        .to_owned();
-    let socket = mesh.workload_api_socket(&node);
-    let out = mesh
-        .cluster
-        .exec_in_pod(
-            request.pod,
-            &bin.display().to_string(),
-            &[
-                "api",
-                "fetch",
-                "jwt",
-                "-audience",
-                audience,
-                "-socketPath",
-                &socket.display().to_string(),
-            ],
-            Duration::from_secs(10),
-        )
+    let mut token = mesh
+        .fetch_jwt_svid(request.pod, audience)
         .map_err(|e| e.to_string())?;
-    let mut token = out
-        .stdout
-        .lines()
-        .nth(1)
-        .map(|line| line.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| format!("no token in {:?}{:?}", out.stdout, out.stderr))?;
     if request.token == Token::Tampered {
         token = tamper(&token);
     }
