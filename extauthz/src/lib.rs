@@ -12,10 +12,12 @@
 mod authorizer;
 mod check;
 mod grpc;
+mod headers;
 mod http;
 
 pub use authorizer::Authorizer;
 pub use check::{CheckError, CheckInput, HeaderChange, HeaderMode, HttpInput, PeerInput, Verdict};
+pub use headers::apply as apply_headers;
 
 /// The generated protocol (a subset of Envoy's API with its field numbers).
 #[allow(clippy::all, unreachable_pub, missing_docs)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use meshward_extauthz::{CheckInput, Verdict};
+use meshward_extauthz::{CheckInput, PeerInput, Verdict};
 use meshward_policy::{HttpRequest, PolicySet, Request, Workload};
 use meshward_spiffe::SpiffeId;
 
@@ -60,6 +60,21 @@ impl InboundStream {
             sni: None,
             http,
         }
+    }
+
+    /// The two ends as an external authorizer sees them: the client (its verified
+    /// SPIFFE ID) and the pod.
+    pub(crate) fn check_peers(&self) -> (PeerInput, PeerInput) {
+        (
+            PeerInput {
+                address: self.source,
+                principal: self.peer.as_ref().map(|p| p.spiffe_id.to_string()),
+            },
+            PeerInput {
+                address: self.destination,
+                principal: self.pod.tls.as_ref().map(|t| t.spiffe_id.to_string()),
+            },
+        )
     }
 
     /// The client's SPIFFE ID; `unknown` for plaintext.
@@ -130,7 +145,7 @@ impl InboundStream {
         let record = match set.custom_check(&self.pod.workload, &request) {
             None => self.authorize(&set, &request),
             Some(check) => {
-                let (source, destination) = custom::peers(self);
+                let (source, destination) = self.check_peers();
                 let input = CheckInput {
                     source,
                     destination,

@@ -7,15 +7,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
 use meshward_config::ExtensionProvider;
-use meshward_extauthz::{
-    Authorizer, CheckInput, HeaderChange, HeaderMode, HttpInput, PeerInput, Verdict,
-};
+use meshward_extauthz::{Authorizer, CheckInput, HttpInput, PeerInput, Verdict};
 use meshward_policy::{CustomCheck, HttpRequest};
 
 use super::DataPathError;
-use super::authz::InboundStream;
 
 /// The configured providers, by name.
 #[derive(Debug, Default)]
@@ -44,6 +40,8 @@ impl Providers {
 pub(crate) struct Asked {
     pub(crate) verdict: Verdict,
     pub(crate) reason: String,
+    /// The policy names no configured provider: refused as RBAC refuses.
+    pub(crate) not_configured: bool,
 }
 
 /// Asks the provider `check` names about `input`.
@@ -62,9 +60,10 @@ pub(crate) async fn ask(
             verdict: Verdict::Deny {
                 status: 403,
                 headers: Vec::new(),
-                body: bytes::Bytes::from_static(super::responses::RBAC_DENIED.as_bytes()),
+                body: bytes::Bytes::new(),
             },
             reason: format!("denied: {which} is not configured (fail closed)"),
+            not_configured: true,
         };
     };
     if input.http.is_none() && !authorizer.judges_tcp() {
@@ -72,6 +71,7 @@ pub(crate) async fn ask(
         return Asked {
             verdict: authorizer.on_error(),
             reason: format!("{which}: an HTTP authorizer cannot judge a TCP connection"),
+            not_configured: false,
         };
     }
     match authorizer.check(input).await {
@@ -83,7 +83,11 @@ pub(crate) async fn ask(
             } else {
                 format!("denied by {which}")
             };
-            Asked { verdict, reason }
+            Asked {
+                verdict,
+                reason,
+                not_configured: false,
+            }
         }
         Err(e) => {
             crate::metrics::ext_authz_check(check.provider, "error");
@@ -96,13 +100,19 @@ pub(crate) async fn ask(
             Asked {
                 verdict,
                 reason: format!("{which} could not be asked ({e}); {then}"),
+                not_configured: false,
             }
         }
     }
 }
 
-/// A check about one HTTP request, as policy judged it.
-pub(crate) fn http_input(stream: &InboundStream, http: &HttpRequest, protocol: &str) -> CheckInput {
+/// A check about one HTTP request, as policy judged it, between `peers` (the
+/// client and the pod).
+pub(crate) fn http_input(
+    (source, destination): (PeerInput, PeerInput),
+    http: &HttpRequest,
+    protocol: &str,
+) -> CheckInput {
     let headers: Vec<(String, String)> = http
         .headers()
         .iter()
@@ -113,7 +123,6 @@ pub(crate) fn http_input(stream: &InboundStream, http: &HttpRequest, protocol: &
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(-1);
-    let (source, destination) = peers(stream);
     CheckInput {
         source,
         destination,
@@ -127,107 +136,5 @@ pub(crate) fn http_input(stream: &InboundStream, http: &HttpRequest, protocol: &
             body: None,
             size,
         }),
-    }
-}
-
-/// The peers of a check: the verified client and the pod.
-pub(crate) fn peers(stream: &InboundStream) -> (PeerInput, PeerInput) {
-    (
-        PeerInput {
-            address: stream.source,
-            principal: stream.peer.as_ref().map(|p| p.spiffe_id.to_string()),
-        },
-        PeerInput {
-            address: stream.destination,
-            principal: stream.pod.tls.as_ref().map(|t| t.spiffe_id.to_string()),
-        },
-    )
-}
-
-/// Headers a provider may never write: identity and routing are the proxy's.
-const PROTECTED: [&str; 2] = ["x-forwarded-client-cert", "host"];
-
-/// Applies an authorizer's header changes to `headers`.
-pub(crate) fn apply(headers: &mut HeaderMap, changes: &[HeaderChange], remove: &[String]) {
-    for name in remove {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            if !PROTECTED.contains(&name.as_str()) {
-                headers.remove(&name);
-            }
-        }
-    }
-    for change in changes {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(change.name.as_bytes()),
-            HeaderValue::from_str(&change.value),
-        ) else {
-            continue;
-        };
-        if PROTECTED.contains(&name.as_str()) {
-            continue;
-        }
-        match change.mode {
-            HeaderMode::Overwrite => {
-                headers.insert(name, value);
-            }
-            HeaderMode::Append => {
-                headers.append(name, value);
-            }
-            HeaderMode::AddIfAbsent => {
-                if !headers.contains_key(&name) {
-                    headers.insert(name, value);
-                }
-            }
-            HeaderMode::OverwriteIfExists => {
-                if headers.contains_key(&name) {
-                    headers.insert(name, value);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(name: &str, value: &str, mode: HeaderMode) -> HeaderChange {
-        HeaderChange {
-            name: name.into(),
-            value: value.into(),
-            mode,
-        }
-    }
-
-    #[test]
-    fn header_changes_follow_envoy_and_never_touch_identity() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-a", HeaderValue::from_static("1"));
-        headers.insert("x-b", HeaderValue::from_static("1"));
-        headers.insert("x-forwarded-client-cert", HeaderValue::from_static("By=me"));
-        headers.insert("authorization", HeaderValue::from_static("secret"));
-        apply(
-            &mut headers,
-            &[
-                change("x-a", "2", HeaderMode::Overwrite),
-                change("x-b", "2", HeaderMode::Append),
-                change("x-b", "3", HeaderMode::AddIfAbsent),
-                change("x-c", "1", HeaderMode::OverwriteIfExists),
-                change("x-d", "1", HeaderMode::AddIfAbsent),
-                change(
-                    "x-forwarded-client-cert",
-                    "URI=spiffe://evil",
-                    HeaderMode::Overwrite,
-                ),
-            ],
-            &["authorization".into(), "x-forwarded-client-cert".into()],
-        );
-        assert_eq!(headers["x-a"], "2");
-        let b: Vec<_> = headers.get_all("x-b").iter().collect();
-        assert_eq!(b, ["1", "2"]);
-        assert!(headers.get("x-c").is_none());
-        assert_eq!(headers["x-d"], "1");
-        assert_eq!(headers["x-forwarded-client-cert"], "By=me");
-        assert!(headers.get("authorization").is_none());
     }
 }

@@ -199,7 +199,7 @@ async fn respond(
             let Some(http) = judged.http.as_ref() else {
                 return bad_request("no HTTP request".into());
             };
-            let mut input = custom::http_input(stream, http, protocol);
+            let mut input = custom::http_input(stream.check_peers(), http, protocol);
             let wanted = shared
                 .providers
                 .get(check.provider)
@@ -235,6 +235,9 @@ async fn respond(
                         policy,
                         reason: asked.reason,
                     };
+                    if asked.not_configured {
+                        return (responses::forbidden(grpc), record);
+                    }
                     return (responses::custom_denied(status, &headers, body), record);
                 }
                 Verdict::Allow {
@@ -242,7 +245,7 @@ async fn respond(
                     remove,
                     downstream,
                 } => {
-                    custom::apply(request.headers_mut(), &upstream, &remove);
+                    meshward_extauthz::apply_headers(request.headers_mut(), &upstream, &remove);
                     on_allow = downstream;
                     let headers = request.headers().clone();
                     judged.http = judged.http.map(|h| h.with_headers(headers));
@@ -307,7 +310,7 @@ async fn respond(
             };
             let mut response = response.map(body::stream);
             strip_hop_by_hop(response.headers_mut());
-            custom::apply(response.headers_mut(), &on_allow, &[]);
+            meshward_extauthz::apply_headers(response.headers_mut(), &on_allow, &[]);
             if let Some(protocol) = switched {
                 keep_upgrade(response.headers_mut(), protocol);
             }

@@ -68,7 +68,7 @@ pub(crate) fn custom_denied(
 ) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(Full::new(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-    super::custom::apply(response.headers_mut(), headers, &[]);
+    meshward_extauthz::apply_headers(response.headers_mut(), headers, &[]);
     response
 }
 
