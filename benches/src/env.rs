@@ -52,11 +52,18 @@ pub(crate) struct Env {
     pub(crate) node2_ip: IpAddr,
     /// The client pod's SVID files (svid.0.pem, svid.0.key, bundle.0.pem).
     pub(crate) client_svid: PathBuf,
+    /// HBONE's key exchange groups, as the daemons were given them.
+    pub(crate) key_exchange: Vec<meshward_tls::KeyExchangeGroup>,
 }
 
 impl Env {
     /// Two nodes whose daemons run `worker_threads` runtime threads each.
-    pub(crate) fn start(bin: &Path, worker_threads: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        bin: &Path,
+        worker_threads: usize,
+        key_exchange: &[meshward_tls::KeyExchangeGroup],
+    ) -> anyhow::Result<Self> {
+        let groups: Vec<String> = key_exchange.iter().map(|g| format!("{g:?}")).collect();
         let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
         spec.pod(
             "node-1",
@@ -75,7 +82,8 @@ impl Env {
         // request, which was 10% of the daemons' CPU in the HTTP/1.1 profile
         .log("info")
         .proxy_yaml(&format!(
-            "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\n"
+            "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\nhbone:\n  key_exchange: [{}]\n",
+            groups.join(", ")
         ));
         let mesh = Mesh::start(bin, spec).context("starting the mesh")?;
         mesh.apply_policy(
@@ -137,6 +145,7 @@ impl Env {
             node1_ip,
             node2_ip,
             client_svid,
+            key_exchange: key_exchange.to_vec(),
         })
     }
 

@@ -41,6 +41,11 @@ struct Args {
     /// nodes would give them (the daemon's own default is max(2, cores / 4)).
     #[arg(long, default_value_t = 1)]
     worker_threads: usize,
+    /// HBONE's key exchange groups, most preferred first (the daemons'
+    /// `hbone.key_exchange` and the handshake figure's client), e.g. `X25519` to
+    /// measure what the hybrid post-quantum default costs.
+    #[arg(long, value_delimiter = ',', default_value = "X25519MLKEM768,X25519")]
+    key_exchange: Vec<meshward_tls::KeyExchangeGroup>,
     /// Record the meshward daemons with `perf` while each figure runs, into
     /// DIR/<figure>.data (read with `perf report -i`).
     #[arg(long, value_name = "DIR")]
@@ -77,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         "meshward-bench: building the environment with {}",
         bin.display()
     );
-    let env = Env::start(&bin, args.worker_threads)?;
+    let env = Env::start(&bin, args.worker_threads, &args.key_exchange)?;
     let duration = Duration::from_secs(args.seconds);
     let mut table = Table::new();
     for run in 1..=args.runs {
@@ -307,7 +312,7 @@ fn handshakes(
     let Some(target) = env.handshake_target(variant) else {
         return Ok(());
     };
-    let config = Arc::new(client_tls(&env.client_svid)?);
+    let config = Arc::new(client_tls(&env.client_svid, &env.key_exchange)?);
     // from node-1's namespace: a pod's connection to 15008 would itself be captured
     let ns = env.mesh.cluster.node("node-1")?.netns();
     let server_side: Vec<i32> = env
@@ -405,7 +410,10 @@ fn memory(env: &Env, variants: &[Variant], idle: usize, table: &mut Table) -> an
     Ok(())
 }
 
-fn client_tls(dir: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+fn client_tls(
+    dir: &std::path::Path,
+    key_exchange: &[meshward_tls::KeyExchangeGroup],
+) -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> =
@@ -419,7 +427,8 @@ fn client_tls(dir: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
     let bundles = meshward_tls::TrustBundles::new();
     bundles.set(&td, &bundle)?;
     let mut config =
-        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        rustls::ClientConfig::builder_with_provider(meshward_tls::crypto_provider(key_exchange))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(meshward_tls::SpiffeServerVerifier::new(
                 bundles,

@@ -14,6 +14,7 @@ mod duration;
 mod error;
 mod extension;
 mod federation;
+mod hbone;
 mod issuer;
 mod observe;
 mod workloads;
@@ -34,10 +35,12 @@ pub use extension::{
 pub use federation::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
+pub use hbone::HboneConfig;
 pub use issuer::{
     BundleConfigMap, BundleEndpointConfig, BundleEndpointProfile, IssuerConfig, K8sCluster,
     K8sPsatConfig, UpstreamCaFiles,
 };
+pub use meshward_tls::KeyExchangeGroup;
 pub use observe::{LogConfig, LogFormat};
 pub use workloads::{PodInfo, WorkloadsFile};
 
@@ -53,6 +56,7 @@ pub struct ProxyConfig {
     pub inbound: InboundConfig,
     pub outbound: OutboundConfig,
     pub limits: LimitsConfig,
+    pub hbone: HboneConfig,
     /// `/healthz/ready`: ready once the node attested and the first sync is done.
     pub readiness_listen: std::net::SocketAddr,
     /// Admin endpoints (`/config_dump`, `/certs`, `/explain`, `/logging`...):
@@ -80,6 +84,7 @@ impl Default for ProxyConfig {
             inbound: InboundConfig::default(),
             outbound: OutboundConfig::default(),
             limits: LimitsConfig::default(),
+            hbone: HboneConfig::default(),
             readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
             admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
@@ -107,6 +112,7 @@ impl ProxyConfig {
         self.authorization.validate(source)?;
         self.agent.validate(source)?;
         self.capture.validate(source)?;
+        self.hbone.validate(source)?;
         extension::validate(&self.extension_providers, source)?;
         if let Some(threads) = self.worker_threads
             && !(1..=1024).contains(&threads)

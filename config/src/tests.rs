@@ -61,6 +61,30 @@ fn errors_name_file_field_and_reason() {
             "worker_threads: 0\n",
             "p.yaml: worker_threads: 0 is not between 1 and 1024",
         ),
+        (
+            "hbone:\n  key_exchange: [X25519, X448]\n",
+            "p.yaml: hbone.key_exchange[1]: unknown variant `X448`",
+        ),
+        (
+            "hbone:\n  key_exchange: []\n",
+            "p.yaml: hbone.key_exchange: needs at least one group",
+        ),
+        (
+            "hbone:\n  key_exchange: [X25519, X25519]\n",
+            "p.yaml: hbone.key_exchange: X25519 is listed twice",
+        ),
+        (
+            "extension_providers:\n- name: opa\n",
+            "p.yaml: extension_providers[0].name: provider \"opa\": exactly one of envoyExtAuthzGrpc and envoyExtAuthzHttp",
+        ),
+        (
+            "extension_providers:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa, port: 9191, statusOnError: nope}\n",
+            "p.yaml: extension_providers[0].envoyExtAuthzGrpc.statusOnError: \"nope\" is not an HTTP status",
+        ),
+        (
+            "authorization:\n  jwks:\n    refresh_interval: 1s\n",
+            "p.yaml: authorization.jwks.refresh_interval: must be at least 10s",
+        ),
     ];
     for (yaml, want) in cases {
         let e = ProxyConfig::from_yaml(yaml, "p.yaml")

@@ -138,6 +138,18 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         &["reporter=\"source\"", &ok],
     );
     assert_eq!(streams - streams_before, 4.0, "{source}");
+    // the tunnel agreed on the hybrid post-quantum key exchange (hbone.key_exchange's
+    // default), on both ends
+    let hybrid = "key_exchange=\"X25519MLKEM768\"";
+    let handshakes = |m: &str, direction: &str| {
+        sample(
+            m,
+            "meshward_tls_handshakes_total",
+            &[&format!("direction=\"{direction}\""), hybrid],
+        )
+    };
+    assert!(handshakes(&source, "outbound") >= 1.0, "{source}");
+    assert!(handshakes(&after, "inbound") >= 1.0, "{after}");
 
     // the access log: one line per request, both identities, decision, policy
     let log = mesh.daemon_log("node-2");

@@ -175,6 +175,17 @@ pub(crate) fn jwks_fetch(source: &str, ok: bool) {
     .increment(1);
 }
 
+/// A completed HBONE handshake, by the key exchange group it agreed on.
+pub(crate) fn handshake(direction: &'static str, group: Option<rustls::NamedGroup>) {
+    let group = group.map_or_else(|| "none".to_owned(), |g| format!("{g:?}"));
+    counter!(
+        "meshward_tls_handshakes_total",
+        "direction" => direction,
+        "key_exchange" => group,
+    )
+    .increment(1);
+}
+
 /// A TLS handshake (or the connect before it) that failed, by short reason.
 pub(crate) fn handshake_failure(direction: &'static str, reason: &'static str) {
     counter!(

@@ -10,6 +10,7 @@
 
 mod certs;
 mod https_get;
+mod key_exchange;
 mod verify;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 pub use certs::CertStore;
 pub use https_get::{HttpsGetError, https_get};
+pub use key_exchange::{KeyExchangeGroup, crypto_provider};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -87,6 +87,8 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
             return;
         }
     };
+    let group = stream.get_ref().1.negotiated_key_exchange_group();
+    metrics::handshake("inbound", group.map(|g| g.name()));
     let Some(peer) = verified_peer(&stream) else {
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;

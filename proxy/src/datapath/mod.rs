@@ -137,7 +137,7 @@ impl DataPath {
             None => Services::none(),
         };
         let shared = Arc::new(Shared {
-            state: state::follow(agent.snapshots.clone()),
+            state: state::follow(agent.snapshots.clone(), &config.hbone),
             policies: policies::watch_policies(
                 config.authorization.policy_paths.clone(),
                 kubernetes,

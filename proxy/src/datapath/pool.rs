@@ -265,6 +265,8 @@ impl HbonePool {
                 return Err(HboneError::Handshake { peer, source });
             }
         };
+        let group = stream.get_ref().1.negotiated_key_exchange_group();
+        metrics::handshake("outbound", group.map(|g| g.name()));
         let leaf = stream
             .get_ref()
             .1

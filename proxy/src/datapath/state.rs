@@ -9,11 +9,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::PodInfo;
+use meshward_config::{HboneConfig, PodInfo};
 use meshward_jwt::KeySet;
 use meshward_policy::Workload;
 use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use meshward_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles};
+use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
@@ -113,14 +114,17 @@ pub(crate) struct StateBuilder {
     /// (SPIFFE ID, serial, federated trust domains) -> configs, from the previous build.
     built: HashMap<(SpiffeId, String, BTreeSet<TrustDomain>), Arc<PodTls>>,
     federated: Vec<TrustDomain>,
+    /// aws-lc-rs with `hbone.key_exchange`.
+    provider: Arc<CryptoProvider>,
 }
 
 impl StateBuilder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(hbone: &HboneConfig) -> Self {
         Self {
             bundles: TrustBundles::new(),
             built: HashMap::new(),
             federated: Vec::new(),
+            provider: meshward_tls::crypto_provider(&hbone.key_exchange),
         }
     }
 
@@ -138,7 +142,7 @@ impl StateBuilder {
                 );
                 let tls = match self.built.get(&key) {
                     Some(tls) => tls.clone(),
-                    None => match pod_tls(svid, &entry.federates_with, &self.bundles) {
+                    None => match pod_tls(svid, &entry.federates_with, &self.bundles, &self.provider) {
                         Ok(tls) if self.built.keys().any(|(id, serial, _)| *id == key.0 && *serial != key.1) => {
                             metrics::svid_rotated(&key.0);
                             Arc::new(tls)
@@ -226,13 +230,13 @@ fn pod_tls(
     svid: &WorkloadSvid,
     federates_with: &BTreeSet<TrustDomain>,
     bundles: &Arc<TrustBundles>,
+    provider: &Arc<CryptoProvider>,
 ) -> Result<PodTls, rustls::Error> {
     let mut trusts = vec![svid.spiffe_id.trust_domain()];
     trusts.extend(federates_with.iter().cloned());
     let trusted = || Authorizer::TrustDomains(trusts.clone());
     let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_pkcs8.clone()));
     let chain: Vec<CertificateDer<'static>> = svid.chain.clone();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     // TLS 1.3 only, as HBONE peers speak it; no resumption (every tunnel is a full
     // mutual handshake, so a peer's current certificate is always the one checked)
     let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -245,7 +249,7 @@ fn pod_tls(
     // the destination is an address, not a name: no SNI; whoever answers must
     // hold an SVID of the pod's own domain or one it federates with (pool.rs then
     // checks that an own-domain SVID names the address dialled)
-    let mut client = ClientConfig::builder_with_provider(provider)
+    let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundles.clone(), trusted()))
@@ -266,8 +270,9 @@ fn pod_tls(
 /// Follows the agent's snapshots; the receiver always holds the current state.
 pub(crate) fn follow(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    hbone: &HboneConfig,
 ) -> watch::Receiver<Arc<MeshState>> {
-    let mut builder = StateBuilder::new();
+    let mut builder = StateBuilder::new(hbone);
     let first = builder.build(&snapshots.borrow_and_update());
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
