@@ -2,7 +2,7 @@
 //! node-1 and a server pod on node-2, the server's apps on a meshed port and on a
 //! port capture leaves alone (direct), and the peer: an nginx mTLS pair (client
 //! nginx on node-1 tunnelling TCP in TLS to a server nginx on node-2) using the
-//! same SVIDs.
+//! same SVIDs; and, when its binary is here, the ztunnel pair (`ztunnel.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use meshward_integration::{Mesh, MeshSpec, PodSpec, Process, exec, wait_for_port};
+
+use crate::ztunnel::ZtunnelPair;
 
 const TD: &str = "bench.example.com";
 /// Meshed ports on the server pod, and their direct twins (excluded from capture).
@@ -31,6 +33,8 @@ pub(crate) enum Variant {
     Direct,
     Meshward,
     Nginx,
+    /// Istio ambient's ztunnel pair (optional: `ztunnel.rs`).
+    Ztunnel,
 }
 
 impl Variant {
@@ -39,6 +43,7 @@ impl Variant {
             Self::Direct => "direct",
             Self::Meshward => "meshward",
             Self::Nginx => "nginx mTLS",
+            Self::Ztunnel => "ztunnel",
         }
     }
 }
@@ -54,6 +59,8 @@ pub(crate) struct Env {
     pub(crate) client_svid: PathBuf,
     /// HBONE's key exchange groups, as the daemons were given them.
     pub(crate) key_exchange: Vec<meshward_tls::KeyExchangeGroup>,
+    /// The ztunnel pair and its client pod, when measured.
+    pub(crate) ztunnel: Option<(ZtunnelPair, meshward_integration::Netns)>,
 }
 
 impl Env {
@@ -146,6 +153,7 @@ impl Env {
             node2_ip,
             client_svid,
             key_exchange: key_exchange.to_vec(),
+            ztunnel: None,
         })
     }
 
@@ -161,6 +169,8 @@ impl Env {
             Variant::Meshward => SocketAddr::new(self.server_ip, meshed_port),
             // the client nginx listens on node-1 with the direct port numbers
             Variant::Nginx => SocketAddr::new(self.node1_ip, direct_port),
+            // the same ports on the ztunnel topology's server pod
+            Variant::Ztunnel => SocketAddr::new(ZtunnelPair::server_ip(), meshed_port),
         }
     }
 
@@ -191,6 +201,11 @@ impl Env {
                 .filter_map(|n| self.mesh.cluster.node(n).ok())
                 .flat_map(|n| crate::measure::named(&n.netns().pids(), "nginx"))
                 .collect(),
+            Variant::Ztunnel => self
+                .ztunnel
+                .as_ref()
+                .map(|(pair, _)| pair.pids())
+                .unwrap_or_default(),
         }
     }
 
@@ -200,6 +215,8 @@ impl Env {
             Variant::Direct => None,
             Variant::Meshward => Some(SocketAddr::new(self.server_ip, 15008)),
             Variant::Nginx => Some(SocketAddr::new(self.node2_ip, PEER_TLS_ECHO)),
+            // its fake CA trusts no SVID of ours: no handshake figure
+            Variant::Ztunnel => None,
         }
     }
 }

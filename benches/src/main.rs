@@ -8,6 +8,7 @@ mod env;
 mod load;
 mod measure;
 mod profile;
+mod ztunnel;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use env::{BULK, ECHO, Env, HTTP, Variant};
 use meshward_integration::exec;
+use ztunnel::ZtunnelPair;
 
 #[derive(Parser)]
 #[command(about = "meshward's end-to-end benchmarks (root; run benches/run.sh)")]
@@ -82,7 +84,21 @@ fn main() -> anyhow::Result<()> {
         "meshward-bench: building the environment with {}",
         bin.display()
     );
-    let env = Env::start(&bin, args.worker_threads, &args.key_exchange)?;
+    let mut env = Env::start(&bin, args.worker_threads, &args.key_exchange)?;
+    if args.variants.contains(&Variant::Ztunnel) {
+        match ZtunnelPair::unavailable() {
+            Some(why) => {
+                eprintln!("meshward-bench: ztunnel skipped: {why}");
+                args.variants.retain(|v| *v != Variant::Ztunnel);
+            }
+            None => {
+                // long enough for every figure of every run
+                let pair = ZtunnelPair::start(&bin, 7200)?;
+                let client = meshward_integration::Netns::existing(ztunnel::CLIENT_NS);
+                env.ztunnel = Some((pair, client));
+            }
+        }
+    }
     let duration = Duration::from_secs(args.seconds);
     let mut table = Table::new();
     for run in 1..=args.runs {
@@ -144,8 +160,12 @@ fn record(table: &mut Table, figure: &'static str, variant: Variant, value: f64)
         .push(value);
 }
 
-fn client_ns(env: &Env) -> anyhow::Result<&meshward_integration::Netns> {
-    Ok(env.mesh.cluster.pod("client")?.netns())
+fn client_ns(env: &Env, variant: Variant) -> anyhow::Result<&meshward_integration::Netns> {
+    match (variant, &env.ztunnel) {
+        (Variant::Ztunnel, Some((_, ns))) => Ok(ns),
+        (Variant::Ztunnel, None) => anyhow::bail!("the ztunnel pair is not running"),
+        _ => Ok(env.mesh.cluster.pod("client")?.netns()),
+    }
 }
 
 fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
@@ -153,7 +173,7 @@ fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
     let pids = env.proxy_pids(variant);
     let cpu = measure::cpu_seconds(&pids);
     let out = exec(
-        client_ns(env)?,
+        client_ns(env, variant)?,
         "iperf3",
         &[
             "-c",
@@ -186,7 +206,8 @@ fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
 
 fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, ECHO);
-    let result = client_ns(env)?.run(move || load::held_connection(target, duration, 2_000_000))?;
+    let result =
+        client_ns(env, variant)?.run(move || load::held_connection(target, duration, 2_000_000))?;
     anyhow::ensure!(
         result.errors == 0,
         "{} held connection to {target} failed; the daemons' last log lines:\n{}",
@@ -213,8 +234,8 @@ fn new_connections(
     table: &mut Table,
 ) -> anyhow::Result<()> {
     let target = env.target(variant, ECHO);
-    let result =
-        client_ns(env)?.run(move || load::new_connection_each(target, duration, 1_000_000))?;
+    let result = client_ns(env, variant)?
+        .run(move || load::new_connection_each(target, duration, 1_000_000))?;
     let us = |p| measure::percentile(&result.sorted, p).as_secs_f64() * 1e6;
     record(
         table,
@@ -235,7 +256,7 @@ fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
     let out = exec(
-        client_ns(env)?,
+        client_ns(env, variant)?,
         "wrk",
         &[
             "-t",
@@ -273,7 +294,7 @@ fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
     let out = exec(
-        client_ns(env)?,
+        client_ns(env, variant)?,
         "h2load",
         &[
             "-c",
@@ -368,7 +389,7 @@ fn memory(env: &Env, variants: &[Variant], idle: usize, table: &mut Table) -> an
         let target = env.target(variant, ECHO);
         let (tx, rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let ns = client_ns(env)?;
+        let ns = client_ns(env, variant)?;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let holder = scope.spawn(move || {
                 ns.run(move || {
@@ -443,12 +464,16 @@ fn client_tls(
 
 fn print(table: &Table, runs: usize) {
     println!(
-        "{:<52} {:<11} {:>10} {:>10} {:>10} {:>4} {:>9} {:>9}",
-        "figure", "variant", "median", "min", "max", "runs", "/direct", "/peer"
+        "{:<52} {:<11} {:>10} {:>10} {:>10} {:>4} {:>9} {:>9} {:>9}",
+        "figure", "variant", "median", "min", "max", "runs", "/direct", "/nginx", "/ztunnel"
     );
     for (figure, variants) in table {
         let med = |v: Variant| variants.get(&v).map(|s| measure::median(&mut s.clone()));
-        let (direct, peer) = (med(Variant::Direct), med(Variant::Nginx));
+        let (direct, peer, ztunnel) = (
+            med(Variant::Direct),
+            med(Variant::Nginx),
+            med(Variant::Ztunnel),
+        );
         for (variant, samples) in variants {
             let m = measure::median(&mut samples.clone());
             let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
@@ -458,11 +483,12 @@ fn print(table: &Table, runs: usize) {
                     .map_or_else(|| "-".to_owned(), |b| format!("{:.2}x", m / b))
             };
             println!(
-                "{figure:<52} {:<11} {m:>10.2} {min:>10.2} {max:>10.2} {:>4} {:>9} {:>9}",
+                "{figure:<52} {:<11} {m:>10.2} {min:>10.2} {max:>10.2} {:>4} {:>9} {:>9} {:>9}",
                 variant.name(),
                 samples.len().min(runs.max(samples.len())),
                 ratio(direct),
                 ratio(peer),
+                ratio(ztunnel),
             );
         }
     }

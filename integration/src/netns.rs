@@ -10,10 +10,12 @@ use crate::error::{HarnessError, Result};
 
 const NETNS_DIR: &str = "/var/run/netns";
 
-/// A named network namespace this harness created; deleted on drop.
+/// A named network namespace: one this harness created, deleted on drop, or one
+/// that exists already ([`Netns::existing`]), left as it is.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -22,6 +24,7 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Self {
             name: name.to_owned(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -31,6 +34,16 @@ impl Netns {
     pub(crate) fn adopt(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            owned: true,
+        }
+    }
+
+    /// A namespace something else made (a peer's topology): commands and closures
+    /// run in it; dropping this leaves it alone.
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            owned: false,
         }
     }
 
@@ -62,18 +75,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace, for socket work from the
     /// test itself (connect, wait for a port). The calling thread is untouched.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let path = format!("{NETNS_DIR}/{}", self.name);
-        std::thread::spawn(move || -> Result<T> {
-            let file =
-                std::fs::File::open(&path).map_err(HarnessError::io(format!("open {path}")))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| HarnessError::Invalid(format!("setns {path}: {e}")))?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| {
-            HarnessError::Invalid(format!("a closure in namespace {} panicked", self.name))
-        })?
+        run_in(&self.name, f)
     }
 
     /// Whether `pid` has entered this namespace (`ip netns exec` needs a moment
@@ -93,6 +95,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         kill_all(&self.pids());
         // Deleting the namespace removes its interfaces, and with them the veth peers.
         let _ = ip(&["netns", "del", &self.name]);
@@ -121,6 +126,20 @@ impl RunExt for Command {
             })
         }
     }
+}
+
+/// Runs `f` on a thread that has entered the named namespace.
+fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("{NETNS_DIR}/{name}");
+    let name = name.to_owned();
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).map_err(HarnessError::io(format!("open {path}")))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| HarnessError::Invalid(format!("setns {path}: {e}")))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| HarnessError::Invalid(format!("a closure in namespace {name} panicked")))?
 }
 
 /// `ip ARGS...`, returning stdout.
