@@ -102,6 +102,7 @@ fn federated_clusters_survive_ca_rotation_under_load_and_deletion_cuts_them_off(
     // holds open is closed and new ones are refused in the handshake
     let mut held = connect_from(&mesh, "payments", SocketAddr::new(ip, 9000)).unwrap();
     echoed(&mut held, Duration::from_secs(10)).unwrap();
+    let refusals_before = handshake_refusals(&mesh);
     mesh.issuer_cli(&["federation", "delete", "-id", PARTNER])
         .unwrap();
     held.set_read_timeout(Some(Duration::from_secs(20)))
@@ -123,6 +124,18 @@ fn federated_clusters_survive_ca_rotation_under_load_and_deletion_cuts_them_off(
             other => Err(format!("still answered: {other:?}")),
         }
     });
-    let logs = mesh.daemon_log("node-2");
-    assert!(logs.contains("unknown_trust_domain"), "{logs}");
+    // ... in a new handshake (the daemon logs just after the alert B's node saw)
+    eventually(&mesh, "a new handshake refused, logged", || {
+        let refusals = handshake_refusals(&mesh);
+        (refusals > refusals_before)
+            .then_some(())
+            .ok_or_else(|| format!("{refusals} unknown_trust_domain lines, as before"))
+    });
+}
+
+/// How many handshakes node-2 refused for a trust domain it holds no bundle of.
+fn handshake_refusals(mesh: &Mesh) -> usize {
+    mesh.daemon_log("node-2")
+        .matches("reason=\"unknown_trust_domain\"")
+        .count()
 }

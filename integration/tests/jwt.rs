@@ -8,11 +8,12 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use meshward_integration::{CurlResponse, Mesh, Process, available_or_skip, wait_for_port};
+use meshward_test_support::jwks::{P256Signer, unix_now};
 use serde_json::{Value, json};
 use support::{TD, curl_spire, echo_mesh, eventually, node_metric};
 
@@ -125,9 +126,7 @@ fn jwt_svids_from_the_workload_api_authenticate_requests() {
 struct Provider {
     dir: tempfile::TempDir,
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    key: EncodingKey,
-    /// the public key, uncompressed (0x04 || x || y)
-    public: Vec<u8>,
+    signer: P256Signer,
 }
 
 impl Provider {
@@ -142,10 +141,8 @@ impl Provider {
         let ca_cert = params.self_signed(&ca_key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
         let ca = rcgen::Issuer::new(params, ca_key);
-        let signing = rcgen::KeyPair::generate().unwrap();
         Self {
-            key: EncodingKey::from_ec_der(&signing.serialize_der()),
-            public: signing.public_key_raw().to_vec(),
+            signer: P256Signer::new("idp-1"),
             dir,
             ca,
         }
@@ -166,7 +163,7 @@ impl Provider {
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(self.dir.path().join("server.pem"), cert.pem()).unwrap();
         std::fs::write(self.dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        let jwks = meshward_test_support::jwks::p256("idp-1", &self.public);
+        let jwks = self.signer.jwks();
         std::fs::write(www.join("jwks.json"), jwks).unwrap();
         // OpenID discovery, for a rule that names only the issuer
         let base = format!("https://{ip}:8443");
@@ -200,19 +197,14 @@ impl Provider {
     }
 
     fn token(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("idp-1".into());
-        encode(&header, claims, &self.key).unwrap()
+        self.signer.sign(claims)
     }
 }
 
 const IDP: &str = "https://idp.example";
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    unix_now()
 }
 
 fn claims(extra: Value) -> Value {
@@ -280,21 +272,12 @@ fn tokens_of_an_https_jwks_are_validated_in_every_bad_class() {
 
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let payload = good.split('.').nth(1).unwrap();
-    let other_key = {
-        let pair = rcgen::KeyPair::generate().unwrap();
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("idp-1".into());
-        encode(
-            &header,
-            &claims(json!({})),
-            &EncodingKey::from_ec_der(&pair.serialize_der()),
-        )
-        .unwrap()
-    };
+    // another key under the provider's kid
+    let other_key = P256Signer::new("idp-1").sign(&claims(json!({})));
     let hs256 = encode(
         &Header::new(Algorithm::HS256),
         &claims(json!({})),
-        &EncodingKey::from_secret(&provider.public),
+        &EncodingKey::from_secret(provider.signer.public_raw()),
     )
     .unwrap();
     for (token, body) in [

@@ -1,50 +1,21 @@
 #![allow(clippy::unwrap_used)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use meshward_policy::{DEFAULT_JWKS_TIMEOUT, KeySource, TokenLocation, TrustDomain};
 use serde_json::{Value, json};
 
+use meshward_test_support::jwks::{P256Signer, unix_now};
+
 use super::*;
 
 const ISSUER: &str = "https://issuer.example";
 
-/// A P-256 signing key and its JWKS.
-struct Signer {
-    key: EncodingKey,
-    public_raw: Vec<u8>,
-    kid: String,
-}
-
-impl Signer {
-    fn new(kid: &str) -> Self {
-        let pair = rcgen::KeyPair::generate().unwrap();
-        Self {
-            key: EncodingKey::from_ec_der(&pair.serialize_der()),
-            public_raw: pair.public_key_raw().to_vec(),
-            kid: kid.into(),
-        }
-    }
-
-    fn jwks(&self) -> String {
-        meshward_test_support::jwks::p256(&self.kid, &self.public_raw)
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        encode(&header, claims, &self.key).unwrap()
-    }
-}
+type Signer = P256Signer;
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    unix_now()
 }
 
 fn claims(extra: Value) -> Value {
@@ -207,11 +178,7 @@ fn every_bad_token_class_is_refused() {
     )
     .unwrap();
     let none = format!("{}.{payload}.", b64(&json!({"alg": "none", "typ": "JWT"})));
-    let other_kid = {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("k2".into());
-        encode(&header, &claims(json!({})), &Signer::new("k2").key).unwrap()
-    };
+    let other_kid = Signer::new("k2").sign(&claims(json!({})));
     let cases: Vec<(String, JwtFailure)> = vec![
         (
             format!("{head}.{other_payload}.{signature}"),

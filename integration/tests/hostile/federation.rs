@@ -132,6 +132,11 @@ fn a_federated_workload_reaches_only_pods_that_federate_with_it() {
             other => Err(format!("still answered: {other:?}")),
         }
     });
-    let logs = mesh.daemon_log("node-2");
-    assert!(logs.contains("not_federated"), "{logs}");
+    // the daemon writes its log line just after the alert the client saw
+    eventually(&mesh, "the refusal is logged as not_federated", || {
+        let logs = mesh.daemon_log("node-2");
+        logs.contains("not_federated")
+            .then_some(())
+            .ok_or_else(|| "no not_federated line yet".to_owned())
+    });
 }
