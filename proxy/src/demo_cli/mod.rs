@@ -7,6 +7,7 @@
 //! `--check` runs the same steps without waiting and fails on any surprise.
 
 mod scenario;
+mod steps;
 
 use meshward_spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ pub(crate) struct DemoArgs {
     #[command(subcommand)]
     command: Option<DemoCommand>,
     /// The mesh's trust domain.
-    #[arg(long, default_value = scenario::TALK_TRUST_DOMAIN)]
+    #[arg(long, default_value = steps::TALK_TRUST_DOMAIN)]
     trust_domain: TrustDomain,
     /// Run the scenario without pauses, then exit: non-zero if any step differs.
     #[arg(long)]
@@ -74,7 +75,7 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
     preflight()?;
     let stop = watch_signals()?;
     clear_leftovers()?;
-    let partner = scenario::PARTNER_TRUST_DOMAIN;
+    let partner = steps::PARTNER_TRUST_DOMAIN;
     if trust_domain.as_str() == partner {
         bail!("--trust-domain: {partner} is the second cluster's; choose another");
     }
