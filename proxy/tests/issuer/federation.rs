@@ -61,6 +61,15 @@ fn partner_issuer(extra: &str, endpoint: &str) -> (tempfile::TempDir, Issuer, St
     (dir, issuer, format!("https://127.0.0.1:{port}"))
 }
 
+/// Issuer A, of `TD`, with the `issuer.yaml` lines `extra` writes for its
+/// directory (bootstrap files go there).
+fn local_issuer(extra: impl FnOnce(&Path) -> String) -> (tempfile::TempDir, Issuer) {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = extra(dir.path());
+    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &extra);
+    (dir, issuer)
+}
+
 /// How many of the issuer's refreshes of the partner's bundle ended with `result`
 /// (`ok` or `error`).
 fn refreshes(issuer: &Issuer, result: &str) -> f64 {
@@ -95,14 +104,7 @@ async fn https_spiffe_bundles_are_fetched_with_the_last_bundle_and_kept() {
             bootstrap.display()
         )
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let a = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir_a.path(),
-        &sqlite_url(dir_a.path()),
-        &spiffe(&format!("spiffe://{PARTNER}/spire/server"), dir_a.path()),
-    );
+    let (_dir_a, a) = local_issuer(|dir| spiffe(&format!("spiffe://{PARTNER}/spire/server"), dir));
     // the PEM bootstrap carries neither JWT keys nor a hint: the endpoint does
     let fetched = eventually(&a, "A fetched B's bundle", || {
         partner_bundle(&a).filter(|bundle| !bundle.jwt_keys.is_empty())
@@ -172,18 +174,13 @@ async fn https_web_bundles_are_fetched_with_the_configured_roots() {
     );
     let url = format!("https://127.0.0.1:{port}/");
     // A trusts that CA for https_web; no bootstrap bundle is needed
-    let dir_a = tempfile::tempdir().unwrap();
-    let a = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir_a.path(),
-        &sqlite_url(dir_a.path()),
-        &format!(
+    let (_dir_a, a) = local_issuer(|_| {
+        format!(
             "{}  https_web_ca_file: {}/web.pem\n",
             federates_with(&url, "https_web"),
             dir_b.path().display()
-        ),
-    );
+        )
+    });
     let fetched = eventually(&a, "A fetched B's bundle", || partner_bundle(&a)).await;
     assert_eq!(
         (fetched.x509_authorities.len(), fetched.jwt_keys.len()),
@@ -370,20 +367,15 @@ async fn a_partner_ca_rotation_is_followed_across_refreshes() {
         "ca_ttl: 1m\ndefault_x509_svid_ttl: 20s\ndefault_jwt_svid_ttl: 20s\nagent_svid_ttl: 20s\njoin_token_ttl: 20s\n",
         "  refresh_hint: 2s\n",
     );
-    let dir_a = tempfile::tempdir().unwrap();
-    let bootstrap = dir_a.path().join("partner.pem");
-    std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
-    let a = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir_a.path(),
-        &sqlite_url(dir_a.path()),
-        &format!(
+    let (_dir_a, a) = local_issuer(|dir| {
+        let bootstrap = dir.join("partner.pem");
+        std::fs::write(&bootstrap, b.bundle_pem()).unwrap();
+        format!(
             "{}    endpoint_spiffe_id: spiffe://{PARTNER}/spire/server\n    trust_domain_bundle_path: {}\n    trust_domain_bundle_format: pem\n",
             federates_with(&url, "https_spiffe"),
             bootstrap.display()
-        ),
-    );
+        )
+    });
     let first = partner_bundle(&a).unwrap().x509_authorities;
     assert_eq!(first.len(), 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
