@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use meshward_integration::{Mesh, MeshSpec, PodSpec, Process, exec, wait_for_port};
 
-use crate::ztunnel::ZtunnelPair;
+use crate::ztunnel::{self, ZtunnelPair};
 
 const TD: &str = "bench.example.com";
 /// Meshed ports on the server pod, and their direct twins (excluded from capture).
@@ -155,6 +155,31 @@ impl Env {
             key_exchange: key_exchange.to_vec(),
             ztunnel: None,
         })
+    }
+
+    /// Lets every namespace of both topologies reuse a port in TIME_WAIT for a
+    /// new connection (`net.ipv4.tcp_tw_reuse`, per namespace; 2, loopback only,
+    /// by default). Without it the figures that open tens of thousands of
+    /// connections (new connections, memory, churn) exhaust the 28,000 ephemeral
+    /// ports of the side that closes first, and measure the client's port search
+    /// rather than the proxies. The same for every variant.
+    pub(crate) fn reuse_time_wait_ports(&self) -> anyhow::Result<()> {
+        let ztunnel = self
+            .ztunnel
+            .as_ref()
+            .map_or(&[][..], |_| &ztunnel::NAMESPACES[..]);
+        for name in self
+            .mesh
+            .cluster
+            .namespaces()
+            .into_iter()
+            .chain(ztunnel.iter().copied())
+        {
+            meshward_integration::Netns::existing(name)
+                .sysctl("net.ipv4.tcp_tw_reuse", "1")
+                .with_context(|| format!("tcp_tw_reuse in {name}"))?;
+        }
+        Ok(())
     }
 
     /// Where the client connects for `port`'s service, per variant.

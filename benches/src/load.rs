@@ -133,3 +133,57 @@ pub(crate) fn handshakes(
     }
     (done, errors)
 }
+
+/// New connections (each one 1 KiB exchange, then closed) started on a schedule:
+/// `rate` per second for `duration`, from `threads` threads, so a slow proxy
+/// makes connections late rather than fewer. A latency counts from the moment
+/// its connection was due (queueing included: no coordinated omission).
+pub(crate) fn paced_new_connections(
+    target: SocketAddr,
+    rate: u32,
+    duration: Duration,
+    threads: usize,
+) -> Latencies {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let total = u64::from(rate) * duration.as_secs();
+    let next = AtomicU64::new(0);
+    let results = Mutex::new((Vec::new(), 0usize));
+    let started = Instant::now();
+    // a hard stop: twice the schedule, whatever the proxy does
+    let give_up = started + duration * 2;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut buf = vec![7u8; PAYLOAD];
+                let (mut sorted, mut errors) = (Vec::new(), 0);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || Instant::now() >= give_up {
+                        break;
+                    }
+                    let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    match connect(target).and_then(|mut s| exchange(&mut s, &mut buf)) {
+                        Ok(()) => sorted.push(due.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                if let Ok(mut all) = results.lock() {
+                    all.0.extend(sorted);
+                    all.1 += errors;
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let (mut sorted, errors) = results.into_inner().unwrap_or_default();
+    sorted.sort();
+    Latencies {
+        sorted,
+        elapsed,
+        errors,
+    }
+}

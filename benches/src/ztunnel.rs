@@ -14,6 +14,14 @@ use anyhow::Context;
 const BLOCK: u8 = 250;
 /// The client and server pods of the ztunnel topology.
 pub(crate) const CLIENT_NS: &str = "zt-client";
+/// Every namespace `run-pair.sh` makes.
+pub(crate) const NAMESPACES: [&str; 5] = [
+    CLIENT_NS,
+    "zt-server",
+    "zt-node-1",
+    "zt-node-2",
+    "zt-underlay",
+];
 const SERVER_IP: [u8; 4] = [10, BLOCK, 2, 2];
 
 pub(crate) struct ZtunnelPair {

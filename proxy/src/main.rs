@@ -41,7 +41,7 @@ enum Command {
     Echoserver(meshward_integration::echo::cli::EchoArgs),
 }
 
-/// mimalloc rather than glibc's malloc: the data path allocates and frees buffers
+/// jemalloc (as ztunnel) rather than glibc's malloc: the data path allocates and frees buffers
 /// of 16 KiB to 1 MiB per chunk (HTTP/2 frames, TLS records), which glibc serves
 /// from fresh pages each time (mmap above its threshold, trimmed heaps below):
 /// page faults and zeroing were ~8% of the bulk-transfer profile.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use meshward_extauthz::{CheckInput, PeerInput, Verdict};
-use meshward_policy::{HttpRequest, PolicySet, Request, Workload};
+use meshward_policy::{HttpRequest, PolicySet, Request};
 use meshward_spiffe::SpiffeId;
 
 use super::custom::{self, Providers};
@@ -186,16 +186,11 @@ impl InboundStream {
         state: watch::Receiver<Arc<MeshState>>,
         request: Request,
     ) -> impl std::future::Future<Output = String> + Send + 'static {
-        let by_policy = revoked(policies, self.pod.workload.clone(), request);
-        let peer = self.peer.as_ref().map(|p| p.spiffe_id.clone());
-        let pod = self.destination.ip();
+        // what the connection holds while it lives: pointers to the pod and the
+        // peer (shared), not copies of their names and labels
+        let by_policy = revoked(policies, self.pod.clone(), request);
+        let by_trust = distrusted(state, self.destination.ip(), self.peer.clone());
         async move {
-            let by_trust = async move {
-                match peer {
-                    Some(peer) => distrusted(state, pod, peer).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 reason = by_policy => reason,
                 reason = by_trust => reason,
@@ -267,18 +262,23 @@ impl InboundStream {
     }
 }
 
-/// Resolves when the node's state no longer trusts `peer` for the pod at `pod`.
+/// Resolves when the node's state no longer trusts `peer` for the pod at `pod`
+/// (never without a peer).
 async fn distrusted(
     mut state: watch::Receiver<Arc<MeshState>>,
     pod: std::net::IpAddr,
-    peer: SpiffeId,
+    peer: Option<Arc<Peer>>,
 ) -> String {
+    let Some(peer) = peer else {
+        return std::future::pending().await;
+    };
+    let peer = &peer.spiffe_id;
     loop {
         if state.changed().await.is_err() {
             return std::future::pending().await;
         }
         let now = state.borrow_and_update().clone();
-        if !now.trusts(pod, &peer) {
+        if !now.trusts(pod, peer) {
             metrics::connection_revoked();
             return format!(
                 "{peer} is no longer trusted here: the pod no longer federates with {}, or its bundle is gone",
@@ -288,7 +288,8 @@ async fn distrusted(
     }
 }
 
-async fn revoked(mut policies: Policies, workload: Workload, request: Request) -> String {
+/// Resolves when a policy change no longer allows `request`.
+async fn revoked(mut policies: Policies, pod: Arc<LocalPod>, request: Request) -> String {
     loop {
         if policies.changed().await.is_err() {
             // the policy source is gone with the data path: nothing can change now
@@ -297,7 +298,7 @@ async fn revoked(mut policies: Policies, workload: Workload, request: Request) -
         let set = policies.borrow_and_update().clone();
         // a CUSTOM provider was asked when the connection opened; DENY and ALLOW
         // policies are judged again
-        let decision = set.evaluate_after_custom(&workload, &request);
+        let decision = set.evaluate_after_custom(&pod.workload, &request);
         if !decision.is_allowed() {
             metrics::connection_revoked();
             return decision.to_string();

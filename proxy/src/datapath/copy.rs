@@ -2,9 +2,12 @@
 //! half-close kept (a FIN one way does not cut the other) and an idle timeout:
 //! a connection that moves no byte either way for `idle` is closed.
 //!
-//! Buffers grow with the traffic, as ztunnel's do: 1 KiB at first (an idle
-//! connection costs little), 16 KiB after 128 KiB (a full TLS record), 256 KiB
-//! after 10 MiB (bulk transfers make fewer, larger syscalls).
+//! Buffers grow with the traffic, as ztunnel's do: 1 KiB at first, 16 KiB after
+//! 128 KiB (a full TLS record), 256 KiB after 10 MiB (bulk transfers make fewer,
+//! larger syscalls). A 1 KiB buffer is given back whenever its side has nothing
+//! to read and nothing left to write: an idle connection holds no buffer (most of
+//! 10,000 held connections are idle; a jemalloc 1 KiB allocation per message is
+//! cheap beside the TLS record it travels in).
 
 use std::future::poll_fn;
 use std::io;
@@ -105,6 +108,9 @@ impl OneWay {
                 let mut read = ReadBuf::new(&mut self.buf);
                 match reader.as_mut().poll_read(cx, &mut read) {
                     Poll::Pending => {
+                        if self.buf.len() <= GROWTH[0].1 {
+                            self.buf = Vec::new();
+                        }
                         // nothing more to read now: push out what was written
                         if self.need_flush {
                             ready!(writer.as_mut().poll_flush(cx))?;
@@ -216,6 +222,25 @@ mod tests {
         drop(writer.await.unwrap());
         let (moved, _) = copy.await.unwrap();
         assert_eq!(moved.sent, 12 * 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn an_idle_side_holds_no_buffer() {
+        let (mut client, mut from) = duplex(64);
+        let (mut to, mut server) = duplex(64);
+        let mut side = OneWay::default();
+        client.write_all(b"ping").await.unwrap();
+        let copied = poll_fn(|cx| {
+            let _ = side.poll_copy(cx, Pin::new(&mut from), Pin::new(&mut to));
+            Poll::Ready(side.total)
+        })
+        .await;
+        assert_eq!(copied, 4);
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        // nothing more to read: the 1 KiB buffer was given back
+        assert_eq!(side.buf.capacity(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,27 +3,26 @@
 //! HBONE: the original destination names the pod; its SVID is presented, the
 //! client's is required and verified; every HTTP/2 CONNECT must name that same pod
 //! (else 400). A port configured as TCP is authorized before the answer (401 on a
-//! refusal, as ztunnel answers); other streams get 200 and are served by `serve.rs`.
+//! refusal, as ztunnel answers); other streams get 200 and are served by `serve.rs`,
+//! in one task per stream (`h2` driven directly: `h2_stream.rs`).
 //!
 //! Plaintext: STRICT refuses it (reset, logged with the source); PERMISSIVE serves
 //! it as a stream without principal.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ::h2::RecvStream;
+use ::h2::server::SendResponse;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, StatusCode};
 use meshward_config::{AppProtocol, PlaintextMode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::authz::{InboundStream, Peer};
+use super::authz::{DecisionRecord, InboundStream, Peer};
 use super::diagnose;
+use super::h2_stream::H2Stream;
 use super::socket::reset;
 use super::state::LocalPod;
 use super::{Shared, h2, responses, serve};
@@ -101,38 +100,46 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         client,
         local,
     });
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |request| {
-            let (shared, tunnel) = (shared.clone(), tunnel.clone());
-            async move { Ok::<_, Infallible>(connect(&shared, &tunnel, request).await) }
-        })
+    let handshake = tokio::time::timeout(
+        shared.limits.handshake_timeout,
+        h2::hbone_server(&shared.limits).handshake::<_, Bytes>(stream),
+    )
+    .await;
+    let mut connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return tracing::debug!(%client, "no HTTP/2 on the HBONE connection: {e}"),
+        Err(_) => return tracing::debug!(%client, "no HTTP/2 preface within the handshake timeout"),
     };
-    let connection =
-        h2::hbone_server(&shared.limits).serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
+    let keepalive = h2::hbone_keepalive(connection.ping_pong());
+    tokio::pin!(keepalive);
     // Once the pod no longer trusts the peer's trust domain (a federation deleted,
     // `federatesWith` changed), the connection is shut down: its streams are
     // refused or closed already, and the peer's next connection meets a handshake
     // that refuses it.
     let mut state = shared.state.clone();
     let mut watching = true;
-    let result = loop {
+    loop {
         tokio::select! {
-            result = connection.as_mut() => break result,
+            accepted = connection.accept() => match accepted {
+                // one task per stream: the CONNECT's checks, then its bytes
+                Some(Ok((request, respond))) => {
+                    let (shared, tunnel) = (shared.clone(), tunnel.clone());
+                    tokio::spawn(async move { connect(&shared, &tunnel, request, respond).await });
+                }
+                Some(Err(e)) => break tracing::debug!(%client, "HBONE connection ended: {e}"),
+                None => break,
+            },
+            why = &mut keepalive => break tracing::debug!(%client, "HBONE connection dropped: {why}"),
             changed = state.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;
                 } else if !state.borrow_and_update().trusts(target.ip(), &peer_id) {
                     tracing::info!(%client, peer = %peer_id, "closing the HBONE connection: the pod no longer trusts the peer's trust domain");
-                    connection.as_mut().graceful_shutdown();
+                    connection.graceful_shutdown();
                     watching = false;
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%client, "HBONE connection ended: {e}");
     }
 }
 
@@ -157,28 +164,55 @@ struct Tunnel {
     local: bool,
 }
 
-/// One CONNECT: check it, answer it, and serve the stream once upgraded.
+/// One CONNECT: check it, answer it, and serve the stream's bytes.
 async fn connect(
     shared: &Arc<Shared>,
     tunnel: &Tunnel,
-    mut request: Request<Incoming>,
-) -> Response<Empty<Bytes>> {
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    // boxed: the task lives as long as the stream, and an async fn's state is as
+    // large as its largest stage (the checks may ask an ext_authz server)
+    let (stream, authorized) = match Box::pin(check(shared, tunnel, &request)).await {
+        Ok(accepted) => accepted,
+        Err(status) => {
+            let _ = respond.send_response(responses::tunnel(status), true);
+            return;
+        }
+    };
+    let send = match respond.send_response(responses::tunnel(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(e) => {
+            return tracing::debug!(client = %tunnel.client, "CONNECT stream never opened: {e}");
+        }
+    };
+    let io = H2Stream::new(send, request.into_body());
+    Box::pin(serve::serve(shared.clone(), stream, io, authorized)).await;
+}
+
+/// The checks of one CONNECT: the stream to serve (with the L4 record of a `tcp`
+/// port, judged now) or the status that refuses it.
+async fn check<B>(
+    shared: &Arc<Shared>,
+    tunnel: &Tunnel,
+    request: &Request<B>,
+) -> Result<(InboundStream, Option<DecisionRecord>), StatusCode> {
     let (peer, pod, client) = (&tunnel.peer, &tunnel.pod, tunnel.client);
-    let status = responses::tunnel;
+    let refuse = Err;
     if request.method() != Method::CONNECT {
-        return status(StatusCode::BAD_REQUEST);
+        return refuse(StatusCode::BAD_REQUEST);
     }
     let Some(destination) = request
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return status(StatusCode::BAD_REQUEST);
+        return refuse(StatusCode::BAD_REQUEST);
     };
     // a tunnel terminates for the one pod whose certificate it was shown
     if destination.ip() != tunnel.target.ip() || shared.is_own_port(destination.port()) {
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
-        return status(StatusCode::BAD_REQUEST);
+        return refuse(StatusCode::BAD_REQUEST);
     }
     // the handshake trusted the peer; a federation may have ended since, and an
     // HBONE connection outlives it: every CONNECT is judged with the trust of now
@@ -188,9 +222,9 @@ async fn connect(
         .trusts(destination.ip(), &peer.spiffe_id)
     {
         tracing::info!(%client, peer = %peer.spiffe_id, pod = %pod.info.name, "refused CONNECT: the pod no longer trusts the peer's trust domain");
-        return status(StatusCode::UNAUTHORIZED);
+        return refuse(StatusCode::UNAUTHORIZED);
     }
-    let source = stream_source(shared, peer, &request, client, tunnel.local);
+    let source = stream_source(shared, peer, request, client, tunnel.local);
     let stream = InboundStream {
         peer: Some(peer.clone()),
         source,
@@ -206,23 +240,13 @@ async fn connect(
             )
             .await;
         if !record.allowed {
-            return status(StatusCode::UNAUTHORIZED);
+            return refuse(StatusCode::UNAUTHORIZED);
         }
         Some(record)
     } else {
         None
     };
-    let upgrade = hyper::upgrade::on(&mut request);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                serve::serve(shared, stream, TokioIo::new(upgraded), authorized).await;
-            }
-            Err(e) => tracing::debug!(%client, "CONNECT stream never opened: {e}"),
-        }
-    });
-    status(StatusCode::OK)
+    Ok((stream, authorized))
 }
 
 /// Where a tunnelled stream comes from, which `ipBlocks` and `source.ip` judge.

@@ -20,6 +20,7 @@ mod custom;
 mod detect;
 mod diagnose;
 mod h2;
+mod h2_stream;
 mod http;
 mod inbound;
 mod jwks;

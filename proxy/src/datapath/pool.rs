@@ -13,20 +13,17 @@ use meshward_spiffe::SpiffeId;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use meshward_config::LimitsConfig;
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::h2_stream::H2Stream;
 use super::socket::connect_marked_from;
 use super::state::PodTls;
 use super::{diagnose, h2};
@@ -47,7 +44,7 @@ pub(crate) enum HboneError {
     #[error("HTTP/2 with {peer}: {source}")]
     Http2 {
         peer: SocketAddr,
-        source: hyper::Error,
+        source: ::h2::Error,
     },
     #[error(
         "{peer} presented {}, whose SVID does not name that address: not the workload that runs there",
@@ -91,7 +88,10 @@ struct Key {
 }
 
 struct Connection {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    sender: ::h2::client::SendRequest<Bytes>,
+    /// Set when the connection ended or refused a stream (a GOAWAY): no stream
+    /// is opened on it again.
+    closed: Arc<AtomicBool>,
     /// The SPIFFE ID the peer node presented (the destination pod's).
     peer_id: Arc<SpiffeId>,
     streams: AtomicU32,
@@ -100,7 +100,7 @@ struct Connection {
 
 /// Keeps a stream counted on its connection while the tunnel lives.
 pub(crate) struct Tunnel {
-    pub(crate) io: TokioIo<Upgraded>,
+    pub(crate) io: H2Stream,
     /// The destination's SPIFFE ID, as its certificate showed it.
     pub(crate) peer_id: Arc<SpiffeId>,
     _stream: StreamGuard,
@@ -177,61 +177,103 @@ impl HbonePool {
             source_serial: tls.serial.clone(),
             peer,
         };
-        let connection = match self.checkout(&key) {
-            Some(c) => c,
-            None => {
-                let lock = self.connect_lock(&key);
-                let _single_flight = lock.lock().await;
-                match self.checkout(&key) {
-                    Some(c) => c,
-                    None => self.connect(key, tls).await?,
-                }
-            }
+        let request = || {
+            Request::builder()
+                .method(Method::CONNECT)
+                .uri(target.to_string())
+                // RFC 7239: who the client is. A destination trusts it only where it
+                // can tie it to this tunnel (inbound.rs); elsewhere the TCP source
+                // decides.
+                .header("forwarded", format!("for=\"{client}\""))
+                .body(())
+                .map_err(|_| HboneError::Refused {
+                    peer,
+                    status: StatusCode::BAD_REQUEST,
+                })
         };
-        let guard = StreamGuard::new(connection.clone());
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.to_string())
-            // RFC 7239: who the client is. A destination trusts it only where it can
-            // tie it to this tunnel (inbound.rs); elsewhere the TCP source decides.
-            .header("forwarded", format!("for=\"{client}\""))
-            .body(Empty::new())
-            .map_err(|_| HboneError::Refused {
-                peer,
-                status: StatusCode::BAD_REQUEST,
-            })?;
+        // A pooled connection may have been told to go away since its last stream:
+        // its refusal sends this stream to a new connection, once.
+        let (guard, response, send) = match self.checkout(&key) {
+            Some(pooled) => match Self::send(&pooled.0, request()?).await {
+                Ok((response, send)) => (pooled, response, send),
+                Err(e) => {
+                    tracing::debug!(%peer, "pooled HBONE connection refused a stream: {e}");
+                    pooled.0.closed.store(true, Ordering::Release);
+                    drop(pooled);
+                    self.open_on_new(&key, tls, request()?).await?
+                }
+            },
+            None => self.open_on_new(&key, tls, request()?).await?,
+        };
         let http2 = |source| HboneError::Http2 { peer, source };
-        let response = connection
-            .sender
-            .clone()
-            .send_request(request)
-            .await
-            .map_err(http2)?;
+        let response = response.await.map_err(http2)?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 peer,
                 status: response.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(http2)?;
         Ok(Tunnel {
-            io: TokioIo::new(upgraded),
-            peer_id: connection.peer_id.clone(),
+            io: H2Stream::new(send, response.into_body()),
+            peer_id: guard.0.peer_id.clone(),
             _stream: guard,
         })
     }
 
+    /// Sends `request` on a connection of `key` made or found under the key's
+    /// connect lock (a burst of clients opens one connection, not hundreds).
+    async fn open_on_new(
+        &self,
+        key: &Key,
+        tls: &PodTls,
+        request: Request<()>,
+    ) -> Result<
+        (
+            StreamGuard,
+            ::h2::client::ResponseFuture,
+            ::h2::SendStream<Bytes>,
+        ),
+        HboneError,
+    > {
+        let stream = {
+            let lock = self.connect_lock(key);
+            let _single_flight = lock.lock().await;
+            match self.checkout(key) {
+                Some(c) => c,
+                None => self.connect(key.clone(), tls).await?,
+            }
+        };
+        match Self::send(&stream.0, request).await {
+            Ok((response, send)) => Ok((stream, response, send)),
+            Err(source) => {
+                stream.0.closed.store(true, Ordering::Release);
+                Err(HboneError::Http2 {
+                    peer: key.peer,
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn send(
+        connection: &Connection,
+        request: Request<()>,
+    ) -> Result<(::h2::client::ResponseFuture, ::h2::SendStream<Bytes>), ::h2::Error> {
+        let mut sender = connection.sender.clone().ready().await?;
+        sender.send_request(request, false)
+    }
+
     /// A live connection of `key` with room for one more stream, counted.
-    fn checkout(&self, key: &Key) -> Option<Arc<Connection>> {
+    fn checkout(&self, key: &Key) -> Option<StreamGuard> {
         let mut all = self.connections.lock();
         let list = all.get_mut(key)?;
-        list.retain(|c| !c.sender.is_closed());
+        list.retain(|c| !c.closed.load(Ordering::Acquire));
         let found = list
             .iter()
             .find(|c| c.streams.load(Ordering::Acquire) < self.max_streams)?
             .clone();
         found.streams.fetch_add(1, Ordering::AcqRel);
-        Some(found)
+        Some(StreamGuard::new(found))
     }
 
     fn connect_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
@@ -242,7 +284,8 @@ impl HbonePool {
             .clone()
     }
 
-    async fn connect(&self, key: Key, tls: &PodTls) -> Result<Arc<Connection>, HboneError> {
+    /// A new connection for `key`, pooled, with its first stream counted.
+    async fn connect(&self, key: Key, tls: &PodTls) -> Result<StreamGuard, HboneError> {
         let peer = key.peer;
         let tcp = connect_marked_from(key.source_ip, peer, self.mark, self.connect_timeout)
             .await
@@ -282,19 +325,27 @@ impl HbonePool {
                 return Err(HboneError::WrongDestination { peer, presented });
             }
         };
-        let (sender, driver) = h2::hbone_client()
-            .handshake(TokioIo::new(stream))
+        let (sender, mut driver) = h2::hbone_client()
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|source| HboneError::Http2 { peer, source })?;
         metrics::hbone_connection_opened();
+        let closed = Arc::new(AtomicBool::new(false));
+        let pings = driver.ping_pong();
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(%peer, "HBONE connection ended: {e}");
+            tokio::select! {
+                result = &mut driver => if let Err(e) = result {
+                    tracing::debug!(%peer, "HBONE connection ended: {e}");
+                },
+                why = h2::hbone_keepalive(pings) => tracing::debug!(%peer, "HBONE connection dropped: {why}"),
             }
+            ended.store(true, Ordering::Release);
             metrics::hbone_connection_closed();
         });
         let connection = Arc::new(Connection {
             sender,
+            closed,
             peer_id,
             streams: AtomicU32::new(1),
             idle_since: Mutex::new(None),
@@ -304,11 +355,11 @@ impl HbonePool {
             .entry(key)
             .or_default()
             .push(connection.clone());
-        Ok(connection)
+        Ok(StreamGuard::new(connection))
     }
 
-    /// Drops connections idle past `limits.pool_idle_timeout` (hyper then closes them
-    /// gracefully) and those already closed.
+    /// Drops connections idle past `limits.pool_idle_timeout` (h2 then closes them
+    /// gracefully: GOAWAY once no stream and no sender is left) and those closed.
     fn release_idle(&self) {
         let now = Instant::now();
         let idle_too_long = |c: &Arc<Connection>| {
@@ -319,7 +370,7 @@ impl HbonePool {
         };
         let mut all = self.connections.lock();
         for list in all.values_mut() {
-            list.retain(|c| !c.sender.is_closed() && !idle_too_long(c));
+            list.retain(|c| !c.closed.load(Ordering::Acquire) && !idle_too_long(c));
         }
         all.retain(|_, list| !list.is_empty());
         self.connecting

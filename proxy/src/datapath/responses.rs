@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 
 use super::body::{self, ProxyBody};
 
@@ -98,8 +98,8 @@ pub(crate) fn unavailable(grpc: bool) -> Response<ProxyBody> {
 }
 
 /// The answer to an HBONE CONNECT.
-pub(crate) fn tunnel(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+pub(crate) fn tunnel(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = status;
     response
 }

@@ -18,8 +18,8 @@ use crate::metrics;
 
 /// Serves `io` for `stream`. `authorized`: the L4 record when a `tcp` port was
 /// already judged at CONNECT time (so it is not judged, nor counted, twice).
-/// Returning drops `io`: for a tunnel that resets the stream, for plaintext it
-/// closes the connection.
+/// Returning drops `io`: for a tunnel that ends the stream (END_STREAM after what
+/// was written, `h2_stream.rs`), for plaintext it closes the connection.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
     stream: InboundStream,
@@ -56,7 +56,7 @@ pub(crate) async fn serve<S>(
             Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http1)).await;
         }
         (_, Detected::Tcp) | (Some(AppProtocol::Tcp), Detected::Silent) => {
-            serve_tcp(&shared, &stream, io, authorized).await;
+            Box::pin(serve_tcp(&shared, &stream, io, authorized)).await;
         }
         (None, Detected::Silent) => {
             metrics::stream_refused("silent_client");
@@ -85,8 +85,7 @@ async fn serve_tcp<S>(
     let record = match authorized {
         Some(record) => record,
         None => {
-            stream
-                .authorize_connection(&shared.policies, &shared.providers, started)
+            Box::pin(stream.authorize_connection(&shared.policies, &shared.providers, started))
                 .await
         }
     };
@@ -109,11 +108,11 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let revoked = stream.revoked(
+    let revoked = Box::pin(stream.revoked(
         shared.policies.clone(),
         shared.state.clone(),
         stream.request(None),
-    );
+    ));
     let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
     let (moved, result) = tokio::select! {
         done = copy => done,
