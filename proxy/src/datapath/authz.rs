@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 use meshward_extauthz::{CheckInput, PeerInput, Verdict};
 use meshward_policy::{HttpRequest, PolicySet, Request};
@@ -173,31 +172,6 @@ impl InboundStream {
         record
     }
 
-    /// Resolves, with the reason, once a policy change no longer allows `request`;
-    /// never otherwise. A connection judged once (TCP, an upgraded WebSocket) races
-    /// its copy against this and closes when it resolves, as ztunnel closes
-    /// connections a new policy denies.
-    ///
-    /// Also resolves once the peer is no longer trusted by the pod (a federation
-    /// ended, or the pod's identity stopped federating with the peer's domain).
-    pub(crate) fn revoked(
-        &self,
-        policies: Policies,
-        state: watch::Receiver<Arc<MeshState>>,
-        request: Request,
-    ) -> impl std::future::Future<Output = String> + Send + 'static {
-        // what the connection holds while it lives: pointers to the pod and the
-        // peer (shared), not copies of their names and labels
-        let by_policy = revoked(policies, self.pod.clone(), request);
-        let by_trust = distrusted(state, self.destination.ip(), self.peer.clone());
-        async move {
-            tokio::select! {
-                reason = by_policy => reason,
-                reason = by_trust => reason,
-            }
-        }
-    }
-
     /// Whether the peer is still trusted by the pod (see [`MeshState::trusts`]).
     pub(crate) fn peer_trusted(&self, state: &MeshState) -> bool {
         self.peer
@@ -259,49 +233,5 @@ impl InboundStream {
             "connection complete: {}",
             record.reason
         );
-    }
-}
-
-/// Resolves when the node's state no longer trusts `peer` for the pod at `pod`
-/// (never without a peer).
-async fn distrusted(
-    mut state: watch::Receiver<Arc<MeshState>>,
-    pod: std::net::IpAddr,
-    peer: Option<Arc<Peer>>,
-) -> String {
-    let Some(peer) = peer else {
-        return std::future::pending().await;
-    };
-    let peer = &peer.spiffe_id;
-    loop {
-        if state.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        let now = state.borrow_and_update().clone();
-        if !now.trusts(pod, peer) {
-            metrics::connection_revoked();
-            return format!(
-                "{peer} is no longer trusted here: the pod no longer federates with {}, or its bundle is gone",
-                peer.trust_domain()
-            );
-        }
-    }
-}
-
-/// Resolves when a policy change no longer allows `request`.
-async fn revoked(mut policies: Policies, pod: Arc<LocalPod>, request: Request) -> String {
-    loop {
-        if policies.changed().await.is_err() {
-            // the policy source is gone with the data path: nothing can change now
-            return std::future::pending().await;
-        }
-        let set = policies.borrow_and_update().clone();
-        // a CUSTOM provider was asked when the connection opened; DENY and ALLOW
-        // policies are judged again
-        let decision = set.evaluate_after_custom(&pod.workload, &request);
-        if !decision.is_allowed() {
-            metrics::connection_revoked();
-            return decision.to_string();
-        }
     }
 }

@@ -301,8 +301,7 @@ async fn respond(
             let switched = match client_side {
                 Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let pod_side = hyper::upgrade::on(&mut response);
-                    let revoked =
-                        stream.revoked(shared.policies.clone(), shared.state.clone(), judged);
+                    let revoked = shared.revocations.watch(stream, judged);
                     join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
                     response.headers().get(header::UPGRADE).cloned()
                 }

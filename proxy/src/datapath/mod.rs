@@ -30,6 +30,7 @@ mod policies;
 mod policy_objects;
 mod pool;
 mod responses;
+mod revocation;
 mod serve;
 mod services;
 mod socket;
@@ -53,6 +54,7 @@ use custom::Providers;
 use jwks::JwksCache;
 use policies::Policies;
 use pool::HbonePool;
+use revocation::Revocations;
 use services::Services;
 use state::MeshState;
 use upstream::UpstreamPool;
@@ -92,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) jwks: Arc<JwksCache>,
     /// The external authorizers CUSTOM policies name.
     pub(crate) providers: Providers,
+    /// Connections judged once, closed by a change that no longer allows them.
+    pub(crate) revocations: Arc<Revocations>,
 }
 
 impl Shared {
@@ -137,13 +141,16 @@ impl DataPath {
             ),
             None => Services::none(),
         };
+        let state = state::follow(agent.snapshots.clone(), &config.hbone);
+        let policies = policies::watch_policies(
+            config.authorization.policy_paths.clone(),
+            kubernetes,
+            config.engine_options(),
+        );
         let shared = Arc::new(Shared {
-            state: state::follow(agent.snapshots.clone(), &config.hbone),
-            policies: policies::watch_policies(
-                config.authorization.policy_paths.clone(),
-                kubernetes,
-                config.engine_options(),
-            ),
+            revocations: Revocations::start(policies.clone(), state.clone()),
+            state,
+            policies,
             inbound: config.inbound.clone(),
             outbound: config.outbound.clone(),
             mark: capture.mark,

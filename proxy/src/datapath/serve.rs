@@ -108,11 +108,7 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let revoked = Box::pin(stream.revoked(
-        shared.policies.clone(),
-        shared.state.clone(),
-        stream.request(None),
-    ));
+    let revoked = shared.revocations.watch(stream, stream.request(None));
     let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
     let (moved, result) = tokio::select! {
         done = copy => done,

@@ -1,0 +1,178 @@
+//! Connections judged once (TCP; an upgraded WebSocket) that a later change
+//! closes: a policy change that no longer allows them, or a trust change (a
+//! federation ended, `federatesWith` changed) that no longer trusts their peer,
+//! as ztunnel closes connections a new policy denies.
+//!
+//! One watcher per node walks the live connections on each change, as ztunnel's
+//! connection manager does. A watcher per connection (two watch subscriptions and
+//! the request, in a future that lived as long as the connection) cost 3.2 KB of
+//! each idle inbound connection's 8.4 (benches/README.md); an entry here is the
+//! request and two pointers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use meshward_policy::{PolicySet, Request};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+
+use super::authz::{InboundStream, Peer};
+use super::policies::Policies;
+use super::state::{LocalPod, MeshState};
+use crate::metrics;
+
+pub(crate) struct Revocations {
+    live: Mutex<HashMap<u64, Watched>>,
+    next_id: AtomicU64,
+    policies: Policies,
+    state: watch::Receiver<Arc<MeshState>>,
+}
+
+/// One live connection, as it was judged.
+struct Watched {
+    pod: Arc<LocalPod>,
+    pod_ip: IpAddr,
+    peer: Option<Arc<Peer>>,
+    request: Request,
+    close: oneshot::Sender<String>,
+}
+
+impl Watched {
+    /// Why the connection must close under `set` and `state`, if it must.
+    fn judge(&self, set: &PolicySet, state: &MeshState) -> Option<String> {
+        if let Some(peer) = &self.peer {
+            if !state.trusts(self.pod_ip, &peer.spiffe_id) {
+                return Some(format!(
+                    "{} is no longer trusted here: the pod no longer federates with {}, or its bundle is gone",
+                    peer.spiffe_id,
+                    peer.spiffe_id.trust_domain()
+                ));
+            }
+        }
+        // a CUSTOM provider was asked when the connection opened; DENY and ALLOW
+        // policies are judged again
+        let decision = set.evaluate_after_custom(&self.pod.workload, &self.request);
+        (!decision.is_allowed()).then(|| decision.to_string())
+    }
+}
+
+impl Revocations {
+    /// Starts the node's watcher, which lives as long as the returned handle.
+    pub(crate) fn start(policies: Policies, state: watch::Receiver<Arc<MeshState>>) -> Arc<Self> {
+        let revocations = Arc::new(Self {
+            live: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            policies: policies.clone(),
+            state: state.clone(),
+        });
+        tokio::spawn(follow(Arc::downgrade(&revocations), policies, state));
+        revocations
+    }
+
+    /// Watches the connection of `stream` that `request` opened. Judged once more
+    /// now, so a change between its authorization and this call is not missed.
+    pub(crate) fn watch(self: &Arc<Self>, stream: &InboundStream, request: Request) -> Revoked {
+        let (close, reason) = oneshot::channel();
+        let watched = Watched {
+            pod: stream.pod.clone(),
+            pod_ip: stream.destination.ip(),
+            peer: stream.peer.clone(),
+            request,
+            close,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let set = self.policies.borrow().clone();
+        let state = self.state.borrow().clone();
+        match watched.judge(&set, &state) {
+            Some(why) => {
+                metrics::connection_revoked();
+                let _ = watched.close.send(why);
+            }
+            None => {
+                self.live.lock().insert(id, watched);
+            }
+        }
+        Revoked {
+            id,
+            revocations: Arc::downgrade(self),
+            reason: Some(reason),
+        }
+    }
+
+    fn judge_all(&self, set: &PolicySet, state: &MeshState) {
+        let mut live = self.live.lock();
+        let closing: Vec<(u64, String)> = live
+            .iter()
+            .filter_map(|(id, watched)| Some((*id, watched.judge(set, state)?)))
+            .collect();
+        for (id, why) in closing {
+            if let Some(watched) = live.remove(&id) {
+                metrics::connection_revoked();
+                let _ = watched.close.send(why);
+            }
+        }
+    }
+}
+
+/// Judges every live connection again on each policy or trust change.
+async fn follow(
+    revocations: Weak<Revocations>,
+    mut policies: Policies,
+    mut state: watch::Receiver<Arc<MeshState>>,
+) {
+    // a source gone with the data path changes nothing any more
+    let (mut policies_open, mut state_open) = (true, true);
+    while policies_open || state_open {
+        tokio::select! {
+            changed = policies.changed(), if policies_open => policies_open = changed.is_ok(),
+            changed = state.changed(), if state_open => state_open = changed.is_ok(),
+        }
+        let Some(revocations) = revocations.upgrade() else {
+            return;
+        };
+        let set = policies.borrow_and_update().clone();
+        let now = state.borrow_and_update().clone();
+        revocations.judge_all(&set, &now);
+    }
+}
+
+/// Resolves, with the reason, once a change closes the connection; never
+/// otherwise. Dropped, the connection is no longer watched.
+pub(crate) struct Revoked {
+    id: u64,
+    revocations: Weak<Revocations>,
+    /// `None` once the watcher is gone (never polled again).
+    reason: Option<oneshot::Receiver<String>>,
+}
+
+impl Future for Revoked {
+    type Output = String;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
+        let Some(reason) = self.reason.as_mut() else {
+            return Poll::Pending;
+        };
+        match Pin::new(reason).poll(cx) {
+            Poll::Ready(Ok(why)) => Poll::Ready(why),
+            Poll::Ready(Err(_)) => {
+                // the watcher is gone with the data path: nothing closes it now
+                self.reason = None;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Revoked {
+    fn drop(&mut self) {
+        if let Some(revocations) = self.revocations.upgrade() {
+            revocations.live.lock().remove(&self.id);
+        }
+    }
+}
