@@ -168,6 +168,7 @@ impl OneWay {
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+    use super::super::testing::{pattern, write_then_shutdown};
     use super::*;
 
     #[tokio::test]
@@ -201,23 +202,16 @@ mod tests {
 
     #[tokio::test]
     async fn buffers_grow_with_the_traffic_and_every_byte_arrives() {
-        let (mut client, mut proxy_a) = duplex(1 << 16);
+        let (client, mut proxy_a) = duplex(1 << 16);
         let (mut proxy_b, mut server) = duplex(1 << 16);
         let copy = tokio::spawn(async move {
             bidirectional(&mut proxy_a, &mut proxy_b, Duration::from_secs(5)).await
         });
-        let data: Vec<u8> = (0..12 * 1024 * 1024)
-            .map(|i: u32| (i % 251) as u8)
-            .collect();
-        let expected = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&data).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
+        let data = pattern(12 * 1024 * 1024);
+        let writer = write_then_shutdown(client, data.clone());
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap();
-        assert!(got == expected, "bytes differ");
+        assert!(got == data, "bytes differ");
         drop(server);
         drop(writer.await.unwrap());
         let (moved, _) = copy.await.unwrap();

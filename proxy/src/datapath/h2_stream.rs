@@ -156,6 +156,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::super::h2;
+    use super::super::testing::{pattern, write_then_shutdown};
     use super::*;
 
     /// A client and a server stream of one CONNECT, over an in-memory connection
@@ -204,18 +205,11 @@ mod tests {
 
     #[tokio::test]
     async fn end_stream_is_a_half_close_and_more_than_a_window_arrives() {
-        let (mut client, mut server) = connect_pair().await;
+        let (client, mut server) = connect_pair().await;
         // 10 MiB: more than the 4 MiB stream window, so the reader must give it back
-        let data: Vec<u8> = (0..10 * 1024 * 1024)
-            .map(|i: u32| (i % 251) as u8)
-            .collect();
-        let expected = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&data).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        assert!(read_all(&mut server).await == expected, "bytes differ");
+        let data = pattern(10 * 1024 * 1024);
+        let writer = write_then_shutdown(client, data.clone());
+        assert!(read_all(&mut server).await == data, "bytes differ");
         let mut client = writer.await.unwrap();
         // the client's END_STREAM did not close the way back
         server.write_all(b"pong!").await.unwrap();

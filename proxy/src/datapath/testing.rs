@@ -28,3 +28,22 @@ pub(super) async fn settles<T>(rx: &mut watch::Receiver<T>, what: &str, done: im
         .await
         .unwrap_or_else(|_| panic!("never {what}"));
 }
+
+/// `len` bytes of a pattern in which a lost, doubled or reordered chunk shows.
+pub(super) fn pattern(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Writes `data` to `io` from a task, then shuts its writing side down (EOF, or
+/// END_STREAM); the task gives `io` back.
+pub(super) fn write_then_shutdown<W>(mut io: W, data: Vec<u8>) -> tokio::task::JoinHandle<W>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        io.write_all(&data).await.unwrap();
+        io.shutdown().await.unwrap();
+        io
+    })
+}
