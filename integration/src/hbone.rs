@@ -152,32 +152,9 @@ async fn exchange(
     send: Vec<u8>,
 ) -> Tunnel {
     let refused = |what: &str, e: &dyn std::fmt::Display| Tunnel::Refused(format!("{what}: {e}"));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServer))
-        })
-        .and_then(|b| {
-            b.with_client_auth_cert(credentials.chain, PrivateKeyDer::Pkcs8(credentials.key))
-        });
-    let mut config = match config {
-        Ok(config) => config,
-        Err(e) => return refused("client config", &e),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = match tokio::net::TcpStream::connect(peer).await {
-        Ok(tcp) => tcp,
-        Err(e) => return refused("connect", &e),
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let Ok(name) = ServerName::try_from("hbone.invalid") else {
-        return Tunnel::Refused("server name".into());
-    };
-    let tls = match connector.connect(name, tcp).await {
+    let tls = match mtls(peer, credentials).await {
         Ok(tls) => tls,
-        Err(e) => return refused("handshake", &e),
+        Err(refusal) => return refusal,
     };
     let (mut sender, connection) = match hyper::client::conn::http2::handshake(
         TokioExecutor::new(),
@@ -214,6 +191,73 @@ async fn exchange(
         let _ = io.read_to_end(&mut received).await;
     }
     Tunnel::Open(received)
+}
+
+/// mTLS to `peer` with `credentials` (ALPN h2; the server's certificate is not
+/// checked: the attacker does not care who answers).
+async fn mtls(
+    peer: SocketAddr,
+    credentials: Credentials,
+) -> std::result::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Tunnel> {
+    let refused = |what: &str, e: &dyn std::fmt::Display| Tunnel::Refused(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer))
+        })
+        .and_then(|b| {
+            b.with_client_auth_cert(credentials.chain, PrivateKeyDer::Pkcs8(credentials.key))
+        });
+    let mut config = match config {
+        Ok(config) => config,
+        Err(e) => return Err(refused("client config", &e)),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = match tokio::net::TcpStream::connect(peer).await {
+        Ok(tcp) => tcp,
+        Err(e) => return Err(refused("connect", &e)),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let Ok(name) = ServerName::try_from("hbone.invalid") else {
+        return Err(Tunnel::Refused("server name".into()));
+    };
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| refused("handshake", &e))
+}
+
+/// From inside `ns`: mTLS to `peer` with `credentials`, then not one byte of
+/// HTTP/2. How long the server kept the connection before closing it; `None`:
+/// still open after `wait`.
+pub fn silent_after_handshake(
+    ns: &Netns,
+    peer: SocketAddr,
+    credentials: &Credentials,
+    wait: Duration,
+) -> Result<Option<Duration>> {
+    let credentials = credentials.clone();
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(HarnessError::io("a runtime for the HBONE client"))?;
+        runtime.block_on(async move {
+            let mut tls = mtls(peer, credentials)
+                .await
+                .map_err(|refusal| HarnessError::Invalid(format!("{refusal:?}")))?;
+            let started = std::time::Instant::now();
+            // the server speaks first (its SETTINGS), then closes or not
+            let mut buf = [0u8; 1024];
+            let closed = tokio::time::timeout(wait, async {
+                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
+            Ok(closed.ok().map(|()| started.elapsed()))
+        })
+    })?
 }
 
 /// An HBONE server that should not be there (at an address of the mesh, with a

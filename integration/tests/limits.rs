@@ -2,7 +2,8 @@
 //! pool opens a second connection; past `max_connections` a listener leaves
 //! connections in the kernel's backlog until one ends; pooled connections without
 //! streams close after `pool_idle_timeout`; a peer that never finishes its TLS
-//! handshake is dropped after `handshake_timeout`.
+//! handshake (or, after mTLS, the HTTP/2 preface) is dropped after
+//! `handshake_timeout`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,9 +12,10 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use meshward_integration::hbone::{LeafSpec, mint_leaf, silent_after_handshake};
 use meshward_integration::{Mesh, available_or_skip};
 use support::{
-    connect_from, curl_spire, echo_mesh, echoed, eventually, example, node_metric, read_echo,
+    TD, connect_from, curl_spire, echo_mesh, echoed, eventually, example, node_metric, read_echo,
     tcp_echo,
 };
 
@@ -101,4 +103,15 @@ fn streams_spill_connections_wait_and_idle_tunnels_close() {
         &["direction=\"inbound\"", "reason=\"timeout\""],
     );
     assert_eq!(timeouts, 1.0, "{}", mesh.logs());
+
+    // one that completes mTLS and then never sends the HTTP/2 preface is dropped
+    // after handshake_timeout too
+    let ca = mesh.issuer_ca_dir().unwrap();
+    let spec = LeafSpec::svid(&format!("spiffe://{TD}/ns/default/sa/curl-spire"));
+    let credentials = mint_leaf(&ca, &spec).unwrap();
+    let kept = silent_after_handshake(node_1, hbone, &credentials, Duration::from_secs(8)).unwrap();
+    assert!(
+        kept.is_some(),
+        "an mTLS peer without HTTP/2 was still connected after 8 s"
+    );
 }
