@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use ::h2::SendStream;
+use ::h2::client::ResponseFuture;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use meshward_config::LimitsConfig;
@@ -97,6 +99,10 @@ struct Connection {
     streams: AtomicU32,
     idle_since: Mutex<Option<Instant>>,
 }
+
+/// A CONNECT sent: its stream counted on its connection, the answer to come, and
+/// the sending half.
+type Sent = (StreamGuard, ResponseFuture, SendStream<Bytes>);
 
 /// Keeps a stream counted on its connection while the tunnel lives.
 pub(crate) struct Tunnel {
@@ -227,14 +233,7 @@ impl HbonePool {
         key: &Key,
         tls: &PodTls,
         request: Request<()>,
-    ) -> Result<
-        (
-            StreamGuard,
-            ::h2::client::ResponseFuture,
-            ::h2::SendStream<Bytes>,
-        ),
-        HboneError,
-    > {
+    ) -> Result<Sent, HboneError> {
         let stream = {
             let lock = self.connect_lock(key);
             let _single_flight = lock.lock().await;
@@ -258,7 +257,7 @@ impl HbonePool {
     async fn send(
         connection: &Connection,
         request: Request<()>,
-    ) -> Result<(::h2::client::ResponseFuture, ::h2::SendStream<Bytes>), ::h2::Error> {
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), ::h2::Error> {
         let mut sender = connection.sender.clone().ready().await?;
         sender.send_request(request, false)
     }
