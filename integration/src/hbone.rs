@@ -127,21 +127,15 @@ pub fn tunnel(
         .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
         .collect();
     let (credentials, send) = (credentials.clone(), send.to_vec());
-    ns.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(HarnessError::io("a runtime for the HBONE client"))?;
-        runtime.block_on(async move {
-            let exchange = exchange(peer, target, headers, credentials, send);
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(outcome) => Ok(outcome),
-                Err(_) => Err(HarnessError::Invalid(format!(
-                    "HBONE exchange with {peer} did not end within {timeout:?}"
-                ))),
-            }
-        })
-    })?
+    on_a_runtime_in(ns, move || async move {
+        let exchange = exchange(peer, target, headers, credentials, send);
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => Err(HarnessError::Invalid(format!(
+                "HBONE exchange with {peer} did not end within {timeout:?}"
+            ))),
+        }
+    })
 }
 
 async fn exchange(
@@ -239,24 +233,34 @@ pub fn silent_after_handshake(
     wait: Duration,
 ) -> Result<Option<Duration>> {
     let credentials = credentials.clone();
+    on_a_runtime_in(ns, move || async move {
+        let mut tls = mtls(peer, credentials)
+            .await
+            .map_err(|refusal| HarnessError::Invalid(format!("{refusal:?}")))?;
+        let started = std::time::Instant::now();
+        // the server speaks first (its SETTINGS), then closes or not
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(wait, async {
+            while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        Ok(closed.ok().map(|()| started.elapsed()))
+    })
+}
+
+/// Runs `work` to its end on a runtime of its own inside `ns` (its sockets are
+/// the namespace's).
+fn on_a_runtime_in<T, F>(ns: &Netns, work: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
     ns.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(HarnessError::io("a runtime for the HBONE client"))?;
-        runtime.block_on(async move {
-            let mut tls = mtls(peer, credentials)
-                .await
-                .map_err(|refusal| HarnessError::Invalid(format!("{refusal:?}")))?;
-            let started = std::time::Instant::now();
-            // the server speaks first (its SETTINGS), then closes or not
-            let mut buf = [0u8; 1024];
-            let closed = tokio::time::timeout(wait, async {
-                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
-            })
-            .await;
-            Ok(closed.ok().map(|()| started.elapsed()))
-        })
+            .map_err(HarnessError::io("a runtime for the HBONE client"))?
+            .block_on(work())
     })?
 }
 
