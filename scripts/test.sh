@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: the integration environment needs iproute2 (network
 # namespaces, veth), curl (real requests from pods), iptables and nftables (capture);
-# the issuer's datastore tests need a PostgreSQL server.
+# the issuer's datastore tests need a PostgreSQL server; the detection test runs
+# real HTTP servers (nginx and Node here, Go's net/http and Python's http.server
+# from the machine's Go and Python).
 # shellcheck source=scripts/packages.sh
 . scripts/packages.sh
-ensure_packages iproute2 curl iptables nftables procps postgresql
+ensure_packages iproute2 curl iptables nftables procps postgresql nginx-light nodejs
 
 # PostgreSQL for the issuer's datastore tests: start Debian's cluster (no systemd
 # here), make a test role, and tell the tests where it is.
@@ -37,7 +39,8 @@ fi
 
 # py-spiffe: a Workload API client no one here wrote, run inside a pod by the
 # integration tests.
-if ! python3 -c 'import spiffe' 2>/dev/null; then
+# (asked from /: here, the repository's spiffe/ directory would pass for it)
+if ! (cd / && python3 -c 'import spiffe.workloadapi') 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check spiffe
 fi
 

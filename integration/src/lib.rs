@@ -21,6 +21,7 @@ pub mod hbone;
 mod mesh;
 mod netns;
 mod process;
+pub mod real_http;
 mod root;
 
 pub use cleanup::remove_by_prefix;

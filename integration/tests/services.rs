@@ -6,10 +6,9 @@
 
 mod support;
 
-use meshward_integration::{LoopbackForward, PodSpec, available_or_skip};
-use meshward_test_support::kube_api::FakeKubeApi;
+use meshward_integration::{PodSpec, available_or_skip};
 use serde_json::json;
-use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+use support::{TD, curl_spire, echo_mesh_with_api, eventually, example, status};
 
 const CLUSTER_IP: &str = "10.96.0.10";
 
@@ -18,31 +17,15 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     let Some(()) = available_or_skip("a_service_cluster_ip_reaches_its_pod_with_identity") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let api = runtime.block_on(FakeKubeApi::start(dir.path()));
-    let api_addr: std::net::SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
-    // the daemons dial the API's 127.0.0.1:<port> in their node, forwarded here
-    let (mesh, _echo) = echo_mesh(|spec| {
+    let env = echo_mesh_with_api(|spec| {
         // a second endpoint, on the caller's own node
         let second = PodSpec::new("echoserver-2")
             .namespace("echoserver")
             .label("app", "echoserver");
         spec.pod("node-1", curl_spire(), true)
-            .pod("node-1", second, true)
-            .outbound_yaml(&format!("  kubernetes: {}\n", api.connection_yaml()));
+            .pod("node-1", second, true);
     });
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api_addr.port(), api_addr).unwrap()
-        })
-        .collect();
+    let (api, mesh) = (&env.api, &env.mesh);
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
         .unwrap();
     let _echo_2 = mesh
@@ -72,8 +55,8 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     }));
 
     let url = format!("http://{CLUSTER_IP}/via-service");
-    let r = eventually(&mesh, "the service answers", || {
-        status(&mesh, "curl-spire", &[&url], 200)
+    let r = eventually(mesh, "the service answers", || {
+        status(mesh, "curl-spire", &[&url], 200)
     });
     let seen = r.json().unwrap();
     assert_eq!(seen["http"]["originalUrl"], "/via-service");
@@ -87,7 +70,7 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     // new connections take the ready endpoints in turn
     let mut served = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..4 {
-        let r = status(&mesh, "curl-spire", &[&url], 200).unwrap();
+        let r = status(mesh, "curl-spire", &[&url], 200).unwrap();
         let pod = r.json().unwrap()["environment"]["POD_NAME"].clone();
         *served.entry(pod.as_str().unwrap().to_owned()).or_default() += 1;
     }
@@ -96,7 +79,7 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
 
     // the pods leave the service: the connection is refused at once, not hung
     api.delete_endpoint_slice("echoserver", "echoserver-x1");
-    eventually(&mesh, "no endpoint left", || {
+    eventually(mesh, "no endpoint left", || {
         let r = mesh
             .cluster
             .curl("curl-spire", &["--max-time", "5", &url])
@@ -106,5 +89,4 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
             other => Err(format!("still answered or hung: {other:?}")),
         }
     });
-    drop(runtime);
 }

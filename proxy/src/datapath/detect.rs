@@ -1,12 +1,19 @@
 //! Which protocol a stream speaks, from its first bytes. The rule (docs/security.md,
-//! "protocol detection") never lets detection widen what a client can do:
+//! "protocol detection") never lets detection widen what a client can do: bytes are
+//! TCP only when no HTTP server the pod may run would read them as a request.
 //!
 //! - bytes that are, or begin, the HTTP/2 connection preface: HTTP/2;
-//! - bytes that can begin an HTTP/1 request (optional empty lines, then a method
-//!   token followed by a space or tab), however long or slowly they come: HTTP/1;
-//!   the HTTP server then enforces its own size and time limits (431, 400, 408);
+//! - bytes that can begin an HTTP/1 request for some server, however long or slowly
+//!   they come: HTTP/1; the HTTP server then parses them strictly and refuses what
+//!   it does not take for a request (400, 431, 408). "Can begin" is wider than
+//!   RFC 9112: any run of bytes some server skips or splits on ([`is_lenient_space`]),
+//!   then a method token, then one of those bytes (a bare CR included, which Python
+//!   splits on), as the differential test against real servers requires
+//!   (`integration/tests/detection.rs`);
 //! - first bytes that can never begin an HTTP request (a TLS ClientHello, binary, a
-//!   line without a space after its first word): TCP;
+//!   line whose first word ends it): TCP. Text protocols whose lines look like
+//!   requests (`get key`, `SET k v`) are HTTP on an undeclared port: their port is
+//!   declared `tcp` in `inbound.ports` or on its Service;
 //! - no byte at all within the detection timeout: [`Detected::Silent`]. Only a port
 //!   declared `tcp` serves it (server-first protocols); every other port refuses it,
 //!   as Envoy waits for the client instead of guessing.
@@ -42,50 +49,69 @@ enum Classified {
     NeedMore,
 }
 
-/// RFC 9110 §5.6.2 `tchar`: what a method is made of.
+/// RFC 9110 §5.6.2 `tchar`: what a method is made of (Go, hyper and Node accept
+/// no other byte in one; nginx fewer).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn classify(bytes: &[u8]) -> Classified {
-    // RFC 9112 §2.2: servers ignore empty lines before the request line
+/// A byte some HTTP/1 server skips before a request line or splits it on: SP and
+/// HTAB (RFC 9112), VT, FF and CR (httparse's and nginx's lenient forms), and
+/// everything else Python's `str.split()` splits a Latin-1 line on (`http.server`).
+fn is_lenient_space(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | 0x85 | 0xa0
+    )
+}
+
+/// Where the first word of `bytes` starts and ends, after what servers skip.
+fn first_word(bytes: &[u8]) -> (usize, usize) {
     let start = bytes
         .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .position(|b| !is_lenient_space(*b))
         .unwrap_or(bytes.len());
-    let rest = &bytes[start..];
-    let n = rest.len().min(H2_PREFACE.len());
-    if start == 0 && rest[..n] == H2_PREFACE[..n] {
+    let len = bytes[start..]
+        .iter()
+        .position(|b| !is_tchar(*b))
+        .unwrap_or(bytes.len() - start);
+    (start, start + len)
+}
+
+fn classify(bytes: &[u8]) -> Classified {
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
             Classified::Is(Detected::Http2)
         } else {
             Classified::NeedMore
         };
     }
-    let token = rest
-        .iter()
-        .position(|b| !is_tchar(*b))
-        .unwrap_or(rest.len());
-    match rest.get(token) {
-        // still inside empty lines or the first word: it may yet be a request
+    let (start, end) = first_word(bytes);
+    // carriage returns after the word: only what follows them says whether the
+    // line ends there (one word: no request anywhere) or goes on (Python splits
+    // a line on a bare CR)
+    let crs = bytes[end..].iter().take_while(|b| **b == b'\r').count();
+    match bytes.get(end + crs) {
+        // still inside leading space or the first word: it may yet be a request
         None if bytes.len() < MAX_DETECTION_BYTES => Classified::NeedMore,
         None => Classified::Is(Detected::Http1),
-        Some(b' ' | b'\t') if token > 0 => Classified::Is(Detected::Http1),
+        Some(b'\n') => Classified::Is(Detected::Tcp),
+        // the first byte after what servers skip cannot begin a method
+        Some(_) if end == start => Classified::Is(Detected::Tcp),
+        Some(b) if crs > 0 || is_lenient_space(*b) => Classified::Is(Detected::Http1),
         Some(_) => Classified::Is(Detected::Tcp),
     }
 }
 
 /// What bytes that stopped coming (timeout, or the end of the stream) were.
 fn undecided(bytes: &[u8], ended: bool) -> Detected {
-    let first_word = bytes
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .is_some_and(|start| bytes[start..].iter().all(|b| is_tchar(*b)));
+    let (start, _) = first_word(bytes);
     if bytes.is_empty() {
         Detected::Silent
     } else if H2_PREFACE.starts_with(bytes) {
         Detected::Http2
-    } else if ended && first_word {
+    } else if ended && start < bytes.len() {
         // a first word cut off by the end of the stream can no longer be a request
         Detected::Tcp
     } else {

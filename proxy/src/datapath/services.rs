@@ -5,6 +5,10 @@
 //! pod, whose node then enforces policy with the caller's identity. Without this,
 //! the connection would leave as plaintext and meet STRICT at the destination.
 //!
+//! A Service port also declares what its pods' port speaks (`appProtocol`, or a
+//! port name such as `http-web` or `tcp-redis`, as Istio's protocol selection):
+//! inbound, that declaration stands in for detection (`declared.rs`).
+//!
 //! Services and EndpointSlices come from two kube-rs watchers; the map is rebuilt
 //! on every change once both have listed, and published through a watch channel.
 
@@ -20,14 +24,22 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use meshward_config::AppProtocol;
+
 use super::kube_cache::ObjectCache;
+
+mod declared;
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Service address (cluster IP, service port) -> ready endpoints (pod IP, target port).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct ServiceMap(HashMap<SocketAddr, Vec<SocketAddr>>);
+pub(crate) struct ServiceMap {
+    /// Service address (cluster IP, service port) -> ready endpoints (pod IP, target port).
+    endpoints: HashMap<SocketAddr, Vec<SocketAddr>>,
+    /// Endpoint (pod IP, target port) -> the protocol its Services declare.
+    declared: HashMap<SocketAddr, AppProtocol>,
+}
 
 /// What an outbound destination is.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,7 +115,7 @@ impl Services {
     /// What `target` is; a Service's endpoints are taken in turn.
     pub(crate) fn resolve(&self, target: SocketAddr) -> Resolved {
         let map = self.map.borrow();
-        let Some(endpoints) = map.0.get(&target) else {
+        let Some(endpoints) = map.endpoints.get(&target) else {
             return Resolved::NotAService;
         };
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
@@ -112,6 +124,11 @@ impl Services {
             .map_or(Resolved::NoEndpoint, |endpoint| {
                 Resolved::Endpoint(*endpoint)
             })
+    }
+
+    /// What the Services of `endpoint` (a pod's address and port) declare it speaks.
+    pub(crate) fn declared(&self, endpoint: SocketAddr) -> Option<AppProtocol> {
+        self.map.borrow().declared.get(&endpoint).copied()
     }
 }
 
@@ -122,7 +139,8 @@ enum Change {
 }
 
 /// The map kube-proxy would program: for each TCP port of each Service with a
-/// cluster IP, the ready endpoints of the same-named port in its EndpointSlices.
+/// cluster IP, the ready endpoints of the same-named port in its EndpointSlices;
+/// and what each port declares for every endpoint, ready or not.
 fn build<'a>(
     services: impl Iterator<Item = &'a Service>,
     slices: impl Iterator<Item = &'a EndpointSlice>,
@@ -142,7 +160,7 @@ fn build<'a>(
                 .push(slice);
         }
     }
-    let mut map = HashMap::new();
+    let mut map = ServiceMap::default();
     for service in services {
         let (Some(name), Some(spec)) = (service.metadata.name.as_deref(), service.spec.as_ref())
         else {
@@ -163,20 +181,35 @@ fn build<'a>(
             if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                 continue;
             }
+            let port_name = port.name.as_deref().unwrap_or_default();
+            if let Some(protocol) =
+                declared::protocol(port.app_protocol.as_deref(), port.name.as_deref())
+            {
+                for endpoint in endpoints(slices, port_name, Readiness::Any) {
+                    declared::merge(&mut map.declared, endpoint, protocol);
+                }
+            }
             let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let endpoints = ready_endpoints(slices, port.name.as_deref().unwrap_or_default());
+            let ready = endpoints(slices, port_name, Readiness::Ready);
             for ip in &cluster_ips {
-                map.insert(SocketAddr::new(*ip, service_port), endpoints.clone());
+                map.endpoints
+                    .insert(SocketAddr::new(*ip, service_port), ready.clone());
             }
         }
     }
-    ServiceMap(map)
+    map
 }
 
-/// Ready addresses of the slices, with the number of the port named `port_name`.
-fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Any,
+}
+
+/// Addresses of the slices, with the number of the port named `port_name`.
+fn endpoints(slices: &[&EndpointSlice], port_name: &str, readiness: Readiness) -> Vec<SocketAddr> {
     let mut endpoints = BTreeSet::new();
     for slice in slices {
         let port = slice.ports.iter().flatten().find(|p| {
@@ -191,7 +224,8 @@ fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr
         };
         for endpoint in &slice.endpoints {
             // absent `ready` means ready (the API's own reading)
-            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+            if readiness == Readiness::Ready && !ready {
                 continue;
             }
             for address in &endpoint.addresses {

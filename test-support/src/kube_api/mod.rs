@@ -352,6 +352,10 @@ impl FakeKubeApi {
         );
     }
 
+    pub fn delete_service(&self, namespace: &str, name: &str) {
+        self.delete_object(SERVICES, namespace, name);
+    }
+
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
         self.delete_object(ENDPOINT_SLICES, namespace, name);
     }

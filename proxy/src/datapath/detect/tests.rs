@@ -106,3 +106,42 @@ async fn the_end_of_the_stream_decides_a_cut_off_word() {
     assert_eq!(run(&[b"PRI * HT"]).await.0, Detected::Http2);
     assert_eq!(run(&[]).await.0, Detected::Silent);
 }
+
+#[tokio::test]
+async fn what_lenient_servers_read_as_a_request_is_http() {
+    // each read as a request by at least one real server
+    // (integration/tests/detection.rs): Python's http.server splits on these bytes
+    for http in [
+        &b"  GET /admin HTTP/1.1\r\n"[..],
+        b"\x0bGET /admin HTTP/1.1\r\n",
+        b"\x1c\x1fGET /admin HTTP/1.1\r\n",
+        b"\xa0GET /admin HTTP/1.1\r\n",
+        b"GET\x0b/admin HTTP/1.1\r\n",
+        b"GET\x0c/admin HTTP/1.1\r\n",
+        b"GET\x85/admin HTTP/1.1\r\n",
+        b"GET\r/admin HTTP/1.1\r\n",
+        b"GET\r\r/admin HTTP/1.1\r\n",
+    ] {
+        assert_eq!(run(&[http]).await.0, Detected::Http1, "{http:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_line_that_ends_after_its_first_word_is_tcp() {
+    for tcp in [
+        &b"GET\r\n"[..],
+        b"GET\r\r\n",
+        b"  PING\n",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+        b"\x1f\x8b\x08\x00",
+        b"GET/ HTTP/1.1\r\n",
+    ] {
+        assert_eq!(run(&[tcp]).await.0, Detected::Tcp, "{tcp:?}");
+    }
+    // a carriage return alone says nothing yet
+    assert_eq!(
+        held(b"GET\r", Duration::from_millis(50)).await,
+        Detected::Http1
+    );
+}

@@ -62,16 +62,16 @@ fn cluster_ips_map_to_ready_endpoints_of_the_same_named_port() {
     .collect();
     let map = build(services.iter(), slices.iter());
     assert_eq!(
-        map.0.get(&addr("10.100.0.10:80")).unwrap(),
+        map.endpoints.get(&addr("10.100.0.10:80")).unwrap(),
         &[addr("10.0.1.5:8080"), addr("10.0.2.7:8080")],
         "ready (or unstated) endpoints, target port from the slice"
     );
     assert!(
-        !map.0.contains_key(&addr("10.100.0.10:53")),
+        !map.endpoints.contains_key(&addr("10.100.0.10:53")),
         "UDP is not proxied"
     );
-    assert_eq!(map.0.get(&addr("10.100.0.20:9000")).unwrap(), &[]);
-    assert_eq!(map.0.len(), 2);
+    assert_eq!(map.endpoints.get(&addr("10.100.0.20:9000")).unwrap(), &[]);
+    assert_eq!(map.endpoints.len(), 2);
 
     let (_tx, rx) = watch::channel(Arc::new(map));
     let services = Services::following(rx);
@@ -95,7 +95,10 @@ fn cluster_ips_map_to_ready_endpoints_of_the_same_named_port() {
 /// Waits (bounded) until the map has `len` service addresses.
 async fn settles(services: &Services, len: usize) {
     let what = format!("{len} service addresses");
-    testing::settles(&mut services.map.clone(), &what, |map| map.0.len() == len).await;
+    testing::settles(&mut services.map.clone(), &what, |map| {
+        map.endpoints.len() == len
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
