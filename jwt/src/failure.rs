@@ -29,6 +29,10 @@ pub enum JwtFailure {
     /// JWT-SVID without `sub` or `aud`, ...).
     #[error("Jwt verification fails")]
     Claims(String),
+    /// More than one distinct token at the locations the rules read: policy
+    /// would judge one identity while the pod could read another's.
+    #[error("Jwt is not unique: the request carries multiple tokens")]
+    MultipleTokens,
 }
 
 impl JwtFailure {
@@ -45,6 +49,7 @@ impl JwtFailure {
             Self::NotYetValid => "not_yet_valid",
             Self::Audience => "audience",
             Self::Claims(_) => "claims",
+            Self::MultipleTokens => "multiple_tokens",
         }
     }
 }

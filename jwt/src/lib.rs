@@ -5,9 +5,13 @@
 //! (`PolicySet::jwt_rules`) and one request's headers and query:
 //! - no token at any location the rules read: `Ok(None)`, the request goes on
 //!   without a request principal (AuthorizationPolicy decides);
-//! - every token found verifies under the rule of its issuer: `Ok(Some(claims))`
-//!   of the first, and the headers are shaped for the pod ([`locate`]);
-//! - any token that does not: [`JwtFailure`], the request gets `401`.
+//! - one token, at one or more locations, that verifies under the rule of its
+//!   issuer at each: `Ok(Some(claims))`, and the headers are shaped for the pod
+//!   ([`locate`]) from the same claims policy judges;
+//! - more than one distinct token: [`JwtFailure::MultipleTokens`] (`401`), so
+//!   the identity judged and the claims the pod receives cannot differ;
+//! - a token that does not verify, or a value at a token location that looks
+//!   like a token but is not in a form read here: [`JwtFailure`], `401`.
 //!
 //! Keys come from a [`KeyProvider`] (the proxy's cache of JWKS fetches and SPIFFE
 //! bundles); a rule whose keys cannot be had refuses its tokens, never verifies
@@ -44,7 +48,13 @@ pub async fn authenticate<K: KeyProvider + Sync>(
     if rules.is_empty() {
         return Ok(None);
     }
-    let found = locate::find(rules, headers, query);
+    let found = locate::find(rules, headers, query)?;
+    // one identity per request: with two tokens, policy would judge one while
+    // the pod reads the other's claims (Istio does not support several JWTs).
+    // The same token at several locations is one token.
+    if found.iter().any(|f| f.token != found[0].token) {
+        return Err(JwtFailure::MultipleTokens);
+    }
     let mut verified: Vec<(&locate::Found, &JwtRule, JwtClaims)> = Vec::with_capacity(found.len());
     for token in &found {
         let unverified = verify::peek(&token.token)?;

@@ -153,12 +153,21 @@ fn claims(claims: Map<String, Value>, rule: &JwtRule) -> Result<JwtClaims, JwtFa
     }
     let subject = text("sub").unwrap_or_default();
     if let KeySource::TrustBundle(td) = &rule.keys {
-        let member = SpiffeId::parse(&subject).is_ok_and(|id| id.is_member_of(td));
+        // a workload's ID: the trust domain alone (`spiffe://td`) names none
+        let member =
+            SpiffeId::parse(&subject).is_ok_and(|id| id.is_member_of(td) && !id.path().is_empty());
         if !member {
             return Err(JwtFailure::Claims(format!(
-                "a JWT-SVID's sub must be a SPIFFE ID of {td}"
+                "a JWT-SVID's sub must be a SPIFFE ID of {td} with a path"
             )));
         }
+    }
+    // the JWT-SVID spec makes the audience check mandatory; admission refuses
+    // such a rule, and a rule that got here anyway accepts no JWT-SVID
+    if rule.audiences.is_empty()
+        && (matches!(rule.keys, KeySource::TrustBundle(_)) || rule.issuer.starts_with("spiffe://"))
+    {
+        return Err(JwtFailure::Audience);
     }
     let audiences: Vec<String> = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],

@@ -40,4 +40,5 @@ pub use normalize::{
 pub use options::{DefaultMode, EngineOptions};
 pub use request::{
     BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload, normalize_host,
+    reads_as_one_header_value,
 };

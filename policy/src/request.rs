@@ -73,6 +73,14 @@ pub struct HttpRequest {
     jwt_principal: Option<String>,
 }
 
+/// Whether a header line holding `value` is read by [`HttpRequest::header_values`]
+/// (and by the pod, which trims spaces) as exactly `value`, one value: no comma,
+/// no leading or trailing whitespace. A JWT claim copied to a header must be, or
+/// a header condition would not mean what the claim condition means.
+pub fn reads_as_one_header_value(value: &[u8]) -> bool {
+    !value.contains(&b',') && value.trim_ascii() == value
+}
+
 impl HttpRequest {
     /// Validates the method, normalizes the request-target and the host
     /// ([`normalize_host`]). `host` is `:authority` or `Host`, port included.

@@ -70,6 +70,24 @@ fn slow_fragmented_and_oversized_requests_are_judged_or_refused() {
     // a lower-case method is no method this server knows, but HTTP all the same
     let lower = b"get /anything HTTP/1.1\r\nHost: e\r\nx-forwarded-client-cert: URI=spiffe://evil/x\r\nConnection: close\r\n\r\n";
     case("lower-case method", &[(NONE, lower)], Some(" 400 "));
+    // HTTP/2 methods that differ only in case (Istio's 2026 advisories): refused
+    // as HTTP/1's are, so a pod that folds case never gets `delete` past a DENY
+    // on `DELETE`
+    for method in ["delete", "Delete"] {
+        let h2 = h2_request(&[
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "echoserver"),
+            (":path", "/anything"),
+            ("x-forwarded-client-cert", "URI=spiffe://evil/x"),
+        ]);
+        let got = raw_exchange(&mesh, "curl-spire", &addr, &[(NONE, &h2)]);
+        findings.check(
+            &format!("8 HTTP/2 method {method}"),
+            !got.is_empty() && !contains(&got, "evil") && !contains(&got, ours),
+            text(&got),
+        );
+    }
 
     // HTTP/2 with hand-written frames: silent first, then fragmented
     let h2 = h2_request(&[

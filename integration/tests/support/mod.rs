@@ -63,6 +63,50 @@ pub fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
     (mesh, echo)
 }
 
+/// [`echo_mesh`] whose daemons watch Services and EndpointSlices in a (fake)
+/// Kubernetes API, reached at its loopback address from each node.
+pub struct ApiMesh {
+    pub api: meshward_test_support::kube_api::FakeKubeApi,
+    pub mesh: Mesh,
+    pub echo: Process,
+    _forwards: Vec<meshward_integration::LoopbackForward>,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn echo_mesh_with_api(configure: impl FnOnce(&mut MeshSpec)) -> ApiMesh {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let api = runtime.block_on(meshward_test_support::kube_api::FakeKubeApi::start(
+        dir.path(),
+    ));
+    let api_addr: SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
+    let (mesh, echo) = echo_mesh(|spec| {
+        configure(spec);
+        spec.outbound_yaml(&format!("  kubernetes: {}\n", api.connection_yaml()));
+    });
+    // the daemons dial the API's 127.0.0.1:<port> in their node, forwarded here
+    let forwards = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            meshward_integration::LoopbackForward::start(ns, api_addr.port(), api_addr).unwrap()
+        })
+        .collect();
+    ApiMesh {
+        api,
+        mesh,
+        echo,
+        _forwards: forwards,
+        _dir: dir,
+        _runtime: runtime,
+    }
+}
+
 /// The echoserver's TCP echo on 9000, beside its HTTP on 8080.
 pub fn tcp_echo(mesh: &Mesh) -> Process {
     mesh.cluster
@@ -113,7 +157,6 @@ pub fn raw_exchange(mesh: &Mesh, pod: &str, addr: &str, parts: &[(Duration, &[u8
     static N: AtomicUsize = AtomicUsize::new(0);
     let (ip, port) = addr.rsplit_once(':').unwrap();
     // the bytes go through a file: an argument holds at most 128 KiB
-    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let lines: String = parts
         .iter()
         .map(|(pause, bytes)| format!("{} {}\n", pause.as_secs_f64(), hex(bytes)))
@@ -149,8 +192,67 @@ sys.stdout.write(got.hex())
         .cluster
         .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(40))
         .unwrap();
-    (0..out.stdout.trim().len() / 2)
-        .map(|i| u8::from_str_radix(&out.stdout.trim()[2 * i..2 * i + 2], 16).unwrap())
+    unhex(out.stdout.trim())
+}
+
+/// From `pod`, one connection per entry to `addr` (16 at a time): the entry's
+/// bytes, then what comes back until the peer closes, `wait` passes, or as many
+/// bytes came back as were sent (an echo). One answer per entry, in order.
+pub fn raw_exchanges(
+    mesh: &Mesh,
+    pod: &str,
+    addr: &str,
+    entries: &[Vec<u8>],
+    wait: Duration,
+) -> Vec<Vec<u8>> {
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    let file = mesh.cluster.log_dir().join("raw-exchanges.txt");
+    let lines: String = entries.iter().map(|e| hex(e) + "\n").collect();
+    std::fs::write(&file, lines).unwrap();
+    let script = format!(
+        r"import socket,time,concurrent.futures as cf
+entries=[bytes.fromhex(l.strip()) for l in open('{}')]
+def one(data):
+  got=b''
+  try:
+    s=socket.create_connection(('{ip}',{port}),timeout={wait})
+    s.sendall(data)
+    end=time.time()+{wait}
+    while len(got)<len(data) and time.time()<end:
+      s.settimeout(max(end-time.time(),0.01))
+      b=s.recv(65536)
+      if not b: break
+      got+=b
+  except OSError:
+    pass
+  return got.hex()
+with cf.ThreadPoolExecutor(16) as pool:
+  for answer in pool.map(one,entries):
+    print(answer or '-')
+",
+        file.display(),
+        wait = wait.as_secs_f64()
+    );
+    let out = mesh
+        .cluster
+        .exec_in_pod(pod, "python3", &["-c", &script], Duration::from_secs(120))
+        .unwrap();
+    let answers: Vec<Vec<u8>> = out
+        .stdout
+        .lines()
+        .map(|l| unhex(l.trim_matches('-')))
+        .collect();
+    assert_eq!(answers.len(), entries.len(), "{}", out.stderr);
+    answers
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
         .collect()
 }
 

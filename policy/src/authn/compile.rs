@@ -73,6 +73,14 @@ fn jwt_rule(c: &mut Compiler<'_>, rule: JwtRuleSpec, field: &str) -> JwtRule {
             "an audience must not be empty",
         );
     }
+    // JWT-SVIDs are bearer tokens minted for one audience: without the check the
+    // JWT-SVID spec makes mandatory, one minted for another service replays here
+    if rule.issuer.starts_with("spiffe://") && rule.audiences.is_empty() {
+        c.error(
+            format!("{field}.audiences"),
+            "is required for a spiffe:// issuer: its tokens are JWT-SVIDs, whose audience must be checked (JWT-SVID §3), or a token minted for another service would be accepted",
+        );
+    }
     let keys = keys(c, &rule, field);
     let mut locations = Vec::new();
     for (i, h) in rule.from_headers.iter().enumerate() {

@@ -90,7 +90,8 @@ fn a_rule_compiles_with_every_field() {
 
 #[test]
 fn defaults_are_istios_and_spiffe_issuers_use_the_trust_bundle() {
-    let set = load("  jwtRules:\n  - issuer: spiffe://math.example.com\n").unwrap();
+    let set = load("  jwtRules:\n  - issuer: spiffe://math.example.com\n    audiences: [shop]\n")
+        .unwrap();
     let rules = set.jwt_rules(&workload("shop", &[]));
     assert_eq!(rules[0].locations, TokenLocation::defaults());
     assert!(!rules[0].forward_original_token);
@@ -109,8 +110,8 @@ fn defaults_are_istios_and_spiffe_issuers_use_the_trust_bundle() {
 #[test]
 fn root_namespace_rules_apply_to_every_namespace_and_target_refs_to_none() {
     let text = concat!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  jwtRules: [{issuer: spiffe://a.example}]\n---\n",
-        "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {name: gw, namespace: shop}\nspec:\n  targetRef: {kind: Gateway, name: gw}\n  jwtRules: [{issuer: spiffe://b.example}]\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  jwtRules: [{issuer: spiffe://a.example, audiences: [shop]}]\n---\n",
+        "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {name: gw, namespace: shop}\nspec:\n  targetRef: {kind: Gateway, name: gw}\n  jwtRules: [{issuer: spiffe://b.example, audiences: [shop]}]\n",
     );
     let options = EngineOptions::default();
     let report = load_str(text, "ra.yaml", &options);
@@ -190,7 +191,7 @@ fn admission_refuses_what_would_accept_other_tokens() {
 
 #[test]
 fn two_objects_with_one_name_fail_the_load() {
-    let one = format!("{HEAD}  jwtRules: [{{issuer: spiffe://a.example}}]\n");
+    let one = format!("{HEAD}  jwtRules: [{{issuer: spiffe://a.example, audiences: [shop]}}]\n");
     let report = load_str(
         &format!("{one}---\n{one}"),
         "ra.yaml",
@@ -202,5 +203,24 @@ fn two_objects_with_one_name_fail_the_load() {
     assert!(
         errors[0].to_string().contains("defined twice"),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn a_spiffe_issuer_without_audiences_is_refused_by_name() {
+    for keys in ["", "    jwksUri: https://keys.example/jwks\n"] {
+        let err = load(&format!(
+            "  jwtRules:\n  - issuer: spiffe://math.example.com\n{keys}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("ra.yaml")
+                && err.contains("spec.jwtRules[0].audiences")
+                && err.contains("JWT-SVID"),
+            "{err}"
+        );
+    }
+    assert!(
+        load("  jwtRules:\n  - issuer: spiffe://math.example.com\n    audiences: [api]\n").is_ok()
     );
 }

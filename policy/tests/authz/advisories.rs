@@ -274,3 +274,57 @@ fn cve_2026_39350_service_account_dots_are_literal() {
         ],
     );
 }
+
+/// Istio 2026: an HTTP/2 method that differs from a DENY's only in case. Methods
+/// are compared exactly, so the request side must be refused, not folded: one in
+/// another case is a bad request whatever the protocol (the data path's
+/// `8 HTTP/2 method` case sends the frames).
+#[test]
+fn advisory_2026_methods_differing_only_in_case_are_bad_requests() {
+    for method in ["delete", "Delete", "dELETE", "get"] {
+        let r = HttpRequest::new(
+            method,
+            "/admin",
+            "h",
+            HeaderMap::new(),
+            PathNormalization::Base,
+        );
+        assert_eq!(r.unwrap_err(), BadRequest::Method(method.to_owned()));
+    }
+    let s = deny_only("methods: [\"DELETE\"]");
+    check(
+        &s,
+        &[
+            (http("DELETE", "/admin"), false),
+            (http("GET", "/admin"), true),
+        ],
+    );
+}
+
+/// Istio 2026 (after CVE-2026-39350): service-account values holding regular
+/// expression metacharacters match only themselves, in the namespace and the name.
+/// SPIFFE IDs hold no metacharacter but `.`, so a value with another one matches
+/// nothing at all.
+#[test]
+fn advisory_2026_service_account_metacharacters_are_literal() {
+    let s = set(&allow_rule(
+        "from:\n- source:\n    serviceAccounts: [\"a.b/c_d\", \"a.b/sa.+\", \"x/s[a-z]\", \"y/(a|b)\", \"z/^a$\"]",
+    ));
+    let from =
+        |ns: &str, sa: &str| http("GET", "/").from(&format!("cluster.local/ns/{ns}/sa/{sa}"));
+    check(
+        &s,
+        &[
+            (from("a.b", "c_d"), true),
+            (from("aXb", "c_d"), false),
+            (from("a-b", "c_d"), false),
+            (from("a.b", "saa"), false),
+            (from("a.b", "sa.xyz"), false),
+            (from("a.b", "sa-x"), false),
+            (from("x", "sa"), false),
+            (from("y", "a"), false),
+            (from("y", "b"), false),
+            (from("z", "a"), false),
+        ],
+    );
+}

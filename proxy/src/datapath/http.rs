@@ -22,9 +22,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use meshward_extauthz::Verdict;
 use meshward_jwt::JwtFailure;
 use meshward_policy::{HttpRequest, JwtClaims, PolicySet};
+use meshward_spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::authz::{DecisionRecord, InboundStream};
+use super::authz::{CustomApproval, DecisionRecord, InboundStream};
 use super::body::{self, ProxyBody};
 use super::jwks::RequestKeys;
 use super::upstream::Version;
@@ -47,22 +48,36 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.limits.clone();
+    let drain = shared.drain.clone();
     let service = service_fn(move |request| {
         let (shared, stream) = (shared.clone(), stream.clone());
         async move { Ok::<_, Infallible>(handle(&shared, &stream, request, version).await) }
     });
     let io = TokioIo::new(io);
+    // on drain: HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY
+    macro_rules! until_drained {
+        ($connection:expr) => {{
+            let connection = $connection;
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = drain.started() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }};
+    }
     let result = match version {
-        Version::Http1 => {
+        Version::Http1 => until_drained!(
             http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, service)
                 .with_upgrades()
-                .await
-        }
-        Version::Http2 => h2::app_server(&limits).serve_connection(io, service).await,
+        ),
+        Version::Http2 => until_drained!(h2::app_server(&limits).serve_connection(io, service)),
     };
     if let Err(e) = result {
         tracing::debug!("HTTP connection ended: {e}");
@@ -114,31 +129,22 @@ async fn respond(
     let mut request = request.map(body::request);
     let bad_request = |reason: String| {
         let response = responses::bad_request(&reason);
-        let record = DecisionRecord {
-            allowed: false,
-            policy: "-".into(),
-            reason: format!("bad request: {reason}"),
-        };
+        let record = DecisionRecord::refused("-", format!("bad request: {reason}"));
         (response, record)
     };
-    let authority = match request_authority(&request, version) {
-        Ok(authority) => authority,
-        Err(reason) => return bad_request(reason),
-    };
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let upgrade = upgrade_protocol(&request);
-    strip_hop_by_hop(request.headers_mut());
-    request.headers_mut().remove(header::HOST);
     let by = stream.pod.tls.as_ref().map(|t| &t.spiffe_id);
     let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
         spiffe_id: &p.spiffe_id,
         leaf_der: &p.leaf_der,
     });
-    xfcc::set(request.headers_mut(), by, peer.as_ref());
+    let Head {
+        authority,
+        target,
+        upgrade,
+    } = match prepare_head(&mut request, version, by, peer.as_ref()) {
+        Ok(head) => head,
+        Err(reason) => return bad_request(reason),
+    };
 
     let policies = shared.policies.borrow().clone();
     // RequestAuthentication: a token that does not verify is refused here; one
@@ -149,11 +155,8 @@ async fn respond(
         Err(failure) => {
             metrics::jwt_refused(failure.reason());
             let realm = format!("http://{authority}{}", request.uri().path());
-            let record = DecisionRecord {
-                allowed: false,
-                policy: "-".into(),
-                reason: format!("JWT refused: {failure} ({failure:?})"),
-            };
+            let record =
+                DecisionRecord::refused("-", format!("JWT refused: {failure} ({failure:?})"));
             return (
                 responses::unauthorized(&failure.to_string(), &realm, grpc),
                 record,
@@ -179,11 +182,10 @@ async fn respond(
     let mut judged = stream.request(Some(http));
     if !stream.peer_trusted(&shared.state.borrow()) {
         // an HBONE stream opened before the pod stopped trusting the peer's domain
-        let record = DecisionRecord {
-            allowed: false,
-            policy: "-".into(),
-            reason: "the peer's trust domain is no longer trusted by this pod".into(),
-        };
+        let record = DecisionRecord::refused(
+            "-",
+            "the peer's trust domain is no longer trusted by this pod",
+        );
         return (responses::forbidden(grpc), record);
     }
     // CUSTOM first: the provider's refusal is the client's answer; what it allows
@@ -212,11 +214,7 @@ async fn respond(
                         }
                     }
                     Err((status, reason)) => {
-                        let record = DecisionRecord {
-                            allowed: false,
-                            policy: check.policy.to_string(),
-                            reason,
-                        };
+                        let record = DecisionRecord::refused(check.policy.to_string(), reason);
                         return (responses::status_only(status), record);
                     }
                 }
@@ -230,11 +228,7 @@ async fn respond(
                 } => {
                     let policy = check.policy.to_string();
                     metrics::decision("l7", false, &policy, "CUSTOM");
-                    let record = DecisionRecord {
-                        allowed: false,
-                        policy,
-                        reason: asked.reason,
-                    };
+                    let record = DecisionRecord::refused(policy, asked.reason);
                     if asked.not_configured {
                         return (responses::forbidden(grpc), record);
                     }
@@ -251,6 +245,7 @@ async fn respond(
                     judged.http = judged.http.map(|h| h.with_headers(headers));
                     let mut record = stream.authorize_after_custom(&policies, &judged);
                     record.reason = format!("{}; {}", asked.reason, record.reason);
+                    record.approved_by = Some(CustomApproval::of(&check));
                     record
                 }
             }
@@ -262,11 +257,7 @@ async fn respond(
 
     // the pod gets the target and authority policy judged, never the raw ones
     // (Envoy rewrites the path too)
-    let uri = match version {
-        Version::Http1 => normalized.parse::<Uri>(),
-        Version::Http2 => format!("http://{host}{normalized}").parse::<Uri>(),
-    };
-    match uri {
+    match forwarded_uri(version, &host, &normalized) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(e) => return bad_request(e.to_string()),
     }
@@ -301,7 +292,10 @@ async fn respond(
             let switched = match client_side {
                 Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let pod_side = hyper::upgrade::on(&mut response);
-                    let revoked = shared.revocations.watch(stream, judged);
+                    let revoked =
+                        shared
+                            .revocations
+                            .watch(stream, judged, record.approved_by.clone());
                     join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
                     response.headers().get(header::UPGRADE).cloned()
                 }
@@ -319,6 +313,61 @@ async fn respond(
             record.reason = format!("{}; upstream failed: {e}", record.reason);
             (responses::unavailable(grpc), record)
         }
+    }
+}
+
+/// What the proxy reads of a request's head before anything else.
+pub(super) struct Head {
+    pub(super) authority: String,
+    /// Path and query, as the client sent them.
+    pub(super) target: String,
+    /// The one upgrade forwarded (WebSocket), once it is allowed.
+    pub(super) upgrade: Option<HeaderValue>,
+}
+
+/// Reads a request's head and makes it what the pod may receive: its authority
+/// (`Err`: why it is a `400`), target and upgrade read, hop-by-hop headers and
+/// `Host` removed, meshward's XFCC set (`by`: the pod's ID; `peer`: the verified
+/// client's).
+pub(super) fn prepare_head<B>(
+    request: &mut Request<B>,
+    version: Version,
+    by: Option<&SpiffeId>,
+    peer: Option<&xfcc::PeerCertificate<'_>>,
+) -> Result<Head, String> {
+    let authority = request_authority(request, version)?;
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let upgrade = upgrade_protocol(request);
+    strip_hop_by_hop(request.headers_mut());
+    request.headers_mut().remove(header::HOST);
+    xfcc::set(request.headers_mut(), by, peer);
+    Ok(Head {
+        authority,
+        target,
+        upgrade,
+    })
+}
+
+/// The URI the pod receives: the judged target and, over HTTP/2, the judged
+/// authority, each set as itself. Joined as text and parsed again, an HTTP/2
+/// `OPTIONS *` for `a.example` would reach the pod as `:authority a.example*`,
+/// `:path /` (found by the `http_head` fuzz target).
+pub(super) fn forwarded_uri(
+    version: Version,
+    host: &str,
+    target: &str,
+) -> Result<Uri, http::Error> {
+    match version {
+        Version::Http1 => Ok(target.parse::<Uri>()?),
+        Version::Http2 => Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query(target)
+            .build(),
     }
 }
 
@@ -418,4 +467,42 @@ fn join_upgraded(
                 .map_or_else(|| "done".to_owned(), |e| e.to_string())
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_gets_the_judged_target_and_authority() {
+        let parts = |version, host, target| {
+            forwarded_uri(version, host, target).map(|uri| {
+                (
+                    uri.authority().map(|a| a.as_str().to_owned()),
+                    uri.path_and_query().map(|p| p.as_str().to_owned()),
+                )
+            })
+        };
+        let some = |text: &str| Some(text.to_owned());
+        // fuzz/ http_head: an HTTP/2 OPTIONS * (RFC 9113 §8.3.1), judged as path
+        // `*` of a.example, went out as `:authority a.example*`, `:path /`
+        assert_eq!(
+            parts(Version::Http2, "a.example", "*").unwrap(),
+            (some("a.example"), some("*"))
+        );
+        // and without an authority, as a request for the authority `*`: now a 400
+        assert!(parts(Version::Http2, "", "*").is_err());
+        assert_eq!(
+            parts(Version::Http2, "a.example:8080", "/x?y=1").unwrap(),
+            (some("a.example:8080"), some("/x?y=1"))
+        );
+        assert_eq!(
+            parts(Version::Http1, "a.example", "*").unwrap(),
+            (None, some("*"))
+        );
+        assert_eq!(
+            parts(Version::Http1, "a.example", "/x?y=1").unwrap(),
+            (None, some("/x?y=1"))
+        );
+    }
 }

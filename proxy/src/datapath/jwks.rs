@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use meshward_config::JwksConfig;
 use meshward_jwt::{JwtFailure, KeyProvider, KeySet};
 use meshward_policy::{JwtRule, KeySource, PolicySet};
+use meshward_tls::WebRoots;
 use parking_lot::Mutex;
 
 use super::DataPathError;
@@ -46,24 +47,14 @@ struct Source {
 
 impl JwksCache {
     pub(crate) fn new(config: &JwksConfig) -> Result<Self, DataPathError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(found.certs);
-        if let Some(path) = &config.ca_file {
-            let failed = |reason: String| DataPathError::JwksCaFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-            let certs =
-                meshward_spiffe::pem::certificates(&text).map_err(|e| failed(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(failed("no certificate".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| failed(e.to_string()))?;
-            }
-        }
+        let which = config
+            .ca_file
+            .as_deref()
+            .map_or(WebRoots::System, WebRoots::SystemAnd);
+        let roots = meshward_tls::web_roots(which).map_err(|e| DataPathError::JwksCaFile {
+            path: e.path.display().to_string(),
+            reason: e.reason,
+        })?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -183,15 +174,7 @@ impl JwksCache {
                     issuer.trim_end_matches('/')
                 );
                 let document = self.get(&url).await?;
-                let config: serde_json::Value = serde_json::from_slice(&document)
-                    .map_err(|e| format!("{url}: not JSON: {e}"))?;
-                let uri = config["jwks_uri"]
-                    .as_str()
-                    .ok_or_else(|| format!("{url}: no jwks_uri"))?;
-                if !uri.starts_with("https://") {
-                    return Err(format!("{url}: jwks_uri {uri:?} is not https://"));
-                }
-                uri.to_owned()
+                discovered_jwks_uri(issuer, &url, &document)?
             }
             KeySource::Inline(_) | KeySource::TrustBundle(_) => {
                 return Err("not a remote source".into());
@@ -209,6 +192,34 @@ impl JwksCache {
             .await
             .map_err(|e| format!("{url}: {e}"))
     }
+}
+
+/// The `jwks_uri` of an OpenID provider configuration fetched from `url` for
+/// `issuer`. Its `issuer` must be the rule's, exactly (OpenID Connect Discovery
+/// §4.3): a document naming another issuer is another provider's (a shared host,
+/// a misconfigured path), and its keys must not verify this issuer's tokens.
+pub(super) fn discovered_jwks_uri(
+    issuer: &str,
+    url: &str,
+    document: &[u8],
+) -> Result<String, String> {
+    let config: serde_json::Value =
+        serde_json::from_slice(document).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    match config["issuer"].as_str() {
+        Some(named) if named == issuer => {}
+        named => {
+            return Err(format!(
+                "{url}: the configuration's issuer {named:?} is not the rule's {issuer:?}"
+            ));
+        }
+    }
+    let uri = config["jwks_uri"]
+        .as_str()
+        .ok_or_else(|| format!("{url}: no jwks_uri"))?;
+    if !uri.starts_with("https://") {
+        return Err(format!("{url}: jwks_uri {uri:?} is not https://"));
+    }
+    Ok(uri.to_owned())
 }
 
 /// The remote sources of a policy set, each with the shortest timeout a rule
@@ -254,5 +265,37 @@ impl KeyProvider for RequestKeys<'_> {
             }),
             _ => self.cache.keys(rule).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discovered_jwks_uri;
+
+    #[test]
+    fn a_discovery_document_of_another_issuer_is_refused() {
+        let url = "https://idp.example/.well-known/openid-configuration";
+        let doc = |issuer: &str| {
+            serde_json::json!({"issuer": issuer, "jwks_uri": "https://idp.example/keys"})
+                .to_string()
+        };
+        let issuer = "https://idp.example";
+        assert_eq!(
+            discovered_jwks_uri(issuer, url, doc(issuer).as_bytes()),
+            Ok("https://idp.example/keys".to_owned())
+        );
+        for other in [
+            "https://evil.example",
+            "https://idp.example/",
+            "https://IDP.example",
+        ] {
+            let got = discovered_jwks_uri(issuer, url, doc(other).as_bytes());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("issuer")),
+                "{other}: {got:?}"
+            );
+        }
+        let missing = serde_json::json!({"jwks_uri": "https://idp.example/keys"}).to_string();
+        assert!(discovered_jwks_uri(issuer, url, missing.as_bytes()).is_err());
     }
 }

@@ -224,7 +224,7 @@ spec:
         let authentication = |name: &str, issuer: &str| {
             serde_json::json!({
                 "metadata": {"name": name, "namespace": "echoserver", "uid": "u"},
-                "spec": {"jwtRules": [{"issuer": issuer}]},
+                "spec": {"jwtRules": [{"issuer": issuer, "audiences": ["echoserver"]}]},
             })
         };
         api.apply_request_authentication(authentication("svids", "spiffe://math.example.com"));

@@ -239,7 +239,7 @@ fn every_bad_token_class_is_refused() {
     // keys that cannot be had refuse the token: never another key
     let got = run(&rules, &mut bearer(&good), None, &Keys(Vec::new()));
     assert_eq!(got, Err(JwtFailure::KeysUnavailable("not fetched".into())));
-    // one good token does not carry a bad one
+    // one good token does not carry a bad one: two tokens are refused whole
     let mut two = bearer(&good);
     let query = format!(
         "access_token={}",
@@ -247,7 +247,7 @@ fn every_bad_token_class_is_refused() {
     );
     assert_eq!(
         run(&rules, &mut two, Some(&query), &keys),
-        Err(JwtFailure::Audience)
+        Err(JwtFailure::MultipleTokens)
     );
 }
 
@@ -358,3 +358,6 @@ fn a_jwks_without_public_keys_is_refused() {
     assert!(KeySet::from_jwks("{}").is_err());
     assert!(KeySet::from_jwks(&Signer::new("k").jwks()).is_ok());
 }
+
+// the classes of issue 25 (docs/security.md, 15a-15e)
+mod hostile;

@@ -6,6 +6,7 @@
 //! - keys that cannot be fetched refuse the tokens, and nothing else verifies them.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::time::Duration;
@@ -216,6 +217,16 @@ fn claims(extra: Value) -> Value {
     c
 }
 
+/// The echo mesh with curl-spire, whose daemons trust `provider`'s CA for JWKS
+/// fetches; `jwks` adds settings to `authorization.jwks`.
+fn provider_mesh(provider: &Provider, jwks: &str) -> (Mesh, Process) {
+    let ca = provider.ca_file();
+    echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  jwks:\n    ca_file: {}\n{jwks}", ca.display()));
+    })
+}
+
 #[test]
 fn tokens_of_an_https_jwks_are_validated_in_every_bad_class() {
     let Some(()) = available_or_skip("tokens_of_an_https_jwks_are_validated_in_every_bad_class")
@@ -223,11 +234,7 @@ fn tokens_of_an_https_jwks_are_validated_in_every_bad_class() {
         return;
     };
     let provider = Provider::new();
-    let ca = provider.ca_file();
-    let (mut mesh, _echo) = echo_mesh(|spec| {
-        spec.pod("node-1", curl_spire(), true)
-            .authorization_yaml(&format!("  jwks:\n    ca_file: {}\n", ca.display()));
-    });
+    let (mut mesh, _echo) = provider_mesh(&provider, "");
     // first a rule whose keys cannot be fetched: its tokens are refused, and no
     // other key stands in
     let unreachable = "https://127.0.0.1:9/jwks.json";
@@ -362,3 +369,37 @@ fn tokens_of_an_https_jwks_are_validated_in_every_bad_class() {
     assert_eq!(refused("expired"), 1.0);
     assert!(refused("keys_unavailable") >= 1.0);
 }
+
+/// `GET path` from curl-spire to the echoserver with `headers`.
+fn get(mesh: &Mesh, path: &str, headers: &[String]) -> CurlResponse {
+    let url = format!("http://{}:8080{path}", mesh.pod_ip("echoserver").unwrap());
+    let mut args: Vec<&str> = Vec::new();
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(&url);
+    mesh.cluster.curl("curl-spire", &args).unwrap()
+}
+
+/// `check` until it holds or `seconds` pass; never panics.
+fn within<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// 200, and what the echoserver received.
+fn ok(r: &CurlResponse) -> Result<Value, String> {
+    if r.status != Some(200) {
+        return Err(format!("want 200: {:?} {}", r.status, r.body));
+    }
+    Ok(received(r))
+}
+
+// the classes of issue 25 (docs/security.md, 15a-15e)
+mod hostile;
