@@ -125,7 +125,7 @@ fn peer(p: &PeerInput) -> auth::attribute_context::Peer {
 }
 
 /// Envoy's reading of a CheckResponse: status OK (or none) allows.
-fn verdict(response: auth::CheckResponse) -> Verdict {
+pub(crate) fn verdict(response: auth::CheckResponse) -> Verdict {
     let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
     match (ok, response.http_response) {
         (true, Some(HttpResponse::OkResponse(ok))) => Verdict::Allow {

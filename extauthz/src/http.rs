@@ -101,7 +101,7 @@ impl HttpClient {
         Ok(self.verdict(status, &headers, body))
     }
 
-    fn verdict(&self, status: StatusCode, headers: &HeaderMap, body: Bytes) -> Verdict {
+    pub(crate) fn verdict(&self, status: StatusCode, headers: &HeaderMap, body: Bytes) -> Verdict {
         let pick = |patterns: &[String], everything: bool, mode| -> Vec<HeaderChange> {
             headers
                 .iter()

@@ -49,3 +49,32 @@ pub mod proto {
         }
     }
 }
+
+/// How an authorizer's answer is read, opened to the fuzz targets in `fuzz/` (the
+/// `fuzzing` feature, which the product never enables).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use meshward_config::ExtAuthzHttp;
+    use prost::Message as _;
+
+    use crate::Verdict;
+
+    /// A gRPC `CheckResponse` message as it arrives (protobuf), read as the proxy
+    /// reads it.
+    pub fn grpc_verdict(message: &[u8]) -> Result<Verdict, prost::DecodeError> {
+        let response = crate::proto::envoy::service::auth::v3::CheckResponse::decode(message)?;
+        Ok(crate::grpc::verdict(response))
+    }
+
+    /// An HTTP authorizer's answer, read under `config`.
+    pub fn http_verdict(
+        config: &ExtAuthzHttp,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Verdict {
+        crate::http::HttpClient::new(config).verdict(status, headers, body)
+    }
+}

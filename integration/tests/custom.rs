@@ -73,12 +73,14 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
          - name: slow-open\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {}, timeout: 1s, failOpen: true}}\n\
          - name: unreachable\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: 9, timeout: 1s}}\n\
          - name: body-partial\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {}, timeout: 2s, includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true}}}}\n\
-         - name: body-strict\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {}, timeout: 2s, includeRequestHeadersInCheck: [x-ext-authz], includeRequestBodyInCheck: {{maxRequestBytes: 16}}}}\n",
+         - name: body-strict\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {}, timeout: 2s, includeRequestHeadersInCheck: [x-ext-authz], includeRequestBodyInCheck: {{maxRequestBytes: 16}}}}\n\
+         - name: http-open\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {}, timeout: 2s, failOpen: true}}\n",
         port(&grpc),
         port(&http),
         port(&slow),
         port(&slow),
         port(&grpc),
+        port(&http),
         port(&http),
     );
     let (mesh, _echo) = echo_mesh(|spec| {
@@ -279,13 +281,52 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
     assert!(grpc.seen().len() > seen_before);
     assert!(!check.http, "a TCP check carries no HTTP request");
     assert_eq!(check.source_principal, curl_spire_id);
-    // an HTTP authorizer cannot judge TCP: the connection is refused
-    on_port("ext-authz-http");
-    eventually(&mesh, "the TCP connection is refused", || {
+    // an HTTP authorizer cannot judge TCP: the connection is refused, and
+    // `failOpen` does not change that (a configuration that cannot work is not
+    // an outage)
+    let refused = || {
         let mut stream = connect_from(&mesh, "curl-spire", echo).map_err(|e| e.to_string())?;
         match echoed(&mut stream, Duration::from_secs(5)) {
             Ok(()) => Err("still echoed".to_owned()),
             Err(_) => Ok(()),
         }
+    };
+    let allowed = || {
+        let mut stream = connect_from(&mesh, "curl-spire", echo).map_err(|e| e.to_string())?;
+        echoed(&mut stream, Duration::from_secs(5))
+    };
+    // each refusal follows an allowed state, so it cannot pass on the policy before;
+    // and it must last (a connection judged just before a reload is closed by it)
+    on_port("http-open");
+    eventually(&mesh, "refused with failOpen too", refused);
+    for _ in 0..3 {
+        refused().unwrap();
+    }
+    on_port("ext-authz-grpc");
+    eventually(&mesh, "allowed by the gRPC provider again", allowed);
+    on_port("ext-authz-http");
+    eventually(&mesh, "the TCP connection is refused", refused);
+
+    // a CUSTOM policy that comes to apply to an open connection closes it: its
+    // provider was never asked about it (the next connection asks)
+    mesh.delete_policy("tcp").unwrap();
+    mesh.wait_for_policy_count(1).unwrap();
+    eventually(&mesh, "allowed without CUSTOM", allowed);
+    let mut held = connect_from(&mesh, "curl-spire", echo).unwrap();
+    echoed(&mut held, Duration::from_secs(5)).unwrap();
+    on_port("ext-authz-grpc");
+    mesh.wait_for_policy_count(2).unwrap();
+    eventually(&mesh, "the held connection is closed", || {
+        match echoed(&mut held, Duration::from_secs(2)) {
+            Ok(()) => Err("still echoed".to_owned()),
+            Err(_) => Ok(()),
+        }
     });
+    let seen_before = grpc.seen().len();
+    let mut stream = connect_from(&mesh, "curl-spire", echo).unwrap();
+    echoed(&mut stream, Duration::from_secs(5)).unwrap();
+    assert!(
+        grpc.seen().len() > seen_before,
+        "the new connection was asked"
+    );
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshward_extauthz::{CheckInput, PeerInput, Verdict};
-use meshward_policy::{HttpRequest, PolicySet, Request};
+use meshward_policy::{CustomCheck, HttpRequest, PolicySet, Request};
 use meshward_spiffe::SpiffeId;
 
 use super::custom::{self, Providers};
@@ -44,6 +44,42 @@ pub(crate) struct DecisionRecord {
     pub(crate) policy: String,
     /// The decision in words (which policy and rule, or which default).
     pub(crate) reason: String,
+    /// The CUSTOM policy whose provider allowed it, if one matched: a connection
+    /// kept open is closed when another one comes to apply (`revocation.rs`).
+    pub(crate) approved_by: Option<CustomApproval>,
+}
+
+impl DecisionRecord {
+    /// A refusal by `policy` (`-`: by no policy) for `reason`.
+    pub(crate) fn refused(policy: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            policy: policy.into(),
+            reason: reason.into(),
+            approved_by: None,
+        }
+    }
+}
+
+/// Which CUSTOM policy's provider was asked, and allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CustomApproval {
+    policy: String,
+    provider: String,
+}
+
+impl CustomApproval {
+    pub(crate) fn of(check: &CustomCheck<'_>) -> Self {
+        Self {
+            policy: check.policy.to_string(),
+            provider: check.provider.to_owned(),
+        }
+    }
+
+    /// Whether this approval answers `check` (the same policy, the same provider).
+    pub(crate) fn answers(&self, check: &CustomCheck<'_>) -> bool {
+        self.policy == check.policy.to_string() && self.provider == check.provider
+    }
 }
 
 impl InboundStream {
@@ -123,6 +159,7 @@ impl InboundStream {
             allowed: decision.is_allowed(),
             policy,
             reason: decision.to_string(),
+            approved_by: None,
         }
     }
 
@@ -154,15 +191,12 @@ impl InboundStream {
                 if let Verdict::Allow { .. } = asked.verdict {
                     let mut record = self.authorize_after_custom(&set, &request);
                     record.reason = format!("{}; {}", asked.reason, record.reason);
+                    record.approved_by = Some(CustomApproval::of(&check));
                     record
                 } else {
                     let policy = check.policy.to_string();
                     metrics::decision("l4", false, &policy, "CUSTOM");
-                    DecisionRecord {
-                        allowed: false,
-                        policy,
-                        reason: asked.reason,
-                    }
+                    DecisionRecord::refused(policy, asked.reason)
                 }
             }
         };

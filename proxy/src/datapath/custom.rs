@@ -1,8 +1,8 @@
 //! CUSTOM policies: the external authorizer a matching CUSTOM policy names decides
 //! first, as Envoy's ext_authz filter runs before RBAC in Istio; only a request
 //! it allows goes on to DENY and ALLOW policies. A provider that is not configured
-//! denies (fail closed); one that cannot be asked gives its `statusOnError`
-//! unless `failOpen`.
+//! denies (fail closed), and so does an HTTP provider asked about TCP; one that
+//! cannot be asked gives its `statusOnError` unless `failOpen`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,10 +67,18 @@ pub(crate) async fn ask(
         };
     };
     if input.http.is_none() && !authorizer.judges_tcp() {
+        // a configuration that cannot work is not an outage: `failOpen` does not
+        // apply, the connection is refused
         crate::metrics::ext_authz_check(check.provider, "not_for_tcp");
         return Asked {
-            verdict: authorizer.on_error(),
-            reason: format!("{which}: an HTTP authorizer cannot judge a TCP connection"),
+            verdict: Verdict::Deny {
+                status: 403,
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            },
+            reason: format!(
+                "denied: {which} is an HTTP authorizer, which cannot judge a TCP connection (failOpen does not apply)"
+            ),
             not_configured: false,
         };
     }

@@ -21,7 +21,7 @@ use meshward_policy::{PolicySet, Request};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use super::authz::{InboundStream, Peer};
+use super::authz::{CustomApproval, InboundStream, Peer};
 use super::policies::Policies;
 use super::state::{LocalPod, MeshState};
 use crate::metrics;
@@ -39,6 +39,8 @@ struct Watched {
     pod_ip: IpAddr,
     peer: Option<Arc<Peer>>,
     request: Request,
+    /// The CUSTOM policy whose provider allowed it when it opened.
+    approved_by: Option<CustomApproval>,
     close: oneshot::Sender<String>,
 }
 
@@ -54,8 +56,17 @@ impl Watched {
                 ));
             }
         }
-        // a CUSTOM provider was asked when the connection opened; DENY and ALLOW
-        // policies are judged again
+        // a CUSTOM provider was asked when the connection opened, and is not asked
+        // again; a CUSTOM policy that has come to apply since closes it (its
+        // provider was never asked: the next connection asks it)
+        if let Some(check) = set.custom_check(&self.pod.workload, &self.request) {
+            if !self.approved_by.as_ref().is_some_and(|a| a.answers(&check)) {
+                return Some(format!(
+                    "CUSTOM policy {} (provider {:?}) now applies; its provider was never asked about this connection",
+                    check.policy, check.provider
+                ));
+            }
+        }
         let decision = set.evaluate_after_custom(&self.pod.workload, &self.request);
         (!decision.is_allowed()).then(|| decision.to_string())
     }
@@ -74,15 +85,22 @@ impl Revocations {
         revocations
     }
 
-    /// Watches the connection of `stream` that `request` opened. Judged once more
-    /// now, so a change between its authorization and this call is not missed.
-    pub(crate) fn watch(self: &Arc<Self>, stream: &InboundStream, request: Request) -> Revoked {
+    /// Watches the connection of `stream` that `request` opened, allowed by the
+    /// provider of `approved_by` if a CUSTOM policy matched. Judged once more now,
+    /// so a change between its authorization and this call is not missed.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        stream: &InboundStream,
+        request: Request,
+        approved_by: Option<CustomApproval>,
+    ) -> Revoked {
         let (close, reason) = oneshot::channel();
         let watched = Watched {
             pod: stream.pod.clone(),
             pod_ip: stream.destination.ip(),
             peer: stream.peer.clone(),
             request,
+            approved_by,
             close,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
