@@ -3,6 +3,7 @@
 //!
 //! - [`proto`]: the agent API (node attestation, SVIDs, bundles) and the admin API
 //!   (entries, tokens, agents, bundles, templates), generated from `proto/`.
+//! - [`attestation`]: the payload of each node attestor type, for both sides.
 //! - [`client`]: connecting to both: the agent API over SPIFFE-authenticated TLS,
 //!   the admin API over its unix socket.
 //! - [`template`]: identity templates (ClusterSPIFFEID's shape): the issuer stores
@@ -14,5 +15,6 @@ pub mod proto {
     tonic::include_proto!("meshward.issuer.v1");
 }
 
+pub mod attestation;
 pub mod client;
 pub mod template;

@@ -52,6 +52,8 @@ pub struct IssuerConfig {
     /// Keep the trust bundle (PEM) in a ConfigMap, as SPIRE's k8sbundle notifier
     /// does: the node daemons mount it as `agent.trust_bundle_path`.
     pub bundle_configmap: Option<BundleConfigMap>,
+    /// The issuer's logs, as the node daemon's (`log.level`, `log.format`).
+    pub log: crate::LogConfig,
 }
 
 /// Where the issuer writes its trust bundle in the Kubernetes API.
@@ -160,6 +162,7 @@ impl Default for IssuerConfig {
             cluster_spiffe_ids: None,
             cluster_federated_trust_domains: None,
             bundle_configmap: None,
+            log: crate::LogConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ use meshward_config::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
 use meshward_spiffe::{Bundle, TrustDomain};
+use meshward_tls::WebRoots;
 use rustls::RootCertStore;
 
 use crate::datastore::{Datastore, EndpointProfile, FederationRelationship};
@@ -153,7 +154,7 @@ async fn supervise<D: Datastore + 'static>(issuer: Arc<Issuer<D>>, roots: Arc<Ro
                 }
             }
             Err(e) => {
-                eprintln!("meshward issuer: federation relationships unreadable (will retry): {e}")
+                tracing::warn!("federation relationships unreadable (will retry): {e}")
             }
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
@@ -186,29 +187,11 @@ pub async fn refresh_now<D: Datastore>(
 
 /// The system's roots, or only those of `ca_file`.
 fn web_roots(ca_file: Option<&Path>) -> Result<RootCertStore, FederationError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let failed = |source: Box<dyn std::error::Error + Send + Sync>| FederationError::File {
-                path: path.to_owned(),
-                source,
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| failed(Box::new(e)))?;
-            let certs =
-                meshward_spiffe::pem::certificates(&text).map_err(|e| failed(Box::new(e)))?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| failed(Box::new(e)))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                eprintln!("meshward issuer: system roots: {e}");
-            }
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    Ok(roots)
+    let which = ca_file.map_or(WebRoots::System, WebRoots::Only);
+    meshward_tls::web_roots(which).map_err(|e| FederationError::File {
+        path: e.path.clone(),
+        source: Box::new(e),
+    })
 }
 
 async fn refresh_forever<D: Datastore>(
@@ -234,8 +217,8 @@ async fn refresh_forever<D: Datastore>(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 metrics::counter!("meshward_issuer_federation_refreshes_total", "trust_domain" => td.to_string(), "result" => "error").increment(1);
-                eprintln!(
-                    "meshward issuer: the bundle of {td} was not refreshed from {} (keeping the last good one; retry in {:?}): {e}",
+                tracing::warn!(
+                    "the bundle of {td} was not refreshed from {} (keeping the last good one; retry in {:?}): {e}",
                     relationship.bundle_endpoint_url,
                     retry_after(failures, hint)
                 );
@@ -287,9 +270,10 @@ async fn refresh<D: Datastore>(
         .await?;
     if changed && still.as_ref() == Some(relationship) {
         issuer.set_federated_bundle(&fetched).await?;
-        eprintln!(
-            "meshward issuer: the bundle of {} was updated from its endpoint (sequence {})",
-            relationship.trust_domain, fetched.sequence
+        tracing::info!(
+            "the bundle of {} was updated from its endpoint (sequence {})",
+            relationship.trust_domain,
+            fetched.sequence
         );
     }
     Ok(fetched)
@@ -328,8 +312,8 @@ fn report_expiry(td: &TrustDomain, bundle: Option<&Bundle>) {
         metrics::gauge!("meshward_issuer_federated_bundle_seconds_to_expiry", "trust_domain" => td.to_string())
             .set(left);
         if left <= 0.0 {
-            eprintln!(
-                "meshward issuer: every X.509 authority in the bundle of {td} has expired: its workloads cannot be verified until a fetch succeeds"
+            tracing::warn!(
+                "every X.509 authority in the bundle of {td} has expired: its workloads cannot be verified until a fetch succeeds"
             );
         }
     }

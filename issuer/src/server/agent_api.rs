@@ -52,27 +52,14 @@ impl<D: Datastore + 'static> AgentService<D> {
 
 #[tonic::async_trait]
 impl<D: Datastore + 'static> AgentApi for AgentService<D> {
-    async fn attest_join_token(
+    async fn attest_agent(
         &self,
-        request: Request<proto::AttestJoinTokenRequest>,
+        request: Request<proto::AttestAgentRequest>,
     ) -> Result<Response<proto::AttestResponse>, Status> {
         let r = request.into_inner();
         let node_svid = self
             .issuer
-            .attest_join_token(&r.token, &r.csr)
-            .await
-            .map_err(status)?;
-        self.attested(&node_svid).await
-    }
-
-    async fn attest_k8s_psat(
-        &self,
-        request: Request<proto::AttestK8sPsatRequest>,
-    ) -> Result<Response<proto::AttestResponse>, Status> {
-        let r = request.into_inner();
-        let node_svid = self
-            .issuer
-            .attest_k8s_psat(&r.cluster, &r.token, &r.csr)
+            .attest_agent(&r.r#type, &r.payload, &r.csr)
             .await
             .map_err(status)?;
         self.attested(&node_svid).await

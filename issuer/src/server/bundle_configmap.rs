@@ -47,13 +47,13 @@ pub(crate) async fn run(
         };
         match failure {
             None => {
-                eprintln!("meshward issuer: trust bundle written to {place}");
+                tracing::info!("trust bundle written to {place}");
                 if pem.changed().await.is_err() {
                     return;
                 }
             }
             Some(e) => {
-                eprintln!("meshward issuer: writing {place}: {e} (will retry)");
+                tracing::warn!("writing {place}: {e} (will retry)");
                 tokio::time::sleep(RETRY).await;
             }
         }

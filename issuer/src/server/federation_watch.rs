@@ -54,7 +54,7 @@ pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Ar
                 }
             }
             Err(e) => {
-                eprintln!("meshward issuer: ClusterFederatedTrustDomain watch: {e}; retrying")
+                tracing::warn!("ClusterFederatedTrustDomain watch: {e}; retrying")
             }
         }
     }
@@ -127,7 +127,7 @@ async fn store<D: Datastore>(issuer: &Issuer<D>, object: &DynamicObject) {
         Err(e) => Err(e),
     };
     if let Err(e) = stored {
-        eprintln!("meshward issuer: ClusterFederatedTrustDomain {name} refused: {e}");
+        tracing::warn!("ClusterFederatedTrustDomain {name} refused: {e}");
     }
 }
 
@@ -150,10 +150,7 @@ async fn remove<D: Datastore>(issuer: &Issuer<D>, r: &FederationRelationship) {
         .delete_federation_relationship(&r.trust_domain, r.managed_by.as_deref())
         .await
     {
-        eprintln!(
-            "meshward issuer: removing the federation with {}: {e}",
-            r.trust_domain
-        );
+        tracing::warn!("removing the federation with {}: {e}", r.trust_domain);
     }
 }
 

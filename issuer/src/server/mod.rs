@@ -110,8 +110,9 @@ pub async fn run(
         .await
         .map_err(startup("issuer"))?;
     if let Some(psat) = &config.k8s_psat {
-        issuer = issuer.with_psat(
-            crate::k8s_psat::PsatAttestor::from_config(psat).map_err(startup("k8s_psat"))?,
+        issuer = issuer.with_attestor(
+            crate::attestor::k8s_psat::PsatAttestor::from_config(psat)
+                .map_err(startup("k8s_psat"))?,
         );
     }
     let issuer = Arc::new(issuer);
@@ -133,6 +134,23 @@ pub async fn run(
         .await
         .map_err(startup(format!("listen on {}", config.health_listen)))?;
     let admin_listener = bind_admin_socket(&config.admin_socket)?;
+    // bound with the others, before /ready can say yes
+    let bundle_listener = match &config.bundle_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let cert = match (&endpoint.profile, &endpoint.cert_file, &endpoint.key_file) {
+                (BundleEndpointProfile::HttpsWeb, Some(cert_file), Some(key_file)) => {
+                    bundle_endpoint::web_certificate(cert_file, key_file)
+                        .map_err(startup("bundle_endpoint"))?
+                }
+                _ => server_cert.clone(),
+            };
+            let listener = TcpListener::bind(endpoint.listen)
+                .await
+                .map_err(startup(format!("listen on {}", endpoint.listen)))?;
+            Some((listener, cert))
+        }
+    };
 
     let tls = tls_config(&issuer, &bundles, &server_cert);
     let (connections, incoming) = mpsc::channel(ACCEPT_QUEUE);
@@ -177,26 +195,16 @@ pub async fn run(
         ));
     }
     let bundle_server = async {
-        let Some(endpoint) = &config.bundle_endpoint else {
+        let Some((listener, cert)) = bundle_listener else {
             return std::future::pending().await;
         };
-        let cert = match (&endpoint.profile, &endpoint.cert_file, &endpoint.key_file) {
-            (BundleEndpointProfile::HttpsWeb, Some(cert_file), Some(key_file)) => {
-                bundle_endpoint::web_certificate(cert_file, key_file)
-                    .map_err(startup("bundle_endpoint"))?
-            }
-            _ => server_cert.clone(),
-        };
-        let listener = TcpListener::bind(endpoint.listen)
-            .await
-            .map_err(startup(format!("listen on {}", endpoint.listen)))?;
         bundle_endpoint::serve(listener, bundle_endpoint::tls_config(cert), issuer.clone())
             .await
             .map_err(startup("bundle endpoint"))
     };
 
-    eprintln!(
-        "meshward issuer: trust domain {}, agent API on {}, admin socket {}, health on {}",
+    tracing::info!(
+        "trust domain {}, agent API on {}, admin socket {}, health on {}",
         config.trust_domain,
         config.agent_listen,
         config.admin_socket.display(),
@@ -208,18 +216,18 @@ pub async fn run(
             tick.tick().await;
             let now = SystemTime::now();
             match issuer.rotate(now).await {
-                Ok(true) => eprintln!("meshward issuer: CA rotation step changed the bundle"),
+                Ok(true) => tracing::info!("CA rotation step changed the bundle"),
                 Ok(false) => {}
-                Err(e) => eprintln!("meshward issuer: CA rotation failed (will retry): {e}"),
+                Err(e) => tracing::warn!("CA rotation failed (will retry): {e}"),
             }
             if let Err(e) = refresh_bundle(&issuer, &bundles, &bundle_pem).await {
-                eprintln!("meshward issuer: bundle refresh failed (will retry): {e}");
+                tracing::warn!("bundle refresh failed (will retry): {e}");
             }
             if now >= server_svid_expiry {
                 match renew_server_svid(&issuer, &server_cert) {
                     Ok(next) => server_svid_expiry = next,
                     Err(e) => {
-                        eprintln!("meshward issuer: server SVID renewal failed (will retry): {e}")
+                        tracing::warn!("server SVID renewal failed (will retry): {e}")
                     }
                 }
             }

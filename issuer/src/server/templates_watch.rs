@@ -47,10 +47,10 @@ pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Ar
                     object.metadata.name.as_deref().unwrap_or_default()
                 );
                 if let Err(e) = issuer.delete_template(&name).await {
-                    eprintln!("meshward issuer: removing template {name}: {e}");
+                    tracing::warn!("removing template {name}: {e}");
                 }
             }
-            Err(e) => eprintln!("meshward issuer: ClusterSPIFFEID watch: {e}; retrying"),
+            Err(e) => tracing::warn!("ClusterSPIFFEID watch: {e}; retrying"),
         }
     }
 }
@@ -83,7 +83,7 @@ async fn store<D: Datastore>(issuer: &Issuer<D>, object: &DynamicObject) -> Opti
     match stored {
         Ok(name) => Some(name),
         Err(e) => {
-            eprintln!("meshward issuer: ClusterSPIFFEID {name} refused: {e}");
+            tracing::warn!("ClusterSPIFFEID {name} refused: {e}");
             None
         }
     }
@@ -99,7 +99,7 @@ async fn remove_all_but<D: Datastore>(issuer: &Issuer<D>, keep: &BTreeSet<String
         .filter(|t| t.name.starts_with(PREFIX) && !keep.contains(&t.name))
     {
         if let Err(e) = issuer.delete_template(&t.name).await {
-            eprintln!("meshward issuer: removing template {}: {e}", t.name);
+            tracing::warn!("removing template {}: {e}", t.name);
         }
     }
 }

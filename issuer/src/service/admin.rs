@@ -73,8 +73,7 @@ impl<D: Datastore> Issuer<D> {
             }
         }
         for (i, fed) in entry.federates_with.iter().enumerate() {
-            let name = fed.strip_prefix("spiffe://").unwrap_or(fed);
-            match TrustDomain::parse(name) {
+            match TrustDomain::parse_name_or_id(fed) {
                 Err(e) => return invalid(&format!("federates_with[{i}]"), e.reason.into()),
                 Ok(other) if other == *td => {
                     return invalid(

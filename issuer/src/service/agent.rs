@@ -64,53 +64,41 @@ struct Grant {
 }
 
 impl<D: Datastore> Issuer<D> {
-    /// Join token attestation: the token is used up whatever happens next, and the
-    /// node receives its SVID (`spiffe://<td>/spire/agent/join_token/<token>`).
-    pub async fn attest_join_token(&self, token: &str, csr: &[u8]) -> Result<X509Svid> {
-        if token.is_empty() {
-            return Err(ServiceError::InvalidArgument("join token is empty".into()));
-        }
-        let now = SystemTime::now();
-        let admitted = match self.store.consume_join_token(token, unix(now)).await {
-            Ok(token) => {
-                self.admit_node(token.spiffe_id, "join_token", Vec::new(), false, csr)
-                    .await
-            }
-            Err(e) => Err(e.into()),
+    /// `AttestAgent`: the attestor of type `kind` verifies `payload`, then the node
+    /// is admitted with what it proved. A type this issuer does not accept is
+    /// refused with the ones it does.
+    pub async fn attest_agent(&self, kind: &str, payload: &[u8], csr: &[u8]) -> Result<X509Svid> {
+        let Some(attestor) = self.attestors.get(kind) else {
+            let refused = Err(ServiceError::PermissionDenied(format!(
+                "{kind:?} attestation is not configured on this issuer (it accepts: {})",
+                self.attestors.kinds().join(", ")
+            )));
+            count_attestation("unknown", &refused);
+            return refused;
         };
-        count_attestation("join_token", &admitted);
-        admitted
-    }
-
-    /// Kubernetes PSAT attestation; the node may attest again later (new token).
-    pub async fn attest_k8s_psat(
-        &self,
-        cluster: &str,
-        token: &str,
-        csr: &[u8],
-    ) -> Result<X509Svid> {
-        let attestor = self.psat.as_ref().ok_or_else(|| {
-            ServiceError::PermissionDenied(
-                "k8s_psat attestation is not configured on this issuer".into(),
-            )
-        })?;
         let admitted = match attestor
-            .attest(&self.settings.trust_domain, cluster, token)
+            .attest(&self.store, &self.settings.trust_domain, payload)
             .await
         {
             Ok(node) => {
-                self.admit_node(node.spiffe_id, "k8s_psat", node.selectors, true, csr)
-                    .await
+                self.admit_node(
+                    node.spiffe_id,
+                    attestor.kind(),
+                    node.selectors,
+                    node.can_reattest,
+                    csr,
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };
-        count_attestation("k8s_psat", &admitted);
+        count_attestation(attestor.kind(), &admitted);
         admitted
     }
 
     /// Signs a node SVID and records the node; a banned node is refused. A fresh
     /// attestation (a new join token, a new PSAT) replaces the node's record.
-    pub(crate) async fn admit_node(
+    async fn admit_node(
         &self,
         id: SpiffeId,
         attestation_type: &str,

@@ -9,10 +9,10 @@ mod federation;
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
+use crate::attestor::{AttestError, Attestors, NodeAttestor};
 use crate::ca::Authority;
 use crate::datastore::{CaRecord, Datastore, DatastoreError};
 use crate::error::{CaError, Cause, SigningError};
-use crate::k8s_psat::PsatError;
 use crate::random::RandomFailed;
 use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
 use meshward_spiffe::Bundle;
@@ -55,12 +55,13 @@ impl From<DatastoreError> for ServiceError {
     }
 }
 
-impl From<PsatError> for ServiceError {
-    fn from(e: PsatError) -> Self {
+impl From<AttestError> for ServiceError {
+    fn from(e: AttestError) -> Self {
         match e {
-            PsatError::Denied(_) => Self::PermissionDenied(e.to_string()),
-            PsatError::InvalidArgument(_) => Self::InvalidArgument(e.to_string()),
-            PsatError::Kubernetes { .. } => Self::Unavailable(Box::new(e)),
+            AttestError::InvalidArgument(m) => Self::InvalidArgument(m),
+            AttestError::Denied(m) => Self::PermissionDenied(m),
+            AttestError::Unavailable(cause) => Self::Unavailable(cause),
+            AttestError::Store(e) => e.into(),
         }
     }
 }
@@ -116,7 +117,7 @@ pub struct Issuer<D> {
     settings: Settings,
     authority: RwLock<Authority>,
     store: D,
-    psat: Option<crate::k8s_psat::PsatAttestor>,
+    attestors: Attestors<D>,
 }
 
 pub(crate) fn unix(t: SystemTime) -> i64 {
@@ -131,15 +132,15 @@ impl<D: Datastore> Issuer<D> {
             settings,
             authority: RwLock::new(authority),
             store,
-            psat: None,
+            attestors: Attestors::join_token(),
         };
         issuer.publish_generations().await?;
         Ok(issuer)
     }
 
-    /// Enables `k8s_psat` attestation.
-    pub fn with_psat(mut self, attestor: crate::k8s_psat::PsatAttestor) -> Self {
-        self.psat = Some(attestor);
+    /// Accepts attestation of `attestor`'s type (beside join tokens).
+    pub fn with_attestor(mut self, attestor: impl NodeAttestor<D> + 'static) -> Self {
+        self.attestors = self.attestors.with(attestor);
         self
     }
 

@@ -11,6 +11,17 @@ fn td(name: &str) -> meshward_spiffe::TrustDomain {
     meshward_spiffe::TrustDomain::parse(name).unwrap()
 }
 
+/// `AttestAgent` with a join token.
+async fn attest_join_token(
+    issuer: &Issuer<SqlStore>,
+    token: &str,
+    csr: &[u8],
+) -> Result<crate::X509Svid> {
+    issuer
+        .attest_agent(meshward_api::attestation::JOIN_TOKEN, token.as_bytes(), csr)
+        .await
+}
+
 fn request(target: SvidTarget, csr: Vec<u8>) -> SvidRequest {
     SvidRequest {
         target,
@@ -67,14 +78,39 @@ fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
 
 async fn attested(issuer: &Issuer<SqlStore>) -> Caller {
     let token = issuer.generate_join_token(None, 0).await.unwrap();
-    let svid = issuer
-        .attest_join_token(&token.token, &p256_csr().1)
+    let svid = attest_join_token(issuer, &token.token, &p256_csr().1)
         .await
         .unwrap();
     Caller {
         id: svid.spiffe_id,
         serial: svid.serial,
     }
+}
+
+#[tokio::test]
+async fn attest_agent_refuses_a_type_it_does_not_accept_and_a_payload_not_of_its_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    // k8s_psat is not configured here; aws_iid is not known at all
+    for kind in ["k8s_psat", "aws_iid", ""] {
+        match issuer.attest_agent(kind, b"{}", &p256_csr().1).await {
+            Err(ServiceError::PermissionDenied(why)) => {
+                assert!(why.contains("it accepts: join_token"), "{why}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
+    let not_utf8 = issuer
+        .attest_agent(
+            meshward_api::attestation::JOIN_TOKEN,
+            &[0xff, 0xfe],
+            &p256_csr().1,
+        )
+        .await;
+    assert!(
+        matches!(not_utf8, Err(ServiceError::InvalidArgument(_))),
+        "{not_utf8:?}"
+    );
 }
 
 #[tokio::test]
@@ -86,8 +122,7 @@ async fn join_token_attestation_gives_a_node_svid_once() {
         token.spiffe_id.as_str(),
         format!("spiffe://td/spire/agent/join_token/{}", token.token)
     );
-    let svid = issuer
-        .attest_join_token(&token.token, &p256_csr().1)
+    let svid = attest_join_token(&issuer, &token.token, &p256_csr().1)
         .await
         .unwrap();
     let bundle = issuer.bundle().await.unwrap();
@@ -98,7 +133,7 @@ async fn join_token_attestation_gives_a_node_svid_once() {
         SystemTime::now(),
     )
     .unwrap();
-    let again = issuer.attest_join_token(&token.token, &p256_csr().1).await;
+    let again = attest_join_token(&issuer, &token.token, &p256_csr().1).await;
     assert!(
         matches!(again, Err(ServiceError::PermissionDenied(_))),
         "{again:?}"
@@ -108,12 +143,12 @@ async fn join_token_attestation_gives_a_node_svid_once() {
         (node.attestation_type.as_str(), node.serial.as_str()),
         ("join_token", svid.serial.as_str())
     );
-    let bad_csr = issuer
-        .attest_join_token(
-            &issuer.generate_join_token(None, 0).await.unwrap().token,
-            b"junk",
-        )
-        .await;
+    let bad_csr = attest_join_token(
+        &issuer,
+        &issuer.generate_join_token(None, 0).await.unwrap().token,
+        b"junk",
+    )
+    .await;
     assert!(
         matches!(bad_csr, Err(ServiceError::InvalidArgument(_))),
         "{bad_csr:?}"
@@ -148,9 +183,7 @@ async fn banned_nodes_cannot_renew_or_attest_and_evicted_nodes_must_reattest() {
         .generate_join_token(Some(caller.id.clone()), 60)
         .await
         .unwrap();
-    let denied = issuer
-        .attest_join_token(&alias_token.token, &p256_csr().1)
-        .await;
+    let denied = attest_join_token(&issuer, &alias_token.token, &p256_csr().1).await;
     assert!(
         matches!(denied, Err(ServiceError::PermissionDenied(_))),
         "{denied:?}"
@@ -163,8 +196,7 @@ async fn banned_nodes_cannot_renew_or_attest_and_evicted_nodes_must_reattest() {
         .generate_join_token(Some(caller.id.clone()), 60)
         .await
         .unwrap();
-    issuer
-        .attest_join_token(&token.token, &p256_csr().1)
+    attest_join_token(&issuer, &token.token, &p256_csr().1)
         .await
         .unwrap();
 }

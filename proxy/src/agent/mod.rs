@@ -8,6 +8,7 @@
 //! the issuer is unreachable they keep the last snapshot (SVIDs stay valid until
 //! they expire) while the task retries with backoff.
 
+mod attestor;
 mod keys;
 mod kube_source;
 mod node;

@@ -1,5 +1,5 @@
-//! The node's own identity: attestation to the issuer (join token or projected
-//! service-account token), the node SVID kept on disk (0600) so a restart needs no
+//! The node's own identity: attestation to the issuer (the configured method of
+//! `attestor.rs`), the node SVID kept on disk (0600) so a restart needs no
 //! new token, and its renewal at half life.
 
 use std::path::{Path, PathBuf};
@@ -192,58 +192,32 @@ pub(crate) async fn connect(
     .map_err(|e| AgentError::IssuerUnavailable(e.to_string()))
 }
 
-/// Attests with the configured method; a join token is used up by this.
+/// Attests with the configured method (`attestor.rs`); a join token is used up
+/// by this.
 pub(crate) async fn attest(
     config: &AgentConfig,
     client: &mut AgentApiClient<Channel>,
 ) -> Result<(NodeIdentity, Vec<CertificateDer<'static>>), AgentError> {
+    let attestor = super::attestor::configured(config)?;
     let key = NewKey::generate()?;
-    let response = if let Some(psat) = &config.k8s_psat {
-        let token = std::fs::read_to_string(&psat.token_path)
-            .map_err(|e| AgentError::Attestation(format!("{}: {e}", psat.token_path.display())))?;
-        crate::metrics::observe_issuer(
-            "AttestK8sPsat",
-            client.attest_k8s_psat(proto::AttestK8sPsatRequest {
-                cluster: psat.cluster.clone(),
-                token: token.trim().to_owned(),
-                csr: key.csr.clone(),
-            }),
-        )
-        .await
-    } else {
-        let token = match (&config.join_token, &config.join_token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| AgentError::Attestation(format!("{}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
-            (None, None) => {
-                return Err(AgentError::Attestation(
-                    "no attestation method: set agent.join_token, agent.join_token_file or agent.k8s_psat".into(),
-                ));
-            }
-        };
-        crate::metrics::observe_issuer(
-            "AttestJoinToken",
-            client.attest_join_token(proto::AttestJoinTokenRequest {
-                token,
-                csr: key.csr.clone(),
-            }),
-        )
-        .await
+    let request = proto::AttestAgentRequest {
+        r#type: attestor.kind().to_owned(),
+        payload: attestor.payload().await?,
+        csr: key.csr.clone(),
     };
-    let response = response.map_err(|status| match status.code() {
-        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => AgentError::Attestation(format!(
-            "the issuer refused attestation: {}{}",
-            status.message(),
-            if config.k8s_psat.is_none() {
-                " (a join token works once: after an eviction or a lost data_dir, generate a new one)"
-            } else {
-                ""
+    let response = crate::metrics::observe_issuer("AttestAgent", client.attest_agent(request))
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                AgentError::Attestation(format!(
+                    "the issuer refused {} attestation: {}{}",
+                    attestor.kind(),
+                    status.message(),
+                    attestor.refusal_hint()
+                ))
             }
-        )),
-        _ => AgentError::IssuerUnavailable(status.message().to_owned()),
-    })?;
+            _ => AgentError::IssuerUnavailable(status.message().to_owned()),
+        })?;
     let response = response.into_inner();
     let svid = response
         .svid

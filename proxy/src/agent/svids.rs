@@ -368,7 +368,7 @@ impl Authorizations {
 fn trust_domains(listed: &[String]) -> BTreeSet<TrustDomain> {
     listed
         .iter()
-        .filter_map(|td| TrustDomain::parse(td.strip_prefix("spiffe://").unwrap_or(td)).ok())
+        .filter_map(|td| TrustDomain::parse_name_or_id(td).ok())
         .collect()
 }
 

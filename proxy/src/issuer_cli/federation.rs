@@ -109,9 +109,7 @@ fn relationship(fields: FederationFields) -> anyhow::Result<proto::FederationRel
 
 /// A trust domain as `td` or `spiffe://td`.
 pub(super) fn trust_domain(text: &str) -> anyhow::Result<TrustDomain> {
-    Ok(TrustDomain::parse(
-        text.strip_prefix("spiffe://").unwrap_or(text),
-    )?)
+    Ok(TrustDomain::parse_name_or_id(text)?)
 }
 
 /// A bundle file (`-` or none: standard input) as the admin API takes it.

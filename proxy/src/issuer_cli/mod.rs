@@ -89,6 +89,8 @@ async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             config.datastore_url = Some(url);
         }
     }
+    // one logging path for every component: the daemon's subscriber and format
+    let _logs = meshward::logging::init(&config.log);
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -113,11 +115,9 @@ fn entry_message(fields: EntryFields, id: String) -> anyhow::Result<proto::Entry
         (Some(_), true) => bail!("-parentID and -node are exclusive"),
         (Some(parent), false) => parent,
         (None, true) => {
-            let td = spiffe_id
-                .strip_prefix("spiffe://")
-                .and_then(|r| r.split('/').next())
-                .context("-spiffeID must be a spiffe:// ID")?;
-            format!("spiffe://{td}/spire/server")
+            let id = meshward_spiffe::SpiffeId::parse(&spiffe_id)
+                .context("-spiffeID must be a SPIFFE ID")?;
+            format!("spiffe://{}/spire/server", id.trust_domain())
         }
         (None, false) => bail!("-parentID or -node is required"),
     };
@@ -259,7 +259,9 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
                 .bundles;
             let want = id
                 .as_deref()
-                .map(|id| id.strip_prefix("spiffe://").unwrap_or(id).to_owned());
+                .map(federation::trust_domain)
+                .transpose()?
+                .map(|td| td.as_str().to_owned());
             for b in bundles
                 .iter()
                 .filter(|b| want.as_ref().is_none_or(|td| &b.trust_domain == td))
@@ -284,7 +286,7 @@ async fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
                 .done(&format!("Bundle set for spiffe://{trust_domain}"));
         }
         BundleCommand::Delete { id, common } => {
-            let trust_domain = id.strip_prefix("spiffe://").unwrap_or(&id).to_owned();
+            let trust_domain = federation::trust_domain(&id)?.as_str().to_owned();
             admin_client(common.socket_path.clone())
                 .await?
                 .delete_federated_bundle(proto::TrustDomainRef {

@@ -1,5 +1,7 @@
 //! What the issuer takes from the Kubernetes API: PSAT attestation and ClusterSPIFFEIDs.
 
+use meshward_api::attestation::k8s_psat_request;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,14 +24,10 @@ async fn k8s_psat_attestation_through_token_review() {
     );
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
-    let attest = |cluster: &str, token: String| proto::AttestK8sPsatRequest {
-        cluster: cluster.into(),
-        token,
-        csr: p256_csr().1,
-    };
+    let attest = |cluster: &str, token: String| k8s_psat_request(cluster, &token, p256_csr().1);
     let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
     let attested = client
-        .attest_k8s_psat(attest("eks", token.clone()))
+        .attest_agent(attest("eks", token.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -62,7 +60,7 @@ async fn k8s_psat_attestation_through_token_review() {
     }
     // PSAT nodes may attest again (a restarted agent pod)
     client
-        .attest_k8s_psat(attest("eks", token.clone()))
+        .attest_agent(attest("eks", token.clone()))
         .await
         .unwrap();
 
@@ -72,28 +70,34 @@ async fn k8s_psat_attestation_through_token_review() {
         assert!(e.message().contains(want), "want {want:?} in {e}");
     };
     refused(
-        client.attest_k8s_psat(attest("gke", token.clone())).await,
+        client.attest_agent(attest("gke", token.clone())).await,
         "cluster \"gke\" is not configured",
     );
     let wrong_audience =
         api.service_account_token(&agent_pod, "someone-else", Duration::from_secs(600));
     refused(
-        client.attest_k8s_psat(attest("eks", wrong_audience)).await,
+        client.attest_agent(attest("eks", wrong_audience)).await,
         "not valid for audience",
     );
     refused(
         client
-            .attest_k8s_psat(attest(
+            .attest_agent(attest(
                 "eks",
                 api.expired_service_account_token(&agent_pod, "meshward-issuer"),
             ))
             .await,
         "service account token has expired",
     );
+    // a payload that is not k8s_psat's (SPIRE's JSON with cluster and token)
+    let mut not_json = attest("eks", token.clone());
+    not_json.payload = token.clone().into_bytes();
+    let e = client.attest_agent(not_json).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("k8s_psat payload"), "{e}");
     let mut forged = token.clone();
     forged.pop();
     refused(
-        client.attest_k8s_psat(attest("eks", forged)).await,
+        client.attest_agent(attest("eks", forged)).await,
         "not valid for audience",
     );
     let other_sa = FakePod {
@@ -103,7 +107,7 @@ async fn k8s_psat_attestation_through_token_review() {
     let token_other =
         api.service_account_token(&other_sa, "meshward-issuer", Duration::from_secs(600));
     refused(
-        client.attest_k8s_psat(attest("eks", token_other)).await,
+        client.attest_agent(attest("eks", token_other)).await,
         "not in the allow-list",
     );
     // the pod was replaced: same name, new UID
@@ -112,7 +116,7 @@ async fn k8s_psat_attestation_through_token_review() {
         ..agent_pod.clone()
     });
     refused(
-        client.attest_k8s_psat(attest("eks", token)).await,
+        client.attest_agent(attest("eks", token)).await,
         "another UID",
     );
     // a banned node cannot attest again
@@ -122,7 +126,7 @@ async fn k8s_psat_attestation_through_token_review() {
         ..agent_pod
     };
     let token = api.service_account_token(&fresh, "meshward-issuer", Duration::from_secs(600));
-    refused(client.attest_k8s_psat(attest("eks", token)).await, "banned");
+    refused(client.attest_agent(attest("eks", token)).await, "banned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,11 +161,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     let (node_key, csr) = p256_csr();
     let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
     let attested = client
-        .attest_k8s_psat(proto::AttestK8sPsatRequest {
-            cluster: "eks".into(),
-            token,
-            csr,
-        })
+        .attest_agent(k8s_psat_request("eks", &token, csr))
         .await
         .unwrap()
         .into_inner();

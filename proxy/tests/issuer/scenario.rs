@@ -1,5 +1,7 @@
 //! The agent-and-operator scenario on each datastore, and config refusal.
 
+use meshward_api::attestation::join_token_request;
+
 use super::*;
 
 async fn scenario(datastore_url: &str, dir: &Path) {
@@ -12,10 +14,7 @@ async fn scenario(datastore_url: &str, dir: &Path) {
     let mut client = connect(&issuer, &identity).await;
     let (node_key, csr) = p256_csr();
     let attested = client
-        .attest_join_token(proto::AttestJoinTokenRequest {
-            token: token.clone(),
-            csr,
-        })
+        .attest_agent(join_token_request(&token, csr))
         .await
         .unwrap()
         .into_inner();
@@ -38,10 +37,7 @@ async fn scenario(datastore_url: &str, dir: &Path) {
 
     // a used token is refused
     let again = client
-        .attest_join_token(proto::AttestJoinTokenRequest {
-            token: token.clone(),
-            csr: p256_csr().1,
-        })
+        .attest_agent(join_token_request(&token, p256_csr().1))
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::PermissionDenied, "{again}");

@@ -15,8 +15,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use meshward_config::K8sPsatConfig;
 
+use meshward_api::attestation::{self, K8sPsatPayload};
 use meshward_spiffe::Selector;
 use meshward_spiffe::{SpiffeId, TrustDomain};
+
+use super::{AttestError, AttestFuture, Attestation, NodeAttestor};
+use crate::datastore::Datastore;
 
 /// Every call to the API server is bounded.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +39,6 @@ pub struct PsatAttestor {
     clusters: HashMap<String, Cluster>,
 }
 
-/// What a successful attestation proves.
 /// Why a projected service-account token did not attest a node.
 #[derive(Debug, thiserror::Error)]
 pub enum PsatError {
@@ -61,6 +64,7 @@ impl PsatError {
     }
 }
 
+/// What a successful attestation proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsatNode {
     pub spiffe_id: SpiffeId,
@@ -135,36 +139,13 @@ impl PsatAttestor {
             .map_err(PsatError::kubernetes(format!(
                 "TokenReview on cluster {cluster_name}"
             )))?;
-        let status = reviewed.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(denied(format!(
-                "the token is not valid for audience {:?}: {}",
-                cluster.audience,
-                status.error.unwrap_or_else(|| "not authenticated".into())
-            )));
-        }
-        let user = status.user.unwrap_or_default();
-        let username = user.username.unwrap_or_default();
-        let (namespace, service_account) = username
-            .strip_prefix("system:serviceaccount:")
-            .and_then(|rest| rest.split_once(':'))
-            .ok_or_else(|| denied(format!("{username:?} is not a service account")))?;
-        if !cluster
-            .allowed
-            .iter()
-            .any(|(ns, sa)| ns == namespace && sa == service_account)
-        {
-            return Err(denied(format!(
-                "service account {namespace}:{service_account} is not in the allow-list of cluster {cluster_name}"
-            )));
-        }
-        let extra: BTreeMap<String, Vec<String>> = user.extra.unwrap_or_default();
-        let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
-        let pod_name = first(POD_NAME).ok_or_else(|| {
-            denied("the token is not bound to a pod (not a projected token?)".into())
-        })?;
-        let pod_uid =
-            first(POD_UID).ok_or_else(|| denied("the token carries no pod UID".into()))?;
+        let ReviewedAgent {
+            namespace,
+            service_account,
+            pod_name,
+            pod_uid,
+        } = reviewed_agent(reviewed, &cluster.audience, &cluster.allowed, cluster_name)?;
+        let (namespace, service_account) = (namespace.as_str(), service_account.as_str());
 
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
         let pod = pods
@@ -226,4 +207,95 @@ impl PsatAttestor {
                 .collect(),
         })
     }
+}
+
+impl From<PsatError> for AttestError {
+    fn from(e: PsatError) -> Self {
+        match e {
+            PsatError::Denied(_) => Self::Denied(e.to_string()),
+            PsatError::InvalidArgument(_) => Self::InvalidArgument(e.to_string()),
+            PsatError::Kubernetes { .. } => Self::Unavailable(Box::new(e)),
+        }
+    }
+}
+
+impl<D: Datastore> NodeAttestor<D> for PsatAttestor {
+    fn kind(&self) -> &'static str {
+        attestation::K8S_PSAT
+    }
+
+    /// A node may attest again with a fresh token of the same node.
+    fn attest<'a>(
+        &'a self,
+        _store: &'a D,
+        trust_domain: &'a TrustDomain,
+        payload: &'a [u8],
+    ) -> AttestFuture<'a> {
+        Box::pin(async move {
+            let payload = K8sPsatPayload::decode(payload)
+                .map_err(|e| AttestError::InvalidArgument(e.to_string()))?;
+            let node = self
+                .attest(trust_domain, &payload.cluster, &payload.token)
+                .await?;
+            Ok(Attestation {
+                spiffe_id: node.spiffe_id,
+                selectors: node.selectors,
+                can_reattest: true,
+            })
+        })
+    }
+}
+
+/// The agent a TokenReview answer vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReviewedAgent {
+    pub(crate) namespace: String,
+    pub(crate) service_account: String,
+    pub(crate) pod_name: String,
+    pub(crate) pod_uid: String,
+}
+
+/// Reads the API server's TokenReview answer: the token must be authenticated
+/// for `audience`, belong to an allowed service account (`allowed`: namespace,
+/// name) and be bound to a pod.
+pub(crate) fn reviewed_agent(
+    reviewed: TokenReview,
+    audience: &[String],
+    allowed: &[(String, String)],
+    cluster_name: &str,
+) -> Result<ReviewedAgent, PsatError> {
+    let denied = PsatError::Denied;
+    let status = reviewed.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(denied(format!(
+            "the token is not valid for audience {:?}: {}",
+            audience,
+            status.error.unwrap_or_else(|| "not authenticated".into())
+        )));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let (namespace, service_account) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(|| denied(format!("{username:?} is not a service account")))?;
+    if !allowed
+        .iter()
+        .any(|(ns, sa)| ns == namespace && sa == service_account)
+    {
+        return Err(denied(format!(
+            "service account {namespace}:{service_account} is not in the allow-list of cluster {cluster_name}"
+        )));
+    }
+    let extra: BTreeMap<String, Vec<String>> = user.extra.unwrap_or_default();
+    let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+    let pod_name = first(POD_NAME)
+        .ok_or_else(|| denied("the token is not bound to a pod (not a projected token?)".into()))?;
+    let pod_uid = first(POD_UID).ok_or_else(|| denied("the token carries no pod UID".into()))?;
+    Ok(ReviewedAgent {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod_name,
+        pod_uid,
+    })
 }
