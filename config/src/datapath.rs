@@ -88,6 +88,10 @@ pub struct LimitsConfig {
     pub pool_idle_timeout: Duration,
     /// Request header block, HTTP/1 and HTTP/2.
     pub max_header_bytes: usize,
+    /// On SIGTERM, how long connections still open may finish before the daemon
+    /// exits (keep it below the pod's `terminationGracePeriodSeconds`).
+    #[serde(with = "crate::duration")]
+    pub drain_grace_period: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -100,6 +104,7 @@ impl Default for LimitsConfig {
             max_streams_per_connection: 100,
             pool_idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
+            drain_grace_period: Duration::from_secs(25),
         }
     }
 }
@@ -112,6 +117,7 @@ impl LimitsConfig {
             ("limits.handshake_timeout", self.handshake_timeout),
             ("limits.idle_timeout", self.idle_timeout),
             ("limits.pool_idle_timeout", self.pool_idle_timeout),
+            ("limits.drain_grace_period", self.drain_grace_period),
         ] {
             if value.is_zero() {
                 return invalid(field, "must be more than 0s");

@@ -118,8 +118,14 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
     // that refuses it.
     let mut state = shared.state.clone();
     let mut watching = true;
+    // draining: GOAWAY, the streams under way finish, then `accept` ends
+    let mut draining = false;
     loop {
         tokio::select! {
+            () = shared.drain.started(), if !draining => {
+                connection.graceful_shutdown();
+                draining = true;
+            }
             accepted = connection.accept() => match accepted {
                 // one task per stream: the CONNECT's checks, then its bytes
                 Some(Ok((request, respond))) => {
@@ -199,14 +205,7 @@ async fn check<B>(
 ) -> Result<(InboundStream, Option<DecisionRecord>), StatusCode> {
     let (peer, pod, client) = (&tunnel.peer, &tunnel.pod, tunnel.client);
     let refuse = Err;
-    if request.method() != Method::CONNECT {
-        return refuse(StatusCode::BAD_REQUEST);
-    }
-    let Some(destination) = request
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-    else {
+    let Some(destination) = connect_destination(request) else {
         return refuse(StatusCode::BAD_REQUEST);
     };
     // a tunnel terminates for the one pod whose certificate it was shown
@@ -231,7 +230,7 @@ async fn check<B>(
         destination,
         pod: pod.clone(),
     };
-    let authorized = if shared.inbound.ports.get(&destination.port()) == Some(&AppProtocol::Tcp) {
+    let authorized = if shared.declared_protocol(destination) == Some(AppProtocol::Tcp) {
         let record = stream
             .authorize_connection(
                 &shared.policies,
@@ -247,6 +246,15 @@ async fn check<B>(
         None
     };
     Ok((stream, authorized))
+}
+
+/// The `ip:port` a CONNECT names (its authority), or `None` for any other method
+/// or authority: a `400`.
+pub(super) fn connect_destination<B>(request: &Request<B>) -> Option<SocketAddr> {
+    if request.method() != Method::CONNECT {
+        return None;
+    }
+    request.uri().authority()?.as_str().parse().ok()
 }
 
 /// Where a tunnelled stream comes from, which `ipBlocks` and `source.ip` judge.
@@ -279,7 +287,7 @@ fn stream_source<B>(
 }
 
 /// `forwarded: for="ip:port"` (RFC 7239), as the source node wrote it.
-fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
+pub(super) fn forwarded_for<B>(request: &Request<B>) -> Option<SocketAddr> {
     let value = request.headers().get("forwarded")?.to_str().ok()?;
     value.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;

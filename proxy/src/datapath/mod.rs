@@ -19,6 +19,9 @@ mod copy;
 mod custom;
 mod detect;
 mod diagnose;
+mod drain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod h2;
 mod h2_stream;
 mod http;
@@ -40,14 +43,16 @@ mod upstream;
 #[cfg(test)]
 mod testing;
 
+pub use drain::{Drain, DrainSignal, channel as drain_channel};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_config::{InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
+use meshward_config::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::agent::AgentHandle;
 use custom::Providers;
@@ -96,12 +101,24 @@ pub(crate) struct Shared {
     pub(crate) providers: Providers,
     /// Connections judged once, closed by a change that no longer allows them.
     pub(crate) revocations: Arc<Revocations>,
+    /// Started on SIGTERM: every stage winds down (`drain.rs`).
+    pub(crate) drain: Drain,
 }
 
 impl Shared {
     /// The proxy's own listener ports: never a destination inside a tunnel.
     pub(crate) fn is_own_port(&self, port: u16) -> bool {
         self.own_ports.contains(&port)
+    }
+
+    /// What a local pod's port is declared to speak: by this node's
+    /// `inbound.ports`, else by the pod's Services; `None`: detected.
+    pub(crate) fn declared_protocol(&self, destination: SocketAddr) -> Option<AppProtocol> {
+        self.inbound
+            .ports
+            .get(&destination.port())
+            .copied()
+            .or_else(|| self.services.declared(destination))
     }
 }
 
@@ -116,7 +133,12 @@ pub struct DataPath {
 impl DataPath {
     /// Binds the three listeners (all addresses: capture delivers to them) and
     /// starts following the agent's identities and the policy files.
-    pub fn bind(config: &ProxyConfig, agent: &AgentHandle) -> Result<Self, DataPathError> {
+    /// `drain`: when it starts, the data path winds down and `run` returns.
+    pub fn bind(
+        config: &ProxyConfig,
+        agent: &AgentHandle,
+        drain: Drain,
+    ) -> Result<Self, DataPathError> {
         let capture = &config.capture;
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let listen = |port, role: &'static str| {
@@ -166,6 +188,7 @@ impl DataPath {
             limits,
             jwks: Arc::new(JwksCache::new(&config.authorization.jwks)?),
             providers: Providers::new(&config.extension_providers)?,
+            drain,
         });
         shared.jwks.clone().keep_fresh(shared.policies.clone());
         Ok(Self {
@@ -181,7 +204,8 @@ impl DataPath {
         self.shared.policies.clone()
     }
 
-    /// Serves until the process ends.
+    /// Serves until drained: once the drain has started, returns when every
+    /// connection the listeners accepted has ended.
     pub async fn run(self) {
         let shared = &self.shared;
         tokio::join!(
@@ -212,8 +236,10 @@ fn std_listen(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::
     Ok(listener)
 }
 
-/// Accepts forever, at most `limits.max_connections` served at once (past that the
-/// kernel's backlog holds the rest: backpressure, not unbounded tasks).
+/// Accepts until the drain starts, at most `limits.max_connections` served at
+/// once (past that the kernel's backlog holds the rest: backpressure, not
+/// unbounded tasks); then closes the listener and returns once every connection
+/// it accepted has ended.
 async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -223,19 +249,42 @@ async fn accept_loop<F, Fut>(
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let max = shared.limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let accepted = tokio::select! {
+            () = shared.drain.started() => break,
+            accepted = accept(&listener, &permits, role) => accepted,
+        };
+        let Some((permit, tcp, client)) = accepted else {
             return;
         };
+        let work = handle(shared.clone(), tcp, client);
+        tokio::spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let live = max - permits.available_permits();
+    tracing::info!(listener = role, live, "draining: no new connections");
+    // every permit back: every connection of this listener has ended
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    tracing::info!(listener = role, "drained");
+}
+
+/// The next connection, with the permit it holds; `None` once the permits are
+/// closed (never, while the loop lives).
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    role: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    loop {
         match listener.accept().await {
-            Ok((tcp, client)) => {
-                let work = handle(shared.clone(), tcp, client);
-                tokio::spawn(async move {
-                    work.await;
-                    drop(permit);
-                });
-            }
+            Ok((tcp, client)) => return Some((permit, tcp, client)),
             Err(e) => {
                 // EMFILE and friends: wait for connections to close instead of spinning
                 tracing::warn!("{role}: accept failed: {e}");

@@ -28,11 +28,7 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let configured = shared
-        .inbound
-        .ports
-        .get(&stream.destination.port())
-        .copied();
+    let configured = shared.declared_protocol(stream.destination);
     let (detected, io) = if configured == Some(AppProtocol::Tcp) {
         (Detected::Tcp, Prefixed::new(io))
     } else {
@@ -66,7 +62,7 @@ pub(crate) async fn serve<S>(
                 dst_addr = %stream.destination, dst_workload = %stream.pod.info.name,
                 dst_namespace = %stream.pod.info.namespace,
                 "refused: the client sent nothing within inbound.protocol_detection_timeout \
-                 ({:?}); a server-first protocol needs its port declared `tcp` in inbound.ports",
+                 ({:?}); a server-first protocol needs its port declared `tcp` (inbound.ports or its Service)",
                 shared.inbound.protocol_detection_timeout
             );
         }
@@ -108,13 +104,16 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let revoked = shared.revocations.watch(stream, stream.request(None));
+    let revoked =
+        shared
+            .revocations
+            .watch(stream, stream.request(None), record.approved_by.clone());
     let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
     let (moved, result) = tokio::select! {
         done = copy => done,
         reason = revoked => {
             labels.closed(0, 0);
-            let revoked = DecisionRecord { allowed: false, policy: "-".into(), reason };
+            let revoked = DecisionRecord::refused("-", reason);
             let error = "closed: a policy change no longer allows this connection";
             stream.log_connection(&revoked, 0, 0, started.elapsed(), Some(error));
             return;

@@ -88,7 +88,8 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let prometheus = meshward::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let handle = meshward::agent::start(&config)?;
-    let data_path = meshward::datapath::DataPath::bind(&config, &handle)?;
+    let (drain, drained) = meshward::datapath::drain_channel();
+    let data_path = meshward::datapath::DataPath::bind(&config, &handle, drained)?;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -124,16 +125,37 @@ async fn serve(
     let socket = config.agent.workload_api_socket.clone();
     let workload_api = meshward::workload_api::serve(&socket, handle.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let data_path = data_path.run();
+    tokio::pin!(data_path);
     tokio::select! {
         r = meshward::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
         r = meshward::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
         r = meshward::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
-        () = data_path.run() => {},
-        _ = term.recv() => {},
+        () = &mut data_path => {},
+        _ = term.recv() => drain_then_stop(&drain, data_path, config.limits.drain_grace_period).await,
         _ = tokio::signal::ctrl_c() => {},
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM: the data path stops accepting and winds down (`datapath/drain.rs`);
+/// the daemon stops once it has drained, or when `grace` has passed, cutting
+/// what is still open.
+async fn drain_then_stop(
+    drain: &meshward::datapath::DrainSignal,
+    data_path: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    grace: std::time::Duration,
+) {
+    tracing::info!(grace_period = ?grace, "SIGTERM: draining");
+    drain.start();
+    match tokio::time::timeout(grace, data_path).await {
+        Ok(()) => tracing::info!("drained: every connection ended; stopping"),
+        Err(_) => tracing::warn!(
+            grace_period = ?grace,
+            "limits.drain_grace_period passed with connections still open; stopping, which cuts them"
+        ),
+    }
 }
 
 /// Every proxied connection holds two sockets: raise the soft limit on open files
