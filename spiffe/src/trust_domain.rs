@@ -30,6 +30,12 @@ impl TrustDomain {
         Ok(Self(name.to_owned()))
     }
 
+    /// A trust domain written as its name (`example.org`) or as its ID
+    /// (`spiffe://example.org`), as SPIRE's `federatesWith` and CLI flags take it.
+    pub fn parse_name_or_id(text: &str) -> Result<Self, InvalidTrustDomain> {
+        Self::parse(text.strip_prefix("spiffe://").unwrap_or(text))
+    }
+
     /// From a name a SPIFFE ID's parser has checked.
     pub(crate) fn already_valid(name: &str) -> Self {
         Self(name.to_owned())
@@ -127,5 +133,16 @@ mod tests {
         }
         assert!(TrustDomain::parse(&"a".repeat(256)).is_err());
         assert!(serde_json::from_str::<TrustDomain>("\"A\"").is_err());
+    }
+
+    #[test]
+    fn a_name_or_its_id_but_nothing_else() {
+        for text in ["payments.example.org", "spiffe://payments.example.org"] {
+            let td = TrustDomain::parse_name_or_id(text).unwrap();
+            assert_eq!(td.as_str(), "payments.example.org");
+        }
+        for bad in ["spiffe://td/path", "https://td", "spiffe://", "SPIFFE://td"] {
+            assert!(TrustDomain::parse_name_or_id(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -12,6 +12,7 @@ mod certs;
 mod https_get;
 mod key_exchange;
 mod verify;
+mod web_roots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use certs::CertStore;
 pub use https_get::{HttpsGetError, https_get};
 pub use key_exchange::{KeyExchangeGroup, crypto_provider};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+pub use web_roots::{CaFileError, WebRoots, web_roots};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TlsError {
