@@ -6,12 +6,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
 
 use meshward_config::ExtensionProvider;
 use meshward_extauthz::{Authorizer, CheckInput, HttpInput, PeerInput, Verdict};
 use meshward_policy::{CustomCheck, HttpRequest};
 
 use super::DataPathError;
+use super::body::{self, ProxyBody};
 
 /// The configured providers, by name.
 #[derive(Debug, Default)]
@@ -145,4 +150,35 @@ pub(crate) fn http_input(
             size,
         }),
     }
+}
+
+/// How long a client may take to send the body an authorizer wants to read.
+const BODY_FOR_CHECK: Duration = Duration::from_secs(30);
+
+/// The first `maxRequestBytes` of the body, for an authorizer; the request keeps
+/// the whole body. A larger body is `413` unless `allowPartialMessage`; a client
+/// too slow to send it, `408`.
+pub(crate) async fn read_for_check(
+    request: &mut Request<ProxyBody>,
+    wanted: &meshward_config::RequestBody,
+) -> Result<Bytes, (StatusCode, String)> {
+    let max = wanted.max_request_bytes as usize;
+    let taken = std::mem::replace(request.body_mut(), body::empty());
+    let peeked = tokio::time::timeout(BODY_FOR_CHECK, body::peek(taken, max))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the body the authorizer reads was not sent in time".to_owned(),
+            )
+        })?
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+    *request.body_mut() = peeked.body;
+    if peeked.truncated && !wanted.allow_partial_message {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the authorizer's maxRequestBytes ({max})"),
+        ));
+    }
+    Ok(peeked.prefix)
 }

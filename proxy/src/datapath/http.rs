@@ -19,17 +19,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshward_extauthz::Verdict;
-use meshward_jwt::JwtFailure;
-use meshward_policy::{HttpRequest, JwtClaims, PolicySet};
+use meshward_policy::HttpRequest;
 use meshward_spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::authz::{CustomApproval, DecisionRecord, InboundStream};
+use super::admit::{self, Admitted};
 use super::body::{self, ProxyBody};
-use super::jwks::RequestKeys;
+use super::refusal::Refusal;
+use super::stream::{DecisionRecord, InboundStream};
 use super::upstream::Version;
-use super::{Shared, copy, custom, h2, responses};
+use super::{Shared, copy, h2, responses};
 use crate::{metrics, xfcc};
 use headers::{keep_upgrade, request_authority, strip_hop_by_hop, upgrade_protocol};
 
@@ -109,13 +108,8 @@ async fn handle(
     response
 }
 
-/// Parse and normalize, authorize, then refuse or forward. `path` becomes the
-/// normalized path once known.
-///
-/// The order is the security argument: hop-by-hop headers go first, then
-/// meshward's XFCC is set (so no `Connection` option can name it away), then
-/// policy judges the request exactly as the pod will receive it (target, authority,
-/// headers); what goes out is rebuilt from that judged request, never from the raw one.
+/// Serves one request: its refusal, rendered here (the HTTP boundary of
+/// `refusal.rs`), or the pod's answer. `path` becomes the normalized path once known.
 async fn respond(
     shared: &Shared,
     stream: &InboundStream,
@@ -124,200 +118,125 @@ async fn respond(
     grpc: bool,
     path: &mut String,
 ) -> (Response<ProxyBody>, DecisionRecord) {
+    match admit_then_forward(shared, stream, request, version, grpc, path).await {
+        Ok(answered) => answered,
+        Err(refusal) => {
+            let record = refusal.record();
+            (refusal.response(grpc), record)
+        }
+    }
+}
+
+/// Prepares the head, admits the request (`admit.rs`), then forwards it.
+///
+/// The order is the security argument: hop-by-hop headers go first, then
+/// meshward's XFCC is set (so no `Connection` option can name it away), then
+/// policy judges the request exactly as the pod will receive it (target, authority,
+/// headers); what goes out is rebuilt from that judged request, never from the raw one.
+async fn admit_then_forward(
+    shared: &Shared,
+    stream: &InboundStream,
+    request: Request<Incoming>,
+    version: Version,
+    grpc: bool,
+    path: &mut String,
+) -> Result<(Response<ProxyBody>, DecisionRecord), Refusal> {
     // the body as it will be forwarded (an XFCC trailer removed); an external
     // authorizer may read its first bytes before
     let mut request = request.map(body::request);
-    let bad_request = |reason: String| {
-        let response = responses::bad_request(&reason);
-        let record = DecisionRecord::refused("-", format!("bad request: {reason}"));
-        (response, record)
-    };
     let by = stream.pod.tls.as_ref().map(|t| &t.spiffe_id);
     let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
         spiffe_id: &p.spiffe_id,
         leaf_der: &p.leaf_der,
     });
-    let Head {
-        authority,
-        target,
-        upgrade,
-    } = match prepare_head(&mut request, version, by, peer.as_ref()) {
-        Ok(head) => head,
-        Err(reason) => return bad_request(reason),
+    let head =
+        prepare_head(&mut request, version, by, peer.as_ref()).map_err(Refusal::Malformed)?;
+    let admitted = admit::request(shared, stream, &mut request, &head, path).await?;
+    let Some(judged) = &admitted.judged.http else {
+        return Err(Refusal::Malformed("no HTTP request".into()));
     };
+    as_judged(&mut request, version, judged, head.upgrade.as_ref())?;
+    let upgrade = head.upgrade.is_some();
+    Ok(forward(shared, stream, request, version, upgrade, admitted, grpc).await)
+}
 
-    let policies = shared.policies.borrow().clone();
-    // RequestAuthentication: a token that does not verify is refused here; one
-    // that does gives the request principal policy judges, and the headers are
-    // shaped (token removed, claims written) before policy sees them
-    let jwt = match authenticate(shared, stream, &policies, &mut request).await {
-        Ok(jwt) => jwt,
-        Err(failure) => {
-            metrics::jwt_refused(failure.reason());
-            let realm = format!("http://{authority}{}", request.uri().path());
-            let record =
-                DecisionRecord::refused("-", format!("JWT refused: {failure} ({failure:?})"));
-            return (
-                responses::unauthorized(&failure.to_string(), &realm, grpc),
-                record,
-            );
-        }
-    };
-    let http = match HttpRequest::new(
-        request.method().as_str(),
-        &target,
-        &authority,
-        request.headers().clone(),
-        policies.options().path_normalization,
-    ) {
-        Ok(http) => match jwt {
-            Some(claims) => http.with_jwt(claims),
-            None => http,
-        },
-        Err(e) => return bad_request(e.to_string()),
-    };
-    http.target().path().clone_into(path);
-    let normalized = http.target().to_request_target();
-    let host = http.host().to_owned();
-    let mut judged = stream.request(Some(http));
-    if !stream.peer_trusted(&shared.state.borrow()) {
-        // an HBONE stream opened before the pod stopped trusting the peer's domain
-        let record = DecisionRecord::refused(
-            "-",
-            "the peer's trust domain is no longer trusted by this pod",
-        );
-        return (responses::forbidden(grpc), record);
-    }
-    // CUSTOM first: the provider's refusal is the client's answer; what it allows
-    // goes on, with its header changes, to DENY and ALLOW
-    let mut on_allow = Vec::new();
-    let mut record = match policies.custom_check(&stream.pod.workload, &judged) {
-        None => stream.authorize(&policies, &judged),
-        Some(check) => {
-            let protocol = match version {
-                Version::Http1 => "HTTP/1.1",
-                Version::Http2 => "HTTP/2",
-            };
-            let Some(http) = judged.http.as_ref() else {
-                return bad_request("no HTTP request".into());
-            };
-            let mut input = custom::http_input(stream.check_peers(), http, protocol);
-            let wanted = shared
-                .providers
-                .get(check.provider)
-                .and_then(|a| a.body().cloned());
-            if let Some(wanted) = wanted {
-                match read_for_check(&mut request, &wanted).await {
-                    Ok(prefix) => {
-                        if let Some(http) = input.http.as_mut() {
-                            http.body = Some(prefix);
-                        }
-                    }
-                    Err((status, reason)) => {
-                        let record = DecisionRecord::refused(check.policy.to_string(), reason);
-                        return (responses::status_only(status), record);
-                    }
-                }
-            }
-            let asked = custom::ask(&shared.providers, &check, &input).await;
-            match asked.verdict {
-                Verdict::Deny {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    let policy = check.policy.to_string();
-                    metrics::decision("l7", false, &policy, "CUSTOM");
-                    let record = DecisionRecord::refused(policy, asked.reason);
-                    if asked.not_configured {
-                        return (responses::forbidden(grpc), record);
-                    }
-                    return (responses::custom_denied(status, &headers, body), record);
-                }
-                Verdict::Allow {
-                    upstream,
-                    remove,
-                    downstream,
-                } => {
-                    meshward_extauthz::apply_headers(request.headers_mut(), &upstream, &remove);
-                    on_allow = downstream;
-                    let headers = request.headers().clone();
-                    judged.http = judged.http.map(|h| h.with_headers(headers));
-                    let mut record = stream.authorize_after_custom(&policies, &judged);
-                    record.reason = format!("{}; {}", asked.reason, record.reason);
-                    record.approved_by = Some(CustomApproval::of(&check));
-                    record
-                }
-            }
-        }
-    };
-    if !record.allowed {
-        return (responses::forbidden(grpc), record);
-    }
-
-    // the pod gets the target and authority policy judged, never the raw ones
-    // (Envoy rewrites the path too)
-    match forwarded_uri(version, &host, &normalized) {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(e) => return bad_request(e.to_string()),
-    }
+/// Makes `request` the one policy judged: its target and authority set as judged,
+/// never the raw ones (Envoy rewrites the path too), and the upgrade it asked for.
+fn as_judged(
+    request: &mut Request<ProxyBody>,
+    version: Version,
+    judged: &HttpRequest,
+    upgrade: Option<&HeaderValue>,
+) -> Result<(), Refusal> {
+    let malformed = |e: &dyn std::fmt::Display| Refusal::Malformed(e.to_string());
+    let host = judged.host();
+    let target = judged.target().to_request_target();
+    *request.uri_mut() = forwarded_uri(version, host, &target).map_err(|e| malformed(&e))?;
     if version == Version::Http1 && !host.is_empty() {
-        match HeaderValue::from_str(&host) {
-            Ok(value) => {
-                request.headers_mut().insert(header::HOST, value);
-            }
-            Err(e) => return bad_request(e.to_string()),
-        }
+        let value = HeaderValue::from_str(host).map_err(|e| malformed(&e))?;
+        request.headers_mut().insert(header::HOST, value);
     }
-    if let Some(protocol) = &upgrade {
+    if let Some(protocol) = upgrade {
         keep_upgrade(request.headers_mut(), protocol.clone());
     }
-    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let sent = match upgrade {
-        Some(_) => {
-            shared
-                .upstream
-                .send_upgrade(stream.destination, request)
-                .await
-        }
-        None => {
-            shared
-                .upstream
-                .send(stream.destination, version, request)
-                .await
-        }
+    Ok(())
+}
+
+/// Sends an admitted request to the pod and returns its answer (the pod
+/// unreachable: `503`). An upgrade the pod accepts is joined to the client's
+/// connection and watched for revocation.
+async fn forward(
+    shared: &Shared,
+    stream: &InboundStream,
+    mut request: Request<ProxyBody>,
+    version: Version,
+    upgrade: bool,
+    admitted: Admitted,
+    grpc: bool,
+) -> (Response<ProxyBody>, DecisionRecord) {
+    let Admitted {
+        mut record,
+        judged,
+        on_allow,
+    } = admitted;
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let sent = if upgrade {
+        let sent = shared.upstream.send_upgrade(stream.destination, request);
+        sent.await
+    } else {
+        let sent = shared.upstream.send(stream.destination, version, request);
+        sent.await
     };
-    match sent {
-        Ok(mut response) => {
-            let switched = match client_side {
-                Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    let pod_side = hyper::upgrade::on(&mut response);
-                    let revoked =
-                        shared
-                            .revocations
-                            .watch(stream, judged, record.approved_by.clone());
-                    join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
-                    response.headers().get(header::UPGRADE).cloned()
-                }
-                _ => None,
-            };
-            let mut response = response.map(body::stream);
-            strip_hop_by_hop(response.headers_mut());
-            meshward_extauthz::apply_headers(response.headers_mut(), &on_allow, &[]);
-            if let Some(protocol) = switched {
-                keep_upgrade(response.headers_mut(), protocol);
-            }
-            (response, record)
-        }
+    let mut response = match sent {
+        Ok(response) => response,
         Err(e) => {
             record.reason = format!("{}; upstream failed: {e}", record.reason);
-            (responses::unavailable(grpc), record)
+            return (responses::unavailable(grpc), record);
         }
+    };
+    let switched = match client_side {
+        Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let pod_side = hyper::upgrade::on(&mut response);
+            let revoked = shared
+                .revocations
+                .watch(stream, judged, record.approved_by.clone());
+            join_upgraded(client_side, pod_side, shared.limits.idle_timeout, revoked);
+            response.headers().get(header::UPGRADE).cloned()
+        }
+        _ => None,
+    };
+    let mut response = response.map(body::stream);
+    strip_hop_by_hop(response.headers_mut());
+    meshward_extauthz::apply_headers(response.headers_mut(), &on_allow, &[]);
+    if let Some(protocol) = switched {
+        keep_upgrade(response.headers_mut(), protocol);
     }
+    (response, record)
 }
 
 /// What the proxy reads of a request's head before anything else.
 pub(super) struct Head {
+    pub(super) version: Version,
     pub(super) authority: String,
     /// Path and query, as the client sent them.
     pub(super) target: String,
@@ -346,6 +265,7 @@ pub(super) fn prepare_head<B>(
     request.headers_mut().remove(header::HOST);
     xfcc::set(request.headers_mut(), by, peer);
     Ok(Head {
+        version,
         authority,
         target,
         upgrade,
@@ -371,59 +291,6 @@ pub(super) fn forwarded_uri(
     }
 }
 
-/// How long a client may take to send the body an authorizer wants to read.
-const BODY_FOR_CHECK: Duration = Duration::from_secs(30);
-
-/// The first `maxRequestBytes` of the body, for an authorizer; the request keeps
-/// the whole body. A larger body is `413` unless `allowPartialMessage`; a client
-/// too slow to send it, `408`.
-async fn read_for_check(
-    request: &mut Request<ProxyBody>,
-    wanted: &meshward_config::RequestBody,
-) -> Result<bytes::Bytes, (StatusCode, String)> {
-    let max = wanted.max_request_bytes as usize;
-    let taken = std::mem::replace(request.body_mut(), body::empty());
-    let peeked = tokio::time::timeout(BODY_FOR_CHECK, body::peek(taken, max))
-        .await
-        .map_err(|_| {
-            (
-                StatusCode::REQUEST_TIMEOUT,
-                "the body the authorizer reads was not sent in time".to_owned(),
-            )
-        })?
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
-    *request.body_mut() = peeked.body;
-    if peeked.truncated && !wanted.allow_partial_message {
-        return Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than the authorizer's maxRequestBytes ({max})"),
-        ));
-    }
-    Ok(peeked.prefix)
-}
-
-/// Authenticates `request` under the RequestAuthentication rules of its pod:
-/// `Ok(None)` when there are none or it carries no token.
-async fn authenticate(
-    shared: &Shared,
-    stream: &InboundStream,
-    policies: &PolicySet,
-    request: &mut Request<ProxyBody>,
-) -> Result<Option<JwtClaims>, JwtFailure> {
-    let rules = policies.jwt_rules(&stream.pod.workload);
-    if rules.is_empty() {
-        return Ok(None);
-    }
-    let state = shared.state.borrow().clone();
-    let keys = RequestKeys {
-        cache: &shared.jwks,
-        state: &state,
-        pod: &stream.pod,
-    };
-    let query = request.uri().query().map(str::to_owned);
-    meshward_jwt::authenticate(&rules, request.headers_mut(), query.as_deref(), &keys).await
-}
-
 /// Once the client has the `101` and the pod's connection is handed over, copies
 /// bytes both ways until both sides are done or idle, or until `revoked` says a
 /// policy change no longer allows the request that opened it.
@@ -431,7 +298,7 @@ fn join_upgraded(
     client: OnUpgrade,
     pod: OnUpgrade,
     idle: Duration,
-    revoked: impl std::future::Future<Output = String> + Send + 'static,
+    revoked: impl std::future::Future<Output = Refusal> + Send + 'static,
 ) {
     tokio::spawn(async move {
         // both resolve as soon as the 101 is written (or fail when a side closes);
@@ -453,8 +320,8 @@ fn join_upgraded(
         let copy = copy::bidirectional(&mut client, &mut pod, idle);
         let (moved, result) = tokio::select! {
             done = copy => done,
-            reason = revoked => {
-                tracing::info!(target: "access", "upgraded connection closed: a policy change no longer allows it: {reason}");
+            refusal = revoked => {
+                tracing::info!(target: "access", "upgraded connection closed: a policy change no longer allows it: {refusal}");
                 return;
             }
         };

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ::h2::RecvStream;
 use ::h2::server::SendResponse;
@@ -20,11 +21,13 @@ use meshward_config::{AppProtocol, PlaintextMode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::authz::{DecisionRecord, InboundStream, Peer};
+use super::admit::{self, Admitted};
 use super::diagnose;
 use super::h2_stream::H2Stream;
+use super::refusal::Refusal;
 use super::socket::reset;
 use super::state::LocalPod;
+use super::stream::{InboundStream, Peer};
 use super::{Shared, h2, responses, serve};
 use crate::capture::original_destination;
 use crate::metrics;
@@ -92,7 +95,6 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;
     };
-    let peer_id = peer.spiffe_id.clone();
     let tunnel = Arc::new(Tunnel {
         peer: Arc::new(peer),
         pod,
@@ -139,8 +141,8 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
             changed = state.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;
-                } else if !state.borrow_and_update().trusts(target.ip(), &peer_id) {
-                    tracing::info!(%client, peer = %peer_id, "closing the HBONE connection: the pod no longer trusts the peer's trust domain");
+                } else if let Err(refusal) = admit::trusted(&state.borrow_and_update(), target.ip(), Some(&tunnel.peer)) {
+                    tracing::info!(%client, "closing the HBONE connection: {refusal}");
                     connection.graceful_shutdown();
                     watching = false;
                 }
@@ -177,12 +179,21 @@ async fn connect(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
+    let started = Instant::now();
+    let stream = match tunnel_stream(shared, tunnel, &request) {
+        Ok(stream) => stream,
+        Err(refusal) => {
+            let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
+            return;
+        }
+    };
     // boxed: the task lives as long as the stream, and an async fn's state is as
     // large as its largest stage (the checks may ask an ext_authz server)
-    let (stream, authorized) = match Box::pin(check(shared, tunnel, &request)).await {
-        Ok(accepted) => accepted,
-        Err(status) => {
-            let _ = respond.send_response(responses::tunnel(status), true);
+    let admitted = match Box::pin(admit_connect(shared, &stream)).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+            let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
             return;
         }
     };
@@ -193,59 +204,45 @@ async fn connect(
         }
     };
     let io = H2Stream::new(send, request.into_body());
-    Box::pin(serve::serve(shared.clone(), stream, io, authorized)).await;
+    Box::pin(serve::serve(shared.clone(), stream, io, admitted)).await;
 }
 
-/// The checks of one CONNECT: the stream to serve (with the L4 record of a `tcp`
-/// port, judged now) or the status that refuses it.
-async fn check<B>(
-    shared: &Arc<Shared>,
+/// The stream a CONNECT asks for, or why it is a `400`: a tunnel terminates for
+/// the one pod whose certificate it was shown.
+fn tunnel_stream<B>(
+    shared: &Shared,
     tunnel: &Tunnel,
     request: &Request<B>,
-) -> Result<(InboundStream, Option<DecisionRecord>), StatusCode> {
+) -> Result<InboundStream, Refusal> {
     let (peer, pod, client) = (&tunnel.peer, &tunnel.pod, tunnel.client);
-    let refuse = Err;
     let Some(destination) = connect_destination(request) else {
-        return refuse(StatusCode::BAD_REQUEST);
+        return Err(Refusal::Malformed("not a CONNECT to ip:port".into()));
     };
-    // a tunnel terminates for the one pod whose certificate it was shown
     if destination.ip() != tunnel.target.ip() || shared.is_own_port(destination.port()) {
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
-        return refuse(StatusCode::BAD_REQUEST);
+        return Err(Refusal::Malformed(format!("not for pod {}", pod.info.name)));
     }
-    // the handshake trusted the peer; a federation may have ended since, and an
-    // HBONE connection outlives it: every CONNECT is judged with the trust of now
-    if !shared
-        .state
-        .borrow()
-        .trusts(destination.ip(), &peer.spiffe_id)
-    {
-        tracing::info!(%client, peer = %peer.spiffe_id, pod = %pod.info.name, "refused CONNECT: the pod no longer trusts the peer's trust domain");
-        return refuse(StatusCode::UNAUTHORIZED);
-    }
-    let source = stream_source(shared, peer, request, client, tunnel.local);
-    let stream = InboundStream {
+    Ok(InboundStream {
         peer: Some(peer.clone()),
-        source,
+        source: stream_source(shared, peer, request, client, tunnel.local),
         destination,
         pod: pod.clone(),
-    };
-    let authorized = if shared.declared_protocol(destination) == Some(AppProtocol::Tcp) {
-        let record = stream
-            .authorize_connection(
-                &shared.policies,
-                &shared.providers,
-                std::time::Instant::now(),
-            )
-            .await;
-        if !record.allowed {
-            return refuse(StatusCode::UNAUTHORIZED);
-        }
-        Some(record)
-    } else {
-        None
-    };
-    Ok((stream, authorized))
+    })
+}
+
+/// What a CONNECT is judged on before its `200`: a port declared `tcp` is admitted
+/// as a connection now (so a refusal is a `401` before a byte flows, as ztunnel
+/// answers); any other port only on the pod's trust in the peer, its requests or
+/// its detected TCP stream being judged later.
+async fn admit_connect(
+    shared: &Shared,
+    stream: &InboundStream,
+) -> Result<Option<Admitted>, Refusal> {
+    if shared.declared_protocol(stream.destination) == Some(AppProtocol::Tcp) {
+        return admit::connection(shared, stream).await.map(Some);
+    }
+    let state = shared.state.borrow();
+    admit::trusted(&state, stream.destination.ip(), stream.peer.as_deref()).map(|()| None)
 }
 
 /// The `ip:port` a CONNECT names (its authority), or `None` for any other method

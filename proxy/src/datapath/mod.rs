@@ -3,17 +3,21 @@
 //! ```text
 //! pod A --TPROXY--> outbound.rs (15001) --pool.rs: mTLS + HTTP/2 CONNECT--> peer node
 //! peer --REDIRECT--> inbound.rs (15008): pod's SVID, verify client, CONNECT checks
-//!                   -> serve.rs: detect.rs -> TCP: authz.rs once, copy.rs
-//!                                          -> HTTP: http.rs, authz.rs per request,
+//!                   -> serve.rs: detect.rs -> TCP: admit.rs once, copy.rs
+//!                                          -> HTTP: http.rs, admit.rs per request,
 //!                                             xfcc, upstream.rs -> pod B
 //! plaintext --REDIRECT--> inbound.rs (15006): STRICT refuses; PERMISSIVE -> serve.rs
 //! ```
 //!
 //! `state.rs` turns the agent's snapshots into TLS configurations per pod;
-//! `policies.rs` keeps the policy set current. Each connection reads both once and
-//! never takes a lock on the way.
+//! `policies.rs` keeps the policy set current. Both are watch channels: a stage
+//! reads the current value without waiting on a writer. `admit.rs` is the one place
+//! a stream or request is admitted or refused (`refusal.rs`). The locks on the way
+//! are short and never held across an await (the connection pools' maps, the JWKS
+//! cache, revocation's table of held connections), except that requests needing
+//! keys a JWKS fetch is getting wait for that one fetch.
 
-mod authz;
+mod admit;
 mod body;
 mod copy;
 mod custom;
@@ -32,12 +36,14 @@ mod outbound;
 mod policies;
 mod policy_objects;
 mod pool;
+mod refusal;
 mod responses;
 mod revocation;
 mod serve;
 mod services;
 mod socket;
 mod state;
+mod stream;
 mod upstream;
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,9 +20,11 @@ use meshward_policy::{PolicySet, Request};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use super::authz::{CustomApproval, InboundStream, Peer};
+use super::admit::{self, Held};
 use super::policies::Policies;
+use super::refusal::Refusal;
 use super::state::{LocalPod, MeshState};
+use super::stream::{CustomApproval, InboundStream, Peer};
 use crate::metrics;
 
 pub(crate) struct Revocations {
@@ -36,39 +37,24 @@ pub(crate) struct Revocations {
 /// One live connection, as it was judged.
 struct Watched {
     pod: Arc<LocalPod>,
-    pod_ip: IpAddr,
     peer: Option<Arc<Peer>>,
     request: Request,
     /// The CUSTOM policy whose provider allowed it when it opened.
     approved_by: Option<CustomApproval>,
-    close: oneshot::Sender<String>,
+    close: oneshot::Sender<Refusal>,
 }
 
 impl Watched {
-    /// Why the connection must close under `set` and `state`, if it must.
-    fn judge(&self, set: &PolicySet, state: &MeshState) -> Option<String> {
-        if let Some(peer) = &self.peer {
-            if !state.trusts(self.pod_ip, &peer.spiffe_id) {
-                return Some(format!(
-                    "{} is no longer trusted here: the pod no longer federates with {}, or its bundle is gone",
-                    peer.spiffe_id,
-                    peer.spiffe_id.trust_domain()
-                ));
-            }
-        }
-        // a CUSTOM provider was asked when the connection opened, and is not asked
-        // again; a CUSTOM policy that has come to apply since closes it (its
-        // provider was never asked: the next connection asks it)
-        if let Some(check) = set.custom_check(&self.pod.workload, &self.request) {
-            if !self.approved_by.as_ref().is_some_and(|a| a.answers(&check)) {
-                return Some(format!(
-                    "CUSTOM policy {} (provider {:?}) now applies; its provider was never asked about this connection",
-                    check.policy, check.provider
-                ));
-            }
-        }
-        let decision = set.evaluate_after_custom(&self.pod.workload, &self.request);
-        (!decision.is_allowed()).then(|| decision.to_string())
+    /// Why the connection must close under `set` and `state`, if it must: the
+    /// admission step's rules, the provider's answer at opening standing for it.
+    fn judge(&self, set: &PolicySet, state: &MeshState) -> Option<Refusal> {
+        let held = Held {
+            workload: &self.pod.workload,
+            peer: self.peer.as_deref(),
+            request: &self.request,
+            approved_by: self.approved_by.as_ref(),
+        };
+        admit::rejudge(set, state, &held).err()
     }
 }
 
@@ -97,7 +83,6 @@ impl Revocations {
         let (close, reason) = oneshot::channel();
         let watched = Watched {
             pod: stream.pod.clone(),
-            pod_ip: stream.destination.ip(),
             peer: stream.peer.clone(),
             request,
             approved_by,
@@ -124,7 +109,7 @@ impl Revocations {
 
     fn judge_all(&self, set: &PolicySet, state: &MeshState) {
         let mut live = self.live.lock();
-        let closing: Vec<(u64, String)> = live
+        let closing: Vec<(u64, Refusal)> = live
             .iter()
             .filter_map(|(id, watched)| Some((*id, watched.judge(set, state)?)))
             .collect();
@@ -165,13 +150,13 @@ pub(crate) struct Revoked {
     id: u64,
     revocations: Weak<Revocations>,
     /// `None` once the watcher is gone (never polled again).
-    reason: Option<oneshot::Receiver<String>>,
+    reason: Option<oneshot::Receiver<Refusal>>,
 }
 
 impl Future for Revoked {
-    type Output = String;
+    type Output = Refusal;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Refusal> {
         let Some(reason) = self.reason.as_mut() else {
             return Poll::Pending;
         };

@@ -9,22 +9,23 @@ use meshward_config::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
-use super::authz::{DecisionRecord, InboundStream};
+use super::admit::{self, Admitted};
 use super::detect::{Detected, Prefixed, detect};
 use super::socket::connect_marked;
+use super::stream::InboundStream;
 use super::upstream::Version;
 use super::{copy, http};
 use crate::metrics;
 
-/// Serves `io` for `stream`. `authorized`: the L4 record when a `tcp` port was
-/// already judged at CONNECT time (so it is not judged, nor counted, twice).
+/// Serves `io` for `stream`. `admitted`: a `tcp` port's connection, admitted at
+/// CONNECT time (so it is not judged, nor counted, twice).
 /// Returning drops `io`: for a tunnel that ends the stream (END_STREAM after what
 /// was written, `h2_stream.rs`), for plaintext it closes the connection.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
     stream: InboundStream,
     io: S,
-    authorized: Option<DecisionRecord>,
+    admitted: Option<Admitted>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -52,7 +53,7 @@ pub(crate) async fn serve<S>(
             Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http1)).await;
         }
         (_, Detected::Tcp) | (Some(AppProtocol::Tcp), Detected::Silent) => {
-            Box::pin(serve_tcp(&shared, &stream, io, authorized)).await;
+            Box::pin(serve_tcp(&shared, &stream, io, admitted)).await;
         }
         (None, Detected::Silent) => {
             metrics::stream_refused("silent_client");
@@ -73,21 +74,22 @@ async fn serve_tcp<S>(
     shared: &Shared,
     stream: &InboundStream,
     mut io: S,
-    authorized: Option<DecisionRecord>,
+    admitted: Option<Admitted>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let record = match authorized {
-        Some(record) => record,
-        None => {
-            Box::pin(stream.authorize_connection(&shared.policies, &shared.providers, started))
-                .await
+    let admitted = match admitted {
+        Some(admitted) => Ok(admitted),
+        None => Box::pin(admit::connection(shared, stream)).await,
+    };
+    let Admitted { record, judged, .. } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+            return;
         }
     };
-    if !record.allowed {
-        return;
-    }
     let mut upstream = match Box::pin(connect_marked(
         stream.destination,
         shared.mark,
@@ -104,18 +106,16 @@ async fn serve_tcp<S>(
     };
     let labels = stream.connection_labels();
     labels.opened();
-    let revoked =
-        shared
-            .revocations
-            .watch(stream, stream.request(None), record.approved_by.clone());
+    let revoked = shared
+        .revocations
+        .watch(stream, judged, record.approved_by.clone());
     let copy = copy::bidirectional(&mut io, &mut upstream, shared.limits.idle_timeout);
     let (moved, result) = tokio::select! {
         done = copy => done,
-        reason = revoked => {
+        refusal = revoked => {
             labels.closed(0, 0);
-            let revoked = DecisionRecord::refused("-", reason);
             let error = "closed: a policy change no longer allows this connection";
-            stream.log_connection(&revoked, 0, 0, started.elapsed(), Some(error));
+            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), Some(error));
             return;
         }
     };

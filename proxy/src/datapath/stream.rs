@@ -1,20 +1,18 @@
-//! Authorization of inbound streams and requests: the attributes policies see, the
-//! decision (counted by policy and action), and the access log: one line on target
-//! `access` per connection or request, with both identities, the decision, the
-//! deciding policy and why.
+//! One inbound stream to a local pod: its two identities, the attributes policies
+//! and external authorizers see of it, the record of a decision (`admit.rs` makes
+//! it), and the access log: one line on target `access` per connection or request,
+//! with both identities, the decision, the deciding policy and why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_extauthz::{CheckInput, PeerInput, Verdict};
-use meshward_policy::{CustomCheck, HttpRequest, PolicySet, Request};
+use meshward_extauthz::PeerInput;
+use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
-use super::custom::{self, Providers};
-use super::policies::Policies;
-use super::state::{LocalPod, MeshState};
-use crate::metrics::{self, ConnectionLabels, Principal, Reporter};
+use super::state::LocalPod;
+use crate::metrics::{ConnectionLabels, Principal, Reporter};
 
 /// The verified client of an mTLS tunnel.
 #[derive(Debug)]
@@ -42,6 +40,8 @@ pub(crate) struct DecisionRecord {
     pub(crate) allowed: bool,
     /// `namespace/name` of the deciding policy, or `-`.
     pub(crate) policy: String,
+    /// Its action (`ALLOW`, `DENY`, `CUSTOM`), or `-`.
+    pub(crate) action: &'static str,
     /// The decision in words (which policy and rule, or which default).
     pub(crate) reason: String,
     /// The CUSTOM policy whose provider allowed it, if one matched: a connection
@@ -55,6 +55,7 @@ impl DecisionRecord {
         Self {
             allowed: false,
             policy: policy.into(),
+            action: "-",
             reason: reason.into(),
             approved_by: None,
         }
@@ -129,88 +130,6 @@ impl InboundStream {
             destination_principal: self.destination_principal().0.cloned(),
             mutual_tls: self.peer.is_some(),
         }
-    }
-
-    /// Decides and counts the decision (a CUSTOM policy that matches denies: this
-    /// is for requests no provider was asked about).
-    pub(crate) fn authorize(&self, policies: &PolicySet, request: &Request) -> DecisionRecord {
-        self.record(request, policies.evaluate(&self.pod.workload, request))
-    }
-
-    /// Decides, once the provider of a matching CUSTOM policy allowed `request`.
-    pub(crate) fn authorize_after_custom(
-        &self,
-        policies: &PolicySet,
-        request: &Request,
-    ) -> DecisionRecord {
-        self.record(
-            request,
-            policies.evaluate_after_custom(&self.pod.workload, request),
-        )
-    }
-
-    fn record(&self, request: &Request, decision: meshward_policy::Decision<'_>) -> DecisionRecord {
-        let (policy, action) = decision.policy.map_or(("-".to_owned(), "-"), |p| {
-            (p.id.to_string(), p.action.as_str())
-        });
-        let layer = if request.http.is_some() { "l7" } else { "l4" };
-        metrics::decision(layer, decision.is_allowed(), &policy, action);
-        DecisionRecord {
-            allowed: decision.is_allowed(),
-            policy,
-            reason: decision.to_string(),
-            approved_by: None,
-        }
-    }
-
-    /// The one L4 decision of this stream (a TCP connection: judged once), made
-    /// with the policies in force now; a refusal is logged here. Called when the
-    /// CONNECT for a `tcp` port arrives (so the refusal is a `401`) or, for a
-    /// detected TCP stream, before its first byte is forwarded.
-    ///
-    /// A CUSTOM policy that matches the connection asks its provider first (the
-    /// gRPC form, as Envoy's network ext_authz: no HTTP part in the check).
-    pub(crate) async fn authorize_connection(
-        &self,
-        policies: &Policies,
-        providers: &Providers,
-        started: std::time::Instant,
-    ) -> DecisionRecord {
-        let set = policies.borrow().clone();
-        let request = self.request(None);
-        let record = match set.custom_check(&self.pod.workload, &request) {
-            None => self.authorize(&set, &request),
-            Some(check) => {
-                let (source, destination) = self.check_peers();
-                let input = CheckInput {
-                    source,
-                    destination,
-                    http: None,
-                };
-                let asked = custom::ask(providers, &check, &input).await;
-                if let Verdict::Allow { .. } = asked.verdict {
-                    let mut record = self.authorize_after_custom(&set, &request);
-                    record.reason = format!("{}; {}", asked.reason, record.reason);
-                    record.approved_by = Some(CustomApproval::of(&check));
-                    record
-                } else {
-                    let policy = check.policy.to_string();
-                    metrics::decision("l4", false, &policy, "CUSTOM");
-                    DecisionRecord::refused(policy, asked.reason)
-                }
-            }
-        };
-        if !record.allowed {
-            self.log_connection(&record, 0, 0, started.elapsed(), None);
-        }
-        record
-    }
-
-    /// Whether the peer is still trusted by the pod (see [`MeshState::trusts`]).
-    pub(crate) fn peer_trusted(&self, state: &MeshState) -> bool {
-        self.peer
-            .as_ref()
-            .is_none_or(|p| state.trusts(self.destination.ip(), &p.spiffe_id))
     }
 
     /// The access log line of one HTTP request.
