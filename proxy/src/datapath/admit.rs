@@ -17,7 +17,7 @@ use meshward_jwt::JwtFailure;
 use meshward_policy::{CustomCheck, HttpRequest, JwtClaims, PolicySet, Workload};
 
 use super::body::ProxyBody;
-use super::http::Head;
+use super::http::head::Head;
 use super::jwks::RequestKeys;
 use super::refusal::{CustomAnswer, Refusal};
 use super::state::MeshState;

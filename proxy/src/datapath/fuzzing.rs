@@ -113,7 +113,7 @@ pub fn prepare_head<B>(
     } else {
         Version::Http1
     };
-    let head = super::http::prepare_head(request, version, by, peer)?;
+    let head = super::http::head::prepare_head(request, version, by, peer)?;
     Ok(Head {
         authority: head.authority,
         target: head.target,

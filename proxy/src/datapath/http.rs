@@ -20,7 +20,6 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meshward_policy::HttpRequest;
-use meshward_spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::admit::{self, Admitted};
@@ -30,8 +29,10 @@ use super::stream::{DecisionRecord, InboundStream};
 use super::upstream::Version;
 use super::{Shared, copy, h2, responses};
 use crate::{metrics, xfcc};
-use headers::{keep_upgrade, request_authority, strip_hop_by_hop, upgrade_protocol};
+use head::prepare_head;
+use headers::{keep_upgrade, strip_hop_by_hop};
 
+pub(super) mod head;
 mod headers;
 
 /// How long the two sides of an upgrade may take to be handed over after the 101.
@@ -232,44 +233,6 @@ async fn forward(
         keep_upgrade(response.headers_mut(), protocol);
     }
     (response, record)
-}
-
-/// What the proxy reads of a request's head before anything else.
-pub(super) struct Head {
-    pub(super) version: Version,
-    pub(super) authority: String,
-    /// Path and query, as the client sent them.
-    pub(super) target: String,
-    /// The one upgrade forwarded (WebSocket), once it is allowed.
-    pub(super) upgrade: Option<HeaderValue>,
-}
-
-/// Reads a request's head and makes it what the pod may receive: its authority
-/// (`Err`: why it is a `400`), target and upgrade read, hop-by-hop headers and
-/// `Host` removed, meshward's XFCC set (`by`: the pod's ID; `peer`: the verified
-/// client's).
-pub(super) fn prepare_head<B>(
-    request: &mut Request<B>,
-    version: Version,
-    by: Option<&SpiffeId>,
-    peer: Option<&xfcc::PeerCertificate<'_>>,
-) -> Result<Head, String> {
-    let authority = request_authority(request, version)?;
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let upgrade = upgrade_protocol(request);
-    strip_hop_by_hop(request.headers_mut());
-    request.headers_mut().remove(header::HOST);
-    xfcc::set(request.headers_mut(), by, peer);
-    Ok(Head {
-        version,
-        authority,
-        target,
-        upgrade,
-    })
 }
 
 /// The URI the pod receives: the judged target and, over HTTP/2, the judged
