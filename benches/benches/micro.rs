@@ -55,12 +55,12 @@ fn xfcc(c: &mut Criterion) {
     let id = |text| meshward_spiffe::SpiffeId::parse(text).expect("a SPIFFE ID");
     let client = id("spiffe://math.example.com/ns/default/sa/curl-spire");
     let server = id("spiffe://math.example.com/ns/echoserver/sa/default");
-    let peer = meshward::xfcc::PeerCertificate {
+    let peer = meshward_proxy::xfcc::PeerCertificate {
         spiffe_id: &client,
         leaf_der: &leaf,
     };
     c.bench_function("xfcc_element", |b| {
-        b.iter(|| meshward::xfcc::element(black_box(&server), black_box(&peer)))
+        b.iter(|| meshward_proxy::xfcc::element(black_box(&server), black_box(&peer)))
     });
 }
 

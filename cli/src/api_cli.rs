@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meshward::workload_api::{client, with_security_header};
-use meshward::workload_proto::{
+use meshward_proxy::workload_api::{client, with_security_header};
+use meshward_proxy::workload_proto::{
     JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
 

@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshward::datapath::fuzzing::{Detection, detect_chunks};
+use meshward_proxy::datapath::fuzzing::{Detection, detect_chunks};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use http::Request;
 use libfuzzer_sys::fuzz_target;
-use meshward::datapath::fuzzing::{connect_destination, forwarded_for};
+use meshward_proxy::datapath::fuzzing::{connect_destination, forwarded_for};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

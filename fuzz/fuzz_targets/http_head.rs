@@ -16,8 +16,8 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use meshward::datapath::fuzzing::forwarded_uri;
-use meshward::xfcc::{self, PeerCertificate, XFCC};
+use meshward_proxy::datapath::fuzzing::forwarded_uri;
+use meshward_proxy::xfcc::{self, PeerCertificate, XFCC};
 use meshward_policy::{HttpRequest, PathNormalization, SpiffeId};
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let peer = verified.then_some(&peer);
     let Ok(prepared) =
-        meshward::datapath::fuzzing::prepare_head(&mut request, http2, Some(&by), peer)
+        meshward_proxy::datapath::fuzzing::prepare_head(&mut request, http2, Some(&by), peer)
     else {
         return;
     };

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshward::datapath::fuzzing::discovered_jwks_uri;
+use meshward_proxy::datapath::fuzzing::discovered_jwks_uri;
 
 const ISSUER: &str = "https://issuer.example";
 const URL: &str = "https://issuer.example/.well-known/openid-configuration";

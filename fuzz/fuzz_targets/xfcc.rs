@@ -13,7 +13,7 @@
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use meshward::xfcc::{self, PeerCertificate, XFCC};
+use meshward_proxy::xfcc::{self, PeerCertificate, XFCC};
 use meshward_spiffe::SpiffeId;
 
 fuzz_target!(|data: &[u8]| {

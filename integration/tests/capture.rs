@@ -28,7 +28,7 @@ fn capture_listener(
     let listener = ns
         .run(move || {
             if transparent {
-                meshward::capture::transparent_listener(addr)
+                meshward_proxy::capture::transparent_listener(addr)
             } else {
                 TcpListener::bind(addr)
             }
@@ -40,7 +40,7 @@ fn capture_listener(
         let original = if transparent {
             stream.local_addr().unwrap()
         } else {
-            meshward::capture::original_destination(&stream).unwrap()
+            meshward_proxy::capture::original_destination(&stream).unwrap()
         };
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))

@@ -90,7 +90,7 @@ async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     // one logging path for every component: the daemon's subscriber and format
-    let _logs = meshward::logging::init(&config.log);
+    let _logs = meshward_proxy::logging::init(&config.log);
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -102,7 +102,8 @@ async fn run_server(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {},
         }
     };
-    let prometheus = meshward::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let prometheus =
+        meshward_proxy::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let render: meshward_issuer::server::MetricsRender =
         std::sync::Arc::new(move || prometheus.render());
     meshward_issuer::server::run(config, render, shutdown).await?;

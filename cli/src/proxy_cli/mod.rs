@@ -60,11 +60,11 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
                 None => ProxyConfig::default(),
             };
             if install {
-                meshward::capture::install(&config.capture)?;
+                meshward_proxy::capture::install(&config.capture)?;
             } else if remove {
-                meshward::capture::remove(&config.capture);
+                meshward_proxy::capture::remove(&config.capture);
             } else if print {
-                print!("{}", meshward::capture::rules(&config.capture));
+                print!("{}", meshward_proxy::capture::rules(&config.capture));
             } else {
                 anyhow::bail!("say --print, --install or --remove");
             }
@@ -72,7 +72,7 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let config = ProxyConfig::from_file(&config)?;
-    let logs = meshward::logging::init(&config.log);
+    let logs = meshward_proxy::logging::init(&config.log);
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
@@ -84,12 +84,13 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
 
 async fn serve(
     config: ProxyConfig,
-    logs: Option<meshward::logging::LogControl>,
+    logs: Option<meshward_proxy::logging::LogControl>,
 ) -> anyhow::Result<ExitCode> {
-    let prometheus = meshward::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    let handle = meshward::agent::start(&config)?;
-    let (drain, drained) = meshward::datapath::drain_channel();
-    let data_path = meshward::datapath::DataPath::bind(&config, &handle, drained)?;
+    let prometheus =
+        meshward_proxy::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let handle = meshward_proxy::agent::start(&config)?;
+    let (drain, drained) = meshward_proxy::datapath::drain_channel();
+    let data_path = meshward_proxy::datapath::DataPath::bind(&config, &handle, drained)?;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -100,7 +101,7 @@ async fn serve(
     let metrics = bind(config.metrics_listen).await?;
     // rules last: traffic is taken only once the listeners exist
     let _capture = if config.capture.install {
-        meshward::capture::install(&config.capture).context("installing capture rules")?;
+        meshward_proxy::capture::install(&config.capture).context("installing capture rules")?;
         Some(CaptureGuard(config.capture.clone()))
     } else {
         None
@@ -111,26 +112,26 @@ async fn serve(
         hbone = config.capture.inbound_hbone_port,
         plaintext = config.capture.inbound_plaintext_port,
         readiness = %config.readiness_listen,
-        admin = %meshward::admin::describe(config.admin_listen),
+        admin = %meshward_proxy::admin::describe(config.admin_listen),
         metrics = %config.metrics_listen,
         capture = config.capture.install,
         "meshward proxy running"
     );
-    let admin_state = meshward::admin::AdminState {
+    let admin_state = meshward_proxy::admin::AdminState {
         config: std::sync::Arc::new(config.clone()),
         snapshots: handle.snapshots.clone(),
         policies: data_path.policies(),
         logs,
     };
     let socket = config.agent.workload_api_socket.clone();
-    let workload_api = meshward::workload_api::serve(&socket, handle.clone());
+    let workload_api = meshward_proxy::workload_api::serve(&socket, handle.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let data_path = data_path.run();
     tokio::pin!(data_path);
     tokio::select! {
-        r = meshward::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
-        r = meshward::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
-        r = meshward::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
+        r = meshward_proxy::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
+        r = meshward_proxy::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
+        r = meshward_proxy::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
         () = &mut data_path => {},
         _ = term.recv() => drain_then_stop(&drain, data_path, config.limits.drain_grace_period).await,
@@ -143,7 +144,7 @@ async fn serve(
 /// the daemon stops once it has drained, or when `grace` has passed, cutting
 /// what is still open.
 async fn drain_then_stop(
-    drain: &meshward::datapath::DrainSignal,
+    drain: &meshward_proxy::datapath::DrainSignal,
     data_path: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     grace: std::time::Duration,
 ) {
@@ -180,7 +181,7 @@ struct CaptureGuard(meshward_config::CaptureConfig);
 impl Drop for CaptureGuard {
     fn drop(&mut self) {
         match self.0.on_exit {
-            CaptureOnExit::Remove => meshward::capture::remove(&self.0),
+            CaptureOnExit::Remove => meshward_proxy::capture::remove(&self.0),
             CaptureOnExit::Keep => tracing::info!(
                 "capture rules kept (capture.on_exit: keep): the node's captured traffic fails \
                  until a daemon is back; `meshward proxy capture --remove` takes them away"

@@ -48,7 +48,7 @@ async fn agent_serves_exactly_the_granted_identities() {
         ],
     );
     let config = config(dir.path(), &issuer, &token);
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     let snapshot = wait_for(&mut handle, "SVIDs for curl and echo", |s| {
         !ids(s, "10.40.1.2").is_empty() && !ids(s, "10.40.1.3").is_empty()
     })
@@ -106,7 +106,7 @@ async fn agent_serves_exactly_the_granted_identities() {
 
     // an agent restart reuses the node SVID from data_dir: the used token is not needed
     drop(handle);
-    let mut restarted = meshward::agent::start(&config).unwrap();
+    let mut restarted = meshward_proxy::agent::start(&config).unwrap();
     let snapshot = wait_for(&mut restarted, "SVIDs after restart", |s| {
         !ids(s, "10.40.1.2").is_empty()
     })
@@ -139,7 +139,7 @@ async fn svids_survive_an_issuer_outage_and_renew_once_it_is_back() {
         vec![pod("curl", "default", "curl-spire", "10.40.1.2", &[])],
     );
     let config = config(dir.path(), &issuer, &token);
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     let snapshot = wait_for(&mut handle, "a first SVID", |s| {
         first_svid(s, "10.40.1.2").is_some()
     })

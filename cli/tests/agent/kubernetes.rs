@@ -35,7 +35,7 @@ async fn kubernetes_source_watches_the_pods_of_this_node() {
         api.token_file().display()
     );
     let config = ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap();
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     // listed: only this node's running pod
     let snapshot = wait_for(&mut handle, "curl from the pod list", |s| {
         !ids(s, "10.40.1.2").is_empty()
@@ -114,7 +114,7 @@ async fn agent_attests_with_its_projected_service_account_token() {
         dir.path().join("workloads.yaml").display()
     );
     let config = ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap();
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     let snapshot = wait_for(&mut handle, "the SVID through the node alias", |s| {
         !ids(s, "10.40.1.2").is_empty()
     })

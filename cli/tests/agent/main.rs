@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward::agent::{AgentHandle, Snapshot};
 use meshward_config::{PodInfo, ProxyConfig, WorkloadsFile};
+use meshward_proxy::agent::{AgentHandle, Snapshot};
 use meshward_test_support::check_x509_svid;
 use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 
@@ -109,7 +109,7 @@ async fn serve_workload_api(
     let socket = dir.join("agent.sock");
     let server = tokio::spawn({
         let (socket, handle) = (socket.clone(), handle.clone());
-        async move { meshward::workload_api::serve(&socket, handle).await }
+        async move { meshward_proxy::workload_api::serve(&socket, handle).await }
     });
     for _ in 0..100 {
         if socket.exists() {

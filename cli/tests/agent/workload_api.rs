@@ -1,18 +1,18 @@
 //! The SPIFFE Workload API as local processes use it.
 
 use super::*;
-use meshward::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use meshward::workload_proto::{
+use meshward_proxy::workload_proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use meshward_proxy::workload_proto::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
 use tonic::transport::Channel;
 
 async fn client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    meshward::workload_api::client(socket).await.unwrap()
+    meshward_proxy::workload_api::client(socket).await.unwrap()
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {
-    meshward::workload_api::with_security_header(message)
+    meshward_proxy::workload_api::with_security_header(message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +27,7 @@ async fn the_caller_gets_exactly_its_pods_identity() {
     let workloads = dir.path().join("workloads.yaml");
     write_workloads(&workloads, vec![me.clone()]);
     let config = config(dir.path(), &issuer, &token);
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     wait_for(&mut handle, "the SVID", |s| !ids(s, "10.40.1.2").is_empty()).await;
     let (socket, server) = serve_workload_api(dir.path(), &handle).await;
     let mut api = client(&socket).await;
@@ -202,7 +202,7 @@ async fn local_processes_get_identities_by_unix_selectors() {
     }
     write_workloads(&dir.path().join("workloads.yaml"), vec![]);
     let config = config(dir.path(), &issuer, &token);
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     wait_for(&mut handle, "the local identity", |s| !s.local.is_empty()).await;
     let (socket, server) = serve_workload_api(dir.path(), &handle).await;
     let mut api = client(&socket).await;
@@ -284,7 +284,7 @@ async fn federated_bundles_go_only_to_workloads_that_federate() {
     me.netns = Some(format!("/proc/{}/ns/net", std::process::id()).into());
     write_workloads(&dir.path().join("workloads.yaml"), vec![me]);
     let config = config(dir.path(), &issuer, &token);
-    let mut handle = meshward::agent::start(&config).unwrap();
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
     wait_for(&mut handle, "the SVID", |s| !ids(s, "10.40.1.2").is_empty()).await;
     let (socket, server) = serve_workload_api(dir.path(), &handle).await;
     let mut api = client(&socket).await;
