@@ -54,6 +54,12 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
         ],
     }));
 
+    // both endpoints serving before the round robin is counted (a loaded machine
+    // may take a moment to start the second echoserver)
+    let direct = format!("http://{pod_2_ip}:8080/direct");
+    eventually(mesh, "echoserver-2 answers", || {
+        status(mesh, "curl-spire", &[&direct], 200)
+    });
     let url = format!("http://{CLUSTER_IP}/via-service");
     let r = eventually(mesh, "the service answers", || {
         status(mesh, "curl-spire", &[&url], 200)

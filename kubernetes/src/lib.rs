@@ -1,8 +1,11 @@
 //! meshward-kubernetes: one way to reach the Kubernetes API for every watcher of
 //! meshward: an explicit server (with its CA and a token file), or the pod's
-//! in-cluster service account.
+//! in-cluster service account; and one way to follow a kind of object
+//! (`watched.rs`).
 
 use std::path::PathBuf;
+
+pub mod watched;
 
 /// Where the API is; every field `None`: in-cluster.
 #[derive(Debug, Clone, Default)]

@@ -83,7 +83,7 @@ fn admin(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
     let policies = state.policies.borrow().clone();
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/config_dump") => json_response(&json!({
-            "config": state.config,
+            "config": state.config.as_ref(),
             "node": {"name": snapshot.node_name, "spiffe_id": snapshot.node_id},
             "workloads": workloads(&snapshot),
             "certificates": certificates(&snapshot),

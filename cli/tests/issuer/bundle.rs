@@ -173,11 +173,15 @@ async fn the_trust_bundle_is_kept_in_a_config_map() {
     };
     assert_eq!(written.trim(), shown.trim());
     assert!(written.contains("BEGIN CERTIFICATE"), "{written}");
-    assert!(
-        issuer
-            .log()
-            .contains("trust bundle written to ConfigMap meshward-system/meshward-bundle"),
-        "{}",
-        issuer.log()
-    );
+    // the issuer logs the write once the API has answered: the line may follow
+    // the ConfigMap by a moment
+    let logged = "trust bundle written to ConfigMap meshward-system/meshward-bundle";
+    while !issuer.log().contains(logged) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged: {}",
+            issuer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

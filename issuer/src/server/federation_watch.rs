@@ -8,55 +8,47 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use kube::api::DynamicObject;
-use kube::runtime::watcher::Event;
 use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use serde_json::Value;
 
 use crate::datastore::{Datastore, EndpointProfile, FederationRelationship};
 use crate::service::Issuer;
 
+use super::spire_objects::Mirror;
+
 const PREFIX: &str = "k8s/";
 
 /// Follows the objects until the process ends.
 pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Arc<Issuer<D>>) {
-    let mut stream = super::spire_objects::watch(
-        client,
+    let kind = (
         "ClusterFederatedTrustDomain",
         "clusterfederatedtrustdomains",
     );
-    let mut listed: Option<BTreeSet<String>> = None;
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listed = Some(BTreeSet::new()),
-            Ok(Event::InitApply(object)) => {
-                let manager = manager_of(&object);
-                store(&issuer, &object).await;
-                if let Some(names) = listed.as_mut() {
-                    names.insert(manager);
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(names) = listed.take() {
-                    remove_all_but(&issuer, &names).await;
-                }
-            }
-            Ok(Event::Apply(object)) => store(&issuer, &object).await,
-            Ok(Event::Delete(object)) => {
-                let manager = manager_of(&object);
-                for r in managed(&issuer)
-                    .await
-                    .iter()
-                    .filter(|r| r.managed_by.as_deref() == Some(manager.as_str()))
-                {
-                    remove(&issuer, r).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!("ClusterFederatedTrustDomain watch: {e}; retrying")
-            }
+    super::spire_objects::mirror(client, kind.0, kind.1, Relationships(issuer)).await;
+}
+
+struct Relationships<D>(Arc<Issuer<D>>);
+
+impl<D: Datastore + 'static> Mirror for Relationships<D> {
+    async fn store(&self, object: &DynamicObject) {
+        store(&self.0, object).await;
+    }
+
+    async fn remove(&self, object: &DynamicObject) {
+        let manager = manager_of(object);
+        for r in managed(&self.0)
+            .await
+            .iter()
+            .filter(|r| r.managed_by.as_deref() == Some(manager.as_str()))
+        {
+            remove(&self.0, r).await;
         }
+    }
+
+    async fn keep_only(&self, names: &BTreeSet<String>) {
+        let keep = names.iter().map(|n| format!("{PREFIX}{n}")).collect();
+        remove_all_but(&self.0, &keep).await;
     }
 }
 

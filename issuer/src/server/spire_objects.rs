@@ -1,18 +1,35 @@
-//! The one watch both ClusterSPIFFEID and ClusterFederatedTrustDomain objects come
-//! through: cluster-scoped `spire.spiffe.io/v1alpha1` kinds, as
-//! spire-controller-manager defines them, retried with kube's backoff.
+//! ClusterSPIFFEID and ClusterFederatedTrustDomain objects, mirrored into the
+//! datastore: cluster-scoped `spire.spiffe.io/v1alpha1` kinds, as
+//! spire-controller-manager defines them, followed by
+//! `meshward_kubernetes::watched`. Each kind says how to store one object and
+//! remove what it made ([`Mirror`]); the loop here says when.
 
-use futures_util::{Stream, StreamExt as _};
+use std::collections::BTreeSet;
+use std::future::Future;
+
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
+use meshward_kubernetes::watched;
 
-/// Every event of `kind` (`plural` in URLs) until the process ends.
-pub(crate) fn watch(
+/// What the datastore keeps of one kind of object.
+pub(crate) trait Mirror {
+    /// The object as the datastore keeps it, created or replaced (a refusal is
+    /// reported, never fatal: the other objects still apply).
+    fn store(&self, object: &DynamicObject) -> impl Future<Output = ()> + Send;
+    /// What `object` had made goes (it was deleted).
+    fn remove(&self, object: &DynamicObject) -> impl Future<Output = ()> + Send;
+    /// What objects had made goes, except for the objects `names` (after the first
+    /// complete list: objects deleted while the issuer was away).
+    fn keep_only(&self, names: &BTreeSet<String>) -> impl Future<Output = ()> + Send;
+}
+
+/// Mirrors the objects of `kind` (`plural` in URLs) until the process ends.
+pub(crate) async fn mirror(
     client: kube::Client,
-    kind: &str,
+    kind: &'static str,
     plural: &str,
-) -> impl Stream<Item = Result<Event<DynamicObject>, watcher::Error>> + Send + Unpin {
+    mirror: impl Mirror,
+) {
     let resource = ApiResource {
         group: "spire.spiffe.io".into(),
         version: "v1alpha1".into(),
@@ -21,7 +38,23 @@ pub(crate) fn watch(
         plural: plural.into(),
     };
     let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
-    watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed()
+    let mut sets = watched::follow(api, watcher::Config::default(), kind);
+    let mut before = None;
+    while sets.changed().await.is_ok() {
+        let Some(now) = sets.borrow_and_update().clone() else {
+            continue;
+        };
+        let changes = watched::changes(before.as_ref(), &now);
+        for object in changes.applied {
+            mirror.store(object).await;
+        }
+        for object in changes.gone {
+            mirror.remove(object).await;
+        }
+        if before.is_none() {
+            let names = now.values().filter_map(|o| o.metadata.name.clone());
+            mirror.keep_only(&names.collect()).await;
+        }
+        before = Some(now);
+    }
 }

@@ -8,11 +8,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use kube::api::DynamicObject;
-use kube::runtime::watcher::Event;
 use serde_json::json;
 
+use super::spire_objects::Mirror;
 use crate::datastore::Datastore;
 use crate::service::Issuer;
 use meshward_api::template::{IdentityTemplate, from_cluster_spiffe_id_yaml};
@@ -21,38 +20,35 @@ const PREFIX: &str = "k8s/";
 
 /// Follows the objects until the process ends.
 pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Arc<Issuer<D>>) {
-    let mut stream = super::spire_objects::watch(client, "ClusterSPIFFEID", "clusterspiffeids");
-    let mut listed: Option<BTreeSet<String>> = None;
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listed = Some(BTreeSet::new()),
-            Ok(Event::InitApply(object)) => {
-                if let Some(name) = store(&issuer, &object).await {
-                    if let Some(names) = listed.as_mut() {
-                        names.insert(name);
-                    }
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(names) = listed.take() {
-                    remove_all_but(&issuer, &names).await;
-                }
-            }
-            Ok(Event::Apply(object)) => {
-                store(&issuer, &object).await;
-            }
-            Ok(Event::Delete(object)) => {
-                let name = format!(
-                    "{PREFIX}{}",
-                    object.metadata.name.as_deref().unwrap_or_default()
-                );
-                if let Err(e) = issuer.delete_template(&name).await {
-                    tracing::warn!("removing template {name}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("ClusterSPIFFEID watch: {e}; retrying"),
+    let templates = Templates(issuer);
+    super::spire_objects::mirror(client, "ClusterSPIFFEID", "clusterspiffeids", templates).await;
+}
+
+struct Templates<D>(Arc<Issuer<D>>);
+
+impl<D: Datastore + 'static> Mirror for Templates<D> {
+    async fn store(&self, object: &DynamicObject) {
+        store(&self.0, object).await;
+    }
+
+    async fn remove(&self, object: &DynamicObject) {
+        let name = template_name(object);
+        if let Err(e) = self.0.delete_template(&name).await {
+            tracing::warn!("removing template {name}: {e}");
         }
     }
+
+    async fn keep_only(&self, names: &BTreeSet<String>) {
+        let keep = names.iter().map(|n| format!("{PREFIX}{n}")).collect();
+        remove_all_but(&self.0, &keep).await;
+    }
+}
+
+fn template_name(object: &DynamicObject) -> String {
+    format!(
+        "{PREFIX}{}",
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// The object as a template; `None` (reported) when it is refused.
@@ -70,22 +66,17 @@ fn template(object: &DynamicObject) -> Result<IdentityTemplate, String> {
     Ok(template)
 }
 
-async fn store<D: Datastore>(issuer: &Issuer<D>, object: &DynamicObject) -> Option<String> {
+async fn store<D: Datastore>(issuer: &Issuer<D>, object: &DynamicObject) {
     let name = object.metadata.name.as_deref().unwrap_or_default();
     let stored = match template(object) {
         Ok(t) => issuer
             .put_templates(std::slice::from_ref(&t))
             .await
-            .map(|()| t.name)
             .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
-    match stored {
-        Ok(name) => Some(name),
-        Err(e) => {
-            tracing::warn!("ClusterSPIFFEID {name} refused: {e}");
-            None
-        }
+    if let Err(e) = stored {
+        tracing::warn!("ClusterSPIFFEID {name} refused: {e}");
     }
 }
 

@@ -1,21 +1,19 @@
-//! Workloads from the Kubernetes API: a watch on the pods whose `spec.nodeName`
-//! is this node (kube-rs watcher: list, then watch, re-listing when needed).
+//! Workloads from the Kubernetes API: the pods whose `spec.nodeName` is this node,
+//! followed by `meshward_kubernetes::watched`.
 //! Pods without an IP yet and host-network pods (they share the node's IP, so no
 //! pod identity can be told apart by address) are left out.
 
-use std::collections::BTreeMap;
-
-use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use meshward_config::{KubernetesSource, PodInfo};
-use tokio::sync::watch;
+use meshward_kubernetes::watched::{self, Followed};
 
 use super::AgentError;
 use super::workloads::{NodeWorkloads, WorkloadSource};
 
 pub(crate) struct KubeSource {
-    updates: watch::Receiver<Option<NodeWorkloads>>,
+    node: String,
+    pods: Followed<Pod>,
 }
 
 impl KubeSource {
@@ -26,7 +24,6 @@ impl KubeSource {
             api_ca_path: config.api_ca_path.clone(),
             api_token_path: config.api_token_path.clone(),
         })?;
-        let (tx, updates) = watch::channel(None);
         // one ConfigMap serves every node of a DaemonSet: the name comes from the
         // downward API when the file leaves it empty
         let node = match config.node_name.as_str() {
@@ -37,64 +34,23 @@ impl KubeSource {
             })?,
             name => name.to_owned(),
         };
-        tokio::spawn(async move {
-            let pods: kube::Api<Pod> = kube::Api::all(client);
-            let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-            let mut stream = watcher::watcher(pods, selector).boxed();
-            let mut current: BTreeMap<String, PodInfo> = BTreeMap::new();
-            let mut pending: Option<BTreeMap<String, PodInfo>> = None;
-            while let Some(event) = stream.next().await {
-                let publish = match event {
-                    Ok(Event::Init) => {
-                        pending = Some(BTreeMap::new());
-                        false
-                    }
-                    Ok(Event::InitApply(pod)) => {
-                        if let (Some(p), Some(info)) = (pending.as_mut(), pod_info(&pod)) {
-                            p.insert(info.uid.clone(), info);
-                        }
-                        false
-                    }
-                    Ok(Event::InitDone) => {
-                        current = pending.take().unwrap_or_default();
-                        true
-                    }
-                    Ok(Event::Apply(pod)) => {
-                        let uid = pod.metadata.uid.clone().unwrap_or_default();
-                        match pod_info(&pod) {
-                            Some(info) => current.insert(uid, info),
-                            None => current.remove(&uid),
-                        };
-                        true
-                    }
-                    Ok(Event::Delete(pod)) => {
-                        current.remove(&pod.metadata.uid.clone().unwrap_or_default());
-                        true
-                    }
-                    Err(e) => {
-                        // the watcher retries by itself (with backoff); keep the last pods
-                        eprintln!("meshward agent: Kubernetes pod watch: {e}");
-                        false
-                    }
-                };
-                if publish {
-                    tx.send_replace(Some(NodeWorkloads {
-                        node: node.clone(),
-                        pods: current.values().cloned().collect(),
-                    }));
-                }
-            }
-        });
-        Ok(Self { updates })
+        let pods: kube::Api<Pod> = kube::Api::all(client);
+        let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let pods = watched::follow(pods, selector, "Pod");
+        Ok(Self { node, pods })
     }
 }
 
 impl WorkloadSource for KubeSource {
     fn poll(&mut self) -> Option<NodeWorkloads> {
-        if !self.updates.has_changed().unwrap_or(false) {
+        if !self.pods.has_changed().unwrap_or(false) {
             return None;
         }
-        self.updates.borrow_and_update().clone()
+        let pods = self.pods.borrow_and_update().clone()?;
+        Some(NodeWorkloads {
+            node: self.node.clone(),
+            pods: pods.values().filter_map(|pod| pod_info(pod)).collect(),
+        })
     }
 }
 

@@ -31,7 +31,6 @@ mod h2_stream;
 mod http;
 mod inbound;
 mod jwks;
-mod kube_cache;
 mod outbound;
 mod policies;
 mod policy_objects;

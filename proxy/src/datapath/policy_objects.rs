@@ -1,19 +1,15 @@
 //! AuthorizationPolicy and RequestAuthentication objects from the Kubernetes API
 //! (`security.istio.io/v1`, Istio's CRDs or those in `docker/k8s/base/crds.yaml`):
-//! a kube-rs watcher per kind (list, then watch, re-listing with backoff after
-//! errors) keeping the current objects, published together as the YAML documents
-//! the policy loader reads.
+//! each kind followed by `meshward_kubernetes::watched`, both published together
+//! as the YAML documents the policy loader reads.
 
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
+use meshward_kubernetes::watched::{self, Followed};
 use serde_json::json;
 use tokio::sync::watch;
-
-use super::kube_cache::ObjectCache;
 
 /// The objects as documents; `None` until the first complete list.
 pub(super) type Objects = watch::Receiver<Option<Arc<Vec<String>>>>;
@@ -30,7 +26,7 @@ pub(super) fn watch(client: kube::Client) -> Objects {
     let (tx, rx) = watch::channel(None);
     let mut kinds: Vec<_> = KINDS
         .iter()
-        .map(|(kind, plural)| watch_kind(client.clone(), kind, plural))
+        .map(|(kind, plural)| follow_kind(client.clone(), kind, plural))
         .collect();
     tokio::spawn(async move {
         loop {
@@ -39,12 +35,16 @@ pub(super) fn watch(client: kube::Client) -> Objects {
             if changed.is_err() {
                 return;
             }
-            let lists: Option<Vec<Arc<Vec<String>>>> = kinds
+            let sets: Option<Vec<_>> = kinds
                 .iter_mut()
                 .map(|rx| rx.borrow_and_update().clone())
                 .collect();
-            if let Some(lists) = lists {
-                let documents = lists.iter().flat_map(|l| l.iter().cloned()).collect();
+            if let Some(sets) = sets {
+                let documents = KINDS
+                    .iter()
+                    .zip(&sets)
+                    .flat_map(|((kind, _), objects)| objects.values().map(|o| document(kind, o)))
+                    .collect();
                 if tx.send(Some(Arc::new(documents))).is_err() {
                     return;
                 }
@@ -54,8 +54,7 @@ pub(super) fn watch(client: kube::Client) -> Objects {
     rx
 }
 
-fn watch_kind(client: kube::Client, kind: &'static str, plural: &'static str) -> Objects {
-    let (tx, rx) = watch::channel(None);
+fn follow_kind(client: kube::Client, kind: &'static str, plural: &str) -> Followed<DynamicObject> {
     let resource = ApiResource {
         group: "security.istio.io".into(),
         version: "v1".into(),
@@ -63,32 +62,8 @@ fn watch_kind(client: kube::Client, kind: &'static str, plural: &'static str) ->
         kind: kind.into(),
         plural: plural.into(),
     };
-    tokio::spawn(async move {
-        let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut cache = ObjectCache::default();
-        while let Some(event) = stream.next().await {
-            let changed = match event {
-                Ok(event) => cache.apply(event),
-                Err(e) => {
-                    tracing::warn!("{kind} watch: {e}; retrying");
-                    false
-                }
-            };
-            let documents = cache
-                .objects()
-                .filter(|_| changed)
-                .map(|objects| objects.map(|o| document(kind, o)).collect::<Vec<_>>());
-            if let Some(documents) = documents
-                && tx.send(Some(Arc::new(documents))).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
+    watched::follow(api, watcher::Config::default(), kind)
 }
 
 /// The next set of documents; never returns when there is no API source.

@@ -9,24 +9,21 @@
 //! port name such as `http-web` or `tcp-redis`, as Istio's protocol selection):
 //! inbound, that declaration stands in for detection (`declared.rs`).
 //!
-//! Services and EndpointSlices come from two kube-rs watchers; the map is rebuilt
-//! on every change once both have listed, and published through a watch channel.
+//! Services and EndpointSlices are followed by `meshward_kubernetes::watched`; the
+//! map is rebuilt on every change once both have listed, and published through a
+//! watch channel.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
-use tokio::sync::watch;
-
 use meshward_config::AppProtocol;
-
-use super::kube_cache::ObjectCache;
+use meshward_kubernetes::watched;
+use tokio::sync::watch;
 
 mod declared;
 
@@ -64,40 +61,38 @@ impl Services {
         Self::following(watch::channel(Arc::default()).1)
     }
 
-    /// Services and EndpointSlices of the whole cluster, watched.
+    /// Services and EndpointSlices of the whole cluster, followed.
     pub(crate) fn watch(client: kube::Client) -> Self {
         let (tx, rx) = watch::channel(Arc::default());
+        let all = watcher::Config::default;
+        let mut services =
+            watched::follow(kube::Api::<Service>::all(client.clone()), all(), "Service");
+        let mut slices = watched::follow(
+            kube::Api::<EndpointSlice>::all(client),
+            all(),
+            "EndpointSlice",
+        );
         tokio::spawn(async move {
-            let services = watcher::watcher(
-                kube::Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .map(|event| Change::Service(Box::new(event)));
-            let slices = watcher::watcher(
-                kube::Api::<EndpointSlice>::all(client),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .map(|event| Change::Slice(Box::new(event)));
-            let mut events = futures_util::stream::select(services.boxed(), slices.boxed());
-            let (mut service_cache, mut slice_cache) =
-                (ObjectCache::default(), ObjectCache::default());
-            while let Some(change) = events.next().await {
-                let applied = match change {
-                    Change::Service(event) => (*event).map(|e| service_cache.apply(e)),
-                    Change::Slice(event) => (*event).map(|e| slice_cache.apply(e)),
+            loop {
+                let changed = tokio::select! {
+                    changed = services.changed() => changed,
+                    changed = slices.changed() => changed,
                 };
-                let changed = applied.unwrap_or_else(|e| {
-                    tracing::warn!("Service/EndpointSlice watch: {e}; retrying");
-                    false
-                });
-                let (Some(services), Some(slices)) =
-                    (service_cache.objects(), slice_cache.objects())
-                else {
+                if changed.is_err() {
+                    return;
+                }
+                let both = (
+                    services.borrow_and_update().clone(),
+                    slices.borrow_and_update().clone(),
+                );
+                let (Some(services), Some(slices)) = both else {
                     continue;
                 };
-                if changed && tx.send(Arc::new(build(services, slices))).is_err() {
+                let map = build(
+                    services.values().map(AsRef::as_ref),
+                    slices.values().map(AsRef::as_ref),
+                );
+                if tx.send(Arc::new(map)).is_err() {
                     return;
                 }
             }
@@ -130,12 +125,6 @@ impl Services {
     pub(crate) fn declared(&self, endpoint: SocketAddr) -> Option<AppProtocol> {
         self.map.borrow().declared.get(&endpoint).copied()
     }
-}
-
-/// An event of either watcher (boxed: a Service event is much larger).
-enum Change {
-    Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
-    Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
 }
 
 /// The map kube-proxy would program: for each TCP port of each Service with a
