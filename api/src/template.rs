@@ -34,7 +34,7 @@ pub struct IdentityTemplate {
     #[serde(default)]
     pub jwt_svid_ttl: u32,
     #[serde(default)]
-    pub federates_with: Vec<String>,
+    pub federates_with: Vec<TrustDomain>,
     #[serde(default)]
     pub hint: String,
 }
@@ -210,7 +210,7 @@ impl From<&IdentityTemplate> for crate::proto::IdentityTemplate {
             dns_name_templates: t.dns_name_templates.clone(),
             x509_svid_ttl: i32::try_from(t.x509_svid_ttl).unwrap_or(i32::MAX),
             jwt_svid_ttl: i32::try_from(t.jwt_svid_ttl).unwrap_or(i32::MAX),
-            federates_with: t.federates_with.clone(),
+            federates_with: t.federates_with.iter().map(ToString::to_string).collect(),
             hint: t.hint.clone(),
         }
     }
@@ -225,6 +225,8 @@ impl TryFrom<crate::proto::IdentityTemplate> for IdentityTemplate {
             u32::try_from(v)
                 .map_err(|_| format!("template {}: {field}: must not be negative", t.name))
         };
+        let federates_with = trust_domains(&t.federates_with)
+            .map_err(|e| format!("template {}: federates_with{e}", t.name))?;
         Ok(Self {
             x509_svid_ttl: ttl("x509_svid_ttl", t.x509_svid_ttl)?,
             jwt_svid_ttl: ttl("jwt_svid_ttl", t.jwt_svid_ttl)?,
@@ -234,10 +236,20 @@ impl TryFrom<crate::proto::IdentityTemplate> for IdentityTemplate {
             namespace_selector: t.namespace_selector.into_iter().collect(),
             workload_selector_templates: t.workload_selector_templates,
             dns_name_templates: t.dns_name_templates,
-            federates_with: t.federates_with,
+            federates_with,
             hint: t.hint,
         })
     }
+}
+
+/// Trust domains as names or `spiffe://` IDs (SPIRE takes both); `Err`: `[index]:
+/// reason`, for the caller to name the field.
+fn trust_domains(listed: &[String]) -> Result<Vec<TrustDomain>, String> {
+    listed
+        .iter()
+        .enumerate()
+        .map(|(i, td)| TrustDomain::parse_name_or_id(td).map_err(|e| format!("[{i}]: {e}")))
+        .collect()
 }
 
 // === ClusterSPIFFEID YAML ===
@@ -339,7 +351,8 @@ pub fn from_cluster_spiffe_id_yaml(text: &str) -> Result<Vec<IdentityTemplate>, 
             dns_name_templates: c.spec.dns_name_templates,
             x509_svid_ttl: ttl(c.spec.ttl, "ttl")?,
             jwt_svid_ttl: ttl(c.spec.jwt_ttl, "jwtTtl")?,
-            federates_with: c.spec.federates_with,
+            federates_with: trust_domains(&c.spec.federates_with)
+                .map_err(|e| format!("document {}: spec.federatesWith{e}", i + 1))?,
             hint: c.spec.hint,
         };
         out.push(template);

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use super::types::{AttestedNode, Entry};
 use super::{DatastoreError, Result};
 use meshward_spiffe::Selector;
-use meshward_spiffe::SpiffeId;
+use meshward_spiffe::{SpiffeId, TrustDomain};
 
 pub(super) fn bind_entry<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -44,6 +44,16 @@ pub(super) fn sorted(selectors: &[Selector]) -> Vec<Selector> {
     s
 }
 
+/// Trust domains as stored: names, or (rows written before they were typed) the
+/// `spiffe://` form an operator gave.
+fn trust_domains(json: &str) -> Result<Vec<TrustDomain>> {
+    let listed: Vec<String> = from_json(json)?;
+    listed
+        .iter()
+        .map(|td| TrustDomain::parse_name_or_id(td).map_err(corrupt))
+        .collect()
+}
+
 pub(super) fn entry_from_row(row: &AnyRow) -> Result<Entry> {
     let text = |i: usize| row.try_get::<String, _>(i).map_err(corrupt);
     let int = |i: usize| row.try_get::<i64, _>(i).map_err(corrupt);
@@ -55,7 +65,7 @@ pub(super) fn entry_from_row(row: &AnyRow) -> Result<Entry> {
         x509_svid_ttl: u32::try_from(int(4)?).map_err(corrupt)?,
         jwt_svid_ttl: u32::try_from(int(5)?).map_err(corrupt)?,
         dns_names: from_json(&text(6)?)?,
-        federates_with: from_json(&text(7)?)?,
+        federates_with: trust_domains(&text(7)?)?,
         admin: int(8)? != 0,
         downstream: int(9)? != 0,
         hint: text(10)?,

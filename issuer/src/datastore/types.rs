@@ -19,7 +19,7 @@ pub struct Entry {
     pub jwt_svid_ttl: u32,
     pub dns_names: Vec<String>,
     /// Trust domains whose bundles this entry's workloads receive.
-    pub federates_with: Vec<String>,
+    pub federates_with: Vec<TrustDomain>,
     pub admin: bool,
     pub downstream: bool,
     pub hint: String,

@@ -94,7 +94,7 @@ pub(crate) fn entry(e: &Entry) -> proto::Entry {
         x509_svid_ttl: e.x509_svid_ttl as i32,
         jwt_svid_ttl: e.jwt_svid_ttl as i32,
         dns_names: e.dns_names.clone(),
-        federates_with: e.federates_with.clone(),
+        federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
         admin: e.admin,
         downstream: e.downstream,
         hint: e.hint.clone(),
@@ -118,6 +118,18 @@ pub(crate) fn selectors(values: &[String]) -> Result<Vec<Selector>, Status> {
         .collect()
 }
 
+/// Trust domains as names or `spiffe://` IDs, as SPIRE's `federatesWith` takes them.
+pub(crate) fn trust_domains(field: &str, values: &[String]) -> Result<Vec<TrustDomain>, Status> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, td)| {
+            TrustDomain::parse_name_or_id(td)
+                .map_err(|e| Status::invalid_argument(format!("{field}[{i}]: {e}")))
+        })
+        .collect()
+}
+
 pub(crate) fn entry_from(e: proto::Entry) -> Result<Entry, Status> {
     let ttl = |field: &str, v: i32| {
         u32::try_from(v)
@@ -131,7 +143,7 @@ pub(crate) fn entry_from(e: proto::Entry) -> Result<Entry, Status> {
         x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
         jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
         dns_names: e.dns_names,
-        federates_with: e.federates_with,
+        federates_with: trust_domains("federates_with", &e.federates_with)?,
         admin: e.admin,
         downstream: e.downstream,
         hint: e.hint,
@@ -223,4 +235,28 @@ pub(crate) fn relationship_from(
         },
         bootstrap,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federates_with_takes_names_and_ids_and_names_a_bad_one() {
+        let given = [
+            "partner.example".to_owned(),
+            "spiffe://other.example".to_owned(),
+        ];
+        let parsed = trust_domains("federates_with", &given).unwrap();
+        assert_eq!(parsed[0], "partner.example");
+        assert_eq!(parsed[1], "other.example");
+        let bad = ["ok.example".to_owned(), "spiffe://UPPER.example".to_owned()];
+        let e = trust_domains("federates_with", &bad).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("federates_with[1]: "),
+            "{}",
+            e.message()
+        );
+    }
 }

@@ -72,17 +72,11 @@ impl<D: Datastore> Issuer<D> {
                 );
             }
         }
-        for (i, fed) in entry.federates_with.iter().enumerate() {
-            match TrustDomain::parse_name_or_id(fed) {
-                Err(e) => return invalid(&format!("federates_with[{i}]"), e.reason.into()),
-                Ok(other) if other == *td => {
-                    return invalid(
-                        &format!("federates_with[{i}]"),
-                        "an entry cannot federate with its own trust domain".into(),
-                    );
-                }
-                Ok(_) => {}
-            }
+        if let Some(i) = entry.federates_with.iter().position(|other| other == td) {
+            return invalid(
+                &format!("federates_with[{i}]"),
+                "an entry cannot federate with its own trust domain".into(),
+            );
         }
         Ok(())
     }

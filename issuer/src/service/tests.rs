@@ -354,7 +354,7 @@ async fn entry_validation_names_the_field() {
     bad_dns.dns_names = vec!["a..b".into()];
     cases.push((bad_dns, "dns_names[0]: \"a..b\" is not a DNS name"));
     let mut own_fed = entry("spiffe://td/w", &parent, &["a:b"]);
-    own_fed.federates_with = vec!["td".into()];
+    own_fed.federates_with = vec![TrustDomain::parse("td").unwrap()];
     cases.push((
         own_fed,
         "federates_with[0]: an entry cannot federate with its own trust domain",

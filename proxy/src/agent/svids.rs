@@ -347,24 +347,25 @@ impl SvidCache {
 impl Authorizations {
     /// The trust domains a grant's entry or template federates with.
     fn federates_with(&self, grant: &Grant) -> BTreeSet<TrustDomain> {
-        let listed = match grant {
+        match grant {
             Grant::Entry(id) => self
                 .entries
                 .iter()
                 .find(|e| e.id == *id)
-                .map(|e| &e.federates_with),
+                .map(|e| trust_domains(&e.federates_with))
+                .unwrap_or_default(),
             Grant::Template(name) => self
                 .templates
                 .iter()
                 .find(|t| t.name == *name)
-                .map(|t| &t.federates_with),
-        };
-        listed.map(|l| trust_domains(l)).unwrap_or_default()
+                .map(|t| t.federates_with.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
-/// `federatesWith` values (`spiffe://td` or `td`), the valid ones; the issuer
-/// admits no others.
+/// An entry's `federates_with` as the issuer sends it (trust domain names, which
+/// it has parsed); anything else is skipped.
 fn trust_domains(listed: &[String]) -> BTreeSet<TrustDomain> {
     listed
         .iter()
