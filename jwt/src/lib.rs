@@ -13,6 +13,9 @@
 //! - a token that does not verify, or a value at a token location that looks
 //!   like a token but is not in a form read here: [`JwtFailure`], `401`.
 //!
+//! [`validate_jwt_svid`] judges a JWT-SVID on its own (the Workload API's
+//! ValidateJWTSVID) with the same checks.
+//!
 //! Keys come from a [`KeyProvider`] (the proxy's cache of JWKS fetches and SPIFFE
 //! bundles); a rule whose keys cannot be had refuses its tokens, never verifies
 //! them with anything else.
@@ -20,6 +23,7 @@
 mod failure;
 mod keys;
 mod locate;
+mod svid;
 mod verify;
 
 use std::future::Future;
@@ -30,6 +34,7 @@ use meshward_policy::{JwtClaims, JwtRule};
 
 pub use failure::{InvalidJwks, JwtFailure};
 pub use keys::KeySet;
+pub use svid::validate_jwt_svid;
 
 /// The keys of a rule.
 pub trait KeyProvider {

@@ -361,3 +361,53 @@ fn a_jwks_without_public_keys_is_refused() {
 
 // the classes of issue 25 (docs/security.md, 15a-15e)
 mod hostile;
+
+#[test]
+fn a_jwt_svid_alone_is_judged_with_the_keys_of_its_subjects_domain() {
+    let (ours, partner) = (Signer::new("ours"), Signer::new("partner"));
+    let our_td = TrustDomain::parse("math.example.com").unwrap();
+    let key_sets = [
+        (
+            our_td.clone(),
+            Arc::new(KeySet::from_jwks(&ours.jwks()).unwrap()),
+        ),
+        (
+            TrustDomain::parse("partner.example").unwrap(),
+            Arc::new(KeySet::from_jwks(&partner.jwks()).unwrap()),
+        ),
+    ];
+    let keys_of = |td: &TrustDomain| {
+        key_sets
+            .iter()
+            .find(|(d, _)| d == td)
+            .map(|(_, k)| k.clone())
+    };
+    let svid = |signer: &Signer, sub: &str, aud: &str| {
+        signer.sign(&json!({"sub": sub, "aud": [aud], "exp": now() + 300}))
+    };
+    let me = "spiffe://math.example.com/ns/default/sa/curl-spire";
+    let (id, claims) = validate_jwt_svid(&svid(&ours, me, "api"), "api", keys_of).unwrap();
+    assert_eq!(id.to_string(), me);
+    assert_eq!(claims.issuer, "spiffe://math.example.com");
+    // a partner's key vouches for the partner's workloads only
+    let partners = "spiffe://partner.example/ns/x/sa/y";
+    assert!(validate_jwt_svid(&svid(&partner, partners, "api"), "api", keys_of).is_ok());
+    assert_eq!(
+        validate_jwt_svid(&svid(&partner, me, "api"), "api", keys_of).unwrap_err(),
+        JwtFailure::NoMatchingKey
+    );
+    // a domain the caller does not trust, another audience, no SPIFFE ID
+    let stranger = svid(&ours, "spiffe://stranger.example/ns/x/sa/y", "api");
+    assert!(matches!(
+        validate_jwt_svid(&stranger, "api", keys_of),
+        Err(JwtFailure::KeysUnavailable(_))
+    ));
+    assert_eq!(
+        validate_jwt_svid(&svid(&ours, me, "api"), "other", keys_of).unwrap_err(),
+        JwtFailure::Audience
+    );
+    assert!(matches!(
+        validate_jwt_svid(&svid(&ours, "alice", "api"), "api", keys_of),
+        Err(JwtFailure::Claims(_))
+    ));
+}

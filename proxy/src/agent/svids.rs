@@ -13,7 +13,8 @@ use meshward_api::proto;
 use meshward_api::proto::agent_api_client::AgentApiClient;
 use meshward_api::template::IdentityTemplate;
 use meshward_config::PodInfo;
-use meshward_spiffe::{BundleSet, Selector, SpiffeId, TrustDomain};
+use meshward_jwt::KeySet;
+use meshward_spiffe::{Bundle, BundleSet, Selector, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
@@ -77,6 +78,25 @@ pub struct Snapshot {
     /// Identities of local (non-pod) processes: entries with only `unix:`
     /// selectors, handed to callers that have all of them.
     pub local: Vec<LocalIdentity>,
+}
+
+impl Snapshot {
+    /// The JWT keys of every trust domain this node holds a bundle of (its own and
+    /// the federated ones), for JWT-SVIDs: one key set per domain.
+    pub fn jwt_keys(&self) -> HashMap<TrustDomain, Arc<KeySet>> {
+        let own = Bundle::from_spiffe_json(&self.trust_domain, &self.jwks).ok();
+        own.iter()
+            .chain(self.federated.iter())
+            .filter(|bundle| !bundle.jwt_keys.is_empty())
+            .filter_map(|bundle| match KeySet::from_jwks(&bundle.jwt_jwks()) {
+                Ok(keys) => Some((bundle.trust_domain.clone(), Arc::new(keys))),
+                Err(e) => {
+                    tracing::error!(trust_domain = %bundle.trust_domain, "JWT keys unusable: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// An identity for local processes with all of `selectors`.

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use meshward_config::{HboneConfig, PodInfo};
 use meshward_jwt::KeySet;
 use meshward_policy::Workload;
-use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
+use meshward_spiffe::{SpiffeId, TrustDomain};
 use meshward_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, TrustBundles};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
@@ -174,7 +174,7 @@ impl StateBuilder {
         MeshState {
             pods,
             bundles,
-            jwt_keys: jwt_keys(snapshot),
+            jwt_keys: snapshot.jwt_keys(),
         }
     }
 
@@ -201,21 +201,6 @@ impl StateBuilder {
 
 /// The JWT-SVID keys of every bundle the node holds; a bundle without any has no
 /// entry (its JWT-SVIDs are refused).
-fn jwt_keys(snapshot: &Snapshot) -> HashMap<TrustDomain, Arc<KeySet>> {
-    let own = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks).ok();
-    own.iter()
-        .chain(snapshot.federated.iter())
-        .filter(|bundle| !bundle.jwt_keys.is_empty())
-        .filter_map(|bundle| match KeySet::from_jwks(&bundle.jwt_jwks()) {
-            Ok(keys) => Some((bundle.trust_domain.clone(), Arc::new(keys))),
-            Err(e) => {
-                tracing::error!(trust_domain = %bundle.trust_domain, "JWT keys unusable: {e}");
-                None
-            }
-        })
-        .collect()
-}
-
 fn serial(svid: &WorkloadSvid) -> String {
     svid.chain
         .first()

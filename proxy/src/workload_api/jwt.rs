@@ -1,7 +1,9 @@
 //! JWT-SVIDs through the Workload API: minted by the issuer for the caller's
-//! identities, validated locally with the bundle's JWT keys (JWT-SVID.md).
+//! identities, validated locally by `meshward_jwt::validate_jwt_svid` with the
+//! bundles' JWT keys (JWT-SVID.md).
 
 use meshward_api::proto;
+use meshward_jwt::JwtFailure;
 use meshward_spiffe::{Bundle, SpiffeId, TrustDomain};
 use prost_types::value::Kind;
 use tonic::Status;
@@ -87,59 +89,32 @@ pub(crate) fn jwt_only_jwks(
 }
 
 /// Validates a JWT-SVID of the own trust domain or of one the caller federates
-/// with (`federated`): ES256 with a `kid` of that domain's bundle, `aud`
-/// containing `audience`, `exp` in the future, `sub` a SPIFFE ID of the domain
-/// whose key signed it.
+/// with (`trusted`), with `meshward_jwt`'s one JWT-SVID validator: the keys of its
+/// subject's domain, `aud` containing `audience`, the JWT-SVID rules. Its claims
+/// as the Workload API returns them (`aud` always a list, as SPIRE's).
 pub(crate) fn validate(
     snapshot: &Snapshot,
-    federated: &[&Bundle],
+    trusted: impl Fn(&TrustDomain) -> bool,
     token: &str,
     audience: &str,
 ) -> Result<(SpiffeId, prost_types::Struct), Status> {
-    let invalid = |why: String| Status::invalid_argument(why);
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
-    if header.alg != jsonwebtoken::Algorithm::ES256 {
-        return Err(invalid(format!("unsupported algorithm {:?}", header.alg)));
-    }
-    let kid = header
-        .kid
-        .ok_or_else(|| invalid("token header missing key id".into()))?;
-    let own = Bundle::from_spiffe_json(&snapshot.trust_domain, &snapshot.jwks)
-        .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))?;
-    let (bundle, key) = std::iter::once(&own)
-        .chain(federated.iter().copied())
-        .find_map(|b| b.jwt_keys.iter().find(|k| k.kid == kid).map(|k| (b, k)))
-        .ok_or_else(|| {
-            invalid(format!(
-                "key {kid:?} not found in the bundle of {} or of a domain this workload federates with",
-                snapshot.trust_domain
-            ))
+    let keys = snapshot.jwt_keys();
+    let keys_of = |td: &TrustDomain| keys.get(td).filter(|_| trusted(td)).cloned();
+    let (subject, claims) =
+        meshward_jwt::validate_jwt_svid(token, audience, keys_of).map_err(|failure| {
+            let why = match failure {
+                JwtFailure::KeysUnavailable(why) => {
+                    format!("key not found: {why} (its own trust domain, or one it federates with)")
+                }
+                other => other.to_string(),
+            };
+            Status::invalid_argument(format!("invalid JWT-SVID: {why}"))
         })?;
-    let decoding = jsonwebtoken::DecodingKey::from_ec_components(&key.x, &key.y)
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&[audience]);
-    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-    let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation)
-        .map_err(|e| invalid(format!("invalid token: {e}")))?;
-    let sub = data.claims["sub"].as_str().unwrap_or_default();
-    // a domain's key vouches for its own workloads only
-    let sub = SpiffeId::parse(sub)
-        .ok()
-        .filter(|id| id.is_member_of(&bundle.trust_domain))
-        .ok_or_else(|| {
-            invalid(format!(
-                "sub {sub:?} is not a SPIFFE ID of {}",
-                bundle.trust_domain
-            ))
-        })?;
-    let serde_json::Value::Object(map) = data.claims else {
-        return Err(invalid("claims are not an object".into()));
-    };
-    let mut fields: std::collections::BTreeMap<String, prost_types::Value> =
-        map.into_iter().map(|(k, v)| (k, to_proto(v))).collect();
-    // SPIRE always returns aud as a list
+    let mut fields: std::collections::BTreeMap<String, prost_types::Value> = claims
+        .claims
+        .into_iter()
+        .map(|(k, v)| (k, to_proto(v)))
+        .collect();
     if let Some(aud) = fields.get_mut("aud") {
         if let Some(Kind::StringValue(one)) = &aud.kind {
             *aud = prost_types::Value {
@@ -151,7 +126,7 @@ pub(crate) fn validate(
             };
         }
     }
-    Ok((sub, prost_types::Struct { fields }))
+    Ok((subject, prost_types::Struct { fields }))
 }
 
 fn to_proto(v: serde_json::Value) -> prost_types::Value {

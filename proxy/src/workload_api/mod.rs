@@ -324,9 +324,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let snapshot: Arc<Snapshot> = self.agent.snapshots.borrow().clone();
         let caller = identities(&snapshot, pid).ok_or_else(no_identity)?;
-        let federated: Vec<&meshward_spiffe::Bundle> = caller.federated(&snapshot).collect();
+        let trusted = |td: &meshward_spiffe::TrustDomain| {
+            *td == snapshot.trust_domain || caller.federates_with.contains(td)
+        };
         let (spiffe_id, claims) =
-            jwt::validate(&snapshot, &federated, &request.svid, &request.audience)?;
+            jwt::validate(&snapshot, trusted, &request.svid, &request.audience)?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: spiffe_id.to_string(),
             claims: Some(claims),
