@@ -367,10 +367,7 @@ fn a_jwt_svid_alone_is_judged_with_the_keys_of_its_subjects_domain() {
     let (ours, partner) = (Signer::new("ours"), Signer::new("partner"));
     let our_td = TrustDomain::parse("math.example.com").unwrap();
     let key_sets = [
-        (
-            our_td.clone(),
-            Arc::new(KeySet::from_jwks(&ours.jwks()).unwrap()),
-        ),
+        (our_td, Arc::new(KeySet::from_jwks(&ours.jwks()).unwrap())),
         (
             TrustDomain::parse("partner.example").unwrap(),
             Arc::new(KeySet::from_jwks(&partner.jwks()).unwrap()),
