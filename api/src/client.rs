@@ -22,8 +22,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
+    /// The chain of causes is in the message too: tonic's own says only
+    /// "transport error".
+    #[error("cannot connect to {target}: {source}: {}", source_chain(source))]
+    Connect {
+        target: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// The issuer's own SVID ID: `spiffe://<td>/spire/server`, as SPIRE's.
@@ -54,9 +59,9 @@ pub async fn agent_client(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = address.to_owned();
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| ClientError::Connect {
+        .map_err(|source| ClientError::Connect {
             target: target.clone(),
-            reason: e.to_string(),
+            source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
@@ -86,10 +91,7 @@ pub async fn agent_client(
             }
         }))
         .await
-        .map_err(|e| ClientError::Connect {
-            target,
-            reason: format!("{e}: {}", source_chain(&e)),
-        })?;
+        .map_err(|source| ClientError::Connect { target, source })?;
     Ok(AgentApiClient::new(channel))
 }
 
@@ -106,14 +108,12 @@ pub async fn admin_client(path: PathBuf) -> Result<AdminApiClient<Channel>, Clie
             }
         }))
         .await
-        .map_err(|e| ClientError::Connect {
-            target,
-            reason: format!("{e}: {}", source_chain(&e)),
-        })?;
+        .map_err(|source| ClientError::Connect { target, source })?;
     Ok(AdminApiClient::new(channel))
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+fn source_chain(e: &tonic::transport::Error) -> String {
+    let e: &dyn std::error::Error = e;
     let mut out = Vec::new();
     let mut next = e.source();
     while let Some(cause) = next {

@@ -43,6 +43,8 @@ pub enum AgentError {
     NodeRejected(String),
     #[error("issuer unavailable: {0}")]
     IssuerUnavailable(String),
+    #[error("issuer unavailable: {0}")]
+    IssuerConnect(#[source] meshward_api::client::ClientError),
     #[error("{path}: {source}")]
     File {
         path: std::path::PathBuf,

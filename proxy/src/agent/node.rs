@@ -189,7 +189,7 @@ pub(crate) async fn connect(
         identity.clone(),
     )
     .await
-    .map_err(|e| AgentError::IssuerUnavailable(e.to_string()))
+    .map_err(AgentError::IssuerConnect)
 }
 
 /// Attests with the configured method (`attestor.rs`); a join token is used up

@@ -27,9 +27,9 @@ impl Providers {
         let mut providers = HashMap::new();
         for config in configs {
             let authorizer =
-                Authorizer::new(config).map_err(|e| DataPathError::ExtensionProvider {
+                Authorizer::new(config).map_err(|source| DataPathError::ExtensionProvider {
                     name: config.name.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?;
             providers.insert(config.name.clone(), Arc::new(authorizer));
         }

@@ -51,18 +51,12 @@ impl JwksCache {
             .ca_file
             .as_deref()
             .map_or(WebRoots::System, WebRoots::SystemAnd);
-        let roots = meshward_tls::web_roots(which).map_err(|e| DataPathError::JwksCaFile {
-            path: e.path.display().to_string(),
-            reason: e.reason,
-        })?;
+        let roots = meshward_tls::web_roots(which).map_err(DataPathError::JwksCaFile)?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| DataPathError::JwksCaFile {
-            path: String::new(),
-            reason: e.to_string(),
-        })?
+        .map_err(DataPathError::JwksTls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Self {

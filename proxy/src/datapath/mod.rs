@@ -81,10 +81,15 @@ pub enum DataPathError {
     PolicySource(#[source] meshward_kubernetes::KubernetesError),
     #[error("outbound.kubernetes: {0}")]
     ServiceSource(#[source] meshward_kubernetes::KubernetesError),
-    #[error("authorization.jwks.ca_file {path}: {reason}")]
-    JwksCaFile { path: String, reason: String },
-    #[error("extension_providers {name:?}: {reason}")]
-    ExtensionProvider { name: String, reason: String },
+    #[error("authorization.jwks.ca_file: {0}")]
+    JwksCaFile(#[source] meshward_tls::CaFileError),
+    #[error("TLS for JWKS fetches: {0}")]
+    JwksTls(#[source] rustls::Error),
+    #[error("extension_providers {name:?}: {source}")]
+    ExtensionProvider {
+        name: String,
+        source: meshward_extauthz::CheckError,
+    },
 }
 
 /// What every stage reads.

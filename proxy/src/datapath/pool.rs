@@ -56,6 +56,12 @@ pub(crate) enum HboneError {
         peer: SocketAddr,
         presented: Option<SpiffeId>,
     },
+    /// A CONNECT this node could not write (never the peer's doing).
+    #[error("cannot write the CONNECT for {peer}: {source}")]
+    ConnectRequest {
+        peer: SocketAddr,
+        source: http::Error,
+    },
     #[error("{peer} answered the CONNECT with {status}")]
     Refused {
         peer: SocketAddr,
@@ -192,10 +198,7 @@ impl HbonePool {
                 // decides.
                 .header("forwarded", format!("for=\"{client}\""))
                 .body(())
-                .map_err(|_| HboneError::Refused {
-                    peer,
-                    status: StatusCode::BAD_REQUEST,
-                })
+                .map_err(|source| HboneError::ConnectRequest { peer, source })
         };
         // A pooled connection may have been told to go away since its last stream:
         // its refusal sends this stream to a new connection, once.
