@@ -202,7 +202,7 @@ impl AgentTask {
                             self.issuer.send_replace(None);
                         }
                         let wait = backoff.next();
-                        eprintln!("meshward agent: {e}; retrying in {wait:?}");
+                        tracing::warn!("agent: {e}; retrying in {wait:?}");
                         next_sync = tokio::time::Instant::now() + wait;
                     }
                 }
@@ -222,7 +222,7 @@ impl AgentTask {
                 let mut anonymous =
                     node::connect(agent, td, &self.bundles, &CertStore::new()).await?;
                 let (node, bundle) = node::attest(agent, &mut anonymous).await?;
-                eprintln!("meshward agent: attested as {}", node.spiffe_id);
+                tracing::info!("agent: attested as {}", node.spiffe_id);
                 self.store.save(&node).await?;
                 adopt_bundle(&self.bundles, &self.store, td, &bundle).await?;
                 self.node = Some(node);
@@ -232,8 +232,8 @@ impl AgentTask {
         let mut client = node::connect(agent, td, &self.bundles, &self.identity).await?;
         if self.node.as_ref().is_some_and(|n| n.renew_due(now)) {
             let renewed = node::renew(&mut client).await?;
-            eprintln!(
-                "meshward agent: renewed the node SVID (expires {:?})",
+            tracing::info!(
+                "agent: renewed the node SVID (expires {:?})",
                 renewed.expires_at
             );
             self.store.save(&renewed).await?;
@@ -267,7 +267,7 @@ impl AgentTask {
                 .filter_map(|b| match federated_bundle(b) {
                     Ok(bundle) => Some(bundle),
                     Err(e) => {
-                        eprintln!("meshward agent: skipped a federated bundle: {e}");
+                        tracing::warn!("agent: skipped a federated bundle: {e}");
                         None
                     }
                 })

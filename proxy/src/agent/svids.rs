@@ -257,10 +257,7 @@ impl SvidCache {
                         || "local processes".to_owned(),
                         |p| format!("pod {}/{}", p.namespace, p.name),
                     );
-                    eprintln!(
-                        "meshward agent: no SVID for {whom} ({grant:?}): {}",
-                        result.message
-                    );
+                    tracing::warn!("agent: no SVID for {whom} ({grant:?}): {}", result.message);
                     continue;
                 };
                 // the leaf obeys the X509-SVID rules and names the ID it is sent for
@@ -271,8 +268,8 @@ impl SvidCache {
                 let spiffe_id = match leaf.map(|der| meshward_spiffe::validate_x509_svid(&der)) {
                     Some(Ok(id)) if id.as_str() == svid.spiffe_id => id,
                     other => {
-                        eprintln!(
-                            "meshward agent: the issuer sent an unusable SVID for {}: {other:?}",
+                        tracing::warn!(
+                            "agent: the issuer sent an unusable SVID for {}: {other:?}",
                             svid.spiffe_id
                         );
                         continue;

@@ -41,8 +41,8 @@ impl WorkloadSource for FileSource {
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
         if stamp.is_none() || stamp == self.seen {
             if stamp.is_none() && self.seen.is_some() {
-                eprintln!(
-                    "meshward agent: workloads file {} disappeared; keeping the last workloads",
+                tracing::warn!(
+                    "agent: workloads file {} disappeared; keeping the last workloads",
                     self.path.display()
                 );
                 self.seen = None;
@@ -58,7 +58,7 @@ impl WorkloadSource for FileSource {
             }) {
             Ok((file, problems)) => {
                 for problem in problems {
-                    eprintln!("meshward agent: skipped a workload: {problem}");
+                    tracing::warn!("agent: skipped a workload: {problem}");
                 }
                 Some(NodeWorkloads {
                     node: file.node,
@@ -66,9 +66,7 @@ impl WorkloadSource for FileSource {
                 })
             }
             Err(e) => {
-                eprintln!(
-                    "meshward agent: workloads file not loaded, keeping the last good one: {e}"
-                );
+                tracing::warn!("agent: workloads file not loaded, keeping the last good one: {e}");
                 None
             }
         }
