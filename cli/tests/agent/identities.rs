@@ -78,7 +78,7 @@ async fn agent_serves_exactly_the_granted_identities() {
         for svid in &p.svids {
             check_x509_svid(
                 &svid.chain,
-                &snapshot.bundle,
+                &snapshot.own.x509_authorities,
                 svid.spiffe_id.as_str(),
                 SystemTime::now(),
             )
@@ -92,7 +92,10 @@ async fn agent_serves_exactly_the_granted_identities() {
             );
         }
     }
-    assert!(snapshot.jwks.contains("jwt-svid"));
+    assert!(
+        !snapshot.own.jwt_keys.is_empty(),
+        "the own bundle carries its JWT keys"
+    );
 
     // a pod leaves: its SVIDs go
     write_workloads(

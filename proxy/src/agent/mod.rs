@@ -134,10 +134,8 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
             "agent.trust_bundle_path is required to verify the issuer on first contact".into(),
         ));
     }
-    let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot {
-        trust_domain: config.trust_domain.clone(),
-        ..Snapshot::default()
-    }));
+    let (snapshots_tx, snapshots) =
+        watch::channel(Arc::new(Snapshot::empty(config.trust_domain.clone())));
     let (ready_tx, ready) = watch::channel(false);
     let (issuer_tx, issuer) = watch::channel(None);
     let task = AgentTask {
@@ -244,22 +242,15 @@ impl AgentTask {
         }
         self.issuer.send_replace(Some(client.clone()));
         let auth = svids::fetch_authorizations(&mut client).await?;
-        let own = auth.bundles.own.clone().unwrap_or_default();
-        let bundle: Vec<CertificateDer<'static>> = own
-            .x509_authorities
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-        if !bundle.is_empty() {
-            adopt_bundle(&self.bundles, &self.store, td, &bundle).await?;
+        let own = own_bundle(td, auth.bundles.own.as_ref());
+        if !own.x509_authorities.is_empty() {
+            adopt_bundle(&self.bundles, &self.store, td, &own.x509_authorities).await?;
         }
         self.cache
             .sync(&mut client, &self.workloads, &auth, now)
             .await?;
         let snapshot = Snapshot {
-            trust_domain: td.clone(),
-            bundle,
-            jwks: own.jwks,
+            own,
             federated: auth
                 .bundles
                 .federated
@@ -286,6 +277,35 @@ impl AgentTask {
         let node = self.node.as_ref().ok_or(AgentError::NoNodeIdentity)?;
         Ok(self.identity.set(node.chain.clone(), &node.key_pkcs8)?)
     }
+}
+
+/// The own bundle as the issuer sent it. Its X.509 authorities are what matters
+/// most (every handshake): JSON that does not parse costs the JWT keys only.
+fn own_bundle(
+    td: &TrustDomain,
+    sent: Option<&meshward_api::proto::Bundle>,
+) -> meshward_spiffe::Bundle {
+    let Some(sent) = sent else {
+        return meshward_spiffe::Bundle::new(td.clone());
+    };
+    let authorities_only = || meshward_spiffe::Bundle {
+        x509_authorities: sent
+            .x509_authorities
+            .iter()
+            .cloned()
+            .map(CertificateDer::from)
+            .collect(),
+        ..meshward_spiffe::Bundle::new(td.clone())
+    };
+    if sent.jwks.is_empty() {
+        return authorities_only();
+    }
+    meshward_spiffe::Bundle::from_spiffe_json(td, &sent.jwks).unwrap_or_else(|e| {
+        tracing::error!(
+            "agent: the own bundle's JSON is unusable, keeping its X.509 authorities only: {e}"
+        );
+        authorities_only()
+    })
 }
 
 /// A federated bundle as the issuer sent it: the SPIFFE JSON (X.509 authorities

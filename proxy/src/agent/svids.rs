@@ -60,14 +60,12 @@ pub struct PodIdentities {
 }
 
 /// What the data path and the Workload API read: immutable, swapped whole.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub trust_domain: TrustDomain,
-    /// X.509 authorities of the own trust domain.
-    pub bundle: Vec<CertificateDer<'static>>,
-    /// The own bundle as SPIFFE JSON (JWT keys included).
-    pub jwks: String,
-    /// Other trust domains: name -> authorities.
+    /// The own trust domain's bundle (X.509 authorities and JWT keys); without
+    /// authorities until the issuer has served one.
+    pub own: Bundle,
+    /// The bundles of federated trust domains.
     pub federated: BundleSet,
     /// By pod IP.
     pub pods: HashMap<IpAddr, PodIdentities>,
@@ -81,11 +79,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Before the first sync with the issuer: the trust domain alone.
+    pub fn empty(trust_domain: TrustDomain) -> Self {
+        Self {
+            own: Bundle::new(trust_domain),
+            federated: BundleSet::default(),
+            pods: HashMap::new(),
+            node_id: None,
+            node_name: String::new(),
+            local: Vec::new(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.own.trust_domain
+    }
+
     /// The JWT keys of every trust domain this node holds a bundle of (its own and
     /// the federated ones), for JWT-SVIDs: one key set per domain.
     pub fn jwt_keys(&self) -> HashMap<TrustDomain, Arc<KeySet>> {
-        let own = Bundle::from_spiffe_json(&self.trust_domain, &self.jwks).ok();
-        own.iter()
+        std::iter::once(&self.own)
             .chain(self.federated.iter())
             .filter(|bundle| !bundle.jwt_keys.is_empty())
             .filter_map(|bundle| match KeySet::from_jwks(&bundle.jwt_jwks()) {

@@ -168,7 +168,7 @@ impl StateBuilder {
             pods.insert(*ip, Arc::new(pod));
         }
         self.built = built;
-        let bundles = std::iter::once(snapshot.trust_domain.clone())
+        let bundles = std::iter::once(snapshot.trust_domain().clone())
             .chain(self.federated.iter().cloned())
             .collect();
         MeshState {
@@ -179,8 +179,9 @@ impl StateBuilder {
     }
 
     fn update_bundles(&mut self, snapshot: &Snapshot) {
-        if !snapshot.bundle.is_empty() {
-            if let Err(e) = self.bundles.set(&snapshot.trust_domain, &snapshot.bundle) {
+        let own = &snapshot.own;
+        if !own.x509_authorities.is_empty() {
+            if let Err(e) = self.bundles.set(&own.trust_domain, &own.x509_authorities) {
                 tracing::error!("own trust bundle unusable, keeping the previous one: {e}");
             }
         }

@@ -78,14 +78,13 @@ pub(crate) async fn fetch(
     Ok(out)
 }
 
-/// A JWKS with only the `jwt-svid` keys, as FetchJWTBundles carries it.
-pub(crate) fn jwt_only_jwks(
-    trust_domain: &TrustDomain,
-    bundle_json: &str,
-) -> Result<String, Status> {
-    Bundle::from_spiffe_json(trust_domain, bundle_json)
-        .map(|b| b.jwt_jwks())
-        .map_err(|e| Status::unavailable(format!("no usable bundle yet: {e}")))
+/// A JWKS with only the `jwt-svid` keys, as FetchJWTBundles carries it; none
+/// before the issuer has served the own bundle.
+pub(crate) fn jwt_only_jwks(own: &Bundle) -> Result<String, Status> {
+    if own.x509_authorities.is_empty() {
+        return Err(Status::unavailable("no usable bundle yet"));
+    }
+    Ok(own.jwt_jwks())
 }
 
 /// Validates a JWT-SVID of the own trust domain or of one the caller federates

@@ -157,7 +157,7 @@ fn trust_domain_id(td: &TrustDomain) -> String {
 }
 
 fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResponse {
-    let bundle = der_concat(&snapshot.bundle);
+    let bundle = der_concat(&snapshot.own.x509_authorities);
     X509svidResponse {
         svids: caller
             .svids
@@ -179,8 +179,8 @@ fn x509_response(snapshot: &Snapshot, caller: &CallerIdentities) -> X509svidResp
 fn x509_bundles(snapshot: &Snapshot, caller: &CallerIdentities) -> X509BundlesResponse {
     let mut bundles = caller.federated_bundles(snapshot);
     bundles.insert(
-        trust_domain_id(&snapshot.trust_domain),
-        der_concat(&snapshot.bundle),
+        trust_domain_id(snapshot.trust_domain()),
+        der_concat(&snapshot.own.x509_authorities),
     );
     X509BundlesResponse {
         crl: Vec::new(),
@@ -299,12 +299,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let pid = caller_pid(&request)?;
         let stream = watch_stream(&self.agent, move |snapshot| {
             let caller = identities(snapshot, pid).ok_or_else(no_identity)?;
-            let jwks = jwt::jwt_only_jwks(&snapshot.trust_domain, &snapshot.jwks)?;
+            let jwks = jwt::jwt_only_jwks(&snapshot.own)?;
             let mut bundles: HashMap<String, Vec<u8>> = caller
                 .federated(snapshot)
                 .map(|b| (trust_domain_id(&b.trust_domain), b.jwt_jwks().into_bytes()))
                 .collect();
-            bundles.insert(trust_domain_id(&snapshot.trust_domain), jwks.into_bytes());
+            bundles.insert(trust_domain_id(snapshot.trust_domain()), jwks.into_bytes());
             Ok(JwtBundlesResponse { bundles })
         })?;
         Ok(Response::new(stream))
@@ -325,7 +325,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let snapshot: Arc<Snapshot> = self.agent.snapshots.borrow().clone();
         let caller = identities(&snapshot, pid).ok_or_else(no_identity)?;
         let trusted = |td: &meshward_spiffe::TrustDomain| {
-            *td == snapshot.trust_domain || caller.federates_with.contains(td)
+            td == snapshot.trust_domain() || caller.federates_with.contains(td)
         };
         let (spiffe_id, claims) =
             jwt::validate(&snapshot, trusted, &request.svid, &request.audience)?;
