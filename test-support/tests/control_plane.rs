@@ -128,3 +128,85 @@ async fn rbac_refuses_a_service_account_without_a_role() {
         }
     }
 }
+
+const K8S: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s");
+
+fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {dir}");
+    files
+}
+
+#[test]
+fn the_shipped_manifests_and_fixtures_pass_the_real_servers_checks() {
+    let Some(plane) =
+        control_plane::shared("the_shipped_manifests_and_fixtures_pass_the_real_servers_checks")
+    else {
+        return;
+    };
+    // a dry run does not create the namespace the objects go to
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshward-system}\n")
+        .unwrap();
+    for kustomization in ["base", "overlays/postgres"] {
+        let dir = format!("{K8S}/{kustomization}");
+        plane
+            .kubectl(&[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--field-manager=meshward-test",
+                "-k",
+                &dir,
+            ])
+            .unwrap_or_else(|e| panic!("{kustomization}: {e}"));
+    }
+    // the fixtures' namespaces, as a dry run does not create them either
+    let fixtures = [
+        yaml_files(&format!("{K8S}/tests/valid")),
+        yaml_files(&format!("{K8S}/tests/invalid")),
+    ]
+    .concat();
+    let mut namespaces: Vec<String> = fixtures
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix("namespace: ").map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    for namespace in namespaces {
+        plane
+            .apply(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"
+            ))
+            .unwrap();
+    }
+    for file in yaml_files(&format!("{K8S}/tests/valid")) {
+        let file = file.display().to_string();
+        plane
+            .kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &file])
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    for file in yaml_files(&format!("{K8S}/tests/invalid")) {
+        let name = file.display().to_string();
+        let refused = plane.kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &name]);
+        let Err(e) = refused else {
+            panic!("{name}: the server accepted it");
+        };
+        // refused by the server (its schema), not by kubectl reading the file
+        let e = e.to_string();
+        assert!(
+            e.contains("Error from server") || e.contains("is invalid"),
+            "{name}: {e}"
+        );
+    }
+}
