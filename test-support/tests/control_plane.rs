@@ -1,6 +1,7 @@
 //! The real control plane (etcd + kube-apiserver from `scripts/peers.sh`): it
 //! starts, serves meshward's CRDs, and what kubectl applies is what meshward's
 //! Kubernetes client reads.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
