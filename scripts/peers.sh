@@ -7,7 +7,9 @@
 #   ./scripts/peers.sh            build what is missing, print the paths
 #   eval "$(./scripts/peers.sh)"  ... and export them (MESHWARD_ETCD, ...)
 #
-# The paths are also written to $MESHWARD_PEERS_CACHE/env (shell `export` lines).
+# The cache: $MESHWARD_PEERS_CACHE, else /var/cache/meshward-peers (Go's caches in
+# /var/cache/meshward-go), else the same under ~/.cache when /var/cache is not
+# writable. The paths are also written to <cache>/env (shell `export` lines).
 # Progress goes to stderr; stdout carries only the `export` lines.
 set -euo pipefail
 
@@ -16,8 +18,13 @@ set -euo pipefail
 ETCD_VERSION=v3.6.17
 KUBERNETES_VERSION=v1.37.2
 
-cache=${MESHWARD_PEERS_CACHE:-/var/cache/meshward-peers}
-go_cache=${MESHWARD_GO_CACHE:-/var/cache/meshward-go}
+# /var/cache when it can be written (root, CI), else the user's cache directory.
+cache_root=/var/cache
+if ! mkdir -p "$cache_root/meshward-peers" 2>/dev/null || [ ! -w "$cache_root/meshward-peers" ]; then
+  cache_root=${XDG_CACHE_HOME:-$HOME/.cache}
+fi
+cache=${MESHWARD_PEERS_CACHE:-$cache_root/meshward-peers}
+go_cache=${MESHWARD_GO_CACHE:-$cache_root/meshward-go}
 
 log() { echo "peers: $*" >&2; }
 

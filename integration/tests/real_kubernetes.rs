@@ -106,3 +106,55 @@ fn authorization_policies_applied_with_kubectl_take_effect() {
         )
     });
 }
+
+#[test]
+fn the_daemons_keep_their_policies_through_an_api_server_restart() {
+    let test = "the_daemons_keep_their_policies_through_an_api_server_restart";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(mut plane) = control_plane::own(test) else {
+        return;
+    };
+    let api_yaml = plane.api_yaml();
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    eventually(&mesh, "allowed once applied", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 200)
+    });
+    // the API server goes away: the daemons keep their last good set
+    plane.stop_apiserver();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    status(&mesh, "curl-spire", &[&url("/hello")], 200).unwrap();
+    // back: their watches resume, and a change made now takes effect
+    plane.start_apiserver().unwrap();
+    let edited = example("03-allow-payment-only")
+        .replace("name: allow-payment-only", "name: allow-curl-spire");
+    plane.apply(&edited).unwrap();
+    eventually(&mesh, "GET forbidden once edited after the restart", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 403)
+    });
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+        200,
+    )
+    .unwrap();
+}

@@ -94,11 +94,25 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// From the environment, or else from the peers cache's `env` file.
+    /// From the environment, or else from the peers cache's `env` file
+    /// (`$MESHWARD_PEERS_CACHE`, `/var/cache/meshward-peers` or
+    /// `~/.cache/meshward-peers`, as `scripts/peers.sh` chooses).
     pub fn find() -> Result<Self, ControlPlaneError> {
-        let cache = std::env::var_os(PEERS_CACHE_VAR)
-            .map_or_else(|| PathBuf::from(DEFAULT_PEERS_CACHE), PathBuf::from);
-        let env_file = cache.join("env");
+        let user_cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        let candidates: Vec<PathBuf> =
+            match std::env::var_os(PEERS_CACHE_VAR).filter(|v| !v.is_empty()) {
+                Some(cache) => vec![PathBuf::from(cache)],
+                None => std::iter::once(PathBuf::from(DEFAULT_PEERS_CACHE))
+                    .chain(user_cache.map(|c| c.join("meshward-peers")))
+                    .collect(),
+            };
+        let env_file = candidates
+            .iter()
+            .map(|c| c.join("env"))
+            .find(|f| f.is_file())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PEERS_CACHE).join("env"));
         let file = std::fs::read_to_string(&env_file).unwrap_or_default();
         let lookup = |var: &'static str| -> Result<PathBuf, ControlPlaneError> {
             let from_env = std::env::var_os(var).filter(|v| !v.is_empty());
@@ -140,6 +154,7 @@ pub struct ControlPlane {
     client_ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    apiserver_args: Vec<String>,
     /// The process group of etcd and kube-apiserver.
     group: u32,
     /// Its closing (drop, or the end of the test process) stops them.
@@ -159,12 +174,10 @@ impl std::fmt::Debug for ControlPlane {
 
 static SHARED: OnceLock<Option<ControlPlane>> = OnceLock::new();
 
-/// The control plane of this test binary, started on first use; `None` (after
-/// printing `SKIPPED <test>`) when the binaries are missing outside CI. Panics
-/// when it cannot start, or in CI when the binaries are missing.
-pub fn shared(test: &str) -> Option<&'static ControlPlane> {
-    let binaries = match Binaries::find() {
-        Ok(b) => b,
+/// The binaries, or `None` after printing `SKIPPED <test>` (a panic in CI).
+fn binaries_or_skip(test: &str) -> Option<Binaries> {
+    match Binaries::find() {
+        Ok(b) => Some(b),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!(
                 "{test}: {e}; CI must run the real control plane tests (scripts/test.sh builds it)"
@@ -172,9 +185,26 @@ pub fn shared(test: &str) -> Option<&'static ControlPlane> {
         }
         Err(e) => {
             eprintln!("SKIPPED {test}: no real control plane: {e}");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// A control plane of the test's own (to stop, restart or break), stopped on
+/// drop; `None` as for [`shared`]. Panics when it cannot start.
+pub fn own(test: &str) -> Option<ControlPlane> {
+    let binaries = binaries_or_skip(test)?;
+    match ControlPlane::start_with(binaries) {
+        Ok(plane) => Some(plane),
+        Err(e) => panic!("{test}: the control plane did not start: {e}"),
+    }
+}
+
+/// The control plane of this test binary, started on first use; `None` (after
+/// printing `SKIPPED <test>`) when the binaries are missing outside CI. Panics
+/// when it cannot start, or in CI when the binaries are missing.
+pub fn shared(test: &str) -> Option<&'static ControlPlane> {
+    let binaries = binaries_or_skip(test)?;
     let shared = SHARED.get_or_init(|| match ControlPlane::start_with(binaries) {
         Ok(plane) => {
             eprintln!(
@@ -244,6 +274,7 @@ impl ControlPlane {
             client_ca: pki.ca,
             etcd: None,
             apiserver: None,
+            apiserver_args: Vec::new(),
             group: 0,
             guardian: None,
             started_in: Duration::ZERO,
@@ -301,18 +332,9 @@ impl ControlPlane {
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
         ];
-        let apiserver = spawn(
-            &plane.binaries.kube_apiserver,
-            &apiserver_args,
-            &plane.dir.join("kube-apiserver.log"),
-            plane.group,
-        )?;
-        plane.apiserver = Some(apiserver);
+        plane.apiserver_args = apiserver_args.to_vec();
         plane.write_kubeconfig()?;
-        plane.wait("kube-apiserver", APISERVER_READY, |p| {
-            p.kubectl_for(&["get", "--raw=/readyz"], None, Duration::from_secs(5))
-                .is_ok_and(|out| out.trim() == "ok")
-        })?;
+        plane.start_apiserver()?;
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/base/crds.yaml");
         let crds = crds.display().to_string();
         plane.kubectl(&["apply", "-f", &crds])?;
@@ -324,6 +346,32 @@ impl ControlPlane {
         )?;
         plane.started_in = started.elapsed();
         Ok(plane)
+    }
+
+    /// Starts kube-apiserver (again, after [`ControlPlane::stop_apiserver`]: the
+    /// same port, etcd and keys) and waits until it is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+        self.stop_apiserver();
+        let apiserver = spawn(
+            &self.binaries.kube_apiserver,
+            &self.apiserver_args,
+            &self.dir.join("kube-apiserver.log"),
+            self.group,
+        )?;
+        self.apiserver = Some(apiserver);
+        self.wait("kube-apiserver", APISERVER_READY, |p| {
+            p.kubectl_for(&["get", "--raw=/readyz"], None, Duration::from_secs(5))
+                .is_ok_and(|out| out.trim() == "ok")
+        })
+    }
+
+    /// Kills kube-apiserver (SIGKILL: its connections end without goodbye); etcd
+    /// and the data stay. For a control plane of a test's own.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut old) = self.apiserver.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
     }
 
     fn write_kubeconfig(&self) -> Result<(), ControlPlaneError> {

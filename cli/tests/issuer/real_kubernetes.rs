@@ -173,7 +173,7 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
     // Never accepted; refused as PermissionDenied once the server's TokenReview sees
     // the deletion (its pod cache lags a moment; until then the issuer's own pod
     // lookup finds nothing and answers Unavailable).
-    // (Seen here: Unavailable for about 8 s.)
+    // (Seen here: Unavailable for about 8 to 10 s.)
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(30);
     loop {
