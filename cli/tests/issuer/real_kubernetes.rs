@@ -52,19 +52,28 @@ fn agent_pod(plane: &ControlPlane) {
         .unwrap();
 }
 
+/// `docker/k8s/base` applied (once for the tests of this binary: two applies at
+/// once could both try to create an object).
+fn base_applied(plane: &ControlPlane) {
+    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    APPLIED.get_or_init(|| {
+        plane
+            .kubectl(&[
+                "apply",
+                "-k",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+            ])
+            .unwrap();
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_psat_attestation_through_a_real_token_review() {
     let Some(plane) = control_plane::shared("k8s_psat_attestation_through_a_real_token_review")
     else {
         return;
     };
-    plane
-        .kubectl(&[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-        ])
-        .unwrap();
+    base_applied(plane);
     agent_pod(plane);
     let node_uid = plane
         .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
@@ -193,4 +202,103 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
+    let Some(plane) =
+        control_plane::shared("cluster_spiffe_ids_applied_with_kubectl_become_identity_templates")
+    else {
+        return;
+    };
+    base_applied(plane);
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let object = |name: &str, template: &str| {
+        format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"{template}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: 20m\n"
+        )
+    };
+    let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
+    plane.apply(&object("default", by_sa)).unwrap();
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "cluster_spiffe_ids: {}\n",
+            plane.api_yaml_with_token(&issuer_token)
+        ),
+    );
+    let names = || -> Vec<String> {
+        let listed = issuer.cli_json(&["template", "list"]);
+        let mut names: Vec<String> = listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let wait_for = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = names();
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "templates {now:?}, want {want:?}\n{}",
+                issuer.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&["k8s/default"]);
+    let listed = issuer.cli_json(&["template", "list"]);
+    assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1200);
+    // a new object, one the issuer refuses (not of its trust domain), an edit, a deletion
+    plane
+        .apply(&object(
+            "by-name",
+            "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}",
+        ))
+        .unwrap();
+    plane
+        .apply(&object("foreign", "spiffe://elsewhere.example/x"))
+        .unwrap();
+    wait_for(&["k8s/by-name", "k8s/default"]);
+    plane
+        .apply(&object("default", by_sa).replace("ttl: 20m", "ttl: 30m"))
+        .unwrap();
+    let ttl_of_default = || {
+        let listed = issuer.cli_json(&["template", "list"]);
+        listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "k8s/default")
+            .map(|t| t["x509_svid_ttl"].clone())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ttl_of_default() != Some(1800.into()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    plane
+        .kubectl(&["delete", "clusterspiffeid", "default"])
+        .unwrap();
+    wait_for(&["k8s/by-name"]);
+    assert!(
+        issuer.log().contains("ClusterSPIFFEID foreign refused"),
+        "{}",
+        issuer.log()
+    );
 }
