@@ -11,7 +11,7 @@
 //! (`docker/k8s/base/crds.yaml`) applied and Established. Everything listens on
 //! 127.0.0.1 only; data lives in a temporary directory.
 //!
-//! [`shared`] gives one instance per test binary; [`ControlPlane::start`] one of a
+//! [`shared`] gives one instance per test binary; [`own`] one of a
 //! test's own, stopped on drop. etcd and kube-apiserver run in a process group of
 //! their own, watched by a guardian (a shell reading a pipe from the test process):
 //! when the test process ends, however it ends (a static is never dropped; a
