@@ -158,3 +158,79 @@ fn the_daemons_keep_their_policies_through_an_api_server_restart() {
     )
     .unwrap();
 }
+
+#[test]
+fn changes_made_while_the_daemons_were_away_are_not_lost() {
+    let test = "changes_made_while_the_daemons_were_away_are_not_lost";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(mut plane) = control_plane::own(test) else {
+        return;
+    };
+    let api_yaml = plane.api_yaml();
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let forward = || -> Vec<LoopbackForward> {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|node| {
+                let ns = mesh.cluster.node(node).unwrap().netns();
+                LoopbackForward::start(ns, api.port(), api).unwrap()
+            })
+            .collect()
+    };
+    let forwards = forward();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    eventually(&mesh, "allowed once applied", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 200)
+    });
+    // the daemons lose the API server (no way back in), and meanwhile the policy
+    // they hold is deleted and another applied; etcd's history is compacted, and the
+    // restarted server's watch cache starts from now: their resourceVersion is gone
+    drop(forwards);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    plane.stop_apiserver();
+    plane.start_apiserver().unwrap();
+    plane
+        .kubectl(&[
+            "delete",
+            "authorizationpolicy",
+            "allow-curl-spire",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    plane.apply(&example("03-allow-payment-only")).unwrap();
+    plane.compact_etcd().unwrap();
+    plane.stop_apiserver();
+    plane.start_apiserver().unwrap();
+    // still the last good set while away
+    status(&mesh, "curl-spire", &[&url("/hello")], 200).unwrap();
+    // back: the daemons list again and see both changes
+    let _forwards = forward();
+    eventually(&mesh, "the deletion seen once back", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 403)
+    });
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+        200,
+    )
+    .unwrap();
+    // and it was the server's 410 that sent them back to a list
+    let log = mesh.daemon_log("node-1");
+    assert!(
+        log.contains("AuthorizationPolicy watch: error returned by apiserver during watch: too old resource version"),
+        "{log}"
+    );
+}

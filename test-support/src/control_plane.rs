@@ -374,6 +374,57 @@ impl ControlPlane {
         }
     }
 
+    /// Compacts etcd's history up to its current revision (as the API server does
+    /// every five minutes), so a watch from an older resourceVersion meets
+    /// `410 Gone`. Returns the revision.
+    pub fn compact_etcd(&self) -> Result<u64, ControlPlaneError> {
+        let Some(etcdctl) = &self.binaries.etcdctl else {
+            return Err(ControlPlaneError::MissingBinary(
+                ETCDCTL_VAR,
+                "the peers cache".into(),
+            ));
+        };
+        let endpoints = format!("--endpoints={}", self.etcd_url);
+        let run = |args: &[&str]| -> Result<String, ControlPlaneError> {
+            let child = Command::new(etcdctl)
+                .arg(&endpoints)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(io(etcdctl.display()))?;
+            let output = wait_output(child, KUBECTL_TIMEOUT)
+                .ok_or_else(|| ControlPlaneError::KubectlTimeout(args.join(" "), KUBECTL_TIMEOUT))?
+                .map_err(io("etcdctl"))?;
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(ControlPlaneError::Kubectl {
+                    args: format!("(etcdctl) {}", args.join(" ")),
+                    status: output.status.to_string(),
+                    stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                })
+            }
+        };
+        let status = run(&["endpoint", "status", "--write-out=json"])?;
+        let revision = status
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .find(|s| !s.is_empty())
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| ControlPlaneError::Kubectl {
+                args: "(etcdctl) endpoint status".into(),
+                status: "no revision in its answer".into(),
+                stderr: status.clone(),
+            })?;
+        run(&["compact", &revision.to_string(), "--physical"])?;
+        Ok(revision)
+    }
+
     fn write_kubeconfig(&self) -> Result<(), ControlPlaneError> {
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: meshward-test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: meshward-test\n  context: {{cluster: meshward-test, user: admin}}\ncurrent-context: meshward-test\n",
