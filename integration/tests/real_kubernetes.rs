@@ -12,7 +12,22 @@ use std::net::SocketAddr;
 
 use meshward_integration::{LoopbackForward, available_or_skip};
 use meshward_test_support::control_plane;
-use support::{curl_spire, echo_mesh, eventually, example, status};
+use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+
+/// `docker/k8s/base` applied to the shared control plane, once for the tests of
+/// this binary (two applies at once could both try to create an object).
+fn base_applied(plane: &control_plane::ControlPlane) {
+    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    APPLIED.get_or_init(|| {
+        plane
+            .kubectl(&[
+                "apply",
+                "-k",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+            ])
+            .unwrap();
+    });
+}
 
 #[test]
 fn authorization_policies_applied_with_kubectl_take_effect() {
@@ -24,13 +39,7 @@ fn authorization_policies_applied_with_kubectl_take_effect() {
         return;
     };
     // the manifests as shipped (no controllers run here: the workloads stay objects)
-    plane
-        .kubectl(&[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-        ])
-        .unwrap();
+    base_applied(plane);
     let token = plane
         .kubectl(&[
             "create",
@@ -233,4 +242,111 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
         log.contains("AuthorizationPolicy watch: error returned by apiserver during watch: too old resource version"),
         "{log}"
     );
+}
+
+#[test]
+fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
+    let test = "a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    // its own: the other tests here change the policies of namespace echoserver
+    let Some(plane) = control_plane::own(test) else {
+        return;
+    };
+    plane
+        .kubectl(&[
+            "apply",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("meshward-node.token");
+    let token = plane
+        .kubectl(&[
+            "create",
+            "token",
+            "meshward-node",
+            "-n",
+            "meshward-system",
+            "--duration=1h",
+        ])
+        .unwrap();
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect();
+    // the pod's namespace is echoserver; the policy allows the caller there
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    let pod_ip = mesh.pod_ip("echoserver").unwrap();
+    // a Service whose cluster IP the real server allocates from its range, and the
+    // slice an EndpointSlice controller would write (no controllers run here)
+    plane
+        .apply(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: echoserver, namespace: echoserver}\nspec:\n  ports:\n  - {name: http, port: 80, targetPort: web}\n",
+        )
+        .unwrap();
+    let cluster_ip = plane
+        .kubectl(&[
+            "get",
+            "service",
+            "echoserver",
+            "-n",
+            "echoserver",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    plane
+        .apply(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echoserver-x1\n  namespace: echoserver\n  labels: {{kubernetes.io/service-name: echoserver}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080}}\nendpoints:\n- addresses: [\"{pod_ip}\"]\n  conditions: {{ready: true}}\n"
+        ))
+        .unwrap();
+    let url = format!("http://{cluster_ip}/via-service");
+    let r = eventually(&mesh, "the service answers", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let seen = r.json().unwrap();
+    let xfcc = seen["request"]["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap();
+    assert!(
+        xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/curl-spire")),
+        "{xfcc}"
+    );
+    // the slice goes: the connection is refused at once, not hung
+    plane
+        .kubectl(&[
+            "delete",
+            "endpointslice",
+            "echoserver-x1",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    eventually(&mesh, "no endpoint left", || {
+        let r = mesh
+            .cluster
+            .curl("curl-spire", &["--max-time", "5", &url])
+            .map_err(|e| e.to_string())?;
+        match (r.status, r.exit_code) {
+            (None, Some(code)) if code != 28 => Ok(()),
+            other => Err(format!("still answered or hung: {other:?}")),
+        }
+    });
 }
