@@ -8,10 +8,13 @@
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
+//! - [`control_plane`]: the real one: etcd and kube-apiserver on loopback, with
+//!   meshward's CRDs (binaries from `scripts/peers.sh`).
 //! - [`tcp_proxy`]: a loopback forwarder that can be cut, for fault injection.
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
 
+pub mod control_plane;
 pub mod daemon;
 pub mod ext_authz;
 pub mod issuer;

@@ -44,4 +44,5 @@ async fn connect(
 mod bundle;
 mod federation;
 mod kubernetes;
+mod real_kubernetes;
 mod scenario;

@@ -1,0 +1,304 @@
+//! The issuer against the real control plane (etcd + kube-apiserver from
+//! `scripts/peers.sh`): k8s_psat with real projected tokens from the TokenRequest
+//! API (an audience, bound to a pod), checked by a real TokenReview, the issuer
+//! authenticating as the `meshward-issuer` ServiceAccount of `docker/k8s/base`
+//! under exactly the RBAC shipped there.
+
+use meshward_api::attestation::k8s_psat_request;
+use meshward_test_support::control_plane::{self, ControlPlane};
+
+use super::*;
+
+const NODE: &str = "ip-10-0-1-23.ec2.internal";
+const AGENT_POD: &str = "meshward-node-abcde";
+
+/// A token of `service_account` (namespace meshward-system) from the TokenRequest API.
+fn token(plane: &ControlPlane, service_account: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "create",
+        "token",
+        service_account,
+        "-n",
+        "meshward-system",
+        "--duration=10m",
+    ];
+    args.extend_from_slice(extra);
+    plane.kubectl(&args).unwrap().trim().to_owned()
+}
+
+/// The node (its address written through the status subresource) and the node
+/// daemon's pod bound to it, as a scheduler and a kubelet would leave them.
+fn agent_pod(plane: &ControlPlane) {
+    plane
+        .apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n"
+        ))
+        .unwrap();
+    plane
+        .kubectl(&[
+            "patch",
+            "node",
+            NODE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"addresses":[{"type":"InternalIP","address":"10.0.1.23"}]}}"#,
+        ])
+        .unwrap();
+    plane
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {AGENT_POD}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
+        ))
+        .unwrap();
+}
+
+/// `docker/k8s/base` applied (once for the tests of this binary: two applies at
+/// once could both try to create an object).
+fn base_applied(plane: &ControlPlane) {
+    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    APPLIED.get_or_init(|| {
+        plane
+            .kubectl(&[
+                "apply",
+                "-k",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+            ])
+            .unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_psat_attestation_through_a_real_token_review() {
+    let Some(plane) = control_plane::shared("k8s_psat_attestation_through_a_real_token_review")
+    else {
+        return;
+    };
+    base_applied(plane);
+    agent_pod(plane);
+    let node_uid = plane
+        .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
+        .unwrap();
+    let pod_uid = plane
+        .kubectl(&[
+            "get",
+            "pod",
+            AGENT_POD,
+            "-n",
+            "meshward-system",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let psat = format!(
+        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
+        plane.url(),
+        plane.ca_file().display(),
+        issuer_token.display()
+    );
+    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &psat);
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let bound = [
+        "--audience=meshward-issuer",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=meshward-node-abcde",
+    ];
+    let projected = token(plane, "meshward-node", &bound);
+    let attested = client
+        .attest_agent(attest(&projected))
+        .await
+        .unwrap()
+        .into_inner();
+    let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/{node_uid}");
+    assert_eq!(attested.svid.unwrap().spiffe_id, node_id);
+    let agents = issuer.cli_json(&["agent", "show", "-spiffeID", &node_id]);
+    let selectors: Vec<&str> = agents["agents"][0]["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for want in [
+        "k8s_psat:cluster:eks".to_owned(),
+        "k8s_psat:agent_ns:meshward-system".to_owned(),
+        "k8s_psat:agent_sa:meshward-node".to_owned(),
+        format!("k8s_psat:agent_pod_name:{AGENT_POD}"),
+        format!("k8s_psat:agent_pod_uid:{pod_uid}"),
+        format!("k8s_psat:agent_node_name:{NODE}"),
+        format!("k8s_psat:agent_node_uid:{node_uid}"),
+        "k8s_psat:agent_node_ip:10.0.1.23".to_owned(),
+    ] {
+        assert!(
+            selectors.contains(&want.as_str()),
+            "{want} missing from {selectors:?}"
+        );
+    }
+
+    let refused = |r: Result<tonic::Response<proto::AttestResponse>, tonic::Status>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        e.message().to_owned()
+    };
+    // another audience
+    let other_audience = token(
+        plane,
+        "meshward-node",
+        &[
+            "--audience=someone-else",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=meshward-node-abcde",
+        ],
+    );
+    let e = refused(client.attest_agent(attest(&other_audience)).await);
+    eprintln!("another audience: {e}");
+    // a ServiceAccount outside the allow-list (its token valid otherwise)
+    let e = refused(
+        client
+            .attest_agent(attest(&token(
+                plane,
+                "meshward-issuer",
+                &["--audience=meshward-issuer"],
+            )))
+            .await,
+    );
+    assert!(e.contains("not in the allow-list"), "{e}");
+    // the pod the token is bound to is gone: the server no longer accepts it
+    plane
+        .kubectl(&[
+            "delete",
+            "pod",
+            AGENT_POD,
+            "-n",
+            "meshward-system",
+            "--grace-period=0",
+            "--force",
+        ])
+        .unwrap();
+    // Never accepted; refused as PermissionDenied once the server's TokenReview sees
+    // the deletion (its pod cache lags a moment; until then the issuer's own pod
+    // lookup finds nothing and answers Unavailable).
+    // (Seen here: Unavailable for about 8 to 10 s.)
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let e = client.attest_agent(attest(&projected)).await.unwrap_err();
+        if e.code() == Code::PermissionDenied {
+            eprintln!(
+                "bound to a deleted pod: refused after {:.1?}: {}",
+                started.elapsed(),
+                e.message()
+            );
+            break;
+        }
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's TokenReview still accepts a token of a deleted pod"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
+    let Some(plane) =
+        control_plane::shared("cluster_spiffe_ids_applied_with_kubectl_become_identity_templates")
+    else {
+        return;
+    };
+    base_applied(plane);
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let object = |name: &str, template: &str| {
+        format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"{template}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: 20m\n"
+        )
+    };
+    let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
+    plane.apply(&object("default", by_sa)).unwrap();
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "cluster_spiffe_ids: {}\n",
+            plane.api_yaml_with_token(&issuer_token)
+        ),
+    );
+    let names = || -> Vec<String> {
+        let listed = issuer.cli_json(&["template", "list"]);
+        let mut names: Vec<String> = listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let wait_for = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = names();
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "templates {now:?}, want {want:?}\n{}",
+                issuer.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&["k8s/default"]);
+    let listed = issuer.cli_json(&["template", "list"]);
+    assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1200);
+    // a new object, one the issuer refuses (not of its trust domain), an edit, a deletion
+    plane
+        .apply(&object(
+            "by-name",
+            "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}",
+        ))
+        .unwrap();
+    plane
+        .apply(&object("foreign", "spiffe://elsewhere.example/x"))
+        .unwrap();
+    wait_for(&["k8s/by-name", "k8s/default"]);
+    plane
+        .apply(&object("default", by_sa).replace("ttl: 20m", "ttl: 30m"))
+        .unwrap();
+    let ttl_of_default = || {
+        let listed = issuer.cli_json(&["template", "list"]);
+        listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "k8s/default")
+            .map(|t| t["x509_svid_ttl"].clone())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ttl_of_default() != Some(1800.into()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    plane
+        .kubectl(&["delete", "clusterspiffeid", "default"])
+        .unwrap();
+    wait_for(&["k8s/by-name"]);
+    assert!(
+        issuer.log().contains("ClusterSPIFFEID foreign refused"),
+        "{}",
+        issuer.log()
+    );
+}

@@ -1,0 +1,352 @@
+//! The node daemons against the real control plane (etcd + kube-apiserver from
+//! `scripts/peers.sh`, `meshward_test_support::control_plane`): an
+//! AuthorizationPolicy applied with kubectl takes effect, an edited one changes
+//! what is allowed, a deleted one goes. The daemons authenticate as the
+//! `meshward-node` ServiceAccount of `docker/k8s/base` (a token from the
+//! TokenRequest API), under exactly the RBAC shipped there.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use meshward_integration::{LoopbackForward, available_or_skip};
+use meshward_test_support::control_plane;
+use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+
+/// `docker/k8s/base` applied to the shared control plane, once for the tests of
+/// this binary (two applies at once could both try to create an object).
+fn base_applied(plane: &control_plane::ControlPlane) {
+    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    APPLIED.get_or_init(|| {
+        plane
+            .kubectl(&[
+                "apply",
+                "-k",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+            ])
+            .unwrap();
+    });
+}
+
+#[test]
+fn authorization_policies_applied_with_kubectl_take_effect() {
+    let test = "authorization_policies_applied_with_kubectl_take_effect";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(plane) = control_plane::shared(test) else {
+        return;
+    };
+    // the manifests as shipped (no controllers run here: the workloads stay objects)
+    base_applied(plane);
+    let token = plane
+        .kubectl(&[
+            "create",
+            "token",
+            "meshward-node",
+            "-n",
+            "meshward-system",
+            "--duration=1h",
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("meshward-node.token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    // the daemons dial the API server's 127.0.0.1:<port> in their node, forwarded here
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+
+    // no policy anywhere: default deny
+    eventually(&mesh, "default deny", || {
+        status(&mesh, "curl-spire", &[&url("/")], 403)
+    });
+    // applied: the caller's principal is allowed
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    eventually(&mesh, "allowed once applied", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 200)
+    });
+    // edited (same object): only POST /api/payment now
+    let edited = example("03-allow-payment-only")
+        .replace("name: allow-payment-only", "name: allow-curl-spire");
+    plane.apply(&edited).unwrap();
+    eventually(&mesh, "GET forbidden once edited", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 403)
+    });
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+        200,
+    )
+    .unwrap();
+    // deleted: default deny again
+    plane
+        .kubectl(&[
+            "delete",
+            "authorizationpolicy",
+            "allow-curl-spire",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    eventually(&mesh, "forbidden once deleted", || {
+        status(
+            &mesh,
+            "curl-spire",
+            &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+            403,
+        )
+    });
+}
+
+#[test]
+fn the_daemons_keep_their_policies_through_an_api_server_restart() {
+    let test = "the_daemons_keep_their_policies_through_an_api_server_restart";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(mut plane) = control_plane::own(test) else {
+        return;
+    };
+    let api_yaml = plane.api_yaml();
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    eventually(&mesh, "allowed once applied", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 200)
+    });
+    // the API server goes away: the daemons keep their last good set
+    plane.stop_apiserver();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    status(&mesh, "curl-spire", &[&url("/hello")], 200).unwrap();
+    // back: their watches resume, and a change made now takes effect
+    plane.start_apiserver().unwrap();
+    let edited = example("03-allow-payment-only")
+        .replace("name: allow-payment-only", "name: allow-curl-spire");
+    plane.apply(&edited).unwrap();
+    eventually(&mesh, "GET forbidden once edited after the restart", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 403)
+    });
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+        200,
+    )
+    .unwrap();
+}
+
+#[test]
+fn changes_made_while_the_daemons_were_away_are_not_lost() {
+    let test = "changes_made_while_the_daemons_were_away_are_not_lost";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(mut plane) = control_plane::own(test) else {
+        return;
+    };
+    let api_yaml = plane.api_yaml();
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let forward = || -> Vec<LoopbackForward> {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|node| {
+                let ns = mesh.cluster.node(node).unwrap().netns();
+                LoopbackForward::start(ns, api.port(), api).unwrap()
+            })
+            .collect()
+    };
+    let forwards = forward();
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    let url = |path: &str| format!("http://{ip}:8080{path}");
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    eventually(&mesh, "allowed once applied", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 200)
+    });
+    // the daemons lose the API server (no way back in), and meanwhile the policy
+    // they hold is deleted and another applied; etcd's history is compacted, and the
+    // restarted server's watch cache starts from now: their resourceVersion is gone
+    drop(forwards);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    plane.stop_apiserver();
+    plane.start_apiserver().unwrap();
+    plane
+        .kubectl(&[
+            "delete",
+            "authorizationpolicy",
+            "allow-curl-spire",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    plane.apply(&example("03-allow-payment-only")).unwrap();
+    plane.compact_etcd().unwrap();
+    plane.stop_apiserver();
+    plane.start_apiserver().unwrap();
+    // still the last good set while away
+    status(&mesh, "curl-spire", &[&url("/hello")], 200).unwrap();
+    // back: the daemons list again and see both changes
+    let _forwards = forward();
+    eventually(&mesh, "the deletion seen once back", || {
+        status(&mesh, "curl-spire", &[&url("/hello")], 403)
+    });
+    status(
+        &mesh,
+        "curl-spire",
+        &["-X", "POST", "-d", "amount=5", &url("/api/payment")],
+        200,
+    )
+    .unwrap();
+    // and it was the server's 410 that sent them back to a list
+    let log = mesh.daemon_log("node-1");
+    assert!(
+        log.contains("AuthorizationPolicy watch: error returned by apiserver during watch: too old resource version"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
+    let test = "a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    // its own: the other tests here change the policies of namespace echoserver
+    let Some(plane) = control_plane::own(test) else {
+        return;
+    };
+    plane
+        .kubectl(&[
+            "apply",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("meshward-node.token");
+    let token = plane
+        .kubectl(&[
+            "create",
+            "token",
+            "meshward-node",
+            "-n",
+            "meshward-system",
+            "--duration=1h",
+        ])
+        .unwrap();
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect();
+    // the pod's namespace is echoserver; the policy allows the caller there
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    plane.apply(&example("02-allow-curl-spire")).unwrap();
+    let pod_ip = mesh.pod_ip("echoserver").unwrap();
+    // a Service whose cluster IP the real server allocates from its range, and the
+    // slice an EndpointSlice controller would write (no controllers run here)
+    plane
+        .apply(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: echoserver, namespace: echoserver}\nspec:\n  ports:\n  - {name: http, port: 80, targetPort: web}\n",
+        )
+        .unwrap();
+    let cluster_ip = plane
+        .kubectl(&[
+            "get",
+            "service",
+            "echoserver",
+            "-n",
+            "echoserver",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    plane
+        .apply(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echoserver-x1\n  namespace: echoserver\n  labels: {{kubernetes.io/service-name: echoserver}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080}}\nendpoints:\n- addresses: [\"{pod_ip}\"]\n  conditions: {{ready: true}}\n"
+        ))
+        .unwrap();
+    let url = format!("http://{cluster_ip}/via-service");
+    let r = eventually(&mesh, "the service answers", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let seen = r.json().unwrap();
+    let xfcc = seen["request"]["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap();
+    assert!(
+        xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/curl-spire")),
+        "{xfcc}"
+    );
+    // the slice goes: the connection is refused at once, not hung
+    plane
+        .kubectl(&[
+            "delete",
+            "endpointslice",
+            "echoserver-x1",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    eventually(&mesh, "no endpoint left", || {
+        let r = mesh
+            .cluster
+            .curl("curl-spire", &["--max-time", "5", &url])
+            .map_err(|e| e.to_string())?;
+        match (r.status, r.exit_code) {
+            (None, Some(code)) if code != 28 => Ok(()),
+            other => Err(format!("still answered or hung: {other:?}")),
+        }
+    });
+}

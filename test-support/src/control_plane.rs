@@ -1,0 +1,841 @@
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver on loopback,
+//! built from their Go modules by `scripts/peers.sh`.
+//!
+//! What it sets up, as a cluster installer would: a CA of its own signing the API
+//! server's serving certificate and the client certificates (the client CA), an
+//! admin client certificate in `system:masters` (used by `kubectl` through
+//! [`ControlPlane::kubeconfig`]), a static admin bearer token for meshward's
+//! `api_token_path` (bootstrap only: [`ControlPlane::service_account_token`] mints
+//! real ServiceAccount tokens through the TokenRequest API), service-account signing
+//! keys, `--authorization-mode=Node,RBAC`, and meshward's CRDs
+//! (`docker/k8s/base/crds.yaml`) applied and Established. Everything listens on
+//! 127.0.0.1 only; data lives in a temporary directory.
+//!
+//! [`shared`] gives one instance per test binary; [`own`] one of a
+//! test's own, stopped on drop. etcd and kube-apiserver run in a process group of
+//! their own, watched by a guardian (a shell reading a pipe from the test process):
+//! when the test process ends, however it ends (a static is never dropped; a
+//! killed process runs no code), the pipe closes and the guardian kills the group
+//! and removes the directory. A directory left anyway (the guardian killed too) is
+//! removed by the next start. The binaries are found through `MESHWARD_ETCD`,
+//! `MESHWARD_KUBE_APISERVER`, `MESHWARD_KUBECTL` (and `MESHWARD_ETCDCTL`), or else
+//! the `env` file `scripts/peers.sh` writes in its cache. Without them, [`shared`]
+//! prints `SKIPPED` and returns `None`; in CI (`CI=true`) it panics instead.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{free_port, http_get};
+
+/// The variables naming the binaries (as `scripts/peers.sh` prints them).
+pub const ETCD_VAR: &str = "MESHWARD_ETCD";
+pub const ETCDCTL_VAR: &str = "MESHWARD_ETCDCTL";
+pub const KUBE_APISERVER_VAR: &str = "MESHWARD_KUBE_APISERVER";
+pub const KUBECTL_VAR: &str = "MESHWARD_KUBECTL";
+/// Where `scripts/peers.sh` keeps its builds and `env` file (default below).
+pub const PEERS_CACHE_VAR: &str = "MESHWARD_PEERS_CACHE";
+const DEFAULT_PEERS_CACHE: &str = "/var/cache/meshward-peers";
+
+/// How long each step of the start may take.
+const ETCD_READY: Duration = Duration::from_secs(30);
+const APISERVER_READY: Duration = Duration::from_secs(90);
+const CRDS_ESTABLISHED: Duration = Duration::from_secs(60);
+/// Any single kubectl run.
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
+
+const DIR_PREFIX: &str = "meshward-control-plane-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{0} is not set and {1} has no such line (run scripts/peers.sh)")]
+    MissingBinary(&'static str, String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("certificates: {0}")]
+    Certificates(#[from] rcgen::Error),
+    #[error("{what} exited ({status}) before it was ready; its log:\n{log}")]
+    Exited {
+        what: &'static str,
+        status: String,
+        log: String,
+    },
+    #[error("{what} not ready after {after:?}; its log:\n{log}")]
+    NotReady {
+        what: &'static str,
+        after: Duration,
+        log: String,
+    },
+    #[error("kubectl {args}: {status}\n{stderr}")]
+    Kubectl {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("kubectl {0} did not finish within {1:?}")]
+    KubectlTimeout(String, Duration),
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
+    let what = what.to_string();
+    move |e| ControlPlaneError::Io(what, e)
+}
+
+/// The binaries the control plane runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub etcdctl: Option<PathBuf>,
+    pub kube_apiserver: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl Binaries {
+    /// From the environment, or else from the peers cache's `env` file
+    /// (`$MESHWARD_PEERS_CACHE`, `/var/cache/meshward-peers` or
+    /// `~/.cache/meshward-peers`, as `scripts/peers.sh` chooses).
+    pub fn find() -> Result<Self, ControlPlaneError> {
+        let user_cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        let candidates: Vec<PathBuf> =
+            match std::env::var_os(PEERS_CACHE_VAR).filter(|v| !v.is_empty()) {
+                Some(cache) => vec![PathBuf::from(cache)],
+                None => std::iter::once(PathBuf::from(DEFAULT_PEERS_CACHE))
+                    .chain(user_cache.map(|c| c.join("meshward-peers")))
+                    .collect(),
+            };
+        let env_file = candidates
+            .iter()
+            .map(|c| c.join("env"))
+            .find(|f| f.is_file())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PEERS_CACHE).join("env"));
+        let file = std::fs::read_to_string(&env_file).unwrap_or_default();
+        let lookup = |var: &'static str| -> Result<PathBuf, ControlPlaneError> {
+            let from_env = std::env::var_os(var).filter(|v| !v.is_empty());
+            let path = from_env.map(PathBuf::from).or_else(|| {
+                file.lines().find_map(|line| {
+                    let line = line.trim().trim_start_matches("export ");
+                    let (name, value) = line.split_once('=')?;
+                    (name == var).then(|| PathBuf::from(value.trim_matches('"')))
+                })
+            });
+            match path {
+                Some(p) if p.is_file() => Ok(p),
+                _ => Err(ControlPlaneError::MissingBinary(
+                    var,
+                    env_file.display().to_string(),
+                )),
+            }
+        };
+        Ok(Self {
+            etcd: lookup(ETCD_VAR)?,
+            etcdctl: lookup(ETCDCTL_VAR).ok(),
+            kube_apiserver: lookup(KUBE_APISERVER_VAR)?,
+            kubectl: lookup(KUBECTL_VAR)?,
+        })
+    }
+}
+
+/// etcd and kube-apiserver on loopback, with what a client needs to reach them.
+pub struct ControlPlane {
+    binaries: Binaries,
+    dir: PathBuf,
+    url: String,
+    etcd_url: String,
+    ca_file: PathBuf,
+    admin_token_file: PathBuf,
+    admin_cert_file: PathBuf,
+    admin_key_file: PathBuf,
+    kubeconfig: PathBuf,
+    client_ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    apiserver_args: Vec<String>,
+    /// The process group of etcd and kube-apiserver.
+    group: u32,
+    /// Its closing (drop, or the end of the test process) stops them.
+    guardian: Option<ChildStdin>,
+    /// How long [`ControlPlane::start`] took.
+    pub started_in: Duration,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+static SHARED: OnceLock<Option<ControlPlane>> = OnceLock::new();
+
+/// The binaries, or `None` after printing `SKIPPED <test>` (a panic in CI).
+fn binaries_or_skip(test: &str) -> Option<Binaries> {
+    match Binaries::find() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "{test}: {e}; CI must run the real control plane tests (scripts/test.sh builds it)"
+            )
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no real control plane: {e}");
+            None
+        }
+    }
+}
+
+/// A control plane of the test's own (to stop, restart or break), stopped on
+/// drop; `None` as for [`shared`]. Panics when it cannot start.
+pub fn own(test: &str) -> Option<ControlPlane> {
+    let binaries = binaries_or_skip(test)?;
+    match ControlPlane::start_with(binaries) {
+        Ok(plane) => Some(plane),
+        Err(e) => panic!("{test}: the control plane did not start: {e}"),
+    }
+}
+
+/// The control plane of this test binary, started on first use; `None` (after
+/// printing `SKIPPED <test>`) when the binaries are missing outside CI. Panics
+/// when it cannot start, or in CI when the binaries are missing.
+pub fn shared(test: &str) -> Option<&'static ControlPlane> {
+    let binaries = binaries_or_skip(test)?;
+    let shared = SHARED.get_or_init(|| match ControlPlane::start_with(binaries) {
+        Ok(plane) => {
+            eprintln!(
+                "control plane at {} ready in {:.1?} ({})",
+                plane.url,
+                plane.started_in,
+                plane.dir.display()
+            );
+            Some(plane)
+        }
+        Err(e) => {
+            eprintln!("{test}: the control plane did not start: {e}");
+            None
+        }
+    });
+    match shared {
+        Some(plane) => Some(plane),
+        None => panic!("{test}: the control plane did not start (see the first test's output)"),
+    }
+}
+
+impl ControlPlane {
+    /// A control plane of its own (not shared), stopped on drop: for a test that
+    /// stops, restarts or breaks it.
+    pub fn start() -> Result<Self, ControlPlaneError> {
+        Self::start_with(Binaries::find()?)
+    }
+
+    fn start_with(binaries: Binaries) -> Result<Self, ControlPlaneError> {
+        let started = Instant::now();
+        remove_stale_dirs();
+        let dir = new_dir()?;
+        let pki = Pki::generate()?;
+        let ca_file = dir.join("ca.pem");
+        let write = |name: &str, contents: &str| -> Result<PathBuf, ControlPlaneError> {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).map_err(io(path.display()))?;
+            Ok(path)
+        };
+        write("ca.pem", &pki.ca_pem)?;
+        let serving_cert = write("apiserver.pem", &pki.serving_cert_pem)?;
+        let serving_key = write("apiserver-key.pem", &pki.serving_key_pem)?;
+        let admin_cert_file = write("admin.pem", &pki.admin_cert_pem)?;
+        let admin_key_file = write("admin-key.pem", &pki.admin_key_pem)?;
+        let sa_key = write("service-accounts-key.pem", &pki.service_account_key_pem)?;
+        let sa_public = write("service-accounts.pem", &pki.service_account_public_pem)?;
+        let admin_token = random_hex(24)?;
+        let admin_token_file = write("admin-token", &admin_token)?;
+        let tokens_csv = write(
+            "tokens.csv",
+            &format!("{admin_token},meshward-test-admin,meshward-test-admin,\"system:masters\"\n"),
+        )?;
+
+        let etcd_port = free_port();
+        let etcd_peer_port = free_port();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut plane = Self {
+            binaries,
+            url: String::new(),
+            etcd_url: etcd_url.clone(),
+            ca_file,
+            admin_token_file,
+            admin_cert_file,
+            admin_key_file,
+            kubeconfig: dir.join("kubeconfig"),
+            client_ca: pki.ca,
+            etcd: None,
+            apiserver: None,
+            apiserver_args: Vec::new(),
+            group: 0,
+            guardian: None,
+            started_in: Duration::ZERO,
+            dir,
+        };
+        let etcd_data = plane.dir.join("etcd");
+        let etcd_args = [
+            "--name=meshward-test".to_owned(),
+            format!("--data-dir={}", etcd_data.display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=meshward-test={peer_url}"),
+            "--log-level=warn".to_owned(),
+            // test data: losing it on a crash is fine, waiting for the disk is not
+            "--unsafe-no-fsync".to_owned(),
+        ];
+        let etcd = spawn(
+            &plane.binaries.etcd,
+            &etcd_args,
+            &plane.dir.join("etcd.log"),
+            0,
+        )?;
+        plane.group = etcd.id();
+        plane.etcd = Some(etcd);
+        plane.guardian = Some(spawn_guardian(plane.group, &plane.dir)?);
+        let etcd_addr = ([127, 0, 0, 1], etcd_port).into();
+        plane.wait("etcd", ETCD_READY, |_| {
+            http_get(etcd_addr, "/health")
+                .is_some_and(|(s, body)| s == 200 && body.contains("true"))
+        })?;
+
+        let port = free_port();
+        plane.url = format!("https://127.0.0.1:{port}");
+        let apiserver_args = [
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            // the `kubernetes` Service's endpoints may not be a loopback address, and
+            // nothing here reaches the API server through that Service
+            "--endpoint-reconciler-type=none".to_owned(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", plane.dir.join("certs").display()),
+            format!("--etcd-servers={etcd_url}"),
+            format!("--tls-cert-file={}", serving_cert.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--client-ca-file={}", plane.ca_file.display()),
+            format!("--token-auth-file={}", tokens_csv.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", sa_public.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--authorization-mode=Node,RBAC".to_owned(),
+            "--enable-admission-plugins=NodeRestriction".to_owned(),
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+            "--allow-privileged=true".to_owned(),
+            "--profiling=false".to_owned(),
+        ];
+        plane.apiserver_args = apiserver_args.to_vec();
+        plane.write_kubeconfig()?;
+        plane.start_apiserver()?;
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/base/crds.yaml");
+        let crds = crds.display().to_string();
+        plane.kubectl(&["apply", "-f", &crds])?;
+        let timeout = format!("--timeout={}s", CRDS_ESTABLISHED.as_secs());
+        plane.kubectl_for(
+            &["wait", "--for=condition=Established", &timeout, "-f", &crds],
+            None,
+            CRDS_ESTABLISHED + Duration::from_secs(5),
+        )?;
+        plane.started_in = started.elapsed();
+        Ok(plane)
+    }
+
+    /// Starts kube-apiserver (again, after [`ControlPlane::stop_apiserver`]: the
+    /// same port, etcd and keys) and waits until it is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+        self.stop_apiserver();
+        let apiserver = spawn(
+            &self.binaries.kube_apiserver,
+            &self.apiserver_args,
+            &self.dir.join("kube-apiserver.log"),
+            self.group,
+        )?;
+        self.apiserver = Some(apiserver);
+        self.wait("kube-apiserver", APISERVER_READY, |p| {
+            p.kubectl_for(&["get", "--raw=/readyz"], None, Duration::from_secs(5))
+                .is_ok_and(|out| out.trim() == "ok")
+        })
+    }
+
+    /// Kills kube-apiserver (SIGKILL: its connections end without goodbye); etcd
+    /// and the data stay. For a control plane of a test's own.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut old) = self.apiserver.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// Compacts etcd's history up to its current revision (as the API server does
+    /// every five minutes), so a watch from an older resourceVersion meets
+    /// `410 Gone`. Returns the revision.
+    pub fn compact_etcd(&self) -> Result<u64, ControlPlaneError> {
+        let Some(etcdctl) = &self.binaries.etcdctl else {
+            return Err(ControlPlaneError::MissingBinary(
+                ETCDCTL_VAR,
+                "the peers cache".into(),
+            ));
+        };
+        let endpoints = format!("--endpoints={}", self.etcd_url);
+        let run = |args: &[&str]| -> Result<String, ControlPlaneError> {
+            let child = Command::new(etcdctl)
+                .arg(&endpoints)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(io(etcdctl.display()))?;
+            let output = wait_output(child, KUBECTL_TIMEOUT)
+                .ok_or_else(|| ControlPlaneError::KubectlTimeout(args.join(" "), KUBECTL_TIMEOUT))?
+                .map_err(io("etcdctl"))?;
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(ControlPlaneError::Kubectl {
+                    args: format!("(etcdctl) {}", args.join(" ")),
+                    status: output.status.to_string(),
+                    stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                })
+            }
+        };
+        let status = run(&["endpoint", "status", "--write-out=json"])?;
+        let revision = status
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .find(|s| !s.is_empty())
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| ControlPlaneError::Kubectl {
+                args: "(etcdctl) endpoint status".into(),
+                status: "no revision in its answer".into(),
+                stderr: status.clone(),
+            })?;
+        run(&["compact", &revision.to_string(), "--physical"])?;
+        Ok(revision)
+    }
+
+    fn write_kubeconfig(&self) -> Result<(), ControlPlaneError> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: meshward-test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: meshward-test\n  context: {{cluster: meshward-test, user: admin}}\ncurrent-context: meshward-test\n",
+            self.url,
+            self.ca_file.display(),
+            self.admin_cert_file.display(),
+            self.admin_key_file.display()
+        );
+        std::fs::write(&self.kubeconfig, kubeconfig).map_err(io(self.kubeconfig.display()))
+    }
+
+    /// Polls `ready` until it holds, failing early when a process has exited.
+    fn wait(
+        &mut self,
+        what: &'static str,
+        timeout: Duration,
+        ready: impl Fn(&Self) -> bool,
+    ) -> Result<(), ControlPlaneError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = [
+                ("etcd", &mut self.etcd),
+                ("kube-apiserver", &mut self.apiserver),
+            ]
+            .into_iter()
+            .find_map(|(name, child)| match child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some((name, status.to_string())),
+                _ => None,
+            });
+            if let Some((name, status)) = exited {
+                return Err(ControlPlaneError::Exited {
+                    what: name,
+                    status,
+                    log: self.log(name),
+                });
+            }
+            if ready(self) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ControlPlaneError::NotReady {
+                    what,
+                    after: timeout,
+                    log: self.log(what),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of a process's log (`etcd` or `kube-apiserver`).
+    pub fn log(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`), for `etcdctl`.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// The CA (PEM) of the serving certificate and of client certificates.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// A bearer token file of a user in `system:masters`.
+    pub fn admin_token_file(&self) -> &Path {
+        &self.admin_token_file
+    }
+
+    /// The admin client certificate (`O=system:masters`) and its key.
+    pub fn admin_cert_files(&self) -> (&Path, &Path) {
+        (&self.admin_cert_file, &self.admin_key_file)
+    }
+
+    /// A kubeconfig for `kubectl --kubeconfig` (admin client certificate).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// meshward's `kubernetes:` block (flow YAML) reaching this server as admin.
+    pub fn api_yaml(&self) -> String {
+        self.api_yaml_with_token(&self.admin_token_file)
+    }
+
+    /// meshward's `kubernetes:` block (flow YAML) with another token file.
+    pub fn api_yaml_with_token(&self, token_file: &Path) -> String {
+        format!(
+            "{{api_server: \"{}\", api_ca_path: \"{}\", api_token_path: \"{}\"}}",
+            self.url,
+            self.ca_file.display(),
+            token_file.display()
+        )
+    }
+
+    /// A client certificate and key (PEM) signed by the client CA, for
+    /// `CN=<user>` in `groups` (e.g. `system:node:<name>` in `system:nodes`).
+    pub fn client_certificate(
+        &self,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<(String, String), ControlPlaneError> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, user);
+        for group in groups {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.client_ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// `kubectl --kubeconfig <admin> args...`; its stdout, or an error with stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, ControlPlaneError> {
+        self.kubectl_for(args, None, KUBECTL_TIMEOUT)
+    }
+
+    /// `kubectl ... args...` with `stdin` fed in (e.g. `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String, ControlPlaneError> {
+        self.kubectl_for(args, Some(stdin), KUBECTL_TIMEOUT)
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<String, ControlPlaneError> {
+        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
+    }
+
+    /// A ServiceAccount token from the TokenRequest API (`kubectl create token`),
+    /// creating the namespace and the ServiceAccount when missing.
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: Option<&str>,
+        duration: Duration,
+    ) -> Result<String, ControlPlaneError> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {service_account}, namespace: {namespace}}}\n"
+        ))?;
+        let duration = format!("--duration={}s", duration.as_secs());
+        let mut args = vec![
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            &duration,
+        ];
+        let audience = audience.map(|a| format!("--audience={a}"));
+        if let Some(a) = &audience {
+            args.push(a);
+        }
+        Ok(self.kubectl(&args)?.trim().to_owned())
+    }
+
+    fn kubectl_for(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String, ControlPlaneError> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        let mut child = Command::new(&self.binaries.kubectl)
+            .arg(&kubeconfig)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io(self.binaries.kubectl.display()))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())
+                .map_err(io("kubectl's stdin"))?;
+        }
+        let output = wait_output(child, timeout)
+            .ok_or_else(|| ControlPlaneError::KubectlTimeout(args.join(" "), timeout))?
+            .map_err(io("kubectl"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(ControlPlaneError::Kubectl {
+                args: args.join(" "),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for mut child in [self.apiserver.take(), self.etcd.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // the guardian, seeing its stdin closed, stops whatever is left and removes
+        // the directory (done here too, so it is gone when drop returns)
+        self.guardian.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for a child's output; `None` (after killing it) when it outlasts `timeout`.
+fn wait_output(mut child: Child, timeout: Duration) -> Option<std::io::Result<Output>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let err_thread = std::thread::spawn(move || {
+            let mut err = Vec::new();
+            if let Some(mut s) = stderr {
+                let _ = s.read_to_end(&mut err);
+            }
+            err
+        });
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut out);
+        }
+        let err = err_thread.join().unwrap_or_default();
+        let _ = tx.send((out, err));
+    });
+    let Ok((stdout, stderr)) = rx.recv_timeout(timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+        return None;
+    };
+    let _ = reader.join();
+    Some(child.wait().map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
+/// Starts a server process in process group `group` (0: a new one, its own), so
+/// a terminal's Ctrl-C does not reach it before the guardian does its work.
+fn spawn(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    group: u32,
+) -> Result<Child, ControlPlaneError> {
+    let out = std::fs::File::create(log).map_err(io(log.display()))?;
+    let err = out.try_clone().map_err(io(log.display()))?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(i32::try_from(group).unwrap_or(0))
+        .spawn()
+        .map_err(io(program.display()))
+}
+
+/// A shell that waits for its stdin to close (when the test process ends, however
+/// it ends, or the [`ControlPlane`] is dropped), then kills the process group
+/// `group` and removes `dir`.
+fn spawn_guardian(group: u32, dir: &Path) -> Result<ChildStdin, ControlPlaneError> {
+    let mut guardian = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' INT TERM HUP; cat >/dev/null; kill -KILL \"-$1\" 2>/dev/null; sleep 0.2; rm -rf -- \"$2\"",
+            "meshward-control-plane-guardian",
+            &group.to_string(),
+        ])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(io("sh (the control plane's guardian)"))?;
+    guardian.stdin.take().ok_or_else(|| {
+        ControlPlaneError::Io(
+            "the guardian's stdin".into(),
+            std::io::ErrorKind::BrokenPipe.into(),
+        )
+    })
+}
+
+fn new_dir() -> Result<PathBuf, ControlPlaneError> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes the directories of control planes whose test process is gone.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, ControlPlaneError> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(io("/dev/urandom"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The control plane's keys and certificates.
+struct Pki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+    serving_cert_pem: String,
+    serving_key_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+    service_account_key_pem: String,
+    service_account_public_pem: String,
+}
+
+impl Pki {
+    fn generate() -> Result<Self, ControlPlaneError> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meshward test kubernetes CA");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+
+        let serving_key = rcgen::KeyPair::generate()?;
+        let mut serving = rcgen::CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "kubernetes".to_owned(),
+            "kubernetes.default".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+            "kubernetes.default.svc.cluster.local".to_owned(),
+        ])?;
+        serving
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([10, 96, 0, 1].into()));
+        serving
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver");
+        serving.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving.signed_by(&serving_key, &ca)?;
+
+        let admin_key = rcgen::KeyPair::generate()?;
+        let mut admin = rcgen::CertificateParams::default();
+        admin
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meshward-test-admin");
+        admin
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        admin.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &ca)?;
+
+        let service_account_key = rcgen::KeyPair::generate()?;
+        Ok(Self {
+            ca,
+            ca_pem: ca_cert.pem(),
+            serving_cert_pem: serving_cert.pem(),
+            serving_key_pem: serving_key.serialize_pem(),
+            admin_cert_pem: admin_cert.pem(),
+            admin_key_pem: admin_key.serialize_pem(),
+            service_account_key_pem: service_account_key.serialize_pem(),
+            service_account_public_pem: service_account_key.public_key_pem(),
+        })
+    }
+}
