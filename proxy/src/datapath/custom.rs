@@ -49,6 +49,21 @@ pub(crate) struct Asked {
     pub(crate) not_configured: bool,
 }
 
+impl Asked {
+    /// Refused without asking (`not_configured`: no such provider).
+    fn refused(reason: String, not_configured: bool) -> Self {
+        Self {
+            verdict: Verdict::Deny {
+                status: 403,
+                headers: Vec::new(),
+                body: Bytes::new(),
+            },
+            reason,
+            not_configured,
+        }
+    }
+}
+
 /// Asks the provider `check` names about `input`.
 pub(crate) async fn ask(
     providers: &Providers,
@@ -61,31 +76,17 @@ pub(crate) async fn ask(
     );
     let Some(authorizer) = providers.get(check.provider) else {
         crate::metrics::ext_authz_check(check.provider, "not_configured");
-        return Asked {
-            verdict: Verdict::Deny {
-                status: 403,
-                headers: Vec::new(),
-                body: bytes::Bytes::new(),
-            },
-            reason: format!("denied: {which} is not configured (fail closed)"),
-            not_configured: true,
-        };
+        let reason = format!("denied: {which} is not configured (fail closed)");
+        return Asked::refused(reason, true);
     };
     if input.http.is_none() && !authorizer.judges_tcp() {
         // a configuration that cannot work is not an outage: `failOpen` does not
         // apply, the connection is refused
         crate::metrics::ext_authz_check(check.provider, "not_for_tcp");
-        return Asked {
-            verdict: Verdict::Deny {
-                status: 403,
-                headers: Vec::new(),
-                body: bytes::Bytes::new(),
-            },
-            reason: format!(
-                "denied: {which} is an HTTP authorizer, which cannot judge a TCP connection (failOpen does not apply)"
-            ),
-            not_configured: false,
-        };
+        let reason = format!(
+            "denied: {which} is an HTTP authorizer, which cannot judge a TCP connection (failOpen does not apply)"
+        );
+        return Asked::refused(reason, false);
     }
     match authorizer.check(input).await {
         Ok(verdict) => {

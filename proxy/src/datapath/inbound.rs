@@ -20,6 +20,7 @@ use http::{Method, Request, StatusCode};
 use meshward_config::{AppProtocol, PlaintextMode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::admit::{self, Admitted};
 use super::diagnose;
@@ -67,30 +68,9 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
     let _ = tcp.set_nodelay(true);
     // capture maps this node's own connections to loopback (REDIRECT in OUTPUT)
     let local = tcp.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let acceptor = TlsAcceptor::from(tls.server.clone());
-    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "handshake timed out",
-            ))
-        });
-    let stream = match handshake {
-        Ok(stream) => stream,
-        Err(e) => {
-            let (reason, hint) = diagnose::handshake(&e);
-            metrics::handshake_failure("inbound", reason);
-            tracing::info!(
-                target: "access",
-                src_addr = %client, dst_workload = %pod.info.name, dst_namespace = %pod.info.namespace,
-                reason, "mTLS handshake failed: {e}: {hint}"
-            );
-            return;
-        }
+    let Some(stream) = accept_mtls(&shared, tcp, client, &pod, &tls.server).await else {
+        return;
     };
-    let group = stream.get_ref().1.negotiated_key_exchange_group();
-    metrics::handshake("inbound", group.map(|g| g.name()));
     let Some(peer) = verified_peer(&stream) else {
         tracing::warn!(%client, "mTLS peer without a usable SPIFFE ID");
         return;
@@ -102,6 +82,50 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         client,
         local,
     });
+    serve_tunnel(shared, tunnel, stream).await;
+}
+
+/// The pod's side of the mTLS handshake (its SVID shown, the client's required);
+/// a failure is logged with what to check.
+async fn accept_mtls(
+    shared: &Shared,
+    tcp: TcpStream,
+    client: SocketAddr,
+    pod: &LocalPod,
+    server: &Arc<rustls::ServerConfig>,
+) -> Option<TlsStream<TcpStream>> {
+    let acceptor = TlsAcceptor::from(server.clone());
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ))
+        });
+    match handshake {
+        Ok(stream) => {
+            let group = stream.get_ref().1.negotiated_key_exchange_group();
+            metrics::handshake("inbound", group.map(|g| g.name()));
+            Some(stream)
+        }
+        Err(e) => {
+            let (reason, hint) = diagnose::handshake(&e);
+            metrics::handshake_failure("inbound", reason);
+            tracing::info!(
+                target: "access",
+                src_addr = %client, dst_workload = %pod.info.name, dst_namespace = %pod.info.namespace,
+                reason, "mTLS handshake failed: {e}: {hint}"
+            );
+            None
+        }
+    }
+}
+
+/// HTTP/2 on a verified tunnel: a task per CONNECT, until the peer or a drain
+/// ends it, its keepalive fails, or the pod stops trusting the peer.
+async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStream<TcpStream>) {
+    let (client, target) = (tunnel.client, tunnel.target);
     let handshake = tokio::time::timeout(
         shared.limits.handshake_timeout,
         h2::hbone_server(&shared.limits).handshake::<_, Bytes>(stream),
@@ -151,7 +175,7 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
     }
 }
 
-fn verified_peer(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Peer> {
+fn verified_peer(stream: &TlsStream<TcpStream>) -> Option<Peer> {
     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
     let spiffe_id = meshward_tls::spiffe_id_of(leaf).ok()?;
     Some(Peer {

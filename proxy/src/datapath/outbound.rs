@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::services::Resolved;
 use super::socket::{connect_marked, reset};
+use super::state::PodTls;
 use super::{Shared, copy, inbound};
 use crate::capture::PASSTHROUGH_MARK;
 use crate::metrics::{ConnectionLabels, Reporter};
@@ -27,7 +28,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, tcp: TcpStream, client: Sock
     }
 }
 
-async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
+async fn handle(shared: &Arc<Shared>, tcp: TcpStream, client: SocketAddr, target: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let state = shared.state.borrow().clone();
     let tls = state.pod(client.ip()).and_then(|pod| pod.tls.clone());
@@ -73,10 +74,38 @@ async fn handle(shared: &Arc<Shared>, mut tcp: TcpStream, client: SocketAddr, ta
     let Some(tls) = tls.filter(|_| meshed) else {
         return Box::pin(passthrough(shared, tcp, client, destination)).await;
     };
+    let remote = state.pod(destination.ip()).is_none();
+    let route = Route {
+        client,
+        service: target,
+        destination,
+        remote,
+    };
+    through_tunnel(shared, tcp, &tls, route).await;
+}
+
+/// Where an outbound connection goes.
+struct Route {
+    client: SocketAddr,
+    /// What the client asked for (a Service address, or the destination itself).
+    service: SocketAddr,
+    destination: SocketAddr,
+    /// The destination pod runs on another node.
+    remote: bool,
+}
+
+/// The connection's bytes through an HBONE tunnel to its destination's node, as
+/// the client's identity (`tls`).
+async fn through_tunnel(shared: &Arc<Shared>, mut tcp: TcpStream, tls: &PodTls, route: Route) {
+    let Route {
+        client,
+        service: target,
+        destination,
+        remote,
+    } = route;
     let started = Instant::now();
     let peer = SocketAddr::new(destination.ip(), shared.hbone_port);
-    let remote = state.pod(destination.ip()).is_none();
-    let open = shared.hbone.open(&tls, client, destination, peer, remote);
+    let open = shared.hbone.open(tls, client, destination, peer, remote);
     let mut tunnel = match Box::pin(open).await {
         Ok(tunnel) => tunnel,
         Err(e) => {
