@@ -8,8 +8,9 @@
 #   eval "$(./scripts/peers.sh)"  ... and export them (MESHWARD_ETCD, ...)
 #
 # The cache: $MESHWARD_PEERS_CACHE, else /var/cache/meshward-peers (Go's caches in
-# /var/cache/meshward-go), else the same under ~/.cache when /var/cache is not
-# writable. The paths are also written to <cache>/env (shell `export` lines).
+# /var/cache/meshward-go, removed after a build with MESHWARD_PEERS_SLIM=1), else
+# the same under ~/.cache when /var/cache is not writable. The paths are also
+# written to <cache>/env (shell `export` lines).
 # Progress goes to stderr; stdout carries only the `export` lines.
 set -euo pipefail
 
@@ -110,8 +111,20 @@ build_kubernetes() {
 }
 
 mkdir -p "$cache"
+built_before=0
+for binary in "$etcd_dir/bin/etcd" "$kube_dir/bin/kube-apiserver"; do
+  [ -x "$binary" ] && built_before=$((built_before + 1))
+done
 build_etcd
 build_kubernetes
+# MESHWARD_PEERS_SLIM=1 (CI, whose disk may be small): once built, the binaries
+# are the cache; Go's build and module caches (~4 GB) go.
+if [ "${MESHWARD_PEERS_SLIM:-0}" = 1 ] && [ "$built_before" -lt 2 ] && [ -d "$go_cache" ]; then
+  go_env
+  log "removing Go's caches ($go_cache): the binaries are kept"
+  go clean -cache -modcache >&2 || true
+  rm -rf "$go_cache"
+fi
 
 env_file=$cache/env
 exports="export MESHWARD_ETCD=$etcd_dir/bin/etcd
