@@ -62,6 +62,18 @@ impl PsatError {
             source: Box::new(e),
         }
     }
+
+    /// A lookup of the token's pod or node: an object that is gone refuses the
+    /// token (the server's TokenReview may accept a deleted pod's token for a few
+    /// seconds more); any other failure is the API's, to retry.
+    fn lookup(what: String) -> impl FnOnce(kube::Error) -> Self {
+        move |e| match e {
+            kube::Error::Api(status) if status.is_not_found() => Self::Denied(format!(
+                "{what}: not found (the token's pod or node is gone)"
+            )),
+            e => Self::kubernetes(what)(e),
+        }
+    }
 }
 
 /// What a successful attestation proves.
@@ -151,9 +163,7 @@ impl PsatAttestor {
         let pod = pods
             .get(&pod_name)
             .await
-            .map_err(PsatError::kubernetes(format!(
-                "get pod {namespace}/{pod_name}"
-            )))?;
+            .map_err(PsatError::lookup(format!("pod {namespace}/{pod_name}")))?;
         if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
             return Err(denied(format!(
                 "pod {namespace}/{pod_name} has another UID than the token's (replaced?)"
@@ -168,7 +178,7 @@ impl PsatAttestor {
         let node = nodes
             .get(&node_name)
             .await
-            .map_err(PsatError::kubernetes(format!("get node {node_name}")))?;
+            .map_err(PsatError::lookup(format!("node {node_name}")))?;
         let node_uid = node.metadata.uid.ok_or_else(|| PsatError::Kubernetes {
             what: format!("get node {node_name}"),
             source: "the node has no UID".into(),
