@@ -23,7 +23,9 @@ use http::{Method, Request, StatusCode};
 use meshward_config::LimitsConfig;
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::h2_stream::H2Stream;
 use super::socket::connect_marked_from;
@@ -287,7 +289,13 @@ impl HbonePool {
     }
 
     /// A new connection for `key`, pooled, with its first stream counted.
-    async fn connect(&self, key: Key, tls: &PodTls) -> Result<StreamGuard, HboneError> {
+    /// TCP from the source pod's address, then mTLS as `tls`; the peer must be the
+    /// workload that runs at the address (`reached_the_address`).
+    async fn mtls(
+        &self,
+        key: &Key,
+        tls: &PodTls,
+    ) -> Result<(TlsStream<TcpStream>, Arc<SpiffeId>), HboneError> {
         let peer = key.peer;
         let tcp = connect_marked_from(key.source_ip, peer, self.mark, self.connect_timeout)
             .await
@@ -327,6 +335,12 @@ impl HbonePool {
                 return Err(HboneError::WrongDestination { peer, presented });
             }
         };
+        Ok((stream, peer_id))
+    }
+
+    async fn connect(&self, key: Key, tls: &PodTls) -> Result<StreamGuard, HboneError> {
+        let peer = key.peer;
+        let (stream, peer_id) = self.mtls(&key, tls).await?;
         let (sender, mut driver) = h2::hbone_client()
             .handshake::<_, Bytes>(stream)
             .await
