@@ -2,11 +2,14 @@
 //! `scripts/peers.sh`): k8s_psat with real projected tokens from the TokenRequest
 //! API (an audience, bound to a pod), checked by a real TokenReview, the issuer
 //! authenticating as the `meshward-issuer` ServiceAccount of `docker/k8s/base`
-//! under exactly the RBAC shipped there.
+//! under exactly the RBAC shipped there; ClusterSPIFFEIDs and
+//! ClusterFederatedTrustDomains applied with kubectl become its templates and
+//! federation relationships.
 
 use meshward_api::attestation::k8s_psat_request;
 use meshward_test_support::control_plane::{self, ControlPlane};
 
+use super::federation::{PARTNER, eventually, partner_bundle, partner_issuer};
 use super::*;
 
 const NODE: &str = "ip-10-0-1-23.ec2.internal";
@@ -285,4 +288,158 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
         "{}",
         issuer.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationships() {
+    let Some(plane) = control_plane::shared(
+        "cluster_federated_trust_domains_applied_with_kubectl_become_relationships",
+    ) else {
+        return;
+    };
+    base_applied(plane);
+    let (_dir_b, b, url) = partner_issuer("", "");
+    let (_, partner_json, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
+    let object = |name: &str, trust_domain: &str, url: &str, profile: &str, bundle: &str| {
+        let mut yaml = format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {{name: {name}}}\nspec:\n  trustDomain: {trust_domain}\n  bundleEndpointURL: {url}\n  bundleEndpointProfile: {profile}\n"
+        );
+        if !bundle.is_empty() {
+            // the bootstrap bundle inline, as spire-controller-manager takes it
+            yaml.push_str("  trustDomainBundle: |\n");
+            for line in bundle.lines() {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        yaml
+    };
+    let spiffe =
+        format!("{{type: https_spiffe, endpointSPIFFEID: \"spiffe://{PARTNER}/spire/server\"}}");
+    plane
+        .apply(&object("payments", PARTNER, &url, &spiffe, &partner_json))
+        .unwrap();
+    // what the schema cannot say, the issuer refuses (https_spiffe without the
+    // endpoint's ID); the server takes it, and the others still apply
+    plane
+        .apply(&object(
+            "broken",
+            "other.example",
+            "https://other.example",
+            "{type: https_spiffe}",
+            "",
+        ))
+        .unwrap();
+    // what the schema can say, the server refuses itself
+    let e = plane
+        .apply(&object(
+            "refused",
+            "other.example",
+            "https://other.example",
+            "{type: https_tls}",
+            "",
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Unsupported value: \"https_tls\""), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "cluster_federated_trust_domains: {}\n",
+            plane.api_yaml_with_token(&issuer_token)
+        ),
+    );
+    let relationships = || {
+        let listed = a.cli_json(&["federation", "list"]);
+        let mut all: Vec<(String, String, String)> = listed["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+                (
+                    text("trust_domain"),
+                    text("bundle_endpoint_url"),
+                    text("managed_by"),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let payments = |url: &str| {
+        (
+            PARTNER.to_owned(),
+            url.to_owned(),
+            "k8s/payments".to_owned(),
+        )
+    };
+    eventually(&a, "the object became a relationship", || {
+        (relationships() == [payments(&url)]).then_some(())
+    })
+    .await;
+    assert!(
+        a.log()
+            .contains("ClusterFederatedTrustDomain broken refused"),
+        "{}",
+        a.log()
+    );
+    eventually(&a, "its bundle fetched", || {
+        partner_bundle(&a).filter(|b| !b.jwt_keys.is_empty())
+    })
+    .await;
+    // the CLI cannot take it over or delete it
+    let (code, _, stderr) = a.cli(&["federation", "delete", "-id", PARTNER]);
+    assert!(
+        code != 0 && stderr.contains("managed by k8s/payments"),
+        "{stderr}"
+    );
+    // edited: the broken one mended (https_web needs no bootstrap bundle), the
+    // partner's endpoint moved
+    plane
+        .apply(&object(
+            "broken",
+            "other.example",
+            "https://other.example",
+            "{type: https_web}",
+            "",
+        ))
+        .unwrap();
+    let moved = format!("{url}/moved");
+    plane
+        .apply(&object("payments", PARTNER, &moved, &spiffe, &partner_json))
+        .unwrap();
+    let other = || {
+        (
+            "other.example".to_owned(),
+            "https://other.example".to_owned(),
+            "k8s/broken".to_owned(),
+        )
+    };
+    eventually(&a, "both edits applied", || {
+        (relationships() == [other(), payments(&moved)]).then_some(())
+    })
+    .await;
+    // deleted: the relationship and its bundle go; the other stays
+    plane
+        .kubectl(&["delete", "clusterfederatedtrustdomain", "payments"])
+        .unwrap();
+    eventually(&a, "the relationship removed", || {
+        (relationships() == [other()]).then_some(())
+    })
+    .await;
+    assert!(partner_bundle(&a).is_none());
+    plane
+        .kubectl(&["delete", "clusterfederatedtrustdomain", "broken"])
+        .unwrap();
+    eventually(&a, "the mended one removed", || {
+        relationships().is_empty().then_some(())
+    })
+    .await;
 }
