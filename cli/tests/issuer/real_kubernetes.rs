@@ -29,9 +29,9 @@ fn token(plane: &ControlPlane, service_account: &str, extra: &[&str]) -> String 
     plane.kubectl(&args).unwrap().trim().to_owned()
 }
 
-/// The node (its address written through the status subresource) and the node
-/// daemon's pod bound to it, as a scheduler and a kubelet would leave them.
-fn agent_pod(plane: &ControlPlane) {
+/// The node (its address written through the status subresource) and a node
+/// daemon's pod `pod` bound to it, as a scheduler and a kubelet would leave them.
+fn agent_pod(plane: &ControlPlane, pod: &str) {
     plane
         .apply(&format!(
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n"
@@ -50,7 +50,7 @@ fn agent_pod(plane: &ControlPlane) {
         .unwrap();
     plane
         .apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {AGENT_POD}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
         ))
         .unwrap();
 }
@@ -77,7 +77,7 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
         return;
     };
     base_applied(plane);
-    agent_pod(plane);
+    agent_pod(plane, AGENT_POD);
     let node_uid = plane
         .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
         .unwrap();
@@ -442,4 +442,83 @@ async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationshi
         relationships().is_empty().then_some(())
     })
     .await;
+}
+
+/// `token` (a JWT of the control plane's service-account issuer) with its claims
+/// changed by `edit`, signed again with the control plane's own key (its header,
+/// key ID included, kept).
+fn resigned(
+    plane: &ControlPlane,
+    token: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let part = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&b64.decode(token.split('.').nth(i).unwrap()).unwrap()).unwrap()
+    };
+    let (header, mut claims) = (part(0), part(1));
+    assert_eq!(header["alg"], "ES256", "{header}");
+    edit(&mut claims);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = part(0)["kid"].as_str().map(str::to_owned);
+    let key = std::fs::read(plane.service_account_signing_key_file()).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
+    let Some(plane) =
+        control_plane::shared("an_expired_projected_token_is_refused_by_the_real_token_review")
+    else {
+        return;
+    };
+    base_applied(plane);
+    // a pod of its own: the test above deletes its pod
+    let pod = "meshward-node-expiry";
+    agent_pod(plane, pod);
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let psat = format!(
+        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
+        plane.url(),
+        plane.ca_file().display(),
+        issuer_token.display()
+    );
+    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &psat);
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let bound_to = format!("--bound-object-name={pod}");
+    let projected = token(
+        plane,
+        "meshward-node",
+        &[
+            "--audience=meshward-issuer",
+            "--bound-object-kind=Pod",
+            &bound_to,
+        ],
+    );
+    // The TokenRequest API gives no token shorter than 10 minutes, so its claims
+    // (audience, pod binding, ServiceAccount UID) are signed again with the
+    // server's own key, valid an hour ago and no more. First the same claims
+    // unchanged: the server takes its own key's signature...
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let same = resigned(plane, &projected, |_| {});
+    client.attest_agent(attest(&same)).await.unwrap();
+    // ...then expired: the real TokenReview refuses it, and so does the issuer
+    let expired = resigned(plane, &projected, |claims| {
+        claims["iat"] = (now - 7200).into();
+        claims["nbf"] = (now - 7200).into();
+        claims["exp"] = (now - 3600).into();
+    });
+    let e = client.attest_agent(attest(&expired)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    eprintln!("expired: {}", e.message());
 }
