@@ -53,8 +53,8 @@ fn as_meshward_node(plane: &control_plane::ControlPlane, dir: &std::path::Path) 
 
 /// The daemons dial the API server's 127.0.0.1:<port> in their node: forwarded
 /// there from each node while the forwards live.
-fn forward_api(mesh: &Mesh, plane: &control_plane::ControlPlane) -> Vec<LoopbackForward> {
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
+fn forward_api(mesh: &Mesh, api_url: &str) -> Vec<LoopbackForward> {
+    let api: SocketAddr = api_url.trim_start_matches("https://").parse().unwrap();
     ["node-1", "node-2"]
         .iter()
         .map(|node| {
@@ -75,33 +75,13 @@ fn authorization_policies_applied_with_kubectl_take_effect() {
     };
     // the manifests as shipped (no controllers run here: the workloads stay objects)
     base_applied(plane);
-    let token = plane
-        .kubectl(&[
-            "create",
-            "token",
-            "meshward-node",
-            "-n",
-            "meshward-system",
-            "--duration=1h",
-        ])
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("meshward-node.token");
-    std::fs::write(&token_file, token.trim()).unwrap();
-    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let api_yaml = as_meshward_node(plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    // the daemons dial the API server's 127.0.0.1:<port> in their node, forwarded here
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
 
@@ -165,14 +145,7 @@ fn the_daemons_keep_their_policies_through_an_api_server_restart() {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
     plane
@@ -217,16 +190,8 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let forward = || -> Vec<LoopbackForward> {
-        ["node-1", "node-2"]
-            .iter()
-            .map(|node| {
-                let ns = mesh.cluster.node(node).unwrap().netns();
-                LoopbackForward::start(ns, api.port(), api).unwrap()
-            })
-            .collect()
-    };
+    let api_url = plane.url().to_owned();
+    let forward = || forward_api(&mesh, &api_url);
     let forwards = forward();
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
@@ -289,40 +254,15 @@ fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
     let Some(plane) = control_plane::own(test) else {
         return;
     };
-    plane
-        .kubectl(&[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-        ])
-        .unwrap();
+    apply_base(&plane);
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("meshward-node.token");
-    let token = plane
-        .kubectl(&[
-            "create",
-            "token",
-            "meshward-node",
-            "-n",
-            "meshward-system",
-            "--duration=1h",
-        ])
-        .unwrap();
-    std::fs::write(&token_file, token.trim()).unwrap();
-    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let api_yaml = as_meshward_node(&plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     // the pod's namespace is echoserver; the policy allows the caller there
     plane
         .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
@@ -403,7 +343,7 @@ fn request_authentications_applied_with_kubectl_take_effect() {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let _forwards = forward_api(&mesh, &plane);
+    let _forwards = forward_api(&mesh, plane.url());
     plane
         .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
         .unwrap();
