@@ -10,23 +10,58 @@ mod support;
 
 use std::net::SocketAddr;
 
-use meshward_integration::{LoopbackForward, available_or_skip};
+use meshward_integration::{LoopbackForward, Mesh, available_or_skip};
 use meshward_test_support::control_plane;
-use support::{TD, curl_spire, echo_mesh, eventually, example, status};
+use support::{TD, bearer, call, curl_spire, echo_mesh, eventually, example, status, unauthorized};
 
-/// `docker/k8s/base` applied to the shared control plane, once for the tests of
-/// this binary (two applies at once could both try to create an object).
+/// `docker/k8s/base` applied (the manifests as shipped; no controllers run here:
+/// the workloads stay objects).
+fn apply_base(plane: &control_plane::ControlPlane) {
+    plane
+        .kubectl(&[
+            "apply",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
+        ])
+        .unwrap();
+}
+
+/// [`apply_base`] to the shared control plane, once for the tests of this binary
+/// (two applies at once could both try to create an object).
 fn base_applied(plane: &control_plane::ControlPlane) {
     static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    APPLIED.get_or_init(|| {
-        plane
-            .kubectl(&[
-                "apply",
-                "-k",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-            ])
-            .unwrap();
-    });
+    APPLIED.get_or_init(|| apply_base(plane));
+}
+
+/// The node daemons' `kubernetes:` block: the API server as the `meshward-node`
+/// ServiceAccount (a token from the TokenRequest API, written in `dir`).
+fn as_meshward_node(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> String {
+    let token = plane
+        .kubectl(&[
+            "create",
+            "token",
+            "meshward-node",
+            "-n",
+            "meshward-system",
+            "--duration=1h",
+        ])
+        .unwrap();
+    let token_file = dir.join("meshward-node.token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    plane.api_yaml_with_token(&token_file)
+}
+
+/// The daemons dial the API server's 127.0.0.1:<port> in their node: forwarded
+/// there from each node while the forwards live.
+fn forward_api(mesh: &Mesh, api_url: &str) -> Vec<LoopbackForward> {
+    let api: SocketAddr = api_url.trim_start_matches("https://").parse().unwrap();
+    ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let ns = mesh.cluster.node(node).unwrap().netns();
+            LoopbackForward::start(ns, api.port(), api).unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -40,33 +75,13 @@ fn authorization_policies_applied_with_kubectl_take_effect() {
     };
     // the manifests as shipped (no controllers run here: the workloads stay objects)
     base_applied(plane);
-    let token = plane
-        .kubectl(&[
-            "create",
-            "token",
-            "meshward-node",
-            "-n",
-            "meshward-system",
-            "--duration=1h",
-        ])
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("meshward-node.token");
-    std::fs::write(&token_file, token.trim()).unwrap();
-    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let api_yaml = as_meshward_node(plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    // the daemons dial the API server's 127.0.0.1:<port> in their node, forwarded here
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
 
@@ -130,14 +145,7 @@ fn the_daemons_keep_their_policies_through_an_api_server_restart() {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
     plane
@@ -182,16 +190,8 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let forward = || -> Vec<LoopbackForward> {
-        ["node-1", "node-2"]
-            .iter()
-            .map(|node| {
-                let ns = mesh.cluster.node(node).unwrap().netns();
-                LoopbackForward::start(ns, api.port(), api).unwrap()
-            })
-            .collect()
-    };
+    let api_url = plane.url().to_owned();
+    let forward = || forward_api(&mesh, &api_url);
     let forwards = forward();
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = |path: &str| format!("http://{ip}:8080{path}");
@@ -254,40 +254,15 @@ fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
     let Some(plane) = control_plane::own(test) else {
         return;
     };
-    plane
-        .kubectl(&[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-        ])
-        .unwrap();
+    apply_base(&plane);
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("meshward-node.token");
-    let token = plane
-        .kubectl(&[
-            "create",
-            "token",
-            "meshward-node",
-            "-n",
-            "meshward-system",
-            "--duration=1h",
-        ])
-        .unwrap();
-    std::fs::write(&token_file, token.trim()).unwrap();
-    let api_yaml = plane.api_yaml_with_token(&token_file);
+    let api_yaml = as_meshward_node(&plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
     });
-    let api: SocketAddr = plane.url().trim_start_matches("https://").parse().unwrap();
-    let _forwards: Vec<LoopbackForward> = ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect();
+    let _forwards = forward_api(&mesh, plane.url());
     // the pod's namespace is echoserver; the policy allows the caller there
     plane
         .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
@@ -349,4 +324,88 @@ fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
             other => Err(format!("still answered or hung: {other:?}")),
         }
     });
+}
+
+#[test]
+fn request_authentications_applied_with_kubectl_take_effect() {
+    let test = "request_authentications_applied_with_kubectl_take_effect";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    // its own: the shared one's tests change the policies of namespace echoserver
+    let Some(plane) = control_plane::own(test) else {
+        return;
+    };
+    apply_base(&plane);
+    let dir = tempfile::tempdir().unwrap();
+    let api_yaml = as_meshward_node(&plane, dir.path());
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let _forwards = forward_api(&mesh, plane.url());
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    // JWT-SVIDs of the trust domain for audience `audience`, and a policy that
+    // wants the caller's request principal (Istio's iss/sub)
+    let authentication = |audience: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt-svids, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: echoserver}}}}\n  jwtRules:\n  - issuer: spiffe://{TD}\n    audiences: [{audience}]\n"
+        )
+    };
+    let caller = format!("spiffe://{TD}/ns/default/sa/curl-spire");
+    plane
+        .apply(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: require-jwt, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: echoserver}}}}\n  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"spiffe://{TD}/{caller}\"]\n"
+        ))
+        .unwrap();
+    plane.apply(&authentication("echoserver")).unwrap();
+    let fetch = |audience: &str| mesh.fetch_jwt_svid("curl-spire", audience).unwrap();
+    let token = fetch("echoserver");
+    let answered = |r: &meshward_integration::CurlResponse, want: u16, body: &str| {
+        (r.status == Some(want) && (body.is_empty() || r.body == body))
+            .then_some(())
+            .ok_or(format!("want {want} {body:?}: {:?} {:?}", r.status, r.body))
+    };
+
+    // applied: the good token passes, a tampered one is refused as jwt_authn does
+    eventually(&mesh, "the JWT-SVID accepted once applied", || {
+        answered(&call(&mesh, &bearer(&token)), 200, "")
+    });
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    unauthorized(&call(&mesh, &bearer(&tampered)), "Jwt verification fails").unwrap();
+    // no token: no request principal, and the policy requires one
+    answered(&call(&mesh, &[]), 403, "RBAC: access denied").unwrap();
+
+    // edited (same object): another audience; the old token is refused, a token
+    // for the new one passes
+    plane.apply(&authentication("billing")).unwrap();
+    eventually(&mesh, "the old audience refused once edited", || {
+        unauthorized(
+            &call(&mesh, &bearer(&token)),
+            "Audiences in Jwt are not allowed",
+        )
+    });
+    let billing = fetch("billing");
+    answered(&call(&mesh, &bearer(&billing)), 200, "").unwrap();
+
+    // deleted: no rule verifies a token any more, so none is refused as invalid
+    // and none gives a request principal: the policy refuses both alike
+    plane
+        .kubectl(&[
+            "delete",
+            "requestauthentication",
+            "jwt-svids",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
+    eventually(&mesh, "no request principal once deleted", || {
+        answered(&call(&mesh, &bearer(&billing)), 403, "RBAC: access denied")
+    });
+    answered(&call(&mesh, &bearer(&tampered)), 403, "RBAC: access denied").unwrap();
 }

@@ -508,6 +508,13 @@ impl ControlPlane {
         (&self.admin_cert_file, &self.admin_key_file)
     }
 
+    /// The service-account signing key (PKCS#8 PEM, P-256: ES256), for a test
+    /// that must re-sign a real token's claims (e.g. with an expiry already past,
+    /// which the TokenRequest API's 10-minute minimum cannot give quickly).
+    pub fn service_account_signing_key_file(&self) -> PathBuf {
+        self.dir.join("service-accounts-key.pem")
+    }
+
     /// A kubeconfig for `kubectl --kubeconfig` (admin client certificate).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

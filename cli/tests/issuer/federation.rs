@@ -6,10 +6,10 @@ use meshward_spiffe::{Bundle, TrustDomain};
 
 use super::*;
 
-const PARTNER: &str = "payments.example.org";
+pub(super) const PARTNER: &str = "payments.example.org";
 
 /// A's stored bundle of the partner, if any (`bundle list -format spiffe`).
-fn partner_bundle(issuer: &Issuer) -> Option<Bundle> {
+pub(super) fn partner_bundle(issuer: &Issuer) -> Option<Bundle> {
     let id = format!("spiffe://{PARTNER}");
     let (code, out, _) = issuer.cli(&["bundle", "list", "-id", &id, "-format", "spiffe"]);
     let json: Vec<&str> = out.lines().filter(|l| !l.starts_with('*')).collect();
@@ -18,7 +18,11 @@ fn partner_bundle(issuer: &Issuer) -> Option<Bundle> {
 }
 
 /// Polls `check` for at most 30 s; on failure, shows `issuer`'s log.
-async fn eventually<T>(issuer: &Issuer, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(super) async fn eventually<T>(
+    issuer: &Issuer,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = check() {
@@ -46,7 +50,7 @@ fn metric(issuer: &Issuer, name: &str, labels: &[&str]) -> f64 {
 /// The partner's issuer, serving its bundle at an https_spiffe endpoint on
 /// 127.0.0.1 (`extra`: more issuer.yaml lines, `endpoint`: more `bundle_endpoint`
 /// lines); its directory, the issuer, and the endpoint's URL.
-fn partner_issuer(extra: &str, endpoint: &str) -> (tempfile::TempDir, Issuer, String) {
+pub(super) fn partner_issuer(extra: &str, endpoint: &str) -> (tempfile::TempDir, Issuer, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let issuer = Issuer::with_extra(

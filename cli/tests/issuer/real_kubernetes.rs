@@ -2,11 +2,14 @@
 //! `scripts/peers.sh`): k8s_psat with real projected tokens from the TokenRequest
 //! API (an audience, bound to a pod), checked by a real TokenReview, the issuer
 //! authenticating as the `meshward-issuer` ServiceAccount of `docker/k8s/base`
-//! under exactly the RBAC shipped there.
+//! under exactly the RBAC shipped there; ClusterSPIFFEIDs and
+//! ClusterFederatedTrustDomains applied with kubectl become its templates and
+//! federation relationships.
 
 use meshward_api::attestation::k8s_psat_request;
 use meshward_test_support::control_plane::{self, ControlPlane};
 
+use super::federation::{PARTNER, eventually, partner_bundle, partner_issuer};
 use super::*;
 
 const NODE: &str = "ip-10-0-1-23.ec2.internal";
@@ -26,9 +29,9 @@ fn token(plane: &ControlPlane, service_account: &str, extra: &[&str]) -> String 
     plane.kubectl(&args).unwrap().trim().to_owned()
 }
 
-/// The node (its address written through the status subresource) and the node
-/// daemon's pod bound to it, as a scheduler and a kubelet would leave them.
-fn agent_pod(plane: &ControlPlane) {
+/// The node (its address written through the status subresource) and a node
+/// daemon's pod `pod` bound to it, as a scheduler and a kubelet would leave them.
+fn agent_pod(plane: &ControlPlane, pod: &str) {
     plane
         .apply(&format!(
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n"
@@ -47,7 +50,7 @@ fn agent_pod(plane: &ControlPlane) {
         .unwrap();
     plane
         .apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {AGENT_POD}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
         ))
         .unwrap();
 }
@@ -74,7 +77,7 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
         return;
     };
     base_applied(plane);
-    agent_pod(plane);
+    agent_pod(plane, AGENT_POD);
     let node_uid = plane
         .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
         .unwrap();
@@ -285,4 +288,237 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
         "{}",
         issuer.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationships() {
+    let Some(plane) = control_plane::shared(
+        "cluster_federated_trust_domains_applied_with_kubectl_become_relationships",
+    ) else {
+        return;
+    };
+    base_applied(plane);
+    let (_dir_b, b, url) = partner_issuer("", "");
+    let (_, partner_json, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
+    let object = |name: &str, trust_domain: &str, url: &str, profile: &str, bundle: &str| {
+        let mut yaml = format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {{name: {name}}}\nspec:\n  trustDomain: {trust_domain}\n  bundleEndpointURL: {url}\n  bundleEndpointProfile: {profile}\n"
+        );
+        if !bundle.is_empty() {
+            // the bootstrap bundle inline, as spire-controller-manager takes it
+            yaml.push_str("  trustDomainBundle: |\n");
+            for line in bundle.lines() {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        yaml
+    };
+    let spiffe =
+        format!("{{type: https_spiffe, endpointSPIFFEID: \"spiffe://{PARTNER}/spire/server\"}}");
+    plane
+        .apply(&object("payments", PARTNER, &url, &spiffe, &partner_json))
+        .unwrap();
+    // what the schema cannot say, the issuer refuses (https_spiffe without the
+    // endpoint's ID); the server takes it, and the others still apply
+    plane
+        .apply(&object(
+            "broken",
+            "other.example",
+            "https://other.example",
+            "{type: https_spiffe}",
+            "",
+        ))
+        .unwrap();
+    // what the schema can say, the server refuses itself
+    let e = plane
+        .apply(&object(
+            "refused",
+            "other.example",
+            "https://other.example",
+            "{type: https_tls}",
+            "",
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Unsupported value: \"https_tls\""), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let a = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "cluster_federated_trust_domains: {}\n",
+            plane.api_yaml_with_token(&issuer_token)
+        ),
+    );
+    let relationships = || {
+        let listed = a.cli_json(&["federation", "list"]);
+        let mut all: Vec<(String, String, String)> = listed["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+                (
+                    text("trust_domain"),
+                    text("bundle_endpoint_url"),
+                    text("managed_by"),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let payments = |url: &str| {
+        (
+            PARTNER.to_owned(),
+            url.to_owned(),
+            "k8s/payments".to_owned(),
+        )
+    };
+    eventually(&a, "the object became a relationship", || {
+        (relationships() == [payments(&url)]).then_some(())
+    })
+    .await;
+    assert!(
+        a.log()
+            .contains("ClusterFederatedTrustDomain broken refused"),
+        "{}",
+        a.log()
+    );
+    eventually(&a, "its bundle fetched", || {
+        partner_bundle(&a).filter(|b| !b.jwt_keys.is_empty())
+    })
+    .await;
+    // the CLI cannot take it over or delete it
+    let (code, _, stderr) = a.cli(&["federation", "delete", "-id", PARTNER]);
+    assert!(
+        code != 0 && stderr.contains("managed by k8s/payments"),
+        "{stderr}"
+    );
+    // edited: the broken one mended (https_web needs no bootstrap bundle), the
+    // partner's endpoint moved
+    plane
+        .apply(&object(
+            "broken",
+            "other.example",
+            "https://other.example",
+            "{type: https_web}",
+            "",
+        ))
+        .unwrap();
+    let moved = format!("{url}/moved");
+    plane
+        .apply(&object("payments", PARTNER, &moved, &spiffe, &partner_json))
+        .unwrap();
+    let other = || {
+        (
+            "other.example".to_owned(),
+            "https://other.example".to_owned(),
+            "k8s/broken".to_owned(),
+        )
+    };
+    eventually(&a, "both edits applied", || {
+        (relationships() == [other(), payments(&moved)]).then_some(())
+    })
+    .await;
+    // deleted: the relationship and its bundle go; the other stays
+    plane
+        .kubectl(&["delete", "clusterfederatedtrustdomain", "payments"])
+        .unwrap();
+    eventually(&a, "the relationship removed", || {
+        (relationships() == [other()]).then_some(())
+    })
+    .await;
+    assert!(partner_bundle(&a).is_none());
+    plane
+        .kubectl(&["delete", "clusterfederatedtrustdomain", "broken"])
+        .unwrap();
+    eventually(&a, "the mended one removed", || {
+        relationships().is_empty().then_some(())
+    })
+    .await;
+}
+
+/// `token` (a JWT of the control plane's service-account issuer) with its claims
+/// changed by `edit`, signed again with the control plane's own key (its header,
+/// key ID included, kept).
+fn resigned(
+    plane: &ControlPlane,
+    token: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let part = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&b64.decode(token.split('.').nth(i).unwrap()).unwrap()).unwrap()
+    };
+    let (header, mut claims) = (part(0), part(1));
+    assert_eq!(header["alg"], "ES256", "{header}");
+    edit(&mut claims);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = part(0)["kid"].as_str().map(str::to_owned);
+    let key = std::fs::read(plane.service_account_signing_key_file()).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
+    let Some(plane) =
+        control_plane::shared("an_expired_projected_token_is_refused_by_the_real_token_review")
+    else {
+        return;
+    };
+    base_applied(plane);
+    // a pod of its own: the test above deletes its pod
+    let pod = "meshward-node-expiry";
+    agent_pod(plane, pod);
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = dir.path().join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let psat = format!(
+        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
+        plane.url(),
+        plane.ca_file().display(),
+        issuer_token.display()
+    );
+    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &psat);
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let bound_to = format!("--bound-object-name={pod}");
+    let projected = token(
+        plane,
+        "meshward-node",
+        &[
+            "--audience=meshward-issuer",
+            "--bound-object-kind=Pod",
+            &bound_to,
+        ],
+    );
+    // The TokenRequest API gives no token shorter than 10 minutes, so its claims
+    // (audience, pod binding, ServiceAccount UID) are signed again with the
+    // server's own key, valid an hour ago and no more. First the same claims
+    // unchanged: the server takes its own key's signature...
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let same = resigned(plane, &projected, |_| {});
+    client.attest_agent(attest(&same)).await.unwrap();
+    // ...then expired: the real TokenReview refuses it, and so does the issuer
+    let expired = resigned(plane, &projected, |claims| {
+        claims["iat"] = (now - 7200).into();
+        claims["nbf"] = (now - 7200).into();
+        claims["exp"] = (now - 3600).into();
+    });
+    let e = client.attest_agent(attest(&expired)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    eprintln!("expired: {}", e.message());
 }

@@ -16,22 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use meshward_integration::{CurlResponse, Mesh, Process, available_or_skip, wait_for_port};
 use meshward_test_support::jwks::{P256Signer, unix_now};
 use serde_json::{Value, json};
-use support::{TD, curl_spire, echo_mesh, eventually, node_metric};
-
-/// Sends `GET /` from curl-spire to the echoserver with `headers`.
-fn call(mesh: &Mesh, headers: &[String]) -> CurlResponse {
-    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
-    let mut args: Vec<&str> = Vec::new();
-    for h in headers {
-        args.extend(["-H", h.as_str()]);
-    }
-    args.push(&url);
-    mesh.cluster.curl("curl-spire", &args).unwrap()
-}
-
-fn bearer(token: &str) -> Vec<String> {
-    vec![format!("authorization: Bearer {token}")]
-}
+use support::{TD, bearer, call, curl_spire, echo_mesh, eventually, node_metric, unauthorized};
 
 /// What the echoserver received.
 fn received(r: &CurlResponse) -> Value {
@@ -53,17 +38,6 @@ fn apply(mesh: &Mesh, name: &str, spec: &str) {
         ),
     )
     .unwrap();
-}
-
-/// A refusal as Envoy's jwt_authn gives it.
-fn unauthorized(r: &CurlResponse, body: &str) -> Result<(), String> {
-    if r.status != Some(401) || r.body != body {
-        return Err(format!("{:?} {:?}", r.status, r.body));
-    }
-    match r.header("www-authenticate") {
-        Some(v) if v.starts_with("Bearer realm=\"http://") && v.contains("invalid_token") => Ok(()),
-        other => Err(format!("www-authenticate: {other:?}")),
-    }
 }
 
 #[test]

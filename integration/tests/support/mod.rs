@@ -118,6 +118,32 @@ pub fn tcp_echo(mesh: &Mesh) -> Process {
         .unwrap()
 }
 
+/// Sends `GET /` from curl-spire to the echoserver with `headers`.
+pub fn call(mesh: &Mesh, headers: &[String]) -> CurlResponse {
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    let mut args: Vec<&str> = Vec::new();
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(&url);
+    mesh.cluster.curl("curl-spire", &args).unwrap()
+}
+
+pub fn bearer(token: &str) -> Vec<String> {
+    vec![format!("authorization: Bearer {token}")]
+}
+
+/// A refusal as Envoy's jwt_authn gives it.
+pub fn unauthorized(r: &CurlResponse, body: &str) -> Result<(), String> {
+    if r.status != Some(401) || r.body != body {
+        return Err(format!("{:?} {:?}", r.status, r.body));
+    }
+    match r.header("www-authenticate") {
+        Some(v) if v.starts_with("Bearer realm=\"http://") && v.contains("invalid_token") => Ok(()),
+        other => Err(format!("www-authenticate: {other:?}")),
+    }
+}
+
 pub fn curl_spire() -> PodSpec {
     PodSpec::new("curl-spire").service_account("curl-spire")
 }
