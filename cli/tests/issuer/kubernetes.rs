@@ -77,7 +77,7 @@ async fn k8s_psat_attestation_through_token_review() {
         api.service_account_token(&agent_pod, "someone-else", Duration::from_secs(600));
     refused(
         client.attest_agent(attest("eks", wrong_audience)).await,
-        "not valid for audience",
+        "did not authenticate the token",
     );
     refused(
         client
@@ -98,7 +98,7 @@ async fn k8s_psat_attestation_through_token_review() {
     forged.pop();
     refused(
         client.attest_agent(attest("eks", forged)).await,
-        "not valid for audience",
+        "did not authenticate the token",
     );
     let other_sa = FakePod {
         service_account: "default".into(),

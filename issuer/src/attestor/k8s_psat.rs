@@ -278,7 +278,7 @@ pub(crate) fn reviewed_agent(
     let status = reviewed.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(denied(format!(
-            "the token is not valid for audience {:?}: {}",
+            "the cluster's TokenReview (audience {:?}) did not authenticate the token: {}",
             audience,
             status.error.unwrap_or_else(|| "not authenticated".into())
         )));
