@@ -51,6 +51,20 @@ fn as_meshward_node(plane: &control_plane::ControlPlane, dir: &std::path::Path) 
     plane.api_yaml_with_token(&token_file)
 }
 
+/// For a test that changes what others would see: a control plane of its own with
+/// [`apply_base`] done, and the daemons' `kubernetes:` block as `meshward-node`
+/// (its token in `dir`). `None`: the test is skipped.
+fn own_plane_as_node(
+    test: &str,
+    dir: &std::path::Path,
+) -> Option<(control_plane::ControlPlane, String)> {
+    available_or_skip(test)?;
+    let plane = control_plane::own(test)?;
+    apply_base(&plane);
+    let api_yaml = as_meshward_node(&plane, dir);
+    Some((plane, api_yaml))
+}
+
 /// The daemons dial the API server's 127.0.0.1:<port> in their node: forwarded
 /// there from each node while the forwards live.
 fn forward_api(mesh: &Mesh, api_url: &str) -> Vec<LoopbackForward> {
@@ -246,17 +260,14 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
 
 #[test]
 fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
-    let test = "a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod";
-    let Some(()) = available_or_skip(test) else {
-        return;
-    };
-    // its own: the other tests here change the policies of namespace echoserver
-    let Some(plane) = control_plane::own(test) else {
-        return;
-    };
-    apply_base(&plane);
     let dir = tempfile::tempdir().unwrap();
-    let api_yaml = as_meshward_node(&plane, dir.path());
+    // a plane of its own: the other tests here change the policies of namespace echoserver
+    let Some((plane, api_yaml)) = own_plane_as_node(
+        "a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod",
+        dir.path(),
+    ) else {
+        return;
+    };
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
@@ -328,17 +339,14 @@ fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
 
 #[test]
 fn request_authentications_applied_with_kubectl_take_effect() {
-    let test = "request_authentications_applied_with_kubectl_take_effect";
-    let Some(()) = available_or_skip(test) else {
-        return;
-    };
-    // its own: the shared one's tests change the policies of namespace echoserver
-    let Some(plane) = control_plane::own(test) else {
-        return;
-    };
-    apply_base(&plane);
     let dir = tempfile::tempdir().unwrap();
-    let api_yaml = as_meshward_node(&plane, dir.path());
+    // a plane of its own: the shared one's tests change the policies of namespace echoserver
+    let Some((plane, api_yaml)) = own_plane_as_node(
+        "request_authentications_applied_with_kubectl_take_effect",
+        dir.path(),
+    ) else {
+        return;
+    };
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));

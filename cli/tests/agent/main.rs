@@ -121,6 +121,35 @@ async fn serve_workload_api(
 }
 
 /// Waits (bounded) for a snapshot that satisfies `done`.
+/// Where a Kubernetes API is, and the token that reads it.
+struct KubeApi<'a> {
+    url: &'a str,
+    ca_file: &'a Path,
+    token_file: &'a Path,
+}
+
+/// An issuer with curl-spire's entry, and an agent for node-1 (attested with a
+/// join token) whose workloads are the pods `api` lists for node-1.
+fn agent_on_kubernetes(dir: &Path, api: &KubeApi<'_>) -> (IssuerProcess, AgentHandle) {
+    let issuer = start_issuer(dir);
+    let token = node_token(&issuer);
+    curl_spire_entry(&issuer);
+    std::fs::write(dir.join("bundle.pem"), issuer.bundle_pem()).unwrap();
+    let yaml = format!(
+        "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    kubernetes:\n      node_name: node-1\n      api_server: {}\n      api_ca_path: {}\n      api_token_path: {}\n  sync_interval: 1s\n",
+        issuer.agent,
+        dir.join("bundle.pem").display(),
+        dir.join("agent").display(),
+        &token,
+        api.url,
+        api.ca_file.display(),
+        api.token_file.display()
+    );
+    let config = ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap();
+    let handle = meshward_proxy::agent::start(&config).unwrap();
+    (issuer, handle)
+}
+
 async fn wait_for(
     handle: &mut AgentHandle,
     what: &str,

@@ -51,22 +51,12 @@ async fn kubernetes_source_watches_the_pods_of_this_node_on_a_real_api_server() 
     kubelet_pod(plane, "pending", "node-1", "");
 
     let dir = tempfile::tempdir().unwrap();
-    let issuer = start_issuer(dir.path());
-    let token = node_token(&issuer);
-    curl_spire_entry(&issuer);
-    std::fs::write(dir.path().join("bundle.pem"), issuer.bundle_pem()).unwrap();
-    let yaml = format!(
-        "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {}\n  workloads:\n    kubernetes:\n      node_name: node-1\n      api_server: {}\n      api_ca_path: {}\n      api_token_path: {}\n  sync_interval: 1s\n",
-        issuer.agent,
-        dir.path().join("bundle.pem").display(),
-        dir.path().join("agent").display(),
-        &token,
-        plane.url(),
-        plane.ca_file().display(),
-        plane.admin_token_file().display()
-    );
-    let config = ProxyConfig::from_yaml(&yaml, "proxy.yaml").unwrap();
-    let mut handle = meshward_proxy::agent::start(&config).unwrap();
+    let endpoint = KubeApi {
+        url: plane.url(),
+        ca_file: plane.ca_file(),
+        token_file: plane.admin_token_file(),
+    };
+    let (_issuer, mut handle) = agent_on_kubernetes(dir.path(), &endpoint);
     // listed: only this node's pod with an address
     let snapshot = wait_for(&mut handle, "curl from the pod list", |s| {
         !ids(s, "10.40.1.2").is_empty()
