@@ -70,6 +70,20 @@ fn base_applied(plane: &ControlPlane) {
     });
 }
 
+/// An issuer whose `k8s_psat` cluster `eks` is `plane`, read as the
+/// `meshward-issuer` ServiceAccount (its token in `dir`), allowing meshward-node.
+fn psat_issuer(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> Issuer {
+    let issuer_token = dir.join("issuer.token");
+    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let psat = format!(
+        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
+        plane.url(),
+        plane.ca_file().display(),
+        issuer_token.display()
+    );
+    Issuer::with_extra(meshward(), TD, dir, &sqlite_url(dir), &psat)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_psat_attestation_through_a_real_token_review() {
     let Some(plane) = control_plane::shared("k8s_psat_attestation_through_a_real_token_review")
@@ -94,15 +108,7 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = dir.path().join("issuer.token");
-    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
-    let psat = format!(
-        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
-        plane.url(),
-        plane.ca_file().display(),
-        issuer_token.display()
-    );
-    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &psat);
+    let issuer = psat_issuer(plane, dir.path());
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
     let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
@@ -479,15 +485,7 @@ async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
     let pod = "meshward-node-expiry";
     agent_pod(plane, pod);
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = dir.path().join("issuer.token");
-    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
-    let psat = format!(
-        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
-        plane.url(),
-        plane.ca_file().display(),
-        issuer_token.display()
-    );
-    let issuer = Issuer::with_extra(meshward(), TD, dir.path(), &sqlite_url(dir.path()), &psat);
+    let issuer = psat_issuer(plane, dir.path());
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
     let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
