@@ -288,7 +288,39 @@ fn own_bundle(
     let Some(sent) = sent else {
         return meshward_spiffe::Bundle::new(td.clone());
     };
-    let authorities_only = || meshward_spiffe::Bundle {
+    wire_bundle(td, sent).unwrap_or_else(|e| {
+        tracing::error!(
+            "agent: the own bundle's JSON is unusable, keeping its X.509 authorities only: {e}"
+        );
+        authorities_only(td, sent)
+    })
+}
+
+/// A federated bundle as the issuer sent it.
+fn federated_bundle(
+    b: &meshward_api::proto::Bundle,
+) -> Result<meshward_spiffe::Bundle, Box<dyn std::error::Error>> {
+    let td = TrustDomain::parse(&b.trust_domain)?;
+    Ok(wire_bundle(&td, b)?)
+}
+
+/// A bundle of `td` as the issuer sends it: the SPIFFE JSON (X.509 authorities and
+/// JWT keys) when present, else the X.509 authorities alone.
+fn wire_bundle(
+    td: &TrustDomain,
+    sent: &meshward_api::proto::Bundle,
+) -> Result<meshward_spiffe::Bundle, meshward_spiffe::InvalidBundle> {
+    if sent.jwks.is_empty() {
+        return Ok(authorities_only(td, sent));
+    }
+    meshward_spiffe::Bundle::from_spiffe_json(td, &sent.jwks)
+}
+
+fn authorities_only(
+    td: &TrustDomain,
+    sent: &meshward_api::proto::Bundle,
+) -> meshward_spiffe::Bundle {
+    meshward_spiffe::Bundle {
         x509_authorities: sent
             .x509_authorities
             .iter()
@@ -296,36 +328,7 @@ fn own_bundle(
             .map(CertificateDer::from)
             .collect(),
         ..meshward_spiffe::Bundle::new(td.clone())
-    };
-    if sent.jwks.is_empty() {
-        return authorities_only();
     }
-    meshward_spiffe::Bundle::from_spiffe_json(td, &sent.jwks).unwrap_or_else(|e| {
-        tracing::error!(
-            "agent: the own bundle's JSON is unusable, keeping its X.509 authorities only: {e}"
-        );
-        authorities_only()
-    })
-}
-
-/// A federated bundle as the issuer sent it: the SPIFFE JSON (X.509 authorities
-/// and JWT keys) when present, else the X.509 authorities alone.
-fn federated_bundle(
-    b: &meshward_api::proto::Bundle,
-) -> Result<meshward_spiffe::Bundle, Box<dyn std::error::Error>> {
-    let td = TrustDomain::parse(&b.trust_domain)?;
-    if !b.jwks.is_empty() {
-        return Ok(meshward_spiffe::Bundle::from_spiffe_json(&td, &b.jwks)?);
-    }
-    Ok(meshward_spiffe::Bundle {
-        x509_authorities: b
-            .x509_authorities
-            .iter()
-            .cloned()
-            .map(CertificateDer::from)
-            .collect(),
-        ..meshward_spiffe::Bundle::new(td)
-    })
 }
 
 /// Trusts `bundle` for the issuer connection and keeps it for the next start.
