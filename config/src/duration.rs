@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// serde `with` form: `#[serde(with = "meshward_config::duration")]`.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -14,6 +15,11 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     })
 }
 
-pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*d))
+}
+
+/// A duration as a configuration file would write it (`1h 30m`), for messages.
+pub fn format(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }

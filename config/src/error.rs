@@ -22,7 +22,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(source: &str, field: &str, reason: impl Into<String>) -> Self {
+    pub fn invalid(source: &str, field: &str, reason: impl Into<String>) -> Self {
         Self::Invalid {
             source_name: source.into(),
             field: field.into(),
@@ -32,7 +32,7 @@ impl ConfigError {
 }
 
 /// A configuration file's text, or an error naming the file.
-pub(crate) fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -40,7 +40,7 @@ pub(crate) fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 /// YAML -> `T`, with the field path of a type error and the line of a syntax error.
-pub(crate) fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
+pub fn parse_yaml<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
     // An empty file is an empty mapping: every field takes its default.
     let text = if text.trim().is_empty() { "{}" } else { text };
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
@@ -62,5 +62,45 @@ fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        outer: Outer,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        #[serde(default)]
+        port: u16,
+    }
+
+    #[test]
+    fn a_type_error_names_the_field_path() {
+        let err = parse_yaml::<File>("outer:\n  port: many\n", "f.yaml").unwrap_err();
+        let ConfigError::Invalid { field, reason, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(field, "outer.port");
+        assert!(!reason.contains(" at line "), "{reason}");
+        assert!(err.to_string().starts_with("f.yaml: outer.port: "), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_and_an_empty_file_is_all_defaults() {
+        let err = parse_yaml::<File>("outer: [\n", "f.yaml").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Syntax { line: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(parse_yaml::<File>(" \n", "f.yaml").unwrap().outer.port, 0);
     }
 }

@@ -1,4 +1,4 @@
-//! `log:` how the node daemon logs (the access log included).
+//! `log:` how the node daemon and the issuer log (the access log included).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! One configured provider and its failure rule.
 
-use meshward_config::{ExtensionProvider, RequestBody};
+use crate::config::{ExtensionProvider, RequestBody};
 
 use crate::check::{CheckError, CheckInput, Verdict};
 use crate::grpc::GrpcClient;

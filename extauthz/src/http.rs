@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use crate::config::ExtAuthzHttp;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use meshward_config::ExtAuthzHttp;
 
 use crate::check::{CheckError, CheckInput, HeaderChange, HeaderMode, Verdict};
 

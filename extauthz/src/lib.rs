@@ -11,6 +11,7 @@
 
 mod authorizer;
 mod check;
+pub mod config;
 mod grpc;
 mod headers;
 mod http;
@@ -54,9 +55,9 @@ pub mod proto {
 /// `fuzzing` feature, which the product never enables).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
+    use crate::config::ExtAuthzHttp;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
-    use meshward_config::ExtAuthzHttp;
     use prost::Message as _;
 
     use crate::Verdict;

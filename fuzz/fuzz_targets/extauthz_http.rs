@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use meshward_config::ExtAuthzHttp;
+use meshward_extauthz::config::ExtAuthzHttp;
 use meshward_extauthz::Verdict;
 use meshward_extauthz::fuzzing::http_verdict;
 

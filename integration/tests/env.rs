@@ -7,11 +7,11 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshward_config::WorkloadsFile;
 use meshward_integration::{
     Cluster, Netns, PodSpec, available_or_skip, list_namespaces, process_is_running,
     remove_by_prefix, wait_for_port,
 };
+use meshward_proxy::config::WorkloadsFile;
 
 const ECHOSERVER: &str = env!("CARGO_BIN_EXE_echoserver");
 

@@ -10,6 +10,7 @@
 
 pub mod attestor;
 mod ca;
+pub mod config;
 pub mod datastore;
 mod error;
 pub mod federation;

@@ -7,22 +7,14 @@ use std::path::PathBuf;
 
 pub mod watched;
 
-/// Where the API is; every field `None`: in-cluster.
-#[derive(Debug, Clone, Default)]
+/// Where the API is, as configuration files write it (`kubernetes:` sections);
+/// every field `None` (`{}`): in-cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ApiEndpoint {
     pub api_server: Option<String>,
     pub api_ca_path: Option<PathBuf>,
     pub api_token_path: Option<PathBuf>,
-}
-
-impl From<&meshward_config::KubernetesApi> for ApiEndpoint {
-    fn from(api: &meshward_config::KubernetesApi) -> Self {
-        Self {
-            api_server: api.api_server.clone(),
-            api_ca_path: api.api_ca_path.clone(),
-            api_token_path: api.api_token_path.clone(),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::ProxyConfig;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -23,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use meshward_config::ProxyConfig;
 use meshward_policy::{HttpRequest, PolicySet, SpiffeId, Workload};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};

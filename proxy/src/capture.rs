@@ -30,7 +30,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use meshward_config::CaptureConfig;
+use crate::config::CaptureConfig;
 
 const PREROUTING: &str = "MESHWARD_PREROUTING";
 const OUTPUT: &str = "MESHWARD_OUTPUT";

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod capture;
+pub mod config;
 pub mod datapath;
 pub mod logging;
 pub mod metrics;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use meshward_api::client::admin_client;
 use meshward_api::proto;
-use meshward_config::IssuerConfig;
+use meshward_issuer::config::IssuerConfig;
 
 use args::{
     AgentCommand, BundleCommand, BundleFormat, EntryCommand, EntryFields, TemplateCommand,

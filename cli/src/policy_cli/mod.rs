@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use meshward_config::ProxyConfig;
 use meshward_policy::{
     DefaultMode, EngineOptions, PathNormalization, PolicySet, TrustDomain, load_paths,
 };
+use meshward_proxy::config::ProxyConfig;
 
 use input::{EvalInput, Outcome};
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meshward_config::{CaptureOnExit, ProxyConfig};
+use meshward_proxy::config::{CaptureOnExit, ProxyConfig};
 
 #[derive(Subcommand)]
 pub(crate) enum ProxyCommand {
@@ -176,7 +176,7 @@ fn raise_open_files_limit() {
 /// When the daemon stops (also on an error return), removes the capture rules or,
 /// with `capture.on_exit: keep`, leaves them so the node's captured traffic fails
 /// closed until a daemon is back.
-struct CaptureGuard(meshward_config::CaptureConfig);
+struct CaptureGuard(meshward_proxy::config::CaptureConfig);
 
 impl Drop for CaptureGuard {
     fn drop(&mut self) {

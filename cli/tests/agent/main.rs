@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::{PodInfo, ProxyConfig, WorkloadsFile};
 use meshward_proxy::agent::{AgentHandle, Snapshot};
+use meshward_proxy::config::{PodInfo, ProxyConfig, WorkloadsFile};
 use meshward_test_support::check_x509_svid;
 use meshward_test_support::issuer::{IssuerProcess, sqlite_url};
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use meshward_config::PodInfo;
+use meshward_proxy::config::PodInfo;
 
 use crate::netns::Netns;
 
@@ -81,7 +81,7 @@ impl Node {
         &self.pod_cidr
     }
 
-    /// The workloads file of this node (see `meshward_config::WorkloadsFile`).
+    /// The workloads file of this node (see `meshward_proxy::config::WorkloadsFile`).
     pub fn workloads_file(&self) -> &Path {
         &self.workloads_file
     }

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use meshward_config::{PodInfo, WorkloadsFile};
+use meshward_proxy::config::{PodInfo, WorkloadsFile};
 
 use crate::curl::{CurlResponse, curl};
 use crate::error::{HarnessError, Result};

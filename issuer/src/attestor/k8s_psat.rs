@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::config::K8sPsatConfig;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
-use meshward_config::K8sPsatConfig;
 
 use meshward_api::attestation::{self, K8sPsatPayload};
 use meshward_spiffe::Selector;

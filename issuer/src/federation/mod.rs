@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::collections::HashMap;
 
-use meshward_config::{
+use crate::config::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
 use meshward_spiffe::{Bundle, TrustDomain};

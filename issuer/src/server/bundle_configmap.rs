@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::config::BundleConfigMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use meshward_config::BundleConfigMap;
 use serde_json::json;
 use tokio::sync::watch;
 

@@ -22,7 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::{BundleEndpointProfile, IssuerConfig};
+use crate::config::{BundleEndpointProfile, IssuerConfig};
 use meshward_tls::{Authorizer, CertStore, SpiffeClientVerifier, TrustBundles};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
@@ -173,21 +173,20 @@ pub async fn run(
         .serve_with_incoming(UnixListenerStream::new(admin_listener));
     let health_server = health::serve(health_listener, issuer.clone(), metrics);
     if let Some(api) = &config.cluster_spiffe_ids {
-        let client =
-            meshward_kubernetes::client(&api.into()).map_err(startup("cluster_spiffe_ids"))?;
+        let client = meshward_kubernetes::client(api).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
     }
     crate::federation::start(&config.federation, &issuer)
         .await
         .map_err(startup("federation"))?;
     if let Some(api) = &config.cluster_federated_trust_domains {
-        let client = meshward_kubernetes::client(&api.into())
-            .map_err(startup("cluster_federated_trust_domains"))?;
+        let client =
+            meshward_kubernetes::client(api).map_err(startup("cluster_federated_trust_domains"))?;
         tokio::spawn(federation_watch::run(client, issuer.clone()));
     }
     if let Some(target) = &config.bundle_configmap {
-        let client = meshward_kubernetes::client(&(&target.kubernetes).into())
-            .map_err(startup("bundle_configmap"))?;
+        let client =
+            meshward_kubernetes::client(&target.kubernetes).map_err(startup("bundle_configmap"))?;
         tokio::spawn(bundle_configmap::run(
             client,
             target.clone(),

@@ -7,8 +7,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+use crate::config::AgentConfig;
 use meshward_api::attestation::{self, K8sPsatPayload};
-use meshward_config::AgentConfig;
 
 use super::AgentError;
 
@@ -103,7 +103,7 @@ impl AgentAttestor for K8sPsat {
 
 #[cfg(test)]
 mod tests {
-    use meshward_config::AgentPsat;
+    use crate::config::AgentPsat;
 
     use super::*;
 

@@ -3,9 +3,9 @@
 //! Pods without an IP yet and host-network pods (they share the node's IP, so no
 //! pod identity can be told apart by address) are left out.
 
+use crate::config::{KubernetesSource, PodInfo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
-use meshward_config::{KubernetesSource, PodInfo};
 use meshward_kubernetes::watched::{self, Followed};
 
 use super::AgentError;

@@ -19,7 +19,7 @@ mod workloads;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::ProxyConfig;
+use crate::config::ProxyConfig;
 use meshward_spiffe::TrustDomain;
 use meshward_tls::{CertStore, TrustBundles};
 use rustls_pki_types::CertificateDer;

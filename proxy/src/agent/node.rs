@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::config::AgentConfig;
 use meshward_api::proto;
 use meshward_api::proto::agent_api_client::AgentApiClient;
-use meshward_config::AgentConfig;
 use meshward_tls::{CertStore, TrustBundles};
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;

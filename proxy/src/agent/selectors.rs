@@ -1,7 +1,7 @@
 //! A pod's selectors, as SPIRE's k8s workload attestor names them.
 
+use crate::config::PodInfo;
 use meshward_api::template::PodAttributes;
-use meshward_config::PodInfo;
 use meshward_spiffe::Selector;
 
 fn k8s(value: String) -> Selector {

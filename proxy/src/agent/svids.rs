@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::config::PodInfo;
 use meshward_api::proto;
 use meshward_api::proto::agent_api_client::AgentApiClient;
 use meshward_api::template::IdentityTemplate;
-use meshward_config::PodInfo;
 use meshward_jwt::KeySet;
 use meshward_spiffe::{Bundle, BundleSet, Selector, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;

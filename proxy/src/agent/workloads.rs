@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::{PodInfo, WorkloadsFile};
+use crate::config::{PodInfo, WorkloadsFile};
 
 /// The current pods of this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

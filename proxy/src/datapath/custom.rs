@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 
-use meshward_config::ExtensionProvider;
+use meshward_extauthz::config::ExtensionProvider;
 use meshward_extauthz::{Authorizer, CheckInput, HttpInput, PeerInput, Verdict};
 use meshward_policy::{CustomCheck, HttpRequest};
 
@@ -161,7 +161,7 @@ const BODY_FOR_CHECK: Duration = Duration::from_secs(30);
 /// too slow to send it, `408`.
 pub(crate) async fn read_for_check(
     request: &mut Request<ProxyBody>,
-    wanted: &meshward_config::RequestBody,
+    wanted: &meshward_extauthz::config::RequestBody,
 ) -> Result<Bytes, (StatusCode, String)> {
     let max = wanted.max_request_bytes as usize;
     let taken = std::mem::replace(request.body_mut(), body::empty());

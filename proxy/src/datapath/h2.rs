@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
+use crate::config::LimitsConfig;
 use hyper::client::conn::http2 as client;
 use hyper::server::conn::http2 as server;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use meshward_config::LimitsConfig;
 
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

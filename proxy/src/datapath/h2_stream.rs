@@ -151,8 +151,8 @@ fn to_io(e: ::h2::Error) -> io::Error {
 mod tests {
     use std::time::Duration;
 
+    use crate::config::LimitsConfig;
     use http::{Method, Request, Response};
-    use meshward_config::LimitsConfig;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::super::h2;

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::{AppProtocol, PlaintextMode};
 use ::h2::RecvStream;
 use ::h2::server::SendResponse;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use meshward_config::{AppProtocol, PlaintextMode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshward_config::JwksConfig;
+use crate::config::JwksConfig;
 use meshward_jwt::{JwtFailure, KeyProvider, KeySet};
 use meshward_policy::{JwtRule, KeySource, PolicySet};
 use meshward_tls::WebRoots;

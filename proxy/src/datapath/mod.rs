@@ -55,7 +55,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_config::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
+use crate::config::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, ProxyConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -162,14 +162,14 @@ impl DataPath {
         let plaintext = listen(capture.inbound_plaintext_port, "inbound plaintext")?;
         let limits = config.limits.clone();
         let kubernetes = match &config.authorization.kubernetes {
-            Some(api) => Some(
-                meshward_kubernetes::client(&api.into()).map_err(DataPathError::PolicySource)?,
-            ),
+            Some(api) => {
+                Some(meshward_kubernetes::client(api).map_err(DataPathError::PolicySource)?)
+            }
             None => None,
         };
         let services = match &config.outbound.kubernetes {
             Some(api) => Services::watch(
-                meshward_kubernetes::client(&api.into()).map_err(DataPathError::ServiceSource)?,
+                meshward_kubernetes::client(api).map_err(DataPathError::ServiceSource)?,
             ),
             None => Services::none(),
         };

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::LimitsConfig;
 use ::h2::SendStream;
 use ::h2::client::ResponseFuture;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use meshward_config::LimitsConfig;
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;

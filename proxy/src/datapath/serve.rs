@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use meshward_config::AppProtocol;
+use crate::config::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;

@@ -18,10 +18,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::AppProtocol;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
-use meshward_config::AppProtocol;
 use meshward_kubernetes::watched;
 use tokio::sync::watch;
 

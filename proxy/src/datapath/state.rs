@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshward_config::{HboneConfig, PodInfo};
+use crate::config::{HboneConfig, PodInfo};
 use meshward_jwt::KeySet;
 use meshward_policy::Workload;
 use meshward_spiffe::{SpiffeId, TrustDomain};

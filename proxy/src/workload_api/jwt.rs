@@ -10,7 +10,7 @@ use tonic::Status;
 
 use std::sync::Arc;
 
-use meshward_config::PodInfo;
+use crate::config::PodInfo;
 
 use crate::agent::{IssuerClient, Snapshot, WorkloadSvid};
 use crate::workload_proto::Jwtsvid;

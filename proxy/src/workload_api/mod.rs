@@ -24,6 +24,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use crate::agent::{AgentHandle, Snapshot, WorkloadSvid};
+use crate::config::PodInfo;
 use crate::workload_proto::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -32,7 +33,6 @@ use crate::workload_proto::{
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
-use meshward_config::PodInfo;
 
 const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Messages a slow stream reader may have waiting; then the stream waits.

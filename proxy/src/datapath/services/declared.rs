@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 
-use meshward_config::AppProtocol;
+use crate::config::AppProtocol;
 
 /// The declaration of a Service port with this `appProtocol` and name.
 pub(super) fn protocol(app_protocol: Option<&str>, name: Option<&str>) -> Option<AppProtocol> {

@@ -3,7 +3,7 @@
 use meshward_tls::KeyExchangeGroup;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

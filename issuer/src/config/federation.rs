@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use meshward_spiffe::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,7 +92,7 @@ impl FederationConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::IssuerConfig;
+    use crate::config::IssuerConfig;
 
     use super::*;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 /// Plaintext arriving for a local pod (port 15006), as Istio's PeerAuthentication modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -39,7 +39,7 @@ pub struct InboundConfig {
     /// How long detection waits for the client's first bytes. A client that sends
     /// nothing by then is refused, unless its port is declared `tcp` (server-first
     /// protocols); bytes that began an HTTP request stay HTTP however slow.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub protocol_detection_timeout: Duration,
 }
 
@@ -63,20 +63,20 @@ pub struct OutboundConfig {
     /// Where Services and EndpointSlices are watched, so a connection to a
     /// Service's cluster IP goes to one of its ready pods over HBONE (`{}`:
     /// in-cluster). Absent: cluster IPs pass through to kube-proxy.
-    pub kubernetes: Option<crate::KubernetesApi>,
+    pub kubernetes: Option<meshward_kubernetes::ApiEndpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// TCP connect to a peer node or a pod.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub connect_timeout: Duration,
     /// A TLS handshake, either side.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub handshake_timeout: Duration,
     /// A connection (or tunnelled stream) with no bytes either way is closed.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub idle_timeout: Duration,
     /// Connections accepted at once, per listener; more wait in the kernel's backlog.
     pub max_connections: usize,
@@ -84,13 +84,13 @@ pub struct LimitsConfig {
     pub max_streams_per_connection: u32,
     /// A pooled HBONE connection to another node with no stream for this long is
     /// closed (ztunnel's pool release timeout).
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub pool_idle_timeout: Duration,
     /// Request header block, HTTP/1 and HTTP/2.
     pub max_header_bytes: usize,
     /// On SIGTERM, how long connections still open may finish before the daemon
     /// exits (keep it below the pod's `terminationGracePeriodSeconds`).
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub drain_grace_period: Duration,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use meshward_policy::{DefaultMode, EngineOptions, PathNormalization, TrustDomain};
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
@@ -22,7 +22,7 @@ pub struct AuthorizationConfig {
     pub policy_paths: Vec<PathBuf>,
     /// Also watch AuthorizationPolicy objects (`security.istio.io/v1`) through the
     /// Kubernetes API; `{}` = in-cluster. Files and objects form one set.
-    pub kubernetes: Option<KubernetesApi>,
+    pub kubernetes: Option<meshward_kubernetes::ApiEndpoint>,
     /// Fetching RequestAuthentication keys (`jwksUri`, OpenID discovery).
     pub jwks: JwksConfig,
 }
@@ -35,7 +35,7 @@ pub struct JwksConfig {
     pub ca_file: Option<PathBuf>,
     /// How often keys are fetched again (Istio's default: 20 minutes). A failed
     /// refresh keeps the keys of the last good one.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub refresh_interval: Duration,
 }
 
@@ -46,15 +46,6 @@ impl Default for JwksConfig {
             refresh_interval: Duration::from_secs(20 * 60),
         }
     }
-}
-
-/// A Kubernetes API to watch objects in; every field empty: in-cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KubernetesApi {
-    pub api_server: Option<String>,
-    pub api_ca_path: Option<PathBuf>,
-    pub api_token_path: Option<PathBuf>,
 }
 
 impl Default for AuthorizationConfig {

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
-use crate::error::parse_yaml;
+use meshward_config::ConfigError;
+use meshward_config::parse_yaml;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +61,10 @@ fn default_service_account() -> String {
 
 impl WorkloadsFile {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&crate::error::read_file(path)?, &path.display().to_string())
+        Self::from_yaml(
+            &meshward_config::read_file(path)?,
+            &path.display().to_string(),
+        )
     }
 
     pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {

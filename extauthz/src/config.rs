@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 /// One provider: `name` plus exactly one of the two kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -26,7 +26,7 @@ pub struct ExtAuthzGrpc {
     /// Host name or address of the authorizer, reachable from the nodes.
     pub service: String,
     pub port: u16,
-    #[serde(with = "crate::duration", default = "default_timeout")]
+    #[serde(with = "meshward_config::duration", default = "default_timeout")]
     pub timeout: Duration,
     /// Let a request through when the authorizer cannot be asked (default: no).
     #[serde(default)]
@@ -43,7 +43,7 @@ pub struct ExtAuthzGrpc {
 pub struct ExtAuthzHttp {
     pub service: String,
     pub port: u16,
-    #[serde(with = "crate::duration", default = "default_timeout")]
+    #[serde(with = "meshward_config::duration", default = "default_timeout")]
     pub timeout: Duration,
     #[serde(default)]
     pub path_prefix: String,
@@ -101,7 +101,8 @@ impl ExtensionProvider {
     }
 }
 
-pub(crate) fn validate(providers: &[ExtensionProvider], source: &str) -> Result<(), ConfigError> {
+/// Checks what serde cannot: one kind per provider, unique names, body limits.
+pub fn validate(providers: &[ExtensionProvider], source: &str) -> Result<(), ConfigError> {
     let mut names = BTreeSet::new();
     for (i, p) in providers.iter().enumerate() {
         let field = |name: &str| format!("extension_providers[{i}].{name}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use meshward_config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,7 +25,7 @@ pub struct AgentConfig {
     /// The SPIFFE Workload API socket.
     pub workload_api_socket: PathBuf,
     /// How often entries, templates and bundles are synced.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub sync_interval: Duration,
 }
 

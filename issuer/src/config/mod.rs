@@ -1,5 +1,7 @@
 //! `issuer.yaml`: the issuance server's configuration.
 
+mod federation;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,8 +9,12 @@ use std::time::Duration;
 use meshward_spiffe::TrustDomain;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
-use crate::error::parse_yaml;
+use meshward_config::ConfigError;
+use meshward_config::parse_yaml;
+
+pub use federation::{
+    BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,36 +30,36 @@ pub struct IssuerConfig {
     pub health_listen: SocketAddr,
     /// The admin API (gRPC over a unix socket, mode 0600).
     pub admin_socket: PathBuf,
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub ca_ttl: Duration,
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub default_x509_svid_ttl: Duration,
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub default_jwt_svid_ttl: Duration,
     /// The `iss` claim of JWT-SVIDs (SPIRE's `jwt_issuer`), e.g. the URL of an
     /// OpenID discovery document; none by default, as SPIRE.
     pub jwt_issuer: Option<String>,
     /// TTL of node SVIDs.
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub agent_svid_ttl: Duration,
-    #[serde(with = "crate::duration")]
+    #[serde(with = "meshward_config::duration")]
     pub join_token_ttl: Duration,
     pub upstream_ca: Option<UpstreamCaFiles>,
     pub k8s_psat: Option<K8sPsatConfig>,
     pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Trust domains whose bundles this issuer fetches and keeps.
-    pub federation: crate::FederationConfig,
+    pub federation: FederationConfig,
     /// Watch ClusterSPIFFEID objects (`spire.spiffe.io/v1alpha1`) in this Kubernetes
     /// API as identity templates (stored as `k8s/<name>`); `{}` = in-cluster.
-    pub cluster_spiffe_ids: Option<crate::KubernetesApi>,
+    pub cluster_spiffe_ids: Option<meshward_kubernetes::ApiEndpoint>,
     /// Watch ClusterFederatedTrustDomain objects (`spire.spiffe.io/v1alpha1`) in
     /// this Kubernetes API as federation relationships; `{}` = in-cluster.
-    pub cluster_federated_trust_domains: Option<crate::KubernetesApi>,
+    pub cluster_federated_trust_domains: Option<meshward_kubernetes::ApiEndpoint>,
     /// Keep the trust bundle (PEM) in a ConfigMap, as SPIRE's k8sbundle notifier
     /// does: the node daemons mount it as `agent.trust_bundle_path`.
     pub bundle_configmap: Option<BundleConfigMap>,
     /// The issuer's logs, as the node daemon's (`log.level`, `log.format`).
-    pub log: crate::LogConfig,
+    pub log: meshward_config::LogConfig,
 }
 
 /// Where the issuer writes its trust bundle in the Kubernetes API.
@@ -68,7 +74,7 @@ pub struct BundleConfigMap {
     pub key: String,
     /// The API to write to; `{}` or absent = in-cluster.
     #[serde(default)]
-    pub kubernetes: crate::KubernetesApi,
+    pub kubernetes: meshward_kubernetes::ApiEndpoint,
 }
 
 fn default_bundle_configmap_name() -> String {
@@ -119,7 +125,7 @@ fn default_audience() -> Vec<String> {
 #[serde(deny_unknown_fields)]
 pub struct BundleEndpointConfig {
     pub listen: SocketAddr,
-    #[serde(with = "crate::duration", default = "default_refresh_hint")]
+    #[serde(with = "meshward_config::duration", default = "default_refresh_hint")]
     pub refresh_hint: Duration,
     /// `https_spiffe` (the issuer's own SVID) or `https_web` (cert_file and key_file).
     pub profile: BundleEndpointProfile,
@@ -158,18 +164,21 @@ impl Default for IssuerConfig {
             upstream_ca: None,
             k8s_psat: None,
             bundle_endpoint: None,
-            federation: crate::FederationConfig::default(),
+            federation: FederationConfig::default(),
             cluster_spiffe_ids: None,
             cluster_federated_trust_domains: None,
             bundle_configmap: None,
-            log: crate::LogConfig::default(),
+            log: meshward_config::LogConfig::default(),
         }
     }
 }
 
 impl IssuerConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_yaml(&crate::error::read_file(path)?, &path.display().to_string())
+        Self::from_yaml(
+            &meshward_config::read_file(path)?,
+            &path.display().to_string(),
+        )
     }
 
     pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
@@ -215,7 +224,7 @@ impl IssuerConfig {
                     field,
                     format!(
                         "must not exceed ca_ttl ({})",
-                        humantime::format_duration(self.ca_ttl)
+                        meshward_config::duration::format(self.ca_ttl)
                     ),
                 );
             }
