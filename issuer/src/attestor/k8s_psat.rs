@@ -137,73 +137,29 @@ impl PsatAttestor {
         if token.is_empty() {
             return Err(PsatError::InvalidArgument("the token is empty".into()));
         }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(cluster.audience.clone()),
-            },
-            ..TokenReview::default()
-        };
-        let reviews: Api<TokenReview> = Api::all(cluster.client.clone());
-        let reviewed = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(PsatError::kubernetes(format!(
-                "TokenReview on cluster {cluster_name}"
-            )))?;
+        let agent = review(cluster, cluster_name, token).await?;
+        let node = agent_node(cluster, &agent).await?;
         let ReviewedAgent {
             namespace,
             service_account,
             pod_name,
             pod_uid,
-        } = reviewed_agent(reviewed, &cluster.audience, &cluster.allowed, cluster_name)?;
-        let (namespace, service_account) = (namespace.as_str(), service_account.as_str());
-
-        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
-        let pod = pods
-            .get(&pod_name)
-            .await
-            .map_err(PsatError::lookup(format!("pod {namespace}/{pod_name}")))?;
-        if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
-            return Err(denied(format!(
-                "pod {namespace}/{pod_name} has another UID than the token's (replaced?)"
-            )));
-        }
-        let node_name = pod.spec.and_then(|s| s.node_name).ok_or_else(|| {
-            denied(format!(
-                "pod {namespace}/{pod_name} is not scheduled on a node"
-            ))
-        })?;
-        let nodes: Api<Node> = Api::all(cluster.client.clone());
-        let node = nodes
-            .get(&node_name)
-            .await
-            .map_err(PsatError::lookup(format!("node {node_name}")))?;
-        let node_uid = node.metadata.uid.ok_or_else(|| PsatError::Kubernetes {
-            what: format!("get node {node_name}"),
-            source: "the node has no UID".into(),
-        })?;
-        let node_ip = node
-            .status
-            .and_then(|s| s.addresses)
-            .and_then(|a| a.into_iter().find(|a| a.type_ == "InternalIP"))
-            .map(|a| a.address);
-
+        } = agent;
         let spiffe_id = SpiffeId::from_segments(
             trust_domain,
-            &["spire", "agent", "k8s_psat", cluster_name, &node_uid],
+            &["spire", "agent", "k8s_psat", cluster_name, &node.uid],
         )
         .map_err(|e| PsatError::InvalidArgument(e.to_string()))?;
         let mut selectors = vec![
             ("cluster", cluster_name.to_owned()),
-            ("agent_ns", namespace.to_owned()),
-            ("agent_sa", service_account.to_owned()),
+            ("agent_ns", namespace),
+            ("agent_sa", service_account),
             ("agent_pod_name", pod_name),
             ("agent_pod_uid", pod_uid),
-            ("agent_node_name", node_name),
-            ("agent_node_uid", node_uid),
+            ("agent_node_name", node.name),
+            ("agent_node_uid", node.uid.clone()),
         ];
-        if let Some(ip) = node_ip {
+        if let Some(ip) = node.ip {
             selectors.push(("agent_node_ip", ip));
         }
         Ok(PsatNode {
@@ -217,6 +173,75 @@ impl PsatAttestor {
                 .collect(),
         })
     }
+}
+
+/// The cluster's TokenReview of `token` (for the configured audiences), read as
+/// the agent it names; refused unless authenticated and allow-listed.
+async fn review(
+    cluster: &Cluster,
+    cluster_name: &str,
+    token: &str,
+) -> Result<ReviewedAgent, PsatError> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(cluster.audience.clone()),
+        },
+        ..TokenReview::default()
+    };
+    let reviews: Api<TokenReview> = Api::all(cluster.client.clone());
+    let reviewed = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(PsatError::kubernetes(format!(
+            "TokenReview on cluster {cluster_name}"
+        )))?;
+    reviewed_agent(reviewed, &cluster.audience, &cluster.allowed, cluster_name)
+}
+
+/// The node the agent's pod runs on, as the API server knows it.
+struct AgentNode {
+    name: String,
+    uid: String,
+    /// Its `InternalIP`, if it has one.
+    ip: Option<String>,
+}
+
+/// Looks the token's pod up (it must still be the same pod: same UID) and the node
+/// it is scheduled on.
+async fn agent_node(cluster: &Cluster, agent: &ReviewedAgent) -> Result<AgentNode, PsatError> {
+    let denied = PsatError::Denied;
+    let (namespace, pod_name) = (agent.namespace.as_str(), agent.pod_name.as_str());
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let pod = pods
+        .get(pod_name)
+        .await
+        .map_err(PsatError::lookup(format!("pod {namespace}/{pod_name}")))?;
+    if pod.metadata.uid.as_deref() != Some(agent.pod_uid.as_str()) {
+        return Err(denied(format!(
+            "pod {namespace}/{pod_name} has another UID than the token's (replaced?)"
+        )));
+    }
+    let name = pod.spec.and_then(|s| s.node_name).ok_or_else(|| {
+        denied(format!(
+            "pod {namespace}/{pod_name} is not scheduled on a node"
+        ))
+    })?;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node = nodes
+        .get(&name)
+        .await
+        .map_err(PsatError::lookup(format!("node {name}")))?;
+    let uid = node.metadata.uid.ok_or_else(|| PsatError::Kubernetes {
+        what: format!("get node {name}"),
+        source: "the node has no UID".into(),
+    })?;
+    let ip = node
+        .status
+        .and_then(|s| s.addresses)
+        .and_then(|a| a.into_iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address);
+    Ok(AgentNode { name, uid, ip })
 }
 
 impl From<PsatError> for AttestError {

@@ -73,6 +73,78 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     meshward_tls::install_crypto_provider();
+    let issuer = open_issuer(&config).await?;
+    let bundles = TrustBundles::new();
+    // the own bundle as PEM, for the ConfigMap writer: changes when rotation does
+    let (bundle_pem, _) = watch::channel(String::new());
+    let server_cert = CertStore::new();
+    refresh_bundle(&issuer, &bundles, &bundle_pem)
+        .await
+        .map_err(startup("trust bundle"))?;
+    let server_svid_expiry =
+        renew_server_svid(&issuer, &server_cert).map_err(startup("server SVID"))?;
+    // all bound before /ready can say yes
+    let listeners = Listeners::bind(&config, &server_cert).await?;
+
+    let tls = tls_config(&issuer, &bundles, &server_cert);
+    let (connections, incoming) = mpsc::channel(ACCEPT_QUEUE);
+    let accept = tokio::spawn(accept_tls(
+        listeners.agent,
+        tokio_rustls::TlsAcceptor::from(tls),
+        connections,
+    ));
+    let agent_server = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(AgentApiServer::new(agent_api::AgentService {
+            issuer: issuer.clone(),
+        }))
+        .serve_with_incoming(ReceiverStream::new(incoming));
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminApiServer::new(admin_api::AdminService {
+            issuer: issuer.clone(),
+            https_web_ca_file: config.federation.https_web_ca_file.clone(),
+        }))
+        .serve_with_incoming(UnixListenerStream::new(listeners.admin));
+    let health_server = health::serve(listeners.health, issuer.clone(), metrics);
+    follow_sources(&config, &issuer, &bundle_pem).await?;
+    let bundle_server = async {
+        let Some((listener, cert)) = listeners.bundle else {
+            return std::future::pending().await;
+        };
+        bundle_endpoint::serve(listener, bundle_endpoint::tls_config(cert), issuer.clone())
+            .await
+            .map_err(startup("bundle endpoint"))
+    };
+
+    tracing::info!(
+        "trust domain {}, agent API on {}, admin socket {}, health on {}",
+        config.trust_domain,
+        config.agent_listen,
+        config.admin_socket.display(),
+        config.health_listen
+    );
+    let housekeeping = housekeeping(
+        &issuer,
+        &bundles,
+        &bundle_pem,
+        &server_cert,
+        server_svid_expiry,
+    );
+    let result = tokio::select! {
+        r = agent_server => r.map_err(startup("agent API")),
+        r = admin_server => r.map_err(startup("admin API")),
+        r = health_server => r.map_err(startup("health")),
+        r = bundle_server => r,
+        () = housekeeping => Ok(()),
+        () = shutdown => Ok(()),
+    };
+    accept.abort();
+    let _ = std::fs::remove_file(&config.admin_socket);
+    result
+}
+
+/// The datastore, the CA and the attestors, as `config` says.
+async fn open_issuer(config: &IssuerConfig) -> Result<Arc<Issuer<SqlStore>>, ServerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(startup(format!("create {}", config.data_dir.display())))?;
     let store = SqlStore::connect(&config.datastore_url())
@@ -115,68 +187,63 @@ pub async fn run(
                 .map_err(startup("k8s_psat"))?,
         );
     }
-    let issuer = Arc::new(issuer);
+    Ok(Arc::new(issuer))
+}
 
-    let bundles = TrustBundles::new();
-    // the own bundle as PEM, for the ConfigMap writer: changes when rotation does
-    let (bundle_pem, _) = watch::channel(String::new());
-    let server_cert = CertStore::new();
-    refresh_bundle(&issuer, &bundles, &bundle_pem)
-        .await
-        .map_err(startup("trust bundle"))?;
-    let mut server_svid_expiry =
-        renew_server_svid(&issuer, &server_cert).map_err(startup("server SVID"))?;
+/// The issuer's sockets, bound before anything is served.
+struct Listeners {
+    agent: TcpListener,
+    health: TcpListener,
+    admin: UnixListener,
+    /// The federation bundle endpoint and the certificate it serves, if configured.
+    bundle: Option<(TcpListener, Arc<CertStore>)>,
+}
 
-    let agent_listener = TcpListener::bind(config.agent_listen)
-        .await
-        .map_err(startup(format!("listen on {}", config.agent_listen)))?;
-    let health_listener = TcpListener::bind(config.health_listen)
-        .await
-        .map_err(startup(format!("listen on {}", config.health_listen)))?;
-    let admin_listener = bind_admin_socket(&config.admin_socket)?;
-    // bound with the others, before /ready can say yes
-    let bundle_listener = match &config.bundle_endpoint {
-        None => None,
-        Some(endpoint) => {
-            let cert = match (&endpoint.profile, &endpoint.cert_file, &endpoint.key_file) {
-                (BundleEndpointProfile::HttpsWeb, Some(cert_file), Some(key_file)) => {
-                    bundle_endpoint::web_certificate(cert_file, key_file)
-                        .map_err(startup("bundle_endpoint"))?
-                }
-                _ => server_cert.clone(),
-            };
-            let listener = TcpListener::bind(endpoint.listen)
+impl Listeners {
+    async fn bind(
+        config: &IssuerConfig,
+        server_cert: &Arc<CertStore>,
+    ) -> Result<Self, ServerError> {
+        let tcp = |addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr)
                 .await
-                .map_err(startup(format!("listen on {}", endpoint.listen)))?;
-            Some((listener, cert))
-        }
-    };
+                .map_err(startup(format!("listen on {addr}")))
+        };
+        let bundle = match &config.bundle_endpoint {
+            None => None,
+            Some(endpoint) => {
+                let cert = match (&endpoint.profile, &endpoint.cert_file, &endpoint.key_file) {
+                    (BundleEndpointProfile::HttpsWeb, Some(cert_file), Some(key_file)) => {
+                        bundle_endpoint::web_certificate(cert_file, key_file)
+                            .map_err(startup("bundle_endpoint"))?
+                    }
+                    _ => server_cert.clone(),
+                };
+                Some((tcp(endpoint.listen).await?, cert))
+            }
+        };
+        Ok(Self {
+            agent: tcp(config.agent_listen).await?,
+            health: tcp(config.health_listen).await?,
+            admin: bind_admin_socket(&config.admin_socket)?,
+            bundle,
+        })
+    }
+}
 
-    let tls = tls_config(&issuer, &bundles, &server_cert);
-    let (connections, incoming) = mpsc::channel(ACCEPT_QUEUE);
-    let accept = tokio::spawn(accept_tls(
-        agent_listener,
-        tokio_rustls::TlsAcceptor::from(tls),
-        connections,
-    ));
-    let agent_server = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
-        .add_service(AgentApiServer::new(agent_api::AgentService {
-            issuer: issuer.clone(),
-        }))
-        .serve_with_incoming(ReceiverStream::new(incoming));
-    let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminApiServer::new(admin_api::AdminService {
-            issuer: issuer.clone(),
-            https_web_ca_file: config.federation.https_web_ca_file.clone(),
-        }))
-        .serve_with_incoming(UnixListenerStream::new(admin_listener));
-    let health_server = health::serve(health_listener, issuer.clone(), metrics);
+/// Starts what feeds the issuer from outside: static federation relationships, and
+/// the Kubernetes objects it follows (ClusterSPIFFEID, ClusterFederatedTrustDomain)
+/// or writes (the bundle ConfigMap).
+async fn follow_sources(
+    config: &IssuerConfig,
+    issuer: &Arc<Issuer<SqlStore>>,
+    bundle_pem: &watch::Sender<String>,
+) -> Result<(), ServerError> {
     if let Some(api) = &config.cluster_spiffe_ids {
         let client = meshward_kubernetes::client(api).map_err(startup("cluster_spiffe_ids"))?;
         tokio::spawn(templates_watch::run(client, issuer.clone()));
     }
-    crate::federation::start(&config.federation, &issuer)
+    crate::federation::start(&config.federation, issuer)
         .await
         .map_err(startup("federation"))?;
     if let Some(api) = &config.cluster_federated_trust_domains {
@@ -193,56 +260,37 @@ pub async fn run(
             bundle_pem.subscribe(),
         ));
     }
-    let bundle_server = async {
-        let Some((listener, cert)) = bundle_listener else {
-            return std::future::pending().await;
-        };
-        bundle_endpoint::serve(listener, bundle_endpoint::tls_config(cert), issuer.clone())
-            .await
-            .map_err(startup("bundle endpoint"))
-    };
+    Ok(())
+}
 
-    tracing::info!(
-        "trust domain {}, agent API on {}, admin socket {}, health on {}",
-        config.trust_domain,
-        config.agent_listen,
-        config.admin_socket.display(),
-        config.health_listen
-    );
-    let housekeeping = async {
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tick.tick().await;
-            let now = SystemTime::now();
-            match issuer.rotate(now).await {
-                Ok(true) => tracing::info!("CA rotation step changed the bundle"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!("CA rotation failed (will retry): {e}"),
-            }
-            if let Err(e) = refresh_bundle(&issuer, &bundles, &bundle_pem).await {
-                tracing::warn!("bundle refresh failed (will retry): {e}");
-            }
-            if now >= server_svid_expiry {
-                match renew_server_svid(&issuer, &server_cert) {
-                    Ok(next) => server_svid_expiry = next,
-                    Err(e) => {
-                        tracing::warn!("server SVID renewal failed (will retry): {e}")
-                    }
-                }
+/// Every `TICK`: a CA rotation step, the trust bundle refreshed, the server SVID
+/// renewed at half life. Failures are retried at the next tick.
+async fn housekeeping<D: Datastore>(
+    issuer: &Issuer<D>,
+    bundles: &TrustBundles,
+    bundle_pem: &watch::Sender<String>,
+    server_cert: &CertStore,
+    mut server_svid_expiry: SystemTime,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let now = SystemTime::now();
+        match issuer.rotate(now).await {
+            Ok(true) => tracing::info!("CA rotation step changed the bundle"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("CA rotation failed (will retry): {e}"),
+        }
+        if let Err(e) = refresh_bundle(issuer, bundles, bundle_pem).await {
+            tracing::warn!("bundle refresh failed (will retry): {e}");
+        }
+        if now >= server_svid_expiry {
+            match renew_server_svid(issuer, server_cert) {
+                Ok(next) => server_svid_expiry = next,
+                Err(e) => tracing::warn!("server SVID renewal failed (will retry): {e}"),
             }
         }
-    };
-    let result = tokio::select! {
-        r = agent_server => r.map_err(startup("agent API")),
-        r = admin_server => r.map_err(startup("admin API")),
-        r = health_server => r.map_err(startup("health")),
-        r = bundle_server => r,
-        () = housekeeping => Ok(()),
-        () = shutdown => Ok(()),
-    };
-    accept.abort();
-    let _ = std::fs::remove_file(&config.admin_socket);
-    result
+    }
 }
 
 fn instance_name() -> String {

@@ -212,18 +212,10 @@ impl SvidCache {
         auth: &Authorizations,
         now: SystemTime,
     ) -> Result<(), AgentError> {
-        let mut wanted: Vec<(String, Grant, Option<&PodInfo>)> = Vec::new();
-        for pod in &workloads.pods {
-            for grant in grants_for(pod, &workloads.node, auth) {
-                wanted.push((pod.uid.clone(), grant, Some(pod)));
-            }
-        }
-        for entry in local_entries(auth) {
-            wanted.push((LOCAL.to_owned(), Grant::Entry(entry.id.clone()), None));
-        }
+        let wanted = wanted(workloads, auth);
         self.held
             .retain(|(uid, grant), _| wanted.iter().any(|(u, g, _)| u == uid && g == grant));
-        let due: Vec<&(String, Grant, Option<&PodInfo>)> = wanted
+        let due: Vec<&Wanted<'_>> = wanted
             .iter()
             .filter(|(uid, grant, _)| {
                 self.held
@@ -232,30 +224,7 @@ impl SvidCache {
             })
             .collect();
         for chunk in due.chunks(BATCH) {
-            let mut keys = Vec::with_capacity(chunk.len());
-            let mut params = Vec::with_capacity(chunk.len());
-            for (_, grant, pod) in chunk {
-                let key = NewKey::generate()?;
-                // where the pod answers: signed into its SVID, so callers can check
-                // they reached it (the data path's outbound verification)
-                let ip_addresses = pod.map(|p| vec![p.ip.to_string()]).unwrap_or_default();
-                params.push(match grant {
-                    Grant::Entry(id) => proto::NewX509SvidParams {
-                        entry_id: id.clone(),
-                        csr: key.csr.clone(),
-                        ip_addresses,
-                        ..Default::default()
-                    },
-                    Grant::Template(name) => proto::NewX509SvidParams {
-                        template: name.clone(),
-                        csr: key.csr.clone(),
-                        pod: pod.map(|p| pod_message(p, &workloads.node)),
-                        ip_addresses,
-                        ..Default::default()
-                    },
-                });
-                keys.push(key.pkcs8);
-            }
+            let (keys, params) = new_svid_params(chunk, workloads)?;
             let results = crate::metrics::observe_issuer(
                 "BatchNewX509Svid",
                 client.batch_new_x509_svid(proto::BatchNewX509SvidRequest { params }),
@@ -265,42 +234,8 @@ impl SvidCache {
             .into_inner()
             .results;
             for (((uid, grant, pod), key), result) in chunk.iter().zip(keys).zip(results) {
-                let Some(svid) = result.svid else {
-                    let whom = pod.map_or_else(
-                        || "local processes".to_owned(),
-                        |p| format!("pod {}/{}", p.namespace, p.name),
-                    );
-                    tracing::warn!("agent: no SVID for {whom} ({grant:?}): {}", result.message);
+                let Some(svid) = accept(result, *pod, grant, key, now) else {
                     continue;
-                };
-                // the leaf obeys the X509-SVID rules and names the ID it is sent for
-                let leaf = svid
-                    .cert_chain
-                    .first()
-                    .map(|der| CertificateDer::from(der.as_slice()));
-                let spiffe_id = match leaf.map(|der| meshward_spiffe::validate_x509_svid(&der)) {
-                    Some(Ok(id)) if id.as_str() == svid.spiffe_id => id,
-                    other => {
-                        tracing::warn!(
-                            "agent: the issuer sent an unusable SVID for {}: {other:?}",
-                            svid.spiffe_id
-                        );
-                        continue;
-                    }
-                };
-                let svid = WorkloadSvid {
-                    spiffe_id,
-                    chain: svid
-                        .cert_chain
-                        .into_iter()
-                        .map(CertificateDer::from)
-                        .collect(),
-                    key_pkcs8: key,
-                    issued_at: now,
-                    expires_at: SystemTime::UNIX_EPOCH
-                        + Duration::from_secs(svid.expires_at.max(0) as u64),
-                    source: result.entry_id,
-                    from_template: matches!(grant, Grant::Template(_)),
                 };
                 let renew_at = self.renew_at(&svid, uid);
                 self.held.insert(
@@ -420,4 +355,99 @@ fn pod_message(pod: &PodInfo, node: &str) -> proto::PodAttributes {
         labels: pod.labels.clone().into_iter().collect(),
         namespace_labels: Default::default(),
     }
+}
+
+/// One SVID the node should hold: the pod's UID (or `LOCAL`), the grant, the pod.
+type Wanted<'a> = (String, Grant, Option<&'a PodInfo>);
+
+/// Every SVID the node's pods and local processes are granted.
+fn wanted<'a>(workloads: &'a NodeWorkloads, auth: &Authorizations) -> Vec<Wanted<'a>> {
+    let mut wanted = Vec::new();
+    for pod in &workloads.pods {
+        for grant in grants_for(pod, &workloads.node, auth) {
+            wanted.push((pod.uid.clone(), grant, Some(pod)));
+        }
+    }
+    for entry in local_entries(auth) {
+        wanted.push((LOCAL.to_owned(), Grant::Entry(entry.id.clone()), None));
+    }
+    wanted
+}
+
+/// A new key and the signing request for each of `chunk`, in order.
+fn new_svid_params(
+    chunk: &[&Wanted<'_>],
+    workloads: &NodeWorkloads,
+) -> Result<(Vec<Vec<u8>>, Vec<proto::NewX509SvidParams>), AgentError> {
+    let mut keys = Vec::with_capacity(chunk.len());
+    let mut params = Vec::with_capacity(chunk.len());
+    for (_, grant, pod) in chunk {
+        let key = NewKey::generate()?;
+        // where the pod answers: signed into its SVID, so callers can check
+        // they reached it (the data path's outbound verification)
+        let ip_addresses = pod.map(|p| vec![p.ip.to_string()]).unwrap_or_default();
+        params.push(match grant {
+            Grant::Entry(id) => proto::NewX509SvidParams {
+                entry_id: id.clone(),
+                csr: key.csr.clone(),
+                ip_addresses,
+                ..Default::default()
+            },
+            Grant::Template(name) => proto::NewX509SvidParams {
+                template: name.clone(),
+                csr: key.csr.clone(),
+                pod: pod.map(|p| pod_message(p, &workloads.node)),
+                ip_addresses,
+                ..Default::default()
+            },
+        });
+        keys.push(key.pkcs8);
+    }
+    Ok((keys, params))
+}
+
+/// The issuer's answer for one grant as a held SVID, if it is one: the leaf obeys
+/// the X509-SVID rules and names the ID it is sent for. Anything else is logged.
+fn accept(
+    result: proto::BatchNewX509SvidResult,
+    pod: Option<&PodInfo>,
+    grant: &Grant,
+    key_pkcs8: Vec<u8>,
+    now: SystemTime,
+) -> Option<WorkloadSvid> {
+    let Some(svid) = result.svid else {
+        let whom = pod.map_or_else(
+            || "local processes".to_owned(),
+            |p| format!("pod {}/{}", p.namespace, p.name),
+        );
+        tracing::warn!("agent: no SVID for {whom} ({grant:?}): {}", result.message);
+        return None;
+    };
+    let leaf = svid
+        .cert_chain
+        .first()
+        .map(|der| CertificateDer::from(der.as_slice()));
+    let spiffe_id = match leaf.map(|der| meshward_spiffe::validate_x509_svid(&der)) {
+        Some(Ok(id)) if id.as_str() == svid.spiffe_id => id,
+        other => {
+            tracing::warn!(
+                "agent: the issuer sent an unusable SVID for {}: {other:?}",
+                svid.spiffe_id
+            );
+            return None;
+        }
+    };
+    Some(WorkloadSvid {
+        spiffe_id,
+        chain: svid
+            .cert_chain
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect(),
+        key_pkcs8,
+        issued_at: now,
+        expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64),
+        source: result.entry_id,
+        from_template: matches!(grant, Grant::Template(_)),
+    })
 }

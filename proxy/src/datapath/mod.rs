@@ -45,6 +45,24 @@ mod state;
 mod stream;
 mod upstream;
 
+/// The Kubernetes clients of `authorization.kubernetes` (policies) and
+/// `outbound.kubernetes` (Services), where configured.
+fn kubernetes_sources(
+    config: &ProxyConfig,
+) -> Result<(Option<kube::Client>, Services), DataPathError> {
+    let policy_api = match &config.authorization.kubernetes {
+        Some(api) => Some(meshward_kubernetes::client(api).map_err(DataPathError::PolicySource)?),
+        None => None,
+    };
+    let services = match &config.outbound.kubernetes {
+        Some(api) => {
+            Services::watch(meshward_kubernetes::client(api).map_err(DataPathError::ServiceSource)?)
+        }
+        None => Services::none(),
+    };
+    Ok((policy_api, services))
+}
+
 #[cfg(test)]
 mod testing;
 
@@ -161,22 +179,11 @@ impl DataPath {
         let hbone = listen(capture.inbound_hbone_port, "inbound HBONE")?;
         let plaintext = listen(capture.inbound_plaintext_port, "inbound plaintext")?;
         let limits = config.limits.clone();
-        let kubernetes = match &config.authorization.kubernetes {
-            Some(api) => {
-                Some(meshward_kubernetes::client(api).map_err(DataPathError::PolicySource)?)
-            }
-            None => None,
-        };
-        let services = match &config.outbound.kubernetes {
-            Some(api) => Services::watch(
-                meshward_kubernetes::client(api).map_err(DataPathError::ServiceSource)?,
-            ),
-            None => Services::none(),
-        };
+        let (policy_api, services) = kubernetes_sources(config)?;
         let state = state::follow(agent.snapshots.clone(), &config.hbone);
         let policies = policies::watch_policies(
             config.authorization.policy_paths.clone(),
-            kubernetes,
+            policy_api,
             config.engine_options(),
         );
         let shared = Arc::new(Shared {
