@@ -109,8 +109,8 @@ pub struct Settings {
     pub bundle_refresh_hint: Duration,
 }
 
-/// How long one instance holds the CA rotation lease.
-const ROTATION_LEASE: Duration = Duration::from_secs(30);
+/// How long one instance holds the lease on pruning the CA journal.
+const PRUNING_LEASE: Duration = Duration::from_secs(30);
 
 /// The issuer: settings, the CA, the datastore.
 pub struct Issuer<D> {
@@ -174,21 +174,10 @@ impl<D: Datastore> Issuer<D> {
         Ok(svid)
     }
 
-    /// One rotation step under the cluster-wide lease: prepare / drop generations,
-    /// then publish. Returns whether the bundle changed.
+    /// One rotation step of this replica's own CA (each replica has its own keys,
+    /// so each rotates them), then publish; the journal's pruning, a cluster-wide
+    /// duty, only under the lease. Returns whether this replica's CAs changed.
     pub async fn rotate(&self, now: SystemTime) -> Result<bool> {
-        let held = self
-            .store
-            .try_lease(
-                "ca-rotation",
-                &self.settings.instance,
-                unix(now + ROTATION_LEASE),
-                unix(now),
-            )
-            .await?;
-        if !held {
-            return Ok(false);
-        }
         let rotation = {
             let mut authority = self
                 .authority
@@ -197,9 +186,20 @@ impl<D: Datastore> Issuer<D> {
             authority.rotate(now)?
         };
         self.publish_generations().await?;
-        self.store
-            .prune_cas(&self.settings.trust_domain, unix(now))
+        let leader = self
+            .store
+            .try_lease(
+                "ca-journal-pruning",
+                &self.settings.instance,
+                unix(now + PRUNING_LEASE),
+                unix(now),
+            )
             .await?;
+        if leader {
+            self.store
+                .prune_cas(&self.settings.trust_domain, unix(now))
+                .await?;
+        }
         Ok(rotation.changed())
     }
 

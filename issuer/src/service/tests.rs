@@ -1,5 +1,7 @@
 use std::time::{Duration, SystemTime};
 
+use tempfile::tempdir;
+
 use meshward_test_support::{check_x509_svid, p256_csr};
 
 use super::*;
@@ -33,14 +35,24 @@ fn request(target: SvidTarget, csr: Vec<u8>) -> SvidRequest {
 const HOUR: Duration = Duration::from_secs(3600);
 
 async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
-    let store = SqlStore::connect(&format!("sqlite://{}/db.sqlite3", dir.display()))
+    replica(dir, dir, "issuer-0").await
+}
+
+/// An issuer whose CA lives in `ca_dir`, on the datastore in `store_dir` (shared by
+/// replicas), named `instance`.
+async fn replica(
+    ca_dir: &std::path::Path,
+    store_dir: &std::path::Path,
+    instance: &str,
+) -> Issuer<SqlStore> {
+    let store = SqlStore::connect(&format!("sqlite://{}/db.sqlite3", store_dir.display()))
         .await
         .unwrap();
     let authority =
-        Authority::load_or_init(dir, &td("td"), HOUR * 24, None, SystemTime::now()).unwrap();
+        Authority::load_or_init(ca_dir, &td("td"), HOUR * 24, None, SystemTime::now()).unwrap();
     let settings = Settings {
         trust_domain: td("td"),
-        instance: "issuer-0".into(),
+        instance: instance.into(),
         default_x509_svid_ttl: HOUR,
         default_jwt_svid_ttl: Duration::from_secs(300),
         jwt_issuer: None,
@@ -414,4 +426,33 @@ async fn bundle_tracks_rotation_and_federation() {
         Err(ServiceError::InvalidArgument(_))
     ));
     assert_eq!(issuer.health().await, (true, true));
+}
+
+#[tokio::test]
+async fn every_replica_rotates_its_own_ca_while_another_holds_the_lease() {
+    let (store, a_dir, b_dir) = (tempdir().unwrap(), tempdir().unwrap(), tempdir().unwrap());
+    let a = replica(a_dir.path(), store.path(), "issuer-a").await;
+    let b = replica(b_dir.path(), store.path(), "issuer-b").await;
+    let start = SystemTime::now();
+    // a takes the singleton lease first and keeps renewing it, as its ticks do
+    for hours in [13, 21, 25, 30] {
+        let now = start + HOUR * hours;
+        a.rotate(now).await.unwrap();
+        b.rotate(now).await.unwrap();
+        // past the first CA's life (24 h) each replica still signs, with a CA of its own
+        for replica in [&a, &b] {
+            assert!(
+                replica.read_authority().unwrap().active(now).is_ok(),
+                "{} has no active CA {hours} h in",
+                replica.settings().instance
+            );
+        }
+    }
+    // both replicas' current CAs are in the one bundle
+    let bundle = a.bundle().await.unwrap();
+    for replica in [&a, &b] {
+        let authority = replica.read_authority().unwrap();
+        let active = authority.active(start + HOUR * 30).unwrap();
+        assert!(bundle.x509_authorities.contains(active.certificate()));
+    }
 }
