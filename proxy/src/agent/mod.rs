@@ -9,6 +9,7 @@
 //! they expire) while the task retries with backoff.
 
 mod attestor;
+mod issuers;
 mod keys;
 mod kube_source;
 mod node;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 pub use svids::{LocalIdentity, PodIdentities, Snapshot, WorkloadSvid};
 pub use workloads::NodeWorkloads;
 
+use issuers::Issuers;
 use node::{NodeIdentity, NodeStore};
 use svids::SvidCache;
 use workloads::{FileSource, WorkloadSource};
@@ -86,20 +88,38 @@ pub type IssuerClient =
     meshward_api::proto::agent_api_client::AgentApiClient<tonic::transport::Channel>;
 
 /// Backoff after failures: 1 s doubling to 30 s.
-struct Backoff(Duration);
+/// Waits between failed rounds: doubling up to `MAX`, each wait drawn from its
+/// upper half so that agents which failed together (an issuer outage) come back
+/// spread out. Short enough that SVIDs renew within seconds of an issuer's return.
+struct Backoff {
+    current: Duration,
+    draws: u64,
+    jitter: std::collections::hash_map::RandomState,
+}
 
 impl Backoff {
     const START: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(8);
+
+    fn new() -> Self {
+        Self {
+            current: Self::START,
+            draws: 0,
+            jitter: std::collections::hash_map::RandomState::new(),
+        }
+    }
 
     fn next(&mut self) -> Duration {
-        let current = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        current
+        use std::hash::BuildHasher;
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(Self::MAX);
+        self.draws += 1;
+        let fraction = (self.jitter.hash_one(self.draws) % 1001) as f64 / 1000.0;
+        ceiling / 2 + (ceiling / 2).mul_f64(fraction)
     }
 
     fn reset(&mut self) {
-        self.0 = Self::START;
+        self.current = Self::START;
     }
 }
 
@@ -140,6 +160,7 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
     let (issuer_tx, issuer) = watch::channel(None);
     let task = AgentTask {
         issuer: issuer_tx,
+        issuers: Issuers::new(agent.issuer_address.clone()),
         config: config.clone(),
         store,
         bundles: TrustBundles::new(),
@@ -174,11 +195,13 @@ struct AgentTask {
     snapshots: watch::Sender<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
     issuer: watch::Sender<Option<IssuerClient>>,
+    /// The issuer replicas and which one answered last.
+    issuers: Issuers,
 }
 
 impl AgentTask {
     async fn run(mut self) {
-        let mut backoff = Backoff(Backoff::START);
+        let mut backoff = Backoff::new();
         let mut next_sync = tokio::time::Instant::now();
         loop {
             if let Some(w) = self.source.poll() {
@@ -192,12 +215,17 @@ impl AgentTask {
                         next_sync = tokio::time::Instant::now() + self.config.agent.sync_interval;
                     }
                     Err(e) => {
-                        if let AgentError::NodeRejected(_) = e {
-                            // banned, evicted or stale: start over with a fresh attestation,
-                            // also after a restart
-                            self.node = None;
-                            self.store.forget();
-                            self.issuer.send_replace(None);
+                        match e {
+                            // banned, evicted or stale: start over with a fresh
+                            // attestation, also after a restart
+                            AgentError::NodeRejected(_) => {
+                                self.node = None;
+                                self.store.forget();
+                                self.issuer.send_replace(None);
+                            }
+                            // the replica went away mid-round: the next starts elsewhere
+                            AgentError::IssuerUnavailable(_) => self.issuers.round_failed(),
+                            _ => {}
                         }
                         let wait = backoff.next();
                         tracing::warn!("agent: {e}; retrying in {wait:?}");
@@ -218,7 +246,7 @@ impl AgentTask {
             self.node = self.store.load().filter(|n| n.expires_at > now);
             if self.node.is_none() {
                 let mut anonymous =
-                    node::connect(agent, td, &self.bundles, &CertStore::new()).await?;
+                    node::connect(&mut self.issuers, td, &self.bundles, &CertStore::new()).await?;
                 let (node, bundle) = node::attest(agent, &mut anonymous).await?;
                 tracing::info!("agent: attested as {}", node.spiffe_id);
                 self.store.save(&node).await?;
@@ -227,7 +255,8 @@ impl AgentTask {
             }
             self.present_node_identity()?;
         }
-        let mut client = node::connect(agent, td, &self.bundles, &self.identity).await?;
+        let mut client =
+            node::connect(&mut self.issuers, td, &self.bundles, &self.identity).await?;
         if self.node.as_ref().is_some_and(|n| n.renew_due(now)) {
             let renewed = node::renew(&mut client).await?;
             tracing::info!(
@@ -238,7 +267,7 @@ impl AgentTask {
             self.node = Some(renewed);
             self.present_node_identity()?;
             // the issuer checks the presented serial: use a connection with the new one
-            client = node::connect(agent, td, &self.bundles, &self.identity).await?;
+            client = node::connect(&mut self.issuers, td, &self.bundles, &self.identity).await?;
         }
         self.issuer.send_replace(Some(client.clone()));
         let auth = svids::fetch_authorizations(&mut client).await?;
@@ -340,4 +369,27 @@ async fn adopt_bundle(
 ) -> Result<(), AgentError> {
     bundles.set(trust_domain, bundle)?;
     store.save_bundle(bundle).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_waits_drawn_from_the_upper_half() {
+        let mut backoff = Backoff::new();
+        let mut ceiling = Backoff::START;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let wait = backoff.next();
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "{wait:?} for {ceiling:?}");
+            waits.push(wait);
+            ceiling = (ceiling * 2).min(Backoff::MAX);
+        }
+        assert!(waits.iter().all(|w| *w <= Backoff::MAX));
+        let spread: std::collections::BTreeSet<Duration> = waits[4..].iter().copied().collect();
+        assert!(spread.len() > 1, "capped waits are all {spread:?}: no jitter");
+        backoff.reset();
+        assert!(backoff.next() <= Backoff::START);
+    }
 }

@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
 use super::AgentError;
+use super::issuers::Issuers;
 use super::keys::NewKey;
 use meshward_spiffe::{SpiffeId, TrustDomain, pem};
 
@@ -175,21 +176,39 @@ fn write_private(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(
     std::fs::rename(&tmp, &path).map_err(failed(&path))
 }
 
-/// A client to the issuer that presents `identity` (empty before attestation).
+/// A client to the issuer that presents `identity` (empty before attestation): the
+/// first replica of `issuers` that answers.
 pub(crate) async fn connect(
-    config: &AgentConfig,
+    issuers: &mut Issuers,
     trust_domain: &TrustDomain,
     bundles: &Arc<TrustBundles>,
     identity: &Arc<CertStore>,
 ) -> Result<AgentApiClient<Channel>, AgentError> {
-    meshward_api::client::agent_client(
-        &config.issuer_address,
-        trust_domain,
-        bundles.clone(),
-        identity.clone(),
-    )
-    .await
-    .map_err(AgentError::IssuerConnect)
+    let mut last_error = None;
+    for addr in issuers.candidates().await {
+        let client = meshward_api::client::agent_client(
+            &addr.to_string(),
+            trust_domain,
+            bundles.clone(),
+            identity.clone(),
+        )
+        .await;
+        match client {
+            Ok(client) => {
+                issuers.answered(addr);
+                return Ok(client);
+            }
+            Err(e) => {
+                tracing::warn!("agent: issuer {addr} did not answer: {e}");
+                issuers.failed(addr);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(match last_error {
+        Some(e) => AgentError::IssuerConnect(e),
+        None => AgentError::IssuerUnavailable("no issuer address resolved".into()),
+    })
 }
 
 /// Attests with the configured method (`attestor.rs`); a join token is used up

@@ -11,8 +11,11 @@ use meshward_config::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// The issuer's agent API, `host:port`.
-    pub issuer_address: String,
+    /// The issuer's agent API: `host:port`, or a list of them (replicas). A name
+    /// that resolves to several addresses (a headless Service) counts as several;
+    /// the agent fails over between them.
+    #[serde(deserialize_with = "one_or_many")]
+    pub issuer_address: Vec<String>,
     /// PEM bundle the first connection to the issuer is verified with (later ones
     /// use the bundle the issuer serves). Required: no insecure bootstrap.
     pub trust_bundle_path: Option<PathBuf>,
@@ -42,6 +45,23 @@ fn default_psat_token_path() -> PathBuf {
     PathBuf::from("/var/run/secrets/tokens/meshward-node")
 }
 
+/// `x` or `[x, y]`: a single value is a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(one)) => Ok(vec![one]),
+        Ok(OneOrMany::Many(many)) => Ok(many),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected host:port or a list of host:port",
+        )),
+    }
+}
+
 /// Exactly one source of the node's workloads.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +88,7 @@ pub struct KubernetesSource {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            issuer_address: "meshward-issuer.meshward:8081".into(),
+            issuer_address: vec!["meshward-issuer.meshward:8081".into()],
             trust_bundle_path: None,
             data_dir: PathBuf::from("/var/lib/meshward/agent"),
             join_token: None,
@@ -100,12 +120,20 @@ impl AgentConfig {
         if self.sync_interval < Duration::from_secs(1) {
             return invalid("agent.sync_interval", "must be at least 1s");
         }
-        if self
-            .issuer_address
-            .rsplit_once(':')
-            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-        {
-            return invalid("agent.issuer_address", "must be host:port");
+        if self.issuer_address.is_empty() {
+            return invalid("agent.issuer_address", "needs at least one host:port");
+        }
+        for (i, address) in self.issuer_address.iter().enumerate() {
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                let field = match self.issuer_address.len() {
+                    1 => "agent.issuer_address".to_owned(),
+                    _ => format!("agent.issuer_address[{i}]"),
+                };
+                return invalid(&field, &format!("{address:?} must be host:port"));
+            }
         }
         Ok(())
     }

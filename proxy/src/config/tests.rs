@@ -115,6 +115,13 @@ fn agent_section() {
         std::time::Duration::from_secs(2)
     );
     assert_eq!(config.readiness_listen.port(), 15021);
+    assert_eq!(config.agent.issuer_address, ["10.0.0.2:8081"]);
+    let replicas = "agent:\n  issuer_address: [10.0.0.2:8081, issuer-b.meshward:8081]\n";
+    let config = ProxyConfig::from_yaml(replicas, "p.yaml").unwrap();
+    assert_eq!(
+        config.agent.issuer_address,
+        ["10.0.0.2:8081", "issuer-b.meshward:8081"]
+    );
     let cases = [
         (
             "agent:\n  join_token: a\n  join_token_file: /t\n",
@@ -126,7 +133,19 @@ fn agent_section() {
         ),
         (
             "agent:\n  issuer_address: nowhere\n",
-            "p.yaml: agent.issuer_address: must be host:port",
+            "p.yaml: agent.issuer_address: \"nowhere\" must be host:port",
+        ),
+        (
+            "agent:\n  issuer_address: [a:8081, ':8081']\n",
+            "p.yaml: agent.issuer_address[1]: \":8081\" must be host:port",
+        ),
+        (
+            "agent:\n  issuer_address: []\n",
+            "p.yaml: agent.issuer_address: needs at least one host:port",
+        ),
+        (
+            "agent:\n  issuer_address: {a: b}\n",
+            "p.yaml: agent.issuer_address: expected host:port or a list of host:port",
         ),
         (
             "agent:\n  k8s_psat: {}\n",
