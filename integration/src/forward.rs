@@ -13,6 +13,7 @@ use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
 
 /// Stops accepting when dropped (open connections end with their peers).
+#[derive(Debug)]
 pub struct LoopbackForward {
     stop: Arc<AtomicBool>,
 }

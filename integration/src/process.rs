@@ -87,6 +87,18 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGKILL at once, as a crashed machine or an OOM kill would end it; returns
+    /// the exit status text.
+    pub fn kill(&mut self) -> String {
+        if self.is_running() {
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        }
+        self.child
+            .wait()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
     /// SIGTERM, wait up to the grace period, then SIGKILL. Returns the exit status text.
     pub fn stop(&mut self) -> String {
         let pid = Pid::from_raw(self.pid());

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
 use crate::error::{HarnessError, Result};
+use crate::forward::LoopbackForward;
 use crate::process::Process;
 
 /// How long an issuer may take to become healthy.
@@ -22,6 +23,12 @@ pub(super) struct ClusterIssuer {
     /// `issuer`, `issuer-2`, ...: the host's name and the prefix of its files.
     name: String,
     process: Process,
+    /// Its `issuer.yaml`, to start it again.
+    config: PathBuf,
+    /// How often it was started again.
+    restarts: usize,
+    /// The shared datastore, when it is on the test's loopback.
+    _datastore: Option<LoopbackForward>,
     admin_socket: PathBuf,
     /// Where the cluster's daemons read policies (hot reloaded).
     pub(super) policy_dir: PathBuf,
@@ -33,23 +40,55 @@ pub(super) struct ClusterIssuer {
 pub(super) struct IssuerSettings<'a> {
     pub(super) extra_yaml: &'a str,
     pub(super) refresh_hint_seconds: u32,
+    /// A datastore shared by replicas; `None`: SQLite in the data directory.
+    pub(super) datastore_url: Option<&'a str>,
+}
+
+/// Which issuer: the cluster's index (0: the first) and the replica within it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct IssuerSlot {
+    pub(super) cluster: usize,
+    pub(super) replica: usize,
+}
+
+impl IssuerSlot {
+    /// `issuer`, `issuer-2` (the second cluster's), `issuer-r2` (the first
+    /// cluster's second replica), ...; and the cluster's policy directory.
+    fn names(self) -> (String, String) {
+        let policies = match self.cluster {
+            0 => "policies".to_owned(),
+            n => format!("policies-{}", n + 1),
+        };
+        let name = match (self.cluster, self.replica) {
+            (0, 0) => "issuer".to_owned(),
+            (n, 0) => format!("issuer-{}", n + 1),
+            (0, r) => format!("issuer-r{}", r + 1),
+            (n, r) => format!("issuer-{}-r{}", n + 1, r + 1),
+        };
+        (name, policies)
+    }
 }
 
 impl ClusterIssuer {
-    /// Starts the issuer of cluster number `index` (0: the first) on a new host,
-    /// and waits until it is healthy.
+    /// Starts the issuer in `slot` on a new host, and waits until it is healthy.
     pub(super) fn start(
         cluster: &mut Cluster,
         bin: &Path,
-        index: usize,
+        slot: IssuerSlot,
         trust_domain: &str,
         settings: &IssuerSettings<'_>,
     ) -> Result<Self> {
-        let (name, policies) = match index {
-            0 => ("issuer".to_owned(), "policies".to_owned()),
-            n => (format!("issuer-{}", n + 1), format!("policies-{}", n + 1)),
-        };
+        let (name, policies) = slot.names();
         let ip = cluster.add_host(&name)?.ip();
+        // a datastore on the test's loopback is reached at the same address here
+        let datastore = match settings.datastore_url.and_then(loopback_server) {
+            Some(server) => Some(LoopbackForward::start(
+                cluster.host(&name)?.netns(),
+                server.port(),
+                server,
+            )?),
+            None => None,
+        };
         let dir = cluster.log_dir().to_owned();
         let policy_dir = dir.join(policies);
         std::fs::create_dir_all(&policy_dir)
@@ -60,10 +99,14 @@ impl ClusterIssuer {
             &config,
             &format!(
                 "trust_domain: {trust_domain}\ndata_dir: {}\nagent_listen: {ip}:8081\nhealth_listen: 127.0.0.1:8080\nadmin_socket: {}\n\
-                 bundle_endpoint:\n  listen: {ip}:{BUNDLE_ENDPOINT_PORT}\n  profile: https_spiffe\n  refresh_hint: {}s\n{}",
+                 bundle_endpoint:\n  listen: {ip}:{BUNDLE_ENDPOINT_PORT}\n  profile: https_spiffe\n  refresh_hint: {}s\n{}{}",
                 dir.join(format!("{name}-data")).display(),
                 admin_socket.display(),
                 settings.refresh_hint_seconds,
+                settings
+                    .datastore_url
+                    .map(|url| format!("datastore_url: {url}\n"))
+                    .unwrap_or_default(),
                 settings.extra_yaml,
             ),
         )?;
@@ -81,6 +124,9 @@ impl ClusterIssuer {
             bundle_file: dir.join(format!("{name}-bundle.pem")),
             name,
             process,
+            config,
+            restarts: 0,
+            _datastore: datastore,
             admin_socket,
             policy_dir,
         };
@@ -113,6 +159,42 @@ impl ClusterIssuer {
         self.process.log()
     }
 
+    /// SIGKILL: the replica is gone at once, mid-request if it was in one.
+    pub(super) fn kill(&mut self) -> String {
+        self.process.kill()
+    }
+
+    /// Starts it again with the same configuration and data (its log goes on in
+    /// `<name>-2.log`, ...), and waits until it is healthy.
+    pub(super) fn restart(&mut self, cluster: &Cluster, bin: &Path) -> Result<()> {
+        self.process.kill();
+        self.restarts += 1;
+        self.process = Process::spawn(
+            cluster.host(&self.name)?.netns(),
+            &format!("{}-{}", self.name, self.restarts + 1),
+            &path_str(bin),
+            &["issuer", "run", "-c", &path_str(&self.config)],
+            &[],
+            cluster.log_dir(),
+        )?;
+        self.wait_healthy(bin)
+    }
+
+    /// Rewrites the bootstrap bundle file from the datastore (every replica's CA).
+    pub(super) fn refresh_bundle_file(&self, bin: &Path) -> Result<()> {
+        write(&self.bundle_file, &self.cli(bin, &["bundle", "show"])?)
+    }
+
+    /// Its host's name (`issuer`, `issuer-r2`, ...).
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<ip>:8081`: its agent API.
+    pub(super) fn agent_address(&self) -> String {
+        format!("{}:8081", self.ip)
+    }
+
     /// The issuer's data directory (its CAs under `ca/`).
     pub(super) fn data_dir(&self, log_dir: &Path) -> PathBuf {
         log_dir.join(format!("{}-data", self.name))
@@ -141,6 +223,21 @@ impl ClusterIssuer {
             }
         }
     }
+}
+
+/// `127.0.0.1:<port>` of a `postgres://user:pw@127.0.0.1:<port>/db` URL, when the
+/// server is on loopback.
+fn loopback_server(url: &str) -> Option<std::net::SocketAddr> {
+    let authority = url.split_once("://")?.1.split('/').next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = host_port.rsplit_once(':')?;
+    let ip: Ipv4Addr = match host {
+        "localhost" => Ipv4Addr::LOCALHOST,
+        other => other.parse().ok()?,
+    };
+    let port: u16 = port.parse().ok()?;
+    ip.is_loopback()
+        .then(|| std::net::SocketAddr::from((ip, port)))
 }
 
 pub(super) fn write(path: &Path, text: &str) -> Result<()> {

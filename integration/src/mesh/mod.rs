@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 mod federation;
 mod issuer;
+mod replicas;
 mod spec;
 
 use crate::cluster::Cluster;
 use crate::error::{HarnessError, Result};
 use crate::process::{Process, exec, wait_for_port};
-use issuer::{ClusterIssuer, IssuerSettings, path_str, write};
+use issuer::{ClusterIssuer, IssuerSettings, IssuerSlot, path_str, write};
 pub use spec::MeshSpec;
 
 /// How long the mesh may take to come up (attestation, first SVIDs).
@@ -49,6 +50,8 @@ pub struct Mesh {
     daemons: BTreeMap<String, Process>,
     /// One per cluster, the first cluster's first.
     issuers: Vec<ClusterIssuer>,
+    /// The first cluster's further issuer replicas (`MeshSpec::replicated_issuer`).
+    replicas: Vec<ClusterIssuer>,
     /// Last: namespaces go after the processes in them.
     pub cluster: Cluster,
     bin: PathBuf,
@@ -89,19 +92,12 @@ impl Mesh {
             cluster.add_pod(node, pod.clone())?;
         }
         progress(Phase::Issuer);
-        let settings = IssuerSettings {
-            extra_yaml: &spec.issuer_yaml,
-            refresh_hint_seconds: spec.bundle_refresh_hint,
-        };
-        let issuers = clusters
-            .iter()
-            .enumerate()
-            .map(|(index, (td, _))| ClusterIssuer::start(&mut cluster, bin, index, td, &settings))
-            .collect::<Result<Vec<_>>>()?;
+        let (issuers, replicas) = start_issuers(&mut cluster, bin, &spec, &clusters)?;
         let mut mesh = Self {
             daemons: BTreeMap::new(),
             log: spec.log.clone(),
             issuers,
+            replicas,
             cluster,
             bin: bin.to_owned(),
             node_cluster,
@@ -172,15 +168,18 @@ impl Mesh {
             String::new()
         };
         let dir = self.cluster.log_dir();
+        let issuer_addresses: Vec<String> = std::iter::once(issuer)
+            .chain(self.replicas.iter().filter(|_| index == 0))
+            .map(ClusterIssuer::agent_address)
+            .collect();
         write(
             &self.node_config(node),
             &format!(
                 "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
-                 agent:\n  issuer_address: {}:8081\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
+                 agent:\n  issuer_address: {issuer_addresses:?}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
                  capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}{}\
                  outbound:\n  mesh_cidrs:\n{}{}\
                  authorization:\n  default: {}\n  policy_paths: [{}]\n{}{}",
-                issuer.ip,
                 issuer.bundle_file.display(),
                 dir.join(format!("{node}-agent")).display(),
                 self.cluster.node(node)?.workloads_file().display(),
@@ -439,6 +438,43 @@ impl Mesh {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Every cluster's issuer, and the first cluster's further replicas; with
+/// replicas, the bootstrap bundle is written once all of them have a CA in it.
+fn start_issuers(
+    cluster: &mut Cluster,
+    bin: &Path,
+    spec: &MeshSpec,
+    clusters: &[(String, Vec<String>)],
+) -> Result<(Vec<ClusterIssuer>, Vec<ClusterIssuer>)> {
+    let (replica_count, datastore_url) = &spec.issuer_replicas;
+    let mut issuers = Vec::new();
+    let mut replicas = Vec::new();
+    for (index, (td, _)) in clusters.iter().enumerate() {
+        let count = if index == 0 { *replica_count } else { 1 };
+        for replica in 0..count {
+            let settings = IssuerSettings {
+                extra_yaml: &spec.issuer_yaml,
+                refresh_hint_seconds: spec.bundle_refresh_hint,
+                datastore_url: datastore_url.as_deref().filter(|_| index == 0),
+            };
+            let slot = IssuerSlot {
+                cluster: index,
+                replica,
+            };
+            let issuer = ClusterIssuer::start(cluster, bin, slot, td, &settings)?;
+            if replica == 0 {
+                issuers.push(issuer);
+            } else {
+                replicas.push(issuer);
+            }
+        }
+    }
+    if !replicas.is_empty() {
+        issuers[0].refresh_bundle_file(bin)?;
+    }
+    Ok((issuers, replicas))
 }
 
 /// The `meshward` binary built next to the running test or program

@@ -36,6 +36,9 @@ pub struct MeshSpec {
     pub(super) exclude_issuer: bool,
     /// The daemons' `RUST_LOG`.
     pub(super) log: String,
+    /// The first cluster's issuer runs as this many replicas (1: a single one)
+    /// on this shared datastore (a PostgreSQL URL).
+    pub(super) issuer_replicas: (usize, Option<String>),
 }
 
 impl MeshSpec {
@@ -58,7 +61,16 @@ impl MeshSpec {
             exclude_ports: Vec::new(),
             exclude_issuer: false,
             log: "info,access=debug".into(),
+            issuer_replicas: (1, None),
         }
+    }
+
+    /// The first cluster's issuer as `replicas` replicas, each on a host of its own
+    /// with a CA of its own, sharing the datastore at `datastore_url`; every node
+    /// lists them all in `agent.issuer_address`.
+    pub fn replicated_issuer(&mut self, replicas: usize, datastore_url: &str) -> &mut Self {
+        self.issuer_replicas = (replicas.max(1), Some(datastore_url.to_owned()));
+        self
     }
 
     /// Another cluster on the same underlay: its own trust domain, issuer and

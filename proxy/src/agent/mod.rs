@@ -382,13 +382,19 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..8 {
             let wait = backoff.next();
-            assert!(wait >= ceiling / 2 && wait <= ceiling, "{wait:?} for {ceiling:?}");
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{wait:?} for {ceiling:?}"
+            );
             waits.push(wait);
             ceiling = (ceiling * 2).min(Backoff::MAX);
         }
         assert!(waits.iter().all(|w| *w <= Backoff::MAX));
         let spread: std::collections::BTreeSet<Duration> = waits[4..].iter().copied().collect();
-        assert!(spread.len() > 1, "capped waits are all {spread:?}: no jitter");
+        assert!(
+            spread.len() > 1,
+            "capped waits are all {spread:?}: no jitter"
+        );
         backoff.reset();
         assert!(backoff.next() <= Backoff::START);
     }

@@ -1,0 +1,101 @@
+//! The issuer as a tier-0 service: replicas on one PostgreSQL, agents that fail
+//! over between them (`proxy/src/agent/issuers.rs`), and a mesh that drops no
+//! request while a replica is lost.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use meshward_integration::{Mesh, available_or_skip};
+use meshward_test_support::postgres::TestDatabase;
+use support::{curl_spire, echo_mesh, eventually, example, status};
+
+/// Short, so that every phase below outlives the SVIDs it started with.
+const SVID_TTL: Duration = Duration::from_secs(30);
+
+/// Requests from curl-spire to the echoserver, each on a new connection (a new
+/// mTLS handshake with the SVIDs of the moment), for `how_long`; the failures.
+fn load(mesh: &Mesh, how_long: Duration) -> (usize, Vec<String>) {
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    let started = Instant::now();
+    let (mut sent, mut failures) = (0, Vec::new());
+    while started.elapsed() < how_long {
+        sent += 1;
+        if let Err(e) = status(mesh, "curl-spire", &[&url, "--max-time", "5"], 200) {
+            failures.push(format!("after {:?}: {e}", started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (sent, failures)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Every SVID `node` holds was issued at or after `since` (unix seconds).
+fn renewed_since(mesh: &Mesh, node: &str, since: u64) {
+    let (_, body) = mesh.admin_get(node, "/certs").unwrap();
+    let certs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert!(!certs.is_empty(), "{node} holds no SVID: {body}");
+    for cert in certs {
+        let issued_at = cert["issued_at"].as_u64().unwrap();
+        assert!(
+            issued_at >= since,
+            "{node}: {} issued at {issued_at}, before {since}: not renewed\n{}",
+            cert["spiffe_id"],
+            mesh.daemon_log(node)
+        );
+    }
+}
+
+#[test]
+fn losing_an_issuer_replica_drops_no_request_and_svids_renew_from_the_other() {
+    let Some(()) = available_or_skip(
+        "losing_an_issuer_replica_drops_no_request_and_svids_renew_from_the_other",
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = runtime.block_on(TestDatabase::create("issuer_replicas")) else {
+        return;
+    };
+    let (mut mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .svid_ttl(u32::try_from(SVID_TTL.as_secs()).unwrap())
+            .replicated_issuer(2, db.url());
+    });
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    eventually(&mesh, "the first request", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    // Each replica is lost in turn for longer than an SVID lives, so whichever
+    // one a node was using, every SVID in use at the end was signed by the other.
+    let phase = SVID_TTL + Duration::from_secs(8);
+    let mut report = Vec::new();
+    for (lost, other) in [(0, 1), (1, 0)] {
+        let lost_at = unix_now();
+        let status = mesh.kill_issuer(lost).unwrap();
+        let (sent, failures) = load(&mesh, phase);
+        assert!(
+            failures.is_empty(),
+            "replica {lost} lost ({status}): {} of {sent} requests failed: {failures:#?}\n{}\n--- replica {other} ---\n{}",
+            failures.len(),
+            mesh.logs(),
+            mesh.issuer_replica_log(other).unwrap()
+        );
+        assert_eq!(mesh.issuer_ready(other).unwrap(), Some(true));
+        for node in ["node-1", "node-2"] {
+            renewed_since(&mesh, node, lost_at);
+        }
+        mesh.restart_issuer(lost).unwrap();
+        report.push(format!("replica {lost} lost: {sent} requests, none failed"));
+    }
+    eprintln!("{}", report.join("\n"));
+}
