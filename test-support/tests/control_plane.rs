@@ -9,7 +9,7 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use meshward_kubernetes::ApiEndpoint;
 use meshward_test_support::control_plane;
-use serde::Deserialize;
+use meshward_test_support::control_plane::label;
 
 fn authorization_policies() -> ApiResource {
     ApiResource {
@@ -146,25 +146,8 @@ fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// The objects of a multi-document YAML text (empty documents left out).
 fn objects(yaml: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn label(object: &serde_json::Value) -> String {
-    let meta = &object["metadata"];
-    let ns = meta["namespace"]
-        .as_str()
-        .map(|n| format!("{n}/"))
-        .unwrap_or_default();
-    format!(
-        "{} {ns}{}",
-        object["kind"].as_str().unwrap_or("?"),
-        meta["name"].as_str().unwrap_or("?")
-    )
+    control_plane::objects(yaml).unwrap()
 }
 
 /// Creates what the server looks up when it admits `objects` and a dry run does
