@@ -254,6 +254,38 @@ fn with_postgres_values_the_chart_renders_the_postgres_overlay() {
     );
 }
 
+/// values.schema.json: a misspelt key or an unknown choice is refused, never read
+/// as the default (a `k8s-psat` would otherwise render join tokens).
+#[test]
+fn misspelt_values_and_unknown_choices_are_refused() {
+    let Some((_, helm)) =
+        control_plane::with_helm("misspelt_values_and_unknown_choices_are_refused")
+    else {
+        return;
+    };
+    for (set, says) in [
+        (
+            "trustdomain=math.example.com",
+            "additional properties 'trustdomain' not allowed",
+        ),
+        ("attestation.type=k8s-psat", "/attestation/type"),
+        ("issuer.datastore.type=postgresql", "/issuer/datastore/type"),
+        (
+            "federation.bundleEndpoint.profile=https",
+            "/federation/bundleEndpoint/profile",
+        ),
+        (
+            "node.meshCIDR={10.0.0.0/8}",
+            "additional properties 'meshCIDR' not allowed",
+        ),
+    ] {
+        let Err(refused) = template(&helm, &["--set", set]) else {
+            panic!("--set {set}: accepted");
+        };
+        assert!(refused.contains(says), "{set}: {refused}");
+    }
+}
+
 #[test]
 fn join_token_values_mount_each_nodes_token_and_grant_no_token_review() {
     let Some((_, helm)) = control_plane::with_helm(
