@@ -18,6 +18,7 @@ set -euo pipefail
 # k8s.io/kubernetes: v1.37.2 -> v0.37.2.)
 ETCD_VERSION=v3.6.17
 KUBERNETES_VERSION=v1.37.2
+HELM_VERSION=v4.3.2
 
 # /var/cache when it can be written (root, CI), else the user's cache directory.
 cache_root=/var/cache
@@ -110,6 +111,29 @@ build_kubernetes() {
   mv "$kube_dir/bin.tmp" "$kube_dir/bin"
 }
 
+# Helm, for charts/meshward's checks (lint, template, install against the test
+# control plane).
+helm_dir=$cache/helm-$HELM_VERSION
+build_helm() {
+  [ -x "$helm_dir/bin/helm" ] && return 0
+  go_env
+  log "helm $HELM_VERSION: building into $helm_dir"
+  rm -rf "$helm_dir/src" "$helm_dir/bin.tmp"
+  mkdir -p "$helm_dir/src" "$helm_dir/bin.tmp"
+  (
+    cd "$helm_dir/src"
+    go mod init meshward.test/peers/helm >/dev/null 2>&1
+    go get "helm.sh/helm/v4@$HELM_VERSION" >&2
+  )
+  # the version `helm version` reports (a release build stamps it in; else "v4.3")
+  go_build "$helm_dir" "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    helm.sh/helm/v4/cmd/helm
+  rm -rf "${helm_dir:?}/bin"
+  mv "$helm_dir/bin.tmp" "$helm_dir/bin"
+  # built in this run: MESHWARD_PEERS_SLIM=1 may remove Go's caches below
+  built_before=0
+}
+
 mkdir -p "$cache"
 built_before=0
 for binary in "$etcd_dir/bin/etcd" "$kube_dir/bin/kube-apiserver"; do
@@ -117,6 +141,7 @@ for binary in "$etcd_dir/bin/etcd" "$kube_dir/bin/kube-apiserver"; do
 done
 build_etcd
 build_kubernetes
+build_helm
 # MESHWARD_PEERS_SLIM=1 (CI, whose disk may be small): once built, the binaries
 # are the cache; Go's build and module caches (~4 GB) go.
 if [ "${MESHWARD_PEERS_SLIM:-0}" = 1 ] && [ "$built_before" -lt 2 ] && [ -d "$go_cache" ]; then
@@ -130,7 +155,8 @@ env_file=$cache/env
 exports="export MESHWARD_ETCD=$etcd_dir/bin/etcd
 export MESHWARD_ETCDCTL=$etcd_dir/bin/etcdctl
 export MESHWARD_KUBE_APISERVER=$kube_dir/bin/kube-apiserver
-export MESHWARD_KUBECTL=$kube_dir/bin/kubectl"
+export MESHWARD_KUBECTL=$kube_dir/bin/kubectl
+export MESHWARD_HELM=$helm_dir/bin/helm"
 if [ "$(cat "$env_file" 2>/dev/null)" != "$exports" ]; then
   printf '%s\n' "$exports" >"$env_file.tmp"
   mv "$env_file.tmp" "$env_file"

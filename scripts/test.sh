@@ -44,9 +44,10 @@ if ! (cd / && python3 -c 'import spiffe.workloadapi') 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check spiffe
 fi
 
-# The real Kubernetes control plane (etcd, kube-apiserver, kubectl) for the tests
-# that run against it: built once from their Go modules into /var/cache (about 12
-# minutes on 2 cores), found there at once afterwards.
+# The real Kubernetes control plane (etcd, kube-apiserver, kubectl) and helm for
+# the tests that run against them: built once from their Go modules into
+# /var/cache (about 12 minutes on 2 cores, helm up to 10 more), found there at
+# once afterwards.
 if command -v go >/dev/null; then
   eval "$(scripts/peers.sh)"
 else

@@ -18,7 +18,8 @@
 //! killed process runs no code), the pipe closes and the guardian kills the group
 //! and removes the directory. A directory left anyway (the guardian killed too) is
 //! removed by the next start. The binaries are found through `MESHWARD_ETCD`,
-//! `MESHWARD_KUBE_APISERVER`, `MESHWARD_KUBECTL` (and `MESHWARD_ETCDCTL`), or else
+//! `MESHWARD_KUBE_APISERVER`, `MESHWARD_KUBECTL` (and `MESHWARD_ETCDCTL`, and
+//! `MESHWARD_HELM` for the chart's tests: [`with_helm`]), or else
 //! the `env` file `scripts/peers.sh` writes in its cache. Without them, [`shared`]
 //! prints `SKIPPED` and returns `None`; in CI (`CI=true`) it panics instead.
 
@@ -36,6 +37,8 @@ pub const ETCD_VAR: &str = "MESHWARD_ETCD";
 pub const ETCDCTL_VAR: &str = "MESHWARD_ETCDCTL";
 pub const KUBE_APISERVER_VAR: &str = "MESHWARD_KUBE_APISERVER";
 pub const KUBECTL_VAR: &str = "MESHWARD_KUBECTL";
+/// Helm, for the chart's tests (not needed by the control plane itself).
+pub const HELM_VAR: &str = "MESHWARD_HELM";
 /// Where `scripts/peers.sh` keeps its builds and `env` file (default below).
 pub const PEERS_CACHE_VAR: &str = "MESHWARD_PEERS_CACHE";
 const DEFAULT_PEERS_CACHE: &str = "/var/cache/meshward-peers";
@@ -91,6 +94,7 @@ pub struct Binaries {
     pub etcdctl: Option<PathBuf>,
     pub kube_apiserver: PathBuf,
     pub kubectl: PathBuf,
+    pub helm: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -136,6 +140,7 @@ impl Binaries {
             etcdctl: lookup(ETCDCTL_VAR).ok(),
             kube_apiserver: lookup(KUBE_APISERVER_VAR)?,
             kubectl: lookup(KUBECTL_VAR)?,
+            helm: lookup(HELM_VAR).ok(),
         })
     }
 }
@@ -185,6 +190,24 @@ fn binaries_or_skip(test: &str) -> Option<Binaries> {
         }
         Err(e) => {
             eprintln!("SKIPPED {test}: no real control plane: {e}");
+            None
+        }
+    }
+}
+
+/// The binaries and helm, for a test of the chart; `None` after printing
+/// `SKIPPED <test>` when one is missing (a panic in CI, as for [`shared`]).
+pub fn with_helm(test: &str) -> Option<(Binaries, PathBuf)> {
+    let binaries = binaries_or_skip(test)?;
+    match binaries.helm.clone() {
+        Some(helm) => Some((binaries, helm)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "{test}: no {HELM_VAR}; CI must run the chart's tests (scripts/peers.sh builds helm)"
+            )
+        }
+        None => {
+            eprintln!("SKIPPED {test}: no {HELM_VAR} (run scripts/peers.sh)");
             None
         }
     }
@@ -640,6 +663,34 @@ impl ControlPlane {
             })
         }
     }
+}
+
+/// The objects of a multi-document YAML text (a rendered kustomization or chart,
+/// a manifest file) as JSON values; empty documents are left out.
+pub fn objects(yaml: &str) -> Result<Vec<serde_json::Value>, serde_yaml::Error> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// `<Kind> <namespace>/<name>` (or `<Kind> <name>`), naming an object in messages.
+pub fn label(object: &serde_json::Value) -> String {
+    let meta = &object["metadata"];
+    let ns = meta["namespace"]
+        .as_str()
+        .map(|n| format!("{n}/"))
+        .unwrap_or_default();
+    format!(
+        "{} {ns}{}",
+        object["kind"].as_str().unwrap_or("?"),
+        meta["name"].as_str().unwrap_or("?")
+    )
 }
 
 impl Drop for ControlPlane {

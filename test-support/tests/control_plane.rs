@@ -9,6 +9,7 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use meshward_kubernetes::ApiEndpoint;
 use meshward_test_support::control_plane;
+use meshward_test_support::control_plane::label;
 
 fn authorization_policies() -> ApiResource {
     ApiResource {
@@ -130,84 +131,235 @@ async fn rbac_refuses_a_service_account_without_a_role() {
     }
 }
 
-const K8S: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s");
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// The `.yaml` files of a directory of the repository, sorted.
 fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    let dir = format!("{REPO}/{dir}");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no fixtures in {dir}");
+    assert!(!files.is_empty(), "no YAML files in {dir}");
     files
 }
 
+fn objects(yaml: &str) -> Vec<serde_json::Value> {
+    control_plane::objects(yaml).unwrap()
+}
+
+/// Creates what the server looks up when it admits `objects` and a dry run does
+/// not create: their namespaces (an object in a missing namespace is refused), each
+/// with its `default` ServiceAccount (made by the controller manager, which does
+/// not run here), and the ServiceAccounts among `objects` (a pod naming one is
+/// refused until it exists). One at a time: tests of this binary run in parallel.
+fn prerequisites_exist(plane: &control_plane::ControlPlane, objects: &[serde_json::Value]) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut namespaces: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let mut yaml = String::new();
+    for ns in namespaces {
+        yaml += &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {ns}}}\n---\n"
+        );
+    }
+    for account in objects.iter().filter(|o| o["kind"] == "ServiceAccount") {
+        yaml += &format!("{}\n---\n", serde_json::to_string(account).unwrap());
+    }
+    if !yaml.is_empty() {
+        plane
+            .kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--field-manager=meshward-test",
+                    "-f",
+                    "-",
+                ],
+                &yaml,
+            )
+            .unwrap();
+    }
+}
+
+/// The base, every overlay (each directory in docker/k8s/overlays) and the
+/// examples' workloads, rendered by kubectl's kustomize, pass the real server's
+/// checks as a server-side apply (`--dry-run=server`: admission, schemas, strict
+/// field validation), every object of them.
 #[test]
-fn the_shipped_manifests_and_fixtures_pass_the_real_servers_checks() {
+fn the_base_every_overlay_and_the_examples_pass_a_server_side_dry_run() {
     let Some(plane) =
-        control_plane::shared("the_shipped_manifests_and_fixtures_pass_the_real_servers_checks")
+        control_plane::shared("the_base_every_overlay_and_the_examples_pass_a_server_side_dry_run")
     else {
         return;
     };
-    // a dry run does not create the namespace the objects go to
-    plane
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshward-system}\n")
-        .unwrap();
-    for kustomization in ["base", "overlays/postgres"] {
-        let dir = format!("{K8S}/{kustomization}");
+    let mut kustomizations = vec!["docker/k8s/base".to_owned()];
+    let mut overlays: Vec<String> = std::fs::read_dir(format!("{REPO}/docker/k8s/overlays"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "docker/k8s/overlays/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    overlays.sort();
+    assert!(!overlays.is_empty(), "no overlays in docker/k8s/overlays");
+    kustomizations.extend(overlays);
+    kustomizations.push("docker/examples/k8s".to_owned());
+    for kustomization in kustomizations {
+        let rendered = plane
+            .kubectl(&["kustomize", &format!("{REPO}/{kustomization}")])
+            .unwrap_or_else(|e| panic!("{kustomization}: {e}"));
+        let objects = objects(&rendered);
+        if kustomization.starts_with("docker/k8s/") {
+            // meshward's own objects all go to its namespace, an overlay's too
+            let cluster_scoped = [
+                "Namespace",
+                "CustomResourceDefinition",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ];
+            for object in &objects {
+                if !cluster_scoped.contains(&object["kind"].as_str().unwrap_or_default()) {
+                    assert_eq!(
+                        object["metadata"]["namespace"],
+                        "meshward-system",
+                        "{kustomization}: {}",
+                        label(object)
+                    );
+                }
+            }
+        }
+        prerequisites_exist(plane, &objects);
+        let applied = plane
+            .kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--dry-run=server",
+                    "--field-manager=meshward-test",
+                    "-f",
+                    "-",
+                ],
+                &rendered,
+            )
+            .unwrap_or_else(|e| panic!("{kustomization}: {e}"));
+        // one line per object: "<kind>/<name> serverside-applied (server dry run)"
+        let accepted = applied
+            .lines()
+            .filter(|l| l.ends_with("serverside-applied (server dry run)"))
+            .count();
+        assert_eq!(accepted, objects.len(), "{kustomization}:\n{applied}");
+    }
+}
+
+/// Each example policy (docker/examples/policies) and each valid custom resource
+/// fixture (docker/k8s/tests/valid) is applied through the real server, and the
+/// server keeps every field as written: read back, each object's spec is the file's
+/// (nothing pruned by the CRD's structural schema, nothing defaulted).
+#[test]
+fn each_example_policy_and_valid_fixture_is_applied_and_kept_as_written() {
+    let Some(plane) = control_plane::shared(
+        "each_example_policy_and_valid_fixture_is_applied_and_kept_as_written",
+    ) else {
+        return;
+    };
+    let files = [
+        yaml_files("docker/examples/policies"),
+        yaml_files("docker/k8s/tests/valid"),
+    ]
+    .concat();
+    for file in files {
+        let name = file.display().to_string();
+        let written = objects(&std::fs::read_to_string(&file).unwrap());
+        assert!(!written.is_empty(), "{name}: no objects");
+        prerequisites_exist(plane, &written);
         plane
             .kubectl(&[
                 "apply",
                 "--server-side",
-                "--dry-run=server",
                 "--field-manager=meshward-test",
-                "-k",
-                &dir,
+                "-f",
+                &name,
             ])
-            .unwrap_or_else(|e| panic!("{kustomization}: {e}"));
-    }
-    // the fixtures' namespaces, as a dry run does not create them either
-    let fixtures = [
-        yaml_files(&format!("{K8S}/tests/valid")),
-        yaml_files(&format!("{K8S}/tests/invalid")),
-    ]
-    .concat();
-    let mut namespaces: Vec<String> = fixtures
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix("namespace: ").map(str::to_owned))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    for namespace in namespaces {
-        plane
-            .apply(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"
-            ))
-            .unwrap();
-    }
-    for file in yaml_files(&format!("{K8S}/tests/valid")) {
-        let file = file.display().to_string();
-        plane
-            .kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &file])
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-    }
-    for file in yaml_files(&format!("{K8S}/tests/invalid")) {
-        let name = file.display().to_string();
-        let refused = plane.kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &name]);
-        let Err(e) = refused else {
-            panic!("{name}: the server accepted it");
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stored: serde_json::Value =
+            serde_json::from_str(&plane.kubectl(&["get", "-f", &name, "-o", "json"]).unwrap())
+                .unwrap();
+        let stored = match stored["kind"].as_str() {
+            Some("List") => stored["items"].as_array().unwrap().clone(),
+            _ => vec![stored],
         };
-        // refused by the server (its schema), not by kubectl reading the file
-        let e = e.to_string();
-        assert!(
-            e.contains("Error from server") || e.contains("is invalid"),
-            "{name}: {e}"
-        );
+        assert_eq!(stored.len(), written.len(), "{name}");
+        for (written, stored) in written.iter().zip(&stored) {
+            assert_eq!(label(written), label(stored), "{name}");
+            assert_eq!(
+                written["spec"],
+                stored["spec"],
+                "{name}: {} as stored",
+                label(written)
+            );
+        }
     }
+}
+
+/// Each invalid custom resource (docker/k8s/tests/invalid) is refused by the
+/// server, for the reason its first line states: `# expect: TEXT`, a part of the
+/// server's message.
+#[test]
+fn each_invalid_fixture_is_refused_by_the_server_for_its_stated_reason() {
+    let Some(plane) = control_plane::shared(
+        "each_invalid_fixture_is_refused_by_the_server_for_its_stated_reason",
+    ) else {
+        return;
+    };
+    let mut wrong = Vec::new();
+    for file in yaml_files("docker/k8s/tests/invalid") {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| panic!("{name}: its first line must be `# expect: TEXT`"));
+        let written = objects(&text);
+        assert_eq!(written.len(), 1, "{name}: one object per invalid fixture");
+        prerequisites_exist(plane, &written);
+        let refused = plane.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=meshward-test",
+            "-f",
+            &name,
+        ]);
+        let Err(e) = refused else {
+            wrong.push(format!(
+                "{name}: the server accepted {}",
+                label(&written[0])
+            ));
+            continue;
+        };
+        // refused by the server (its schema: `Error from server (BadRequest)`, or
+        // `The <kind> "<name>" is invalid`), not by kubectl reading the file
+        let e = e.to_string();
+        let by_server = e.contains("Error from server") || e.contains("is invalid:");
+        if by_server && e.contains(expect) {
+            eprintln!("{name}: refused as expected ({expect})");
+        } else {
+            wrong.push(format!("{name}: refused, but not for {expect:?}: {e}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

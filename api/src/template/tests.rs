@@ -127,7 +127,8 @@ fn cluster_spiffe_id_yaml() {
 }
 
 /// The CRD in docker/k8s/base/crds.yaml admits the every-field fixture and refuses
-/// the invalid ones (docker/check-custom-resources.py); the issuer agrees.
+/// the invalid ones (the real API server: test-support/tests/control_plane.rs); the
+/// issuer agrees.
 #[test]
 fn the_crd_fixtures_read_as_the_crd_admits_them() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/tests");

@@ -294,7 +294,7 @@ fn trust_domain_rewrite_of_principals() {
 }
 
 /// The CRD in docker/k8s/base/crds.yaml admits these fixtures and refuses the
-/// invalid ones (docker/check-custom-resources.py, run by docker/validate.sh); the
+/// invalid ones (the real API server: test-support/tests/control_plane.rs); the
 /// engine must agree on both, so `kubectl apply` and the daemon never disagree.
 #[test]
 fn the_crd_fixtures_load_as_the_crd_admits_them() {
@@ -325,16 +325,18 @@ fn the_crd_fixtures_load_as_the_crd_admits_them() {
             path.display(),
             report.errors
         );
-        // refused for the reason the fixture names: the quoted name or the value
-        // in its `# expect:` line (the CRD's wording) appears in the engine's error
+        // refused for the reason the fixture names: the field its `# expect:` line
+        // (the API server's message: `<path>: <reason>`) names appears in the
+        // engine's error
         let expect = text
             .lines()
             .next()
             .unwrap()
             .strip_prefix("# expect: ")
             .unwrap();
-        let first = expect.split_whitespace().next().unwrap();
-        let culprit = first.trim_matches('\'');
+        let field_path = expect.split(": ").next().unwrap();
+        let field = field_path.rsplit('.').next().unwrap();
+        let culprit = field.split('[').next().unwrap();
         let error = report.errors[0].to_string();
         assert!(
             error.contains(culprit),
