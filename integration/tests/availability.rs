@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use meshward_integration::{Mesh, available_or_skip};
 use meshward_test_support::postgres::TestDatabase;
-use support::{curl_spire, echo_mesh, eventually, example, status};
+use support::{curl_spire, echo_mesh, eventually, example, node_metric, status};
 
 /// Short, so that every phase below outlives the SVIDs it started with.
 const SVID_TTL: Duration = Duration::from_secs(30);
@@ -37,12 +37,26 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Every SVID `node` holds was issued at or after `since` (unix seconds).
-fn renewed_since(mesh: &Mesh, node: &str, since: u64) {
+/// The SVIDs `node` holds, as its admin port lists them (`/certs`).
+fn certs(mesh: &Mesh, node: &str) -> Vec<serde_json::Value> {
     let (_, body) = mesh.admin_get(node, "/certs").unwrap();
     let certs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert!(!certs.is_empty(), "{node} holds no SVID: {body}");
-    for cert in certs {
+    certs
+}
+
+/// `issued_at` of each SVID on both nodes.
+fn issue_times(mesh: &Mesh) -> Vec<u64> {
+    ["node-1", "node-2"]
+        .iter()
+        .flat_map(|node| certs(mesh, node))
+        .map(|cert| cert["issued_at"].as_u64().unwrap())
+        .collect()
+}
+
+/// Every SVID `node` holds was issued at or after `since` (unix seconds).
+fn renewed_since(mesh: &Mesh, node: &str, since: u64) {
+    for cert in certs(mesh, node) {
         let issued_at = cert["issued_at"].as_u64().unwrap();
         assert!(
             issued_at >= since,
@@ -98,4 +112,68 @@ fn losing_an_issuer_replica_drops_no_request_and_svids_renew_from_the_other() {
         report.push(format!("replica {lost} lost: {sent} requests, none failed"));
     }
     eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn every_issuer_down_past_half_an_svid_ttl_drops_no_request_and_svids_renew_on_its_return() {
+    let Some(()) = available_or_skip(
+        "every_issuer_down_past_half_an_svid_ttl_drops_no_request_and_svids_renew_on_its_return",
+    ) else {
+        return;
+    };
+    const TTL: u64 = 60;
+    // longer than half a TTL: past the point where every SVID is due for renewal
+    let outage = Duration::from_secs(TTL / 2 + 4);
+    let (mut mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true).svid_ttl(TTL as u32);
+    });
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    eventually(&mesh, "the first request", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    // the outage starts when every SVID has more than the outage left to live
+    // (renewals are spread over 45-55% of the TTL, so such moments come often)
+    let young = TTL - outage.as_secs() - 6;
+    let deadline = Instant::now() + Duration::from_secs(TTL);
+    while issue_times(&mesh).iter().any(|t| unix_now() - t > young) {
+        assert!(Instant::now() < deadline, "the SVIDs are never all young");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let status_text = mesh.kill_issuer(0).unwrap();
+    let (sent, failures) = load(&mesh, outage);
+    assert!(
+        failures.is_empty(),
+        "no issuer ({status_text}): {} of {sent} requests failed: {failures:#?}\n{}",
+        failures.len(),
+        mesh.logs()
+    );
+    // the SVIDs are past half their life, unrenewed, and still valid
+    let oldest = node_metric(&mesh, "node-1", "meshward_svid_oldest_age_seconds", &[]);
+    assert!(oldest > (TTL / 2) as f64, "oldest SVID age {oldest} s");
+    for node in ["node-1", "node-2"] {
+        for cert in certs(&mesh, node) {
+            assert!(cert["seconds_to_expiry"].as_u64().unwrap() > 0, "{cert}");
+        }
+    }
+
+    let back = unix_now();
+    mesh.restart_issuer(0).unwrap();
+    let returned = Instant::now();
+    while issue_times(&mesh).iter().any(|t| *t < back) {
+        assert!(
+            returned.elapsed() < Duration::from_secs(15),
+            "SVIDs not renewed 15 s after the issuer returned\n{}",
+            mesh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let renewed_within = returned.elapsed();
+    let (sent_after, failures) = load(&mesh, Duration::from_secs(3));
+    assert!(failures.is_empty(), "{failures:#?}");
+    eprintln!(
+        "issuer down {outage:?}: {sent} requests, none failed; every SVID renewed {renewed_within:?} after its return; {sent_after} more after"
+    );
 }

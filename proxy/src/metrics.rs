@@ -222,6 +222,12 @@ pub(crate) fn svid_seconds_to_expiry(spiffe_id: &SpiffeId, seconds: f64) {
     gauge!("meshward_svid_seconds_to_expiry", "spiffe_id" => spiffe_id.to_string()).set(seconds);
 }
 
+/// How long ago the least recently renewed SVID on this node was issued; it
+/// passes half an SVID's life only while renewals fail (no issuer answers).
+pub(crate) fn svid_oldest_age_seconds(seconds: f64) {
+    gauge!("meshward_svid_oldest_age_seconds").set(seconds);
+}
+
 pub(crate) fn svid_rotated(spiffe_id: &SpiffeId) {
     counter!("meshward_svid_rotations_total", "spiffe_id" => spiffe_id.to_string()).increment(1);
 }

@@ -47,6 +47,7 @@ pub(crate) struct PodTls {
     pub(crate) server: Arc<ServerConfig>,
     /// Presented to peer nodes when this pod calls out.
     pub(crate) client: Arc<ClientConfig>,
+    pub(crate) issued_at: SystemTime,
     pub(crate) expires_at: SystemTime,
     /// The trust domains whose peers it accepts: its own and those it federates with.
     pub(crate) trusts: Vec<TrustDomain>,
@@ -95,16 +96,23 @@ impl MeshState {
         self.pods.get(&ip)
     }
 
-    /// Sets the seconds-to-expiry gauge of every identity held.
+    /// Sets the seconds-to-expiry gauge of every identity held, and the age of
+    /// the oldest one: what grows while no issuer answers.
     fn report_expiry(&self) {
         let now = SystemTime::now();
+        let mut oldest = 0.0f64;
         for tls in self.pods.values().filter_map(|p| p.tls.as_ref()) {
             let left = tls
                 .expires_at
                 .duration_since(now)
                 .map_or(0.0, |d| d.as_secs_f64());
             metrics::svid_seconds_to_expiry(&tls.spiffe_id, left);
+            let age = now
+                .duration_since(tls.issued_at)
+                .map_or(0.0, |d| d.as_secs_f64());
+            oldest = oldest.max(age);
         }
+        metrics::svid_oldest_age_seconds(oldest);
     }
 }
 
@@ -248,6 +256,7 @@ fn pod_tls(
         serial: serial(svid),
         server: Arc::new(server),
         client: Arc::new(client),
+        issued_at: svid.issued_at,
         expires_at: svid.expires_at,
         trusts,
     })
