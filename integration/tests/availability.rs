@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use meshward_integration::{Mesh, available_or_skip};
 use meshward_test_support::postgres::TestDatabase;
+use meshward_test_support::postgres_server::PostgresServer;
 use support::{curl_spire, echo_mesh, eventually, example, node_metric, status};
 
 /// Short, so that every phase below outlives the SVIDs it started with.
@@ -175,5 +176,75 @@ fn every_issuer_down_past_half_an_svid_ttl_drops_no_request_and_svids_renew_on_i
     assert!(failures.is_empty(), "{failures:#?}");
     eprintln!(
         "issuer down {outage:?}: {sent} requests, none failed; every SVID renewed {renewed_within:?} after its return; {sent_after} more after"
+    );
+}
+
+/// Waits (at most `within`) until both replicas report `ready`.
+fn replicas_ready(mesh: &Mesh, ready: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now: Vec<Option<bool>> = (0..2).map(|r| mesh.issuer_ready(r).unwrap()).collect();
+        if now.iter().all(|r| *r == Some(ready)) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "replicas' readiness {now:?}, want {ready} within {within:?}\n--- replica 0 ---\n{}\n--- replica 1 ---\n{}",
+            mesh.issuer_replica_log(0).unwrap(),
+            mesh.issuer_replica_log(1).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_datastore_restart_loses_nothing_and_readiness_follows_it() {
+    let test = "a_datastore_restart_loses_nothing_and_readiness_follows_it";
+    let Some(()) = available_or_skip(test) else {
+        return;
+    };
+    let Some(postgres) = PostgresServer::start(test) else {
+        return;
+    };
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .svid_ttl(60)
+            .replicated_issuer(2, &postgres.url());
+    });
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());
+    eventually(&mesh, "the first request", || {
+        status(&mesh, "curl-spire", &[&url], 200)
+    });
+    let entries = mesh.issuer_cli(&["entry", "show"]).unwrap();
+    replicas_ready(&mesh, true, Duration::from_secs(10));
+
+    postgres.pause();
+    let noticed = replicas_ready(&mesh, false, Duration::from_secs(20));
+    let (sent, failures) = load(&mesh, Duration::from_secs(10));
+    assert!(
+        failures.is_empty(),
+        "datastore down: {} of {sent} requests failed: {failures:#?}",
+        failures.len()
+    );
+    postgres.resume();
+    let recovered = replicas_ready(&mesh, true, Duration::from_secs(30));
+
+    assert_eq!(mesh.issuer_cli(&["entry", "show"]).unwrap(), entries);
+    // both replicas write again: a token made through one is seen by the other
+    let token = mesh
+        .issuer_cli(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            &format!("spiffe://{}/node/later", mesh.trust_domain()),
+        ])
+        .unwrap();
+    assert!(token.contains("Token: "), "{token}");
+    let (sent_after, failures) = load(&mesh, Duration::from_secs(3));
+    assert!(failures.is_empty(), "{failures:#?}");
+    eprintln!(
+        "datastore down: not ready after {noticed:?}, {sent} requests none failed; ready {recovered:?} after its return; {sent_after} more after"
     );
 }

@@ -22,6 +22,7 @@ pub mod jwks;
 mod jwt_svid;
 pub mod kube_api;
 pub mod postgres;
+pub mod postgres_server;
 pub mod tcp_proxy;
 
 use std::time::{Duration, SystemTime};
