@@ -99,6 +99,21 @@ impl Process {
             .unwrap_or_else(|e| e.to_string())
     }
 
+    /// SIGTERM, then waits up to `within` for the exit (SIGKILL after that); the
+    /// exit status text and how long it took.
+    pub fn terminate(&mut self, within: Duration) -> (String, Duration) {
+        let started = Instant::now();
+        let pid = Pid::from_raw(self.pid());
+        if self.is_running() {
+            let _ = kill(pid, Signal::SIGTERM);
+            while started.elapsed() < within && self.is_running() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let status = self.kill();
+        (status, started.elapsed())
+    }
+
     /// SIGTERM, wait up to the grace period, then SIGKILL. Returns the exit status text.
     pub fn stop(&mut self) -> String {
         let pid = Pid::from_raw(self.pid());

@@ -201,41 +201,19 @@ fn route_commands() -> [Vec<String>; 2] {
     ]
 }
 
-/// Installs the chains (after removing any left by an earlier run).
+/// Installs the chains. Where they are in place already, with every jump (a
+/// daemon still serving the node during an upgrade, or one that kept them on
+/// exit), only the chains' contents are replaced, one atomic restore per table,
+/// so no packet passes uncaptured meanwhile; otherwise what an earlier run left is
+/// removed first.
 pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
     let backend = Backend::detect();
+    if jumps_installed(config, backend) {
+        tracing::info!("capture rules in place: refilling the chains without a gap");
+        return restore(backend, &without_jumps(&rules(config)));
+    }
     remove_with(config, backend);
-    let restore = format!("{}-restore", backend.command());
-    let mut child = Command::new(&restore)
-        .arg("--noflush")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| CaptureError::Command {
-            command: restore.clone(),
-            reason: format!("{e} (install iptables)"),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules(config).as_bytes())
-            .map_err(|e| CaptureError::Command {
-                command: restore.clone(),
-                reason: e.to_string(),
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CaptureError::Command {
-            command: restore.clone(),
-            reason: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(CaptureError::Command {
-            command: format!("{restore} --noflush"),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
+    restore(backend, &rules(config))?;
     for args in route_commands() {
         let out = Command::new("ip")
             .args(&args)
@@ -252,6 +230,76 @@ pub fn install(config: &CaptureConfig) -> Result<(), CaptureError> {
         }
     }
     Ok(())
+}
+
+/// `iptables-restore --noflush` of `input`; a chain it declares is flushed and
+/// refilled in the same transaction.
+fn restore(backend: Backend, input: &str) -> Result<(), CaptureError> {
+    let restore = format!("{}-restore", backend.command());
+    let failed = |reason: String| CaptureError::Command {
+        command: format!("{restore} --noflush"),
+        reason,
+    };
+    let mut child = Command::new(&restore)
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("{e} (install iptables)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The jumps from the built-in chains (`-I <chain> 1 <rule>`) of `rules`, with
+/// their tables.
+fn jumps(rules: &str) -> Vec<(&str, &str, &str)> {
+    let mut table = "";
+    let mut jumps = Vec::new();
+    for line in rules.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name;
+        } else if let Some(rest) = line.strip_prefix("-I ")
+            && let Some((chain, rule)) = rest.split_once(" 1 ")
+        {
+            jumps.push((table, chain, rule));
+        }
+    }
+    jumps
+}
+
+fn without_jumps(rules: &str) -> String {
+    rules
+        .lines()
+        .filter(|line| !line.starts_with("-I "))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// Whether every jump into the daemon's chains is in place (`iptables -C`).
+fn jumps_installed(config: &CaptureConfig, backend: Backend) -> bool {
+    let rules = rules(config);
+    jumps(&rules).iter().all(|(table, chain, rule)| {
+        Command::new(backend.command())
+            .args(["-t", table, "-C", chain])
+            .args(rule.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// Removes the jumps, the chains and the policy route; quiet when they are not there.
@@ -336,26 +384,90 @@ fn remove_with(config: &CaptureConfig, backend: Backend) {
 }
 
 /// A listener for TPROXYed connections (IP_TRANSPARENT: it accepts connections
-/// to any address); the original destination is each accepted socket's local address.
+/// to any address); the original destination is each accepted socket's local
+/// address. Blocking, as `std`'s; shared with a successor daemon like every
+/// listener ([`listener`]).
 pub fn transparent_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = listener(addr, true)?;
+    listener.set_nonblocking(false)?;
+    Ok(listener)
+}
+
+/// A listening socket on `addr` (non-blocking) that a second daemon on the node
+/// may bind too (SO_REUSEPORT): during an upgrade the new daemon listens beside
+/// the old one, and the kernel hands connections to both until the old one closes
+/// its listener, when those still queued on it move to the new one
+/// (`net.ipv4.tcp_migrate_req`, [`enable_listener_handover`]).
+pub fn listener(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
+    bind(addr, transparent)?.listen()
+}
+
+/// A socket bound as [`listener`]'s, not yet listening: until it listens, the
+/// kernel gives it no connection, so a daemon claims its ports at start and
+/// takes connections only once it can serve them.
+pub struct BoundSocket(BoundKind);
+
+enum BoundKind {
+    V4(std::os::fd::OwnedFd),
+    /// The data path is IPv4; an admin or metrics address may not be.
+    V6(std::net::TcpListener),
+}
+
+pub fn bind(addr: SocketAddr, transparent: bool) -> std::io::Result<BoundSocket> {
     use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
-        sockopt,
+        AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, socket, sockopt,
     };
-    let SocketAddr::V4(v4) = addr else {
-        return Err(std::io::Error::other("transparent listeners are IPv4 here"));
+    let v4 = match addr {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) if !transparent => {
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            return Ok(BoundSocket(BoundKind::V6(listener)));
+        }
+        SocketAddr::V6(_) => {
+            return Err(std::io::Error::other("transparent listeners are IPv4 here"));
+        }
     };
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    setsockopt(&fd, sockopt::IpTransparent, &true)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
-    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
-    Ok(std::net::TcpListener::from(fd))
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    if transparent {
+        setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    }
+    nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    Ok(BoundSocket(BoundKind::V4(fd)))
+}
+
+impl BoundSocket {
+    pub fn listen(self) -> std::io::Result<std::net::TcpListener> {
+        use nix::sys::socket::{Backlog, listen};
+        match self.0 {
+            BoundKind::V4(fd) => {
+                listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+                Ok(std::net::TcpListener::from(fd))
+            }
+            BoundKind::V6(listener) => Ok(listener),
+        }
+    }
+}
+
+/// `net.ipv4.tcp_migrate_req = 1` in this network namespace: when a daemon closes
+/// a listener it shares with a successor, the connections queued on it (and those
+/// mid-handshake) move to the successor's instead of being reset. Linux 5.14+; on
+/// an older kernel, or without the right to write it, an upgrade may reset the few
+/// connections queued at that instant (logged).
+pub fn enable_listener_handover() {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if let Err(e) = std::fs::write(SYSCTL, "1") {
+        tracing::warn!(
+            "cannot set {SYSCTL}: {e}: an upgrade may reset connections queued on the old daemon's listeners"
+        );
+    }
 }
 
 /// The destination a REDIRECTed connection was made to.
@@ -368,6 +480,18 @@ pub fn original_destination(stream: &impl std::os::fd::AsFd) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jumps_are_the_rules_inserted_into_built_in_chains() {
+        let rules = rules(&CaptureConfig::default());
+        let jumps = jumps(&rules);
+        assert_eq!(jumps.len(), 5, "{jumps:?}");
+        assert!(jumps.contains(&("mangle", "PREROUTING", "-i eni+ -p tcp -j MESHWARD_DIVERT")));
+        assert!(jumps.contains(&("nat", "OUTPUT", "-p tcp -j MESHWARD_OUTPUT")));
+        let refill = without_jumps(&rules);
+        assert!(!refill.contains("-I "));
+        assert_eq!(refill.lines().count() + 5, rules.lines().count());
+    }
 
     #[test]
     fn the_backend_is_the_one_kubernetes_uses() {

@@ -91,18 +91,25 @@ async fn serve(
     let handle = meshward_proxy::agent::start(&config)?;
     let (drain, drained) = meshward_proxy::datapath::drain_channel();
     let data_path = meshward_proxy::datapath::DataPath::bind(&config, &handle, drained)?;
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
+    // shared with a successor during an upgrade, as the data path's
+    let bind = |addr: std::net::SocketAddr| {
+        meshward_proxy::capture::listener(addr, false)
+            .and_then(tokio::net::TcpListener::from_std)
             .with_context(|| format!("listen on {addr}"))
     };
-    let readiness = bind(config.readiness_listen).await?;
-    let admin = bind(config.admin_listen).await?;
-    let metrics = bind(config.metrics_listen).await?;
-    // rules last: traffic is taken only once the listeners exist
+    let readiness = bind(config.readiness_listen)?;
+    let admin = bind(config.admin_listen)?;
+    let metrics = bind(config.metrics_listen)?;
+    // The ports are claimed; the data path listens once the agent is ready. Until
+    // then what capture takes is refused (fails closed), and during an upgrade the
+    // daemon being replaced serves it.
     let _capture = if config.capture.install {
+        meshward_proxy::capture::enable_listener_handover();
         meshward_proxy::capture::install(&config.capture).context("installing capture rules")?;
-        Some(CaptureGuard(config.capture.clone()))
+        Some(CaptureGuard {
+            capture: config.capture.clone(),
+            readiness_port: config.readiness_listen.port(),
+        })
     } else {
         None
     };
@@ -133,8 +140,8 @@ async fn serve(
         r = meshward_proxy::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
         r = meshward_proxy::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
-        () = &mut data_path => {},
-        _ = term.recv() => drain_then_stop(&drain, data_path, config.limits.drain_grace_period).await,
+        r = &mut data_path => r?,
+        _ = term.recv() => drain_then_stop(&drain, data_path, config.limits.drain_grace_period).await?,
         _ = tokio::signal::ctrl_c() => {},
     }
     Ok(ExitCode::SUCCESS)
@@ -145,17 +152,25 @@ async fn serve(
 /// what is still open.
 async fn drain_then_stop(
     drain: &meshward_proxy::datapath::DrainSignal,
-    data_path: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    data_path: std::pin::Pin<
+        &mut impl std::future::Future<Output = Result<(), meshward_proxy::datapath::DataPathError>>,
+    >,
     grace: std::time::Duration,
-) {
+) -> Result<(), meshward_proxy::datapath::DataPathError> {
     tracing::info!(grace_period = ?grace, "SIGTERM: draining");
     drain.start();
     match tokio::time::timeout(grace, data_path).await {
-        Ok(()) => tracing::info!("drained: every connection ended; stopping"),
-        Err(_) => tracing::warn!(
-            grace_period = ?grace,
-            "limits.drain_grace_period passed with connections still open; stopping, which cuts them"
-        ),
+        Ok(result) => {
+            tracing::info!("drained: every connection ended; stopping");
+            result
+        }
+        Err(_) => {
+            tracing::warn!(
+                grace_period = ?grace,
+                "limits.drain_grace_period passed with connections still open; stopping, which cuts them"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -175,17 +190,44 @@ fn raise_open_files_limit() {
 
 /// When the daemon stops (also on an error return), removes the capture rules or,
 /// with `capture.on_exit: keep`, leaves them so the node's captured traffic fails
-/// closed until a daemon is back.
-struct CaptureGuard(meshward_proxy::config::CaptureConfig);
+/// closed until a daemon is back. A successor already serving the node (an
+/// upgrade: its readiness answers on the shared port once this daemon's listener
+/// is gone) keeps them either way.
+struct CaptureGuard {
+    capture: meshward_proxy::config::CaptureConfig,
+    readiness_port: u16,
+}
 
 impl Drop for CaptureGuard {
     fn drop(&mut self) {
-        match self.0.on_exit {
-            CaptureOnExit::Remove => meshward_proxy::capture::remove(&self.0),
+        if successor_ready(self.readiness_port) {
+            tracing::info!("capture rules kept: a successor daemon serves this node");
+            return;
+        }
+        match self.capture.on_exit {
+            CaptureOnExit::Remove => meshward_proxy::capture::remove(&self.capture),
             CaptureOnExit::Keep => tracing::info!(
                 "capture rules kept (capture.on_exit: keep): the node's captured traffic fails \
                  until a daemon is back; `meshward proxy capture --remove` takes them away"
             ),
         }
     }
+}
+
+/// Whether another daemon on this node says it is ready: asked on the readiness
+/// port once this daemon's own listener there is closed (bounded: 1 s).
+fn successor_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(1);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = b"GET /healthz/ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    let mut answer = [0u8; 12];
+    stream.write_all(request).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.1 200")
 }

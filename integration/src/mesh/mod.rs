@@ -22,6 +22,9 @@ mod federation;
 mod issuer;
 mod replicas;
 mod spec;
+mod upgrade;
+
+pub use upgrade::Upgrade;
 
 use crate::cluster::Cluster;
 use crate::error::{HarnessError, Result};
@@ -59,6 +62,8 @@ pub struct Mesh {
     node_cluster: BTreeMap<String, usize>,
     /// The daemons' `RUST_LOG`.
     log: String,
+    /// How many daemons each node has had (upgrades).
+    generations: BTreeMap<String, u32>,
 }
 
 impl Mesh {
@@ -96,6 +101,7 @@ impl Mesh {
         let mut mesh = Self {
             daemons: BTreeMap::new(),
             log: spec.log.clone(),
+            generations: BTreeMap::new(),
             issuers,
             replicas,
             cluster,

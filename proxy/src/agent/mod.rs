@@ -298,7 +298,9 @@ impl AgentTask {
             node_id: self.node.as_ref().map(|n| n.spiffe_id.clone()),
         };
         self.snapshots.send_replace(Arc::new(snapshot));
-        self.ready.send_replace(true);
+        if !self.ready.send_replace(true) {
+            tracing::info!("agent: ready: the first sync is done, the node's SVIDs are in hand");
+        }
         Ok(())
     }
 

@@ -78,6 +78,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::agent::AgentHandle;
+use crate::capture::BoundSocket;
 use custom::Providers;
 use jwks::JwksCache;
 use policies::Policies;
@@ -153,9 +154,11 @@ impl Shared {
 /// The listening data path; [`DataPath::run`] serves it.
 pub struct DataPath {
     shared: Arc<Shared>,
-    outbound: TcpListener,
-    hbone: TcpListener,
-    plaintext: TcpListener,
+    /// Bound at start, listening once the agent is ready (`run`).
+    outbound: BoundSocket,
+    hbone: BoundSocket,
+    plaintext: BoundSocket,
+    agent_ready: watch::Receiver<bool>,
 }
 
 impl DataPath {
@@ -171,8 +174,7 @@ impl DataPath {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let listen = |port, role: &'static str| {
             let addr = any(port);
-            std_listen(addr, port == capture.outbound_port)
-                .and_then(TcpListener::from_std)
+            crate::capture::bind(addr, port == capture.outbound_port)
                 .map_err(|source| DataPathError::Listen { addr, role, source })
         };
         let outbound = listen(capture.outbound_port, "outbound")?;
@@ -213,6 +215,7 @@ impl DataPath {
             outbound,
             hbone,
             plaintext,
+            agent_ready: agent.ready.clone(),
         })
     }
 
@@ -221,36 +224,44 @@ impl DataPath {
         self.shared.policies.clone()
     }
 
-    /// Serves until drained: once the drain has started, returns when every
-    /// connection the listeners accepted has ended.
-    pub async fn run(self) {
+    /// Listens once the agent is ready (so a daemon starting beside another, as
+    /// in an upgrade, takes no connection it cannot serve yet), then serves until
+    /// drained: once the drain has started, returns when every connection the
+    /// listeners accepted has ended.
+    pub async fn run(self) -> Result<(), DataPathError> {
         let shared = &self.shared;
+        let mut ready = self.agent_ready;
+        tokio::select! {
+            r = ready.wait_for(|ready| *ready) => if r.is_err() { return Ok(()) },
+            () = shared.drain.started() => return Ok(()),
+        }
+        let listen = |socket: BoundSocket, role: &'static str, port: u16| {
+            socket
+                .listen()
+                .and_then(TcpListener::from_std)
+                .map_err(|source| DataPathError::Listen {
+                    addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    role,
+                    source,
+                })
+        };
+        let capture = &shared.own_ports;
+        let outbound = listen(self.outbound, "outbound", capture[0])?;
+        let hbone = listen(self.hbone, "inbound HBONE", capture[2])?;
+        let plaintext = listen(self.plaintext, "inbound plaintext", capture[1])?;
+        tracing::info!("data path listening");
         tokio::join!(
+            accept_loop(shared.clone(), outbound, "outbound", outbound::connection),
+            accept_loop(shared.clone(), hbone, "inbound HBONE", inbound::hbone),
             accept_loop(
                 shared.clone(),
-                self.outbound,
-                "outbound",
-                outbound::connection
-            ),
-            accept_loop(shared.clone(), self.hbone, "inbound HBONE", inbound::hbone),
-            accept_loop(
-                shared.clone(),
-                self.plaintext,
+                plaintext,
                 "inbound plaintext",
                 inbound::plaintext
             ),
         );
+        Ok(())
     }
-}
-
-fn std_listen(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
-    let listener = if transparent {
-        crate::capture::transparent_listener(addr)?
-    } else {
-        std::net::TcpListener::bind(addr)?
-    };
-    listener.set_nonblocking(true)?;
-    Ok(listener)
 }
 
 /// Accepts until the drain starts, at most `limits.max_connections` served at
