@@ -101,6 +101,7 @@ federated-{{ . | replace "." "-" }}.json
 {{- end -}}
 {{- $c := dict
   "trust_domain" .Values.trustDomain
+  "readiness_socket" "/tmp/meshward-ready.sock"
   "agent" $agent
   "capture" (dict "pod_interface_prefix" .Values.node.podInterfacePrefix "exclude_cidrs" .Values.node.excludeCIDRs)
   "outbound" (dict "mesh_cidrs" .Values.node.meshCIDRs "kubernetes" dict)

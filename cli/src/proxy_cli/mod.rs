@@ -34,6 +34,13 @@ pub(crate) enum ProxyCommand {
         #[arg(long)]
         remove: bool,
     },
+    /// Whether the daemon of this pod is ready (exit 0) or not (exit 1), asked on
+    /// its `readiness_socket`: the kubelet's readiness probe.
+    Ready {
+        /// The daemon's `readiness_socket`.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
     /// What a running daemon holds: workloads, identities, policies (from its admin port).
     Status {
         /// The daemon's admin address.
@@ -49,6 +56,7 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
     let config = match cmd {
         ProxyCommand::Run { config } => config,
         ProxyCommand::Status { admin, json } => return status::run(admin, json),
+        ProxyCommand::Ready { socket } => return ready(&socket),
         ProxyCommand::Capture {
             config,
             print,
@@ -130,6 +138,14 @@ async fn serve(
         policies: data_path.policies(),
         logs,
     };
+    let readiness_socket = async {
+        match &config.readiness_socket {
+            Some(path) => meshward_proxy::readiness::serve_unix(path, handle.ready.clone())
+                .await
+                .with_context(|| format!("readiness_socket {}", path.display())),
+            None => std::future::pending().await,
+        }
+    };
     let socket = config.agent.workload_api_socket.clone();
     let workload_api = meshward_proxy::workload_api::serve(&socket, handle.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -137,6 +153,7 @@ async fn serve(
     tokio::pin!(data_path);
     tokio::select! {
         r = meshward_proxy::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
+        r = readiness_socket => r?,
         r = meshward_proxy::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
         r = meshward_proxy::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
@@ -230,4 +247,27 @@ fn successor_ready(port: u16) -> bool {
     stream.write_all(request).is_ok()
         && stream.read_exact(&mut answer).is_ok()
         && answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// `meshward proxy ready --socket PATH`: `GET /healthz/ready` on the daemon's
+/// readiness socket (bounded: 3 s); exit 0 when it answers 200.
+fn ready(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("no daemon answers on {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(
+        b"GET /healthz/ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    print!("{body}");
+    Ok(if answer.starts_with("HTTP/1.1 200") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -8,10 +8,6 @@ use super::{Mesh, STARTUP};
 use crate::error::{HarnessError, Result};
 use crate::process::Process;
 
-/// What the agent logs once it is ready (`proxy/src/agent/mod.rs`): readiness is
-/// asked of the new process itself, as its port is shared with the old one.
-const READY_LINE: &str = "agent: ready";
-
 /// How an upgrade of one node's daemon went.
 #[derive(Debug)]
 pub struct Upgrade {
@@ -31,21 +27,24 @@ impl Mesh {
         let generation = self.generations.entry(node.to_owned()).or_insert(1);
         *generation += 1;
         let name = format!("{node}-proxy-{generation}");
+        // readiness is asked of the new process itself, on a socket of its own, as
+        // the kubelet does (`meshward proxy ready`): the TCP port is shared
+        let dir = self.cluster.log_dir().to_owned();
+        let socket = super::path_str(&dir.join(format!("{name}-ready.sock")));
+        let config = dir.join(format!("{name}.yaml"));
+        let base = std::fs::read_to_string(self.node_config(node))
+            .map_err(HarnessError::io("read the node's proxy.yaml"))?;
+        super::write(&config, &format!("{base}\nreadiness_socket: {socket}\n"))?;
         let mut new = Process::spawn(
             self.cluster.node(node)?.netns(),
             &name,
             &super::path_str(&self.bin),
-            &[
-                "proxy",
-                "run",
-                "-c",
-                &super::path_str(&self.node_config(node)),
-            ],
+            &["proxy", "run", "-c", &super::path_str(&config)],
             &[("RUST_LOG", self.log.as_str())],
-            self.cluster.log_dir(),
+            &dir,
         )?;
         let started = Instant::now();
-        while !new.log().contains(READY_LINE) {
+        while !self.ready_on(&socket) {
             if started.elapsed() > STARTUP || !new.is_running() {
                 return Err(HarnessError::Invalid(format!(
                     "the new daemon on {node} never became ready:\n{}",
@@ -66,5 +65,13 @@ impl Mesh {
             old_status,
             old_log: old.log(),
         })
+    }
+
+    /// `meshward proxy ready --socket <socket>` exits 0.
+    fn ready_on(&self, socket: &str) -> bool {
+        std::process::Command::new(&self.bin)
+            .args(["proxy", "ready", "--socket", socket])
+            .output()
+            .is_ok_and(|out| out.status.success())
     }
 }

@@ -42,6 +42,10 @@ pub struct ProxyConfig {
     pub hbone: HboneConfig,
     /// `/healthz/ready`: ready once the node attested and the first sync is done.
     pub readiness_listen: std::net::SocketAddr,
+    /// The same readiness on a unix socket in a directory of this daemon's own
+    /// (an `emptyDir` of its pod), for `meshward proxy ready`: during an upgrade
+    /// the TCP port is shared with the daemon being replaced.
+    pub readiness_socket: Option<std::path::PathBuf>,
     /// Admin endpoints (`/config_dump`, `/certs`, `/explain`, `/logging`...):
     /// loopback only by default, as they show identities and change log levels.
     pub admin_listen: std::net::SocketAddr,
@@ -69,6 +73,7 @@ impl Default for ProxyConfig {
             limits: LimitsConfig::default(),
             hbone: HboneConfig::default(),
             readiness_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15021)),
+            readiness_socket: None,
             admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
             log: LogConfig::default(),
