@@ -220,10 +220,22 @@ impl Authority {
 
     /// The generation that signs now.
     pub fn active(&self, now: SystemTime) -> Result<&SigningCa, CaError> {
-        let mut active = self.generations.first().ok_or(CaError::NoActiveCa)?;
-        for pair in self.generations.windows(2) {
+        self.active_among(now, |_| true)
+    }
+
+    /// The generation that signs now among those `usable` admits: a generation
+    /// not yet published in the shared bundle must not sign (verifiers would not
+    /// know it), so the one before it goes on signing until it expires.
+    pub fn active_among(
+        &self,
+        now: SystemTime,
+        usable: impl Fn(&SigningCa) -> bool,
+    ) -> Result<&SigningCa, CaError> {
+        let candidates: Vec<&SigningCa> = self.generations.iter().filter(|g| usable(g)).collect();
+        let mut active = *candidates.first().ok_or(CaError::NoActiveCa)?;
+        for pair in candidates.windows(2) {
             if now >= pair[0].at_fraction(5, 6) {
-                active = &pair[1];
+                active = pair[1];
             }
         }
         if now >= active.not_after {

@@ -332,7 +332,7 @@ impl<D: Datastore> Issuer<D> {
         let grant = self.grant(&node, &entries, target).await?;
         let now = SystemTime::now();
         let authority = self.read_authority()?;
-        let active = authority.active(now)?;
+        let active = self.signing_ca(&authority, now)?;
         let ttl = ttl_or(grant.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
             .min(active.not_after().duration_since(now).unwrap_or_default());
         let token = mint_jwt_svid(

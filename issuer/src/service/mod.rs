@@ -116,6 +116,10 @@ const PRUNING_LEASE: Duration = Duration::from_secs(30);
 pub struct Issuer<D> {
     settings: Settings,
     authority: RwLock<Authority>,
+    /// The CA generations recorded in the datastore's journal (so in the bundle):
+    /// only these sign. One prepared while the datastore failed waits for its
+    /// record, and the generation before it signs meanwhile.
+    published: RwLock<std::collections::HashSet<String>>,
     store: D,
     attestors: Attestors<D>,
 }
@@ -131,6 +135,7 @@ impl<D: Datastore> Issuer<D> {
         let issuer = Self {
             settings,
             authority: RwLock::new(authority),
+            published: RwLock::default(),
             store,
             attestors: Attestors::join_token(),
         };
@@ -164,12 +169,26 @@ impl<D: Datastore> Issuer<D> {
             .map_err(|_| ServiceError::Internal("CA state lock poisoned".into()))
     }
 
+    /// The generation of `authority` that signs at `now`: the active one among
+    /// those published in the bundle.
+    pub(crate) fn signing_ca<'a>(
+        &self,
+        authority: &'a Authority,
+        now: SystemTime,
+    ) -> Result<&'a crate::SigningCa> {
+        let published = self
+            .published
+            .read()
+            .map_err(|_| ServiceError::Internal("CA journal lock poisoned".into()))?;
+        Ok(authority.active_among(now, |g| published.contains(g.id()))?)
+    }
+
     /// Signs with the active CA. The lock is held for the signing only, never
     /// across an await.
     pub(crate) fn sign(&self, csr: &[u8], template: &SvidTemplate<'_>) -> Result<X509Svid> {
         let now = SystemTime::now();
         let authority = self.read_authority()?;
-        let svid = sign_x509_svid(authority.active(now)?, csr, template, now)?;
+        let svid = sign_x509_svid(self.signing_ca(&authority, now)?, csr, template, now)?;
         metrics::counter!("meshward_issuer_svids_signed_total", "type" => "x509").increment(1);
         Ok(svid)
     }
@@ -204,14 +223,14 @@ impl<D: Datastore> Issuer<D> {
     }
 
     async fn publish_generations(&self) -> Result<()> {
-        let records: Vec<CaRecord> = {
+        let (ids, records): (Vec<String>, Vec<CaRecord>) = {
             let authority = self.read_authority()?;
             authority
                 .generations()
                 .iter()
                 .map(|g| {
                     let JwtPublicKey { kid, x, y } = g.jwt_key().public();
-                    CaRecord {
+                    let record = CaRecord {
                         id: format!("{}/{}", self.settings.instance, g.id()),
                         instance: self.settings.instance.clone(),
                         certificate_pem: pem::certificate(g.certificate()),
@@ -220,15 +239,21 @@ impl<D: Datastore> Issuer<D> {
                         jwt_y: y,
                         not_before: unix(g.not_before()),
                         not_after: unix(g.not_after()),
-                    }
+                    };
+                    (g.id().to_owned(), record)
                 })
-                .collect()
+                .unzip()
         };
         for record in &records {
             self.store
                 .record_ca(&self.settings.trust_domain, record)
                 .await?;
         }
+        let mut published = self
+            .published
+            .write()
+            .map_err(|_| ServiceError::Internal("CA journal lock poisoned".into()))?;
+        published.extend(ids);
         Ok(())
     }
 
@@ -281,7 +306,7 @@ impl<D: Datastore> Issuer<D> {
         let datastore = self.store.ping().await.is_ok();
         let ca = self
             .read_authority()
-            .map(|a| a.active(SystemTime::now()).is_ok())
+            .map(|a| self.signing_ca(&a, SystemTime::now()).is_ok())
             .unwrap_or(false);
         (datastore, ca)
     }

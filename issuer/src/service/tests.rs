@@ -456,3 +456,50 @@ async fn every_replica_rotates_its_own_ca_while_another_holds_the_lease() {
         assert!(bundle.x509_authorities.contains(active.certificate()));
     }
 }
+
+#[tokio::test]
+async fn a_generation_the_journal_did_not_record_never_signs() {
+    let dir = tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let start = SystemTime::now();
+    let db = format!("sqlite://{}/db.sqlite3", dir.path().display());
+    let mut sql = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+    // the datastore refuses the journal's write while the next generation is prepared
+    sqlx::query(&rename("ca_journal", "ca_journal_away"))
+        .execute(&mut sql)
+        .await
+        .unwrap();
+    assert!(issuer.rotate(start + HOUR * 13).await.is_err());
+    // past the first generation's 5/6 the second would sign by the clock alone,
+    // but no verifier has it: the first goes on signing
+    let later = start + HOUR * 21;
+    {
+        let authority = issuer.read_authority().unwrap();
+        let [first, second] = authority.generations() else {
+            panic!("{} generations", authority.generations().len())
+        };
+        assert_eq!(authority.active(later).unwrap().id(), second.id());
+        assert_eq!(
+            issuer.signing_ca(&authority, later).unwrap().id(),
+            first.id()
+        );
+    }
+    // once the journal has it, it signs
+    sqlx::query(&rename("ca_journal_away", "ca_journal"))
+        .execute(&mut sql)
+        .await
+        .unwrap();
+    issuer.rotate(later).await.unwrap();
+    let second = {
+        let authority = issuer.read_authority().unwrap();
+        let second = &authority.generations()[1];
+        let signing = issuer.signing_ca(&authority, later).unwrap();
+        assert_eq!(signing.id(), second.id());
+        second.certificate().clone()
+    };
+    let bundle = issuer.bundle().await.unwrap();
+    assert!(bundle.x509_authorities.contains(&second));
+}
