@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use meshward_integration::{Mesh, available_or_skip, process_is_running};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{connect_from, curl_spire, echo_mesh, echoed, eventually, example, tcp_echo};
+use support::{connect_from, draining_echo_mesh, echoed, eventually};
 
 const GRACE: Duration = Duration::from_secs(4);
 
@@ -41,15 +41,7 @@ fn sigterm_keeps_streams_under_way_refuses_new_ones_and_stops_when_drained() {
     ) else {
         return;
     };
-    let (mut mesh, _echo) = echo_mesh(|spec| {
-        spec.pod("node-1", curl_spire(), true).proxy_yaml(&format!(
-            "limits:\n  drain_grace_period: {}s\n",
-            GRACE.as_secs()
-        ));
-    });
-    let _tcp = tcp_echo(&mesh);
-    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
-        .unwrap();
+    let (mut mesh, _echo, _tcp) = draining_echo_mesh(GRACE);
     let echo = SocketAddr::new(mesh.pod_ip("echoserver").unwrap(), 9000);
     let open = |mesh: &Mesh| {
         let mut c = connect_from(mesh, "curl-spire", echo).map_err(|e| e.to_string())?;

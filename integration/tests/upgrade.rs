@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use meshward_integration::{Mesh, Process, available_or_skip};
-use support::{connect_from, curl_spire, echo_mesh, echoed, eventually, example, status, tcp_echo};
+use support::{connect_from, draining_echo_mesh, echoed, eventually, status};
 
 /// Longer than any stream below: the old daemon keeps them to their end.
 const GRACE: Duration = Duration::from_secs(30);
@@ -97,15 +97,7 @@ fn replacing_each_daemon_under_load_drops_no_request_and_no_stream_byte() {
     else {
         return;
     };
-    let (mut mesh, _echo) = echo_mesh(|spec| {
-        spec.pod("node-1", curl_spire(), true).proxy_yaml(&format!(
-            "limits:\n  drain_grace_period: {}s\n",
-            GRACE.as_secs()
-        ));
-    });
-    let _tcp = tcp_echo(&mesh);
-    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
-        .unwrap();
+    let (mut mesh, _echo, _tcp) = draining_echo_mesh(GRACE);
     let ip = mesh.pod_ip("echoserver").unwrap();
     let url = format!("http://{ip}:8080/");
     eventually(&mesh, "the first request", || {

@@ -417,22 +417,7 @@ impl Mesh {
         wait_for_port(ns, ready, STARTUP)?;
         let deadline = Instant::now() + STARTUP;
         loop {
-            let out = exec(
-                ns,
-                "curl",
-                &[
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "2",
-                    "http://127.0.0.1:15021/healthz/ready",
-                ],
-                Duration::from_secs(5),
-            )?;
-            if out.stdout.trim() == "200" {
+            if http_status(ns, "http://127.0.0.1:15021/healthz/ready")? == Some(200) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -444,6 +429,23 @@ impl Mesh {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// The status of `GET <url>` made inside `ns` (2 s at most); `None` when nothing
+/// answered.
+fn http_status(ns: &crate::Netns, url: &str) -> Result<Option<u16>> {
+    let args = [
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+        url,
+    ];
+    let out = exec(ns, "curl", &args, Duration::from_secs(5))?;
+    Ok(out.stdout.trim().parse().ok().filter(|code| *code != 0))
 }
 
 /// Every cluster's issuer, and the first cluster's further replicas; with

@@ -1,12 +1,9 @@
 //! The first cluster's issuer replicas (`MeshSpec::replicated_issuer`): losing one,
 //! bringing it back, asking each whether it is ready.
 
-use std::time::Duration;
-
 use super::Mesh;
 use super::issuer::ClusterIssuer;
 use crate::error::{HarnessError, Result};
-use crate::process::exec;
 
 impl Mesh {
     /// SIGKILLs replica `replica` of the first cluster's issuer (0: the first).
@@ -32,26 +29,8 @@ impl Mesh {
     pub fn issuer_ready(&self, replica: usize) -> Result<Option<bool>> {
         let issuer = self.replica(replica)?;
         let ns = self.cluster.host(issuer.name())?.netns();
-        let out = exec(
-            ns,
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "3",
-                "http://127.0.0.1:8080/ready",
-            ],
-            Duration::from_secs(5),
-        )?;
-        Ok(match out.stdout.trim() {
-            "200" => Some(true),
-            "000" | "" => None,
-            _ => Some(false),
-        })
+        let status = super::http_status(ns, "http://127.0.0.1:8080/ready")?;
+        Ok(status.map(|code| code == 200))
     }
 
     /// Replica `replica`'s log so far (its current run).

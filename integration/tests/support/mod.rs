@@ -107,6 +107,22 @@ pub fn echo_mesh_with_api(configure: impl FnOnce(&mut MeshSpec)) -> ApiMesh {
     }
 }
 
+/// [`echo_mesh`] with curl-spire on node-1 allowed to call the echoserver, its TCP
+/// echo on 9000 too, and `limits.drain_grace_period` set: what the drain and
+/// upgrade tests stop daemons in. The processes: HTTP echo, TCP echo.
+pub fn draining_echo_mesh(grace: Duration) -> (Mesh, Process, Process) {
+    let (mesh, echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true).proxy_yaml(&format!(
+            "limits:\n  drain_grace_period: {}s\n",
+            grace.as_secs()
+        ));
+    });
+    let tcp = tcp_echo(&mesh);
+    mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
+        .unwrap();
+    (mesh, echo, tcp)
+}
+
 /// The echoserver's TCP echo on 9000, beside its HTTP on 8080.
 pub fn tcp_echo(mesh: &Mesh) -> Process {
     mesh.cluster
