@@ -34,14 +34,23 @@ pub(crate) fn run(mesh: &Mesh, stop: &dyn Fn() -> bool) -> usize {
     failures
 }
 
+/// Prints what it really does: the demo's daemons read their policies from a
+/// directory, so a policy is a file written there (what `kubectl apply` of the
+/// same file does in a cluster, where the daemons watch the API).
 fn make(mesh: &Mesh, change: &Change, td: &str) -> meshward_integration::Result<()> {
+    let dir = mesh.policy_dir().display().to_string();
     match change {
         Change::Remove(name) => {
-            println!("$ kubectl delete -f docker/examples/policies/{name}.yaml");
+            println!("$ rm {dir}/{name}.yaml");
+            println!("   (in a cluster: kubectl delete -f docker/examples/policies/{name}.yaml)");
             mesh.delete_policy(name)
         }
         Change::Apply((name, yaml)) => {
-            println!("$ kubectl apply -f docker/examples/policies/{name}.yaml");
+            println!("$ cp docker/examples/policies/{name}.yaml {dir}/");
+            println!("   (in a cluster: kubectl apply -f docker/examples/policies/{name}.yaml)");
+            if td != TALK_TRUST_DOMAIN {
+                println!("   with {TALK_TRUST_DOMAIN} replaced by this mesh's {td}:");
+            }
             for line in yaml.lines().filter(|l| !l.starts_with('#')) {
                 println!("   | {line}");
             }
