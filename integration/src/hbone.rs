@@ -45,6 +45,8 @@ pub struct LeafSpec {
     pub ips: Vec<std::net::IpAddr>,
     pub is_ca: bool,
     pub usages: Vec<KeyUsagePurpose>,
+    /// Valid from a minute ago until this long from now; `None`: for decades.
+    pub valid_for: Option<Duration>,
 }
 
 impl LeafSpec {
@@ -55,6 +57,7 @@ impl LeafSpec {
             ips: Vec::new(),
             is_ca: false,
             usages: vec![KeyUsagePurpose::DigitalSignature],
+            valid_for: None,
         }
     }
 }
@@ -89,6 +92,11 @@ pub fn mint_leaf(ca_dir: &Path, spec: &LeafSpec) -> Result<Credentials> {
         IsCa::ExplicitNoCa
     };
     params.key_usages.clone_from(&spec.usages);
+    if let Some(valid_for) = spec.valid_for {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(60);
+        params.not_after = now + valid_for;
+    }
     let key = KeyPair::generate().map_err(invalid)?;
     let leaf = params.signed_by(&key, &issuer).map_err(invalid)?;
     let mut chain = vec![leaf.der().clone()];
@@ -122,14 +130,48 @@ pub fn tunnel(
     send: &[u8],
     timeout: Duration,
 ) -> Result<Tunnel> {
+    let connect = Connect {
+        target,
+        headers,
+        send,
+        wait: Duration::ZERO,
+    };
+    tunnel_with(ns, peer, &connect, credentials, timeout)
+}
+
+/// What [`tunnel_with`] asks once its connection is up.
+#[derive(Debug, Clone, Copy)]
+pub struct Connect<'a> {
+    pub target: SocketAddr,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub send: &'a [u8],
+    /// How long the HTTP/2 connection idles before the CONNECT (a certificate may
+    /// expire meanwhile).
+    pub wait: Duration,
+}
+
+/// [`tunnel`], with the CONNECT made `connect.wait` after the connection is up.
+pub fn tunnel_with(
+    ns: &Netns,
+    peer: SocketAddr,
+    connect: &Connect<'_>,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<Tunnel> {
+    let Connect {
+        target,
+        headers,
+        send,
+        wait,
+    } = *connect;
     let headers: Vec<(String, String)> = headers
         .iter()
         .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
         .collect();
     let (credentials, send) = (credentials.clone(), send.to_vec());
     on_a_runtime_in(ns, move || async move {
-        let exchange = exchange(peer, target, headers, credentials, send);
-        match tokio::time::timeout(timeout, exchange).await {
+        let exchange = exchange(peer, target, headers, credentials, send, wait);
+        match tokio::time::timeout(timeout + wait, exchange).await {
             Ok(outcome) => Ok(outcome),
             Err(_) => Err(HarnessError::Invalid(format!(
                 "HBONE exchange with {peer} did not end within {timeout:?}"
@@ -144,6 +186,7 @@ async fn exchange(
     headers: Vec<(String, String)>,
     credentials: Credentials,
     send: Vec<u8>,
+    wait: Duration,
 ) -> Tunnel {
     let refused = |what: &str, e: &dyn std::fmt::Display| Tunnel::Refused(format!("{what}: {e}"));
     let tls = match mtls(peer, credentials).await {
@@ -160,6 +203,7 @@ async fn exchange(
         Err(e) => return refused("HTTP/2", &e),
     };
     tokio::spawn(connection);
+    tokio::time::sleep(wait).await;
     let mut request = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string());

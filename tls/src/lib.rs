@@ -143,6 +143,13 @@ pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     Some(trimmed.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// When `cert` stops being valid (its `notAfter`).
+pub fn not_after_of(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
 /// Installs aws-lc-rs as the process's rustls provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use meshward_integration::available_or_skip;
-use meshward_integration::hbone::{LeafSpec, RogueServer, Tunnel, mint_leaf, tunnel};
+use meshward_integration::hbone::{
+    Connect, LeafSpec, RogueServer, Tunnel, mint_leaf, tunnel, tunnel_with,
+};
 use rcgen::KeyUsagePurpose;
 
 use crate::support::{TD, contains, curl_spire, echo_mesh, eventually, status};
@@ -132,6 +134,27 @@ fn hand_made_certificates_and_forged_addresses() {
     let claim = format!("for=\"{curl_ip}:40000\"");
     let outcome = open(&valid, &[("forwarded", &claim)], "/from-curl-spire");
     findings.check("9 forged forwarded", answered(&outcome, "403"), outcome);
+
+    // a certificate that expires while its connection stays open opens no stream
+    // after its expiry: the identity is the certificate's, and it is gone
+    let expiring = LeafSpec {
+        valid_for: Some(Duration::from_secs(3)),
+        ..valid.clone()
+    };
+    let credentials = mint_leaf(&ca, &expiring).unwrap();
+    let request = get("/any-identity");
+    let late = Connect {
+        target,
+        headers: &[],
+        send: request.as_bytes(),
+        wait: Duration::from_secs(5),
+    };
+    let outcome = tunnel_with(node, peer, &late, &credentials, Duration::from_secs(15)).unwrap();
+    findings.check(
+        "a stream after the peer's certificate expired",
+        !matches!(outcome, Tunnel::Open(_)),
+        outcome,
+    );
     findings.assert_none(&mesh);
 }
 

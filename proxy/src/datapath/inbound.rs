@@ -146,11 +146,26 @@ async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStrea
     let mut watching = true;
     // draining: GOAWAY, the streams under way finish, then `accept` ends
     let mut draining = false;
+    // the peer's certificate expires: GOAWAY too (a stream opened later is refused
+    // anyway, admit::trusted), so its next connection shows its renewed SVID
+    let left = tunnel
+        .peer
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let expiry = tokio::time::sleep(left);
+    tokio::pin!(expiry);
+    let mut expired = false;
     loop {
         tokio::select! {
             () = shared.drain.started(), if !draining => {
                 connection.graceful_shutdown();
                 draining = true;
+            }
+            () = &mut expiry, if !expired => {
+                tracing::info!(%client, peer = %tunnel.peer.spiffe_id, "closing the HBONE connection: the peer's certificate expired");
+                connection.graceful_shutdown();
+                expired = true;
             }
             accepted = connection.accept() => match accepted {
                 // one task per stream: the CONNECT's checks, then its bytes
@@ -181,6 +196,7 @@ fn verified_peer(stream: &TlsStream<TcpStream>) -> Option<Peer> {
     Some(Peer {
         spiffe_id,
         leaf_der: leaf.to_vec(),
+        expires_at: meshward_tls::not_after_of(leaf)?,
     })
 }
 

@@ -21,6 +21,9 @@ pub(crate) enum Refusal {
     /// The pod no longer trusts this peer's trust domain (a federation ended,
     /// `federatesWith` changed) since the handshake trusted it.
     Untrusted(SpiffeId),
+    /// The peer's certificate expired since the handshake verified it, on a
+    /// connection still open: no new stream or request.
+    Expired(SpiffeId),
     /// A token that does not verify (RequestAuthentication): `401` with Envoy's
     /// text; `realm` is the URL the client asked for.
     Unauthenticated { failure: JwtFailure, realm: String },
@@ -64,6 +67,10 @@ impl Refusal {
                     peer.trust_domain()
                 ),
             ),
+            Self::Expired(peer) => DecisionRecord::refused(
+                "-",
+                format!("the certificate of {peer} expired since its connection was made"),
+            ),
             Self::Unauthenticated { failure, .. } => {
                 DecisionRecord::refused("-", format!("JWT refused: {failure} ({failure:?})"))
             }
@@ -87,6 +94,7 @@ impl Refusal {
             } => responses::custom_denied(answer.status, &answer.headers, answer.body),
             Self::Body { status, .. } => responses::status_only(status),
             Self::Untrusted(_)
+            | Self::Expired(_)
             | Self::Custom { answer: None, .. }
             | Self::CustomNeverAsked(_)
             | Self::Denied(_) => responses::forbidden(grpc),

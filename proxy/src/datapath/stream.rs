@@ -20,6 +20,8 @@ pub(crate) struct Peer {
     pub(crate) spiffe_id: SpiffeId,
     /// The client's leaf certificate (XFCC's `Hash`).
     pub(crate) leaf_der: Vec<u8>,
+    /// Its `notAfter`: past it, the identity is gone, and so are new streams.
+    pub(crate) expires_at: std::time::SystemTime,
 }
 
 /// One stream to a local pod: a CONNECT on an HBONE tunnel, or a plaintext connection.
