@@ -67,6 +67,10 @@ struct Jwk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     y: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     x5c: Option<Vec<String>>,
 }
 
@@ -86,16 +90,15 @@ impl Bundle {
     pub fn to_spiffe_json(&self) -> String {
         let mut keys = Vec::new();
         for cert in &self.x509_authorities {
-            let (x, y) = ec_coordinates(cert).unwrap_or_default();
-            keys.push(Jwk {
-                kty: "EC".into(),
-                use_: "x509-svid".into(),
-                kid: None,
-                crv: Some("P-256".into()),
-                x: Some(x),
-                y: Some(y),
-                x5c: Some(vec![STANDARD.encode(cert.as_ref())]),
-            });
+            // the certificate's own key: RFC 7517 §4.7 has the two match, and
+            // go-jose (so SPIRE) refuses a bundle where they do not. A key no JWK
+            // names (DSA, GOST) verifies nothing here either: left out.
+            let Some(key) = PublicJwk::of_certificate(cert) else {
+                continue;
+            };
+            let mut jwk = key.to_jwk("x509-svid", None);
+            jwk.x5c = Some(vec![STANDARD.encode(cert.as_ref())]);
+            keys.push(jwk);
         }
         for key in &self.jwt_keys {
             keys.push(Jwk {
@@ -105,6 +108,8 @@ impl Bundle {
                 crv: Some("P-256".into()),
                 x: Some(key.x.clone()),
                 y: Some(key.y.clone()),
+                n: None,
+                e: None,
                 x5c: None,
             });
         }
@@ -195,17 +200,92 @@ impl Bundle {
     }
 }
 
-/// The P-256 point of a certificate's key, base64url.
-fn ec_coordinates(cert: &CertificateDer<'_>) -> Option<(String, String)> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let point = parsed.public_key().subject_public_key.data.as_ref();
-    if point.len() != 65 || point[0] != 4 {
-        return None;
+/// A public key as a JWK gives it (RFC 7518 §6), values base64url without
+/// padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicJwk {
+    /// `kty: EC`: `crv` (`P-256`, `P-384` or `P-521`), `x`, `y`.
+    Ec { crv: String, x: String, y: String },
+    /// `kty: RSA`: the modulus `n` and the exponent `e`, big-endian, no leading zero.
+    Rsa { n: String, e: String },
+    /// `kty: OKP`: `crv` (`Ed25519`), `x`.
+    Okp { crv: String, x: String },
+}
+
+impl PublicJwk {
+    /// The key of a certificate; `None` for a kind no JWK names (DSA, GOST) or a
+    /// certificate that does not parse.
+    pub fn of_certificate(cert: &CertificateDer<'_>) -> Option<Self> {
+        use x509_parser::public_key::PublicKey;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+        let spki = parsed.public_key();
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        match spki.algorithm.algorithm.to_id_string().as_str() {
+            // id-ecPublicKey, its curve named in the parameters
+            "1.2.840.10045.2.1" => {
+                let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+                let (crv, len) = match curve.to_id_string().as_str() {
+                    "1.2.840.10045.3.1.7" => ("P-256", 32),
+                    "1.3.132.0.34" => ("P-384", 48),
+                    "1.3.132.0.35" => ("P-521", 66),
+                    _ => return None,
+                };
+                let point = spki.subject_public_key.data.as_ref();
+                (point.len() == 1 + 2 * len && point[0] == 4).then(|| Self::Ec {
+                    crv: crv.into(),
+                    x: b64(&point[1..=len]),
+                    y: b64(&point[1 + len..]),
+                })
+            }
+            "1.2.840.113549.1.1.1" => match spki.parsed().ok()? {
+                PublicKey::RSA(rsa) => Some(Self::Rsa {
+                    n: b64(unsigned(rsa.modulus)),
+                    e: b64(unsigned(rsa.exponent)),
+                }),
+                _ => None,
+            },
+            "1.3.101.112" => Some(Self::Okp {
+                crv: "Ed25519".into(),
+                x: b64(spki.subject_public_key.data.as_ref()),
+            }),
+            _ => None,
+        }
     }
-    Some((
-        URL_SAFE_NO_PAD.encode(&point[1..33]),
-        URL_SAFE_NO_PAD.encode(&point[33..]),
-    ))
+
+    fn to_jwk(&self, use_: &str, kid: Option<String>) -> Jwk {
+        let mut jwk = Jwk {
+            kty: String::new(),
+            use_: use_.into(),
+            kid,
+            crv: None,
+            x: None,
+            y: None,
+            n: None,
+            e: None,
+            x5c: None,
+        };
+        match self.clone() {
+            Self::Ec { crv, x, y } => {
+                jwk.kty = "EC".into();
+                (jwk.crv, jwk.x, jwk.y) = (Some(crv), Some(x), Some(y));
+            }
+            Self::Rsa { n, e } => {
+                jwk.kty = "RSA".into();
+                (jwk.n, jwk.e) = (Some(n), Some(e));
+            }
+            Self::Okp { crv, x } => {
+                jwk.kty = "OKP".into();
+                (jwk.crv, jwk.x) = (Some(crv), Some(x));
+            }
+        }
+        jwk
+    }
+}
+
+/// A DER INTEGER's magnitude without its sign byte.
+fn unsigned(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 /// The bundles a party trusts, one per trust domain: its own and those it

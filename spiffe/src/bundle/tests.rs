@@ -106,3 +106,59 @@ fn a_set_holds_one_bundle_per_trust_domain() {
     let names: Vec<&str> = set.iter().map(|b| b.trust_domain.as_str()).collect();
     assert_eq!(names, ["math.example.com", "payments.example.org"]);
 }
+
+/// A self-signed CA certificate on a key of `alg`.
+fn ca_on(alg: &'static rcgen::SignatureAlgorithm) -> (CertificateDer<'static>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.self_signed(&key).unwrap().der().clone(), key)
+}
+
+/// An `x509-svid` entry repeats its certificate's own key (RFC 7517 §4.7: the
+/// key in `x5c[0]` MUST match): go-jose, and so SPIRE, refuses a whole bundle in
+/// which an upstream root on P-384 or RSA is published as a P-256 key.
+#[test]
+fn authorities_are_published_with_their_own_key_parameters() {
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let (p256, p256_key) = ca_on(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let (p384, p384_key) = ca_on(&rcgen::PKCS_ECDSA_P384_SHA384);
+    let (rsa, rsa_key) = ca_on(&rcgen::PKCS_RSA_SHA256);
+    let bundle = Bundle {
+        x509_authorities: vec![p256, p384, rsa],
+        ..Bundle::new(td("math.example.com"))
+    };
+    let json: serde_json::Value = serde_json::from_str(&bundle.to_spiffe_json()).unwrap();
+    let keys = json["keys"].as_array().unwrap();
+    let point = p256_key.public_key_raw();
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    assert_eq!(keys[0]["x"], b64(&point[1..33]));
+    assert_eq!(keys[0]["y"], b64(&point[33..]));
+    let point = p384_key.public_key_raw();
+    assert_eq!(keys[1]["kty"], "EC");
+    assert_eq!(keys[1]["crv"], "P-384");
+    assert_eq!(keys[1]["x"], b64(&point[1..49]));
+    assert_eq!(keys[1]["y"], b64(&point[49..]));
+    assert_eq!(keys[2]["kty"], "RSA");
+    assert!(keys[2].get("crv").is_none() && keys[2].get("x").is_none());
+    assert_eq!(keys[2]["e"], "AQAB");
+    // n: the modulus, big-endian without a leading zero
+    let n = URL_SAFE_NO_PAD
+        .decode(keys[2]["n"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(n.len(), 256, "a 2048-bit modulus");
+    assert!(
+        rsa_key
+            .public_key_raw()
+            .windows(n.len())
+            .any(|w| w == n.as_slice()),
+        "n is not the certificate's modulus"
+    );
+    for key in keys {
+        assert_eq!(key["use"], "x509-svid");
+        assert_eq!(key["x5c"].as_array().unwrap().len(), 1);
+    }
+    let parsed = Bundle::from_spiffe_json(&bundle.trust_domain, &bundle.to_spiffe_json());
+    assert_eq!(parsed.unwrap(), bundle);
+}
