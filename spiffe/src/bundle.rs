@@ -28,13 +28,27 @@ pub struct Bundle {
     pub refresh_hint: Duration,
 }
 
-/// A JWT-SVID signing key's public half (P-256), as a bundle publishes it.
+/// A JWT-SVID signing key's public half, as a bundle publishes it: meshward's
+/// own are P-256; a foreign domain's may be P-384 or RSA (SPIRE's
+/// `jwt_key_type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtPublicKey {
     pub kid: String,
-    /// base64url, no padding
-    pub x: String,
-    pub y: String,
+    pub key: PublicJwk,
+}
+
+impl JwtPublicKey {
+    /// A P-256 key from its coordinates (base64url, no padding).
+    pub fn p256(kid: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
+        Self {
+            kid: kid.into(),
+            key: PublicJwk::Ec {
+                crv: "P-256".into(),
+                x: x.into(),
+                y: y.into(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,17 +115,7 @@ impl Bundle {
             keys.push(jwk);
         }
         for key in &self.jwt_keys {
-            keys.push(Jwk {
-                kty: "EC".into(),
-                use_: "jwt-svid".into(),
-                kid: Some(key.kid.clone()),
-                crv: Some("P-256".into()),
-                x: Some(key.x.clone()),
-                y: Some(key.y.clone()),
-                n: None,
-                e: None,
-                x5c: None,
-            });
+            keys.push(key.key.to_jwk("jwt-svid", Some(key.kid.clone())));
         }
         let set = JwkSet {
             keys,
@@ -172,14 +176,16 @@ impl Bundle {
                     })?;
                     bundle.x509_authorities.push(CertificateDer::from(der));
                 }
-                "jwt-svid" if key.kty == "EC" => {
+                "jwt-svid" => {
+                    let Some(public) = PublicJwk::of_jwt_svid_key(&key)
+                        .map_err(|reason| invalid(format!("keys[{i}]: {reason}")))?
+                    else {
+                        continue;
+                    };
                     let kid = key
                         .kid
                         .ok_or_else(|| invalid(format!("keys[{i}]: a jwt-svid key needs a kid")))?;
-                    let (Some(x), Some(y)) = (key.x, key.y) else {
-                        return Err(invalid(format!("keys[{i}]: an EC key needs x and y")));
-                    };
-                    bundle.jwt_keys.push(JwtPublicKey { kid, x, y });
+                    bundle.jwt_keys.push(JwtPublicKey { kid, key: public });
                 }
                 _ => {}
             }
@@ -249,6 +255,45 @@ impl PublicJwk {
                 x: b64(spki.subject_public_key.data.as_ref()),
             }),
             _ => None,
+        }
+    }
+
+    /// A `jwt-svid` entry's key: EC (P-256, P-384, P-521) or RSA; `Ok(None)` for
+    /// another kind (ignored, as the SPIFFE bundle format asks); `Err` for a key
+    /// that lacks a parameter or whose numbers do not fit its curve.
+    fn of_jwt_svid_key(jwk: &Jwk) -> Result<Option<Self>, String> {
+        let decoded = |name: &str, value: &Option<String>| {
+            let value = value
+                .as_deref()
+                .ok_or_else(|| format!("an {} key needs {name}", jwk.kty))?;
+            URL_SAFE_NO_PAD
+                .decode(value)
+                .map(|bytes| (value.to_owned(), bytes.len()))
+                .map_err(|e| format!("{name} is not base64url: {e}"))
+        };
+        match jwk.kty.as_str() {
+            "EC" => {
+                let (x, x_len) = decoded("x", &jwk.x)?;
+                let (y, y_len) = decoded("y", &jwk.y)?;
+                let len = match jwk.crv.as_deref() {
+                    Some("P-256") => 32,
+                    Some("P-384") => 48,
+                    Some("P-521") => 66,
+                    None => return Err("an EC key needs crv".into()),
+                    Some(_) => return Ok(None),
+                };
+                let crv = jwk.crv.clone().unwrap_or_default();
+                if x_len != len || y_len != len {
+                    return Err(format!("x and y of a {crv} key are {len} bytes each"));
+                }
+                Ok(Some(Self::Ec { crv, x, y }))
+            }
+            "RSA" => {
+                let (n, _) = decoded("n", &jwk.n)?;
+                let (e, _) = decoded("e", &jwk.e)?;
+                Ok(Some(Self::Rsa { n, e }))
+            }
+            _ => Ok(None),
         }
     }
 

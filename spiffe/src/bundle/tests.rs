@@ -17,11 +17,11 @@ fn ca_certificate() -> CertificateDer<'static> {
 fn sample() -> Bundle {
     Bundle {
         x509_authorities: vec![ca_certificate()],
-        jwt_keys: vec![JwtPublicKey {
-            kid: "k1".into(),
-            x: "Zwxvpx7CAIwseV9zZkAMO0nhhkLdKkPgrybbl4IC9G4".into(),
-            y: "Oe7hihJc83PqzQzIlkJf1dMzYsIPnJh5r1f4OVZZxG0".into(),
-        }],
+        jwt_keys: vec![JwtPublicKey::p256(
+            "k1",
+            "Zwxvpx7CAIwseV9zZkAMO0nhhkLdKkPgrybbl4IC9G4",
+            "Oe7hihJc83PqzQzIlkJf1dMzYsIPnJh5r1f4OVZZxG0",
+        )],
         sequence: 7,
         refresh_hint: Duration::from_secs(120),
         ..Bundle::new(td("math.example.com"))
@@ -57,18 +57,22 @@ fn spiffe_json_and_pem_round_trip() {
 
 #[test]
 fn unknown_keys_are_ignored_and_incomplete_ones_refused() {
-    let odd = r#"{"keys":[{"kty":"EC","use":"other"},{"kty":"RSA","use":"jwt-svid","kid":"k"}]}"#;
+    let odd = r#"{"keys":[{"kty":"EC","use":"other"},{"kty":"OKP","use":"jwt-svid","kid":"k"},{"kty":"EC","crv":"P-192","use":"jwt-svid","kid":"k","x":"AA","y":"AA"}]}"#;
     let bundle = Bundle::from_spiffe_json(&td("td"), odd).unwrap();
     assert_eq!(bundle.jwt_keys.len(), 0);
     assert_eq!(bundle.refresh_hint, DEFAULT_REFRESH_HINT);
     for (bad, why) in [
         (
-            r#"{"keys":[{"kty":"EC","use":"jwt-svid","x":"a","y":"b"}]}"#,
+            r#"{"keys":[{"kty":"EC","crv":"P-256","use":"jwt-svid","x":"Zwxvpx7CAIwseV9zZkAMO0nhhkLdKkPgrybbl4IC9G4","y":"Oe7hihJc83PqzQzIlkJf1dMzYsIPnJh5r1f4OVZZxG0"}]}"#,
             "needs a kid",
         ),
         (
-            r#"{"keys":[{"kty":"EC","use":"jwt-svid","kid":"k","x":"a"}]}"#,
-            "needs x and y",
+            r#"{"keys":[{"kty":"EC","crv":"P-256","use":"jwt-svid","kid":"k","x":"AA"}]}"#,
+            "needs y",
+        ),
+        (
+            r#"{"keys":[{"kty":"RSA","use":"jwt-svid","kid":"k","e":"AQAB"}]}"#,
+            "needs n",
         ),
         (
             r#"{"keys":[{"kty":"EC","use":"x509-svid","x5c":["AAAA"]}]}"#,
@@ -161,4 +165,56 @@ fn authorities_are_published_with_their_own_key_parameters() {
     }
     let parsed = Bundle::from_spiffe_json(&bundle.trust_domain, &bundle.to_spiffe_json());
     assert_eq!(parsed.unwrap(), bundle);
+}
+
+/// SPIRE's `jwt_key_type` may be `rsa-2048`, `rsa-4096` (what AWS's OIDC
+/// federation asks for) or `ec-p384`: such JWT keys are read, kept and carried
+/// on as they came, not dropped or turned into P-256 keys.
+#[test]
+fn jwt_keys_of_every_spire_key_type_are_kept() {
+    let (p384, _) = ca_on(&rcgen::PKCS_ECDSA_P384_SHA384);
+    let (rsa, _) = ca_on(&rcgen::PKCS_RSA_SHA256);
+    let jwk = |cert: &CertificateDer<'_>, kid: &str| {
+        let mut jwk: serde_json::Value = match PublicJwk::of_certificate(cert).unwrap() {
+            PublicJwk::Ec { crv, x, y } => {
+                serde_json::json!({"kty": "EC", "crv": crv, "x": x, "y": y})
+            }
+            PublicJwk::Rsa { n, e } => serde_json::json!({"kty": "RSA", "n": n, "e": e}),
+            PublicJwk::Okp { .. } => unreachable!(),
+        };
+        jwk["use"] = "jwt-svid".into();
+        jwk["kid"] = kid.into();
+        jwk
+    };
+    // as SPIRE's bundle endpoint serves them
+    let json = serde_json::json!({
+        "keys": [jwk(&rsa, "rsa-key"), jwk(&p384, "p384-key"),
+                 {"kty": "oct", "use": "jwt-svid", "kid": "secret", "k": "AAAA"}],
+        "spiffe_sequence": 3,
+        "spiffe_refresh_hint": 60,
+    })
+    .to_string();
+    let bundle = Bundle::from_spiffe_json(&td("spire.test"), &json).unwrap();
+    let kinds: Vec<(&str, &str)> = bundle
+        .jwt_keys
+        .iter()
+        .map(|k| match &k.key {
+            PublicJwk::Ec { crv, .. } => (k.kid.as_str(), crv.as_str()),
+            PublicJwk::Rsa { .. } => (k.kid.as_str(), "RSA"),
+            PublicJwk::Okp { crv, .. } => (k.kid.as_str(), crv.as_str()),
+        })
+        .collect();
+    assert_eq!(kinds, [("rsa-key", "RSA"), ("p384-key", "P-384")]);
+    // carried on unchanged: stored, sent to agents, handed to workloads
+    let again = Bundle::from_spiffe_json(&bundle.trust_domain, &bundle.to_spiffe_json()).unwrap();
+    assert_eq!(again, bundle);
+    let jwks: serde_json::Value = serde_json::from_str(&bundle.jwt_jwks()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(jwks["keys"][0], expected["keys"][0]);
+    assert_eq!(jwks["keys"][1], expected["keys"][1]);
+    // a key whose numbers do not fit its curve is no key of it
+    let short =
+        r#"{"keys":[{"kty":"EC","crv":"P-384","use":"jwt-svid","kid":"k","x":"AAAA","y":"AAAA"}]}"#;
+    let e = Bundle::from_spiffe_json(&td("spire.test"), short).unwrap_err();
+    assert!(e.to_string().contains("P-384"), "{e}");
 }
