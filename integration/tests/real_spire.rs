@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use meshward_integration::{CurlResponse, Mesh, PodSpec, available_or_skip, wait_for_port};
-use meshward_spiffe::{Bundle, TrustDomain};
+use meshward_spiffe::{Bundle, PublicJwk, TrustDomain};
 use meshward_test_support::peers;
 use meshward_test_support::spire::{Spire, SpireBinaries, SpireOptions, X509Fetch};
 use support::{TD, echo_mesh};
@@ -79,11 +79,19 @@ fn x509_set(bundle: &Bundle) -> BTreeSet<Vec<u8>> {
         .collect()
 }
 
-fn jwt_set(bundle: &Bundle) -> BTreeSet<(String, String, String)> {
+/// A bundle's JWT keys: (kid, the key's parameters).
+fn jwt_set(bundle: &Bundle) -> BTreeSet<(String, String)> {
     bundle
         .jwt_keys
         .iter()
-        .map(|k| (k.kid.clone(), k.x.clone(), k.y.clone()))
+        .map(|k| {
+            let params = match &k.key {
+                PublicJwk::Ec { crv, x, y } => format!("EC {crv} {x} {y}"),
+                PublicJwk::Rsa { n, e } => format!("RSA {n} {e}"),
+                PublicJwk::Okp { crv, x } => format!("OKP {crv} {x}"),
+            };
+            (k.kid.clone(), params)
+        })
         .collect()
 }
 
@@ -102,16 +110,20 @@ fn same_authorities(a: &Bundle, b: &Bundle) -> Result<(), String> {
     Ok(())
 }
 
-/// The keys of a JWKS as the Workload API carries it (a plain JWK Set).
-fn jwks_set(jwks: &str) -> BTreeSet<(String, String, String)> {
+/// The keys of a JWKS as the Workload API carries it (a plain JWK Set), as
+/// [`jwt_set`] writes them.
+fn jwks_set(jwks: &str) -> BTreeSet<(String, String)> {
     let jwks: serde_json::Value = serde_json::from_str(jwks).unwrap();
-    let text =
-        |key: &serde_json::Value, name: &str| key[name].as_str().unwrap_or_default().to_owned();
-    jwks["keys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|key| (text(key, "kid"), text(key, "x"), text(key, "y")))
+    let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+    keys.iter()
+        .map(|key| {
+            let text = |name: &str| key[name].as_str().unwrap_or_default().to_owned();
+            let params = match text("kty").as_str() {
+                "RSA" => format!("RSA {} {}", text("n"), text("e")),
+                kty => format!("{kty} {} {} {}", text("crv"), text("x"), text("y")),
+            };
+            (text("kid"), params)
+        })
         .collect()
 }
 
@@ -303,64 +315,33 @@ fn forged_svid(dir: &Path) {
     std::fs::write(dir.join("svid.0.key"), key.serialize_pem()).unwrap();
 }
 
-#[test]
-fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated() {
-    const NAME: &str =
-        "spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated";
-    let Some(()) = available_or_skip(NAME) else {
-        return;
-    };
-    let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
-        return;
-    };
-    let py_spiffe = python_has_spiffe()
-        .then_some(())
-        .ok_or("py-spiffe is not installed (pip install spiffe)");
-    let Some(()) = peers::or_skip(NAME, "py-spiffe", py_spiffe) else {
-        return;
-    };
-    let started = Instant::now();
-    // three-minute CAs: the mesh's next CA is published at 90 s and signs from 150 s
-    let (mut mesh, _echo) = echo_mesh(|spec| {
-        spec.pod(
-            "node-1",
-            PodSpec::new("verifier")
-                .namespace("verifier")
-                .service_account("verifier"),
-            true,
-        )
-        .issuer_yaml(
-            "ca_ttl: 3m\ndefault_x509_svid_ttl: 30s\ndefault_jwt_svid_ttl: 30s\nagent_svid_ttl: 30s\njoin_token_ttl: 60s\n",
-        )
-        .bundle_refresh_hint(2)
-        .svid_ttl(30)
-        .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n")
-        .exclude_ports(&[VERIFIER_PORT]);
-    });
-    let first_mesh_bundle = mesh_bundle(&mesh);
-    let spire_ip = mesh.cluster.add_host("spire").unwrap().ip();
-    let spire_ns = mesh
+/// A host `spire` in the mesh's cluster, running SPIRE of `spire.test` with its
+/// bundle endpoint on the host's address (refresh hint 2 s); `configure` adds
+/// options.
+fn start_spire(
+    mesh: &mut Mesh,
+    binaries: SpireBinaries,
+    configure: impl FnOnce(&mut SpireOptions),
+) -> Spire {
+    let ip = mesh.cluster.add_host("spire").unwrap().ip();
+    let ns = mesh
         .cluster
         .host("spire")
         .unwrap()
         .netns()
         .name()
         .to_owned();
-    let mut options = SpireOptions::new(
-        SPIRE_TD,
-        SocketAddr::new(spire_ip.into(), SPIRE_ENDPOINT_PORT),
-    );
-    options.netns = Some(spire_ns);
+    let mut options = SpireOptions::new(SPIRE_TD, SocketAddr::new(ip.into(), SPIRE_ENDPOINT_PORT));
+    options.netns = Some(ns);
     options.bundle_refresh_hint = Duration::from_secs(2);
-    let spire = Spire::start(binaries, options).unwrap();
-    eprintln!(
-        "mesh and SPIRE up in {:.1?} (SPIRE {:.1?})",
-        started.elapsed(),
-        spire.started_in
-    );
-    let dir = mesh.cluster.log_dir().to_owned();
+    configure(&mut options);
+    Spire::start(binaries, options).unwrap()
+}
 
-    // --- federation, both ways, each side with its own CLI ---
+/// Federation both ways, each side with its own CLI, as an operator does it;
+/// returns once each side holds the other's bundle as the other serves it.
+fn federate_both_ways(mesh: &Mesh, spire: &Spire) {
+    let dir = mesh.cluster.log_dir().to_owned();
     // the mesh federates with SPIRE: its endpoint, authenticated as SPIRE's
     // server ID with SPIRE's CAs (PEM, as `spire-server bundle show` gives them)
     let spire_bootstrap = dir.join("spire-bootstrap.pem");
@@ -424,6 +405,80 @@ fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated()
             .then_some(())
             .ok_or_else(|| "no JWT keys yet".to_owned())
     });
+}
+
+/// RequestAuthentication of SPIRE's JWT-SVIDs for audience `echoserver` on the
+/// echoserver, and an AuthorizationPolicy allowing the SPIRE workload's request
+/// principal only.
+fn require_spire_reporter(mesh: &Mesh) {
+    let apply = |name: &str, kind: &str, spec: &str| {
+        mesh.apply_policy(
+            name,
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: echoserver}}}}\n{spec}"
+            ),
+        )
+        .unwrap();
+    };
+    apply(
+        "spire-jwt",
+        "RequestAuthentication",
+        &format!("  jwtRules:\n  - issuer: spiffe://{SPIRE_TD}\n    audiences: [echoserver]\n"),
+    );
+    // Istio's request principal: iss/sub (SPIRE sets no iss: the trust domain's)
+    apply(
+        "spire-reporter",
+        "AuthorizationPolicy",
+        &format!(
+            "  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"spiffe://{SPIRE_TD}/{WORKLOAD_ID}\"]\n"
+        ),
+    );
+}
+
+#[test]
+fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated() {
+    const NAME: &str =
+        "spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated";
+    let Some(()) = available_or_skip(NAME) else {
+        return;
+    };
+    let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
+        return;
+    };
+    let py_spiffe = python_has_spiffe()
+        .then_some(())
+        .ok_or("py-spiffe is not installed (pip install spiffe)");
+    let Some(()) = peers::or_skip(NAME, "py-spiffe", py_spiffe) else {
+        return;
+    };
+    let started = Instant::now();
+    // three-minute CAs: the mesh's next CA is published at 90 s and signs from 150 s
+    let (mut mesh, _echo) = echo_mesh(|spec| {
+        spec.pod(
+            "node-1",
+            PodSpec::new("verifier")
+                .namespace("verifier")
+                .service_account("verifier"),
+            true,
+        )
+        .issuer_yaml(
+            "ca_ttl: 3m\ndefault_x509_svid_ttl: 30s\ndefault_jwt_svid_ttl: 30s\nagent_svid_ttl: 30s\njoin_token_ttl: 60s\n",
+        )
+        .bundle_refresh_hint(2)
+        .svid_ttl(30)
+        .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n")
+        .exclude_ports(&[VERIFIER_PORT]);
+    });
+    let first_mesh_bundle = mesh_bundle(&mesh);
+    let spire = start_spire(&mut mesh, binaries, |_| {});
+    eprintln!(
+        "mesh and SPIRE up in {:.1?} (SPIRE {:.1?})",
+        started.elapsed(),
+        spire.started_in
+    );
+    let dir = mesh.cluster.log_dir().to_owned();
+
+    federate_both_ways(&mesh, &spire);
 
     // --- registrations: who receives the other side's bundle ---
     spire.register(WORKLOAD_ID, WORKLOAD_UID, &[TD]).unwrap();
@@ -464,28 +519,7 @@ fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated()
     );
 
     // --- its JWT-SVID through RequestAuthentication and requestPrincipals ---
-    let apply = |name: &str, kind: &str, spec: &str| {
-        mesh.apply_policy(
-            name,
-            &format!(
-                "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: echoserver}}}}\n{spec}"
-            ),
-        )
-        .unwrap();
-    };
-    apply(
-        "spire-jwt",
-        "RequestAuthentication",
-        &format!("  jwtRules:\n  - issuer: spiffe://{SPIRE_TD}\n    audiences: [echoserver]\n"),
-    );
-    // Istio's request principal: iss/sub (SPIRE sets no iss: the trust domain's)
-    apply(
-        "spire-reporter",
-        "AuthorizationPolicy",
-        &format!(
-            "  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"spiffe://{SPIRE_TD}/{WORKLOAD_ID}\"]\n"
-        ),
-    );
+    require_spire_reporter(&mesh);
     let r = within(30, "SPIRE's JWT-SVID is accepted", &mesh, &spire, || {
         let r = call_echo(&mesh, Some(&jwt.token));
         expect(&r, 200, None).map(|()| r)
@@ -746,4 +780,85 @@ fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated()
         },
     );
     eprintln!("done in {:.1?}", started.elapsed());
+}
+
+/// An upstream CA for the mesh's issuer whose root is a P-384 key (PEM files
+/// `upstream.pem`, `upstream.key` in `dir`): the bundle's authority is then not
+/// a P-256 key.
+fn p384_upstream(dir: &Path) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "upstream root (P-384)");
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("upstream.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("upstream.key"), key.serialize_pem()).unwrap();
+    format!(
+        "upstream_ca:\n  cert_chain: {}\n  key: {}\n",
+        dir.join("upstream.pem").display(),
+        dir.join("upstream.key").display()
+    )
+}
+
+/// Keys other than P-256 on both sides, as deployments have them: the mesh's
+/// issuer under an upstream CA with a P-384 root, and SPIRE with RSA JWT keys
+/// (what AWS's OIDC federation asks for) and a P-384 CA. Each side must still
+/// read the other's bundle, and SPIRE's RS256 JWT-SVIDs must authenticate.
+#[test]
+fn keys_other_than_p256_cross_the_federation() {
+    const NAME: &str = "keys_other_than_p256_cross_the_federation";
+    let Some(()) = available_or_skip(NAME) else {
+        return;
+    };
+    let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
+        return;
+    };
+    let upstream = tempfile::tempdir().unwrap();
+    let upstream_yaml = p384_upstream(upstream.path());
+    let (mut mesh, _echo) = echo_mesh(|spec| {
+        spec.issuer_yaml(&upstream_yaml)
+            .bundle_refresh_hint(2)
+            .proxy_yaml("inbound:\n  plaintext: PERMISSIVE\n");
+    });
+    let spire = start_spire(&mut mesh, binaries, |options| {
+        options.ca_key_type = Some("ec-p384".into());
+        options.jwt_key_type = Some("rsa-2048".into());
+    });
+    federate_both_ways(&mesh, &spire);
+    spire.register(WORKLOAD_ID, WORKLOAD_UID, &[TD]).unwrap();
+    mesh.federate_pod("echoserver", &[SPIRE_TD]).unwrap();
+    require_spire_reporter(&mesh);
+    let jwt = spire.fetch_jwt(WORKLOAD_UID, "echoserver").unwrap();
+    within(
+        30,
+        "SPIRE's RS256 JWT-SVID is accepted",
+        &mesh,
+        &spire,
+        || expect(&call_echo(&mesh, Some(&jwt.token)), 200, None),
+    );
+    // and SPIRE's workload receives the mesh's P-384 root
+    let svid = within(
+        60,
+        "spire-agent hands out the mesh's bundle",
+        &mesh,
+        &spire,
+        || {
+            let fetch = spire.fetch_x509(WORKLOAD_UID).map_err(|e| e.to_string())?;
+            let held = federated_mesh(&fetch).ok_or("no bundle of the mesh")?;
+            (certs(held) == x509_set(&mesh_bundle(&mesh)))
+                .then_some(fetch)
+                .ok_or_else(|| "not the mesh's CAs".to_owned())
+        },
+    );
+    assert_eq!(
+        certs(federated_mesh(&svid).unwrap()),
+        certs(&std::fs::read_to_string(upstream.path().join("upstream.pem")).unwrap())
+    );
 }

@@ -110,6 +110,10 @@ pub struct SpireOptions {
     pub ca_ttl: Duration,
     pub x509_svid_ttl: Duration,
     pub jwt_svid_ttl: Duration,
+    /// `ca_key_type` and `jwt_key_type` (`ec-p256`, `ec-p384`, `rsa-2048`,
+    /// `rsa-4096`); `None`: SPIRE's default, `ec-p256`.
+    pub ca_key_type: Option<String>,
+    pub jwt_key_type: Option<String>,
 }
 
 impl SpireOptions {
@@ -124,6 +128,8 @@ impl SpireOptions {
             ca_ttl: Duration::from_secs(24 * 3600),
             x509_svid_ttl: Duration::from_secs(600),
             jwt_svid_ttl: Duration::from_secs(600),
+            ca_key_type: None,
+            jwt_key_type: None,
         }
     }
 }
@@ -278,7 +284,7 @@ impl Spire {
   ca_ttl = "{ca_ttl}s"
   default_x509_svid_ttl = "{x509_ttl}s"
   default_jwt_svid_ttl = "{jwt_ttl}s"
-  federation {{
+{key_types}  federation {{
     bundle_endpoint {{
       address = "{endpoint_ip}"
       port = {endpoint_port}
@@ -314,6 +320,13 @@ plugins {{
             endpoint_ip = o.bundle_endpoint.ip(),
             endpoint_port = o.bundle_endpoint.port(),
             hint = o.bundle_refresh_hint.as_secs().max(1),
+            key_types = [
+                ("ca_key_type", &o.ca_key_type),
+                ("jwt_key_type", &o.jwt_key_type)
+            ]
+            .iter()
+            .filter_map(|(name, value)| { value.as_ref().map(|v| format!("  {name} = \"{v}\"\n")) })
+            .collect::<String>(),
         )
     }
 
