@@ -284,6 +284,29 @@ fn federated_mesh(fetch: &X509Fetch) -> Option<&String> {
     fetch.federated.get(&format!("spiffe://{TD}"))
 }
 
+/// py-spiffe in `pod` asks its node's Workload API to validate `token` for
+/// `audience` (meshward's ValidateJWTSVID): the validated ID, or the refusal.
+fn validate_in_pod(mesh: &Mesh, pod: &str, audience: &str, token: &str) -> Result<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/spiffe_validate_jwt.py");
+    let node = mesh.cluster.pod(pod).unwrap().node().to_owned();
+    let socket = mesh.workload_api_socket(&node).display().to_string();
+    let out = mesh
+        .cluster
+        .exec_in_pod(
+            pod,
+            "python3",
+            &[script, &socket, audience, token],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+    match answer["spiffe_id"].as_str() {
+        Some(id) => Ok(id.to_owned()),
+        None => Err(answer["error"].to_string()),
+    }
+}
+
 fn python_has_spiffe() -> bool {
     std::process::Command::new("python3")
         .args(["-c", "import spiffe.workloadapi"])
@@ -597,6 +620,18 @@ fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated()
         mesh.pod_spiffe_id("verifier").unwrap().as_str()
     );
     assert_eq!(answer["bundles"], serde_json::json!([TD, SPIRE_TD]));
+    // py-spiffe in the same pod has its Workload API validate the SPIRE
+    // workload's JWT-SVID with the federated keys; the audience must be the pod's
+    let validated = within(
+        30,
+        "the JWT-SVID validated in the pod",
+        &mesh,
+        &spire,
+        || validate_in_pod(&mesh, "verifier", "echoserver", &jwt.token),
+    );
+    assert_eq!(validated, WORKLOAD_ID);
+    let refused = validate_in_pod(&mesh, "verifier", "billing", &jwt.token).unwrap_err();
+    assert!(refused.contains("Audiences in Jwt are not allowed"), "{refused}");
     // a chain no bundle vouches for, naming the same ID: refused in the handshake
     let forged = dir.join("forged");
     forged_svid(&forged);
@@ -820,6 +855,12 @@ fn keys_other_than_p256_cross_the_federation() {
     let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
         return;
     };
+    let py_spiffe = python_has_spiffe()
+        .then_some(())
+        .ok_or("py-spiffe is not installed (pip install spiffe)");
+    let Some(()) = peers::or_skip(NAME, "py-spiffe", py_spiffe) else {
+        return;
+    };
     let upstream = tempfile::tempdir().unwrap();
     let upstream_yaml = p384_upstream(upstream.path());
     let (mut mesh, _echo) = echo_mesh(|spec| {
@@ -843,6 +884,15 @@ fn keys_other_than_p256_cross_the_federation() {
         &spire,
         || expect(&call_echo(&mesh, Some(&jwt.token)), 200, None),
     );
+    // ... and by the Workload API's ValidateJWTSVID (py-spiffe in the pod)
+    let validated = within(
+        30,
+        "the RS256 JWT-SVID validated in the pod",
+        &mesh,
+        &spire,
+        || validate_in_pod(&mesh, "echoserver", "echoserver", &jwt.token),
+    );
+    assert_eq!(validated, WORKLOAD_ID);
     // and SPIRE's workload receives the mesh's P-384 root
     let svid = within(
         60,
