@@ -174,7 +174,14 @@ impl Bundle {
                     x509_parser::parse_x509_certificate(&der).map_err(|e| {
                         invalid(format!("keys[{i}].x5c[0]: not a certificate: {e}"))
                     })?;
-                    bundle.x509_authorities.push(CertificateDer::from(der));
+                    let der = CertificateDer::from(der);
+                    // a key no JWK names (DSA, GOST, an unknown curve) is a key of
+                    // unknown type, ignored (and verifies nothing here anyway):
+                    // what is read is what `to_spiffe_json` can write back
+                    if PublicJwk::of_certificate(&der).is_none() {
+                        continue;
+                    }
+                    bundle.x509_authorities.push(der);
                 }
                 "jwt-svid" => {
                     let Some(public) = PublicJwk::of_jwt_svid_key(&key)

@@ -218,3 +218,29 @@ fn jwt_keys_of_every_spire_key_type_are_kept() {
     let e = Bundle::from_spiffe_json(&td("spire.test"), short).unwrap_err();
     assert!(e.to_string().contains("P-384"), "{e}");
 }
+
+/// An authority whose key no JWK names (here a P-256 certificate whose curve
+/// reads P-192) is ignored when read, as a key of unknown type: what is read is
+/// what the bundle can write back.
+#[test]
+fn an_authority_whose_key_no_jwk_names_is_ignored() {
+    let (cert, _) = ca_on(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let prime256v1 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let mut der = cert.as_ref().to_vec();
+    let at = der
+        .windows(prime256v1.len())
+        .position(|w| w == prime256v1)
+        .unwrap();
+    der[at + prime256v1.len() - 1] = 0x01; // prime192v1
+    let odd = CertificateDer::from(der);
+    assert!(PublicJwk::of_certificate(&odd).is_none());
+    let json = format!(
+        r#"{{"keys":[{{"kty":"EC","use":"x509-svid","x5c":["{}"]}},{{"kty":"EC","use":"x509-svid","x5c":["{}"]}}]}}"#,
+        STANDARD.encode(odd.as_ref()),
+        STANDARD.encode(cert.as_ref())
+    );
+    let bundle = Bundle::from_spiffe_json(&td("td"), &json).unwrap();
+    assert_eq!(bundle.x509_authorities, vec![cert]);
+    let again = Bundle::from_spiffe_json(&td("td"), &bundle.to_spiffe_json()).unwrap();
+    assert_eq!(again, bundle);
+}
