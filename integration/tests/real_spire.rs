@@ -414,16 +414,16 @@ fn federate_both_ways(mesh: &Mesh, spire: &Spire) {
         .unwrap();
     // each holds the other's bundle as the other serves it: JWT keys included,
     // which only the endpoints carry
-    within(30, "the mesh fetched SPIRE's bundle", &mesh, &spire, || {
-        let held = mesh_view_of_spire(&mesh)?;
-        same_authorities(&held, &spire_bundle(&spire))?;
+    within(30, "the mesh fetched SPIRE's bundle", mesh, spire, || {
+        let held = mesh_view_of_spire(mesh)?;
+        same_authorities(&held, &spire_bundle(spire))?;
         (!held.jwt_keys.is_empty())
             .then_some(())
             .ok_or_else(|| "no JWT keys yet".to_owned())
     });
-    within(60, "SPIRE fetched the mesh's bundle", &mesh, &spire, || {
-        let held = spire_view_of_mesh(&spire)?;
-        same_authorities(&held, &mesh_bundle(&mesh))?;
+    within(60, "SPIRE fetched the mesh's bundle", mesh, spire, || {
+        let held = spire_view_of_mesh(spire)?;
+        same_authorities(&held, &mesh_bundle(mesh))?;
         (!held.jwt_keys.is_empty())
             .then_some(())
             .ok_or_else(|| "no JWT keys yet".to_owned())
@@ -631,7 +631,10 @@ fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated()
     );
     assert_eq!(validated, WORKLOAD_ID);
     let refused = validate_in_pod(&mesh, "verifier", "billing", &jwt.token).unwrap_err();
-    assert!(refused.contains("Audiences in Jwt are not allowed"), "{refused}");
+    assert!(
+        refused.contains("Audiences in Jwt are not allowed"),
+        "{refused}"
+    );
     // a chain no bundle vouches for, naming the same ID: refused in the handshake
     let forged = dir.join("forged");
     forged_svid(&forged);
