@@ -15,7 +15,7 @@ const DEFAULT_PEERS_CACHE: &str = "/var/cache/meshward-peers";
 
 /// A peer binary that is not there.
 #[derive(Debug, thiserror::Error)]
-#[error("{var} is not set and {env_file} has no such line (run scripts/peers.sh)")]
+#[error("{var} names no file and {env_file} has no such line (run scripts/peers.sh)")]
 pub struct MissingPeer {
     pub var: &'static str,
     pub env_file: String,
