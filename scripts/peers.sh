@@ -19,6 +19,7 @@ set -euo pipefail
 ETCD_VERSION=v3.6.17
 KUBERNETES_VERSION=v1.37.2
 HELM_VERSION=v4.3.2
+SPIRE_VERSION=v1.15.3
 
 # /var/cache when it can be written (root, CI), else the user's cache directory.
 cache_root=/var/cache
@@ -134,6 +135,38 @@ build_helm() {
   built_before=0
 }
 
+# SPIRE (spire-server, spire-agent): the other side of federation in the tests.
+# Its SQLite datastore is mattn/go-sqlite3, which needs cgo (gcc): the one peer
+# built with CGO_ENABLED=1. The version stamped in is SPIRE's own form (1.15.3,
+# no `v`): its datastore parses it as semver at start.
+spire_dir=$cache/spire-$SPIRE_VERSION
+build_spire() {
+  [ -x "$spire_dir/bin/spire-server" ] && [ -x "$spire_dir/bin/spire-agent" ] && return 0
+  go_env
+  command -v gcc >/dev/null || { log "gcc is not installed (SPIRE's SQLite datastore needs cgo)"; exit 1; }
+  log "spire $SPIRE_VERSION: building into $spire_dir"
+  rm -rf "$spire_dir/src" "$spire_dir/bin.tmp"
+  mkdir -p "$spire_dir/src" "$spire_dir/bin.tmp"
+  (
+    cd "$spire_dir/src"
+    go mod init meshward.test/peers/spire >/dev/null 2>&1
+    go get "github.com/spiffe/spire@$SPIRE_VERSION" >&2
+    # The module proxy refuses the version SPIRE requires (v1.1.0) of the SDK its
+    # EJBCA UpstreamAuthority plugin uses; v1.0.2, which it serves, builds the same
+    # plugin, and the tests never load it.
+    go mod edit -replace github.com/Keyfactor/ejbca-go-client-sdk=github.com/Keyfactor/ejbca-go-client-sdk@v1.0.2
+  )
+  (
+    export CGO_ENABLED=1
+    go_build "$spire_dir" "-X github.com/spiffe/spire/pkg/common/version.gittag=${SPIRE_VERSION#v}" \
+      github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+  )
+  rm -rf "${spire_dir:?}/bin"
+  mv "$spire_dir/bin.tmp" "$spire_dir/bin"
+  # built in this run: MESHWARD_PEERS_SLIM=1 may remove Go's caches below
+  built_before=0
+}
+
 mkdir -p "$cache"
 built_before=0
 for binary in "$etcd_dir/bin/etcd" "$kube_dir/bin/kube-apiserver"; do
@@ -142,6 +175,7 @@ done
 build_etcd
 build_kubernetes
 build_helm
+build_spire
 # MESHWARD_PEERS_SLIM=1 (CI, whose disk may be small): once built, the binaries
 # are the cache; Go's build and module caches (~4 GB) go.
 if [ "${MESHWARD_PEERS_SLIM:-0}" = 1 ] && [ "$built_before" -lt 2 ] && [ -d "$go_cache" ]; then
@@ -156,7 +190,9 @@ exports="export MESHWARD_ETCD=$etcd_dir/bin/etcd
 export MESHWARD_ETCDCTL=$etcd_dir/bin/etcdctl
 export MESHWARD_KUBE_APISERVER=$kube_dir/bin/kube-apiserver
 export MESHWARD_KUBECTL=$kube_dir/bin/kubectl
-export MESHWARD_HELM=$helm_dir/bin/helm"
+export MESHWARD_HELM=$helm_dir/bin/helm
+export MESHWARD_SPIRE_SERVER=$spire_dir/bin/spire-server
+export MESHWARD_SPIRE_AGENT=$spire_dir/bin/spire-agent"
 if [ "$(cat "$env_file" 2>/dev/null)" != "$exports" ]; then
   printf '%s\n' "$exports" >"$env_file.tmp"
   mv "$env_file.tmp" "$env_file"

@@ -44,14 +44,14 @@ if ! (cd / && python3 -c 'import spiffe.workloadapi') 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check spiffe
 fi
 
-# The real Kubernetes control plane (etcd, kube-apiserver, kubectl) and helm for
-# the tests that run against them: built once from their Go modules into
-# /var/cache (about 12 minutes on 2 cores, helm up to 10 more), found there at
-# once afterwards.
+# The real Kubernetes control plane (etcd, kube-apiserver, kubectl), helm and real
+# SPIRE (spire-server, spire-agent) for the tests that run against them: built once
+# from their Go modules into /var/cache (about 12 minutes on 2 cores, helm up to 10
+# more, SPIRE about 20 more), found there at once afterwards.
 if command -v go >/dev/null; then
   eval "$(scripts/peers.sh)"
 else
-  echo "test.sh: Go is missing, so the real control plane is not built (its tests skip; CI fails them)" >&2
+  echo "test.sh: Go is missing, so the real control plane and SPIRE are not built (their tests skip; CI fails them)" >&2
 fi
 
 # Leftovers of an earlier, killed run would only waste addresses; remove them.

@@ -59,13 +59,16 @@ impl JwtKey {
         &self.kid
     }
 
-    pub fn public(&self) -> JwtPublicKey {
+    /// The public point's coordinates, base64url (as a JWK and the datastore
+    /// carry them).
+    pub fn coordinates(&self) -> (String, String) {
         let (x, y) = self.public[1..].split_at(32);
-        JwtPublicKey {
-            kid: self.kid.clone(),
-            x: URL_SAFE_NO_PAD.encode(x),
-            y: URL_SAFE_NO_PAD.encode(y),
-        }
+        (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y))
+    }
+
+    pub fn public(&self) -> JwtPublicKey {
+        let (x, y) = self.coordinates();
+        JwtPublicKey::p256(self.kid.clone(), x, y)
     }
 }
 

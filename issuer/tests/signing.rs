@@ -214,7 +214,11 @@ fn jwt_svid_verifies_with_the_bundle_key_and_has_the_required_shape() {
     .to_spiffe_json();
     let bundle = Bundle::from_spiffe_json(&td, &bundle_json).unwrap();
     let published = &bundle.jwt_keys[0];
-    let decoding = DecodingKey::from_ec_components(&published.x, &published.y).unwrap();
+    let meshward_spiffe::PublicJwk::Ec { crv, x, y } = &published.key else {
+        panic!("not an EC key: {published:?}");
+    };
+    assert_eq!(crv, "P-256");
+    let decoding = DecodingKey::from_ec_components(x, y).unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&["payments"]);
     let data = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();

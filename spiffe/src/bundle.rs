@@ -28,13 +28,27 @@ pub struct Bundle {
     pub refresh_hint: Duration,
 }
 
-/// A JWT-SVID signing key's public half (P-256), as a bundle publishes it.
+/// A JWT-SVID signing key's public half, as a bundle publishes it: meshward's
+/// own are P-256; a foreign domain's may be P-384 or RSA (SPIRE's
+/// `jwt_key_type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtPublicKey {
     pub kid: String,
-    /// base64url, no padding
-    pub x: String,
-    pub y: String,
+    pub key: PublicJwk,
+}
+
+impl JwtPublicKey {
+    /// A P-256 key from its coordinates (base64url, no padding).
+    pub fn p256(kid: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
+        Self {
+            kid: kid.into(),
+            key: PublicJwk::Ec {
+                crv: "P-256".into(),
+                x: x.into(),
+                y: y.into(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +81,10 @@ struct Jwk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     y: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     x5c: Option<Vec<String>>,
 }
 
@@ -86,27 +104,18 @@ impl Bundle {
     pub fn to_spiffe_json(&self) -> String {
         let mut keys = Vec::new();
         for cert in &self.x509_authorities {
-            let (x, y) = ec_coordinates(cert).unwrap_or_default();
-            keys.push(Jwk {
-                kty: "EC".into(),
-                use_: "x509-svid".into(),
-                kid: None,
-                crv: Some("P-256".into()),
-                x: Some(x),
-                y: Some(y),
-                x5c: Some(vec![STANDARD.encode(cert.as_ref())]),
-            });
+            // the certificate's own key: RFC 7517 §4.7 has the two match, and
+            // go-jose (so SPIRE) refuses a bundle where they do not. A key no JWK
+            // names (DSA, GOST) verifies nothing here either: left out.
+            let Some(key) = PublicJwk::of_certificate(cert) else {
+                continue;
+            };
+            let mut jwk = key.to_jwk("x509-svid", None);
+            jwk.x5c = Some(vec![STANDARD.encode(cert.as_ref())]);
+            keys.push(jwk);
         }
         for key in &self.jwt_keys {
-            keys.push(Jwk {
-                kty: "EC".into(),
-                use_: "jwt-svid".into(),
-                kid: Some(key.kid.clone()),
-                crv: Some("P-256".into()),
-                x: Some(key.x.clone()),
-                y: Some(key.y.clone()),
-                x5c: None,
-            });
+            keys.push(key.key.to_jwk("jwt-svid", Some(key.kid.clone())));
         }
         let set = JwkSet {
             keys,
@@ -165,16 +174,25 @@ impl Bundle {
                     x509_parser::parse_x509_certificate(&der).map_err(|e| {
                         invalid(format!("keys[{i}].x5c[0]: not a certificate: {e}"))
                     })?;
-                    bundle.x509_authorities.push(CertificateDer::from(der));
+                    let der = CertificateDer::from(der);
+                    // a key no JWK names (DSA, GOST, an unknown curve) is a key of
+                    // unknown type, ignored (and verifies nothing here anyway):
+                    // what is read is what `to_spiffe_json` can write back
+                    if PublicJwk::of_certificate(&der).is_none() {
+                        continue;
+                    }
+                    bundle.x509_authorities.push(der);
                 }
-                "jwt-svid" if key.kty == "EC" => {
+                "jwt-svid" => {
+                    let Some(public) = PublicJwk::of_jwt_svid_key(&key)
+                        .map_err(|reason| invalid(format!("keys[{i}]: {reason}")))?
+                    else {
+                        continue;
+                    };
                     let kid = key
                         .kid
                         .ok_or_else(|| invalid(format!("keys[{i}]: a jwt-svid key needs a kid")))?;
-                    let (Some(x), Some(y)) = (key.x, key.y) else {
-                        return Err(invalid(format!("keys[{i}]: an EC key needs x and y")));
-                    };
-                    bundle.jwt_keys.push(JwtPublicKey { kid, x, y });
+                    bundle.jwt_keys.push(JwtPublicKey { kid, key: public });
                 }
                 _ => {}
             }
@@ -195,17 +213,131 @@ impl Bundle {
     }
 }
 
-/// The P-256 point of a certificate's key, base64url.
-fn ec_coordinates(cert: &CertificateDer<'_>) -> Option<(String, String)> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let point = parsed.public_key().subject_public_key.data.as_ref();
-    if point.len() != 65 || point[0] != 4 {
-        return None;
+/// A public key as a JWK gives it (RFC 7518 §6), values base64url without
+/// padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicJwk {
+    /// `kty: EC`: `crv` (`P-256`, `P-384` or `P-521`), `x`, `y`.
+    Ec { crv: String, x: String, y: String },
+    /// `kty: RSA`: the modulus `n` and the exponent `e`, big-endian, no leading zero.
+    Rsa { n: String, e: String },
+    /// `kty: OKP`: `crv` (`Ed25519`), `x`.
+    Okp { crv: String, x: String },
+}
+
+impl PublicJwk {
+    /// The key of a certificate; `None` for a kind no JWK names (DSA, GOST) or a
+    /// certificate that does not parse.
+    pub fn of_certificate(cert: &CertificateDer<'_>) -> Option<Self> {
+        use x509_parser::public_key::PublicKey;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+        let spki = parsed.public_key();
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        match spki.algorithm.algorithm.to_id_string().as_str() {
+            // id-ecPublicKey, its curve named in the parameters
+            "1.2.840.10045.2.1" => {
+                let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+                let (crv, len) = match curve.to_id_string().as_str() {
+                    "1.2.840.10045.3.1.7" => ("P-256", 32),
+                    "1.3.132.0.34" => ("P-384", 48),
+                    "1.3.132.0.35" => ("P-521", 66),
+                    _ => return None,
+                };
+                let point = spki.subject_public_key.data.as_ref();
+                (point.len() == 1 + 2 * len && point[0] == 4).then(|| Self::Ec {
+                    crv: crv.into(),
+                    x: b64(&point[1..=len]),
+                    y: b64(&point[1 + len..]),
+                })
+            }
+            "1.2.840.113549.1.1.1" => match spki.parsed().ok()? {
+                PublicKey::RSA(rsa) => Some(Self::Rsa {
+                    n: b64(unsigned(rsa.modulus)),
+                    e: b64(unsigned(rsa.exponent)),
+                }),
+                _ => None,
+            },
+            "1.3.101.112" => Some(Self::Okp {
+                crv: "Ed25519".into(),
+                x: b64(spki.subject_public_key.data.as_ref()),
+            }),
+            _ => None,
+        }
     }
-    Some((
-        URL_SAFE_NO_PAD.encode(&point[1..33]),
-        URL_SAFE_NO_PAD.encode(&point[33..]),
-    ))
+
+    /// A `jwt-svid` entry's key: EC (P-256, P-384, P-521) or RSA; `Ok(None)` for
+    /// another kind (ignored, as the SPIFFE bundle format asks); `Err` for a key
+    /// that lacks a parameter or whose numbers do not fit its curve.
+    fn of_jwt_svid_key(jwk: &Jwk) -> Result<Option<Self>, String> {
+        let decoded = |name: &str, value: &Option<String>| {
+            let value = value
+                .as_deref()
+                .ok_or_else(|| format!("an {} key needs {name}", jwk.kty))?;
+            URL_SAFE_NO_PAD
+                .decode(value)
+                .map(|bytes| (value.to_owned(), bytes.len()))
+                .map_err(|e| format!("{name} is not base64url: {e}"))
+        };
+        match jwk.kty.as_str() {
+            "EC" => {
+                let (x, x_len) = decoded("x", &jwk.x)?;
+                let (y, y_len) = decoded("y", &jwk.y)?;
+                let len = match jwk.crv.as_deref() {
+                    Some("P-256") => 32,
+                    Some("P-384") => 48,
+                    Some("P-521") => 66,
+                    None => return Err("an EC key needs crv".into()),
+                    Some(_) => return Ok(None),
+                };
+                let crv = jwk.crv.clone().unwrap_or_default();
+                if x_len != len || y_len != len {
+                    return Err(format!("x and y of a {crv} key are {len} bytes each"));
+                }
+                Ok(Some(Self::Ec { crv, x, y }))
+            }
+            "RSA" => {
+                let (n, _) = decoded("n", &jwk.n)?;
+                let (e, _) = decoded("e", &jwk.e)?;
+                Ok(Some(Self::Rsa { n, e }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn to_jwk(&self, use_: &str, kid: Option<String>) -> Jwk {
+        let mut jwk = Jwk {
+            kty: String::new(),
+            use_: use_.into(),
+            kid,
+            crv: None,
+            x: None,
+            y: None,
+            n: None,
+            e: None,
+            x5c: None,
+        };
+        match self.clone() {
+            Self::Ec { crv, x, y } => {
+                jwk.kty = "EC".into();
+                (jwk.crv, jwk.x, jwk.y) = (Some(crv), Some(x), Some(y));
+            }
+            Self::Rsa { n, e } => {
+                jwk.kty = "RSA".into();
+                (jwk.n, jwk.e) = (Some(n), Some(e));
+            }
+            Self::Okp { crv, x } => {
+                jwk.kty = "OKP".into();
+                (jwk.crv, jwk.x) = (Some(crv), Some(x));
+            }
+        }
+        jwk
+    }
+}
+
+/// A DER INTEGER's magnitude without its sign byte.
+fn unsigned(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 /// The bundles a party trusts, one per trust domain: its own and those it

@@ -16,7 +16,7 @@ mod selector;
 mod trust_domain;
 mod x509_svid;
 
-pub use bundle::{Bundle, BundleSet, InvalidBundle, JwtPublicKey};
+pub use bundle::{Bundle, BundleSet, InvalidBundle, JwtPublicKey, PublicJwk};
 pub use id::{InvalidSpiffeId, SpiffeId};
 pub use pem::InvalidPem;
 pub use selector::{InvalidSelector, Selector};

@@ -13,24 +13,23 @@
 //!
 //! [`shared`] gives one instance per test binary; [`own`] one of a
 //! test's own, stopped on drop. etcd and kube-apiserver run in a process group of
-//! their own, watched by a guardian (a shell reading a pipe from the test process):
-//! when the test process ends, however it ends (a static is never dropped; a
-//! killed process runs no code), the pipe closes and the guardian kills the group
-//! and removes the directory. A directory left anyway (the guardian killed too) is
-//! removed by the next start. The binaries are found through `MESHWARD_ETCD`,
+//! their own, watched by a guardian (`guarded.rs`), so they stop however the test
+//! process ends. The binaries are found through `MESHWARD_ETCD`,
 //! `MESHWARD_KUBE_APISERVER`, `MESHWARD_KUBECTL` (and `MESHWARD_ETCDCTL`, and
-//! `MESHWARD_HELM` for the chart's tests: [`with_helm`]), or else
-//! the `env` file `scripts/peers.sh` writes in its cache. Without them, [`shared`]
-//! prints `SKIPPED` and returns `None`; in CI (`CI=true`) it panics instead.
+//! `MESHWARD_HELM` for the chart's tests: [`with_helm`]), or else the `env` file
+//! `scripts/peers.sh` writes in its cache ([`crate::peers`]). Without them,
+//! [`shared`] prints `SKIPPED` and returns `None`; in CI (`CI=true`) it panics
+//! instead.
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{free_port, http_get};
+use crate::guarded::{new_dir, remove_stale_dirs, spawn, spawn_guardian, wait_output};
+use crate::peers;
 
 /// The variables naming the binaries (as `scripts/peers.sh` prints them).
 pub const ETCD_VAR: &str = "MESHWARD_ETCD";
@@ -39,9 +38,7 @@ pub const KUBE_APISERVER_VAR: &str = "MESHWARD_KUBE_APISERVER";
 pub const KUBECTL_VAR: &str = "MESHWARD_KUBECTL";
 /// Helm, for the chart's tests (not needed by the control plane itself).
 pub const HELM_VAR: &str = "MESHWARD_HELM";
-/// Where `scripts/peers.sh` keeps its builds and `env` file (default below).
-pub const PEERS_CACHE_VAR: &str = "MESHWARD_PEERS_CACHE";
-const DEFAULT_PEERS_CACHE: &str = "/var/cache/meshward-peers";
+pub use crate::peers::PEERS_CACHE_VAR;
 
 /// How long each step of the start may take.
 const ETCD_READY: Duration = Duration::from_secs(30);
@@ -99,42 +96,10 @@ pub struct Binaries {
 
 impl Binaries {
     /// From the environment, or else from the peers cache's `env` file
-    /// (`$MESHWARD_PEERS_CACHE`, `/var/cache/meshward-peers` or
-    /// `~/.cache/meshward-peers`, as `scripts/peers.sh` chooses).
+    /// ([`crate::peers::find`]).
     pub fn find() -> Result<Self, ControlPlaneError> {
-        let user_cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-        let candidates: Vec<PathBuf> =
-            match std::env::var_os(PEERS_CACHE_VAR).filter(|v| !v.is_empty()) {
-                Some(cache) => vec![PathBuf::from(cache)],
-                None => std::iter::once(PathBuf::from(DEFAULT_PEERS_CACHE))
-                    .chain(user_cache.map(|c| c.join("meshward-peers")))
-                    .collect(),
-            };
-        let env_file = candidates
-            .iter()
-            .map(|c| c.join("env"))
-            .find(|f| f.is_file())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PEERS_CACHE).join("env"));
-        let file = std::fs::read_to_string(&env_file).unwrap_or_default();
-        let lookup = |var: &'static str| -> Result<PathBuf, ControlPlaneError> {
-            let from_env = std::env::var_os(var).filter(|v| !v.is_empty());
-            let path = from_env.map(PathBuf::from).or_else(|| {
-                file.lines().find_map(|line| {
-                    let line = line.trim().trim_start_matches("export ");
-                    let (name, value) = line.split_once('=')?;
-                    (name == var).then(|| PathBuf::from(value.trim_matches('"')))
-                })
-            });
-            match path {
-                Some(p) if p.is_file() => Ok(p),
-                _ => Err(ControlPlaneError::MissingBinary(
-                    var,
-                    env_file.display().to_string(),
-                )),
-            }
-        };
+        let lookup =
+            |var| peers::find(var).map_err(|e| ControlPlaneError::MissingBinary(e.var, e.env_file));
         Ok(Self {
             etcd: lookup(ETCD_VAR)?,
             etcdctl: lookup(ETCDCTL_VAR).ok(),
@@ -181,18 +146,7 @@ static SHARED: OnceLock<Option<ControlPlane>> = OnceLock::new();
 
 /// The binaries, or `None` after printing `SKIPPED <test>` (a panic in CI).
 fn binaries_or_skip(test: &str) -> Option<Binaries> {
-    match Binaries::find() {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "{test}: {e}; CI must run the real control plane tests (scripts/test.sh builds it)"
-            )
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: no real control plane: {e}");
-            None
-        }
-    }
+    peers::or_skip(test, "real control plane", Binaries::find())
 }
 
 /// The binaries and helm, for a test of the chart; `None` after printing
@@ -258,8 +212,8 @@ impl ControlPlane {
 
     fn start_with(binaries: Binaries) -> Result<Self, ControlPlaneError> {
         let started = Instant::now();
-        remove_stale_dirs();
-        let dir = new_dir()?;
+        remove_stale_dirs(DIR_PREFIX);
+        let dir = new_dir(DIR_PREFIX).map_err(io("a temporary directory"))?;
         let pki = Pki::generate()?;
         let ca_file = dir.join("ca.pem");
         let write = |name: &str, contents: &str| -> Result<PathBuf, ControlPlaneError> {
@@ -321,10 +275,13 @@ impl ControlPlane {
             &etcd_args,
             &plane.dir.join("etcd.log"),
             0,
-        )?;
+        )
+        .map_err(io(plane.binaries.etcd.display()))?;
         plane.group = etcd.id();
         plane.etcd = Some(etcd);
-        plane.guardian = Some(spawn_guardian(plane.group, &plane.dir)?);
+        plane.guardian = Some(
+            spawn_guardian(plane.group, &plane.dir).map_err(io("the control plane's guardian"))?,
+        );
         let etcd_addr = ([127, 0, 0, 1], etcd_port).into();
         plane.wait("etcd", ETCD_READY, |_| {
             http_get(etcd_addr, "/health")
@@ -380,7 +337,8 @@ impl ControlPlane {
             &self.apiserver_args,
             &self.dir.join("kube-apiserver.log"),
             self.group,
-        )?;
+        )
+        .map_err(io(self.binaries.kube_apiserver.display()))?;
         self.apiserver = Some(apiserver);
         self.wait("kube-apiserver", APISERVER_READY, |p| {
             p.kubectl_for(&["get", "--raw=/readyz"], None, Duration::from_secs(5))
@@ -706,113 +664,6 @@ impl Drop for ControlPlane {
         // the directory (done here too, so it is gone when drop returns)
         self.guardian.take();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Waits for a child's output; `None` (after killing it) when it outlasts `timeout`.
-fn wait_output(mut child: Child, timeout: Duration) -> Option<std::io::Result<Output>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let err_thread = std::thread::spawn(move || {
-            let mut err = Vec::new();
-            if let Some(mut s) = stderr {
-                let _ = s.read_to_end(&mut err);
-            }
-            err
-        });
-        let mut out = Vec::new();
-        if let Some(mut s) = stdout {
-            let _ = s.read_to_end(&mut out);
-        }
-        let err = err_thread.join().unwrap_or_default();
-        let _ = tx.send((out, err));
-    });
-    let Ok((stdout, stderr)) = rx.recv_timeout(timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = reader.join();
-        return None;
-    };
-    let _ = reader.join();
-    Some(child.wait().map(|status| Output {
-        status,
-        stdout,
-        stderr,
-    }))
-}
-
-/// Starts a server process in process group `group` (0: a new one, its own), so
-/// a terminal's Ctrl-C does not reach it before the guardian does its work.
-fn spawn(
-    program: &Path,
-    args: &[String],
-    log: &Path,
-    group: u32,
-) -> Result<Child, ControlPlaneError> {
-    let out = std::fs::File::create(log).map_err(io(log.display()))?;
-    let err = out.try_clone().map_err(io(log.display()))?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(i32::try_from(group).unwrap_or(0))
-        .spawn()
-        .map_err(io(program.display()))
-}
-
-/// A shell that waits for its stdin to close (when the test process ends, however
-/// it ends, or the [`ControlPlane`] is dropped), then kills the process group
-/// `group` and removes `dir`.
-fn spawn_guardian(group: u32, dir: &Path) -> Result<ChildStdin, ControlPlaneError> {
-    let mut guardian = Command::new("sh")
-        .args([
-            "-c",
-            "trap '' INT TERM HUP; cat >/dev/null; kill -KILL \"-$1\" 2>/dev/null; sleep 0.2; rm -rf -- \"$2\"",
-            "meshward-control-plane-guardian",
-            &group.to_string(),
-        ])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(io("sh (the control plane's guardian)"))?;
-    guardian.stdin.take().ok_or_else(|| {
-        ControlPlaneError::Io(
-            "the guardian's stdin".into(),
-            std::io::ErrorKind::BrokenPipe.into(),
-        )
-    })
-}
-
-fn new_dir() -> Result<PathBuf, ControlPlaneError> {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
-    Ok(dir)
-}
-
-/// Removes the directories of control planes whose test process is gone.
-fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or_default();
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
     }
 }
 

@@ -10,6 +10,10 @@
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
 //! - [`control_plane`]: the real one: etcd and kube-apiserver on loopback, with
 //!   meshward's CRDs (binaries from `scripts/peers.sh`).
+//! - [`spire`]: a real SPIRE server and agent of a trust domain of their own
+//!   (binaries from `scripts/peers.sh`), the other side of federation.
+//! - [`peers`]: where `scripts/peers.sh` put the real systems, and what a test
+//!   does without them.
 //! - [`tcp_proxy`]: a loopback forwarder that can be cut, for fault injection.
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
@@ -17,12 +21,15 @@
 pub mod control_plane;
 pub mod daemon;
 pub mod ext_authz;
+mod guarded;
 pub mod issuer;
 pub mod jwks;
 mod jwt_svid;
 pub mod kube_api;
+pub mod peers;
 pub mod postgres;
 pub mod postgres_server;
+pub mod spire;
 pub mod tcp_proxy;
 
 use std::time::{Duration, SystemTime};

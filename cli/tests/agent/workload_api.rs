@@ -234,11 +234,11 @@ fn partner_bundle() -> (String, jsonwebtoken::EncodingKey) {
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let bundle = meshward_spiffe::Bundle {
         x509_authorities: vec![ca.der().clone()],
-        jwt_keys: vec![meshward_spiffe::JwtPublicKey {
-            kid: "k1".into(),
-            x: b64(&point[1..33]),
-            y: b64(&point[33..]),
-        }],
+        jwt_keys: vec![meshward_spiffe::JwtPublicKey::p256(
+            "k1",
+            b64(&point[1..33]),
+            b64(&point[33..]),
+        )],
         ..meshward_spiffe::Bundle::new(
             meshward_spiffe::TrustDomain::parse("partner.example").unwrap(),
         )

@@ -351,6 +351,12 @@ impl Cluster {
         curl(&self.pod(pod)?.ns, args)
     }
 
+    /// Real curl on an underlay host (no pod, no mesh: a machine beside the
+    /// cluster): `curl -sS -i --max-time 10 ARGS...`.
+    pub fn curl_from_host(&self, host: &str, args: &[&str]) -> Result<CurlResponse> {
+        curl(self.host(host)?.netns(), args)
+    }
+
     /// Rewrites a node's workloads file atomically (the agent watches it).
     fn write_workloads(&self, node: &str) -> Result<()> {
         let node_ref = self.node(node)?;

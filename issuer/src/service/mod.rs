@@ -229,12 +229,12 @@ impl<D: Datastore> Issuer<D> {
                 .generations()
                 .iter()
                 .map(|g| {
-                    let JwtPublicKey { kid, x, y } = g.jwt_key().public();
+                    let (x, y) = g.jwt_key().coordinates();
                     let record = CaRecord {
                         id: format!("{}/{}", self.settings.instance, g.id()),
                         instance: self.settings.instance.clone(),
                         certificate_pem: pem::certificate(g.certificate()),
-                        jwt_kid: kid,
+                        jwt_kid: g.jwt_key().kid().to_owned(),
                         jwt_x: x,
                         jwt_y: y,
                         not_before: unix(g.not_before()),
@@ -290,11 +290,7 @@ impl<D: Datastore> Issuer<D> {
             x509_authorities,
             jwt_keys: records
                 .into_iter()
-                .map(|r| JwtPublicKey {
-                    kid: r.jwt_kid,
-                    x: r.jwt_x,
-                    y: r.jwt_y,
-                })
+                .map(|r| JwtPublicKey::p256(r.jwt_kid, r.jwt_x, r.jwt_y))
                 .collect(),
             sequence,
             refresh_hint: self.settings.bundle_refresh_hint,
