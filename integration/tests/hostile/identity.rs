@@ -139,7 +139,7 @@ fn hand_made_certificates_and_forged_addresses() {
     // after its expiry: the identity is the certificate's, and it is gone
     let expiring = LeafSpec {
         valid_for: Some(Duration::from_secs(3)),
-        ..valid.clone()
+        ..valid
     };
     let credentials = mint_leaf(&ca, &expiring).unwrap();
     let request = get("/any-identity");
