@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # from the machine's Go and Python).
 # shellcheck source=scripts/packages.sh
 . scripts/packages.sh
-ensure_packages iproute2 curl iptables nftables procps postgresql nginx-light nodejs
+ensure_packages iproute2 curl iptables nftables procps postgresql nginx-light nodejs softhsm2
 
 # PostgreSQL for the issuer's datastore tests: start Debian's cluster (no systemd
 # here), make a test role, and tell the tests where it is.

@@ -10,23 +10,28 @@
 //!
 //! Which generation is active is derived from the generations' validity alone
 //! (generation i becomes active at 5/6 of generation i-1's life), so a restart
-//! needs nothing but the files: `<data_dir>/ca/<id>/{ca.pem, ca.key, jwt.key, jwt.kid}`,
-//! keys written with mode 0600.
+//! needs nothing but the files `<data_dir>/ca/<id>/{ca.pem, jwt.kid}` and the
+//! generation's two keys, which its [`KeyManager`] keeps: `ca.key` and `jwt.key`
+//! beside them (files, mode 0600), or in a PKCS#11 token, where they are made and
+//! sign and which destroys them when the generation expires.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 
 use crate::error::CaError;
 use crate::jwt::JwtKey;
+use crate::keys::files::FileKeys;
+use crate::keys::{CaSigner, KeyManager, KeyRole};
 use meshward_spiffe::{TrustDomain, pem};
 
 /// Certificates are backdated this much to absorb clock skew between machines.
@@ -92,7 +97,7 @@ pub struct SigningCa {
     /// intermediate, and the upstream intermediates (never the root).
     chain_tail: Vec<CertificateDer<'static>>,
     /// The signing key with the subject and key ID, parsed once.
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaSigner>,
     jwt: JwtKey,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -119,7 +124,7 @@ impl SigningCa {
         &self.chain_tail
     }
 
-    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+    pub(crate) fn issuer(&self) -> &Issuer<'static, CaSigner> {
         &self.issuer
     }
 
@@ -158,17 +163,32 @@ pub struct Authority {
     ttl: Duration,
     dir: PathBuf,
     upstream: Option<UpstreamCa>,
-    generations: Vec<SigningCa>,
+    keys: Arc<dyn KeyManager>,
+    /// Shared with signers on other threads; each lives until the last one is done.
+    generations: Vec<Arc<SigningCa>>,
 }
 
 impl Authority {
     /// Loads the generations under `<data_dir>/ca`, drops expired ones, and makes the
-    /// first generation when there is none.
+    /// first generation when there is none; keys as files beside them.
     pub fn load_or_init(
         data_dir: &Path,
         trust_domain: &TrustDomain,
         ttl: Duration,
         upstream: Option<UpstreamCa>,
+        now: SystemTime,
+    ) -> Result<Self, CaError> {
+        let keys = Arc::new(FileKeys::new(&data_dir.join("ca")));
+        Self::load_or_init_with(data_dir, trust_domain, ttl, upstream, keys, now)
+    }
+
+    /// As [`Authority::load_or_init`], the keys kept by `keys`.
+    pub fn load_or_init_with(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        ttl: Duration,
+        upstream: Option<UpstreamCa>,
+        keys: Arc<dyn KeyManager>,
         now: SystemTime,
     ) -> Result<Self, CaError> {
         let dir = data_dir.join("ca");
@@ -183,7 +203,7 @@ impl Authority {
             .collect();
         entries.sort();
         for path in entries {
-            generations.push(load_generation(&path)?);
+            generations.push(Arc::new(load_generation(&path, keys.as_ref())?));
         }
         generations.sort_by_key(|g| g.not_before);
         let mut authority = Self {
@@ -191,6 +211,7 @@ impl Authority {
             ttl,
             dir,
             upstream,
+            keys,
             generations,
         };
         authority.remove_expired(now);
@@ -219,7 +240,7 @@ impl Authority {
     }
 
     /// The generation that signs now.
-    pub fn active(&self, now: SystemTime) -> Result<&SigningCa, CaError> {
+    pub fn active(&self, now: SystemTime) -> Result<&Arc<SigningCa>, CaError> {
         self.active_among(now, |_| true)
     }
 
@@ -230,8 +251,9 @@ impl Authority {
         &self,
         now: SystemTime,
         usable: impl Fn(&SigningCa) -> bool,
-    ) -> Result<&SigningCa, CaError> {
-        let candidates: Vec<&SigningCa> = self.generations.iter().filter(|g| usable(g)).collect();
+    ) -> Result<&Arc<SigningCa>, CaError> {
+        let candidates: Vec<&Arc<SigningCa>> =
+            self.generations.iter().filter(|g| usable(g)).collect();
         let mut active = *candidates.first().ok_or(CaError::NoActiveCa)?;
         for pair in candidates.windows(2) {
             if now >= pair[0].at_fraction(5, 6) {
@@ -245,7 +267,7 @@ impl Authority {
     }
 
     /// Every generation (prepared, active, and older unexpired ones).
-    pub fn generations(&self) -> &[SigningCa] {
+    pub fn generations(&self) -> &[Arc<SigningCa>] {
         &self.generations
     }
 
@@ -275,16 +297,19 @@ impl Authority {
         expired
             .into_iter()
             .map(|g| {
-                // Best effort: a leftover directory of an expired CA is dropped again next load.
-                let _ = fs::remove_dir_all(self.dir.join(&g.id));
-                g.id
+                // The keys first (a token's are gone only when destroyed), then the
+                // directory. Best effort: what is left is dropped again next load.
+                if let Err(e) = self.keys.destroy(&g.id) {
+                    tracing::warn!("CA generation {} expired; its keys stay: {e}", g.id);
+                } else {
+                    let _ = fs::remove_dir_all(self.dir.join(&g.id));
+                }
+                g.id.clone()
             })
             .collect()
     }
 
     fn create_generation(&mut self, now: SystemTime) -> Result<String, CaError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::crypto("CA key generation")(e.into()))?;
         let serial = crate::random::serial()?;
         let id = format!(
             "{}-{}",
@@ -292,6 +317,11 @@ impl Authority {
                 .unwrap_or_default()
                 .as_secs(),
             &crate::random::hex(&serial)[..8]
+        );
+        let key = CaSigner(
+            self.keys
+                .generate(&id, KeyRole::Ca)
+                .map_err(CaError::keys(&id))?,
         );
         let not_before = now - BACKDATE;
         let mut not_after = now + self.ttl;
@@ -341,7 +371,12 @@ impl Authority {
                 (cert.der().clone(), tail)
             }
         };
-        let jwt = JwtKey::generate()?;
+        let jwt = JwtKey::new(
+            self.keys
+                .generate(&id, KeyRole::Jwt)
+                .map_err(CaError::keys(&id))?,
+            &crate::random::hex_token(16)?,
+        )?;
         let generation = SigningCa {
             id: id.clone(),
             issuer: Issuer::from_ca_cert_der(&cert, key)
@@ -353,7 +388,7 @@ impl Authority {
             not_after,
         };
         store_generation(&self.dir.join(&id), &generation)?;
-        self.generations.push(generation);
+        self.generations.push(Arc::new(generation));
         Ok(id)
     }
 }
@@ -365,26 +400,27 @@ fn store_generation(dir: &Path, g: &SigningCa) -> Result<(), CaError> {
         chain_pem.push_str(&pem::certificate(c));
     }
     write_file(&dir.join("ca.pem"), chain_pem.as_bytes(), 0o644)?;
-    write_file(
-        &dir.join("ca.key"),
-        g.issuer.key().serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&dir.join("jwt.key"), g.jwt.to_pkcs8_pem().as_bytes(), 0o600)?;
     write_file(&dir.join("jwt.kid"), g.jwt.kid().as_bytes(), 0o644)
 }
 
-fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
+fn load_generation(dir: &Path, keys: &dyn KeyManager) -> Result<SigningCa, CaError> {
     let read = |name: &str| {
         let p = dir.join(name);
         fs::read_to_string(&p).map_err(|e| CaError::io(&p, e))
     };
     let chain = pem::certificates(&read("ca.pem")?)
         .map_err(|e| CaError::corrupt(&dir.join("ca.pem"))(e.into()))?;
-    let key = KeyPair::from_pem(&read("ca.key")?)
-        .map_err(|e| CaError::corrupt(&dir.join("ca.key"))(e.into()))?;
-    let jwt = JwtKey::from_pkcs8_pem(&read("jwt.key")?, read("jwt.kid")?.trim())
-        .map_err(|e| CaError::corrupt(&dir.join("jwt.key"))(e.into()))?;
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let key = CaSigner(keys.find(&id, KeyRole::Ca).map_err(CaError::keys(&id))?);
+    let jwt = JwtKey::new(
+        keys.find(&id, KeyRole::Jwt).map_err(CaError::keys(&id))?,
+        read("jwt.kid")?.trim(),
+    )
+    .map_err(|e| CaError::corrupt(&dir.join("jwt.kid"))(e.into()))?;
     let cert = chain
         .first()
         .cloned()
@@ -392,17 +428,17 @@ fn load_generation(dir: &Path) -> Result<SigningCa, CaError> {
     let parsed = parse(&cert, &dir.join("ca.pem"))?;
     let self_signed = parsed.subject() == parsed.issuer();
     let chain_tail = if self_signed { Vec::new() } else { chain };
-    let id = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_owned();
+    if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        return Err(CaError::corrupt(&dir.join("ca.pem"))(
+            format!("its key is not the CA key the {} holds", keys.describe()).into(),
+        ));
+    }
     Ok(SigningCa {
         id,
         not_before: to_system_time(parsed.validity().not_before.timestamp()),
         not_after: to_system_time(parsed.validity().not_after.timestamp()),
         issuer: Issuer::from_ca_cert_der(&cert, key)
-            .map_err(|e| CaError::corrupt(&dir.join("ca.key"))(e.into()))?,
+            .map_err(|e| CaError::corrupt(&dir.join("ca.pem"))(e.into()))?,
         cert,
         chain_tail,
         jwt,

@@ -21,6 +21,12 @@ pub enum CaError {
     Corrupt { path: PathBuf, source: Cause },
     #[error("{what}: {source}")]
     Crypto { what: &'static str, source: Cause },
+    /// The key manager failed for a generation's key.
+    #[error("CA generation {generation}: {source}")]
+    Keys {
+        generation: String,
+        source: crate::keys::KeyError,
+    },
     #[error(transparent)]
     Random(#[from] crate::random::RandomFailed),
     #[error("no CA is active (all generations expired)")]
@@ -43,6 +49,11 @@ impl CaError {
     pub(crate) fn corrupt(path: &Path) -> impl FnOnce(Cause) -> Self {
         let path = path.to_owned();
         move |source| Self::Corrupt { path, source }
+    }
+
+    pub(crate) fn keys(generation: &str) -> impl FnOnce(crate::keys::KeyError) -> Self {
+        let generation = generation.to_owned();
+        move |source| Self::Keys { generation, source }
     }
 
     pub(crate) fn crypto(what: &'static str) -> impl FnOnce(Cause) -> Self {

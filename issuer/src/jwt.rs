@@ -1,58 +1,37 @@
 //! JWT-SVIDs (JWT-SVID.md): ES256, `kid` always set (every client requires it),
 //! `typ: JWT`, claims `sub`, `aud`, `exp`, `iat`; nothing else in the header.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use crate::error::{CaError, SigningError};
-use meshward_spiffe::{JwtPublicKey, SpiffeId, pem};
+use crate::keys::CaKey;
+use meshward_spiffe::{JwtPublicKey, SpiffeId};
 
-/// One JWT signing key (P-256) with its key ID.
+/// One JWT signing key (P-256) with its key ID; the key signs wherever its key
+/// manager keeps it.
+#[derive(Clone)]
 pub struct JwtKey {
     kid: String,
-    pkcs8: Vec<u8>,
-    encoding: EncodingKey,
-    /// Uncompressed point: 0x04 || x || y.
-    public: Vec<u8>,
+    key: Arc<dyn CaKey>,
 }
 
 impl JwtKey {
-    pub(crate) fn generate() -> Result<Self, CaError> {
-        let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|e| CaError::crypto("JWT key generation")(e.into()))?;
-        Self::from_pkcs8(doc.as_ref(), crate::random::hex_token(16)?)
-    }
-
-    fn from_pkcs8(pkcs8: &[u8], kid: String) -> Result<Self, CaError> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-            .map_err(|e| CaError::crypto("JWT key: not a P-256 PKCS#8 key")(e.into()))?;
-        Ok(Self {
-            kid,
-            public: pair.public_key().as_ref().to_vec(),
-            encoding: EncodingKey::from_ec_der(pkcs8),
-            pkcs8: pkcs8.to_vec(),
-        })
-    }
-
-    /// The key as standard PKCS#8 PEM (the key ID is stored beside it).
-    pub(crate) fn to_pkcs8_pem(&self) -> String {
-        pem::encode("PRIVATE KEY", &self.pkcs8)
-    }
-
-    pub(crate) fn from_pkcs8_pem(text: &str, kid: &str) -> Result<Self, CaError> {
-        let der =
-            pem::block(text, "PRIVATE KEY").map_err(|e| CaError::crypto("JWT key")(e.into()))?;
+    pub(crate) fn new(key: Arc<dyn CaKey>, kid: &str) -> Result<Self, CaError> {
         if kid.is_empty() {
             return Err(CaError::crypto("JWT key")("empty key ID".into()));
         }
-        Self::from_pkcs8(&der, kid.to_owned())
+        if key.public_key().len() != 65 {
+            return Err(CaError::crypto("JWT key")("not a P-256 key".into()));
+        }
+        Ok(Self {
+            kid: kid.to_owned(),
+            key,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -62,7 +41,7 @@ impl JwtKey {
     /// The public point's coordinates, base64url (as a JWK and the datastore
     /// carry them).
     pub fn coordinates(&self) -> (String, String) {
-        let (x, y) = self.public[1..].split_at(32);
+        let (x, y) = self.key.public_key()[1..].split_at(32);
         (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y))
     }
 
@@ -70,6 +49,14 @@ impl JwtKey {
         let (x, y) = self.coordinates();
         JwtPublicKey::p256(self.kid.clone(), x, y)
     }
+}
+
+/// The JOSE header: exactly these fields.
+#[derive(Serialize)]
+struct JwsHeader<'a> {
+    alg: &'static str,
+    kid: &'a str,
+    typ: &'static str,
 }
 
 #[derive(Serialize)]
@@ -120,9 +107,25 @@ pub fn mint_jwt_svid(
         exp: iat + ttl.as_secs().max(1),
         iat,
     };
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(key.kid.clone());
-    header.typ = Some("JWT".into());
-    jsonwebtoken::encode(&header, &claims, &key.encoding)
-        .map_err(|e| SigningError::Ca(CaError::crypto("signing a JWT-SVID")(e.into())))
+    let header = JwsHeader {
+        alg: "ES256",
+        kid: &key.kid,
+        typ: "JWT",
+    };
+    let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(&claims)?);
+    let signature = key
+        .key
+        .sign(signing_input.as_bytes())
+        .map_err(|e| SigningError::Ca(CaError::crypto("signing a JWT-SVID")(Box::new(e))))?;
+    Ok(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    ))
+}
+
+/// One part of a compact JWS: base64url(JSON).
+fn b64_json<T: Serialize>(value: &T) -> Result<String, SigningError> {
+    serde_json::to_vec(value)
+        .map(|json| URL_SAFE_NO_PAD.encode(json))
+        .map_err(|e| SigningError::Ca(CaError::crypto("encoding a JWT-SVID")(e.into())))
 }

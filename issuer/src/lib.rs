@@ -15,6 +15,7 @@ pub mod datastore;
 mod error;
 pub mod federation;
 mod jwt;
+pub mod keys;
 mod random;
 pub mod server;
 pub mod service;

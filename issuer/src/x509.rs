@@ -122,6 +122,34 @@ pub fn sign_x509_svid(
     })
 }
 
+/// [`sign_x509_svid`] on tokio's blocking pool: the CA key may live in a token
+/// whose every signature is a call that blocks (a network HSM's round trip).
+pub(crate) async fn sign_blocking(
+    ca: std::sync::Arc<SigningCa>,
+    csr: &[u8],
+    template: &SvidTemplate<'_>,
+    now: SystemTime,
+) -> Result<X509Svid, SigningError> {
+    let csr = csr.to_vec();
+    let (spiffe_id, dns_names, ip_addresses, ttl) = (
+        template.spiffe_id.clone(),
+        template.dns_names.to_vec(),
+        template.ip_addresses.to_vec(),
+        template.ttl,
+    );
+    tokio::task::spawn_blocking(move || {
+        let template = SvidTemplate {
+            spiffe_id: &spiffe_id,
+            dns_names: &dns_names,
+            ip_addresses: &ip_addresses,
+            ttl,
+        };
+        sign_x509_svid(&ca, &csr, &template, now)
+    })
+    .await
+    .map_err(|e| SigningError::Ca(CaError::crypto("the signing task")(Box::new(e))))?
+}
+
 fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, SigningError> {
     let invalid = |why: &str| SigningError::InvalidCsr(why.to_owned());
     use x509_parser::prelude::FromDer as _;

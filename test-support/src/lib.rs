@@ -17,6 +17,8 @@
 //! - [`tcp_proxy`]: a loopback forwarder that can be cut, for fault injection.
 //! - [`postgres`]: a fresh database per test on the PostgreSQL server the test
 //!   setup started.
+//! - [`softhsm`]: a SoftHSM2 token in a private token directory, for the PKCS#11
+//!   key manager.
 
 pub mod control_plane;
 pub mod daemon;
@@ -29,6 +31,7 @@ pub mod kube_api;
 pub mod peers;
 pub mod postgres;
 pub mod postgres_server;
+pub mod softhsm;
 pub mod spire;
 pub mod tcp_proxy;
 

@@ -1,6 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use rcgen::PKCS_ECDSA_P256_SHA256;
 
 fn td(name: &str) -> meshward_spiffe::TrustDomain {
     meshward_spiffe::TrustDomain::parse(name).unwrap()

@@ -45,6 +45,9 @@ pub struct IssuerConfig {
     #[serde(with = "meshward_config::duration")]
     pub join_token_ttl: Duration,
     pub upstream_ca: Option<UpstreamCaFiles>,
+    /// Where the CA keys (X.509 and JWT) live and sign: files in data_dir (the
+    /// default), or `pkcs11: {...}` (generated in a token, never extractable).
+    pub ca_key_manager: CaKeyManagerConfig,
     pub k8s_psat: Option<K8sPsatConfig>,
     pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Trust domains whose bundles this issuer fetches and keeps.
@@ -91,6 +94,37 @@ fn default_bundle_configmap_key() -> String {
 pub struct UpstreamCaFiles {
     pub cert_chain: PathBuf,
     pub key: PathBuf,
+}
+
+/// `ca_key_manager:` absent (or `{}`): the keys are files in `data_dir`; with
+/// `pkcs11:`, they are made and used in that token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaKeyManagerConfig {
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+/// A PKCS#11 token holding the CA keys: SoftHSM2, an HSM, AWS CloudHSM's PKCS#11
+/// library, a KMS's PKCS#11 provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The vendor's PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so` or
+    /// `/opt/cloudhsm/lib/libcloudhsm_pkcs11.so`.
+    pub library_path: PathBuf,
+    /// The label of the token (CK_TOKEN_INFO.label) that holds the keys.
+    pub token_label: String,
+    /// A file holding the user PIN (trailing newline ignored); or `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// The environment variable holding the user PIN; or `pin_file`.
+    pub pin_env: Option<String>,
+    /// Keys are labelled `<prefix>/<generation>/ca` and `.../jwt`.
+    #[serde(default = "default_key_label_prefix")]
+    pub key_label_prefix: String,
+}
+
+fn default_key_label_prefix() -> String {
+    "meshward".into()
 }
 
 /// Kubernetes projected service-account token attestation.
@@ -162,6 +196,7 @@ impl Default for IssuerConfig {
             agent_svid_ttl: Duration::from_secs(3600),
             join_token_ttl: Duration::from_secs(600),
             upstream_ca: None,
+            ca_key_manager: CaKeyManagerConfig::default(),
             k8s_psat: None,
             bundle_endpoint: None,
             federation: FederationConfig::default(),
@@ -240,6 +275,9 @@ impl IssuerConfig {
                 );
             }
         }
+        if let Some(pkcs11) = &self.ca_key_manager.pkcs11 {
+            pkcs11.validate(source)?;
+        }
         self.federation.validate(source, &self.trust_domain)?;
         if let Some(endpoint) = &self.bundle_endpoint {
             let files = endpoint.cert_file.is_some() && endpoint.key_file.is_some();
@@ -286,6 +324,58 @@ impl IssuerConfig {
     }
 }
 
+impl Pkcs11Config {
+    fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| {
+            Err(ConfigError::invalid(
+                source,
+                &format!("ca_key_manager.pkcs11.{field}"),
+                reason,
+            ))
+        };
+        if !self.library_path.is_absolute() {
+            return invalid(
+                "library_path",
+                format!("{} is not an absolute path", self.library_path.display()),
+            );
+        }
+        if !self.library_path.is_file() {
+            return invalid(
+                "library_path",
+                format!(
+                    "{} does not exist (install the vendor's PKCS#11 library)",
+                    self.library_path.display()
+                ),
+            );
+        }
+        if self.token_label.is_empty() || self.token_label.len() > 32 {
+            return invalid(
+                "token_label",
+                "must be 1 to 32 bytes (a PKCS#11 token label)".into(),
+            );
+        }
+        match (&self.pin_file, &self.pin_env) {
+            (None, None) => {
+                return invalid(
+                    "pin_file",
+                    "the user PIN is needed: set pin_file or pin_env".into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return invalid("pin_env", "set pin_file or pin_env, not both".into());
+            }
+            (None, Some(var)) if var.is_empty() => {
+                return invalid("pin_env", "must name an environment variable".into());
+            }
+            _ => {}
+        }
+        if self.key_label_prefix.is_empty() {
+            return invalid("key_label_prefix", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +408,20 @@ mod tests {
             c.bundle_endpoint.unwrap().refresh_hint,
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn key_managers() {
+        let c = IssuerConfig::from_yaml("", "i.yaml").unwrap();
+        assert_eq!(c.ca_key_manager.pkcs11, None, "files by default");
+        let c = IssuerConfig::from_yaml("ca_key_manager: {}\n", "i.yaml").unwrap();
+        assert_eq!(c.ca_key_manager.pkcs11, None);
+        let yaml = "ca_key_manager:\n  pkcs11:\n    library_path: /bin/sh\n    token_label: meshward\n    pin_file: /run/pin\n";
+        let c = IssuerConfig::from_yaml(yaml, "i.yaml").unwrap();
+        let p = c.ca_key_manager.pkcs11.expect("pkcs11");
+        assert_eq!(p.token_label, "meshward");
+        assert_eq!(p.key_label_prefix, "meshward");
+        assert_eq!(p.pin_file.as_deref(), Some(Path::new("/run/pin")));
     }
 
     #[test]
@@ -355,6 +459,34 @@ mod tests {
             (
                 "bundle_endpoint: {listen: 0.0.0.0:8443, profile: https_web}\n",
                 "i.yaml: bundle_endpoint: profile https_web needs cert_file and key_file",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: lib.so, token_label: t, pin_env: P}}\n",
+                "i.yaml: ca_key_manager.pkcs11.library_path: lib.so is not an absolute path",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: /nowhere/lib.so, token_label: t, pin_env: P}}\n",
+                "i.yaml: ca_key_manager.pkcs11.library_path: /nowhere/lib.so does not exist",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: /bin/sh, token_label: t}}\n",
+                "i.yaml: ca_key_manager.pkcs11.pin_file: the user PIN is needed",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: /bin/sh, token_label: t, pin_env: P, pin_file: /p}}\n",
+                "i.yaml: ca_key_manager.pkcs11.pin_env: set pin_file or pin_env, not both",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: /bin/sh, token_label: '', pin_env: P}}\n",
+                "i.yaml: ca_key_manager.pkcs11.token_label: must be 1 to 32 bytes",
+            ),
+            (
+                "ca_key_manager: {pkcs11: {library_path: /bin/sh, token_label: t, pin_env: P, slot: 1}}\n",
+                "i.yaml: ca_key_manager.pkcs11.slot: unknown field `slot`",
+            ),
+            (
+                "ca_key_manager: {kms: {}}\n",
+                "i.yaml: ca_key_manager.kms: unknown field `kms`",
             ),
         ];
         for (yaml, want) in cases {

@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{BundleEndpointProfile, IssuerConfig};
+use crate::keys::KeyManager;
+use crate::keys::files::FileKeys;
+use crate::keys::pkcs11::Pkcs11Keys;
 use meshward_tls::{Authorizer, CertStore, SpiffeClientVerifier, TrustBundles};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
@@ -81,8 +84,9 @@ pub async fn run(
     refresh_bundle(&issuer, &bundles, &bundle_pem)
         .await
         .map_err(startup("trust bundle"))?;
-    let server_svid_expiry =
-        renew_server_svid(&issuer, &server_cert).map_err(startup("server SVID"))?;
+    let server_svid_expiry = renew_server_svid(&issuer, &server_cert)
+        .await
+        .map_err(startup("server SVID"))?;
     // all bound before /ready can say yes
     let listeners = Listeners::bind(&config, &server_cert).await?;
 
@@ -157,13 +161,31 @@ async fn open_issuer(config: &IssuerConfig) -> Result<Arc<Issuer<SqlStore>>, Ser
         ),
         None => None,
     };
-    let authority = Authority::load_or_init(
-        &config.data_dir,
-        &config.trust_domain,
+    let keys: Arc<dyn KeyManager> = match &config.ca_key_manager.pkcs11 {
+        None => Arc::new(FileKeys::new(&config.data_dir.join("ca"))),
+        Some(pkcs11) => {
+            Arc::new(Pkcs11Keys::open(pkcs11).map_err(startup("ca_key_manager.pkcs11"))?)
+        }
+    };
+    tracing::info!("CA keys: {}", keys.describe());
+    // keys made and found in a token are blocking calls: off the async workers
+    let (data_dir, trust_domain, ttl) = (
+        config.data_dir.clone(),
+        config.trust_domain.clone(),
         config.ca_ttl,
-        upstream,
-        SystemTime::now(),
-    )
+    );
+    let authority = tokio::task::spawn_blocking(move || {
+        Authority::load_or_init_with(
+            &data_dir,
+            &trust_domain,
+            ttl,
+            upstream,
+            keys,
+            SystemTime::now(),
+        )
+    })
+    .await
+    .map_err(startup("CA"))?
     .map_err(startup("CA"))?;
     let settings = Settings {
         trust_domain: config.trust_domain.clone(),
@@ -285,7 +307,7 @@ async fn housekeeping<D: Datastore>(
             tracing::warn!("bundle refresh failed (will retry): {e}");
         }
         if now >= server_svid_expiry {
-            match renew_server_svid(issuer, server_cert) {
+            match renew_server_svid(issuer, server_cert).await {
                 Ok(next) => server_svid_expiry = next,
                 Err(e) => tracing::warn!("server SVID renewal failed (will retry): {e}"),
             }
@@ -375,7 +397,7 @@ async fn refresh_bundle<D: Datastore>(
 }
 
 /// A new key and SVID for `spiffe://<td>/spire/server`; returns when to renew.
-fn renew_server_svid<D: Datastore>(
+async fn renew_server_svid<D: Datastore>(
     issuer: &Issuer<D>,
     store: &CertStore,
 ) -> Result<SystemTime, String> {
@@ -395,6 +417,7 @@ fn renew_server_svid<D: Datastore>(
                 ttl: issuer.settings().agent_svid_ttl,
             },
         )
+        .await
         .map_err(|e| e.to_string())?;
     store
         .set(svid.chain.clone(), &key.serialize_der())

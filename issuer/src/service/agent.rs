@@ -115,15 +115,17 @@ impl<D: Datastore> Issuer<D> {
             Ok(_) | Err(crate::datastore::DatastoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let svid = self.sign(
-            csr,
-            &SvidTemplate {
-                spiffe_id: &id,
-                dns_names: &[],
-                ip_addresses: &[],
-                ttl: self.settings.agent_svid_ttl,
-            },
-        )?;
+        let svid = self
+            .sign(
+                csr,
+                &SvidTemplate {
+                    spiffe_id: &id,
+                    dns_names: &[],
+                    ip_addresses: &[],
+                    ttl: self.settings.agent_svid_ttl,
+                },
+            )
+            .await?;
         self.store
             .upsert_node(&AttestedNode {
                 spiffe_id: id,
@@ -170,15 +172,17 @@ impl<D: Datastore> Issuer<D> {
     /// A fresh node SVID for an authenticated node.
     pub async fn renew_agent(&self, caller: &Caller, csr: &[u8]) -> Result<X509Svid> {
         let mut node = self.authenticate_node(caller).await?;
-        let svid = self.sign(
-            csr,
-            &SvidTemplate {
-                spiffe_id: &caller.id,
-                dns_names: &[],
-                ip_addresses: &[],
-                ttl: self.settings.agent_svid_ttl,
-            },
-        )?;
+        let svid = self
+            .sign(
+                csr,
+                &SvidTemplate {
+                    spiffe_id: &caller.id,
+                    dns_names: &[],
+                    ip_addresses: &[],
+                    ttl: self.settings.agent_svid_ttl,
+                },
+            )
+            .await?;
         node.serial.clone_from(&svid.serial);
         node.expires_at = unix(svid.expires_at);
         self.store.upsert_node(&node).await?;
@@ -304,15 +308,18 @@ impl<D: Datastore> Issuer<D> {
                         addresses.len()
                     )))
                 }
-                Ok(grant) => self.sign(
-                    &csr,
-                    &SvidTemplate {
-                        spiffe_id: &grant.spiffe_id,
-                        dns_names: &grant.dns_names,
-                        ip_addresses: &addresses,
-                        ttl: ttl_or(grant.x509_svid_ttl, self.settings.default_x509_svid_ttl),
-                    },
-                ),
+                Ok(grant) => {
+                    self.sign(
+                        &csr,
+                        &SvidTemplate {
+                            spiffe_id: &grant.spiffe_id,
+                            dns_names: &grant.dns_names,
+                            ip_addresses: &addresses,
+                            ttl: ttl_or(grant.x509_svid_ttl, self.settings.default_x509_svid_ttl),
+                        },
+                    )
+                    .await
+                }
                 Err(e) => Err(e),
             };
             results.push((target.key(), result));
@@ -331,18 +338,23 @@ impl<D: Datastore> Issuer<D> {
         let entries = self.entries_for_node(&node).await?;
         let grant = self.grant(&node, &entries, target).await?;
         let now = SystemTime::now();
-        let authority = self.read_authority()?;
-        let active = self.signing_ca(&authority, now)?;
+        let active = std::sync::Arc::clone(self.signing_ca(&*self.read_authority()?, now)?);
         let ttl = ttl_or(grant.jwt_svid_ttl, self.settings.default_jwt_svid_ttl)
             .min(active.not_after().duration_since(now).unwrap_or_default());
-        let token = mint_jwt_svid(
-            active.jwt_key(),
-            &grant.spiffe_id,
-            self.settings.jwt_issuer.as_deref(),
-            audience,
-            ttl,
-            now,
-        )?;
+        let (issuer, audience) = (self.settings.jwt_issuer.clone(), audience.to_vec());
+        // on the blocking pool: a token's signature may wait for a network HSM
+        let token = tokio::task::spawn_blocking(move || {
+            mint_jwt_svid(
+                active.jwt_key(),
+                &grant.spiffe_id,
+                issuer.as_deref(),
+                &audience,
+                ttl,
+                now,
+            )
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(Box::new(e)))??;
         metrics::counter!("meshward_issuer_svids_signed_total", "type" => "jwt").increment(1);
         Ok((token, now + ttl))
     }

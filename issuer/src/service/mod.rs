@@ -14,7 +14,7 @@ use crate::ca::Authority;
 use crate::datastore::{CaRecord, Datastore, DatastoreError};
 use crate::error::{CaError, Cause, SigningError};
 use crate::random::RandomFailed;
-use crate::x509::{SvidTemplate, X509Svid, sign_x509_svid};
+use crate::x509::{SvidTemplate, X509Svid};
 use meshward_spiffe::Bundle;
 use meshward_spiffe::JwtPublicKey;
 use meshward_spiffe::pem;
@@ -175,7 +175,7 @@ impl<D: Datastore> Issuer<D> {
         &self,
         authority: &'a Authority,
         now: SystemTime,
-    ) -> Result<&'a crate::SigningCa> {
+    ) -> Result<&'a std::sync::Arc<crate::SigningCa>> {
         let published = self
             .published
             .read()
@@ -183,12 +183,12 @@ impl<D: Datastore> Issuer<D> {
         Ok(authority.active_among(now, |g| published.contains(g.id()))?)
     }
 
-    /// Signs with the active CA. The lock is held for the signing only, never
-    /// across an await.
-    pub(crate) fn sign(&self, csr: &[u8], template: &SvidTemplate<'_>) -> Result<X509Svid> {
+    /// Signs with the active CA, on the blocking pool (a token's signature may
+    /// wait for a network HSM); the lock is held only to pick the CA.
+    pub(crate) async fn sign(&self, csr: &[u8], template: &SvidTemplate<'_>) -> Result<X509Svid> {
         let now = SystemTime::now();
-        let authority = self.read_authority()?;
-        let svid = sign_x509_svid(self.signing_ca(&authority, now)?, csr, template, now)?;
+        let ca = std::sync::Arc::clone(self.signing_ca(&*self.read_authority()?, now)?);
+        let svid = crate::x509::sign_blocking(ca, csr, template, now).await?;
         metrics::counter!("meshward_issuer_svids_signed_total", "type" => "x509").increment(1);
         Ok(svid)
     }
