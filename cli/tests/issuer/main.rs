@@ -44,5 +44,6 @@ async fn connect(
 mod bundle;
 mod federation;
 mod kubernetes;
+mod pkcs11;
 mod real_kubernetes;
 mod scenario;
