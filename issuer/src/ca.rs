@@ -203,7 +203,9 @@ impl Authority {
             .collect();
         entries.sort();
         for path in entries {
-            generations.push(Arc::new(load_generation(&path, keys.as_ref())?));
+            if let Some(generation) = load_generation(&path, keys.as_ref(), now)? {
+                generations.push(Arc::new(generation));
+            }
         }
         generations.sort_by_key(|g| g.not_before);
         let mut authority = Self {
@@ -297,13 +299,8 @@ impl Authority {
         expired
             .into_iter()
             .map(|g| {
-                // The keys first (a token's are gone only when destroyed), then the
-                // directory. Best effort: what is left is dropped again next load.
-                if let Err(e) = self.keys.destroy(&g.id) {
-                    tracing::warn!("CA generation {} expired; its keys stay: {e}", g.id);
-                } else {
-                    let _ = fs::remove_dir_all(self.dir.join(&g.id));
-                }
+                // the keys first (a token's are gone only when destroyed), then the directory
+                discard(self.keys.as_ref(), &self.dir.join(&g.id), &g.id);
                 g.id.clone()
             })
             .collect()
@@ -318,11 +315,26 @@ impl Authority {
                 .as_secs(),
             &crate::random::hex(&serial)[..8]
         );
-        let key = CaSigner(
-            self.keys
-                .generate(&id, KeyRole::Ca)
-                .map_err(CaError::keys(&id))?,
-        );
+        match self.make_generation(&id, &serial, now) {
+            Ok(generation) => {
+                self.generations.push(Arc::new(generation));
+                Ok(id)
+            }
+            Err(e) => {
+                // no half-made generation stays behind: keys made so far, its directory
+                discard(self.keys.as_ref(), &self.dir.join(&id), &id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Generation `id`: its keys (from the key manager), certificate and files.
+    fn make_generation(
+        &self,
+        id: &str,
+        serial: &[u8],
+        now: SystemTime,
+    ) -> Result<SigningCa, CaError> {
         let not_before = now - BACKDATE;
         let mut not_after = now + self.ttl;
         if let Some(upstream) = &self.upstream {
@@ -335,6 +347,11 @@ impl Authority {
                 source: "the upstream CA has expired".into(),
             });
         }
+        let key = CaSigner(
+            self.keys
+                .generate(id, KeyRole::Ca)
+                .map_err(CaError::keys(id))?,
+        );
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, "US");
@@ -348,7 +365,7 @@ impl Authority {
             vec![SanType::URI(td_id.as_str().try_into().map_err(
                 |e: rcgen::Error| CaError::crypto("the CA's URI SAN")(e.into()),
             )?)];
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.serial_number = Some(SerialNumber::from_slice(serial));
         params.not_before = to_offset(not_before);
         params.not_after = to_offset(not_after);
         params.use_authority_key_identifier_extension = self.upstream.is_some();
@@ -373,12 +390,12 @@ impl Authority {
         };
         let jwt = JwtKey::new(
             self.keys
-                .generate(&id, KeyRole::Jwt)
-                .map_err(CaError::keys(&id))?,
+                .generate(id, KeyRole::Jwt)
+                .map_err(CaError::keys(id))?,
             &crate::random::hex_token(16)?,
         )?;
         let generation = SigningCa {
-            id: id.clone(),
+            id: id.to_owned(),
             issuer: Issuer::from_ca_cert_der(&cert, key)
                 .map_err(|e| CaError::crypto("reading the new CA")(e.into()))?,
             cert,
@@ -387,9 +404,8 @@ impl Authority {
             not_before,
             not_after,
         };
-        store_generation(&self.dir.join(&id), &generation)?;
-        self.generations.push(Arc::new(generation));
-        Ok(id)
+        store_generation(&self.dir.join(id), &generation)?;
+        Ok(generation)
     }
 }
 
@@ -403,7 +419,14 @@ fn store_generation(dir: &Path, g: &SigningCa) -> Result<(), CaError> {
     write_file(&dir.join("jwt.kid"), g.jwt.kid().as_bytes(), 0o644)
 }
 
-fn load_generation(dir: &Path, keys: &dyn KeyManager) -> Result<SigningCa, CaError> {
+/// The generation in `dir`, or `None` when it has expired: then its keys are
+/// destroyed and the directory removed (best effort), before its keys are looked
+/// for, so a generation whose keys went first does not stop a start.
+fn load_generation(
+    dir: &Path,
+    keys: &dyn KeyManager,
+    now: SystemTime,
+) -> Result<Option<SigningCa>, CaError> {
     let read = |name: &str| {
         let p = dir.join(name);
         fs::read_to_string(&p).map_err(|e| CaError::io(&p, e))
@@ -415,17 +438,21 @@ fn load_generation(dir: &Path, keys: &dyn KeyManager) -> Result<SigningCa, CaErr
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_owned();
+    let cert = chain
+        .first()
+        .cloned()
+        .ok_or_else(|| CaError::corrupt(&dir.join("ca.pem"))("no certificate".into()))?;
+    let parsed = parse(&cert, &dir.join("ca.pem"))?;
+    if to_system_time(parsed.validity().not_after.timestamp()) <= now {
+        discard(keys, dir, &id);
+        return Ok(None);
+    }
     let key = CaSigner(keys.find(&id, KeyRole::Ca).map_err(CaError::keys(&id))?);
     let jwt = JwtKey::new(
         keys.find(&id, KeyRole::Jwt).map_err(CaError::keys(&id))?,
         read("jwt.kid")?.trim(),
     )
     .map_err(|e| CaError::corrupt(&dir.join("jwt.kid"))(e.into()))?;
-    let cert = chain
-        .first()
-        .cloned()
-        .ok_or_else(|| CaError::corrupt(&dir.join("ca.pem"))("no certificate".into()))?;
-    let parsed = parse(&cert, &dir.join("ca.pem"))?;
     let self_signed = parsed.subject() == parsed.issuer();
     let chain_tail = if self_signed { Vec::new() } else { chain };
     if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
@@ -433,7 +460,7 @@ fn load_generation(dir: &Path, keys: &dyn KeyManager) -> Result<SigningCa, CaErr
             format!("its key is not the CA key the {} holds", keys.describe()).into(),
         ));
     }
-    Ok(SigningCa {
+    Ok(Some(SigningCa {
         id,
         not_before: to_system_time(parsed.validity().not_before.timestamp()),
         not_after: to_system_time(parsed.validity().not_after.timestamp()),
@@ -442,7 +469,18 @@ fn load_generation(dir: &Path, keys: &dyn KeyManager) -> Result<SigningCa, CaErr
         cert,
         chain_tail,
         jwt,
-    })
+    }))
+}
+
+/// Destroys generation `id`'s keys, then its directory `dir`; best effort (what
+/// is left of an expired generation is dropped again at the next load).
+fn discard(keys: &dyn KeyManager, dir: &Path, id: &str) {
+    match keys.destroy(id) {
+        Ok(()) => {
+            let _ = fs::remove_dir_all(dir);
+        }
+        Err(e) => tracing::warn!("CA generation {id}: its keys stay: {e}"),
+    }
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {

@@ -165,3 +165,25 @@ fn upstream_files_are_checked() {
         .to_string();
     assert!(e.contains("missing.pem"), "{e}");
 }
+
+#[test]
+fn a_generation_without_its_keys_stops_the_start_unless_it_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0()).unwrap();
+    let id = ca.active(t0()).unwrap().id().to_owned();
+    std::fs::remove_file(dir.path().join("ca").join(&id).join("ca.key")).unwrap();
+    // live: refused, naming the generation and the key manager
+    let e = Authority::load_or_init(dir.path(), &td("td"), DAY, None, t0())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&id) && e.contains("no ca key") && e.contains("key files under"),
+        "{e}"
+    );
+    // expired: dropped (with its directory), a new generation made
+    let later = t0() + DAY * 2;
+    let ca = Authority::load_or_init(dir.path(), &td("td"), DAY, None, later).unwrap();
+    assert_ne!(ca.active(later).unwrap().id(), id);
+    assert!(!dir.path().join("ca").join(&id).exists());
+}
