@@ -57,6 +57,11 @@ fn files_sign_find_after_restart_and_destroy() {
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
 
+    // still what rcgen reads (the integration tests mint leaves with ca.key)
+    let pem = std::fs::read_to_string(dir.path().join("g1/ca.key")).unwrap();
+    let read_back = rcgen::KeyPair::from_pem(&pem).unwrap();
+    assert_eq!(rcgen::PublicKeyData::der_bytes(&read_back), ca.public_key());
+
     let restarted = FileKeys::new(dir.path());
     let found = restarted.find("g1", KeyRole::Ca).unwrap();
     assert_eq!(found.public_key(), ca.public_key());
