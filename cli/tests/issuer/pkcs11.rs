@@ -167,7 +167,10 @@ fn audited_labels(keys: &Pkcs11Keys) -> Vec<String> {
             *token && *private && *sensitive && !*extractable && *never_extractable,
             "{key:?}"
         );
-        assert!(*value_refused, "C_GetAttributeValue(CKA_VALUE) refused: {key:?}");
+        assert!(
+            *value_refused,
+            "C_GetAttributeValue(CKA_VALUE) refused: {key:?}"
+        );
     }
     let mut labels: Vec<String> = audit.into_iter().map(|a| a.label).collect();
     labels.sort();
@@ -213,10 +216,18 @@ async fn pkcs11_keys_sign_rotate_and_never_touch_the_disk() {
             hsm.issuer_yaml("meshward")
         ),
     );
-    assert!(issuer.log().contains("CA keys: PKCS#11 token \"meshward-test\""));
+    assert!(
+        issuer
+            .log()
+            .contains("CA keys: PKCS#11 token \"meshward-test\"")
+    );
     let keys = token(&hsm, "meshward");
     let first = audited_labels(&keys);
-    assert_eq!(first.len(), 2, "one generation: its CA and JWT keys: {first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "one generation: its CA and JWT keys: {first:?}"
+    );
     assert_no_key_files(&dir.path().join("data"));
 
     let mut node = enrol(&issuer, "payments").await;
@@ -242,8 +253,7 @@ async fn pkcs11_keys_sign_rotate_and_never_touch_the_disk() {
         let now = bundle(&mut node).await;
         let labels = audited_labels(&keys);
         seen_two |= now.0.len() >= 2 && now.0.contains(&first_ca);
-        if seen_two && !now.0.contains(&first_ca) && !labels.iter().any(|l| first.contains(l))
-        {
+        if seen_two && !now.0.contains(&first_ca) && !labels.iter().any(|l| first.contains(l)) {
             break;
         }
     }
