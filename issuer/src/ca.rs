@@ -159,13 +159,21 @@ impl Rotation {
 
 /// Every unexpired generation, oldest first, and how new ones are made.
 pub struct Authority {
+    maker: Arc<GenerationMaker>,
+    /// Shared with signers on other threads; each lives until the last one is done.
+    generations: Vec<Arc<SigningCa>>,
+}
+
+/// What makes and discards generations: the trust domain, the CA's life, where
+/// certificates go, the upstream CA, the key manager. Its calls may block (a token
+/// makes the keys): a caller on an async runtime runs them on its blocking pool,
+/// without holding the [`Authority`].
+pub struct GenerationMaker {
     trust_domain: TrustDomain,
     ttl: Duration,
     dir: PathBuf,
     upstream: Option<UpstreamCa>,
     keys: Arc<dyn KeyManager>,
-    /// Shared with signers on other threads; each lives until the last one is done.
-    generations: Vec<Arc<SigningCa>>,
 }
 
 impl Authority {
@@ -209,36 +217,69 @@ impl Authority {
         }
         generations.sort_by_key(|g| g.not_before);
         let mut authority = Self {
-            trust_domain: trust_domain.clone(),
-            ttl,
-            dir,
-            upstream,
-            keys,
+            maker: Arc::new(GenerationMaker {
+                trust_domain: trust_domain.clone(),
+                ttl,
+                dir,
+                upstream,
+                keys,
+            }),
             generations,
         };
-        authority.remove_expired(now);
+        let expired = authority.take_expired(now);
+        authority.maker.discard_all(&expired);
         if authority.generations.is_empty() {
-            authority.create_generation(now)?;
+            let first = authority.maker.create(now)?;
+            authority.add_generation(first);
         }
         Ok(authority)
     }
 
     /// Prepares the next generation at 1/2 of the active one's life; drops expired
     /// ones. Activation at 5/6 needs no action: `active` derives it from the clock.
+    /// The same steps one by one, for a caller that must not hold the authority
+    /// while keys are made: [`Authority::take_expired`],
+    /// [`Authority::preparation_due`], [`GenerationMaker`], [`Authority::add_generation`].
     pub fn rotate(&mut self, now: SystemTime) -> Result<Rotation, CaError> {
+        let expired = self.take_expired(now);
         let mut rotation = Rotation {
-            removed: self.remove_expired(now),
+            removed: self.maker.discard_all(&expired),
             ..Rotation::default()
         };
-        let newest = self.generations.last();
-        let prepare = match newest {
-            None => true,
-            Some(newest) => now >= newest.at_fraction(1, 2),
-        };
-        if prepare {
-            rotation.prepared = Some(self.create_generation(now)?);
+        if self.preparation_due(now) {
+            let next = self.maker.create(now)?;
+            rotation.prepared = Some(next.id.clone());
+            self.add_generation(next);
         }
         Ok(rotation)
+    }
+
+    /// Whether the next generation is due: none left, or the newest is half way.
+    pub fn preparation_due(&self, now: SystemTime) -> bool {
+        self.generations
+            .last()
+            .is_none_or(|newest| now >= newest.at_fraction(1, 2))
+    }
+
+    /// Removes the expired generations; their keys are still to be discarded
+    /// ([`GenerationMaker::discard_all`]).
+    pub fn take_expired(&mut self, now: SystemTime) -> Vec<Arc<SigningCa>> {
+        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.generations)
+            .into_iter()
+            .partition(|g| g.not_after <= now);
+        self.generations = live;
+        expired
+    }
+
+    /// Adds a generation made by [`GenerationMaker::create`].
+    pub fn add_generation(&mut self, generation: SigningCa) {
+        self.generations.push(Arc::new(generation));
+        self.generations.sort_by_key(|g| g.not_before);
+    }
+
+    /// What makes this authority's generations.
+    pub fn maker(&self) -> Arc<GenerationMaker> {
+        self.maker.clone()
     }
 
     /// The generation that signs now.
@@ -276,28 +317,28 @@ impl Authority {
     /// The X.509 authorities of the bundle: every unexpired generation, or the
     /// upstream root in upstream mode.
     pub fn x509_authorities(&self) -> Vec<CertificateDer<'static>> {
-        match &self.upstream {
+        match &self.maker.upstream {
             Some(upstream) => vec![upstream.root().clone()],
             None => self.generations.iter().map(|g| g.cert.clone()).collect(),
         }
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+        &self.maker.trust_domain
     }
 
     /// Whether the generations are intermediates under an upstream CA.
     pub fn is_upstream(&self) -> bool {
-        self.upstream.is_some()
+        self.maker.upstream.is_some()
     }
+}
 
-    fn remove_expired(&mut self, now: SystemTime) -> Vec<String> {
-        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.generations)
-            .into_iter()
-            .partition(|g| g.not_after <= now);
-        self.generations = live;
+impl GenerationMaker {
+    /// Destroys the keys of `expired` generations, then their directories; returns
+    /// their IDs.
+    pub fn discard_all(&self, expired: &[Arc<SigningCa>]) -> Vec<String> {
         expired
-            .into_iter()
+            .iter()
             .map(|g| {
                 // the keys first (a token's are gone only when destroyed), then the directory
                 discard(self.keys.as_ref(), &self.dir.join(&g.id), &g.id);
@@ -306,7 +347,8 @@ impl Authority {
             .collect()
     }
 
-    fn create_generation(&mut self, now: SystemTime) -> Result<String, CaError> {
+    /// A new generation: its keys, its certificate, its files.
+    pub fn create(&self, now: SystemTime) -> Result<SigningCa, CaError> {
         let serial = crate::random::serial()?;
         let id = format!(
             "{}-{}",
@@ -316,10 +358,7 @@ impl Authority {
             &crate::random::hex(&serial)[..8]
         );
         match self.make_generation(&id, &serial, now) {
-            Ok(generation) => {
-                self.generations.push(Arc::new(generation));
-                Ok(id)
-            }
+            Ok(generation) => Ok(generation),
             Err(e) => {
                 // no half-made generation stays behind: keys made so far, its directory
                 discard(self.keys.as_ref(), &self.dir.join(&id), &id);

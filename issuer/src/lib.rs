@@ -21,7 +21,7 @@ pub mod server;
 pub mod service;
 mod x509;
 
-pub use ca::{Authority, Rotation, SigningCa, UpstreamCa};
+pub use ca::{Authority, GenerationMaker, Rotation, SigningCa, UpstreamCa};
 pub use error::{CaError, SigningError};
 pub use jwt::{JwtKey, mint_jwt_svid};
 pub use x509::{SvidTemplate, X509Svid, sign_x509_svid};

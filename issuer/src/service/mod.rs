@@ -5,6 +5,7 @@
 mod admin;
 mod agent;
 mod federation;
+mod rotation;
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
@@ -197,13 +198,7 @@ impl<D: Datastore> Issuer<D> {
     /// so each rotates them), then publish; the journal's pruning, a cluster-wide
     /// duty, only under the lease. Returns whether this replica's CAs changed.
     pub async fn rotate(&self, now: SystemTime) -> Result<bool> {
-        let rotation = {
-            let mut authority = self
-                .authority
-                .write()
-                .map_err(|_| ServiceError::Internal("CA state lock poisoned".into()))?;
-            authority.rotate(now)?
-        };
+        let rotation = self.rotate_authority(now).await?;
         self.publish_generations().await?;
         let leader = self
             .store
