@@ -10,14 +10,14 @@
 //! touch another's.
 //!
 //! Sessions: the PKCS#11 library is loaded and initialised once per process
-//! (`C_Initialize` is process-wide); a small pool of logged-in read-write
-//! sessions serves the signing threads, one session per call at a time (a
-//! session is not thread-safe). A session the token reports broken is dropped
+//! (`C_Initialize` is process-wide); a pool of at most `MAX_SESSIONS` logged-in
+//! read-write sessions serves the signing threads, one session per call at a
+//! time (a session is not thread-safe); a signer finding none free waits for one. A session the token reports broken is dropped
 //! and the call retried once on a fresh one (a network HSM that reconnects).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
@@ -34,8 +34,10 @@ use crate::config::Pkcs11Config;
 
 /// DER of the P-256 curve OID (CKA_EC_PARAMS).
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-/// Idle sessions kept open (at least one keeps the login).
-const MAX_IDLE_SESSIONS: usize = 8;
+/// Sessions open at once at most (HSMs limit them per client): a signer finding
+/// none idle and this many open waits for one. Idle ones stay open (they keep the
+/// login).
+const MAX_SESSIONS: usize = 16;
 
 /// The keys of one token, under one label prefix.
 pub struct Pkcs11Keys {
@@ -48,10 +50,23 @@ struct Token {
     pkcs11: Pkcs11,
     slot: Slot,
     pin: AuthPin,
-    idle: Mutex<Vec<Session>>,
+    sessions: Mutex<Sessions>,
+    returned: Condvar,
+}
+
+/// The session pool: idle sessions, and how many are open (idle or in use).
+#[derive(Default)]
+struct Sessions {
+    idle: Vec<Session>,
+    open: usize,
 }
 
 impl Pkcs11Keys {
+    #[cfg(test)]
+    pub(crate) fn open_sessions(&self) -> usize {
+        self.token.open_sessions()
+    }
+
     /// Loads the library, finds the token by label, reads the PIN and logs in.
     pub fn open(config: &Pkcs11Config) -> Result<Self, KeyError> {
         let pin = read_pin(config)?;
@@ -62,10 +77,11 @@ impl Pkcs11Keys {
             pkcs11,
             slot,
             pin,
-            idle: Mutex::new(Vec::new()),
+            sessions: Mutex::default(),
+            returned: Condvar::new(),
         };
         // log in now: a wrong PIN fails the start, not the first signature
-        let session = token.open_session()?;
+        let session = token.take()?;
         token.put_back(session);
         Ok(Self {
             token: Arc::new(token),
@@ -268,13 +284,39 @@ impl CaKey for TokenKey {
 }
 
 impl Token {
-    /// A logged-in session: an idle one, or a new one.
+    /// A logged-in session: an idle one, a new one while fewer than
+    /// `MAX_SESSIONS` are open, else the next one returned.
     fn take(&self) -> Result<Session, KeyError> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match idle {
-            Some(session) => Ok(session),
-            None => self.open_session(),
+        let poisoned = || KeyError::Crypto {
+            what: "PKCS#11 sessions",
+            source: "lock poisoned".into(),
+        };
+        let mut sessions = self.sessions.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(session) = sessions.idle.pop() {
+                return Ok(session);
+            }
+            if sessions.open < MAX_SESSIONS {
+                sessions.open += 1;
+                break;
+            }
+            sessions = self.returned.wait(sessions).map_err(|_| poisoned())?;
         }
+        drop(sessions);
+        self.open_session().inspect_err(|_| self.forget())
+    }
+
+    /// A session closed (broken, or never opened): another may open.
+    fn forget(&self) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.open = sessions.open.saturating_sub(1);
+        }
+        self.returned.notify_one();
+    }
+
+    #[cfg(test)]
+    fn open_sessions(&self) -> usize {
+        self.sessions.lock().map_or(0, |s| s.open)
     }
 
     fn open_session(&self) -> Result<Session, KeyError> {
@@ -297,11 +339,11 @@ impl Token {
     }
 
     fn put_back(&self, session: Session) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE_SESSIONS {
-                idle.push(session);
-            }
+        match self.sessions.lock() {
+            Ok(mut sessions) => sessions.idle.push(session),
+            Err(_) => return,
         }
+        self.returned.notify_one();
     }
 
     /// Runs `call` on a pooled session; a session the token calls broken is
@@ -321,10 +363,15 @@ impl Token {
                 }
                 Err(e) if session_broken(&e) && !retried => {
                     tracing::warn!("PKCS#11 token {:?}: {what}: {e}; new session", self.label);
+                    drop(session);
+                    self.forget();
                     retried = true;
                 }
                 Err(source) => {
-                    if !session_broken(&source) {
+                    if session_broken(&source) {
+                        drop(session);
+                        self.forget();
+                    } else {
                         self.put_back(session);
                     }
                     return Err(KeyError::Token {

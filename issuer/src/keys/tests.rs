@@ -131,6 +131,25 @@ fn pkcs11_keys_sign_in_the_token_and_cannot_leave_it() {
         assert!(key.value_refused, "CKA_VALUE must be refused: {key:?}");
     }
 
+    // signers on many threads share the pool: every signature verifies, and no
+    // more sessions open than the pool allows
+    let signer = ca.clone();
+    std::thread::scope(|scope| {
+        for _ in 0..32 {
+            let signer = signer.clone();
+            scope.spawn(move || {
+                for _ in 0..10 {
+                    assert_signs(signer.as_ref());
+                }
+            });
+        }
+    });
+    assert!(
+        (1..=16).contains(&keys.open_sessions()),
+        "{} sessions",
+        keys.open_sessions()
+    );
+
     // a name is made once
     assert!(matches!(
         keys.generate("g1", KeyRole::Ca),
