@@ -131,6 +131,9 @@ pub struct ControlPlane {
     guardian: Option<ChildStdin>,
     /// How long [`ControlPlane::start`] took.
     pub started_in: Duration,
+    /// Whether [`ControlPlane::apply_shipped_rbac`] has been done (once per plane:
+    /// two applies at once could both try to create an object).
+    rbac_applied: std::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -255,6 +258,7 @@ impl ControlPlane {
             group: 0,
             guardian: None,
             started_in: Duration::ZERO,
+            rbac_applied: std::sync::Mutex::new(false),
             dir,
         };
         let etcd_data = plane.dir.join("etcd");
@@ -585,6 +589,74 @@ impl ControlPlane {
         Ok(self.kubectl(&args)?.trim().to_owned())
     }
 
+    /// `kubectl kustomize <dir>`: the rendered objects.
+    pub fn kustomize(&self, dir: &Path) -> Result<Vec<serde_json::Value>, ControlPlaneError> {
+        let rendered = self.kubectl(&["kustomize", &dir.display().to_string()])?;
+        objects(&rendered).map_err(|e| ControlPlaneError::Kubectl {
+            args: format!("kustomize {}", dir.display()),
+            status: "not YAML".into(),
+            stderr: e.to_string(),
+        })
+    }
+
+    /// The objects of the rendered `docker/k8s/base` that say who the components
+    /// are and what they may do ([`RBAC_KINDS`]), and the Namespace they live in:
+    /// taken from the rendering, so a test runs under exactly what ships.
+    pub fn shipped_rbac(&self) -> Result<Vec<serde_json::Value>, ControlPlaneError> {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s/base");
+        Ok(self
+            .kustomize(&base)?
+            .into_iter()
+            .filter(|o| {
+                let kind = o["kind"].as_str().unwrap_or_default();
+                kind == "Namespace" || RBAC_KINDS.contains(&kind)
+            })
+            .collect())
+    }
+
+    /// [`ControlPlane::shipped_rbac`] applied (once per control plane): then
+    /// [`ControlPlane::component_token_file`] gives a component's own token.
+    pub fn apply_shipped_rbac(&self) -> Result<(), ControlPlaneError> {
+        let mut applied = self
+            .rbac_applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*applied {
+            let list = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": self.shipped_rbac()?,
+            });
+            self.apply(&list.to_string())?;
+            *applied = true;
+        }
+        Ok(())
+    }
+
+    /// A token of ServiceAccount `meshward-system/<service_account>` (one of the
+    /// components: `meshward-node`, `meshward-issuer`) from the TokenRequest API,
+    /// valid for an hour, after [`ControlPlane::apply_shipped_rbac`]; written to
+    /// `<dir>/<service_account>.token`, whose path is returned (for
+    /// `api_token_path`, [`ControlPlane::api_yaml_with_token`]).
+    pub fn component_token_file(
+        &self,
+        service_account: &str,
+        dir: &Path,
+    ) -> Result<PathBuf, ControlPlaneError> {
+        self.apply_shipped_rbac()?;
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            COMPONENTS_NAMESPACE,
+            "--duration=1h",
+        ])?;
+        let file = dir.join(format!("{service_account}.token"));
+        std::fs::write(&file, token.trim()).map_err(io(file.display()))?;
+        Ok(file)
+    }
+
     fn kubectl_for(
         &self,
         args: &[&str],
@@ -622,6 +694,18 @@ impl ControlPlane {
         }
     }
 }
+
+/// The namespace of meshward's components and their ServiceAccounts.
+pub const COMPONENTS_NAMESPACE: &str = "meshward-system";
+
+/// The kinds that say who a component is and what it may do.
+pub const RBAC_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
 
 /// The objects of a multi-document YAML text (a rendered kustomization or chart,
 /// a manifest file) as JSON values; empty documents are left out.
