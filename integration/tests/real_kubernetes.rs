@@ -3,7 +3,8 @@
 //! AuthorizationPolicy applied with kubectl takes effect, an edited one changes
 //! what is allowed, a deleted one goes. The daemons authenticate as the
 //! `meshward-node` ServiceAccount of `docker/k8s/base` (a token from the
-//! TokenRequest API), under exactly the RBAC shipped there.
+//! TokenRequest API), under exactly the RBAC shipped there (its objects taken
+//! from the rendered base), in every test here.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -14,53 +15,23 @@ use meshward_integration::{LoopbackForward, Mesh, available_or_skip};
 use meshward_test_support::control_plane;
 use support::{TD, bearer, call, curl_spire, echo_mesh, eventually, example, status, unauthorized};
 
-/// `docker/k8s/base` applied (the manifests as shipped; no controllers run here:
-/// the workloads stay objects).
-fn apply_base(plane: &control_plane::ControlPlane) {
-    plane
-        .kubectl(&[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-        ])
-        .unwrap();
-}
-
-/// [`apply_base`] to the shared control plane, once for the tests of this binary
-/// (two applies at once could both try to create an object).
-fn base_applied(plane: &control_plane::ControlPlane) {
-    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    APPLIED.get_or_init(|| apply_base(plane));
-}
-
 /// The node daemons' `kubernetes:` block: the API server as the `meshward-node`
-/// ServiceAccount (a token from the TokenRequest API, written in `dir`).
+/// ServiceAccount, under the RBAC of the rendered `docker/k8s/base` (applied
+/// first), with a token from the TokenRequest API (written in `dir`).
 fn as_meshward_node(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> String {
-    let token = plane
-        .kubectl(&[
-            "create",
-            "token",
-            "meshward-node",
-            "-n",
-            "meshward-system",
-            "--duration=1h",
-        ])
-        .unwrap();
-    let token_file = dir.join("meshward-node.token");
-    std::fs::write(&token_file, token.trim()).unwrap();
+    let token_file = plane.component_token_file("meshward-node", dir).unwrap();
     plane.api_yaml_with_token(&token_file)
 }
 
-/// For a test that changes what others would see: a control plane of its own with
-/// [`apply_base`] done, and the daemons' `kubernetes:` block as `meshward-node`
-/// (its token in `dir`). `None`: the test is skipped.
+/// For a test that changes what others would see: a control plane of its own, and
+/// the daemons' `kubernetes:` block as `meshward-node` (its token in `dir`).
+/// `None`: the test is skipped.
 fn own_plane_as_node(
     test: &str,
     dir: &std::path::Path,
 ) -> Option<(control_plane::ControlPlane, String)> {
     available_or_skip(test)?;
     let plane = control_plane::own(test)?;
-    apply_base(&plane);
     let api_yaml = as_meshward_node(&plane, dir);
     Some((plane, api_yaml))
 }
@@ -87,8 +58,6 @@ fn authorization_policies_applied_with_kubectl_take_effect() {
     let Some(plane) = control_plane::shared(test) else {
         return;
     };
-    // the manifests as shipped (no controllers run here: the workloads stay objects)
-    base_applied(plane);
     let dir = tempfile::tempdir().unwrap();
     let api_yaml = as_meshward_node(plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
@@ -154,7 +123,8 @@ fn the_daemons_keep_their_policies_through_an_api_server_restart() {
     let Some(mut plane) = control_plane::own(test) else {
         return;
     };
-    let api_yaml = plane.api_yaml();
+    let dir = tempfile::tempdir().unwrap();
+    let api_yaml = as_meshward_node(&plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
@@ -199,7 +169,8 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
     let Some(mut plane) = control_plane::own(test) else {
         return;
     };
-    let api_yaml = plane.api_yaml();
+    let dir = tempfile::tempdir().unwrap();
+    let api_yaml = as_meshward_node(&plane, dir.path());
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.pod("node-1", curl_spire(), true)
             .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));

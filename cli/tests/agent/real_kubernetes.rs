@@ -1,7 +1,8 @@
 //! The agent against the real control plane (etcd + kube-apiserver from
 //! `scripts/peers.sh`): Pods bound to a node, their IPs written through the
 //! `status` subresource as a kubelet would, watched with the real server's
-//! `spec.nodeName` field selector.
+//! `spec.nodeName` field selector, as the `meshward-node` ServiceAccount under
+//! the RBAC of `docker/k8s/base`.
 
 use meshward_test_support::control_plane::{self, ControlPlane};
 
@@ -51,10 +52,14 @@ async fn kubernetes_source_watches_the_pods_of_this_node_on_a_real_api_server() 
     kubelet_pod(plane, "pending", "node-1", "");
 
     let dir = tempfile::tempdir().unwrap();
+    // as the node daemon's own ServiceAccount, under the shipped RBAC
+    let token_file = plane
+        .component_token_file("meshward-node", dir.path())
+        .unwrap();
     let endpoint = KubeApi {
         url: plane.url(),
         ca_file: plane.ca_file(),
-        token_file: plane.admin_token_file(),
+        token_file: &token_file,
     };
     let (_issuer, mut handle) = agent_on_kubernetes(dir.path(), &endpoint);
     // listed: only this node's pod with an address

@@ -55,26 +55,10 @@ fn agent_pod(plane: &ControlPlane, pod: &str) {
         .unwrap();
 }
 
-/// `docker/k8s/base` applied (once for the tests of this binary: two applies at
-/// once could both try to create an object).
-fn base_applied(plane: &ControlPlane) {
-    static APPLIED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    APPLIED.get_or_init(|| {
-        plane
-            .kubectl(&[
-                "apply",
-                "-k",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/k8s/base"),
-            ])
-            .unwrap();
-    });
-}
-
 /// An issuer whose `k8s_psat` cluster `eks` is `plane`, read as the
 /// `meshward-issuer` ServiceAccount (its token in `dir`), allowing meshward-node.
 fn psat_issuer(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> Issuer {
-    let issuer_token = dir.join("issuer.token");
-    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let issuer_token = plane.component_token_file("meshward-issuer", dir).unwrap();
     let psat = format!(
         "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
         plane.url(),
@@ -90,7 +74,7 @@ async fn k8s_psat_attestation_through_a_real_token_review() {
     else {
         return;
     };
-    base_applied(plane);
+    plane.apply_shipped_rbac().unwrap();
     agent_pod(plane, AGENT_POD);
     let node_uid = plane
         .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
@@ -204,10 +188,11 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     else {
         return;
     };
-    base_applied(plane);
+    plane.apply_shipped_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = dir.path().join("issuer.token");
-    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let issuer_token = plane
+        .component_token_file("meshward-issuer", dir.path())
+        .unwrap();
     let object = |name: &str, template: &str| {
         format!(
             "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"{template}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: 20m\n"
@@ -303,7 +288,7 @@ async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationshi
     ) else {
         return;
     };
-    base_applied(plane);
+    plane.apply_shipped_rbac().unwrap();
     let (_dir_b, b, url) = partner_issuer("", "");
     let (_, partner_json, _) = b.cli(&["bundle", "show", "-format", "spiffe"]);
     let object = |name: &str, trust_domain: &str, url: &str, profile: &str, bundle: &str| {
@@ -349,8 +334,9 @@ async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationshi
     assert!(e.contains("Unsupported value: \"https_tls\""), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = dir.path().join("issuer.token");
-    std::fs::write(&issuer_token, token(plane, "meshward-issuer", &[])).unwrap();
+    let issuer_token = plane
+        .component_token_file("meshward-issuer", dir.path())
+        .unwrap();
     let a = Issuer::with_extra(
         meshward(),
         TD,
@@ -480,7 +466,7 @@ async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
     else {
         return;
     };
-    base_applied(plane);
+    plane.apply_shipped_rbac().unwrap();
     // a pod of its own: the test above deletes its pod
     let pod = "meshward-node-expiry";
     agent_pod(plane, pod);
@@ -519,4 +505,77 @@ async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("expired"), "{e}");
     eprintln!("expired: {}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_bundle_config_map_is_written_as_meshward_issuer() {
+    let Some(plane) =
+        control_plane::shared("the_trust_bundle_config_map_is_written_as_meshward_issuer")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = plane
+        .component_token_file("meshward-issuer", dir.path())
+        .unwrap();
+    let mut issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!(
+            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {}\n",
+            plane.api_yaml_with_token(&issuer_token)
+        ),
+    );
+    let written = || {
+        plane
+            .kubectl(&[
+                "get",
+                "configmap",
+                "meshward-bundle",
+                "-n",
+                "meshward-system",
+                "-o",
+                "jsonpath={.data.bundle\\.pem}",
+            ])
+            .unwrap_or_default()
+    };
+    // the bundle the issuer shows, in the ConfigMap
+    let wait_for_bundle = |issuer: &Issuer, what: &str| {
+        let (code, shown, stderr) = issuer.cli(&["bundle", "show"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(shown.contains("BEGIN CERTIFICATE"), "{shown}");
+        // a refused write is retried only after 10 s: 15 s sees at most one
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while written().trim() != shown.trim() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the ConfigMap holds {:?}\n{}",
+                written(),
+                issuer.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!issuer.log().contains("will retry"), "{}", issuer.log());
+    };
+    // none yet: server-side apply creates it (allowed as a create of that name)
+    wait_for_bundle(&issuer, "created");
+    // one that is there, stale (as an old issuer left it): patched back
+    issuer.stop();
+    plane
+        .kubectl(&[
+            "patch",
+            "configmap",
+            "meshward-bundle",
+            "-n",
+            "meshward-system",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"bundle.pem":"stale"}}"#,
+        ])
+        .unwrap();
+    assert_eq!(written(), "stale");
+    issuer.start();
+    wait_for_bundle(&issuer, "patched");
 }
