@@ -27,6 +27,7 @@ fn client(plane: &control_plane::ControlPlane, token_file: &std::path::Path) -> 
         api_server: Some(plane.url().to_owned()),
         api_ca_path: Some(plane.ca_file().to_owned()),
         api_token_path: Some(token_file.to_owned()),
+        ..ApiEndpoint::default()
     })
     .expect("a client for the control plane")
 }

@@ -310,6 +310,7 @@ fn client_as(plane: &ControlPlane, component: &str, dir: &Path) -> kube::Client 
         api_server: Some(plane.url().to_owned()),
         api_ca_path: Some(plane.ca_file().to_owned()),
         api_token_path: Some(token_file),
+        ..ApiEndpoint::default()
     })
     .unwrap()
 }

@@ -20,12 +20,15 @@ use super::spire_objects::Mirror;
 const PREFIX: &str = "k8s/";
 
 /// Follows the objects until the process ends.
-pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Arc<Issuer<D>>) {
+pub(crate) async fn run<D: Datastore + 'static>(
+    api: meshward_kubernetes::Connection,
+    issuer: Arc<Issuer<D>>,
+) {
     let kind = (
         "ClusterFederatedTrustDomain",
         "clusterfederatedtrustdomains",
     );
-    super::spire_objects::mirror(client, kind.0, kind.1, Relationships(issuer)).await;
+    super::spire_objects::mirror(api, kind.0, kind.1, Relationships(issuer)).await;
 }
 
 struct Relationships<D>(Arc<Issuer<D>>);

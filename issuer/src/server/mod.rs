@@ -262,16 +262,16 @@ async fn follow_sources(
     bundle_pem: &watch::Sender<String>,
 ) -> Result<(), ServerError> {
     if let Some(api) = &config.cluster_spiffe_ids {
-        let client = meshward_kubernetes::client(api).map_err(startup("cluster_spiffe_ids"))?;
-        tokio::spawn(templates_watch::run(client, issuer.clone()));
+        let api = meshward_kubernetes::connect(api).map_err(startup("cluster_spiffe_ids"))?;
+        tokio::spawn(templates_watch::run(api, issuer.clone()));
     }
     crate::federation::start(&config.federation, issuer)
         .await
         .map_err(startup("federation"))?;
     if let Some(api) = &config.cluster_federated_trust_domains {
-        let client =
-            meshward_kubernetes::client(api).map_err(startup("cluster_federated_trust_domains"))?;
-        tokio::spawn(federation_watch::run(client, issuer.clone()));
+        let api = meshward_kubernetes::connect(api)
+            .map_err(startup("cluster_federated_trust_domains"))?;
+        tokio::spawn(federation_watch::run(api, issuer.clone()));
     }
     if let Some(target) = &config.bundle_configmap {
         let client =

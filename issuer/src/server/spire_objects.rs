@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::watcher;
 use meshward_kubernetes::watched;
 
 /// What the datastore keeps of one kind of object.
@@ -25,7 +24,7 @@ pub(crate) trait Mirror {
 
 /// Mirrors the objects of `kind` (`plural` in URLs) until the process ends.
 pub(crate) async fn mirror(
-    client: kube::Client,
+    api: meshward_kubernetes::Connection,
     kind: &'static str,
     plural: &str,
     mirror: impl Mirror,
@@ -37,8 +36,8 @@ pub(crate) async fn mirror(
         kind: kind.into(),
         plural: plural.into(),
     };
-    let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
-    let mut sets = watched::follow(api, watcher::Config::default(), kind);
+    let objects: kube::Api<DynamicObject> = kube::Api::all_with(api.client, &resource);
+    let mut sets = watched::follow(objects, api.watcher, kind);
     let mut before = None;
     while sets.changed().await.is_ok() {
         let Some(now) = sets.borrow_and_update().clone() else {

@@ -19,9 +19,12 @@ use meshward_api::template::{IdentityTemplate, from_cluster_spiffe_id_yaml};
 const PREFIX: &str = "k8s/";
 
 /// Follows the objects until the process ends.
-pub(crate) async fn run<D: Datastore + 'static>(client: kube::Client, issuer: Arc<Issuer<D>>) {
+pub(crate) async fn run<D: Datastore + 'static>(
+    api: meshward_kubernetes::Connection,
+    issuer: Arc<Issuer<D>>,
+) {
     let templates = Templates(issuer);
-    super::spire_objects::mirror(client, "ClusterSPIFFEID", "clusterspiffeids", templates).await;
+    super::spire_objects::mirror(api, "ClusterSPIFFEID", "clusterspiffeids", templates).await;
 }
 
 struct Templates<D>(Arc<Issuer<D>>);

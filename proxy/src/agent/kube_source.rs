@@ -5,7 +5,6 @@
 
 use crate::config::{KubernetesSource, PodInfo};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
 use meshward_kubernetes::watched::{self, Followed};
 
 use super::AgentError;
@@ -19,11 +18,13 @@ pub(crate) struct KubeSource {
 impl KubeSource {
     /// Starts the watch on its own task.
     pub(crate) fn start(config: &KubernetesSource) -> Result<Self, AgentError> {
-        let client = meshward_kubernetes::client(&meshward_kubernetes::ApiEndpoint {
+        let endpoint = meshward_kubernetes::ApiEndpoint {
             api_server: config.api_server.clone(),
             api_ca_path: config.api_ca_path.clone(),
             api_token_path: config.api_token_path.clone(),
-        })?;
+            watch_timeout_seconds: config.watch_timeout_seconds,
+        };
+        let client = meshward_kubernetes::client(&endpoint)?;
         // one ConfigMap serves every node of a DaemonSet: the name comes from the
         // downward API when the file leaves it empty
         let node = match config.node_name.as_str() {
@@ -35,7 +36,7 @@ impl KubeSource {
             name => name.to_owned(),
         };
         let pods: kube::Api<Pod> = kube::Api::all(client);
-        let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let selector = endpoint.watcher().fields(&format!("spec.nodeName={node}"));
         let pods = watched::follow(pods, selector, "Pod");
         Ok(Self { node, pods })
     }

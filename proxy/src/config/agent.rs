@@ -83,6 +83,8 @@ pub struct KubernetesSource {
     pub api_server: Option<String>,
     pub api_ca_path: Option<PathBuf>,
     pub api_token_path: Option<PathBuf>,
+    /// As in every `kubernetes:` block (`meshward_kubernetes::ApiEndpoint`).
+    pub watch_timeout_seconds: Option<u32>,
 }
 
 impl Default for AgentConfig {

@@ -49,15 +49,15 @@ mod upstream;
 /// `outbound.kubernetes` (Services), where configured.
 fn kubernetes_sources(
     config: &ProxyConfig,
-) -> Result<(Option<kube::Client>, Services), DataPathError> {
+) -> Result<(Option<meshward_kubernetes::Connection>, Services), DataPathError> {
     let policy_api = match &config.authorization.kubernetes {
-        Some(api) => Some(meshward_kubernetes::client(api).map_err(DataPathError::PolicySource)?),
+        Some(api) => Some(meshward_kubernetes::connect(api).map_err(DataPathError::PolicySource)?),
         None => None,
     };
     let services = match &config.outbound.kubernetes {
-        Some(api) => {
-            Services::watch(meshward_kubernetes::client(api).map_err(DataPathError::ServiceSource)?)
-        }
+        Some(api) => Services::watch(
+            meshward_kubernetes::connect(api).map_err(DataPathError::ServiceSource)?,
+        ),
         None => Services::none(),
     };
     Ok((policy_api, services))

@@ -29,7 +29,7 @@ pub(crate) type Policies = watch::Receiver<Arc<PolicySet>>;
 /// does the time before the first list of the API's objects arrives.
 pub(crate) fn watch_policies(
     paths: Vec<PathBuf>,
-    kubernetes: Option<kube::Client>,
+    kubernetes: Option<meshward_kubernetes::Connection>,
     options: EngineOptions,
 ) -> Policies {
     // taken before the load, so a change made during it is seen
@@ -39,7 +39,7 @@ pub(crate) fn watch_policies(
         Err(()) => PolicySet::empty(options.clone()),
     };
     let (tx, rx) = watch::channel(Arc::new(initial));
-    let mut objects = kubernetes.map(objects::watch);
+    let mut objects = kubernetes.as_ref().map(objects::watch);
     if paths.is_empty() && objects.is_none() {
         return rx;
     }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::watcher;
 use meshward_kubernetes::watched::{self, Followed};
 use serde_json::json;
 use tokio::sync::watch;
@@ -22,11 +21,11 @@ const KINDS: [(&str, &str); 2] = [
 
 /// Watches both kinds; publishes their documents together once both have been
 /// listed (a set missing a kind is never published).
-pub(super) fn watch(client: kube::Client) -> Objects {
+pub(super) fn watch(api: &meshward_kubernetes::Connection) -> Objects {
     let (tx, rx) = watch::channel(None);
     let mut kinds: Vec<_> = KINDS
         .iter()
-        .map(|(kind, plural)| follow_kind(client.clone(), kind, plural))
+        .map(|(kind, plural)| follow_kind(api, kind, plural))
         .collect();
     tokio::spawn(async move {
         loop {
@@ -54,7 +53,11 @@ pub(super) fn watch(client: kube::Client) -> Objects {
     rx
 }
 
-fn follow_kind(client: kube::Client, kind: &'static str, plural: &str) -> Followed<DynamicObject> {
+fn follow_kind(
+    api: &meshward_kubernetes::Connection,
+    kind: &'static str,
+    plural: &str,
+) -> Followed<DynamicObject> {
     let resource = ApiResource {
         group: "security.istio.io".into(),
         version: "v1".into(),
@@ -62,8 +65,8 @@ fn follow_kind(client: kube::Client, kind: &'static str, plural: &str) -> Follow
         kind: kind.into(),
         plural: plural.into(),
     };
-    let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
-    watched::follow(api, watcher::Config::default(), kind)
+    let objects: kube::Api<DynamicObject> = kube::Api::all_with(api.client.clone(), &resource);
+    watched::follow(objects, api.watcher.clone(), kind)
 }
 
 /// The next set of documents; never returns when there is no API source.

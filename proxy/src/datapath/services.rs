@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::AppProtocol;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher;
 use meshward_kubernetes::watched;
 use tokio::sync::watch;
 
@@ -62,14 +61,16 @@ impl Services {
     }
 
     /// Services and EndpointSlices of the whole cluster, followed.
-    pub(crate) fn watch(client: kube::Client) -> Self {
+    pub(crate) fn watch(api: meshward_kubernetes::Connection) -> Self {
         let (tx, rx) = watch::channel(Arc::default());
-        let all = watcher::Config::default;
-        let mut services =
-            watched::follow(kube::Api::<Service>::all(client.clone()), all(), "Service");
+        let mut services = watched::follow(
+            kube::Api::<Service>::all(api.client.clone()),
+            api.watcher.clone(),
+            "Service",
+        );
         let mut slices = watched::follow(
-            kube::Api::<EndpointSlice>::all(client),
-            all(),
+            kube::Api::<EndpointSlice>::all(api.client),
+            api.watcher,
             "EndpointSlice",
         );
         tokio::spawn(async move {

@@ -6,11 +6,12 @@ use meshward_test_support::kube_api::FakeKubeApi;
 use tokio::sync::watch;
 
 /// A client of the fake API, as the daemon builds one from its configuration.
-pub(super) fn kube_client(api: &FakeKubeApi) -> kube::Client {
-    meshward_kubernetes::client(&meshward_kubernetes::ApiEndpoint {
+pub(super) fn kube_client(api: &FakeKubeApi) -> meshward_kubernetes::Connection {
+    meshward_kubernetes::connect(&meshward_kubernetes::ApiEndpoint {
         api_server: Some(api.url()),
         api_ca_path: Some(api.ca_file().to_owned()),
         api_token_path: Some(api.token_file().to_owned()),
+        watch_timeout_seconds: None,
     })
     .expect("a client of the fake API")
 }
