@@ -388,3 +388,108 @@ fn request_authentications_applied_with_kubectl_take_effect() {
     });
     answered(&call(&mesh, &bearer(&tampered)), 403, "RBAC: access denied").unwrap();
 }
+
+/// The names of the policies `node`'s daemon holds (its admin `/policies`).
+fn policies_in_force(mesh: &Mesh, node: &str) -> Result<Vec<String>, String> {
+    let (_, body) = mesh
+        .admin_get(node, "/policies")
+        .map_err(|e| e.to_string())?;
+    let listed: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let mut names: Vec<String> = listed["policies"]
+        .as_array()
+        .ok_or(body)?
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[test]
+fn policy_changes_across_watches_the_server_ends_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // a plane of its own: its watches of AuthorizationPolicies are the daemons' only
+    let Some((plane, api_yaml)) = own_plane_as_node(
+        "policy_changes_across_watches_the_server_ends_are_not_lost",
+        dir.path(),
+    ) else {
+        return;
+    };
+    // the server ends each of the daemons' watches after 2 s (the timeoutSeconds
+    // they ask for; kube's default is 290 s, and kube-apiserver's
+    // --min-request-timeout applies only to watches that ask for none)
+    let api_yaml = api_yaml.replace('}', ", watch_timeout_seconds: 2}");
+    let (mesh, _echo) = echo_mesh(|spec| {
+        spec.pod("node-1", curl_spire(), true)
+            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let _forwards = forward_api(&mesh, plane.url());
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    let policy = |name: &str, path: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: echoserver}}\nspec:\n  selector: {{matchLabels: {{app: echoserver}}}}\n  rules:\n  - to:\n    - operation: {{paths: [\"{path}\"]}}\n"
+        )
+    };
+    let nodes = ["node-1", "node-2"];
+    eventually(&mesh, "the daemons listed the (empty) set", || {
+        nodes.iter().try_for_each(|n| {
+            policies_in_force(&mesh, n)?
+                .is_empty()
+                .then_some(())
+                .ok_or("not empty".to_owned())
+        })
+    });
+    let watches = || plane.watches_served("authorizationpolicies").unwrap();
+    let before = watches();
+    // a change every 0.7 s for 7 s: creations, edits and deletions on both sides
+    // of several watch ends
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let name = format!("p{i}");
+        plane.apply(&policy(&name, "/first")).unwrap();
+        want.insert(name);
+        if i % 3 == 2 {
+            let gone = format!("p{}", i - 2);
+            plane
+                .kubectl(&["delete", "authorizationpolicy", &gone, "-n", "echoserver"])
+                .unwrap();
+            want.remove(&gone);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    // the last one edited to allow the caller: the data path follows it
+    plane
+        .apply(&policy("p9", "/hello").replace(
+            "  - to:",
+            "  - from:\n    - source: {principals: [\"*\"]}\n    to:",
+        ))
+        .unwrap();
+    let want: Vec<String> = want.into_iter().collect();
+    eventually(&mesh, "every change in force on both daemons", || {
+        nodes.iter().try_for_each(|n| {
+            let now = policies_in_force(&mesh, n)?;
+            (now == want)
+                .then_some(())
+                .ok_or(format!("{n} holds {now:?}, want {want:?}"))
+        })
+    });
+    let ip = mesh.pod_ip("echoserver").unwrap();
+    eventually(&mesh, "the edit in force", || {
+        status(
+            &mesh,
+            "curl-spire",
+            &[&format!("http://{ip}:8080/hello")],
+            200,
+        )
+    });
+    // the server ended each daemon's watch at least three times meanwhile
+    let ended = watches() - before;
+    assert!(
+        ended >= 6,
+        "the server ended {ended} watches of AuthorizationPolicies"
+    );
+    eprintln!("the server ended {ended} watches of AuthorizationPolicies meanwhile");
+}

@@ -589,6 +589,24 @@ impl ControlPlane {
         Ok(self.kubectl(&args)?.trim().to_owned())
     }
 
+    /// How many watches of `resource` (plural, e.g. `authorizationpolicies`) the
+    /// API server has finished serving, by any client (its
+    /// `apiserver_request_total` for verb WATCH): for a control plane of a test's
+    /// own, whose only watchers are the test's.
+    pub fn watches_served(&self, resource: &str) -> Result<u64, ControlPlaneError> {
+        let metrics = self.kubectl(&["get", "--raw=/metrics"])?;
+        let wanted = format!("resource=\"{resource}\"");
+        Ok(metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_request_total{")
+                    && l.contains("verb=\"WATCH\"")
+                    && l.contains(&wanted)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
     /// `kubectl kustomize <dir>`: the rendered objects.
     pub fn kustomize(&self, dir: &Path) -> Result<Vec<serde_json::Value>, ControlPlaneError> {
         let rendered = self.kubectl(&["kustomize", &dir.display().to_string()])?;

@@ -579,3 +579,98 @@ async fn the_trust_bundle_config_map_is_written_as_meshward_issuer() {
     issuer.start();
     wait_for_bundle(&issuer, "patched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spiffe_id_changes_across_watches_the_server_ends_are_not_lost() {
+    // a plane of its own: its watches of ClusterSPIFFEIDs are the issuer's only
+    let Some(plane) =
+        control_plane::own("cluster_spiffe_id_changes_across_watches_the_server_ends_are_not_lost")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_token = plane
+        .component_token_file("meshward-issuer", dir.path())
+        .unwrap();
+    // the server ends each of the issuer's watches after 2 s (the timeoutSeconds it
+    // asks for; kube's default is 290 s, and kube-apiserver's --min-request-timeout
+    // applies only to watches that ask for none)
+    let api_yaml = plane
+        .api_yaml_with_token(&issuer_token)
+        .replace('}', ", watch_timeout_seconds: 2}");
+    let issuer = Issuer::with_extra(
+        meshward(),
+        TD,
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &format!("cluster_spiffe_ids: {api_yaml}\n"),
+    );
+    let object = |name: &str, ttl: &str| {
+        format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"spiffe://{{{{ .TrustDomain }}}}/{name}/{{{{ .PodMeta.Name }}}}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: {ttl}\n"
+        )
+    };
+    // name and X509-SVID TTL of each template the issuer holds
+    let templates = || -> Vec<(String, u64)> {
+        let listed = issuer.cli_json(&["template", "list"]);
+        let mut all: Vec<(String, u64)> = listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_owned(),
+                    t["x509_svid_ttl"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let watches = || plane.watches_served("clusterspiffeids").unwrap();
+    let before = watches();
+    // a change every 0.7 s for 7 s: creations, edits and deletions on both sides
+    // of several watch ends
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..10 {
+        let name = format!("c{i}");
+        plane.apply(&object(&name, "20m")).unwrap();
+        want.insert(format!("k8s/{name}"), 1200);
+        match i % 3 {
+            1 => {
+                plane.apply(&object(&name, "30m")).unwrap();
+                want.insert(format!("k8s/{name}"), 1800);
+            }
+            2 => {
+                let gone = format!("c{}", i - 2);
+                plane
+                    .kubectl(&["delete", "clusterspiffeid", &gone])
+                    .unwrap();
+                want.remove(&format!("k8s/{gone}"));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let want: Vec<(String, u64)> = want.into_iter().collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = templates();
+        if now == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "templates {now:?}, want {want:?}\n{}",
+            issuer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the server ended the issuer's watch at least three times meanwhile
+    let ended = watches() - before;
+    assert!(
+        ended >= 3,
+        "the server ended {ended} watches of ClusterSPIFFEIDs"
+    );
+    eprintln!("the server ended {ended} watches of ClusterSPIFFEIDs meanwhile");
+}
