@@ -187,6 +187,16 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
     eventually(&mesh, "allowed once applied", || {
         status(&mesh, "curl-spire", &[&url("/hello")], 200)
     });
+    // both daemons watching (not only the one enforcing: the other may still be
+    // in its first list's backoff, begun before the forwards were up)
+    eventually(&mesh, "the policy listed by both daemons", || {
+        ["node-1", "node-2"].iter().try_for_each(|n| {
+            let now = policies_in_force(&mesh, n)?;
+            (now == ["allow-curl-spire"])
+                .then_some(())
+                .ok_or(format!("{n} holds {now:?}"))
+        })
+    });
     // the daemons lose the API server (no way back in), and meanwhile the policy
     // they hold is deleted and another applied; etcd's history is compacted, and the
     // restarted server's watch cache starts from now: their resourceVersion is gone
@@ -222,11 +232,13 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
     )
     .unwrap();
     // and it was the server's 410 that sent them back to a list
-    let log = mesh.daemon_log("node-1");
-    assert!(
-        log.contains("AuthorizationPolicy watch: error returned by apiserver during watch: too old resource version"),
-        "{log}"
-    );
+    for node in ["node-1", "node-2"] {
+        let log = mesh.daemon_log(node);
+        assert!(
+            log.contains("AuthorizationPolicy watch: error returned by apiserver during watch: too old resource version"),
+            "{node}: {log}"
+        );
+    }
 }
 
 #[test]
