@@ -226,7 +226,11 @@ impl<D: Datastore> Issuer<D> {
                 .map(|g| {
                     let (x, y) = g.jwt_key().coordinates();
                     let record = CaRecord {
-                        id: format!("{}/{}", self.settings.instance, g.id()),
+                        // the generation's own ID (a time and random bits), the
+                        // same across restarts: the instance name changes with
+                        // the process, and a CA recorded again under a new ID
+                        // would stand twice in the bundle
+                        id: g.id().to_owned(),
                         instance: self.settings.instance.clone(),
                         certificate_pem: pem::certificate(g.certificate()),
                         jwt_kid: g.jwt_key().kid().to_owned(),
@@ -267,26 +271,31 @@ impl<D: Datastore> Issuer<D> {
                 .is_upstream()
                 .then(|| authority.x509_authorities())
         };
-        let x509_authorities = match upstream_roots {
-            Some(roots) => roots,
-            None => {
-                let mut certs = Vec::new();
-                for r in &records {
-                    certs.extend(
-                        pem::certificates(&r.certificate_pem)
-                            .map_err(|e| ServiceError::Internal(Box::new(e)))?,
-                    );
+        // journals written before record IDs were the generation's alone hold
+        // a CA once per restart: each certificate and key ID is listed once
+        let mut x509_authorities: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
+        let mut jwt_keys: Vec<JwtPublicKey> = Vec::new();
+        for r in records {
+            if upstream_roots.is_none() {
+                for cert in pem::certificates(&r.certificate_pem)
+                    .map_err(|e| ServiceError::Internal(Box::new(e)))?
+                {
+                    if !x509_authorities.contains(&cert) {
+                        x509_authorities.push(cert);
+                    }
                 }
-                certs
             }
-        };
+            if !jwt_keys.iter().any(|k| k.kid == r.jwt_kid) {
+                jwt_keys.push(JwtPublicKey::p256(r.jwt_kid, r.jwt_x, r.jwt_y));
+            }
+        }
+        if let Some(roots) = upstream_roots {
+            x509_authorities = roots;
+        }
         Ok(Bundle {
             trust_domain: self.settings.trust_domain.clone(),
             x509_authorities,
-            jwt_keys: records
-                .into_iter()
-                .map(|r| JwtPublicKey::p256(r.jwt_kid, r.jwt_x, r.jwt_y))
-                .collect(),
+            jwt_keys,
             sequence,
             refresh_hint: self.settings.bundle_refresh_hint,
         })

@@ -503,3 +503,18 @@ async fn a_generation_the_journal_did_not_record_never_signs() {
     let bundle = issuer.bundle().await.unwrap();
     assert!(bundle.x509_authorities.contains(&second));
 }
+
+#[tokio::test]
+async fn a_restarted_issuer_lists_its_ca_once() {
+    let dir = tempdir().unwrap();
+    // the instance name changes with each process (host and PID), the CA does not
+    let before = replica(dir.path(), dir.path(), "host-100").await;
+    drop(before);
+    let after = replica(dir.path(), dir.path(), "host-200").await;
+    let bundle = after.bundle().await.unwrap();
+    assert_eq!(
+        (bundle.x509_authorities.len(), bundle.jwt_keys.len()),
+        (1, 1),
+        "{bundle:?}"
+    );
+}
