@@ -176,9 +176,6 @@ pub(crate) fn trusted(
         Some(peer) if !state.trusts(pod_ip, &peer.spiffe_id) => {
             Err(Refusal::Untrusted(peer.spiffe_id.clone()))
         }
-        Some(peer) if std::time::SystemTime::now() >= peer.expires_at => {
-            Err(Refusal::Expired(peer.spiffe_id.clone()))
-        }
         _ => Ok(()),
     }
 }

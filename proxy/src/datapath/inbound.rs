@@ -262,6 +262,13 @@ fn tunnel_stream<B>(
         tracing::info!(%client, %destination, "refused CONNECT: not for pod {}", pod.info.name);
         return Err(Refusal::Malformed(format!("not for pod {}", pod.info.name)));
     }
+    // the identity is the certificate's: past its expiry no new stream opens
+    // (streams already open go on, as through a drain; the connection has had
+    // its GOAWAY)
+    if std::time::SystemTime::now() >= peer.expires_at {
+        tracing::info!(%client, %destination, peer = %peer.spiffe_id, "refused CONNECT: the peer's certificate expired");
+        return Err(Refusal::Expired(peer.spiffe_id.clone()));
+    }
     Ok(InboundStream {
         peer: Some(peer.clone()),
         source: stream_source(shared, peer, request, client, tunnel.local),

@@ -22,7 +22,7 @@ pub(crate) enum Refusal {
     /// `federatesWith` changed) since the handshake trusted it.
     Untrusted(SpiffeId),
     /// The peer's certificate expired since the handshake verified it, on a
-    /// connection still open: no new stream or request.
+    /// connection still open: no new stream (`401` to its CONNECT).
     Expired(SpiffeId),
     /// A token that does not verify (RequestAuthentication): `401` with Envoy's
     /// text; `realm` is the URL the client asked for.
