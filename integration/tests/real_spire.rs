@@ -458,20 +458,23 @@ fn require_spire_reporter(mesh: &Mesh) {
     );
 }
 
+/// What these tests need: root and namespaces, SPIRE's binaries, py-spiffe;
+/// `None` after saying which is missing (a failure in CI).
+fn prerequisites(test: &str) -> Option<SpireBinaries> {
+    available_or_skip(test)?;
+    let binaries = peers::or_skip(test, "real SPIRE", SpireBinaries::find())?;
+    let py_spiffe = python_has_spiffe()
+        .then_some(())
+        .ok_or("py-spiffe is not installed (pip install spiffe)");
+    peers::or_skip(test, "py-spiffe", py_spiffe)?;
+    Some(binaries)
+}
+
 #[test]
 fn spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated() {
     const NAME: &str =
         "spire_federates_with_the_mesh_both_ways_and_its_workloads_are_authenticated";
-    let Some(()) = available_or_skip(NAME) else {
-        return;
-    };
-    let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
-        return;
-    };
-    let py_spiffe = python_has_spiffe()
-        .then_some(())
-        .ok_or("py-spiffe is not installed (pip install spiffe)");
-    let Some(()) = peers::or_skip(NAME, "py-spiffe", py_spiffe) else {
+    let Some(binaries) = prerequisites(NAME) else {
         return;
     };
     let started = Instant::now();
@@ -852,16 +855,7 @@ fn p384_upstream(dir: &Path) -> String {
 #[test]
 fn keys_other_than_p256_cross_the_federation() {
     const NAME: &str = "keys_other_than_p256_cross_the_federation";
-    let Some(()) = available_or_skip(NAME) else {
-        return;
-    };
-    let Some(binaries) = peers::or_skip(NAME, "real SPIRE", SpireBinaries::find()) else {
-        return;
-    };
-    let py_spiffe = python_has_spiffe()
-        .then_some(())
-        .ok_or("py-spiffe is not installed (pip install spiffe)");
-    let Some(()) = peers::or_skip(NAME, "py-spiffe", py_spiffe) else {
+    let Some(binaries) = prerequisites(NAME) else {
         return;
     };
     let upstream = tempfile::tempdir().unwrap();

@@ -430,15 +430,10 @@ impl ControlPlane {
     ) -> Result<(), ControlPlaneError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let exited = [
+            let exited = crate::guarded::first_exited(&mut [
                 ("etcd", &mut self.etcd),
                 ("kube-apiserver", &mut self.apiserver),
-            ]
-            .into_iter()
-            .find_map(|(name, child)| match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some((name, status.to_string())),
-                _ => None,
-            });
+            ]);
             if let Some((name, status)) = exited {
                 return Err(ControlPlaneError::Exited {
                     what: name,

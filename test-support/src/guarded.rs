@@ -117,3 +117,16 @@ pub(crate) fn remove_stale_dirs(prefix: &str) {
         }
     }
 }
+
+/// The first of `children` that has exited (a server that died while others
+/// waited for it), with its exit status.
+pub(crate) fn first_exited<'a>(
+    children: &mut [(&'a str, &mut Option<std::process::Child>)],
+) -> Option<(&'a str, String)> {
+    children.iter_mut().find_map(|(name, child)| {
+        match child.as_mut().map(std::process::Child::try_wait) {
+            Some(Ok(Some(status))) => Some((*name, status.to_string())),
+            _ => None,
+        }
+    })
+}

@@ -387,15 +387,10 @@ plugins {{
     ) -> Result<(), SpireError> {
         let deadline = Instant::now() + READY;
         loop {
-            let exited = [
+            let exited = crate::guarded::first_exited(&mut [
                 ("spire-server", &mut self.server),
                 ("spire-agent", &mut self.agent),
-            ]
-            .into_iter()
-            .find_map(|(name, child)| match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some((name, status.to_string())),
-                _ => None,
-            });
+            ]);
             if let Some((name, status)) = exited {
                 return Err(SpireError::Exited {
                     what: name,
