@@ -234,38 +234,40 @@ impl Drop for CaptureGuard {
 /// Whether another daemon on this node says it is ready: asked on the readiness
 /// port once this daemon's own listener there is closed (bounded: 1 s).
 fn successor_ready(port: u16) -> bool {
-    use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let timeout = std::time::Duration::from_secs(1);
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = b"GET /healthz/ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
-    let mut answer = [0u8; 12];
-    stream.write_all(request).is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && answer.starts_with(b"HTTP/1.1 200")
+    std::net::TcpStream::connect_timeout(&addr, timeout)
+        .and_then(|stream| {
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            ask_ready(stream)
+        })
+        .is_ok_and(|(ready, _)| ready)
 }
 
-/// `meshward proxy ready --socket PATH`: `GET /healthz/ready` on the daemon's
-/// readiness socket (bounded: 3 s); exit 0 when it answers 200.
-fn ready(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(3);
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("no daemon answers on {}", socket.display()))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+/// `GET /healthz/ready` on a daemon's readiness endpoint (the caller bounds the
+/// waits): whether it answered 200, and its body.
+fn ask_ready(mut stream: impl std::io::Read + std::io::Write) -> std::io::Result<(bool, String)> {
     stream.write_all(
         b"GET /healthz/ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((answer.starts_with("HTTP/1.1 200"), body.to_owned()))
+}
+
+/// `meshward proxy ready --socket PATH`: `GET /healthz/ready` on the daemon's
+/// readiness socket (bounded: 3 s); exit 0 when it answers 200.
+fn ready(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let timeout = std::time::Duration::from_secs(3);
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("no daemon answers on {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let (ready, body) = ask_ready(stream)?;
     print!("{body}");
-    Ok(if answer.starts_with("HTTP/1.1 200") {
+    Ok(if ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
