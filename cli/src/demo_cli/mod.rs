@@ -5,7 +5,10 @@
 //! and then the federation act, and stays up for the user to try things
 //! (`meshward demo exec`) until Ctrl-C removes everything.
 //! `--check` runs the same steps without waiting and fails on any surprise.
+//! `--kube` puts the policies in a real kube-apiserver the daemons watch, applied
+//! with kubectl (`kube.rs`).
 
+mod kube;
 mod scenario;
 mod steps;
 
@@ -38,6 +41,10 @@ pub(crate) struct DemoArgs {
     /// Run the scenario without pauses, then exit: non-zero if any step differs.
     #[arg(long)]
     check: bool,
+    /// Start a real control plane (etcd, kube-apiserver: `scripts/peers.sh`) and
+    /// apply the policies with kubectl; the daemons watch them there.
+    #[arg(long)]
+    kube: bool,
 }
 
 #[derive(Subcommand)]
@@ -62,11 +69,11 @@ struct DemoState {
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(DemoCommand::Exec { pod, command }) => exec(&pod, &command),
-        None => demo(&args.trust_domain, args.check),
+        None => demo(&args.trust_domain, args.check, args.kube),
     }
 }
 
-fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
+fn demo(trust_domain: &TrustDomain, check: bool, kube: bool) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "meshward demo needs root: it creates network namespaces, veth pairs, and iptables rules inside those namespaces (nothing outside them changes). Run it as root: sudo ./scripts/demo.sh (or sudo meshward demo)"
@@ -114,6 +121,10 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
          a second cluster, {partner} (a node, its issuer, one pod)"
     );
     let started = Instant::now();
+    let kube = kube.then(start_control_plane).transpose()?;
+    if let Some(kube) = &kube {
+        kube.configure(&mut spec);
+    }
     let mut phase_started = Instant::now();
     let mut report = |phase: Phase| {
         if phase != Phase::Network {
@@ -136,6 +147,10 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).context("building the demo environment"),
     };
     println!("   done ({:.1}s)", phase_started.elapsed().as_secs_f64());
+    let _api_forwards = match &kube {
+        Some(kube) => kube.reach_from(&mesh)?,
+        None => Vec::new(),
+    };
     let servers = ["echoserver", "payments"]
         .into_iter()
         .map(|pod| serve_echo(&mesh, &bin, pod))
@@ -146,7 +161,11 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
 
     let echo_url = format!("http://{echo_ip}:8080");
     let stopped = || stop.load(Ordering::Relaxed);
-    let failures = scenario::run(&mesh, &stopped);
+    let policies = match &kube {
+        Some(kube) => scenario::Policies::Kube(kube),
+        None => scenario::Policies::Directory,
+    };
+    let failures = scenario::run(&mesh, &policies, &stopped);
     let outcome = if failures == 0 && !stopped() {
         println!("\nevery step showed what the talk shows");
         ExitCode::SUCCESS
@@ -156,6 +175,9 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
     };
     if !check && !stopped() {
         hints(&mesh, &bin, &echo_url);
+        if let Some(kube) = &kube {
+            println!("{}", kube.hints());
+        }
         while !stopped() {
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -165,6 +187,15 @@ fn demo(trust_domain: &TrustDomain, check: bool) -> anyhow::Result<ExitCode> {
     drop(mesh);
     let _ = std::fs::remove_file(STATE_FILE);
     Ok(outcome)
+}
+
+/// `--kube`: etcd and kube-apiserver, with meshward's CRDs and RBAC.
+fn start_control_plane() -> anyhow::Result<kube::KubeDemo> {
+    let started = Instant::now();
+    println!("-- starting the control plane: etcd, kube-apiserver, meshward's CRDs and RBAC");
+    let kube = kube::KubeDemo::start()?;
+    println!("   done ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(kube)
 }
 
 /// The echoserver on port 8080 of `pod`.

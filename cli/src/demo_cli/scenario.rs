@@ -5,13 +5,22 @@ use std::time::{Duration, Instant};
 
 use meshward_integration::{CurlResponse, Mesh};
 
+use super::kube::KubeDemo;
 use super::steps::{
     Change, Expect, PARTNER_TRUST_DOMAIN, Request, SETTLE, TALK_TRUST_DOMAIN, Token, steps,
 };
 
+/// Where the steps' policies go.
+pub(crate) enum Policies<'a> {
+    /// The directory every daemon reads (`authorization.policy_paths`).
+    Directory,
+    /// The real API server every daemon watches (`--kube`).
+    Kube(&'a KubeDemo),
+}
+
 /// Runs every step; returns how many showed something else than expected.
 /// `stop` is polled between steps (Ctrl-C).
-pub(crate) fn run(mesh: &Mesh, stop: &dyn Fn() -> bool) -> usize {
+pub(crate) fn run(mesh: &Mesh, policies: &Policies<'_>, stop: &dyn Fn() -> bool) -> usize {
     let td = mesh.trust_domain().to_owned();
     let mut failures = 0;
     for (n, step) in steps().into_iter().enumerate() {
@@ -20,8 +29,8 @@ pub(crate) fn run(mesh: &Mesh, stop: &dyn Fn() -> bool) -> usize {
         }
         println!("\n== Step {}: {}", n + 1, step.title);
         for change in &step.changes {
-            if let Err(e) = make(mesh, change, &td) {
-                println!("   could not do it: {e}");
+            if let Err(e) = make(mesh, policies, change, &td) {
+                println!("   could not do it: {e:#}");
                 failures += 1;
             }
         }
@@ -34,42 +43,59 @@ pub(crate) fn run(mesh: &Mesh, stop: &dyn Fn() -> bool) -> usize {
     failures
 }
 
-/// Prints what it really does: the demo's daemons read their policies from a
-/// directory, so a policy is a file written there (what `kubectl apply` of the
-/// same file does in a cluster, where the daemons watch the API).
-fn make(mesh: &Mesh, change: &Change, td: &str) -> meshward_integration::Result<()> {
-    let dir = mesh.policy_dir().display().to_string();
-    match change {
-        Change::Remove(name) => {
+/// Makes one change and prints what it really does.
+fn make(mesh: &Mesh, policies: &Policies<'_>, change: &Change, td: &str) -> anyhow::Result<()> {
+    match (change, policies) {
+        (Change::Federate, _) => federate(mesh, td)?,
+        // the files name the talk's trust domain; another one is substituted
+        (Change::Apply((name, yaml)), Policies::Kube(kube)) => {
+            kube.apply(name, &yaml.replace(TALK_TRUST_DOMAIN, td))?;
+        }
+        (Change::Remove((name, yaml)), Policies::Kube(kube)) => {
+            kube.delete(name, &yaml.replace(TALK_TRUST_DOMAIN, td))?;
+        }
+        (Change::Apply((name, yaml)), Policies::Directory) => {
+            copy_policy(mesh, name, yaml, td)?;
+        }
+        (Change::Remove((name, _)), Policies::Directory) => {
+            let dir = mesh.policy_dir().display();
             println!("$ rm {dir}/{name}.yaml");
             println!("   (in a cluster: kubectl delete -f docker/examples/policies/{name}.yaml)");
-            mesh.delete_policy(name)
-        }
-        Change::Apply((name, yaml)) => {
-            println!("$ cp docker/examples/policies/{name}.yaml {dir}/");
-            println!("   (in a cluster: kubectl apply -f docker/examples/policies/{name}.yaml)");
-            if td != TALK_TRUST_DOMAIN {
-                println!("   with {TALK_TRUST_DOMAIN} replaced by this mesh's {td}:");
-            }
-            for line in yaml.lines().filter(|l| !l.starts_with('#')) {
-                println!("   | {line}");
-            }
-            // the files name the talk's trust domain; another one is substituted
-            mesh.apply_policy(name, &yaml.replace(TALK_TRUST_DOMAIN, td))
-        }
-        Change::Federate => {
-            let commands = [
-                mesh.federate(td, PARTNER_TRUST_DOMAIN)?,
-                mesh.federate(PARTNER_TRUST_DOMAIN, td)?,
-                vec![mesh.federate_pod("echoserver", &[PARTNER_TRUST_DOMAIN])?],
-                vec![mesh.federate_pod("payments", &[td])?],
-            ];
-            for command in commands.iter().flatten() {
-                println!("$ {command}");
-            }
-            Ok(())
+            mesh.delete_policy(name)?;
         }
     }
+    Ok(())
+}
+
+/// The demo's daemons read their policies from a directory too: a policy is a
+/// file written there (what `kubectl apply` of the same file does in a cluster,
+/// where the daemons watch the API; `--kube` does that).
+fn copy_policy(mesh: &Mesh, name: &str, yaml: &str, td: &str) -> anyhow::Result<()> {
+    let dir = mesh.policy_dir().display();
+    println!("$ cp docker/examples/policies/{name}.yaml {dir}/");
+    println!("   (in a cluster: kubectl apply -f docker/examples/policies/{name}.yaml)");
+    if td != TALK_TRUST_DOMAIN {
+        println!("   with {TALK_TRUST_DOMAIN} replaced by this mesh's {td}:");
+    }
+    for line in yaml.lines().filter(|l| !l.starts_with('#')) {
+        println!("   | {line}");
+    }
+    mesh.apply_policy(name, &yaml.replace(TALK_TRUST_DOMAIN, td))?;
+    Ok(())
+}
+
+/// Each cluster's issuer federates with the other, with the issuer's CLI.
+fn federate(mesh: &Mesh, td: &str) -> anyhow::Result<()> {
+    let commands = [
+        mesh.federate(td, PARTNER_TRUST_DOMAIN)?,
+        mesh.federate(PARTNER_TRUST_DOMAIN, td)?,
+        vec![mesh.federate_pod("echoserver", &[PARTNER_TRUST_DOMAIN])?],
+        vec![mesh.federate_pod("payments", &[td])?],
+    ];
+    for command in commands.iter().flatten() {
+        println!("$ {command}");
+    }
+    Ok(())
 }
 
 /// One request, retried while a change settles; prints what it saw.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-/// The talk's policies, the files a user would `kubectl apply`, unchanged.
+/// The talk's policies, the files a user `kubectl apply`s, unchanged: (name, text).
 pub(super) const DEFAULT_DENY: (&str, &str) = (
     "01-default-deny",
     include_str!("../../../docker/examples/policies/01-default-deny.yaml"),
@@ -70,7 +70,8 @@ pub(super) struct Request {
 /// What a step changes before its requests, as the user would.
 pub(super) enum Change {
     Apply((&'static str, &'static str)),
-    Remove(&'static str),
+    /// The policy a step applied earlier goes.
+    Remove((&'static str, &'static str)),
     /// Each cluster's issuer federates with the other; the echoserver's entry
     /// federates with the partner, the partner's payments entry with us.
     Federate,
@@ -134,7 +135,7 @@ pub(super) fn steps() -> Vec<Step> {
         Step {
             title: "ALLOW only POST /api/payment",
             changes: vec![
-                Change::Remove(ALLOW_CURL_SPIRE.0),
+                Change::Remove(ALLOW_CURL_SPIRE),
                 Change::Apply(ALLOW_PAYMENT_ONLY),
             ],
             requests: vec![
