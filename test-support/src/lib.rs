@@ -8,6 +8,8 @@
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
+//! - [`k8s_psat`]: an agent pod, its projected token and the issuer's `k8s_psat`
+//!   section on the real control plane.
 //! - [`control_plane`]: the real one: etcd and kube-apiserver on loopback, with
 //!   meshward's CRDs (binaries from `scripts/peers.sh`).
 //! - [`spire`]: a real SPIRE server and agent of a trust domain of their own
@@ -26,6 +28,7 @@ pub mod ext_authz;
 mod guarded;
 pub mod issuer;
 pub mod jwks;
+pub mod k8s_psat;
 mod jwt_svid;
 pub mod kube_api;
 pub mod peers;
