@@ -10,7 +10,6 @@
 
 mod support;
 
-
 use meshward_integration::{Mesh, available_or_skip};
 use meshward_test_support::control_plane;
 use support::{

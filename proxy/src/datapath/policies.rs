@@ -218,7 +218,8 @@ spec:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn policy_objects_from_the_kubernetes_api() {
         use crate::datapath::testing::{self, apply, delete};
-        let Some((plane, client, dir)) = testing::real_api("policy_objects_from_the_kubernetes_api")
+        let Some((plane, client, dir)) =
+            testing::real_api("policy_objects_from_the_kubernetes_api")
         else {
             return;
         };
@@ -237,7 +238,10 @@ spec:
             })
         };
         let namespace = testing::namespace("echoserver");
-        apply(plane, &[namespace, policy("allow-all", "ALLOW", "10.0.0.0/8")]);
+        apply(
+            plane,
+            &[namespace, policy("allow-all", "ALLOW", "10.0.0.0/8")],
+        );
         // a file beside the API: one set
         std::fs::write(dir.path().join("p.yaml"), ALLOW).unwrap();
         let mut policies = watch_policies(
@@ -251,7 +255,10 @@ spec:
         delete(plane, "authorizationpolicy", "echoserver", "allow-all");
         settles(&mut policies, 2).await;
         // a RequestAuthentication beside them: one set of both kinds
-        apply(plane, &[authentication("svids", "spiffe://math.example.com")]);
+        apply(
+            plane,
+            &[authentication("svids", "spiffe://math.example.com")],
+        );
         settles_with(&mut policies, 2, 1).await;
         // an issuer a rule cannot be made of: refused, the set stays
         apply(plane, &[authentication("broken", "accounts")]);

@@ -20,7 +20,9 @@ pub(super) fn real_api(
 )> {
     let plane = control_plane::shared(test)?;
     let dir = tempfile::tempdir().unwrap();
-    let token = plane.component_token_file("meshward-node", dir.path()).unwrap();
+    let token = plane
+        .component_token_file("meshward-node", dir.path())
+        .unwrap();
     let client = meshward_kubernetes::connect(&meshward_kubernetes::ApiEndpoint {
         api_server: Some(plane.url().to_owned()),
         api_ca_path: Some(plane.ca_file().to_owned()),
@@ -44,7 +46,9 @@ pub(super) fn namespace(name: &str) -> serde_json::Value {
 
 /// `kubectl delete <kind> <name> -n <namespace>`.
 pub(super) fn delete(plane: &ControlPlane, kind: &str, namespace: &str, name: &str) {
-    plane.kubectl(&["delete", kind, name, "-n", namespace]).unwrap();
+    plane
+        .kubectl(&["delete", kind, name, "-n", namespace])
+        .unwrap();
 }
 
 /// Waits, at most 15 s, until the channel's value satisfies `done`.
