@@ -5,6 +5,7 @@
 //! reading the cluster as the `meshward-issuer` ServiceAccount.
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use crate::control_plane::{COMPONENTS_NAMESPACE, ControlPlane, ControlPlaneError};
 
@@ -21,9 +22,14 @@ pub const AUDIENCE: &str = "meshward-issuer";
 /// pod's UID.
 pub fn agent_pod(plane: &ControlPlane, pod: &str) -> Result<String, ControlPlaneError> {
     plane.apply_shipped_rbac()?;
+    // one apply of the node at a time: two tests creating it at once, one meets
+    // AlreadyExists
+    static NODE_APPLY: Mutex<()> = Mutex::new(());
+    let applying = NODE_APPLY.lock().unwrap_or_else(PoisonError::into_inner);
     plane.apply(&format!(
         "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n"
     ))?;
+    drop(applying);
     let status =
         format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{NODE_IP}"}}]}}}}"#);
     plane.kubectl(&[
