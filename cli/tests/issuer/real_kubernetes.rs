@@ -29,7 +29,7 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     };
     let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
     plane.apply(&object("default", by_sa)).unwrap();
-    let issuer = Issuer::with_extra(
+    let mut issuer = Issuer::with_extra(
         meshward(),
         TD,
         dir.path(),
@@ -39,33 +39,7 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
             plane.api_yaml_with_token(&issuer_token)
         ),
     );
-    let names = || -> Vec<String> {
-        let listed = issuer.cli_json(&["template", "list"]);
-        let mut names: Vec<String> = listed["templates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    let wait_for = |want: &[&str]| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = names();
-            if now == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "templates {now:?}, want {want:?}\n{}",
-                issuer.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for(&["k8s/default"]);
+    wait_for_templates(&issuer, &["k8s/default"]);
     let listed = issuer.cli_json(&["template", "list"]);
     assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1200);
     // an operator's own template beside them is never touched
@@ -83,7 +57,7 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     plane
         .apply(&object("foreign", "spiffe://elsewhere.example/x"))
         .unwrap();
-    wait_for(&["k8s/by-name", "k8s/default", "own"]);
+    wait_for_templates(&issuer, &["k8s/by-name", "k8s/default", "own"]);
     plane
         .apply(&object("default", by_sa).replace("ttl: 20m", "ttl: 30m"))
         .unwrap();
@@ -107,12 +81,50 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     plane
         .kubectl(&["delete", "clusterspiffeid", "default"])
         .unwrap();
-    wait_for(&["k8s/by-name", "own"]);
+    wait_for_templates(&issuer, &["k8s/by-name", "own"]);
     assert!(
         issuer.log().contains("ClusterSPIFFEID foreign refused"),
         "{}",
         issuer.log()
     );
+    // deleted while the issuer was away: gone after its first list, and the
+    // operator's own template is still not touched
+    issuer.stop();
+    plane
+        .kubectl(&["delete", "clusterspiffeid", "by-name"])
+        .unwrap();
+    issuer.start();
+    wait_for_templates(&issuer, &["own"]);
+}
+
+/// The names of the issuer's templates, sorted.
+fn template_names(issuer: &Issuer) -> Vec<String> {
+    let listed = issuer.cli_json(&["template", "list"]);
+    let mut names: Vec<String> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (at most 15 s) until the issuer's templates are `want`.
+fn wait_for_templates(issuer: &Issuer, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = template_names(issuer);
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "templates {now:?}, want {want:?}\n{}",
+            issuer.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
