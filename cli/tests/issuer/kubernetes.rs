@@ -174,31 +174,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1800);
 
     // the node attests with its projected token, then signs for its pods by template
-    let identity = CertStore::new();
-    let mut client = connect(&issuer, &identity).await;
-    let (node_key, csr) = p256_csr();
-    let token = k8s_psat::projected_token(plane, pod, AUDIENCE).unwrap();
-    let attested = client
-        .attest_agent(k8s_psat_request("eks", &token, csr))
-        .await
-        .unwrap()
-        .into_inner();
-    let node_chain: Vec<_> = attested
-        .svid
-        .unwrap()
-        .cert_chain
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    let roots: Vec<_> = attested
-        .bundle
-        .unwrap()
-        .x509_authorities
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    identity.set(node_chain, &node_key).unwrap();
-    let mut client = connect(&issuer, &identity).await;
+    let (mut client, roots) = attested_node(plane, &issuer, pod).await;
     let templates = client
         .list_identity_templates(proto::ListIdentityTemplatesRequest {})
         .await
@@ -304,6 +280,40 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         stderr.contains("template \"broken\": unknown template expression"),
         "{stderr}"
     );
+}
+
+/// An agent of the node daemon's pod `pod` attested by its projected token: its
+/// client (authenticated with the node SVID) and the issuer's X.509 roots.
+async fn attested_node(
+    plane: &ControlPlane,
+    issuer: &Issuer,
+    pod: &str,
+) -> (AgentClient, Vec<rustls_pki_types::CertificateDer<'static>>) {
+    let identity = CertStore::new();
+    let mut client = connect(issuer, &identity).await;
+    let (node_key, csr) = p256_csr();
+    let token = k8s_psat::projected_token(plane, pod, AUDIENCE).unwrap();
+    let attested = client
+        .attest_agent(k8s_psat_request("eks", &token, csr))
+        .await
+        .unwrap()
+        .into_inner();
+    let node_chain: Vec<_> = attested
+        .svid
+        .unwrap()
+        .cert_chain
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let roots: Vec<_> = attested
+        .bundle
+        .unwrap()
+        .x509_authorities
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    identity.set(node_chain, &node_key).unwrap();
+    (connect(issuer, &identity).await, roots)
 }
 
 /// `token` (a JWT of the control plane's service-account issuer) with its claims
