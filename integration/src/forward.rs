@@ -1,7 +1,8 @@
 //! A TCP forwarder across namespaces: it listens on loopback inside a namespace
 //! and connects from the test's own namespace, so a process in a node can reach a
-//! server the test runs on its loopback (e.g. a fake Kubernetes API) without any
-//! route between the two. Threads, not tasks: it needs no runtime.
+//! server the test runs on its loopback (e.g. the kube-apiserver of
+//! `meshward_test_support::control_plane`) without any route between the two.
+//! Threads, not tasks: it needs no runtime.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -193,13 +193,13 @@ fn whatever_a_real_server_reads_as_a_request_is_never_forwarded_as_tcp() {
 
 #[test]
 fn a_text_protocol_is_tcp_once_its_service_declares_it() {
-    let Some(()) = available_or_skip("a_text_protocol_is_tcp_once_its_service_declares_it") else {
+    let test = "a_text_protocol_is_tcp_once_its_service_declares_it";
+    let Some(env) = echo_mesh_with_api(test, |spec| {
+        spec.pod("node-1", curl_spire(), true);
+    }) else {
         return;
     };
-    let env = echo_mesh_with_api(|spec| {
-        spec.pod("node-1", curl_spire(), true);
-    });
-    let (api, mesh) = (&env.api, &env.mesh);
+    let (plane, mesh) = (env.plane, &env.mesh);
     let _tcp = tcp_echo(mesh);
     mesh.apply_policy("allow", &allow_curl_spire()).unwrap();
     let ip = mesh.pod_ip("echoserver").unwrap().to_string();
@@ -216,24 +216,36 @@ fn a_text_protocol_is_tcp_once_its_service_declares_it() {
     };
     eventually(mesh, "undeclared: read as HTTP and refused", read_as_http);
     for (name, app_protocol) in [("redis", Some("redis")), ("tcp-redis", None)] {
-        api.apply_service(json!({
-            "metadata": {"name": "redis", "namespace": "echoserver"},
-            "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "echoserver"},
-                     "ports": [{"name": name, "port": 6379, "targetPort": 9000, "appProtocol": app_protocol}]}
-        }));
-        api.apply_endpoint_slice(json!({
-            "metadata": {"name": "redis-abc", "namespace": "echoserver",
-                         "labels": {"kubernetes.io/service-name": "redis"}},
-            "addressType": "IPv4",
-            "ports": [{"name": name, "port": 9000, "protocol": "TCP", "appProtocol": app_protocol}],
-            "endpoints": [{"addresses": [ip.clone()], "conditions": {"ready": true}}]
-        }));
+        // the port's name says the protocol, or else its appProtocol does
+        let port = |number: u16| {
+            let mut port = json!({"name": name, "port": number, "protocol": "TCP"});
+            if let Some(app_protocol) = app_protocol {
+                port["appProtocol"] = json!(app_protocol);
+            }
+            port
+        };
+        let mut service_port = port(6379);
+        service_port["targetPort"] = json!(9000);
+        let declared = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "redis", "namespace": "echoserver"},
+             "spec": {"selector": {"app": "echoserver"}, "ports": [service_port]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "redis-abc", "namespace": "echoserver",
+                          "labels": {"kubernetes.io/service-name": "redis"}},
+             "addressType": "IPv4",
+             "ports": [port(9000)],
+             "endpoints": [{"addresses": [ip.clone()], "conditions": {"ready": true}}]},
+        ]});
+        plane.apply(&declared.to_string()).unwrap();
         eventually(mesh, &format!("declared by {name}: TCP"), || {
             let got = exchange();
             (got == commands).then_some(()).ok_or(format!("{got:?}"))
         });
-        api.delete_service("echoserver", "redis");
-        api.delete_endpoint_slice("echoserver", "redis-abc");
+        let delete = ["delete", "-n", "echoserver", "service/redis"];
+        plane.kubectl(&delete).unwrap();
+        let delete = ["delete", "-n", "echoserver", "endpointslice/redis-abc"];
+        plane.kubectl(&delete).unwrap();
         eventually(mesh, "undeclared again: HTTP", read_as_http);
     }
 }

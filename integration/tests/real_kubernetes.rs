@@ -4,24 +4,18 @@
 //! what is allowed, a deleted one goes. The daemons authenticate as the
 //! `meshward-node` ServiceAccount of `docker/k8s/base` (a token from the
 //! TokenRequest API), under exactly the RBAC shipped there (its objects taken
-//! from the rendered base), in every test here.
+//! from the rendered base), in every test here. (Services and EndpointSlices:
+//! `services.rs`, `detection.rs`.)
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::net::SocketAddr;
-
-use meshward_integration::{LoopbackForward, Mesh, available_or_skip};
+use meshward_integration::{Mesh, available_or_skip};
 use meshward_test_support::control_plane;
-use support::{TD, bearer, call, curl_spire, echo_mesh, eventually, example, status, unauthorized};
-
-/// The node daemons' `kubernetes:` block: the API server as the `meshward-node`
-/// ServiceAccount, under the RBAC of the rendered `docker/k8s/base` (applied
-/// first), with a token from the TokenRequest API (written in `dir`).
-fn as_meshward_node(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> String {
-    let token_file = plane.component_token_file("meshward-node", dir).unwrap();
-    plane.api_yaml_with_token(&token_file)
-}
+use support::{
+    TD, as_meshward_node, bearer, call, curl_spire, echo_mesh, eventually, example, forward_api,
+    status, unauthorized,
+};
 
 /// For a test that changes what others would see: a control plane of its own, and
 /// the daemons' `kubernetes:` block as `meshward-node` (its token in `dir`).
@@ -34,19 +28,6 @@ fn own_plane_as_node(
     let plane = control_plane::own(test)?;
     let api_yaml = as_meshward_node(&plane, dir);
     Some((plane, api_yaml))
-}
-
-/// The daemons dial the API server's 127.0.0.1:<port> in their node: forwarded
-/// there from each node while the forwards live.
-fn forward_api(mesh: &Mesh, api_url: &str) -> Vec<LoopbackForward> {
-    let api: SocketAddr = api_url.trim_start_matches("https://").parse().unwrap();
-    ["node-1", "node-2"]
-        .iter()
-        .map(|node| {
-            let ns = mesh.cluster.node(node).unwrap().netns();
-            LoopbackForward::start(ns, api.port(), api).unwrap()
-        })
-        .collect()
 }
 
 #[test]
@@ -239,85 +220,6 @@ fn changes_made_while_the_daemons_were_away_are_not_lost() {
             "{node}: {log}"
         );
     }
-}
-
-#[test]
-fn a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod() {
-    let dir = tempfile::tempdir().unwrap();
-    // a plane of its own: the other tests here change the policies of namespace echoserver
-    let Some((plane, api_yaml)) = own_plane_as_node(
-        "a_service_and_its_endpoint_slice_from_the_real_api_server_reach_the_pod",
-        dir.path(),
-    ) else {
-        return;
-    };
-    let (mesh, _echo) = echo_mesh(|spec| {
-        spec.pod("node-1", curl_spire(), true)
-            .outbound_yaml(&format!("  kubernetes: {api_yaml}\n"))
-            .authorization_yaml(&format!("  kubernetes: {api_yaml}\n"));
-    });
-    let _forwards = forward_api(&mesh, plane.url());
-    // the pod's namespace is echoserver; the policy allows the caller there
-    plane
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
-        .unwrap();
-    plane.apply(&example("02-allow-curl-spire")).unwrap();
-    let pod_ip = mesh.pod_ip("echoserver").unwrap();
-    // a Service whose cluster IP the real server allocates from its range, and the
-    // slice an EndpointSlice controller would write (no controllers run here)
-    plane
-        .apply(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: echoserver, namespace: echoserver}\nspec:\n  ports:\n  - {name: http, port: 80, targetPort: web}\n",
-        )
-        .unwrap();
-    let cluster_ip = plane
-        .kubectl(&[
-            "get",
-            "service",
-            "echoserver",
-            "-n",
-            "echoserver",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .unwrap();
-    plane
-        .apply(&format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echoserver-x1\n  namespace: echoserver\n  labels: {{kubernetes.io/service-name: echoserver}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080}}\nendpoints:\n- addresses: [\"{pod_ip}\"]\n  conditions: {{ready: true}}\n"
-        ))
-        .unwrap();
-    let url = format!("http://{cluster_ip}/via-service");
-    let r = eventually(&mesh, "the service answers", || {
-        status(&mesh, "curl-spire", &[&url], 200)
-    });
-    let seen = r.json().unwrap();
-    let xfcc = seen["request"]["headers"]["x-forwarded-client-cert"]
-        .as_str()
-        .unwrap();
-    assert!(
-        xfcc.ends_with(&format!("URI=spiffe://{TD}/ns/default/sa/curl-spire")),
-        "{xfcc}"
-    );
-    // the slice goes: the connection is refused at once, not hung
-    plane
-        .kubectl(&[
-            "delete",
-            "endpointslice",
-            "echoserver-x1",
-            "-n",
-            "echoserver",
-        ])
-        .unwrap();
-    eventually(&mesh, "no endpoint left", || {
-        let r = mesh
-            .cluster
-            .curl("curl-spire", &["--max-time", "5", &url])
-            .map_err(|e| e.to_string())?;
-        match (r.status, r.exit_code) {
-            (None, Some(code)) if code != 28 => Ok(()),
-            other => Err(format!("still answered or hung: {other:?}")),
-        }
-    });
 }
 
 #[test]

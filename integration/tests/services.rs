@@ -1,31 +1,30 @@
 //! Service cluster IPs through the mesh: the daemons watch Services and
-//! EndpointSlices in a (fake) Kubernetes API, and a pod's curl to a cluster IP
-//! reaches the Service's pod over HBONE with the caller's identity, as on EKS
-//! where capture sees the address before kube-proxy's DNAT.
+//! EndpointSlices in the real control plane (etcd + kube-apiserver from
+//! `scripts/peers.sh`) as the `meshward-node` ServiceAccount, and a pod's curl to
+//! a cluster IP reaches the Service's pod over HBONE with the caller's identity,
+//! as on EKS where capture sees the address before kube-proxy's DNAT.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use meshward_integration::{PodSpec, available_or_skip};
+use meshward_integration::PodSpec;
 use serde_json::json;
 use support::{TD, curl_spire, echo_mesh_with_api, eventually, example, status};
 
-const CLUSTER_IP: &str = "10.96.0.10";
-
 #[test]
 fn a_service_cluster_ip_reaches_its_pod_with_identity() {
-    let Some(()) = available_or_skip("a_service_cluster_ip_reaches_its_pod_with_identity") else {
-        return;
-    };
-    let env = echo_mesh_with_api(|spec| {
+    let test = "a_service_cluster_ip_reaches_its_pod_with_identity";
+    let Some(env) = echo_mesh_with_api(test, |spec| {
         // a second endpoint, on the caller's own node
         let second = PodSpec::new("echoserver-2")
             .namespace("echoserver")
             .label("app", "echoserver");
         spec.pod("node-1", curl_spire(), true)
             .pod("node-1", second, true);
-    });
-    let (api, mesh) = (&env.api, &env.mesh);
+    }) else {
+        return;
+    };
+    let (plane, mesh) = (env.plane, &env.mesh);
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
         .unwrap();
     let _echo_2 = mesh
@@ -38,12 +37,17 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
         .unwrap();
     let pod_ip = mesh.pod_ip("echoserver").unwrap().to_string();
     let pod_2_ip = mesh.pod_ip("echoserver-2").unwrap().to_string();
-    api.apply_service(json!({
+    // a Service whose cluster IP the server allocates from its range, and the slice
+    // an EndpointSlice controller would write (no controllers run here)
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "echoserver", "namespace": "echoserver"},
         // a target port by name, unlike the slice's number: mapped by the port's name
-        "spec": {"clusterIP": CLUSTER_IP, "ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
-    }));
-    api.apply_endpoint_slice(json!({
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
+    });
+    plane.apply(&service.to_string()).unwrap();
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "echoserver-x1", "namespace": "echoserver",
                      "labels": {"kubernetes.io/service-name": "echoserver"}},
         "addressType": "IPv4",
@@ -52,7 +56,19 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
             {"addresses": [pod_ip], "conditions": {"ready": true}},
             {"addresses": [pod_2_ip], "conditions": {"ready": true}},
         ],
-    }));
+    });
+    plane.apply(&slice.to_string()).unwrap();
+    let cluster_ip = plane
+        .kubectl(&[
+            "get",
+            "service",
+            "echoserver",
+            "-n",
+            "echoserver",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
 
     // both endpoints serving before the round robin is counted (a loaded machine
     // may take a moment to start the second echoserver)
@@ -60,7 +76,7 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     eventually(mesh, "echoserver-2 answers", || {
         status(mesh, "curl-spire", &[&direct], 200)
     });
-    let url = format!("http://{CLUSTER_IP}/via-service");
+    let url = format!("http://{cluster_ip}/via-service");
     let r = eventually(mesh, "the service answers", || {
         status(mesh, "curl-spire", &[&url], 200)
     });
@@ -84,7 +100,15 @@ fn a_service_cluster_ip_reaches_its_pod_with_identity() {
     assert_eq!(served, want.into_iter().collect(), "round robin");
 
     // the pods leave the service: the connection is refused at once, not hung
-    api.delete_endpoint_slice("echoserver", "echoserver-x1");
+    plane
+        .kubectl(&[
+            "delete",
+            "endpointslice",
+            "echoserver-x1",
+            "-n",
+            "echoserver",
+        ])
+        .unwrap();
     eventually(mesh, "no endpoint left", || {
         let r = mesh
             .cluster

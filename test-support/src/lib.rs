@@ -7,9 +7,11 @@
 //!   party would.
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
-//! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
-//! - [`control_plane`]: the real one: etcd and kube-apiserver on loopback, with
-//!   meshward's CRDs (binaries from `scripts/peers.sh`).
+//! - [`control_plane`]: a real Kubernetes control plane: etcd and kube-apiserver on
+//!   loopback, with meshward's CRDs (binaries from `scripts/peers.sh`); every test
+//!   of what meshward takes from the Kubernetes API runs against it.
+//! - [`k8s_psat`]: an agent pod, its projected token and the issuer's `k8s_psat`
+//!   section on that control plane.
 //! - [`spire`]: a real SPIRE server and agent of a trust domain of their own
 //!   (binaries from `scripts/peers.sh`), the other side of federation.
 //! - [`peers`]: where `scripts/peers.sh` put the real systems, and what a test
@@ -27,7 +29,7 @@ mod guarded;
 pub mod issuer;
 pub mod jwks;
 mod jwt_svid;
-pub mod kube_api;
+pub mod k8s_psat;
 pub mod peers;
 pub mod postgres;
 pub mod postgres_server;

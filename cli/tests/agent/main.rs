@@ -179,6 +179,5 @@ fn ids(snapshot: &Snapshot, ip: &str) -> Vec<String> {
 }
 
 mod identities;
-mod kubernetes;
 mod real_kubernetes;
 mod workload_api;

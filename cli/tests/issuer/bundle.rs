@@ -1,4 +1,5 @@
-//! The trust bundle as others fetch it: the HTTPS bundle endpoint and the ConfigMap.
+//! The trust bundle as others fetch it: the HTTPS bundle endpoint (the ConfigMap:
+//! `real_kubernetes.rs`).
 
 use super::*;
 
@@ -137,51 +138,4 @@ async fn bundle_endpoint_https_spiffe_and_https_web() {
         )
         .is_ok()
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trust_bundle_is_kept_in_a_config_map() {
-    use meshward_test_support::kube_api::FakeKubeApi;
-    let dir = tempfile::tempdir().unwrap();
-    let api = FakeKubeApi::start(dir.path()).await;
-    let issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!(
-            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {}\n",
-            api.connection_yaml()
-        ),
-    );
-    let (code, shown, stderr) = issuer.cli(&["bundle", "show"]);
-    assert_eq!(code, 0, "{stderr}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let written = loop {
-        let data = api
-            .config_map("meshward-system", "meshward-bundle")
-            .and_then(|cm| cm["data"]["bundle.pem"].as_str().map(str::to_owned));
-        if let Some(pem) = data {
-            break pem;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no bundle ConfigMap: {}",
-            issuer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(written.trim(), shown.trim());
-    assert!(written.contains("BEGIN CERTIFICATE"), "{written}");
-    // the issuer logs the write once the API has answered: the line may follow
-    // the ConfigMap by a moment
-    let logged = "trust bundle written to ConfigMap meshward-system/meshward-bundle";
-    while !issuer.log().contains(logged) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not logged: {}",
-            issuer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

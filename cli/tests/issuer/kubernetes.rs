@@ -1,37 +1,53 @@
-//! What the issuer takes from the Kubernetes API: PSAT attestation and ClusterSPIFFEIDs.
+//! k8s_psat against the real control plane (etcd + kube-apiserver from
+//! `scripts/peers.sh`): real projected tokens from the TokenRequest API (an
+//! audience, bound to a pod), checked by a real TokenReview, the issuer
+//! authenticating as the `meshward-issuer` ServiceAccount of `docker/k8s/base`
+//! under exactly the RBAC shipped there; then the attested node signs for its pods
+//! by identity template.
 
 use meshward_api::attestation::k8s_psat_request;
+use meshward_test_support::control_plane::{self, ControlPlane};
+use meshward_test_support::k8s_psat::{self, AUDIENCE, NODE, NODE_IP};
 
 use super::*;
 
+const AGENT_POD: &str = "meshward-node-abcde";
+
+type AgentClient = proto::agent_api_client::AgentApiClient<tonic::transport::Channel>;
+
+/// An issuer whose `k8s_psat` cluster `eks` is `plane` ([`k8s_psat::issuer_yaml`]).
+fn psat_issuer(plane: &ControlPlane, dir: &Path) -> Issuer {
+    let psat = k8s_psat::issuer_yaml(plane, dir).unwrap();
+    Issuer::with_extra(meshward(), TD, dir, &sqlite_url(dir), &psat)
+}
+
+/// The refusal's message, after checking it is PermissionDenied.
+fn refused(r: Result<tonic::Response<proto::AttestResponse>, tonic::Status>) -> String {
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    e.message().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_psat_attestation_through_token_review() {
-    use meshward_test_support::kube_api::{FakeKubeApi, FakePod};
+async fn k8s_psat_attestation_through_a_real_token_review() {
+    let Some(plane) = control_plane::shared("k8s_psat_attestation_through_a_real_token_review")
+    else {
+        return;
+    };
+    let pod_uid = k8s_psat::agent_pod(plane, AGENT_POD).unwrap();
+    let node_uid = k8s_psat::node_uid(plane).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeKubeApi::start(dir.path()).await;
-    let agent_pod = api.add_agent_pod(
-        "ip-10-0-1-23.ec2.internal",
-        "node-uid-1",
-        "meshward-node-abcde",
-        "pod-uid-1",
-    );
-    let issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &api.issuer_psat_yaml(),
-    );
+    let issuer = psat_issuer(plane, dir.path());
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
-    let attest = |cluster: &str, token: String| k8s_psat_request(cluster, &token, p256_csr().1);
-    let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let projected = k8s_psat::projected_token(plane, AGENT_POD, AUDIENCE).unwrap();
     let attested = client
-        .attest_agent(attest("eks", token.clone()))
+        .attest_agent(attest(&projected))
         .await
         .unwrap()
         .into_inner();
-    let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/node-uid-1");
+    let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/{node_uid}");
     assert_eq!(attested.svid.unwrap().spiffe_id, node_id);
     let agents = issuer.cli_json(&["agent", "show", "-spiffeID", &node_id]);
     let agent = &agents["agents"][0];
@@ -44,104 +60,106 @@ async fn k8s_psat_attestation_through_token_review() {
         .map(|s| s.as_str().unwrap())
         .collect();
     for want in [
-        "k8s_psat:cluster:eks",
-        "k8s_psat:agent_ns:meshward",
-        "k8s_psat:agent_sa:meshward-node",
-        "k8s_psat:agent_pod_name:meshward-node-abcde",
-        "k8s_psat:agent_pod_uid:pod-uid-1",
-        "k8s_psat:agent_node_name:ip-10-0-1-23.ec2.internal",
-        "k8s_psat:agent_node_uid:node-uid-1",
-        "k8s_psat:agent_node_ip:10.0.1.23",
+        "k8s_psat:cluster:eks".to_owned(),
+        "k8s_psat:agent_ns:meshward-system".to_owned(),
+        "k8s_psat:agent_sa:meshward-node".to_owned(),
+        format!("k8s_psat:agent_pod_name:{AGENT_POD}"),
+        format!("k8s_psat:agent_pod_uid:{pod_uid}"),
+        format!("k8s_psat:agent_node_name:{NODE}"),
+        format!("k8s_psat:agent_node_uid:{node_uid}"),
+        format!("k8s_psat:agent_node_ip:{NODE_IP}"),
     ] {
         assert!(
-            selectors.contains(&want),
+            selectors.contains(&want.as_str()),
             "{want} missing from {selectors:?}"
         );
     }
-    // PSAT nodes may attest again (a restarted agent pod)
-    client
-        .attest_agent(attest("eks", token.clone()))
-        .await
-        .unwrap();
+    refusals_before_the_review(&mut client, &projected).await;
+    refusals_of_the_review(plane, &mut client, &projected).await;
+    refusals_of_the_pod(plane, &issuer, &mut client, &node_id).await;
+}
 
-    let refused = |r: Result<tonic::Response<proto::AttestResponse>, tonic::Status>, want: &str| {
-        let e = r.unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-        assert!(e.message().contains(want), "want {want:?} in {e}");
-    };
-    refused(
-        client.attest_agent(attest("gke", token.clone())).await,
-        "cluster \"gke\" is not configured",
-    );
-    let wrong_audience =
-        api.service_account_token(&agent_pod, "someone-else", Duration::from_secs(600));
-    refused(
-        client.attest_agent(attest("eks", wrong_audience)).await,
-        "did not authenticate the token",
-    );
-    refused(
+/// What the issuer refuses before asking the server: a cluster it does not know,
+/// a payload that is not k8s_psat's.
+async fn refusals_before_the_review(client: &mut AgentClient, projected: &str) {
+    let e = refused(
         client
-            .attest_agent(attest(
-                "eks",
-                api.expired_service_account_token(&agent_pod, "meshward-issuer"),
-            ))
+            .attest_agent(k8s_psat_request("gke", projected, p256_csr().1))
             .await,
-        "service account token has expired",
     );
-    // a payload that is not k8s_psat's (SPIRE's JSON with cluster and token)
-    let mut not_json = attest("eks", token.clone());
-    not_json.payload = token.clone().into_bytes();
+    assert!(e.contains("cluster \"gke\" is not configured"), "{e}");
+    // the token alone, not SPIRE's JSON with cluster and token
+    let mut not_json = k8s_psat_request("eks", projected, p256_csr().1);
+    not_json.payload = projected.as_bytes().to_vec();
     let e = client.attest_agent(not_json).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("k8s_psat payload"), "{e}");
-    let mut forged = token.clone();
+}
+
+/// What the server's TokenReview refuses (another audience, a forged signature)
+/// and what the issuer refuses of what it accepts (a ServiceAccount outside the
+/// allow-list).
+async fn refusals_of_the_review(plane: &ControlPlane, client: &mut AgentClient, projected: &str) {
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let other_audience = k8s_psat::projected_token(plane, AGENT_POD, "someone-else").unwrap();
+    let e = refused(client.attest_agent(attest(&other_audience)).await);
+    assert!(e.contains("did not authenticate the token"), "{e}");
+    let mut forged = projected.to_owned();
     forged.pop();
-    refused(
-        client.attest_agent(attest("eks", forged)).await,
-        "did not authenticate the token",
-    );
-    let other_sa = FakePod {
-        service_account: "default".into(),
-        ..agent_pod.clone()
+    let e = refused(client.attest_agent(attest(&forged)).await);
+    assert!(e.contains("did not authenticate the token"), "{e}");
+    let issuer_token = k8s_psat::token(plane, "meshward-issuer", &["--audience=meshward-issuer"]);
+    let e = refused(client.attest_agent(attest(&issuer_token.unwrap())).await);
+    assert!(e.contains("not in the allow-list"), "{e}");
+}
+
+/// A banned node, then the pod the token is bound to replaced, then gone.
+async fn refusals_of_the_pod(
+    plane: &ControlPlane,
+    issuer: &Issuer,
+    client: &mut AgentClient,
+    node_id: &str,
+) {
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    // PSAT nodes may attest again (a restarted agent pod), unless banned
+    let projected = k8s_psat::projected_token(plane, AGENT_POD, AUDIENCE).unwrap();
+    client.attest_agent(attest(&projected)).await.unwrap();
+    issuer.cli_json(&["agent", "ban", "-spiffeID", node_id]);
+    let e = refused(client.attest_agent(attest(&projected)).await);
+    assert!(e.contains("banned"), "{e}");
+    // The server caches a token's successful review for 10 s (kube-apiserver's
+    // token cache), so for that long it still vouches for a token whose pod was
+    // just replaced or deleted: the issuer's own lookup of the pod must refuse it,
+    // at once and as PermissionDenied (a node that will never attest with it, not
+    // an outage to retry; it once answered Unavailable for 8-10 s).
+    let force = ["--grace-period=0", "--force"];
+    let delete = || {
+        let mut args = vec!["delete", "pod", AGENT_POD, "-n", "meshward-system"];
+        args.extend_from_slice(&force);
+        plane.kubectl(&args).unwrap();
     };
-    let token_other =
-        api.service_account_token(&other_sa, "meshward-issuer", Duration::from_secs(600));
-    refused(
-        client.attest_agent(attest("eks", token_other)).await,
-        "not in the allow-list",
-    );
-    // the pod was replaced: same name, new UID
-    api.add_pod(FakePod {
-        uid: "pod-uid-2".into(),
-        ..agent_pod.clone()
-    });
-    refused(
-        client.attest_agent(attest("eks", token)).await,
-        "another UID",
-    );
-    // a banned node cannot attest again
-    issuer.cli_json(&["agent", "ban", "-spiffeID", &node_id]);
-    let fresh = FakePod {
-        uid: "pod-uid-2".into(),
-        ..agent_pod
-    };
-    let token = api.service_account_token(&fresh, "meshward-issuer", Duration::from_secs(600));
-    refused(client.attest_agent(attest("eks", token)).await, "banned");
+    // replaced: the same name, a new UID
+    delete();
+    k8s_psat::bind_pod(plane, AGENT_POD).unwrap();
+    let e = refused(client.attest_agent(attest(&projected)).await);
+    assert!(e.contains("another UID"), "{e}");
+    delete();
+    let e = refused(client.attest_agent(attest(&projected)).await);
+    assert!(e.contains("not found"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
-    use meshward_test_support::kube_api::FakeKubeApi;
+    let Some(plane) =
+        control_plane::shared("identity_templates_give_matching_pods_on_the_node_their_ids")
+    else {
+        return;
+    };
+    // a pod of its own: the test above replaces and deletes its pod
+    let pod = "meshward-node-templates";
+    k8s_psat::agent_pod(plane, pod).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeKubeApi::start(dir.path()).await;
-    let agent_pod = api.add_agent_pod("node-1", "node-uid-1", "meshward-node-1", "agent-uid");
-    let issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &api.issuer_psat_yaml(),
-    );
+    let issuer = psat_issuer(plane, dir.path());
     let template = dir.path().join("clusterspiffeid.yaml");
     std::fs::write(
         &template,
@@ -156,31 +174,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1800);
 
     // the node attests with its projected token, then signs for its pods by template
-    let identity = CertStore::new();
-    let mut client = connect(&issuer, &identity).await;
-    let (node_key, csr) = p256_csr();
-    let token = api.service_account_token(&agent_pod, "meshward-issuer", Duration::from_secs(600));
-    let attested = client
-        .attest_agent(k8s_psat_request("eks", &token, csr))
-        .await
-        .unwrap()
-        .into_inner();
-    let node_chain: Vec<_> = attested
-        .svid
-        .unwrap()
-        .cert_chain
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    let roots: Vec<_> = attested
-        .bundle
-        .unwrap()
-        .x509_authorities
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    identity.set(node_chain, &node_key).unwrap();
-    let mut client = connect(&issuer, &identity).await;
+    let (mut client, roots) = attested_node(plane, &issuer, pod).await;
     let templates = client
         .list_identity_templates(proto::ListIdentityTemplatesRequest {})
         .await
@@ -210,9 +204,9 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     let results = client
         .batch_new_x509_svid(proto::BatchNewX509SvidRequest {
             params: vec![
-                by_template(pod("curl-1", "node-1", true)),
-                by_template(pod("curl-2", "node-1", false)),
-                by_template(pod("curl-3", "node-2", true)),
+                by_template(pod("curl-1", NODE, true)),
+                by_template(pod("curl-2", NODE, false)),
+                by_template(pod("curl-3", "another-node", true)),
             ],
         })
         .await
@@ -252,7 +246,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         .batch_new_x509_svid(proto::BatchNewX509SvidRequest {
             params: vec![proto::NewX509SvidParams {
                 entry_id: "x".into(),
-                ..by_template(pod("curl-1", "node-1", true))
+                ..by_template(pod("curl-1", NODE, true))
             }],
         })
         .await
@@ -262,7 +256,7 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
         .new_jwt_svid(proto::NewJwtSvidRequest {
             audience: vec!["payments".into()],
             template: "default".into(),
-            pod: Some(pod("curl-1", "node-1", true)),
+            pod: Some(pod("curl-1", NODE, true)),
             ..Default::default()
         })
         .await
@@ -288,69 +282,97 @@ async fn identity_templates_give_matching_pods_on_the_node_their_ids() {
     );
 }
 
+/// An agent of the node daemon's pod `pod` attested by its projected token: its
+/// client (authenticated with the node SVID) and the issuer's X.509 roots.
+async fn attested_node(
+    plane: &ControlPlane,
+    issuer: &Issuer,
+    pod: &str,
+) -> (AgentClient, Vec<rustls_pki_types::CertificateDer<'static>>) {
+    let identity = CertStore::new();
+    let mut client = connect(issuer, &identity).await;
+    let (node_key, csr) = p256_csr();
+    let token = k8s_psat::projected_token(plane, pod, AUDIENCE).unwrap();
+    let attested = client
+        .attest_agent(k8s_psat_request("eks", &token, csr))
+        .await
+        .unwrap()
+        .into_inner();
+    let node_chain: Vec<_> = attested
+        .svid
+        .unwrap()
+        .cert_chain
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let roots: Vec<_> = attested
+        .bundle
+        .unwrap()
+        .x509_authorities
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    identity.set(node_chain, &node_key).unwrap();
+    (connect(issuer, &identity).await, roots)
+}
+
+/// `token` (a JWT of the control plane's service-account issuer) with its claims
+/// changed by `edit`, signed again with the control plane's own key (its header,
+/// key ID included, kept).
+fn resigned(
+    plane: &ControlPlane,
+    token: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let part = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&b64.decode(token.split('.').nth(i).unwrap()).unwrap()).unwrap()
+    };
+    let (header, mut claims) = (part(0), part(1));
+    assert_eq!(header["alg"], "ES256", "{header}");
+    edit(&mut claims);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = part(0)["kid"].as_str().map(str::to_owned);
+    let key = std::fs::read(plane.service_account_signing_key_file()).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_spiffe_id_objects_become_identity_templates() {
-    use meshward_test_support::kube_api::FakeKubeApi;
+async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
+    let Some(plane) =
+        control_plane::shared("an_expired_projected_token_is_refused_by_the_real_token_review")
+    else {
+        return;
+    };
+    // a pod of its own: the test above deletes its pod
+    let pod = "meshward-node-expiry";
+    k8s_psat::agent_pod(plane, pod).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let api = FakeKubeApi::start(dir.path()).await;
-    let object = |name: &str, template: &str| {
-        serde_json::json!({
-            "metadata": {"name": name, "uid": "u1", "generation": 1},
-            "spec": {"spiffeIDTemplate": template, "podSelector": {"matchLabels": {"spiffe": "enabled"}}, "ttl": "20m"},
-        })
-    };
-    let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
-    api.apply_cluster_spiffe_id(object("default", by_sa));
-    let issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!("cluster_spiffe_ids: {}\n", api.connection_yaml()),
-    );
-    // an operator's own template beside them is never touched
-    let own = dir.path().join("own.yaml");
-    std::fs::write(&own, format!("apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: own\nspec:\n  spiffeIDTemplate: \"{by_sa}\"\n")).unwrap();
-    let (code, _, stderr) = issuer.cli(&["template", "apply", "-f", own.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stderr}");
-    let names = || -> Vec<String> {
-        let listed = issuer.cli_json(&["template", "list"]);
-        let mut names: Vec<String> = listed["templates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    let wait_for = |want: &[&str]| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = names();
-            if now == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "templates {now:?}, want {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for(&["k8s/default", "own"]);
-    // a new object, a refused one (not a SPIFFE ID of this trust domain), a deletion
-    api.apply_cluster_spiffe_id(object(
-        "by-name",
-        "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}",
-    ));
-    api.apply_cluster_spiffe_id(object("foreign", "spiffe://elsewhere.example/x"));
-    wait_for(&["k8s/by-name", "k8s/default", "own"]);
-    api.delete_cluster_spiffe_id("default");
-    wait_for(&["k8s/by-name", "own"]);
-    assert!(
-        issuer.log().contains("ClusterSPIFFEID foreign refused"),
-        "{}",
-        issuer.log()
-    );
+    let issuer = psat_issuer(plane, dir.path());
+    let identity = CertStore::new();
+    let mut client = connect(&issuer, &identity).await;
+    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
+    let projected = k8s_psat::projected_token(plane, pod, AUDIENCE).unwrap();
+    // The TokenRequest API gives no token shorter than 10 minutes, so its claims
+    // (audience, pod binding, ServiceAccount UID) are signed again with the
+    // server's own key, valid an hour ago and no more. First the same claims
+    // unchanged: the server takes its own key's signature...
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let same = resigned(plane, &projected, |_| {});
+    client.attest_agent(attest(&same)).await.unwrap();
+    // ...then expired: the real TokenReview refuses it, and so does the issuer
+    let expired = resigned(plane, &projected, |claims| {
+        claims["iat"] = (now - 7200).into();
+        claims["nbf"] = (now - 7200).into();
+        claims["exp"] = (now - 3600).into();
+    });
+    let e = client.attest_agent(attest(&expired)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    eprintln!("expired: {}", e.message());
 }

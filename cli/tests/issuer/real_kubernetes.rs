@@ -1,185 +1,14 @@
-//! The issuer against the real control plane (etcd + kube-apiserver from
-//! `scripts/peers.sh`): k8s_psat with real projected tokens from the TokenRequest
-//! API (an audience, bound to a pod), checked by a real TokenReview, the issuer
-//! authenticating as the `meshward-issuer` ServiceAccount of `docker/k8s/base`
-//! under exactly the RBAC shipped there; ClusterSPIFFEIDs and
-//! ClusterFederatedTrustDomains applied with kubectl become its templates and
-//! federation relationships.
+//! The issuer following the real control plane (etcd + kube-apiserver from
+//! `scripts/peers.sh`; k8s_psat: `kubernetes.rs`), authenticating as the
+//! `meshward-issuer` ServiceAccount of `docker/k8s/base` under exactly the RBAC
+//! shipped there: ClusterSPIFFEIDs and ClusterFederatedTrustDomains applied with
+//! kubectl become its templates and federation relationships, and it keeps the
+//! trust bundle in a ConfigMap.
 
-use meshward_api::attestation::k8s_psat_request;
-use meshward_test_support::control_plane::{self, ControlPlane};
+use meshward_test_support::control_plane;
 
 use super::federation::{PARTNER, eventually, partner_bundle, partner_issuer};
 use super::*;
-
-const NODE: &str = "ip-10-0-1-23.ec2.internal";
-const AGENT_POD: &str = "meshward-node-abcde";
-
-/// A token of `service_account` (namespace meshward-system) from the TokenRequest API.
-fn token(plane: &ControlPlane, service_account: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "create",
-        "token",
-        service_account,
-        "-n",
-        "meshward-system",
-        "--duration=10m",
-    ];
-    args.extend_from_slice(extra);
-    plane.kubectl(&args).unwrap().trim().to_owned()
-}
-
-/// The node (its address written through the status subresource) and a node
-/// daemon's pod `pod` bound to it, as a scheduler and a kubelet would leave them.
-fn agent_pod(plane: &ControlPlane, pod: &str) {
-    plane
-        .apply(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n"
-        ))
-        .unwrap();
-    plane
-        .kubectl(&[
-            "patch",
-            "node",
-            NODE,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"addresses":[{"type":"InternalIP","address":"10.0.1.23"}]}}"#,
-        ])
-        .unwrap();
-    plane
-        .apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: meshward-system}}\nspec:\n  nodeName: {NODE}\n  serviceAccountName: meshward-node\n  containers:\n  - {{name: meshward, image: \"ghcr.io/meshward/meshward:0.1.0\"}}\n"
-        ))
-        .unwrap();
-}
-
-/// An issuer whose `k8s_psat` cluster `eks` is `plane`, read as the
-/// `meshward-issuer` ServiceAccount (its token in `dir`), allowing meshward-node.
-fn psat_issuer(plane: &control_plane::ControlPlane, dir: &std::path::Path) -> Issuer {
-    let issuer_token = plane.component_token_file("meshward-issuer", dir).unwrap();
-    let psat = format!(
-        "k8s_psat:\n  clusters:\n  - name: eks\n    api_server: {}\n    api_ca_path: {}\n    api_token_path: {}\n    service_account_allow_list: [\"meshward-system:meshward-node\"]\n",
-        plane.url(),
-        plane.ca_file().display(),
-        issuer_token.display()
-    );
-    Issuer::with_extra(meshward(), TD, dir, &sqlite_url(dir), &psat)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_psat_attestation_through_a_real_token_review() {
-    let Some(plane) = control_plane::shared("k8s_psat_attestation_through_a_real_token_review")
-    else {
-        return;
-    };
-    plane.apply_shipped_rbac().unwrap();
-    agent_pod(plane, AGENT_POD);
-    let node_uid = plane
-        .kubectl(&["get", "node", NODE, "-o", "jsonpath={.metadata.uid}"])
-        .unwrap();
-    let pod_uid = plane
-        .kubectl(&[
-            "get",
-            "pod",
-            AGENT_POD,
-            "-n",
-            "meshward-system",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
-        .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = psat_issuer(plane, dir.path());
-    let identity = CertStore::new();
-    let mut client = connect(&issuer, &identity).await;
-    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
-    let bound = [
-        "--audience=meshward-issuer",
-        "--bound-object-kind=Pod",
-        "--bound-object-name=meshward-node-abcde",
-    ];
-    let projected = token(plane, "meshward-node", &bound);
-    let attested = client
-        .attest_agent(attest(&projected))
-        .await
-        .unwrap()
-        .into_inner();
-    let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/{node_uid}");
-    assert_eq!(attested.svid.unwrap().spiffe_id, node_id);
-    let agents = issuer.cli_json(&["agent", "show", "-spiffeID", &node_id]);
-    let selectors: Vec<&str> = agents["agents"][0]["selectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    for want in [
-        "k8s_psat:cluster:eks".to_owned(),
-        "k8s_psat:agent_ns:meshward-system".to_owned(),
-        "k8s_psat:agent_sa:meshward-node".to_owned(),
-        format!("k8s_psat:agent_pod_name:{AGENT_POD}"),
-        format!("k8s_psat:agent_pod_uid:{pod_uid}"),
-        format!("k8s_psat:agent_node_name:{NODE}"),
-        format!("k8s_psat:agent_node_uid:{node_uid}"),
-        "k8s_psat:agent_node_ip:10.0.1.23".to_owned(),
-    ] {
-        assert!(
-            selectors.contains(&want.as_str()),
-            "{want} missing from {selectors:?}"
-        );
-    }
-
-    let refused = |r: Result<tonic::Response<proto::AttestResponse>, tonic::Status>| {
-        let e = r.unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-        e.message().to_owned()
-    };
-    // another audience
-    let other_audience = token(
-        plane,
-        "meshward-node",
-        &[
-            "--audience=someone-else",
-            "--bound-object-kind=Pod",
-            "--bound-object-name=meshward-node-abcde",
-        ],
-    );
-    let e = refused(client.attest_agent(attest(&other_audience)).await);
-    eprintln!("another audience: {e}");
-    // a ServiceAccount outside the allow-list (its token valid otherwise)
-    let e = refused(
-        client
-            .attest_agent(attest(&token(
-                plane,
-                "meshward-issuer",
-                &["--audience=meshward-issuer"],
-            )))
-            .await,
-    );
-    assert!(e.contains("not in the allow-list"), "{e}");
-    // the pod the token is bound to is gone: the server no longer accepts it
-    plane
-        .kubectl(&[
-            "delete",
-            "pod",
-            AGENT_POD,
-            "-n",
-            "meshward-system",
-            "--grace-period=0",
-            "--force",
-        ])
-        .unwrap();
-    // Refused at once, as PermissionDenied (a node that will never attest with it,
-    // not an outage to retry): the server's TokenReview may accept the token for a
-    // few seconds more (its pod cache lags), but the issuer's own lookup of the
-    // token's pod finds nothing. (It once answered Unavailable for 8-10 s.)
-    let e = client.attest_agent(attest(&projected)).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-    assert!(e.message().contains("not found"), "{e}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
@@ -200,7 +29,7 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     };
     let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
     plane.apply(&object("default", by_sa)).unwrap();
-    let issuer = Issuer::with_extra(
+    let mut issuer = Issuer::with_extra(
         meshward(),
         TD,
         dir.path(),
@@ -210,35 +39,14 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
             plane.api_yaml_with_token(&issuer_token)
         ),
     );
-    let names = || -> Vec<String> {
-        let listed = issuer.cli_json(&["template", "list"]);
-        let mut names: Vec<String> = listed["templates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    let wait_for = |want: &[&str]| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = names();
-            if now == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "templates {now:?}, want {want:?}\n{}",
-                issuer.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for(&["k8s/default"]);
+    wait_for_templates(&issuer, &["k8s/default"]);
     let listed = issuer.cli_json(&["template", "list"]);
     assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1200);
+    // an operator's own template beside them is never touched
+    let own = dir.path().join("own.yaml");
+    std::fs::write(&own, format!("apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: own\nspec:\n  spiffeIDTemplate: \"{by_sa}\"\n")).unwrap();
+    let (code, _, stderr) = issuer.cli(&["template", "apply", "-f", own.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
     // a new object, one the issuer refuses (not of its trust domain), an edit, a deletion
     plane
         .apply(&object(
@@ -249,7 +57,7 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     plane
         .apply(&object("foreign", "spiffe://elsewhere.example/x"))
         .unwrap();
-    wait_for(&["k8s/by-name", "k8s/default"]);
+    wait_for_templates(&issuer, &["k8s/by-name", "k8s/default", "own"]);
     plane
         .apply(&object("default", by_sa).replace("ttl: 20m", "ttl: 30m"))
         .unwrap();
@@ -273,12 +81,50 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     plane
         .kubectl(&["delete", "clusterspiffeid", "default"])
         .unwrap();
-    wait_for(&["k8s/by-name"]);
+    wait_for_templates(&issuer, &["k8s/by-name", "own"]);
     assert!(
         issuer.log().contains("ClusterSPIFFEID foreign refused"),
         "{}",
         issuer.log()
     );
+    // deleted while the issuer was away: gone after its first list, and the
+    // operator's own template is still not touched
+    issuer.stop();
+    plane
+        .kubectl(&["delete", "clusterspiffeid", "by-name"])
+        .unwrap();
+    issuer.start();
+    wait_for_templates(&issuer, &["own"]);
+}
+
+/// The names of the issuer's templates, sorted.
+fn template_names(issuer: &Issuer) -> Vec<String> {
+    let listed = issuer.cli_json(&["template", "list"]);
+    let mut names: Vec<String> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (at most 15 s) until the issuer's templates are `want`.
+fn wait_for_templates(issuer: &Issuer, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = template_names(issuer);
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "templates {now:?}, want {want:?}\n{}",
+            issuer.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,77 +282,6 @@ async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationshi
     .await;
 }
 
-/// `token` (a JWT of the control plane's service-account issuer) with its claims
-/// changed by `edit`, signed again with the control plane's own key (its header,
-/// key ID included, kept).
-fn resigned(
-    plane: &ControlPlane,
-    token: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let part = |i: usize| -> serde_json::Value {
-        serde_json::from_slice(&b64.decode(token.split('.').nth(i).unwrap()).unwrap()).unwrap()
-    };
-    let (header, mut claims) = (part(0), part(1));
-    assert_eq!(header["alg"], "ES256", "{header}");
-    edit(&mut claims);
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = part(0)["kid"].as_str().map(str::to_owned);
-    let key = std::fs::read(plane.service_account_signing_key_file()).unwrap();
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_projected_token_is_refused_by_the_real_token_review() {
-    let Some(plane) =
-        control_plane::shared("an_expired_projected_token_is_refused_by_the_real_token_review")
-    else {
-        return;
-    };
-    plane.apply_shipped_rbac().unwrap();
-    // a pod of its own: the test above deletes its pod
-    let pod = "meshward-node-expiry";
-    agent_pod(plane, pod);
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = psat_issuer(plane, dir.path());
-    let identity = CertStore::new();
-    let mut client = connect(&issuer, &identity).await;
-    let attest = |token: &str| k8s_psat_request("eks", token, p256_csr().1);
-    let bound_to = format!("--bound-object-name={pod}");
-    let projected = token(
-        plane,
-        "meshward-node",
-        &[
-            "--audience=meshward-issuer",
-            "--bound-object-kind=Pod",
-            &bound_to,
-        ],
-    );
-    // The TokenRequest API gives no token shorter than 10 minutes, so its claims
-    // (audience, pod binding, ServiceAccount UID) are signed again with the
-    // server's own key, valid an hour ago and no more. First the same claims
-    // unchanged: the server takes its own key's signature...
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let same = resigned(plane, &projected, |_| {});
-    client.attest_agent(attest(&same)).await.unwrap();
-    // ...then expired: the real TokenReview refuses it, and so does the issuer
-    let expired = resigned(plane, &projected, |claims| {
-        claims["iat"] = (now - 7200).into();
-        claims["nbf"] = (now - 7200).into();
-        claims["exp"] = (now - 3600).into();
-    });
-    let e = client.attest_agent(attest(&expired)).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-    assert!(e.message().contains("expired"), "{e}");
-    eprintln!("expired: {}", e.message());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trust_bundle_config_map_is_written_as_meshward_issuer() {
     let Some(plane) =
@@ -558,6 +333,16 @@ async fn the_trust_bundle_config_map_is_written_as_meshward_issuer() {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(!issuer.log().contains("will retry"), "{}", issuer.log());
+        // logged once the API has answered: the line may follow the write by a moment
+        let logged = "trust bundle written to ConfigMap meshward-system/meshward-bundle";
+        while !issuer.log().contains(logged) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not logged\n{}",
+                issuer.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     // none yet: server-side apply creates it (allowed as a create of that name)
     wait_for_bundle(&issuer, "created");

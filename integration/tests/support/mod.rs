@@ -5,7 +5,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use meshward_integration::{CurlResponse, Mesh, MeshSpec, PodSpec, Process, meshward_binary};
+use meshward_integration::{
+    CurlResponse, LoopbackForward, Mesh, MeshSpec, PodSpec, Process, meshward_binary,
+};
+use meshward_test_support::control_plane::{self, ControlPlane};
 
 pub const TD: &str = "math.example.com";
 const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/examples/policies");
@@ -63,48 +66,59 @@ pub fn echo_mesh(configure: impl FnOnce(&mut MeshSpec)) -> (Mesh, Process) {
     (mesh, echo)
 }
 
-/// [`echo_mesh`] whose daemons watch Services and EndpointSlices in a (fake)
-/// Kubernetes API, reached at its loopback address from each node.
-pub struct ApiMesh {
-    pub api: meshward_test_support::kube_api::FakeKubeApi,
-    pub mesh: Mesh,
-    pub echo: Process,
-    _forwards: Vec<meshward_integration::LoopbackForward>,
-    _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
+/// The node daemons' `kubernetes:` block: the API server as the `meshward-node`
+/// ServiceAccount, under the RBAC of the rendered `docker/k8s/base` (applied
+/// first), with a token from the TokenRequest API (written in `dir`).
+pub fn as_meshward_node(plane: &ControlPlane, dir: &std::path::Path) -> String {
+    let token_file = plane.component_token_file("meshward-node", dir).unwrap();
+    plane.api_yaml_with_token(&token_file)
 }
 
-pub fn echo_mesh_with_api(configure: impl FnOnce(&mut MeshSpec)) -> ApiMesh {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let api = runtime.block_on(meshward_test_support::kube_api::FakeKubeApi::start(
-        dir.path(),
-    ));
-    let api_addr: SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
-    let (mesh, echo) = echo_mesh(|spec| {
-        configure(spec);
-        spec.outbound_yaml(&format!("  kubernetes: {}\n", api.connection_yaml()));
-    });
-    // the daemons dial the API's 127.0.0.1:<port> in their node, forwarded here
-    let forwards = ["node-1", "node-2"]
+/// The daemons dial the API server's 127.0.0.1:<port> in their node: forwarded
+/// there from each node while the forwards live.
+pub fn forward_api(mesh: &Mesh, api_url: &str) -> Vec<LoopbackForward> {
+    let api: SocketAddr = api_url.trim_start_matches("https://").parse().unwrap();
+    ["node-1", "node-2"]
         .iter()
         .map(|node| {
             let ns = mesh.cluster.node(node).unwrap().netns();
-            meshward_integration::LoopbackForward::start(ns, api_addr.port(), api_addr).unwrap()
+            LoopbackForward::start(ns, api.port(), api).unwrap()
         })
-        .collect();
-    ApiMesh {
-        api,
+        .collect()
+}
+
+/// [`echo_mesh`] whose daemons watch Services and EndpointSlices in the real
+/// control plane of this test binary (`control_plane::shared`), as the
+/// `meshward-node` ServiceAccount; the echoserver's namespace exists there.
+pub struct ApiMesh {
+    pub mesh: Mesh,
+    pub echo: Process,
+    pub plane: &'static ControlPlane,
+    _forwards: Vec<LoopbackForward>,
+    _dir: tempfile::TempDir,
+}
+
+/// `None`: the mesh or the control plane cannot run here, and `test` is skipped.
+pub fn echo_mesh_with_api(test: &str, configure: impl FnOnce(&mut MeshSpec)) -> Option<ApiMesh> {
+    meshward_integration::available_or_skip(test)?;
+    let plane = control_plane::shared(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let api_yaml = as_meshward_node(plane, dir.path());
+    plane
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: echoserver}\n")
+        .unwrap();
+    let (mesh, echo) = echo_mesh(|spec| {
+        configure(spec);
+        spec.outbound_yaml(&format!("  kubernetes: {api_yaml}\n"));
+    });
+    let forwards = forward_api(&mesh, plane.url());
+    Some(ApiMesh {
         mesh,
         echo,
+        plane,
         _forwards: forwards,
         _dir: dir,
-        _runtime: runtime,
-    }
+    })
 }
 
 /// [`echo_mesh`] with curl-spire on node-1 allowed to call the echoserver, its TCP

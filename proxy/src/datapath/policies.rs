@@ -186,18 +186,62 @@ spec:
         crate::datapath::testing::settles(policies, &what, |set| set.len() == len).await;
     }
 
+    /// Waits (bounded) until a set with `policies` AuthorizationPolicies and
+    /// `rules` JWT rules for namespace echoserver is in force.
+    async fn settles_with(policies: &mut Policies, len: usize, rules: usize) {
+        let what = format!("{len} policies and {rules} JWT rules");
+        crate::datapath::testing::settles(policies, &what, |set| {
+            set.len() == len && jwt_rules(set) == rules
+        })
+        .await;
+    }
+
+    /// The JWT rules for a workload of namespace echoserver.
+    fn jwt_rules(set: &PolicySet) -> usize {
+        let echo = meshward_policy::Workload {
+            namespace: "echoserver".into(),
+            ..Default::default()
+        };
+        set.jwt_rules(&echo).len()
+    }
+
+    /// The set does not change for 3 s: the last good one stays in force.
+    async fn stays(policies: &mut Policies, what: &str) {
+        let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
+        assert!(changed.is_err(), "{what} must not replace the set");
+    }
+
+    /// Both kinds of the real API server in one set with a file beside it, followed
+    /// as they are applied and deleted; an object the server stores (its schema
+    /// allows it) but the engine refuses leaves the last good set in force. One
+    /// test: a refused object refuses every load after it, whichever test's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn authorization_policies_from_the_kubernetes_api() {
-        let dir = tempfile::tempdir().unwrap();
-        let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
-        let policy = |name: &str, action: &str| {
+    async fn policy_objects_from_the_kubernetes_api() {
+        use crate::datapath::testing::{self, apply, delete};
+        let Some((plane, client, dir)) =
+            testing::real_api("policy_objects_from_the_kubernetes_api")
+        else {
+            return;
+        };
+        let policy = |name: &str, action: &str, ip_block: &str| {
             serde_json::json!({
-                "metadata": {"name": name, "namespace": "echoserver", "uid": "u", "managedFields": []},
-                "spec": {"action": action, "rules": [{}]},
+                "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "echoserver"},
+                "spec": {"action": action, "rules": [{"from": [{"source": {"ipBlocks": [ip_block]}}]}]},
             })
         };
-        api.apply_authorization_policy(policy("allow-all", "ALLOW"));
-        let client = crate::datapath::testing::kube_client(&api);
+        let authentication = |name: &str, issuer: &str| {
+            serde_json::json!({
+                "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                "metadata": {"name": name, "namespace": "echoserver"},
+                "spec": {"jwtRules": [{"issuer": issuer, "audiences": ["echoserver"]}]},
+            })
+        };
+        let namespace = testing::namespace("echoserver");
+        apply(
+            plane,
+            &[namespace, policy("allow-all", "ALLOW", "10.0.0.0/8")],
+        );
         // a file beside the API: one set
         std::fs::write(dir.path().join("p.yaml"), ALLOW).unwrap();
         let mut policies = watch_policies(
@@ -206,49 +250,26 @@ spec:
             EngineOptions::default(),
         );
         settles(&mut policies, 2).await;
-        api.apply_authorization_policy(policy("deny-all", "DENY"));
+        apply(plane, &[policy("deny-all", "DENY", "10.0.0.0/8")]);
         settles(&mut policies, 3).await;
-        api.delete_authorization_policy("echoserver", "allow-all");
+        delete(plane, "authorizationpolicy", "echoserver", "allow-all");
         settles(&mut policies, 2).await;
-        // a broken object is refused: the set stays
-        api.apply_authorization_policy(policy("broken", "MAYBE"));
-        let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
-        assert!(changed.is_err(), "a broken object must not replace the set");
+        // a RequestAuthentication beside them: one set of both kinds
+        apply(
+            plane,
+            &[authentication("svids", "spiffe://math.example.com")],
+        );
+        settles_with(&mut policies, 2, 1).await;
+        // an issuer a rule cannot be made of: refused, the set stays
+        apply(plane, &[authentication("broken", "accounts")]);
+        stays(&mut policies, "a broken RequestAuthentication").await;
+        assert_eq!(jwt_rules(&policies.borrow()), 1);
+        delete(plane, "requestauthentication", "echoserver", "broken");
+        delete(plane, "requestauthentication", "echoserver", "svids");
+        settles_with(&mut policies, 2, 0).await;
+        // an ipBlock that is no address: refused, the set stays
+        apply(plane, &[policy("broken", "ALLOW", "not-an-address")]);
+        stays(&mut policies, "a broken AuthorizationPolicy").await;
         assert_eq!(policies.borrow().len(), 2);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn request_authentications_from_the_kubernetes_api() {
-        let dir = tempfile::tempdir().unwrap();
-        let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
-        let authentication = |name: &str, issuer: &str| {
-            serde_json::json!({
-                "metadata": {"name": name, "namespace": "echoserver", "uid": "u"},
-                "spec": {"jwtRules": [{"issuer": issuer, "audiences": ["echoserver"]}]},
-            })
-        };
-        api.apply_request_authentication(authentication("svids", "spiffe://math.example.com"));
-        let client = crate::datapath::testing::kube_client(&api);
-        let mut policies = watch_policies(Vec::new(), Some(client), EngineOptions::default());
-        let echo = meshward_policy::Workload {
-            namespace: "echoserver".into(),
-            ..Default::default()
-        };
-        let rules = |set: &PolicySet| set.jwt_rules(&echo).len();
-        crate::datapath::testing::settles(&mut policies, "one rule", |set| rules(set) == 1).await;
-        // an AuthorizationPolicy beside it: one set of both kinds
-        api.apply_authorization_policy(serde_json::json!({
-            "metadata": {"name": "allow-all", "namespace": "echoserver", "uid": "v"},
-            "spec": {"rules": [{}]},
-        }));
-        crate::datapath::testing::settles(&mut policies, "both kinds", |set| {
-            set.len() == 1 && rules(set) == 1
-        })
-        .await;
-        // an object a rule cannot be made of is refused: the set stays
-        api.apply_request_authentication(authentication("broken", "accounts"));
-        let changed = tokio::time::timeout(Duration::from_secs(3), policies.changed()).await;
-        assert!(changed.is_err(), "a broken object must not replace the set");
-        assert_eq!(rules(&policies.borrow()), 1);
     }
 }

@@ -1,19 +1,54 @@
-//! Helpers for the data path's unit tests that follow the (fake) Kubernetes API.
+//! Helpers for the data path's unit tests, among them those that follow the real
+//! Kubernetes API (etcd + kube-apiserver from `scripts/peers.sh`, one control plane
+//! for this test binary).
 
 use std::time::Duration;
 
-use meshward_test_support::kube_api::FakeKubeApi;
+use meshward_test_support::control_plane::{self, ControlPlane};
 use tokio::sync::watch;
 
-/// A client of the fake API, as the daemon builds one from its configuration.
-pub(super) fn kube_client(api: &FakeKubeApi) -> meshward_kubernetes::Connection {
-    meshward_kubernetes::connect(&meshward_kubernetes::ApiEndpoint {
-        api_server: Some(api.url()),
-        api_ca_path: Some(api.ca_file().to_owned()),
-        api_token_path: Some(api.token_file().to_owned()),
+/// The shared control plane and a client of it as the node daemon builds one from
+/// its configuration, authenticated as the `meshward-node` ServiceAccount under the
+/// shipped RBAC (its token in the returned directory, which must outlive the
+/// client). `None`: the binaries are missing and the test is skipped.
+pub(super) fn real_api(
+    test: &str,
+) -> Option<(
+    &'static ControlPlane,
+    meshward_kubernetes::Connection,
+    tempfile::TempDir,
+)> {
+    let plane = control_plane::shared(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let token = plane
+        .component_token_file("meshward-node", dir.path())
+        .unwrap();
+    let client = meshward_kubernetes::connect(&meshward_kubernetes::ApiEndpoint {
+        api_server: Some(plane.url().to_owned()),
+        api_ca_path: Some(plane.ca_file().to_owned()),
+        api_token_path: Some(token),
         watch_timeout_seconds: None,
     })
-    .expect("a client of the fake API")
+    .expect("a client of the control plane");
+    Some((plane, client, dir))
+}
+
+/// `kubectl apply` of `objects` (JSON values, each with its apiVersion and kind).
+pub(super) fn apply(plane: &ControlPlane, objects: &[serde_json::Value]) {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    plane.apply(&list.to_string()).unwrap();
+}
+
+/// A Namespace object, for [`apply`] before the objects that live in it.
+pub(super) fn namespace(name: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// `kubectl delete <kind> <name> -n <namespace>`.
+pub(super) fn delete(plane: &ControlPlane, kind: &str, namespace: &str, name: &str) {
+    plane
+        .kubectl(&["delete", kind, name, "-n", namespace])
+        .unwrap();
 }
 
 /// Waits, at most 15 s, until the channel's value satisfies `done`.

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use super::*;
@@ -92,43 +90,65 @@ fn cluster_ips_map_to_ready_endpoints_of_the_same_named_port() {
     );
 }
 
-/// Waits (bounded) until the map has `len` service addresses.
-async fn settles(services: &Services, len: usize) {
-    let what = format!("{len} service addresses");
+/// Waits (bounded) until `target` resolves to `want`.
+async fn resolves(services: &Services, target: &str, want: Resolved) {
+    let what = format!("{target} resolved to {want:?}");
+    let (target, want) = (addr(target), want);
+    // read from the map the channel gives (resolving through `services` would
+    // take the channel's lock a second time)
     testing::settles(&mut services.map.clone(), &what, |map| {
-        map.endpoints.len() == len
+        let now = match map.endpoints.get(&target).map(Vec::as_slice) {
+            None => Resolved::NotAService,
+            Some([]) => Resolved::NoEndpoint,
+            Some([only]) => Resolved::Endpoint(*only),
+            Some(_) => return false,
+        };
+        now == want
     })
     .await;
+    assert_eq!(services.resolve(target), want);
+}
+
+/// `object` (as the unit tests above build it) with its apiVersion and kind, for
+/// the real API server.
+fn typed(api_version: &str, kind: &str, mut object: Value) -> Value {
+    object["apiVersion"] = json!(api_version);
+    object["kind"] = json!(kind);
+    object
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_services_and_endpoint_slices_in_the_kubernetes_api() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = meshward_test_support::kube_api::FakeKubeApi::start(dir.path()).await;
-    api.apply_service(echoserver_service());
-    api.apply_endpoint_slice(echoserver_slice("echoserver-a", &[("10.0.1.5", None)]));
-    let client = testing::kube_client(&api);
-    let services = Services::watch(client);
-    settles(&services, 1).await;
-    assert_eq!(
-        services.resolve(addr("10.100.0.10:80")),
-        Resolved::Endpoint(addr("10.0.1.5:8080"))
+    let test = "follows_services_and_endpoint_slices_in_the_kubernetes_api";
+    let Some((plane, client, _token_dir)) = testing::real_api(test) else {
+        return;
+    };
+    // cluster IPs of the server's own range (10.96.0.0/16)
+    let mut service = echoserver_service();
+    service["spec"]["clusterIP"] = json!("10.96.10.10");
+    service["spec"]["clusterIPs"] = json!(["10.96.10.10"]);
+    let slice = echoserver_slice("echoserver-a", &[("10.0.1.5", None)]);
+    testing::apply(
+        plane,
+        &[
+            testing::namespace("echoserver"),
+            testing::namespace("payments"),
+            typed("v1", "Service", service),
+            typed("discovery.k8s.io/v1", "EndpointSlice", slice),
+        ],
     );
+    let services = Services::watch(client);
+    let endpoint = Resolved::Endpoint(addr("10.0.1.5:8080"));
+    resolves(&services, "10.96.10.10:80", endpoint).await;
 
     // the pod goes away: the service stays, without an endpoint
-    api.delete_endpoint_slice("echoserver", "echoserver-a");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while services.resolve(addr("10.100.0.10:80")) != Resolved::NoEndpoint {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "endpoint never left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testing::delete(plane, "endpointslice", "echoserver", "echoserver-a");
+    resolves(&services, "10.96.10.10:80", Resolved::NoEndpoint).await;
     // a second service appears
-    api.apply_service(json!({
+    let api = json!({
         "metadata": {"name": "api", "namespace": "payments"},
-        "spec": {"clusterIP": "10.100.0.30", "ports": [{"port": 443}]},
-    }));
-    settles(&services, 2).await;
+        "spec": {"clusterIP": "10.96.10.30", "ports": [{"port": 443}]},
+    });
+    testing::apply(plane, &[typed("v1", "Service", api)]);
+    resolves(&services, "10.96.10.30:443", Resolved::NoEndpoint).await;
 }
