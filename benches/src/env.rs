@@ -89,8 +89,9 @@ impl Env {
         // request, which was 10% of the daemons' CPU in the HTTP/1.1 profile
         .log("info")
         .proxy_yaml(&format!(
-            "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\nhbone:\n  key_exchange: [{}]\n",
-            groups.join(", ")
+            "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\nhbone:\n  key_exchange: [{}]\nlimits:\n  pool_idle_timeout: {}s\n",
+            groups.join(", "),
+            crate::settle::POOL_IDLE_TIMEOUT.as_secs()
         ));
         let mesh = Mesh::start(bin, spec).context("starting the mesh")?;
         mesh.apply_policy(

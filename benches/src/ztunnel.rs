@@ -84,6 +84,14 @@ impl ZtunnelPair {
             // one access line per connection costs ztunnel CPU as meshward's
             // `info` level costs meshward none per request: keep both at info
             .env("ZT_LOG", "info")
+            // the same pool idle timeout as meshward's daemons (settle.rs)
+            .env(
+                "ZT_EXTRA_ENV",
+                format!(
+                    "POOL_UNUSED_RELEASE_TIMEOUT={}s",
+                    crate::settle::POOL_IDLE_TIMEOUT.as_secs()
+                ),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

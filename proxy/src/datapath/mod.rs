@@ -122,7 +122,7 @@ pub(crate) struct Shared {
     pub(crate) hbone_port: u16,
     own_ports: [u16; 3],
     pub(crate) hbone: Arc<HbonePool>,
-    pub(crate) upstream: UpstreamPool,
+    pub(crate) upstream: Arc<UpstreamPool>,
     pub(crate) services: Services,
     /// RequestAuthentication keys fetched from `jwksUri` and discovery.
     pub(crate) jwks: Arc<JwksCache>,
@@ -202,7 +202,7 @@ impl DataPath {
                 capture.inbound_hbone_port,
             ],
             hbone: HbonePool::new(capture.mark, &limits),
-            upstream: UpstreamPool::new(capture.mark, limits.connect_timeout),
+            upstream: UpstreamPool::new(capture.mark, &limits),
             services,
             limits,
             jwks: Arc::new(JwksCache::new(&config.authorization.jwks)?),

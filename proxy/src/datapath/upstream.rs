@@ -2,12 +2,15 @@
 //! pooled per (pod address, HTTP version): HTTP/2 multiplexes on one connection;
 //! HTTP/1.1 keeps idle keep-alive connections and opens one more when all are busy.
 //! The pool never holds a request back: a busy or broken connection is skipped.
+//! A connection no request has used for `limits.pool_idle_timeout` is let go (the
+//! pod sees it close), so the memory a burst of load grew comes back.
 //! An HTTP/1.1 upgrade (WebSocket) gets a connection of its own, never pooled: after
 //! `101` it belongs to the upgraded protocol.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -18,6 +21,7 @@ use parking_lot::Mutex;
 use super::body::ProxyBody;
 use super::h2;
 use super::socket::connect_marked;
+use crate::config::LimitsConfig;
 
 /// Idle HTTP/1.1 connections kept per pod address.
 const MAX_IDLE_HTTP1: usize = 32;
@@ -47,21 +51,65 @@ enum Sender {
     Http2(http2::SendRequest<ProxyBody>),
 }
 
+/// A pooled connection and when a request last had it.
+struct Pooled<T> {
+    sender: T,
+    used: Instant,
+}
+
+impl<T> Pooled<T> {
+    fn now(sender: T) -> Self {
+        Self {
+            sender,
+            used: Instant::now(),
+        }
+    }
+}
+
 pub(crate) struct UpstreamPool {
     mark: u32,
     connect_timeout: Duration,
-    http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
+    idle_timeout: Duration,
+    http1: Mutex<HashMap<SocketAddr, Vec<Pooled<http1::SendRequest<ProxyBody>>>>>,
+    http2: Mutex<HashMap<SocketAddr, Pooled<http2::SendRequest<ProxyBody>>>>,
 }
 
 impl UpstreamPool {
-    pub(crate) fn new(mark: u32, connect_timeout: Duration) -> Self {
-        Self {
+    /// The pool, and a task that lets idle connections go while it lives.
+    pub(crate) fn new(mark: u32, limits: &LimitsConfig) -> Arc<Self> {
+        let idle_timeout = limits.pool_idle_timeout;
+        let pool = Arc::new(Self {
             mark,
-            connect_timeout,
+            connect_timeout: limits.connect_timeout,
+            idle_timeout,
             http1: Mutex::default(),
             http2: Mutex::default(),
-        }
+        });
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(idle_timeout / 10).await;
+                match weak.upgrade() {
+                    Some(pool) => pool.release_idle(Instant::now()),
+                    None => return,
+                }
+            }
+        });
+        pool
+    }
+
+    /// Drops the connections no request used for the idle timeout, and the closed
+    /// ones. An HTTP/2 connection with streams still open lives on in their
+    /// senders until they end.
+    fn release_idle(&self, now: Instant) {
+        let fresh = |used: Instant| now.duration_since(used) < self.idle_timeout;
+        self.http1.lock().retain(|_, idle| {
+            idle.retain(|c| fresh(c.used) && !c.sender.is_closed());
+            !idle.is_empty()
+        });
+        self.http2
+            .lock()
+            .retain(|_, c| fresh(c.used) && !c.sender.is_closed());
     }
 
     /// Sends one request to the pod at `addr` and returns its response head (the
@@ -116,8 +164,11 @@ impl UpstreamPool {
         match version {
             Version::Http2 => {
                 let mut pool = self.http2.lock();
-                match pool.get(&addr) {
-                    Some(sender) if !sender.is_closed() => Some(Sender::Http2(sender.clone())),
+                match pool.get_mut(&addr) {
+                    Some(pooled) if !pooled.sender.is_closed() => {
+                        pooled.used = Instant::now();
+                        Some(Sender::Http2(pooled.sender.clone()))
+                    }
                     Some(_) => {
                         pool.remove(&addr);
                         None
@@ -128,9 +179,9 @@ impl UpstreamPool {
             Version::Http1 => {
                 let mut pool = self.http1.lock();
                 let idle = pool.get_mut(&addr)?;
-                idle.retain(|s| !s.is_closed());
-                let ready = idle.iter().position(http1::SendRequest::is_ready)?;
-                Some(Sender::Http1(idle.swap_remove(ready)))
+                idle.retain(|c| !c.sender.is_closed());
+                let ready = idle.iter().position(|c| c.sender.is_ready())?;
+                Some(Sender::Http1(idle.swap_remove(ready).sender))
             }
         }
     }
@@ -139,7 +190,7 @@ impl UpstreamPool {
         let mut pool = self.http1.lock();
         let idle = pool.entry(addr).or_default();
         if idle.len() < MAX_IDLE_HTTP1 {
-            idle.push(sender);
+            idle.push(Pooled::now(sender));
         }
     }
 
@@ -166,9 +217,108 @@ impl UpstreamPool {
                         tracing::debug!(%addr, "upstream HTTP/2 connection: {e}");
                     }
                 });
-                self.http2.lock().insert(addr, sender.clone());
+                self.http2.lock().insert(addr, Pooled::now(sender.clone()));
                 Ok(Sender::Http2(sender))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A pod's server speaking `version`; the count of its open connections.
+    async fn pod(version: Version) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = open.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let count = count.clone();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let io = TokioIo::new(tcp);
+                    let ok = service_fn(|_| async {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::new(super::super::body::empty()),
+                        )
+                    });
+                    let _ = match version {
+                        Version::Http1 => {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, ok)
+                                .await
+                        }
+                        Version::Http2 => {
+                            hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(io, ok)
+                            .await
+                        }
+                    };
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    async fn open_becomes(open: &AtomicUsize, want: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while open.load(Ordering::SeqCst) != want {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_connection_no_request_used_for_the_idle_timeout_is_let_go() {
+        if !nix::unistd::geteuid().is_root() {
+            // the pool marks its sockets (SO_MARK), as capture needs
+            assert!(std::env::var("CI").is_err(), "CI runs the tests as root");
+            eprintln!("SKIPPED: SO_MARK needs root");
+            return;
+        }
+        let limits = LimitsConfig {
+            pool_idle_timeout: Duration::from_millis(400),
+            ..LimitsConfig::default()
+        };
+        let pool = UpstreamPool::new(0, &limits);
+        for version in [Version::Http1, Version::Http2] {
+            let (addr, open) = pod(version).await;
+            let send = || async {
+                let request = Request::get("/").body(super::super::body::empty());
+                let response = pool.send(addr, version, request.expect("a request")).await;
+                let body = response.expect("an answer").into_body().collect().await;
+                body.expect("the body");
+            };
+            send().await;
+            // in use within the timeout: kept, and reused
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            send().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert_eq!(
+                open.load(Ordering::SeqCst),
+                1,
+                "{version:?}: one connection, kept"
+            );
+            // then idle: the pod sees it close
+            assert!(
+                open_becomes(&open, 0, Duration::from_secs(3)).await,
+                "{version:?}: still open long after the idle timeout"
+            );
         }
     }
 }

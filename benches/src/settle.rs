@@ -1,0 +1,96 @@
+//! Memory that comes back (issue 30 item 4): each proxy's anonymous RSS per node
+//! fresh (before any load), at its peak (sampled through every figure), and once
+//! every pooled connection has passed its idle timeout and a minute more. Both
+//! proxies get the same idle timeout: meshward's `limits.pool_idle_timeout`,
+//! ztunnel's `POOL_UNUSED_RELEASE_TIMEOUT`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::env::Variant;
+use crate::{Table, measure, record};
+
+/// The pools' idle timeout in this benchmark (meshward's default is 5 min).
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the timeout the last figure is read.
+const AFTER_TIMEOUT: Duration = Duration::from_secs(60);
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+type PerVariant = BTreeMap<Variant, u64>;
+
+/// The fresh figure, and a thread keeping each variant's peak.
+pub(crate) struct MemoryWatch {
+    pids: Vec<(Variant, Vec<i32>)>,
+    fresh: PerVariant,
+    peak: Arc<Mutex<PerVariant>>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<JoinHandle<()>>,
+}
+
+impl MemoryWatch {
+    /// Reads the fresh figure of each variant's proxies (`pids`) and starts
+    /// sampling their peak.
+    pub(crate) fn start(pids: Vec<(Variant, Vec<i32>)>) -> Self {
+        let fresh = rss(&pids);
+        let peak = Arc::new(Mutex::new(fresh.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (pids, peak, stop) = (pids.clone(), peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = rss(&pids);
+                    if let Ok(mut peak) = peak.lock() {
+                        for (variant, bytes) in now {
+                            let kept = peak.entry(variant).or_default();
+                            *kept = (*kept).max(bytes);
+                        }
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            })
+        };
+        Self {
+            pids,
+            fresh,
+            peak,
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// Waits out the idle timeout and a minute, then records fresh, peak and
+    /// settled per node.
+    pub(crate) fn finish(mut self, table: &mut Table) {
+        let wait = POOL_IDLE_TIMEOUT + AFTER_TIMEOUT;
+        eprintln!("memory: waiting {wait:?} (the pools' idle timeout and a minute)");
+        std::thread::sleep(wait);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(sampler) = self.sampler.take() {
+            let _ = sampler.join();
+        }
+        let settled = rss(&self.pids);
+        let peak = self.peak.lock().map(|p| p.clone()).unwrap_or_default();
+        for (name, figures) in [
+            ("RSS (anonymous) per node: fresh, MB", &self.fresh),
+            ("RSS (anonymous) per node: peak, MB", &peak),
+            (
+                "RSS (anonymous) per node: 60 s after pool idle timeout, MB",
+                &settled,
+            ),
+        ] {
+            for (variant, bytes) in figures {
+                #[allow(clippy::cast_precision_loss)]
+                record(table, name, *variant, *bytes as f64 / 2.0 / 1e6);
+            }
+        }
+    }
+}
+
+fn rss(pids: &[(Variant, Vec<i32>)]) -> PerVariant {
+    pids.iter()
+        .map(|(variant, pids)| (*variant, measure::rss_bytes(pids)))
+        .collect()
+}
