@@ -11,5 +11,6 @@ cd "$(dirname "$0")/.."
 . scripts/packages.sh
 ensure_packages iproute2 iptables curl iperf3 wrk nghttp2-client nginx-light libnginx-mod-stream
 case " $* " in *" --perf"*) ensure_packages linux-perf ;; esac
+case " $* " in *" --instructions"*) ensure_packages valgrind ;; esac
 cargo build --release --locked -p meshward -p meshward-benches
 exec "${CARGO_TARGET_DIR:-target}/release/meshward-bench" "$@"

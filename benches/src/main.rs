@@ -5,10 +5,12 @@
 //! peer, measured in the same run. Needs root; see `benches/README.md`.
 
 mod env;
+mod instructions;
 mod load;
 mod measure;
 mod profile;
 mod scale;
+mod settle;
 mod ztunnel;
 
 use std::collections::BTreeMap;
@@ -53,6 +55,10 @@ struct Args {
     /// DIR/<figure>.data (read with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     perf: Option<std::path::PathBuf>,
+    /// Instead of every figure: the meshward daemons' instructions per request
+    /// under callgrind, over this many requests of each kind (`instructions.rs`).
+    #[arg(long, value_name = "REQUESTS")]
+    instructions: Option<usize>,
 }
 
 /// The figures, in the order they run.
@@ -67,6 +73,8 @@ enum Figure {
     /// From here on, once at the end (not per run, not profiled):
     Memory,
     Churn,
+    /// RSS fresh, at peak, and after the pools' idle timeout (`settle.rs`).
+    Settle,
 }
 
 /// figure -> variant -> samples
@@ -88,6 +96,13 @@ fn main() -> anyhow::Result<()> {
         bin.display()
     );
     let mut env = Env::start(&bin, args.worker_threads, &args.key_exchange)?;
+    if let Some(requests) = args.instructions {
+        let mut table = Table::new();
+        let dir = std::env::temp_dir().join("meshward-bench-callgrind");
+        instructions::measure(&mut env, &dir, requests, &mut table)?;
+        print(&table, 1);
+        return Ok(());
+    }
     if args.variants.contains(&Variant::Ztunnel) {
         match ZtunnelPair::unavailable() {
             Some(why) => {
@@ -103,6 +118,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     env.reuse_time_wait_ports()?;
+    let memory_watch = args.figures.contains(&Figure::Settle).then(|| {
+        let pids = args.variants.iter().filter(|v| **v != Variant::Direct);
+        settle::MemoryWatch::start(pids.map(|v| (*v, env.proxy_pids(*v))).collect())
+    });
     let duration = Duration::from_secs(args.seconds);
     let mut table = Table::new();
     for run in 1..=args.runs {
@@ -133,6 +152,9 @@ fn main() -> anyhow::Result<()> {
     if args.figures.contains(&Figure::Churn) {
         scale::churn(&env, &args.variants, args.idle_connections, &mut table)?;
     }
+    if let Some(watch) = memory_watch {
+        watch.finish(&mut table);
+    }
     print(&table, args.runs);
     Ok(())
 }
@@ -154,7 +176,7 @@ fn take(
         Figure::Http2 if variant == Variant::Nginx => Ok(()),
         Figure::Http2 => http2(env, variant, duration, table),
         Figure::Handshakes => handshakes(env, variant, duration, table),
-        Figure::Memory | Figure::Churn => Ok(()),
+        Figure::Memory | Figure::Churn | Figure::Settle => Ok(()),
     }
 }
 

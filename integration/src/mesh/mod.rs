@@ -357,11 +357,19 @@ impl Mesh {
 
     /// `meshward proxy run` on `node` with its `proxy.yaml`.
     fn spawn_daemon(&self, node: &str) -> Result<Process> {
+        self.spawn_daemon_under(node, &[])
+    }
+
+    /// The same, as the arguments of `wrapper` (e.g. `valgrind --tool=callgrind`).
+    fn spawn_daemon_under(&self, node: &str, wrapper: &[&str]) -> Result<Process> {
+        let (bin, config) = (path_str(&self.bin), path_str(&self.node_config(node)));
+        let mut command = wrapper.to_vec();
+        command.extend([bin.as_str(), "proxy", "run", "-c", config.as_str()]);
         Process::spawn(
             self.cluster.node(node)?.netns(),
             &format!("{node}-proxy"),
-            &path_str(&self.bin),
-            &["proxy", "run", "-c", &path_str(&self.node_config(node))],
+            command[0],
+            &command[1..],
             &[("RUST_LOG", self.log.as_str())],
             self.cluster.log_dir(),
         )
@@ -370,7 +378,13 @@ impl Mesh {
     /// Starts a node's daemon again (after [`Mesh::stop_daemon`]), as a restart or
     /// an upgrade does, and waits until it is ready. Its log starts afresh.
     pub fn start_daemon(&mut self, node: &str) -> Result<()> {
-        let daemon = self.spawn_daemon(node)?;
+        self.start_daemon_under(node, &[])
+    }
+
+    /// [`Mesh::start_daemon`] with the daemon run by `wrapper` (a profiler),
+    /// whose process is then the one [`Mesh::daemon_pid`] names.
+    pub fn start_daemon_under(&mut self, node: &str, wrapper: &[&str]) -> Result<()> {
+        let daemon = self.spawn_daemon_under(node, wrapper)?;
         self.daemons.insert(node.to_owned(), daemon);
         self.wait_ready(node)
     }
