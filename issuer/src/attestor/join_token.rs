@@ -37,6 +37,7 @@ impl<D: Datastore> NodeAttestor<D> for JoinTokenAttestor {
                 spiffe_id: token.spiffe_id,
                 selectors: Vec::new(),
                 can_reattest: false,
+                first_only: false,
             })
         })
     }

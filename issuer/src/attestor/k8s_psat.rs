@@ -276,6 +276,7 @@ impl<D: Datastore> NodeAttestor<D> for PsatAttestor {
                 spiffe_id: node.spiffe_id,
                 selectors: node.selectors,
                 can_reattest: true,
+                first_only: false,
             })
         })
     }
