@@ -72,3 +72,54 @@ impl AwsIidConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::IssuerConfig;
+
+    #[test]
+    fn k8s_psat_and_aws_iid_side_by_side_with_spire_s_defaults() {
+        let yaml = "k8s_psat:\n  clusters:\n  - {name: eks, api_server: https://k8s, service_account_allow_list: ['meshward:meshward-node']}\naws_iid:\n  account_ids: ['123456789012']\n";
+        let c = IssuerConfig::from_yaml(yaml, "i.yaml").unwrap();
+        assert!(c.k8s_psat.is_some());
+        let iid = c.aws_iid.unwrap();
+        assert_eq!(iid.max_document_age.as_secs(), 86_400);
+        assert!(!iid.allow_reattestation);
+        assert_eq!(
+            iid.agent_path_template,
+            "{{ .PluginName }}/{{ .AccountID }}/{{ .Region }}/{{ .InstanceID }}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "aws_iid: {account_ids: []}\n",
+                "i.yaml: aws_iid.account_ids: list the AWS accounts",
+            ),
+            (
+                "aws_iid: {account_ids: ['1234']}\n",
+                "i.yaml: aws_iid.account_ids[0]: \"1234\" is not a 12-digit",
+            ),
+            (
+                "aws_iid: {account_ids: ['123456789012'], agent_path_template: '{{ .Region }}'}\n",
+                "i.yaml: aws_iid.agent_path_template:",
+            ),
+            (
+                "aws_iid: {account_ids: ['123456789012'], max_document_age: 0s}\n",
+                "i.yaml: aws_iid.max_document_age: must be positive",
+            ),
+            (
+                "aws_iid: {account_ids: ['123456789012'], regions: []}\n",
+                "i.yaml: aws_iid.regions: unknown field",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let e = IssuerConfig::from_yaml(yaml, "i.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+}

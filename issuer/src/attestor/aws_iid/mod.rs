@@ -146,6 +146,11 @@ impl AwsIidAttestor {
         })
     }
 
+    /// How many regions have a certificate.
+    pub fn regions(&self) -> usize {
+        self.certs.regions()
+    }
+
     /// Adds the AWS API call that provides tag, security group and IAM role selectors.
     pub fn with_describer(mut self, describer: impl InstanceDescriber + 'static) -> Self {
         self.describer = Some(Box::new(describer));
