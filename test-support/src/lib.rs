@@ -7,6 +7,7 @@
 //!   party would.
 //! - [`aws_iid`]: a stand-in for AWS's instance identity signer (documents and
 //!   their `rsa2048` PKCS#7), for the `aws_iid` attestor and the test IMDS.
+//! - [`imds`]: a test EC2 instance metadata service (IMDSv2), well-behaved or not.
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`kube_api`]: a small Kubernetes API server (TokenReview, pods, nodes).
@@ -27,6 +28,7 @@ pub mod control_plane;
 pub mod daemon;
 pub mod ext_authz;
 mod guarded;
+pub mod imds;
 pub mod issuer;
 pub mod jwks;
 mod jwt_svid;
