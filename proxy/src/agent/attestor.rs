@@ -129,8 +129,7 @@ impl AgentAttestor for AwsIid {
     }
 
     fn refusal_hint(&self) -> &'static str {
-        " (an instance attests once: after an eviction it may attest again; after a lost \
-         data_dir, evict the node on the issuer)"
+        " (if the instance attested before and lost its data_dir: evict its node on the issuer)"
     }
 }
 
