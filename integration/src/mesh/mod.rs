@@ -30,7 +30,7 @@ use crate::cluster::Cluster;
 use crate::error::{HarnessError, Result};
 use crate::process::{Process, exec, wait_for_port};
 use issuer::{ClusterIssuer, IssuerSettings, IssuerSlot, path_str, write};
-pub use spec::{MeshSpec, NodeAttestation, NodeSetup};
+pub use spec::{MeshSpec, NodeAttestation, NodeSetup, SetupFn};
 
 /// How long the mesh may take to come up (attestation, first SVIDs).
 const STARTUP: Duration = Duration::from_secs(60);

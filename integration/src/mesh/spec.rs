@@ -23,9 +23,12 @@ pub struct NodeAttestation {
     pub setup: Option<NodeSetup>,
 }
 
+/// What [`NodeSetup`] runs.
+pub type SetupFn = dyn Fn(&Netns) -> Result<()> + Send + Sync;
+
 /// A closure run in a node's namespace.
 #[derive(Clone)]
-pub struct NodeSetup(pub Arc<dyn Fn(&Netns) -> Result<()> + Send + Sync>);
+pub struct NodeSetup(pub Arc<SetupFn>);
 
 impl fmt::Debug for NodeSetup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
