@@ -280,6 +280,14 @@ impl<D: Datastore> NodeAttestor<D> for PsatAttestor {
             })
         })
     }
+
+    /// The cluster named; the token itself is a credential.
+    fn claimed(&self, payload: &[u8]) -> String {
+        K8sPsatPayload::decode(payload).map_or_else(
+            |_| "an unreadable payload".into(),
+            |p| format!("cluster={}", p.cluster.chars().take(64).collect::<String>()),
+        )
+    }
 }
 
 /// The agent a TokenReview answer vouches for.

@@ -69,6 +69,10 @@ pub trait NodeAttestor<D: Datastore>: Send + Sync {
         trust_domain: &'a TrustDomain,
         payload: &'a [u8],
     ) -> AttestFuture<'a>;
+
+    /// Who `payload` claims to be, unverified and without secrets, for the log
+    /// line of a refused attestation.
+    fn claimed(&self, payload: &[u8]) -> String;
 }
 
 /// The attestors an issuer accepts, by type.

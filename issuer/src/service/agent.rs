@@ -84,6 +84,14 @@ impl<D: Datastore> Issuer<D> {
             Err(e) => Err(e.into()),
         };
         count_attestation(attestor.kind(), &admitted);
+        if let Err(e) = &admitted {
+            // what the evidence claimed, unverified: who tried
+            tracing::warn!(
+                method = attestor.kind(),
+                claimed = %attestor.claimed(payload),
+                "node attestation refused: {e}"
+            );
+        }
         admitted
     }
 

@@ -306,12 +306,15 @@ impl<D: Datastore> NodeAttestor<D> for AwsIidAttestor {
         Box::pin(async move {
             let attested = self.attest(store, trust_domain, payload).await;
             if let Err(e) = &attested {
-                let reason = e.reason();
-                metrics::counter!("meshward_issuer_aws_iid_refusals_total", "reason" => reason)
+                // logged by the issuer with `claimed`; counted here by reason
+                metrics::counter!("meshward_issuer_aws_iid_refusals_total", "reason" => e.reason())
                     .increment(1);
-                tracing::warn!(claimed = %claimed(payload), reason, "aws_iid attestation refused: {e}");
             }
             Ok(attested?)
         })
+    }
+
+    fn claimed(&self, payload: &[u8]) -> String {
+        claimed(payload)
     }
 }

@@ -316,3 +316,13 @@ fn a_describer_adds_tag_security_group_and_role_selectors() {
         );
     }
 }
+
+#[test]
+fn a_refusal_names_the_identity_the_document_claimed() {
+    let doc = Instance::new("999999999999", "eu-west-1", "i-0bad0bad0bad0bad0").document();
+    assert_eq!(
+        claimed(&payload(&doc, "not a signature")),
+        "account=999999999999 region=eu-west-1 instance=i-0bad0bad0bad0bad0"
+    );
+    assert_eq!(claimed(b"{"), "account=? region=? instance=?");
+}
