@@ -1,18 +1,22 @@
-//! `aws_iid` end to end: one issuer accepting join tokens and EC2 instance
-//! identity documents; node-1 attests with a join token, node-2 with the
-//! document its own instance metadata service serves (a test IMDS on
-//! 169.254.169.254:80, an address only node-2's network namespace has), signed
-//! by a test key the issuer trusts as AWS's for the region. A node alias entry
-//! by `aws_iid:account:` selects node-2, and its pod serves the pod of node-1.
+//! `aws_iid` end to end: one issuer with two node attestors. node-1 attests with
+//! `k8s_psat` (its daemon pod's projected token, reviewed by a Kubernetes API the
+//! issuer reaches), node-2 with `aws_iid`: the document its own instance metadata
+//! service serves (a test IMDS on 169.254.169.254:80, an address only node-2's
+//! network namespace has), signed by a test key the issuer trusts as AWS's for
+//! the region. Node alias entries select each node by its attestor's selectors
+//! (`k8s_psat:cluster:`, `aws_iid:account:`); node-2's pod serves node-1's.
 #![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod support;
 
 use meshward_integration::{HarnessError, Netns, NodeAttestation, NodeSetup, available_or_skip};
 use meshward_test_support::aws_iid::{Instance, Signer};
 use meshward_test_support::imds::{self, Behaviour};
+use meshward_test_support::kube_api::FakeKubeApi;
 use support::{TD, curl_spire, echo_mesh, eventually, example, status};
 
 const ACCOUNT: &str = "123456789012";
@@ -36,10 +40,27 @@ fn imds_on_the_node(runtime: &tokio::runtime::Handle, behaviour: Behaviour) -> N
     }))
 }
 
+/// node-1 attests with `k8s_psat`: its daemon pod (service account
+/// meshward:meshward-node) on a Kubernetes node in `api`, and that pod's token.
+fn k8s_psat_node(api: &FakeKubeApi, dir: &std::path::Path) -> NodeAttestation {
+    let pod = api.add_agent_pod("node-1", "node-uid-1", "meshward-node-x1", "pod-uid-1");
+    let token = dir.join("node-1-token");
+    let jwt = api.service_account_token(&pod, "meshward-issuer", Duration::from_secs(3600));
+    std::fs::write(&token, jwt).unwrap();
+    NodeAttestation {
+        agent_yaml: format!(
+            "  k8s_psat: {{cluster: eks, token_path: {}}}\n",
+            token.display()
+        ),
+        alias_id: format!("spiffe://{TD}/nodes/eks-cluster"),
+        alias_selectors: vec!["k8s_psat:cluster:eks".into()],
+        setup: None,
+    }
+}
+
 #[test]
-fn a_join_token_node_and_an_aws_iid_node_serve_pods_side_by_side() {
-    let Some(()) =
-        available_or_skip("a_join_token_node_and_an_aws_iid_node_serve_pods_side_by_side")
+fn a_k8s_psat_node_and_an_aws_iid_node_serve_pods_side_by_side() {
+    let Some(()) = available_or_skip("a_k8s_psat_node_and_an_aws_iid_node_serve_pods_side_by_side")
     else {
         return;
     };
@@ -56,12 +77,18 @@ fn a_join_token_node_and_an_aws_iid_node_serve_pods_side_by_side() {
         .unwrap();
     let setup = imds_on_the_node(runtime.handle(), Behaviour::Serve { document, rsa2048 });
     let alias = format!("spiffe://{TD}/nodes/aws-account-{ACCOUNT}");
+    let api = runtime.block_on(FakeKubeApi::start(dir.path()));
+    let api_address: SocketAddr = api.url().trim_start_matches("https://").parse().unwrap();
+    let psat = k8s_psat_node(&api, dir.path());
 
     let (mesh, _echo) = echo_mesh(|spec| {
         spec.issuer_yaml(&format!(
-            "aws_iid:\n  account_ids: ['{ACCOUNT}']\n  region_certificates_file: {}\n",
-            certs.display()
+            "aws_iid:\n  account_ids: ['{ACCOUNT}']\n  region_certificates_file: {}\n{}",
+            certs.display(),
+            api.issuer_psat_yaml()
         ));
+        spec.issuer_reaches(api_address.port());
+        spec.node_attestation("node-1", psat);
         spec.node_attestation(
             "node-2",
             NodeAttestation {
@@ -77,12 +104,10 @@ fn a_join_token_node_and_an_aws_iid_node_serve_pods_side_by_side() {
     let agents = mesh.issuer_cli(&["agent", "list"]).unwrap();
     let node_id = format!("spiffe://{TD}/spire/agent/aws_iid/{ACCOUNT}/us-east-1/{INSTANCE}");
     assert!(agents.contains(&node_id), "{agents}");
-    assert!(
-        agents.contains(&format!("spiffe://{TD}/node/node-1")),
-        "{agents}"
-    );
+    let psat_id = format!("spiffe://{TD}/spire/agent/k8s_psat/eks/node-uid-1");
+    assert!(agents.contains(&psat_id), "{agents}");
 
-    // the echoserver on node-2 holds the identity its alias entry grants, and serves
+    // each pod holds the identity its node's alias entry grants: node-2's serves node-1's
     mesh.apply_policy("02-allow-curl-spire", &example("02-allow-curl-spire"))
         .unwrap();
     let url = format!("http://{}:8080/", mesh.pod_ip("echoserver").unwrap());

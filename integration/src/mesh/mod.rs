@@ -506,6 +506,7 @@ fn start_issuers(
                 extra_yaml: &spec.issuer_yaml,
                 refresh_hint_seconds: spec.bundle_refresh_hint,
                 datastore_url: datastore_url.as_deref().filter(|_| index == 0),
+                loopback_ports: &spec.issuer_loopback_ports,
             };
             let slot = IssuerSlot {
                 cluster: index,

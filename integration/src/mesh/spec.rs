@@ -75,6 +75,8 @@ pub struct MeshSpec {
     pub(super) issuer_replicas: (usize, Option<String>),
     /// Nodes that attest otherwise than by a join token.
     pub(super) attestations: BTreeMap<String, NodeAttestation>,
+    /// Ports of the test's loopback servers every issuer reaches.
+    pub(super) issuer_loopback_ports: Vec<u16>,
 }
 
 impl MeshSpec {
@@ -99,6 +101,7 @@ impl MeshSpec {
             log: "info,access=debug".into(),
             issuer_replicas: (1, None),
             attestations: BTreeMap::new(),
+            issuer_loopback_ports: Vec::new(),
         }
     }
 
@@ -205,6 +208,13 @@ impl MeshSpec {
     /// `node` attests as `attestation` says instead of by a join token.
     pub fn node_attestation(&mut self, node: &str, attestation: NodeAttestation) -> &mut Self {
         self.attestations.insert(node.to_owned(), attestation);
+        self
+    }
+
+    /// Every issuer reaches the test's server on `127.0.0.1:port` at that address
+    /// (a Kubernetes API its k8s_psat attestor asks).
+    pub fn issuer_reaches(&mut self, port: u16) -> &mut Self {
+        self.issuer_loopback_ports.push(port);
         self
     }
 
