@@ -277,6 +277,12 @@ impl<D: Datastore> Issuer<D> {
                         )));
                     }
                 }
+                if !template.selects_node(&node.selectors) {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "identity template {name:?} does not select node {}",
+                        node.spiffe_id
+                    )));
+                }
                 if !template.selects(pod) {
                     return Err(ServiceError::PermissionDenied(format!(
                         "identity template {name:?} does not select pod {}/{}",
@@ -370,13 +376,16 @@ impl<D: Datastore> Issuer<D> {
         Ok((token, now + ttl))
     }
 
-    /// Every identity template; nodes render them for their pods.
+    /// The identity templates that apply on the caller's node (its selectors,
+    /// whichever attestor proved them); nodes render them for their pods.
     pub async fn identity_templates(
         &self,
         caller: &Caller,
     ) -> Result<Vec<meshward_api::template::IdentityTemplate>> {
-        self.authenticate_node(caller).await?;
-        Ok(self.store.list_templates().await?)
+        let node = self.authenticate_node(caller).await?;
+        let mut templates = self.store.list_templates().await?;
+        templates.retain(|t| t.selects_node(&node.selectors));
+        Ok(templates)
     }
 
     /// The own bundle and every federated one.

@@ -14,7 +14,7 @@ use super::*;
 use crate::attestor::aws_iid::{AwsIidAttestor, DEFAULT_AGENT_PATH_TEMPLATE};
 use crate::config::AwsIidConfig;
 use crate::datastore::SqlStore;
-use crate::service::Caller;
+use crate::service::{Caller, SvidRequest, SvidTarget};
 
 const ACCOUNT: &str = "123456789012";
 
@@ -193,5 +193,78 @@ async fn join_tokens_and_aws_iid_side_by_side_and_a_node_entry_by_account() {
     assert!(
         matches!(&unknown, Err(ServiceError::PermissionDenied(m)) if m.contains("it accepts: join_token, aws_iid")),
         "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_template_selects_nodes_by_any_attestor_s_selectors() {
+    use meshward_api::template::{IdentityTemplate, PodAttributes, from_cluster_spiffe_id_yaml};
+    let signer = Signer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer_with_aws_iid(dir.path(), &signer, false).await;
+    let yaml = format!(
+        "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: ec2-only}}\n\
+         spec:\n  spiffeIDTemplate: \"spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}\"\n  \
+         nodeSelectors: [\"aws_iid:account:{ACCOUNT}\"]\n"
+    );
+    let templates: Vec<IdentityTemplate> = from_cluster_spiffe_id_yaml(&yaml).unwrap();
+    issuer.put_templates(&templates).await.unwrap();
+    let caller = |svid: crate::X509Svid| Caller {
+        id: svid.spiffe_id,
+        serial: svid.serial,
+    };
+    let ec2 = caller(
+        issuer
+            .attest_agent(
+                AWS_IID,
+                &signed_payload(&signer, "i-0bbbbbbbbbbbbbbb0"),
+                &p256_csr().1,
+            )
+            .await
+            .unwrap(),
+    );
+    let token = issuer.generate_join_token(None, 0).await.unwrap();
+    let joined = caller(
+        attest_join_token(&issuer, &token.token, &p256_csr().1)
+            .await
+            .unwrap(),
+    );
+    let names = |t: Vec<IdentityTemplate>| t.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(issuer.identity_templates(&ec2).await.unwrap()),
+        ["ec2-only"]
+    );
+    assert!(issuer.identity_templates(&joined).await.unwrap().is_empty());
+
+    let pod = PodAttributes {
+        namespace: "pay".into(),
+        name: "api-0".into(),
+        service_account: "api".into(),
+        ..PodAttributes::default()
+    };
+    let request = || SvidRequest {
+        target: SvidTarget::Template {
+            name: "ec2-only".into(),
+            pod: pod.clone(),
+        },
+        csr: p256_csr().1,
+        addresses: vec![],
+    };
+    let signed = issuer
+        .batch_new_x509_svid(&ec2, vec![request()])
+        .await
+        .unwrap();
+    assert_eq!(
+        signed[0].1.as_ref().unwrap().spiffe_id.as_str(),
+        "spiffe://td/ns/pay/sa/api"
+    );
+    let refused = issuer
+        .batch_new_x509_svid(&joined, vec![request()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused[0].1, Err(ServiceError::PermissionDenied(m)) if m.contains("does not select node")),
+        "{:?}",
+        refused[0].1
     );
 }
