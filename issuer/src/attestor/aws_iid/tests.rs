@@ -326,3 +326,36 @@ fn a_refusal_names_the_identity_the_document_claimed() {
     );
     assert_eq!(claimed(b"{"), "account=? region=? instance=?");
 }
+
+/// Hostile envelopes: every truncation of a genuine signature is refused, and no
+/// flipped byte makes one attest another identity (a flip in a field nothing
+/// relies on, such as the signer's serial, may still verify the same document).
+#[test]
+fn every_truncated_or_flipped_signature_is_refused() {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let signer = Signer::new();
+    let attestor = attestor(&signer);
+    let doc = instance().document();
+    let ber = engine.decode(signer.sign(doc.as_bytes())).unwrap();
+    let refused = |bytes: &[u8]| verdict(&attestor, &doc, &engine.encode(bytes)).is_err();
+    for cut in 0..ber.len() {
+        assert!(refused(&ber[..cut]), "cut at {cut}");
+    }
+    let genuine = verdict(&attestor, &doc, &engine.encode(&ber)).unwrap();
+    let mut still_verified = 0;
+    for at in 0..ber.len() {
+        let mut flipped = ber.clone();
+        flipped[at] ^= 0x41;
+        if let Ok(verified) = verdict(&attestor, &doc, &engine.encode(&flipped)) {
+            assert_eq!(verified, genuine, "flip at {at}");
+            still_verified += 1;
+        }
+    }
+    // the content, the signed attributes and the signature are most of the bytes
+    assert!(
+        still_verified < ber.len() / 4,
+        "{still_verified} of {}",
+        ber.len()
+    );
+}
