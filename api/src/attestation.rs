@@ -10,6 +10,21 @@ use crate::proto::AttestAgentRequest;
 pub const JOIN_TOKEN: &str = "join_token";
 /// A Kubernetes projected service-account token, checked by TokenReview.
 pub const K8S_PSAT: &str = "k8s_psat";
+/// An EC2 instance identity document with AWS's signatures, read from IMDS.
+pub const AWS_IID: &str = "aws_iid";
+
+/// `aws_iid`'s payload: SPIRE's `{"document", "signature", "rsa2048"}`, each as
+/// IMDS answered it. The issuer verifies `rsa2048` (PKCS#7, base64 without PEM
+/// armour) and requires `document` to be, byte for byte, the content it signs;
+/// `signature` (the older RSA-1024 one) is carried for SPIRE compatibility only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIidPayload {
+    pub document: String,
+    #[serde(default)]
+    pub signature: String,
+    pub rsa2048: String,
+}
 
 /// `k8s_psat`'s payload: SPIRE's `{"cluster": ..., "token": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +50,20 @@ impl K8sPsatPayload {
     pub fn decode(payload: &[u8]) -> Result<Self, PayloadError> {
         serde_json::from_slice(payload).map_err(|e| PayloadError::Invalid {
             kind: K8S_PSAT,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl AwsIidPayload {
+    pub fn encode(&self) -> Vec<u8> {
+        // a struct of strings always serializes
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, PayloadError> {
+        serde_json::from_slice(payload).map_err(|e| PayloadError::Invalid {
+            kind: AWS_IID,
             reason: e.to_string(),
         })
     }
@@ -91,5 +120,17 @@ mod tests {
             "abc"
         );
         assert!(join_token(&[0xff]).is_err());
+        let iid = AwsIidPayload {
+            document: "{}".into(),
+            signature: "s".into(),
+            rsa2048: "r".into(),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&iid.encode()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"document": "{}", "signature": "s", "rsa2048": "r"})
+        );
+        assert_eq!(AwsIidPayload::decode(&iid.encode()).unwrap(), iid);
+        assert!(AwsIidPayload::decode(b"{\"document\":\"{}\"}").is_err());
     }
 }

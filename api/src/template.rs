@@ -37,6 +37,11 @@ pub struct IdentityTemplate {
     pub federates_with: Vec<TrustDomain>,
     #[serde(default)]
     pub hint: String,
+    /// Selectors the node must have (every one), by any attestor: e.g.
+    /// `aws_iid:account:123456789012` or `k8s_psat:cluster:eks`; empty = every node.
+    /// meshward's addition to the ClusterSPIFFEID shape (`spec.nodeSelectors`).
+    #[serde(default)]
+    pub node_selectors: Vec<Selector>,
 }
 
 /// What a template is rendered over.
@@ -62,6 +67,11 @@ pub struct Rendered {
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 impl IdentityTemplate {
+    /// Whether this template applies on a node with `node` selectors.
+    pub fn selects_node(&self, node: &[Selector]) -> bool {
+        self.node_selectors.iter().all(|s| node.contains(s))
+    }
+
     /// Whether this template applies to the pod.
     pub fn selects(&self, pod: &PodAttributes) -> bool {
         let pod_ok = self
@@ -212,6 +222,7 @@ impl From<&IdentityTemplate> for crate::proto::IdentityTemplate {
             jwt_svid_ttl: i32::try_from(t.jwt_svid_ttl).unwrap_or(i32::MAX),
             federates_with: t.federates_with.iter().map(ToString::to_string).collect(),
             hint: t.hint.clone(),
+            node_selectors: t.node_selectors.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -227,6 +238,8 @@ impl TryFrom<crate::proto::IdentityTemplate> for IdentityTemplate {
         };
         let federates_with = trust_domains(&t.federates_with)
             .map_err(|e| format!("template {}: federates_with{e}", t.name))?;
+        let node_selectors = selectors(&t.node_selectors)
+            .map_err(|e| format!("template {}: node_selectors{e}", t.name))?;
         Ok(Self {
             x509_svid_ttl: ttl("x509_svid_ttl", t.x509_svid_ttl)?,
             jwt_svid_ttl: ttl("jwt_svid_ttl", t.jwt_svid_ttl)?,
@@ -238,8 +251,18 @@ impl TryFrom<crate::proto::IdentityTemplate> for IdentityTemplate {
             dns_name_templates: t.dns_name_templates,
             federates_with,
             hint: t.hint,
+            node_selectors,
         })
     }
+}
+
+/// `type:value` selectors; `Err`: `[index]: reason`.
+fn selectors(listed: &[String]) -> Result<Vec<Selector>, String> {
+    listed
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.parse().map_err(|e| format!("[{i}]: {e}")))
+        .collect()
 }
 
 /// Trust domains as names or `spiffe://` IDs (SPIRE takes both); `Err`: `[index]:
@@ -288,6 +311,9 @@ struct ClusterSpiffeIdSpec {
     federates_with: Vec<String>,
     #[serde(default)]
     hint: String,
+    /// meshward's: selectors the node must have (any attestor's).
+    #[serde(default)]
+    node_selectors: Vec<String>,
     /// Which controller instance owns the object; one issuer serves all.
     #[allow(dead_code)]
     class_name: Option<String>,
@@ -354,6 +380,8 @@ pub fn from_cluster_spiffe_id_yaml(text: &str) -> Result<Vec<IdentityTemplate>, 
             federates_with: trust_domains(&c.spec.federates_with)
                 .map_err(|e| format!("document {}: spec.federatesWith{e}", i + 1))?,
             hint: c.spec.hint,
+            node_selectors: selectors(&c.spec.node_selectors)
+                .map_err(|e| format!("document {}: spec.nodeSelectors{e}", i + 1))?,
         };
         out.push(template);
     }

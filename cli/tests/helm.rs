@@ -254,6 +254,52 @@ fn with_postgres_values_the_chart_renders_the_postgres_overlay() {
     );
 }
 
+#[test]
+fn with_aws_iid_values_the_chart_renders_the_eks_aws_iid_overlay() {
+    let Some((binaries, helm)) =
+        control_plane::with_helm("with_aws_iid_values_the_chart_renders_the_eks_aws_iid_overlay")
+    else {
+        return;
+    };
+    let values = ci_values("aws-iid-values.yaml");
+    let chart = template(&helm, &["-f", &values]).unwrap();
+    assert_same_objects(
+        &chart,
+        &kustomize(&binaries, "docker/k8s/overlays/eks-aws-iid"),
+        "ci/aws-iid-values.yaml",
+    );
+    assert_configs_load(&chart, "ci/aws-iid-values.yaml");
+    let issuer = config_file(&chart, "meshward-issuer", "issuer.yaml");
+    assert_eq!(issuer["aws_iid"]["account_ids"][0], "123456789012");
+    assert!(issuer["k8s_psat"].is_object(), "both attestors");
+    let ec2 = config_file(&chart, "meshward-node-aws-iid", "proxy.yaml");
+    assert!(ec2["agent"]["aws_iid"].is_object());
+    assert!(ec2["agent"].get("k8s_psat").is_none());
+    let proxy = find(
+        &chart,
+        &format!("ConfigMap {NAMESPACE}/meshward-node-aws-iid"),
+    )["data"]["proxy.yaml"]
+        .as_str()
+        .unwrap();
+    meshward_proxy::config::ProxyConfig::from_yaml(proxy, "meshward-node-aws-iid")
+        .unwrap_or_else(|e| panic!("{e}\n{proxy}"));
+    let operator = |daemonset: &str| {
+        find(&chart, &format!("DaemonSet {NAMESPACE}/{daemonset}"))["spec"]["template"]["spec"]
+            ["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]["operator"]
+            .clone()
+    };
+    assert_eq!(operator("meshward-node"), "DoesNotExist");
+    assert_eq!(operator("meshward-node-aws-iid"), "Exists");
+
+    // every EC2 instance in the world holds a signed document: accounts are required
+    let refused = template(&helm, &["--set", "attestation.awsIid.enabled=true"]).unwrap_err();
+    assert!(
+        refused.contains("needs attestation.awsIid.accountIDs"),
+        "{refused}"
+    );
+}
+
 /// values.schema.json: a misspelt key or an unknown choice is refused, never read
 /// as the default (a `k8s-psat` would otherwise render join tokens).
 #[test]

@@ -29,7 +29,9 @@ pub use cluster::{Cluster, Host, Node, Pod, PodSpec, TEST_PREFIX};
 pub use curl::CurlResponse;
 pub use error::{HarnessError, Result};
 pub use forward::LoopbackForward;
-pub use mesh::{Mesh, MeshSpec, Phase, Upgrade, meshward_binary};
+pub use mesh::{
+    Mesh, MeshSpec, NodeAttestation, NodeSetup, Phase, SetupFn, Upgrade, meshward_binary,
+};
 pub use netns::{Netns, RunExt, is_running as process_is_running, list as list_namespaces};
 pub use process::{CommandOutput, Process, exec, wait_for_port};
 pub use root::available_or_skip;

@@ -203,6 +203,14 @@ async fn nodes_suite(store: &SqlStore) {
         store.delete_node(&n.spiffe_id).await,
         Err(DatastoreError::NotFound(_))
     ));
+    // a node that attests once is created, never replaced
+    let once = node("spiffe://td/spire/agent/aws_iid/123456789012/us-east-1/i-0a");
+    store.create_node(&once).await.unwrap();
+    let again = store.create_node(&once).await;
+    assert!(
+        matches!(again, Err(DatastoreError::AlreadyExists(_))),
+        "{again:?}"
+    );
 }
 
 async fn federated_bundles_suite(store: &SqlStore) {

@@ -232,6 +232,14 @@ pub(crate) fn svid_rotated(spiffe_id: &SpiffeId) {
     counter!("meshward_svid_rotations_total", "spiffe_id" => spiffe_id.to_string()).increment(1);
 }
 
+/// A node attestation that failed: `evidence` (it could not be gathered: an
+/// unreadable token, an IMDS that hung or answered too much), `refused` (the
+/// issuer said no) or `unavailable` (no issuer answered).
+pub(crate) fn node_attestation_failed(method: &'static str, reason: &'static str) {
+    counter!("meshward_node_attestation_failures_total", "method" => method, "reason" => reason)
+        .increment(1);
+}
+
 /// One call to the issuer: its latency, and its error code if it failed.
 pub(crate) fn issuer_rpc(method: &'static str, duration: Duration, error: Option<&str>) {
     histogram!("meshward_issuer_rpc_duration_seconds", "method" => method)

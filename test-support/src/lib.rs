@@ -5,6 +5,9 @@
 //! - [`p256_csr`]: a workload key and a minimal CSR, as the agent makes them.
 //! - [`verify_jwt_svid`]: a JWT-SVID checked against a bundle's JWKS, as a relying
 //!   party would.
+//! - [`aws_iid`]: a stand-in for AWS's instance identity signer (documents and
+//!   their `rsa2048` PKCS#7), for the `aws_iid` attestor and the test IMDS.
+//! - [`imds`]: a test EC2 instance metadata service (IMDSv2), well-behaved or not.
 //! - [`issuer`]: the real issuer process with its admin CLI.
 //! - [`daemon`]: a process on loopback, stopped on drop, with a readiness wait.
 //! - [`control_plane`]: a real Kubernetes control plane: etcd and kube-apiserver on
@@ -22,10 +25,12 @@
 //! - [`softhsm`]: a SoftHSM2 token in a private token directory, for the PKCS#11
 //!   key manager.
 
+pub mod aws_iid;
 pub mod control_plane;
 pub mod daemon;
 pub mod ext_authz;
 mod guarded;
+pub mod imds;
 pub mod issuer;
 pub mod jwks;
 mod jwt_svid;

@@ -28,6 +28,7 @@ fn template(id: &str) -> IdentityTemplate {
         jwt_svid_ttl: 0,
         federates_with: vec![],
         hint: String::new(),
+        node_selectors: vec![],
     }
 }
 
@@ -148,6 +149,12 @@ fn the_crd_fixtures_read_as_the_crd_admits_them() {
         (1, 1, 1)
     );
     assert_eq!(t.hint, "payments");
+    assert_eq!(
+        t.node_selectors[0].to_string(),
+        "aws_iid:account:123456789012"
+    );
+    assert!(t.selects_node(&["aws_iid:account:123456789012".parse().unwrap()]));
+    assert!(!t.selects_node(&["k8s_psat:cluster:eks".parse().unwrap()]));
     for invalid in ["csid-without-template.yaml", "csid-misspelt-selector.yaml"] {
         let text = read(&format!("invalid/{invalid}"));
         assert!(from_cluster_spiffe_id_yaml(&text).is_err(), "{invalid}");

@@ -62,6 +62,13 @@ federated-{{ . | replace "." "-" }}.json
   "service_account_allow_list" (list (printf "%s:meshward-node" .Release.Namespace)) -}}
 {{- $_ := set $c "k8s_psat" (dict "clusters" (list $cluster)) -}}
 {{- end -}}
+{{- $iid := .Values.attestation.awsIid -}}
+{{- if $iid.enabled -}}
+{{- if not $iid.accountIDs -}}
+{{- fail "attestation.awsIid.enabled needs attestation.awsIid.accountIDs (the AWS accounts whose instances may attest)" -}}
+{{- end -}}
+{{- $_ := set $c "aws_iid" (dict "account_ids" $iid.accountIDs "max_document_age" $iid.maxDocumentAge "allow_reattestation" $iid.allowReattestation) -}}
+{{- end -}}
 {{- $e := .Values.federation.bundleEndpoint -}}
 {{- if $e.enabled -}}
 {{- $endpoint := dict "listen" (printf "0.0.0.0:%d" (int $e.port)) "refresh_hint" $e.refreshHint "profile" $e.profile -}}
@@ -107,4 +114,14 @@ federated-{{ . | replace "." "-" }}.json
   "outbound" (dict "mesh_cidrs" .Values.node.meshCIDRs "kubernetes" dict)
   "authorization" (dict "kubernetes" dict "policy_paths" (list "/etc/meshward/policies")) -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy .Values.node.config)) -}}
+{{- end -}}
+
+{{/* proxy.yaml of the nodes that attest with aws_iid: meshward.nodeConfig with
+agent.aws_iid in place of the other method. */}}
+{{- define "meshward.nodeConfigAwsIid" -}}
+{{- $c := include "meshward.nodeConfig" . | fromYaml -}}
+{{- $_ := unset $c.agent "k8s_psat" -}}
+{{- $_ := unset $c.agent "join_token_file" -}}
+{{- $_ := set $c.agent "aws_iid" dict -}}
+{{- toYaml $c -}}
 {{- end -}}

@@ -27,8 +27,9 @@ pub(super) struct ClusterIssuer {
     config: PathBuf,
     /// How often it was started again.
     restarts: usize,
-    /// The shared datastore, when it is on the test's loopback.
-    _datastore: Option<LoopbackForward>,
+    /// The shared datastore, when it is on the test's loopback, and the test's
+    /// other loopback servers it reaches (`MeshSpec::issuer_reaches`).
+    _forwards: Vec<LoopbackForward>,
     admin_socket: PathBuf,
     /// Where the cluster's daemons read policies (hot reloaded).
     pub(super) policy_dir: PathBuf,
@@ -42,6 +43,9 @@ pub(super) struct IssuerSettings<'a> {
     pub(super) refresh_hint_seconds: u32,
     /// A datastore shared by replicas; `None`: SQLite in the data directory.
     pub(super) datastore_url: Option<&'a str>,
+    /// Ports of the test's loopback servers it reaches at the same address (a
+    /// Kubernetes API for k8s_psat).
+    pub(super) loopback_ports: &'a [u16],
 }
 
 /// Which issuer: the cluster's index (0: the first) and the replica within it.
@@ -81,14 +85,21 @@ impl ClusterIssuer {
         let (name, policies) = slot.names();
         let ip = cluster.add_host(&name)?.ip();
         // a datastore on the test's loopback is reached at the same address here
-        let datastore = match settings.datastore_url.and_then(loopback_server) {
-            Some(server) => Some(LoopbackForward::start(
-                cluster.host(&name)?.netns(),
-                server.port(),
-                server,
-            )?),
-            None => None,
-        };
+        let servers = settings
+            .datastore_url
+            .and_then(loopback_server)
+            .into_iter()
+            .chain(
+                settings
+                    .loopback_ports
+                    .iter()
+                    .map(|&port| std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            );
+        let mut forwards = Vec::new();
+        for server in servers {
+            let ns = cluster.host(&name)?.netns();
+            forwards.push(LoopbackForward::start(ns, server.port(), server)?);
+        }
         let dir = cluster.log_dir().to_owned();
         let policy_dir = dir.join(policies);
         std::fs::create_dir_all(&policy_dir)
@@ -126,7 +137,7 @@ impl ClusterIssuer {
             process,
             config,
             restarts: 0,
-            _datastore: datastore,
+            _forwards: forwards,
             admin_socket,
             policy_dir,
         };

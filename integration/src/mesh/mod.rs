@@ -30,7 +30,7 @@ use crate::cluster::Cluster;
 use crate::error::{HarnessError, Result};
 use crate::process::{Process, exec, wait_for_port};
 use issuer::{ClusterIssuer, IssuerSettings, IssuerSlot, path_str, write};
-pub use spec::MeshSpec;
+pub use spec::{MeshSpec, NodeAttestation, NodeSetup, SetupFn};
 
 /// How long the mesh may take to come up (attestation, first SVIDs).
 const STARTUP: Duration = Duration::from_secs(60);
@@ -96,6 +96,11 @@ impl Mesh {
         for (node, pod, _) in &spec.pods {
             cluster.add_pod(node, pod.clone())?;
         }
+        for (node, attestation) in &spec.attestations {
+            if let Some(setup) = &attestation.setup {
+                (setup.0)(cluster.node(node)?.netns())?;
+            }
+        }
         progress(Phase::Issuer);
         let (issuers, replicas) = start_issuers(&mut cluster, bin, &spec, &clusters)?;
         let mut mesh = Self {
@@ -127,14 +132,17 @@ impl Mesh {
     fn enroll_node(&self, spec: &MeshSpec, index: usize, node: &str) -> Result<()> {
         let issuer = &self.issuers[index];
         let td = &issuer.trust_domain;
-        let node_id = format!("spiffe://{td}/node/{node}");
-        let token = issuer.cli(&self.bin, &["token", "generate", "-spiffeID", &node_id])?;
-        let token = token
-            .lines()
-            .find_map(|l| l.strip_prefix("Token: "))
-            .ok_or_else(|| HarnessError::Invalid(format!("no token in {token:?}")))?
-            .trim()
-            .to_owned();
+        let (parent_id, method) = match spec.attestations.get(node) {
+            Some(attestation) => (
+                attestation.alias_id.clone(),
+                self.alias(issuer, attestation)?,
+            ),
+            None => {
+                let node_id = format!("spiffe://{td}/node/{node}");
+                let token = self.join_token(issuer, &node_id)?;
+                (node_id, format!("  join_token: {token}\n"))
+            }
+        };
         for (_, pod, _) in spec
             .pods
             .iter()
@@ -150,7 +158,7 @@ impl Mesh {
                     "-spiffeID",
                     &format!("spiffe://{td}/ns/{ns}/sa/{sa}"),
                     "-parentID",
-                    &node_id,
+                    &parent_id,
                     "-selector",
                     &format!("k8s:ns:{ns}"),
                     "-selector",
@@ -182,7 +190,7 @@ impl Mesh {
             &self.node_config(node),
             &format!(
                 "trust_domain: {td}\nreadiness_listen: 127.0.0.1:15021\n\
-                 agent:\n  issuer_address: {issuer_addresses:?}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
+                 agent:\n  issuer_address: {issuer_addresses:?}\n  trust_bundle_path: {}\n  data_dir: {}\n{method}  workloads:\n    file: {}\n  workload_api_socket: {}\n  sync_interval: 1s\n\
                  capture:\n  pod_interface_prefix: veth\n  exclude_ports: {:?}\n{}{}\
                  outbound:\n  mesh_cidrs:\n{}{}\
                  authorization:\n  default: {}\n  policy_paths: [{}]\n{}{}",
@@ -201,6 +209,38 @@ impl Mesh {
                 spec.proxy_yaml,
             ),
         )
+    }
+
+    /// A join token for `node_id`.
+    fn join_token(&self, issuer: &ClusterIssuer, node_id: &str) -> Result<String> {
+        let token = issuer.cli(&self.bin, &["token", "generate", "-spiffeID", node_id])?;
+        token
+            .lines()
+            .find_map(|l| l.strip_prefix("Token: "))
+            .map(|t| t.trim().to_owned())
+            .ok_or_else(|| HarnessError::Invalid(format!("no token in {token:?}")))
+    }
+
+    /// Creates the node alias entry `attestation` names (once: nodes may share
+    /// it); returns its `agent:` lines.
+    fn alias(&self, issuer: &ClusterIssuer, attestation: &NodeAttestation) -> Result<String> {
+        let mut args = vec![
+            "entry",
+            "create",
+            "-node",
+            "-spiffeID",
+            &attestation.alias_id,
+        ];
+        for selector in &attestation.alias_selectors {
+            args.extend(["-selector", selector.as_str()]);
+        }
+        match issuer.cli(&self.bin, &args) {
+            Err(e) if e.to_string().to_lowercase().contains("already exists") => {}
+            created => {
+                created?;
+            }
+        }
+        Ok(attestation.agent_yaml.clone())
     }
 
     /// The first cluster's trust domain.
@@ -480,6 +520,7 @@ fn start_issuers(
                 extra_yaml: &spec.issuer_yaml,
                 refresh_hint_seconds: spec.bundle_refresh_hint,
                 datastore_url: datastore_url.as_deref().filter(|_| index == 0),
+                loopback_ports: &spec.issuer_loopback_ports,
             };
             let slot = IssuerSlot {
                 cluster: index,

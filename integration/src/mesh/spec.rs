@@ -1,6 +1,40 @@
 //! [`MeshSpec`]: what [`super::Mesh::start`] builds.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
 use crate::cluster::PodSpec;
+use crate::error::Result;
+use crate::netns::Netns;
+
+/// How a node's agent attests when not by a join token (the default).
+#[derive(Debug, Clone)]
+pub struct NodeAttestation {
+    /// The `agent:` lines (indented two spaces) that choose the method, e.g.
+    /// `  aws_iid: {}\n`.
+    pub agent_yaml: String,
+    /// The parent of the node's pods' entries: a node alias entry
+    /// (`entry create -node`) the harness creates with `alias_selectors`.
+    pub alias_id: String,
+    pub alias_selectors: Vec<String>,
+    /// Run in the node's network namespace once it exists, before its daemon
+    /// starts (e.g. the instance metadata service the node has).
+    pub setup: Option<NodeSetup>,
+}
+
+/// What [`NodeSetup`] runs.
+pub type SetupFn = dyn Fn(&Netns) -> Result<()> + Send + Sync;
+
+/// A closure run in a node's namespace.
+#[derive(Clone)]
+pub struct NodeSetup(pub Arc<SetupFn>);
+
+impl fmt::Debug for NodeSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeSetup(..)")
+    }
+}
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -39,6 +73,10 @@ pub struct MeshSpec {
     /// The first cluster's issuer runs as this many replicas (1: a single one)
     /// on this shared datastore (a PostgreSQL URL).
     pub(super) issuer_replicas: (usize, Option<String>),
+    /// Nodes that attest otherwise than by a join token.
+    pub(super) attestations: BTreeMap<String, NodeAttestation>,
+    /// Ports of the test's loopback servers every issuer reaches.
+    pub(super) issuer_loopback_ports: Vec<u16>,
 }
 
 impl MeshSpec {
@@ -62,6 +100,8 @@ impl MeshSpec {
             exclude_issuer: false,
             log: "info,access=debug".into(),
             issuer_replicas: (1, None),
+            attestations: BTreeMap::new(),
+            issuer_loopback_ports: Vec::new(),
         }
     }
 
@@ -162,6 +202,19 @@ impl MeshSpec {
     /// Appends lines (indented two spaces) to every node's `authorization:` section.
     pub fn authorization_yaml(&mut self, yaml: &str) -> &mut Self {
         self.authorization_yaml.push_str(yaml);
+        self
+    }
+
+    /// `node` attests as `attestation` says instead of by a join token.
+    pub fn node_attestation(&mut self, node: &str, attestation: NodeAttestation) -> &mut Self {
+        self.attestations.insert(node.to_owned(), attestation);
+        self
+    }
+
+    /// Every issuer reaches the test's server on `127.0.0.1:port` at that address
+    /// (a Kubernetes API its k8s_psat attestor asks).
+    pub fn issuer_reaches(&mut self, port: u16) -> &mut Self {
+        self.issuer_loopback_ports.push(port);
         self
     }
 

@@ -37,7 +37,18 @@ impl<D: Datastore> NodeAttestor<D> for JoinTokenAttestor {
                 spiffe_id: token.spiffe_id,
                 selectors: Vec::new(),
                 can_reattest: false,
+                first_only: false,
             })
         })
+    }
+
+    /// A token is a secret until used: its digest's first bytes name it.
+    fn claimed(&self, payload: &[u8]) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, payload);
+        let hex: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("join token sha256:{hex}")
     }
 }

@@ -276,8 +276,17 @@ impl<D: Datastore> NodeAttestor<D> for PsatAttestor {
                 spiffe_id: node.spiffe_id,
                 selectors: node.selectors,
                 can_reattest: true,
+                first_only: false,
             })
         })
+    }
+
+    /// The cluster named; the token itself is a credential.
+    fn claimed(&self, payload: &[u8]) -> String {
+        K8sPsatPayload::decode(payload).map_or_else(
+            |_| "an unreadable payload".into(),
+            |p| format!("cluster={}", p.cluster.chars().take(64).collect::<String>()),
+        )
     }
 }
 

@@ -7,6 +7,7 @@
 //! A new method is one module here (plus its agent side and config): implement
 //! the trait, and register it in [`Attestors`] where the issuer is assembled.
 
+pub mod aws_iid;
 pub mod join_token;
 pub mod k8s_psat;
 
@@ -27,6 +28,9 @@ pub struct Attestation {
     /// Whether the node may attest again with fresh evidence (a new token of the
     /// same node) rather than only once.
     pub can_reattest: bool,
+    /// Whether the node's record must not exist yet: of two attestations of one
+    /// node at once, only the first to record it is admitted (trust on first use).
+    pub first_only: bool,
 }
 
 /// Why an attestation failed (the issuer maps each to its gRPC status).
@@ -51,7 +55,7 @@ pub type AttestFuture<'a> =
 
 /// One node attestation method, as the issuer verifies it.
 pub trait NodeAttestor<D: Datastore>: Send + Sync {
-    /// The type agents name (`join_token`, `k8s_psat`); also the metrics label and
+    /// The type agents name (`join_token`, `k8s_psat`, `aws_iid`); also the metrics label and
     /// the node record's attestation type.
     fn kind(&self) -> &'static str;
 
@@ -65,6 +69,10 @@ pub trait NodeAttestor<D: Datastore>: Send + Sync {
         trust_domain: &'a TrustDomain,
         payload: &'a [u8],
     ) -> AttestFuture<'a>;
+
+    /// Who `payload` claims to be, unverified and without secrets, for the log
+    /// line of a refused attestation.
+    fn claimed(&self, payload: &[u8]) -> String;
 }
 
 /// The attestors an issuer accepts, by type.

@@ -1,5 +1,6 @@
 //! `issuer.yaml`: the issuance server's configuration.
 
+mod aws_iid;
 mod federation;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use meshward_config::ConfigError;
 use meshward_config::parse_yaml;
 
+pub use aws_iid::AwsIidConfig;
 pub use federation::{
     BundleFormat, EndpointProfileName, FederationConfig, FederationRelationshipConfig,
 };
@@ -48,7 +50,11 @@ pub struct IssuerConfig {
     /// Where the CA keys (X.509 and JWT) live and sign: files in data_dir (the
     /// default), or `pkcs11: {...}` (generated in a token, never extractable).
     pub ca_key_manager: CaKeyManagerConfig,
+    /// Node attestors beside join tokens (always on: the admin API makes them);
+    /// each agent uses the one its node has.
     pub k8s_psat: Option<K8sPsatConfig>,
+    /// EC2 instance identity documents (`aws_iid`).
+    pub aws_iid: Option<AwsIidConfig>,
     pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Trust domains whose bundles this issuer fetches and keeps.
     pub federation: FederationConfig,
@@ -198,6 +204,7 @@ impl Default for IssuerConfig {
             upstream_ca: None,
             ca_key_manager: CaKeyManagerConfig::default(),
             k8s_psat: None,
+            aws_iid: None,
             bundle_endpoint: None,
             federation: FederationConfig::default(),
             cluster_spiffe_ids: None,
@@ -298,6 +305,9 @@ impl IssuerConfig {
                 }
                 _ => {}
             }
+        }
+        if let Some(iid) = &self.aws_iid {
+            iid.validate(source)?;
         }
         if let Some(psat) = &self.k8s_psat {
             for (i, cluster) in psat.clusters.iter().enumerate() {

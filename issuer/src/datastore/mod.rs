@@ -60,6 +60,10 @@ pub trait Datastore: Send + Sync {
     /// Creates or replaces a node's record; a banned node stays banned.
     fn upsert_node(&self, node: &AttestedNode)
     -> impl Future<Output = Result<AttestedNode>> + Send;
+    /// Records a node that has no record yet; `AlreadyExists` if it has one
+    /// (atomic: of two creations at once, one fails).
+    fn create_node(&self, node: &AttestedNode)
+    -> impl Future<Output = Result<AttestedNode>> + Send;
     fn get_node(&self, id: &SpiffeId) -> impl Future<Output = Result<AttestedNode>> + Send;
     fn list_nodes(&self) -> impl Future<Output = Result<Vec<AttestedNode>>> + Send;
     fn set_node_banned(

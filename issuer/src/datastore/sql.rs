@@ -41,6 +41,25 @@ const NODE_COLUMNS: &str =
     "spiffe_id, attestation_type, selectors, serial, expires_at, banned, can_reattest, created_at";
 
 impl SqlStore {
+    /// INSERT of a node record, with `on_conflict` as the statement's tail.
+    async fn insert_node(&self, node: &AttestedNode, on_conflict: &str) -> Result<AttestedNode> {
+        let statement = format!(
+            "INSERT INTO attested_nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {on_conflict}"
+        );
+        sqlx::query(&self.sql(&statement))
+            .bind(node.spiffe_id.as_str())
+            .bind(&node.attestation_type)
+            .bind(json(&sorted(&node.selectors)))
+            .bind(&node.serial)
+            .bind(node.expires_at)
+            .bind(i64::from(node.banned))
+            .bind(i64::from(node.can_reattest))
+            .bind(node.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        self.get_node(&node.spiffe_id).await
+    }
     /// Connects (`sqlite:///path/to/file.db` or `postgres://user:pw@host/db`), and
     /// brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -282,25 +301,19 @@ impl Datastore for SqlStore {
 
     async fn upsert_node(&self, node: &AttestedNode) -> Result<AttestedNode> {
         let _timer = OperationTimer::start("upsert_node");
-        let statement = format!(
-            "INSERT INTO attested_nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
+        self.insert_node(
+            node,
+            "ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
              selectors = excluded.selectors, serial = excluded.serial, expires_at = excluded.expires_at, \
-             can_reattest = excluded.can_reattest"
-        );
-        sqlx::query(&self.sql(&statement))
-            .bind(node.spiffe_id.as_str())
-            .bind(&node.attestation_type)
-            .bind(json(&sorted(&node.selectors)))
-            .bind(&node.serial)
-            .bind(node.expires_at)
-            .bind(i64::from(node.banned))
-            .bind(i64::from(node.can_reattest))
-            .bind(node.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        self.get_node(&node.spiffe_id).await
+             can_reattest = excluded.can_reattest",
+        )
+        .await
+    }
+
+    async fn create_node(&self, node: &AttestedNode) -> Result<AttestedNode> {
+        let _timer = OperationTimer::start("create_node");
+        // the primary key refuses a second record: AlreadyExists
+        self.insert_node(node, "").await
     }
 
     async fn get_node(&self, id: &SpiffeId) -> Result<AttestedNode> {

@@ -209,6 +209,16 @@ async fn open_issuer(config: &IssuerConfig) -> Result<Arc<Issuer<SqlStore>>, Ser
                 .map_err(startup("k8s_psat"))?,
         );
     }
+    if let Some(iid) = &config.aws_iid {
+        let attestor = crate::attestor::aws_iid::AwsIidAttestor::from_config(iid)
+            .map_err(startup("aws_iid"))?;
+        tracing::info!(
+            accounts = ?iid.account_ids,
+            "aws_iid attestation: {} region certificates",
+            attestor.regions()
+        );
+        issuer = issuer.with_attestor(attestor);
+    }
     Ok(Arc::new(issuer))
 }
 

@@ -80,32 +80,32 @@ impl<D: Datastore> Issuer<D> {
             .attest(&self.store, &self.settings.trust_domain, payload)
             .await
         {
-            Ok(node) => {
-                self.admit_node(
-                    node.spiffe_id,
-                    attestor.kind(),
-                    node.selectors,
-                    node.can_reattest,
-                    csr,
-                )
-                .await
-            }
+            Ok(node) => self.admit_node(node, attestor.kind(), csr).await,
             Err(e) => Err(e.into()),
         };
         count_attestation(attestor.kind(), &admitted);
+        if let Err(e) = &admitted {
+            // what the evidence claimed, unverified: who tried
+            tracing::warn!(
+                method = attestor.kind(),
+                claimed = %attestor.claimed(payload),
+                "node attestation refused: {e}"
+            );
+        }
         admitted
     }
 
     /// Signs a node SVID and records the node; a banned node is refused. A fresh
-    /// attestation (a new join token, a new PSAT) replaces the node's record.
+    /// attestation (a new join token, a new PSAT) replaces the node's record,
+    /// unless the attestor says the node attests only once (`first_only`): then
+    /// the record is created, and a second attestation racing the first fails.
     async fn admit_node(
         &self,
-        id: SpiffeId,
+        node: crate::attestor::Attestation,
         attestation_type: &str,
-        selectors: Vec<meshward_spiffe::Selector>,
-        can_reattest: bool,
         csr: &[u8],
     ) -> Result<X509Svid> {
+        let id = node.spiffe_id;
         match self.store.get_node(&id).await {
             Ok(existing) if existing.banned => {
                 return Err(ServiceError::PermissionDenied(format!(
@@ -126,18 +126,29 @@ impl<D: Datastore> Issuer<D> {
                 },
             )
             .await?;
-        self.store
-            .upsert_node(&AttestedNode {
-                spiffe_id: id,
-                attestation_type: attestation_type.to_owned(),
-                selectors,
-                serial: svid.serial.clone(),
-                expires_at: unix(svid.expires_at),
-                banned: false,
-                can_reattest,
-                created_at: unix(SystemTime::now()),
-            })
-            .await?;
+        let record = AttestedNode {
+            spiffe_id: id,
+            attestation_type: attestation_type.to_owned(),
+            selectors: node.selectors,
+            serial: svid.serial.clone(),
+            expires_at: unix(svid.expires_at),
+            banned: false,
+            can_reattest: node.can_reattest,
+            created_at: unix(SystemTime::now()),
+        };
+        if !node.first_only {
+            self.store.upsert_node(&record).await?;
+        } else if let Err(e) = self.store.create_node(&record).await {
+            return Err(match e {
+                crate::datastore::DatastoreError::AlreadyExists(_) => {
+                    ServiceError::PermissionDenied(format!(
+                        "node {} has already attested (it attests once)",
+                        record.spiffe_id
+                    ))
+                }
+                e => e.into(),
+            });
+        }
         Ok(svid)
     }
 
@@ -266,6 +277,12 @@ impl<D: Datastore> Issuer<D> {
                         )));
                     }
                 }
+                if !template.selects_node(&node.selectors) {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "identity template {name:?} does not select node {}",
+                        node.spiffe_id
+                    )));
+                }
                 if !template.selects(pod) {
                     return Err(ServiceError::PermissionDenied(format!(
                         "identity template {name:?} does not select pod {}/{}",
@@ -359,13 +376,16 @@ impl<D: Datastore> Issuer<D> {
         Ok((token, now + ttl))
     }
 
-    /// Every identity template; nodes render them for their pods.
+    /// The identity templates that apply on the caller's node (its selectors,
+    /// whichever attestor proved them); nodes render them for their pods.
     pub async fn identity_templates(
         &self,
         caller: &Caller,
     ) -> Result<Vec<meshward_api::template::IdentityTemplate>> {
-        self.authenticate_node(caller).await?;
-        Ok(self.store.list_templates().await?)
+        let node = self.authenticate_node(caller).await?;
+        let mut templates = self.store.list_templates().await?;
+        templates.retain(|t| t.selects_node(&node.selectors));
+        Ok(templates)
     }
 
     /// The own bundle and every federated one.

@@ -314,3 +314,5 @@ impl<D: Datastore> Issuer<D> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_attest;

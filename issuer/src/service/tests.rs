@@ -9,12 +9,12 @@ use crate::datastore::{Entry, EntryFilter, SqlStore};
 use crate::service::{Caller, MAX_SVID_ADDRESSES, SvidRequest, SvidTarget};
 use meshward_spiffe::Selector;
 
-fn td(name: &str) -> meshward_spiffe::TrustDomain {
+pub(super) fn td(name: &str) -> meshward_spiffe::TrustDomain {
     meshward_spiffe::TrustDomain::parse(name).unwrap()
 }
 
 /// `AttestAgent` with a join token.
-async fn attest_join_token(
+pub(super) async fn attest_join_token(
     issuer: &Issuer<SqlStore>,
     token: &str,
     csr: &[u8],
@@ -34,7 +34,7 @@ fn request(target: SvidTarget, csr: Vec<u8>) -> SvidRequest {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
+pub(super) async fn issuer(dir: &std::path::Path) -> Issuer<SqlStore> {
     replica(dir, dir, "issuer-0").await
 }
 
@@ -63,11 +63,11 @@ async fn replica(
     Issuer::new(settings, authority, store).await.unwrap()
 }
 
-fn id(s: &str) -> SpiffeId {
+pub(super) fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
 }
 
-fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
+pub(super) fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
     Entry {
         id: String::new(),
         spiffe_id: id(spiffe_id),

@@ -10,6 +10,8 @@ use std::pin::Pin;
 use crate::config::AgentConfig;
 use meshward_api::attestation::{self, K8sPsatPayload};
 
+use super::imds::Imds;
+
 use super::AgentError;
 
 pub(crate) type PayloadFuture<'a> =
@@ -27,8 +29,14 @@ pub(crate) trait AgentAttestor: Send + Sync {
     }
 }
 
-/// The attestor the configuration names: `k8s_psat`, else a join token.
+/// The attestor the configuration names: `k8s_psat`, `aws_iid`, else a join token.
 pub(crate) fn configured(config: &AgentConfig) -> Result<Box<dyn AgentAttestor>, AgentError> {
+    if let Some(iid) = &config.aws_iid {
+        return Ok(Box::new(AwsIid(Imds {
+            address: iid.imds_address,
+            timeout: iid.imds_timeout,
+        })));
+    }
     if let Some(psat) = &config.k8s_psat {
         return Ok(Box::new(K8sPsat {
             cluster: psat.cluster.clone(),
@@ -39,7 +47,7 @@ pub(crate) fn configured(config: &AgentConfig) -> Result<Box<dyn AgentAttestor>,
         (Some(token), _) => Ok(Box::new(JoinToken::Inline(token.clone()))),
         (None, Some(path)) => Ok(Box::new(JoinToken::File(path.clone()))),
         (None, None) => Err(AgentError::Attestation(
-            "no attestation method: set agent.join_token, agent.join_token_file or agent.k8s_psat"
+            "no attestation method: set agent.join_token, agent.join_token_file, agent.k8s_psat or agent.aws_iid"
                 .into(),
         )),
     }
@@ -101,6 +109,30 @@ impl AgentAttestor for K8sPsat {
     }
 }
 
+/// The EC2 instance's identity document and its signature, fresh from IMDS.
+struct AwsIid(Imds);
+
+impl AgentAttestor for AwsIid {
+    fn kind(&self) -> &'static str {
+        attestation::AWS_IID
+    }
+
+    fn payload(&self) -> PayloadFuture<'_> {
+        Box::pin(async move {
+            let identity = self
+                .0
+                .identity()
+                .await
+                .map_err(|e| AgentError::Attestation(e.to_string()))?;
+            Ok(identity.encode())
+        })
+    }
+
+    fn refusal_hint(&self) -> &'static str {
+        " (if the instance attested before and lost its data_dir: evict its node on the issuer)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::AgentPsat;
@@ -134,5 +166,31 @@ mod tests {
         assert_eq!(join.kind(), "join_token");
         assert_eq!(join.payload().await.unwrap(), b"header.claims.sig");
         assert!(configured(&AgentConfig::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn aws_iid_sends_what_imds_serves() {
+        use meshward_api::attestation::AwsIidPayload;
+        use meshward_test_support::imds::{self, Behaviour};
+        let (address, server) = imds::start(Behaviour::Serve {
+            document: "{}".into(),
+            rsa2048: "MIAG".into(),
+        })
+        .await;
+        let iid = configured(&AgentConfig {
+            aws_iid: Some(crate::config::AgentAwsIid {
+                imds_address: address,
+                ..Default::default()
+            }),
+            ..AgentConfig::default()
+        })
+        .unwrap();
+        assert_eq!(iid.kind(), "aws_iid");
+        let payload = AwsIidPayload::decode(&iid.payload().await.unwrap()).unwrap();
+        assert_eq!(
+            (payload.document.as_str(), payload.rsa2048.as_str()),
+            ("{}", "MIAG")
+        );
+        server.abort();
     }
 }

@@ -9,6 +9,7 @@
 //! they expire) while the task retries with backoff.
 
 mod attestor;
+mod imds;
 mod issuers;
 mod keys;
 mod kube_source;

@@ -219,15 +219,19 @@ pub(crate) async fn attest(
 ) -> Result<(NodeIdentity, Vec<CertificateDer<'static>>), AgentError> {
     let attestor = super::attestor::configured(config)?;
     let key = NewKey::generate()?;
+    let payload = attestor.payload().await.inspect_err(|_| {
+        crate::metrics::node_attestation_failed(attestor.kind(), "evidence");
+    })?;
     let request = proto::AttestAgentRequest {
         r#type: attestor.kind().to_owned(),
-        payload: attestor.payload().await?,
+        payload,
         csr: key.csr.clone(),
     };
     let response = crate::metrics::observe_issuer("AttestAgent", client.attest_agent(request))
         .await
         .map_err(|status| match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                crate::metrics::node_attestation_failed(attestor.kind(), "refused");
                 AgentError::Attestation(format!(
                     "the issuer refused {} attestation: {}{}",
                     attestor.kind(),
@@ -235,7 +239,10 @@ pub(crate) async fn attest(
                     attestor.refusal_hint()
                 ))
             }
-            _ => AgentError::IssuerUnavailable(status.message().to_owned()),
+            _ => {
+                crate::metrics::node_attestation_failed(attestor.kind(), "unavailable");
+                AgentError::IssuerUnavailable(status.message().to_owned())
+            }
         })?;
     let response = response.into_inner();
     let svid = response

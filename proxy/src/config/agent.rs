@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     pub join_token_file: Option<PathBuf>,
     pub k8s_psat: Option<AgentPsat>,
+    /// The EC2 instance's identity document from IMDS (`aws_iid`).
+    pub aws_iid: Option<AgentAwsIid>,
     pub workloads: WorkloadSourceConfig,
     /// The SPIFFE Workload API socket.
     pub workload_api_socket: PathBuf,
@@ -39,6 +41,35 @@ pub struct AgentPsat {
     /// The projected token (audience: the issuer's), re-read at every attestation.
     #[serde(default = "default_psat_token_path")]
     pub token_path: PathBuf,
+}
+
+/// `aws_iid`: where IMDS answers and how long each request may take.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAwsIid {
+    /// SPIRE's `ec2_metadata_endpoint`; IMDS's link-local address by default.
+    #[serde(default = "default_imds_address")]
+    pub imds_address: std::net::SocketAddr,
+    /// The bound on each IMDS request (token, document, signature).
+    #[serde(with = "meshward_config::duration", default = "default_imds_timeout")]
+    pub imds_timeout: Duration,
+}
+
+impl Default for AgentAwsIid {
+    fn default() -> Self {
+        Self {
+            imds_address: default_imds_address(),
+            imds_timeout: default_imds_timeout(),
+        }
+    }
+}
+
+fn default_imds_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([169, 254, 169, 254], 80))
+}
+
+fn default_imds_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_psat_token_path() -> PathBuf {
@@ -96,6 +127,7 @@ impl Default for AgentConfig {
             join_token: None,
             join_token_file: None,
             k8s_psat: None,
+            aws_iid: None,
             workloads: WorkloadSourceConfig::default(),
             workload_api_socket: PathBuf::from("/run/meshward/sockets/agent.sock"),
             sync_interval: Duration::from_secs(5),
@@ -109,12 +141,18 @@ impl AgentConfig {
         let invalid = |field: &str, reason: &str| Err(ConfigError::invalid(source, field, reason));
         let methods = usize::from(self.join_token.is_some())
             + usize::from(self.join_token_file.is_some())
-            + usize::from(self.k8s_psat.is_some());
+            + usize::from(self.k8s_psat.is_some())
+            + usize::from(self.aws_iid.is_some());
         if methods > 1 {
             return invalid(
                 "agent",
-                "set only one of join_token, join_token_file and k8s_psat",
+                "set only one of join_token, join_token_file, k8s_psat and aws_iid",
             );
+        }
+        if let Some(iid) = &self.aws_iid {
+            if iid.imds_timeout.is_zero() || iid.imds_timeout > Duration::from_secs(60) {
+                return invalid("agent.aws_iid.imds_timeout", "must be between 1ms and 1m");
+            }
         }
         if self.workloads.file.is_some() && self.workloads.kubernetes.is_some() {
             return invalid("agent.workloads", "set only one of file and kubernetes");
@@ -142,6 +180,9 @@ impl AgentConfig {
 
     /// Whether the agent is configured at all (an attestation method is set).
     pub fn is_enabled(&self) -> bool {
-        self.join_token.is_some() || self.join_token_file.is_some() || self.k8s_psat.is_some()
+        self.join_token.is_some()
+            || self.join_token_file.is_some()
+            || self.k8s_psat.is_some()
+            || self.aws_iid.is_some()
     }
 }

@@ -20,7 +20,7 @@ use meshward_extauthz::config::ExtensionProvider;
 use meshward_spiffe::TrustDomain;
 use serde::{Deserialize, Serialize};
 
-pub use agent::{AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
+pub use agent::{AgentAwsIid, AgentConfig, AgentPsat, KubernetesSource, WorkloadSourceConfig};
 pub use authorization::{AuthorizationConfig, JwksConfig};
 pub use capture::{CaptureConfig, CaptureOnExit};
 pub use datapath::{AppProtocol, InboundConfig, LimitsConfig, OutboundConfig, PlaintextMode};

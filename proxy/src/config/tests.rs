@@ -125,7 +125,7 @@ fn agent_section() {
     let cases = [
         (
             "agent:\n  join_token: a\n  join_token_file: /t\n",
-            "p.yaml: agent: set only one of join_token, join_token_file and k8s_psat",
+            "p.yaml: agent: set only one of join_token, join_token_file, k8s_psat and aws_iid",
         ),
         (
             "agent:\n  workloads:\n    file: /a\n    kubernetes: {node_name: n}\n",
