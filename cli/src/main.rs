@@ -48,7 +48,17 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc purges freed pages only when the thread that freed them allocates
+/// again, so a daemon gone idle after a burst of load kept them (ztunnel's users'
+/// most repeated complaint). Its background threads purge on a timer instead.
+fn return_freed_pages() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("meshward: jemalloc background purging is off: {e}");
+    }
+}
+
 fn main() -> ExitCode {
+    return_freed_pages();
     let cli = Cli::parse_from(issuer_cli::normalize_flags(std::env::args()));
     let result = match cli.command {
         Command::Policy(cmd) => policy_cli::run(cmd),
