@@ -14,20 +14,17 @@ use base64::Engine as _;
 use cms::cert::IssuerAndSerialNumber;
 use cms::cert::x509::Certificate;
 use cms::cert::x509::attr::Attribute;
-use cms::cert::x509::der::asn1::{ObjectIdentifier, OctetString, SetOfVec};
+use cms::cert::x509::der::asn1::{OctetString, SetOfVec};
+use cms::cert::x509::der::oid::db::rfc5911::{
+    ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SIGNED_DATA,
+};
+use cms::cert::x509::der::oid::db::rfc5912::{ID_SHA_256, RSA_ENCRYPTION};
 use cms::cert::x509::der::{Any, Decode, Encode};
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::{
     EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
 };
-
-const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
-const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
-const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
-const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
-const ID_SHA_256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
 /// What an instance's identity document says.
 #[derive(Debug, Clone)]

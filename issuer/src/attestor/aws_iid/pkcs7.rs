@@ -8,19 +8,17 @@
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use cms::cert::x509::der::asn1::{ObjectIdentifier, OctetString};
+use cms::cert::x509::der::oid::db::rfc5911::{
+    ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SIGNED_DATA,
+};
+use cms::cert::x509::der::oid::db::rfc5912::{
+    ID_SHA_256, RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION,
+};
 use cms::cert::x509::der::{Decode, Encode};
 use cms::content_info::ContentInfo;
 use cms::signed_data::{SignedData, SignerInfo};
 
 use super::{IidError, ber};
-
-const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
-const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
-const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
-const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
-const ID_SHA_256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const SHA_256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 
 /// A SignedData envelope, read but not yet verified.
 pub(super) struct Envelope {
@@ -88,7 +86,7 @@ impl Envelope {
             )));
         }
         let algorithm = signer.signature_algorithm.oid;
-        if algorithm != RSA_ENCRYPTION && algorithm != SHA_256_WITH_RSA {
+        if algorithm != RSA_ENCRYPTION && algorithm != SHA_256_WITH_RSA_ENCRYPTION {
             return Err(IidError::BadSignature(format!(
                 "signature algorithm {algorithm} is not RSA"
             )));
