@@ -293,26 +293,14 @@ async fn attested_node(
     let mut client = connect(issuer, &identity).await;
     let (node_key, csr) = p256_csr();
     let token = k8s_psat::projected_token(plane, pod, AUDIENCE).unwrap();
-    let attested = client
+    let attested: Attested = client
         .attest_agent(k8s_psat_request("eks", &token, csr))
         .await
         .unwrap()
-        .into_inner();
-    let node_chain: Vec<_> = attested
-        .svid
-        .unwrap()
-        .cert_chain
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    let roots: Vec<_> = attested
-        .bundle
-        .unwrap()
-        .x509_authorities
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    identity.set(node_chain, &node_key).unwrap();
+        .into_inner()
+        .into();
+    identity.set(attested.chain, &node_key).unwrap();
+    let roots = attested.roots;
     (connect(issuer, &identity).await, roots)
 }
 

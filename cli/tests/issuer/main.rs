@@ -41,6 +41,26 @@ async fn connect(
     .unwrap()
 }
 
+/// What an attestation answered: the node SVID's ID and chain, and the trust
+/// bundle's X.509 authorities.
+struct Attested {
+    spiffe_id: String,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl From<proto::AttestResponse> for Attested {
+    fn from(response: proto::AttestResponse) -> Self {
+        let svid = response.svid.unwrap();
+        let der = |certs: Vec<Vec<u8>>| certs.into_iter().map(Into::into).collect();
+        Self {
+            spiffe_id: svid.spiffe_id,
+            chain: der(svid.cert_chain),
+            roots: der(response.bundle.unwrap().x509_authorities),
+        }
+    }
+}
+
 mod bundle;
 mod federation;
 mod kubernetes;

@@ -27,20 +27,14 @@ async fn enrol(issuer: &Issuer, workload: &str) -> Node {
     let token = token["value"].as_str().unwrap().to_owned();
     let identity = CertStore::new();
     let (node_key, csr) = p256_csr();
-    let attested = connect(issuer, &identity)
+    let attested: Attested = connect(issuer, &identity)
         .await
         .attest_agent(join_token_request(&token, csr))
         .await
         .unwrap()
-        .into_inner();
-    let chain: Vec<_> = attested
-        .svid
-        .unwrap()
-        .cert_chain
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    identity.set(chain, &node_key).unwrap();
+        .into_inner()
+        .into();
+    identity.set(attested.chain, &node_key).unwrap();
     let workload = format!("spiffe://{TD}/ns/default/sa/{workload}");
     let created = issuer.cli_json(&[
         "entry",

@@ -13,26 +13,15 @@ async fn scenario(datastore_url: &str, dir: &Path) {
     let identity = CertStore::new();
     let mut client = connect(&issuer, &identity).await;
     let (node_key, csr) = p256_csr();
-    let attested = client
+    let attested: Attested = client
         .attest_agent(join_token_request(&token, csr))
         .await
         .unwrap()
-        .into_inner();
-    let node_svid = attested.svid.unwrap();
+        .into_inner()
+        .into();
     let node_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
-    assert_eq!(node_svid.spiffe_id, node_id);
-    let chain: Vec<_> = node_svid
-        .cert_chain
-        .iter()
-        .map(|c| c.clone().into())
-        .collect();
-    let roots: Vec<_> = attested
-        .bundle
-        .unwrap()
-        .x509_authorities
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    assert_eq!(attested.spiffe_id, node_id);
+    let (chain, roots) = (attested.chain, attested.roots);
     check_x509_svid(&chain, &roots, &node_id, SystemTime::now()).unwrap();
 
     // a used token is refused
