@@ -69,6 +69,7 @@ impl Env {
         bin: &Path,
         worker_threads: usize,
         key_exchange: &[meshward_tls::KeyExchangeGroup],
+        pool_idle_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let groups: Vec<String> = key_exchange.iter().map(|g| format!("{g:?}")).collect();
         let mut spec = MeshSpec::new(TD, &["node-1", "node-2"]);
@@ -91,7 +92,7 @@ impl Env {
         .proxy_yaml(&format!(
             "worker_threads: {worker_threads}\ninbound:\n  ports: {{{ECHO}: tcp, {BULK}: tcp, {HTTP}: http}}\nhbone:\n  key_exchange: [{}]\nlimits:\n  pool_idle_timeout: {}s\n",
             groups.join(", "),
-            crate::settle::POOL_IDLE_TIMEOUT.as_secs()
+            pool_idle_timeout.as_secs()
         ));
         let mesh = Mesh::start(bin, spec).context("starting the mesh")?;
         mesh.apply_policy(

@@ -95,7 +95,12 @@ fn main() -> anyhow::Result<()> {
         "meshward-bench: building the environment with {}",
         bin.display()
     );
-    let mut env = Env::start(&bin, args.worker_threads, &args.key_exchange)?;
+    let mut env = Env::start(
+        &bin,
+        args.worker_threads,
+        &args.key_exchange,
+        settle::POOL_IDLE_TIMEOUT,
+    )?;
     if let Some(requests) = args.instructions {
         let mut table = Table::new();
         let dir = std::env::temp_dir().join("meshward-bench-callgrind");
@@ -111,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             }
             None => {
                 // long enough for every figure of every run
-                let pair = ZtunnelPair::start(&bin, 7200)?;
+                let pair = ZtunnelPair::start(&bin, 7200, settle::POOL_IDLE_TIMEOUT)?;
                 let client = meshward_integration::Netns::existing(ztunnel::CLIENT_NS);
                 env.ztunnel = Some((pair, client));
             }

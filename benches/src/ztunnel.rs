@@ -68,8 +68,13 @@ impl ZtunnelPair {
     }
 
     /// Starts the pair with `echo_bin`'s echoserver as the apps (one worker thread
-    /// per ztunnel, as meshward's daemons get), and waits until it is ready.
-    pub(crate) fn start(echo_bin: &Path, seconds: u64) -> anyhow::Result<Self> {
+    /// per ztunnel, as meshward's daemons get, and the same pool idle timeout),
+    /// and waits until it is ready.
+    pub(crate) fn start(
+        echo_bin: &Path,
+        seconds: u64,
+        pool_idle_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let run_dir = std::env::temp_dir().join("meshward-bench-ztunnel");
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir)?;
@@ -84,12 +89,11 @@ impl ZtunnelPair {
             // one access line per connection costs ztunnel CPU as meshward's
             // `info` level costs meshward none per request: keep both at info
             .env("ZT_LOG", "info")
-            // the same pool idle timeout as meshward's daemons (settle.rs)
             .env(
                 "ZT_EXTRA_ENV",
                 format!(
                     "POOL_UNUSED_RELEASE_TIMEOUT={}s",
-                    crate::settle::POOL_IDLE_TIMEOUT.as_secs()
+                    pool_idle_timeout.as_secs()
                 ),
             )
             .stdin(Stdio::null())

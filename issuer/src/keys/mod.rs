@@ -18,7 +18,8 @@ pub mod pkcs11;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Cause;
+/// What a key operation failed on (a parser's or the token's error).
+type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// The two keys of a CA generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
