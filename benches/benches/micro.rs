@@ -55,9 +55,10 @@ fn xfcc(c: &mut Criterion) {
     let id = |text| meshward_spiffe::SpiffeId::parse(text).expect("a SPIFFE ID");
     let client = id("spiffe://math.example.com/ns/default/sa/curl-spire");
     let server = id("spiffe://math.example.com/ns/echoserver/sa/default");
+    let hash = meshward_proxy::xfcc::leaf_hash(&leaf);
     let peer = meshward_proxy::xfcc::PeerCertificate {
         spiffe_id: &client,
-        leaf_der: &leaf,
+        leaf_hash: &hash,
     };
     c.bench_function("xfcc_element", |b| {
         b.iter(|| meshward_proxy::xfcc::element(black_box(&server), black_box(&peer)))

@@ -11,6 +11,8 @@
 //! the requests, divided by their count. Background work (timers, watches) falls
 //! in the window too, a few thousand instructions against the hundreds of
 //! thousands a request costs. Run alone: under valgrind every other figure crawls.
+//! Each window is also dumped (`callgrind.<pid>.<n>` in the output directory, its
+//! kind in the file's description) for `callgrind_annotate`.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,6 +73,8 @@ pub(crate) fn measure(
             .iter()
             .map(|pid| instructions(*pid))
             .sum::<anyhow::Result<u64>>()?;
+        // a profile of the window per daemon, for callgrind_annotate
+        control(&pids, &[&format!("--dump={}", kind.name())])?;
         control(&pids, &["--instr=off"])?;
         #[allow(clippy::cast_precision_loss)]
         let per = total as f64 / requests as f64;
@@ -88,6 +92,14 @@ enum Kind {
 }
 
 impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::L4 => "l4",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        }
+    }
+
     /// Sends `n` requests from the client pod; fails unless every one succeeds.
     fn send(self, env: &Env, n: usize) -> anyhow::Result<()> {
         let ns = env.mesh.cluster.pod("client")?.netns();

@@ -51,9 +51,10 @@ fuzz_target!(|data: &[u8]| {
 
     let by = SpiffeId::parse("spiffe://cluster.local/ns/server/sa/default").expect("valid");
     let client = SpiffeId::parse("spiffe://cluster.local/ns/client/sa/default").expect("valid");
+    let hash = xfcc::leaf_hash(b"leaf");
     let peer = PeerCertificate {
         spiffe_id: &client,
-        leaf_der: b"leaf",
+        leaf_hash: &hash,
     };
     let peer = verified.then_some(&peer);
     let Ok(prepared) =

@@ -35,9 +35,10 @@ fuzz_target!(|data: &[u8]| {
     xfcc::set(&mut plaintext, Some(&server), None);
     assert!(plaintext.get(&XFCC).is_none(), "a client's XFCC survived");
 
+    let hash = xfcc::leaf_hash(data);
     let certificate = PeerCertificate {
         spiffe_id: &peer,
-        leaf_der: data,
+        leaf_hash: &hash,
     };
     xfcc::set(&mut headers, Some(&server), Some(&certificate));
     let values: Vec<_> = headers.get_all(&XFCC).iter().collect();

@@ -13,8 +13,9 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 pub struct PeerCertificate<'a> {
     /// The client's SPIFFE ID (its leaf's URI SAN).
     pub spiffe_id: &'a SpiffeId,
-    /// The client's leaf certificate, DER.
-    pub leaf_der: &'a [u8],
+    /// [`leaf_hash`] of the client's leaf certificate: hashed once per
+    /// connection, not per request (it was 12% of an HTTP request's instructions).
+    pub leaf_hash: &'a str,
 }
 
 /// One XFCC element. SPIFFE IDs hold none of `,;="`, so nothing needs quoting
@@ -22,8 +23,7 @@ pub struct PeerCertificate<'a> {
 pub fn element(server_id: &SpiffeId, peer: &PeerCertificate<'_>) -> String {
     format!(
         "By={server_id};Hash={};Subject=\"\";URI={}",
-        sha256_hex(peer.leaf_der),
-        peer.spiffe_id
+        peer.leaf_hash, peer.spiffe_id
     )
 }
 
@@ -42,9 +42,10 @@ pub fn set(
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+/// XFCC's `Hash`: the SHA-256 of a leaf certificate's DER, lower hex.
+pub fn leaf_hash(leaf_der: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf_der);
     let mut hex = String::with_capacity(64);
     for b in digest.as_ref() {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
@@ -68,9 +69,10 @@ mod tests {
     fn envoy_format_byte_for_byte() {
         // sha256("abc"), the FIPS 180-2 test vector, as the "leaf"
         let client = id(CLIENT);
+        let hash = leaf_hash(b"abc");
         let peer = PeerCertificate {
             spiffe_id: &client,
-            leaf_der: b"abc",
+            leaf_hash: &hash,
         };
         assert_eq!(
             element(&id(SERVER), &peer),
@@ -91,9 +93,10 @@ mod tests {
         );
         headers.append(XFCC, HeaderValue::from_static("URI=spiffe://evil/y"));
         let (client, server) = (id(CLIENT), id(SERVER));
+        let hash = leaf_hash(b"abc");
         let peer = PeerCertificate {
             spiffe_id: &client,
-            leaf_der: b"abc",
+            leaf_hash: &hash,
         };
         set(&mut headers, Some(&server), Some(&peer));
         let values: Vec<_> = headers.get_all(&XFCC).iter().collect();

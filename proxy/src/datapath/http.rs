@@ -148,7 +148,7 @@ async fn admit_then_forward(
     let by = stream.pod.tls.as_ref().map(|t| &t.spiffe_id);
     let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
         spiffe_id: &p.spiffe_id,
-        leaf_der: &p.leaf_der,
+        leaf_hash: &p.leaf_hash,
     });
     let head =
         prepare_head(&mut request, version, by, peer.as_ref()).map_err(Refusal::Malformed)?;

@@ -195,7 +195,7 @@ fn verified_peer(stream: &TlsStream<TcpStream>) -> Option<Peer> {
     let spiffe_id = meshward_tls::spiffe_id_of(leaf).ok()?;
     Some(Peer {
         spiffe_id,
-        leaf_der: leaf.to_vec(),
+        leaf_hash: crate::xfcc::leaf_hash(leaf),
         expires_at: meshward_tls::not_after_of(leaf)?,
     })
 }

@@ -18,8 +18,8 @@ use crate::metrics::{ConnectionLabels, Principal, Reporter};
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) spiffe_id: SpiffeId,
-    /// The client's leaf certificate (XFCC's `Hash`).
-    pub(crate) leaf_der: Vec<u8>,
+    /// XFCC's `Hash` of the client's leaf certificate.
+    pub(crate) leaf_hash: String,
     /// Its `notAfter`: past it, the identity is gone, and so are new streams.
     pub(crate) expires_at: std::time::SystemTime,
 }
