@@ -8,15 +8,14 @@
 //! - HTTP/2: GETs on one connection, one stream at a time.
 //!
 //! The figure is callgrind's `Ir` (user-space instructions) of both daemons over
-//! the requests, divided by their count. Background work (timers, watches) falls
-//! in the window too, a few thousand instructions against the hundreds of
-//! thousands a request costs. Run alone: under valgrind every other figure crawls.
+//! the requests, less what they spend idle in a window as long (timers, pollers:
+//! under callgrind a window lasts tens of seconds), divided by the count. Run alone: under valgrind every other figure crawls.
 //! Each window is also dumped (`callgrind.<pid>.<n>` in the output directory, its
 //! kind in the file's description) for `callgrind_annotate`.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use meshward_integration::exec;
@@ -68,17 +67,21 @@ pub(crate) fn measure(
         kind.send(env, WARM_UP)?;
         control(&pids, &["--instr=on"])?;
         control(&pids, &["--zero"])?;
+        let started = Instant::now();
         kind.send(env, requests)?;
-        let total = pids
-            .iter()
-            .map(|pid| instructions(*pid))
-            .sum::<anyhow::Result<u64>>()?;
+        let window = started.elapsed();
+        let total = counted(&pids)?;
         // a profile of the window per daemon, for callgrind_annotate
         control(&pids, &[&format!("--dump={}", kind.name())])?;
+        // what the daemons do on their own (timers, pollers) in as long a window,
+        // taken off: the slower callgrind runs, the more of it a window holds
+        control(&pids, &["--zero"])?;
+        std::thread::sleep(window);
+        let idle = counted(&pids)?;
         control(&pids, &["--instr=off"])?;
         #[allow(clippy::cast_precision_loss)]
-        let per = total as f64 / requests as f64;
-        eprintln!("{figure}: {per:.0} ({total} over {requests})");
+        let per = total.saturating_sub(idle) as f64 / requests as f64;
+        eprintln!("{figure}: {per:.0} ({total} over {requests} in {window:.1?}, less {idle} idle)");
         record(table, figure, Variant::Meshward, per);
     }
     Ok(())
@@ -132,6 +135,11 @@ impl Kind {
         }
         Ok(())
     }
+}
+
+/// The instructions of every daemon since they were zeroed.
+fn counted(pids: &[i32]) -> anyhow::Result<u64> {
+    pids.iter().map(|pid| instructions(*pid)).sum()
 }
 
 /// `callgrind_control ARGS PID` for each daemon.
