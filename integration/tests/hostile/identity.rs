@@ -68,8 +68,29 @@ fn hand_made_certificates_and_forged_addresses() {
     // the harness itself: a leaf as the issuer signs it is served
     let findings = Findings::default();
     let valid = LeafSpec::svid(&format!("spiffe://{TD}/ns/evil/sa/mallory"));
-    let outcome = open(&valid, &[], "/any-identity");
+    let credentials = mint_leaf(&ca, &valid).unwrap();
+    let get_any = get("/any-identity");
+    let outcome = tunnel(
+        node,
+        peer,
+        target,
+        &[],
+        &credentials,
+        get_any.as_bytes(),
+        Duration::from_secs(15),
+    )
+    .unwrap();
     assert!(answered(&outcome, "200"), "{outcome:?}");
+    // XFCC's Hash is of the leaf this client presented (hashed once per connection)
+    let hash = meshward_proxy::xfcc::leaf_hash(&credentials.chain[0]);
+    assert!(
+        matches!(&outcome, Tunnel::Open(bytes) if contains(bytes, &format!("Hash={hash};"))),
+        "no Hash={hash} in {}",
+        match &outcome {
+            Tunnel::Open(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            other => format!("{other:?}"),
+        }
+    );
 
     // 10: each X509-SVID rule broken once, by a certificate the bundle trusts
     let broken = [
