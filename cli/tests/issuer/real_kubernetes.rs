@@ -10,6 +10,19 @@ use meshward_test_support::control_plane;
 use super::federation::{PARTNER, eventually, partner_bundle, partner_issuer};
 use super::*;
 
+/// The issuer on SQLite in `dir`, reading `plane` as the `meshward-issuer`
+/// ServiceAccount (its token written in `dir`): `config` makes issuer.yaml's
+/// extra text from that `kubernetes:` block.
+fn issuer_reading(
+    plane: &control_plane::ControlPlane,
+    dir: &std::path::Path,
+    config: impl FnOnce(&str) -> String,
+) -> Issuer {
+    let token = plane.component_token_file("meshward-issuer", dir).unwrap();
+    let api_yaml = plane.api_yaml_with_token(&token);
+    Issuer::with_extra(meshward(), TD, dir, &sqlite_url(dir), &config(&api_yaml))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     let Some(plane) =
@@ -19,9 +32,6 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     };
     plane.apply_shipped_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = plane
-        .component_token_file("meshward-issuer", dir.path())
-        .unwrap();
     let object = |name: &str, template: &str| {
         format!(
             "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"{template}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: 20m\n"
@@ -29,16 +39,9 @@ async fn cluster_spiffe_ids_applied_with_kubectl_become_identity_templates() {
     };
     let by_sa = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
     plane.apply(&object("default", by_sa)).unwrap();
-    let mut issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!(
-            "cluster_spiffe_ids: {}\n",
-            plane.api_yaml_with_token(&issuer_token)
-        ),
-    );
+    let mut issuer = issuer_reading(plane, dir.path(), |api| {
+        format!("cluster_spiffe_ids: {api}\n")
+    });
     wait_for_templates(&issuer, &["k8s/default"]);
     let listed = issuer.cli_json(&["template", "list"]);
     assert_eq!(listed["templates"][0]["x509_svid_ttl"], 1200);
@@ -180,19 +183,9 @@ async fn cluster_federated_trust_domains_applied_with_kubectl_become_relationshi
     assert!(e.contains("Unsupported value: \"https_tls\""), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = plane
-        .component_token_file("meshward-issuer", dir.path())
-        .unwrap();
-    let a = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!(
-            "cluster_federated_trust_domains: {}\n",
-            plane.api_yaml_with_token(&issuer_token)
-        ),
-    );
+    let a = issuer_reading(plane, dir.path(), |api| {
+        format!("cluster_federated_trust_domains: {api}\n")
+    });
     let relationships = || {
         let listed = a.cli_json(&["federation", "list"]);
         let mut all: Vec<(String, String, String)> = listed["relationships"]
@@ -290,19 +283,9 @@ async fn the_trust_bundle_config_map_is_written_as_meshward_issuer() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = plane
-        .component_token_file("meshward-issuer", dir.path())
-        .unwrap();
-    let mut issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!(
-            "bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {}\n",
-            plane.api_yaml_with_token(&issuer_token)
-        ),
-    );
+    let mut issuer = issuer_reading(plane, dir.path(), |api| {
+        format!("bundle_configmap:\n  namespace: meshward-system\n  kubernetes: {api}\n")
+    });
     let written = || {
         plane
             .kubectl(&[
@@ -374,22 +357,13 @@ async fn cluster_spiffe_id_changes_across_watches_the_server_ends_are_not_lost()
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let issuer_token = plane
-        .component_token_file("meshward-issuer", dir.path())
-        .unwrap();
     // the server ends each of the issuer's watches after 2 s (the timeoutSeconds it
     // asks for; kube's default is 290 s, and kube-apiserver's --min-request-timeout
     // applies only to watches that ask for none)
-    let api_yaml = plane
-        .api_yaml_with_token(&issuer_token)
-        .replace('}', ", watch_timeout_seconds: 2}");
-    let issuer = Issuer::with_extra(
-        meshward(),
-        TD,
-        dir.path(),
-        &sqlite_url(dir.path()),
-        &format!("cluster_spiffe_ids: {api_yaml}\n"),
-    );
+    let issuer = issuer_reading(&plane, dir.path(), |api| {
+        let api = api.replace('}', ", watch_timeout_seconds: 2}");
+        format!("cluster_spiffe_ids: {api}\n")
+    });
     let object = |name: &str, ttl: &str| {
         format!(
             "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {{name: {name}}}\nspec:\n  spiffeIDTemplate: \"spiffe://{{{{ .TrustDomain }}}}/{name}/{{{{ .PodMeta.Name }}}}\"\n  podSelector: {{matchLabels: {{spiffe: enabled}}}}\n  ttl: {ttl}\n"
