@@ -234,8 +234,9 @@ mod tests {
 
     use super::*;
 
-    /// A pod's server speaking `version`; the count of its open connections.
-    async fn pod(version: Version) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A pod's server speaking `version`, answering at once or with [`slow_body`];
+    /// the count of its open connections.
+    async fn pod(version: Version, slow: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("an address");
         let open = Arc::new(AtomicUsize::new(0));
@@ -246,10 +247,13 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let io = TokioIo::new(tcp);
-                    let ok = service_fn(|_| async {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::new(super::super::body::empty()),
-                        )
+                    let ok = service_fn(move |_| async move {
+                        let body = if slow {
+                            slow_body()
+                        } else {
+                            super::super::body::empty()
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
                     });
                     let _ = match version {
                         Version::Http1 => {
@@ -272,6 +276,20 @@ mod tests {
         (addr, open)
     }
 
+    /// Four chunks of 8 bytes, 150 ms apart: 600 ms, longer than the tests' pool
+    /// idle timeout.
+    fn slow_body() -> ProxyBody {
+        let chunks = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 4 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![n; 8]));
+            Some((Ok::<_, hyper::Error>(frame), n + 1))
+        });
+        http_body_util::StreamBody::new(chunks).boxed()
+    }
+
     async fn open_becomes(open: &AtomicUsize, want: usize, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while open.load(Ordering::SeqCst) != want {
@@ -283,27 +301,46 @@ mod tests {
         true
     }
 
-    #[tokio::test]
-    async fn a_connection_no_request_used_for_the_idle_timeout_is_let_go() {
+    /// `GET /` through the pool; the length of the whole answer.
+    async fn get(pool: &UpstreamPool, addr: SocketAddr, version: Version) -> usize {
+        let request = Request::get("/").body(super::super::body::empty());
+        let response = pool.send(addr, version, request.expect("a request")).await;
+        let body = response.expect("an answer").into_body().collect().await;
+        body.expect("the whole body").to_bytes().len()
+    }
+
+    /// A pool whose idle timeout is 400 ms; `None` (skipped) unless root, as the
+    /// pool marks its sockets (SO_MARK) as capture needs.
+    fn quick_pool() -> Option<Arc<UpstreamPool>> {
         if !nix::unistd::geteuid().is_root() {
-            // the pool marks its sockets (SO_MARK), as capture needs
             assert!(std::env::var("CI").is_err(), "CI runs the tests as root");
             eprintln!("SKIPPED: SO_MARK needs root");
-            return;
+            return None;
         }
         let limits = LimitsConfig {
             pool_idle_timeout: Duration::from_millis(400),
             ..LimitsConfig::default()
         };
-        let pool = UpstreamPool::new(0, &limits);
+        Some(UpstreamPool::new(0, &limits))
+    }
+
+    #[tokio::test]
+    async fn an_answer_slower_than_the_idle_timeout_is_not_cut() {
+        let Some(pool) = quick_pool() else { return };
         for version in [Version::Http1, Version::Http2] {
-            let (addr, open) = pod(version).await;
-            let send = || async {
-                let request = Request::get("/").body(super::super::body::empty());
-                let response = pool.send(addr, version, request.expect("a request")).await;
-                let body = response.expect("an answer").into_body().collect().await;
-                body.expect("the body");
-            };
+            let (addr, _) = pod(version, true).await;
+            // two at once: on HTTP/2 both streams share the pooled connection
+            let (a, b) = tokio::join!(get(&pool, addr, version), get(&pool, addr, version));
+            assert_eq!((a, b), (32, 32), "{version:?}: every chunk of both");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_no_request_used_for_the_idle_timeout_is_let_go() {
+        let Some(pool) = quick_pool() else { return };
+        for version in [Version::Http1, Version::Http2] {
+            let (addr, open) = pod(version, false).await;
+            let send = || get(&pool, addr, version);
             send().await;
             // in use within the timeout: kept, and reused
             tokio::time::sleep(Duration::from_millis(250)).await;
