@@ -79,6 +79,12 @@ pub enum ControlPlaneError {
     KubectlTimeout(String, Duration),
 }
 
+impl ControlPlaneError {
+    fn port_was_taken(&self) -> bool {
+        matches!(self, Self::Exited { log, .. } if log.contains("address already in use"))
+    }
+}
+
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
     let what = what.to_string();
     move |e| ControlPlaneError::Io(what, e)
@@ -213,7 +219,19 @@ impl ControlPlane {
         Self::start_with(Binaries::find()?)
     }
 
+    /// Starts once more on new ports when a port was taken before etcd or
+    /// kube-apiserver bound it: one lost race must not fail a whole test binary.
     fn start_with(binaries: Binaries) -> Result<Self, ControlPlaneError> {
+        match Self::start_once(binaries.clone()) {
+            Err(e) if e.port_was_taken() => {
+                eprintln!("the control plane starts again on other ports: {e}");
+                Self::start_once(binaries)
+            }
+            result => result,
+        }
+    }
+
+    fn start_once(binaries: Binaries) -> Result<Self, ControlPlaneError> {
         let started = Instant::now();
         remove_stale_dirs(DIR_PREFIX);
         let dir = new_dir(DIR_PREFIX).map_err(io("a temporary directory"))?;

@@ -77,12 +77,30 @@ impl Drop for Daemon {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// Ports handed out by [`free_port`] in this process, never handed out twice.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port nothing listens on right now, for a process to bind later.
+///
+/// Taken below Linux's ephemeral range (32768 and up), where no outgoing
+/// connection can take it between now and that bind (an etcd once failed so),
+/// and never the same port twice in one test binary.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 20_000;
+    const COUNT: u64 = 12_768;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..COUNT {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = FIRST + (random % COUNT) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..32768")
 }
 
 /// The status of a plain HTTP/1.1 GET, or None when nothing answers.
@@ -105,4 +123,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Some((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        assert!(
+            ports.iter().all(|p| (20_000..32_768).contains(p)),
+            "{ports:?}"
+        );
+    }
 }
