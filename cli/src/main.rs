@@ -57,6 +57,23 @@ fn return_freed_pages() {
     }
 }
 
+/// The allocator's figures as metrics, so a memory figure can be told apart:
+/// live objects (allocated) or pages jemalloc keeps (resident).
+fn allocator_stats() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // the figures are a snapshot taken at the latest epoch
+    if epoch::advance().is_err() {
+        return;
+    }
+    let read = |value: tikv_jemalloc_ctl::Result<usize>| value.unwrap_or(0) as u64;
+    meshward_proxy::metrics::allocator(meshward_proxy::metrics::AllocatorStats {
+        allocated: read(stats::allocated::read()),
+        active: read(stats::active::read()),
+        resident: read(stats::resident::read()),
+        retained: read(stats::retained::read()),
+    });
+}
+
 fn main() -> ExitCode {
     return_freed_pages();
     let cli = Cli::parse_from(issuer_cli::normalize_flags(std::env::args()));

@@ -127,6 +127,10 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
         &["/ns/echoserver/sa/default"],
     );
     assert!(left > 60.0 && left <= 3600.0, "seconds to expiry: {left}");
+    // the allocator's figures: live objects within the pages it holds
+    let allocated = sample(&after, "meshward_allocator_bytes", &["state=\"allocated\""]);
+    let resident = sample(&after, "meshward_allocator_bytes", &["state=\"resident\""]);
+    assert!(allocated > 0.0 && allocated < resident, "{after}");
     // four connections from curl-spire, four streams, all in the one pooled tunnel
     let source = metrics("node-1");
     let tunnels = sample(&source, "meshward_hbone_connections_opened_total", &[]);

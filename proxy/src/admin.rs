@@ -47,10 +47,16 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState) -> std::io::R
     serve(listener, move |request| admin(&state, &request)).await
 }
 
-/// Serves `/stats/prometheus` (and `/metrics`).
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) -> std::io::Result<()> {
+/// Serves `/stats/prometheus` (and `/metrics`); `refresh` first sets the gauges
+/// read at scrape time (the allocator's, which the binary owns).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    refresh: fn(),
+) -> std::io::Result<()> {
     serve(listener, move |request| match request.uri().path() {
         "/stats/prometheus" | "/metrics" => {
+            refresh();
             respond(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
         _ => not_found(),

@@ -22,6 +22,29 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
+/// What the process's allocator holds, in bytes (jemalloc's `stats.*`): live
+/// objects, the pages they occupy, the pages mapped, and those kept unmapped
+/// for reuse. Resident far above allocated is memory the allocator keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocatorStats {
+    pub allocated: u64,
+    pub active: u64,
+    pub resident: u64,
+    pub retained: u64,
+}
+
+/// Sets `meshward_allocator_bytes{state}` (read at each scrape).
+pub fn allocator(stats: AllocatorStats) {
+    for (state, bytes) in [
+        ("allocated", stats.allocated),
+        ("active", stats.active),
+        ("resident", stats.resident),
+        ("retained", stats.retained),
+    ] {
+        gauge!("meshward_allocator_bytes", "state" => state).set(bytes as f64);
+    }
+}
+
 /// Which end of a connection reports it, as Istio labels it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Reporter {

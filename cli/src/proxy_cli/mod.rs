@@ -155,7 +155,7 @@ async fn serve(
         r = meshward_proxy::readiness::serve(readiness, handle.ready.clone()) => r.context("readiness endpoint")?,
         r = readiness_socket => r?,
         r = meshward_proxy::admin::serve_admin(admin, admin_state) => r.context("admin endpoint")?,
-        r = meshward_proxy::admin::serve_metrics(metrics, prometheus) => r.context("metrics endpoint")?,
+        r = meshward_proxy::admin::serve_metrics(metrics, prometheus, crate::allocator_stats) => r.context("metrics endpoint")?,
         r = workload_api => r.map_err(|e| anyhow::anyhow!("Workload API: {e}"))?,
         r = &mut data_path => r?,
         _ = term.recv() => drain_then_stop(&drain, data_path, config.limits.drain_grace_period).await?,
