@@ -236,6 +236,26 @@ impl Env {
         }
     }
 
+    /// meshward's allocator per node (`meshward_allocator_bytes`, averaged over
+    /// both nodes): allocated and resident bytes, or `None` when unreadable.
+    pub(crate) fn meshward_allocator(&self) -> Option<(f64, f64)> {
+        let mut sums = (0.0, 0.0);
+        for node in ["node-1", "node-2"] {
+            let ns = self.mesh.cluster.node(node).ok()?.netns();
+            let url = "http://127.0.0.1:15020/stats/prometheus";
+            let out = exec(ns, "curl", &["-sS", url], Duration::from_secs(10)).ok()?;
+            let state = |name: &str| {
+                let prefix = format!("meshward_allocator_bytes{{state=\"{name}\"}} ");
+                out.stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            };
+            sums.0 += state("allocated")?;
+            sums.1 += state("resident")?;
+        }
+        Some((sums.0 / 2.0, sums.1 / 2.0))
+    }
+
     /// The mTLS endpoint a handshake benchmark dials, per variant.
     pub(crate) fn handshake_target(&self, variant: Variant) -> Option<SocketAddr> {
         match variant {

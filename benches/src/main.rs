@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     env.reuse_time_wait_ports()?;
     let memory_watch = args.figures.contains(&Figure::Settle).then(|| {
         let pids = args.variants.iter().filter(|v| **v != Variant::Direct);
-        settle::MemoryWatch::start(pids.map(|v| (*v, env.proxy_pids(*v))).collect())
+        settle::MemoryWatch::start(&env, pids.map(|v| (*v, env.proxy_pids(*v))).collect())
     });
     let duration = Duration::from_secs(args.seconds);
     let mut table = Table::new();
@@ -158,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         scale::churn(&env, &args.variants, args.idle_connections, &mut table)?;
     }
     if let Some(watch) = memory_watch {
-        watch.finish(&mut table);
+        watch.finish(&env, &mut table);
     }
     print(&table, args.runs);
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::env::Variant;
+use crate::env::{Env, Variant};
 use crate::{Table, measure, record};
 
 /// The pools' idle timeout in this benchmark (meshward's default is 5 min).
@@ -25,6 +25,8 @@ type PerVariant = BTreeMap<Variant, u64>;
 pub(crate) struct MemoryWatch {
     pids: Vec<(Variant, Vec<i32>)>,
     fresh: PerVariant,
+    /// meshward's allocator (allocated, resident) per node, fresh.
+    allocator_fresh: Option<(f64, f64)>,
     peak: Arc<Mutex<PerVariant>>,
     stop: Arc<AtomicBool>,
     sampler: Option<JoinHandle<()>>,
@@ -33,8 +35,9 @@ pub(crate) struct MemoryWatch {
 impl MemoryWatch {
     /// Reads the fresh figure of each variant's proxies (`pids`) and starts
     /// sampling their peak.
-    pub(crate) fn start(pids: Vec<(Variant, Vec<i32>)>) -> Self {
+    pub(crate) fn start(env: &Env, pids: Vec<(Variant, Vec<i32>)>) -> Self {
         let fresh = rss(&pids);
+        let allocator_fresh = env.meshward_allocator();
         let peak = Arc::new(Mutex::new(fresh.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = {
@@ -55,6 +58,7 @@ impl MemoryWatch {
         Self {
             pids,
             fresh,
+            allocator_fresh,
             peak,
             stop,
             sampler: Some(sampler),
@@ -62,8 +66,9 @@ impl MemoryWatch {
     }
 
     /// Waits out the idle timeout and a minute, then records fresh, peak and
-    /// settled per node.
-    pub(crate) fn finish(mut self, table: &mut Table) {
+    /// settled per node; for meshward also what its allocator holds, fresh and
+    /// settled (live objects against the pages kept).
+    pub(crate) fn finish(mut self, env: &Env, table: &mut Table) {
         let wait = POOL_IDLE_TIMEOUT + AFTER_TIMEOUT;
         eprintln!("memory: waiting {wait:?} (the pools' idle timeout and a minute)");
         std::thread::sleep(wait);
@@ -72,6 +77,16 @@ impl MemoryWatch {
             let _ = sampler.join();
         }
         let settled = rss(&self.pids);
+        if let (Some(fresh), Some(settled)) = (self.allocator_fresh, env.meshward_allocator()) {
+            for (name, bytes) in [
+                ("allocator per node: allocated, fresh, MB", fresh.0),
+                ("allocator per node: allocated, settled, MB", settled.0),
+                ("allocator per node: resident, fresh, MB", fresh.1),
+                ("allocator per node: resident, settled, MB", settled.1),
+            ] {
+                record(table, name, Variant::Meshward, bytes / 1e6);
+            }
+        }
         let peak = self.peak.lock().map(|p| p.clone()).unwrap_or_default();
         for (name, figures) in [
             ("RSS (anonymous) per node: fresh, MB", &self.fresh),
