@@ -2,6 +2,12 @@
 //! half-close kept (a FIN one way does not cut the other) and an idle timeout:
 //! a connection that moves no byte either way for `idle` is closed.
 //!
+//! Bytes move as owned chunks ([`CopyIo`]): an HBONE stream hands over the DATA
+//! frames it received and takes what was read from a socket as its next DATA
+//! frame, so neither direction copies a byte in user space on its way through
+//! (the kernel's copies and rustls' record are the only ones left). Any other
+//! stream reads into and writes from the loop's buffer.
+//!
 //! Buffers grow with the traffic, as ztunnel's do: 1 KiB at first, 16 KiB after
 //! 128 KiB (a full TLS record), 256 KiB after 10 MiB (bulk transfers make fewer,
 //! larger syscalls). A 1 KiB buffer is given back whenever its side has nothing
@@ -15,7 +21,44 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A stream the copy loop moves owned chunks through. The defaults go through
+/// `AsyncRead`/`AsyncWrite`; a stream that holds its bytes as chunks already
+/// (an HTTP/2 stream) lends and takes them whole.
+pub(crate) trait CopyIo: AsyncRead + AsyncWrite + Unpin {
+    /// The next chunk read (into `buf`'s spare capacity, or lent whole);
+    /// empty at EOF. A chunk asked for again means the last one was written.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<Bytes>> {
+        ready!(tokio_util::io::poll_read_buf(Pin::new(self), cx, buf))?;
+        Poll::Ready(Ok(buf.split().freeze()))
+    }
+
+    /// Writes the front of `chunk` and advances it past what was written; may
+    /// take it whole.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let n = ready!(Pin::new(self).poll_write(cx, chunk))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        chunk.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl CopyIo for tokio::net::TcpStream {}
+impl CopyIo for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+#[cfg(test)]
+impl CopyIo for tokio::io::DuplexStream {}
 
 /// (bytes moved so far, buffer size from then on)
 const GROWTH: [(u64, usize); 3] = [
@@ -41,16 +84,16 @@ pub(crate) async fn bidirectional<A, B>(
     idle: Duration,
 ) -> (Transferred, io::Result<()>)
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: CopyIo + ?Sized,
+    B: CopyIo + ?Sized,
 {
     let (mut a_to_b, mut b_to_a) = (OneWay::default(), OneWay::default());
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     let mut seen = 0;
     let result = poll_fn(|cx| {
-        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        let forward = a_to_b.poll_copy(cx, &mut *a, &mut *b)?;
+        let backward = b_to_a.poll_copy(cx, &mut *b, &mut *a)?;
         if forward.is_ready() && backward.is_ready() {
             return Poll::Ready(Ok(()));
         }
@@ -75,13 +118,14 @@ where
     (moved, result)
 }
 
-/// One direction: read into the buffer, write it all out, repeat; at EOF, flush
-/// and shut the writer down (the half-close), then stay done.
+/// One direction: read a chunk, write it all out, repeat; at EOF, flush and shut
+/// the writer down (the half-close), then stay done.
 #[derive(Default)]
 struct OneWay {
-    buf: Vec<u8>,
-    pos: usize,
-    cap: usize,
+    /// Where reads land when the reader does not lend its own chunks.
+    buf: BytesMut,
+    /// Read and not yet written.
+    pending: Bytes,
     total: u64,
     read_done: bool,
     need_flush: bool,
@@ -92,74 +136,67 @@ impl OneWay {
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: CopyIo + ?Sized,
+        W: CopyIo + ?Sized,
     {
         if self.finished {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.cap && !self.read_done {
+            if self.pending.is_empty() && !self.read_done {
                 self.grow();
-                let mut read = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
+                match reader.poll_read_chunk(cx, &mut self.buf) {
                     Poll::Pending => {
-                        if self.buf.len() <= GROWTH[0].1 {
-                            self.buf = Vec::new();
+                        if self.buffer_size() <= GROWTH[0].1 {
+                            self.buf = BytesMut::new();
                         }
                         // nothing more to read now: push out what was written
                         if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            (self.pos, self.cap) = (0, n);
-                            self.total += n as u64;
-                        }
+                    Poll::Ready(Ok(chunk)) if chunk.is_empty() => self.read_done = true,
+                    Poll::Ready(Ok(chunk)) => {
+                        self.total += chunk.len() as u64;
+                        self.pending = chunk;
                     }
                 }
             }
-            while self.pos < self.cap {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.cap])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
+            while !self.pending.is_empty() {
+                ready!(writer.poll_write_chunk(cx, &mut self.pending))?;
                 self.need_flush = true;
             }
             if self.read_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                ready!(writer.as_mut().poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
         }
     }
 
-    /// The buffer size for the bytes moved so far; replaced only when empty.
-    fn grow(&mut self) {
-        let want = GROWTH
+    /// The buffer size for the bytes moved so far.
+    fn buffer_size(&self) -> usize {
+        GROWTH
             .iter()
             .rev()
             .find(|(after, _)| self.total >= *after)
-            .map_or(GROWTH[0].1, |(_, size)| *size);
-        if self.buf.len() < want {
-            self.buf = vec![0; want];
+            .map_or(GROWTH[0].1, |(_, size)| *size)
+    }
+
+    /// Room for a read of the current size: the space the last chunk took is
+    /// reused once that chunk is written and dropped.
+    fn grow(&mut self) {
+        let want = self.buffer_size();
+        if self.buf.capacity() < want {
+            self.buf.reserve(want);
         }
     }
 }
@@ -225,7 +262,7 @@ mod tests {
         let mut side = OneWay::default();
         client.write_all(b"ping").await.unwrap();
         let copied = poll_fn(|cx| {
-            let _ = side.poll_copy(cx, Pin::new(&mut from), Pin::new(&mut to));
+            let _ = side.poll_copy(cx, &mut from, &mut to);
             Poll::Ready(side.total)
         })
         .await;

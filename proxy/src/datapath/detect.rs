@@ -26,8 +26,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::copy::CopyIo;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Detection reads no more than this: past it, the bytes began an HTTP request
@@ -180,6 +182,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// The prefix is lent as it is, then the inner stream's chunks.
+impl<S: CopyIo> CopyIo for Prefixed<S> {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<Bytes>> {
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(self.prefix.split().freeze()));
+        }
+        self.inner.poll_read_chunk(cx, buf)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_write_chunk(cx, chunk)
     }
 }
 

@@ -16,14 +16,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use ::h2::{Reason, RecvStream, SendStream};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::copy::CopyIo;
 
 pub(crate) struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     /// Received and not yet read.
     pending: Bytes,
+    /// The length of the chunk lent to the copy loop, whose window is given
+    /// back when the loop asks for the next (it has written this one).
+    lent: usize,
 }
 
 impl H2Stream {
@@ -32,6 +37,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            lent: 0,
         }
     }
 
@@ -58,6 +64,19 @@ impl AsyncRead for H2Stream {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        ready!(self.poll_received(cx))?;
+        let n = self.pending.len().min(out.remaining());
+        out.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        // the window opens again as the bytes leave, not as they arrive
+        let _ = self.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl H2Stream {
+    /// Waits until `pending` holds received bytes; it stays empty at EOF.
+    fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending.is_empty() {
             match ready!(self.recv.poll_data(cx)) {
                 // the peer's END_STREAM: EOF, the half-close
@@ -75,12 +94,66 @@ impl AsyncRead for H2Stream {
                 }
             }
         }
-        let n = self.pending.len().min(out.remaining());
-        out.put_slice(&self.pending[..n]);
-        self.pending.advance(n);
-        // the window opens again as the bytes leave, not as they arrive
-        let _ = self.recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
+    }
+
+    /// Waits for send window for up to `wanted` bytes: how many may be sent, or
+    /// `None` when the peer stopped the stream cleanly (what is left is dropped,
+    /// see [`H2Stream::poll_stopped`]).
+    fn poll_window(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<Option<usize>>> {
+        self.send.reserve_capacity(wanted);
+        // poll_capacity answers only when the window grew since it was last
+        // asked: the window already granted is read first
+        loop {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(Some(capacity.min(wanted))));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return self.poll_stopped(cx).map_ok(|()| None),
+            }
+        }
+    }
+}
+
+/// DATA frames move whole: a received one is lent to the copy loop, and a chunk
+/// read from a socket is queued as the next one, without a copy either way.
+impl CopyIo for H2Stream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &mut BytesMut,
+    ) -> Poll<io::Result<Bytes>> {
+        // the chunk lent last time is written: its window opens again
+        let _ = self
+            .recv
+            .flow_control()
+            .release_capacity(std::mem::take(&mut self.lent));
+        ready!(self.poll_received(cx))?;
+        let chunk = std::mem::take(&mut self.pending);
+        self.lent = chunk.len();
+        Poll::Ready(Ok(chunk))
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let Some(granted) = ready!(self.poll_window(cx, chunk.len()))? else {
+            chunk.clear();
+            return Poll::Ready(Ok(()));
+        };
+        let data = chunk.split_to(granted);
+        match self.send.send_data(data, false) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(_) => self.poll_stopped(cx).map_ok(|()| chunk.clear()),
+        }
     }
 }
 
@@ -93,18 +166,8 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(buf.len());
-        // poll_capacity answers only when the window grew since it was last
-        // asked: the window already granted is read first
-        let granted = loop {
-            let capacity = self.send.capacity();
-            if capacity > 0 {
-                break capacity.min(buf.len());
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return self.poll_stopped(cx).map_ok(|()| buf.len()),
-            }
+        let Some(granted) = ready!(self.poll_window(cx, buf.len()))? else {
+            return Poll::Ready(Ok(buf.len()));
         };
         let data = Bytes::copy_from_slice(&buf[..granted]);
         match self.send.send_data(data, false) {
@@ -215,6 +278,32 @@ mod tests {
         server.write_all(b"pong!").await.unwrap();
         server.shutdown().await.unwrap();
         assert_eq!(read_all(&mut client).await, b"pong!");
+    }
+
+    /// The copy loop's chunk path (frames lent and taken whole): 10 MiB each way
+    /// is more than the stream's 4 MiB window, so it stalls unless each lent
+    /// frame's window is given back once written.
+    #[tokio::test]
+    async fn the_copy_loop_moves_frames_whole_both_ways_past_the_window() {
+        let (client, mut tunnel) = connect_pair().await;
+        let (mut app, mut socket) = duplex(1 << 16);
+        let copy = tokio::spawn(async move {
+            let idle = Duration::from_secs(10);
+            super::super::copy::bidirectional(&mut tunnel, &mut socket, idle).await
+        });
+        let data = pattern(10 * 1024 * 1024);
+        let writer = write_then_shutdown(client, data.clone());
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut got));
+        read.await.expect("EOF in time").unwrap();
+        assert!(got == data, "bytes differ on the way in");
+        let mut client = writer.await.unwrap();
+        let answer = write_then_shutdown(app, data.clone());
+        assert!(read_all(&mut client).await == data, "bytes differ on the way back");
+        drop(answer.await.unwrap());
+        let (moved, result) = copy.await.unwrap();
+        result.unwrap();
+        assert_eq!((moved.sent, moved.received), (10 << 20, 10 << 20));
     }
 
     #[tokio::test]

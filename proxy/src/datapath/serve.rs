@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::AppProtocol;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
 use super::admit::{self, Admitted};
+use super::copy::{self, CopyIo};
 use super::detect::{Detected, Prefixed, detect};
+use super::http;
 use super::socket::connect_marked;
 use super::stream::InboundStream;
 use super::upstream::Version;
-use super::{copy, http};
 use crate::metrics;
 
 /// Serves `io` for `stream`. `admitted`: a `tcp` port's connection, admitted at
@@ -27,7 +27,7 @@ pub(crate) async fn serve<S>(
     io: S,
     admitted: Option<Admitted>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: CopyIo + Send + 'static,
 {
     let configured = shared.declared_protocol(stream.destination);
     let (detected, io) = if configured == Some(AppProtocol::Tcp) {
@@ -76,7 +76,7 @@ async fn serve_tcp<S>(
     mut io: S,
     admitted: Option<Admitted>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: CopyIo,
 {
     let started = Instant::now();
     let admitted = match admitted {
