@@ -299,7 +299,10 @@ mod tests {
         assert!(got == data, "bytes differ on the way in");
         let mut client = writer.await.unwrap();
         let answer = write_then_shutdown(app, data.clone());
-        assert!(read_all(&mut client).await == data, "bytes differ on the way back");
+        assert!(
+            read_all(&mut client).await == data,
+            "bytes differ on the way back"
+        );
         drop(answer.await.unwrap());
         let (moved, result) = copy.await.unwrap();
         result.unwrap();

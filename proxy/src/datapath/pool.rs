@@ -202,22 +202,35 @@ impl HbonePool {
                 .body(())
                 .map_err(|source| HboneError::ConnectRequest { peer, source })
         };
-        // A pooled connection may have been told to go away since its last stream:
-        // its refusal sends this stream to a new connection, once.
-        let (guard, response, send) = match self.checkout(&key) {
-            Some(pooled) => match Self::send(&pooled.0, request()?).await {
-                Ok((response, send)) => (pooled, response, send),
-                Err(e) => {
-                    tracing::debug!(%peer, "pooled HBONE connection refused a stream: {e}");
-                    pooled.0.closed.store(true, Ordering::Release);
-                    drop(pooled);
-                    self.open_on_new(&key, tls, request()?).await?
+        // A pooled connection may have been told to go away (a draining or
+        // upgraded node): a stream it refuses goes to a new connection, once.
+        // Nothing of the client's has been sent on it yet (bytes follow the 200).
+        let mut retried = false;
+        let (guard, response, send) = loop {
+            let sent = match self.checkout(&key) {
+                Some(pooled) if !retried => match Self::send(&pooled.0, request()?).await {
+                    Ok((response, send)) => (pooled, response, send),
+                    Err(e) => {
+                        tracing::debug!(%peer, "pooled HBONE connection refused a stream: {e}");
+                        pooled.0.closed.store(true, Ordering::Release);
+                        drop(pooled);
+                        retried = true;
+                        self.open_on_new(&key, tls, request()?).await?
+                    }
+                },
+                _ => self.open_on_new(&key, tls, request()?).await?,
+            };
+            let (guard, response, send) = sent;
+            match response.await {
+                Ok(response) => break (guard, response, send),
+                Err(e) if !retried && refused_unprocessed(&e) => {
+                    tracing::debug!(%peer, "HBONE connection refused a CONNECT: {e}");
+                    guard.0.closed.store(true, Ordering::Release);
+                    retried = true;
                 }
-            },
-            None => self.open_on_new(&key, tls, request()?).await?,
+                Err(source) => return Err(HboneError::Http2 { peer, source }),
+            }
         };
-        let http2 = |source| HboneError::Http2 { peer, source };
-        let response = response.await.map_err(http2)?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 peer,
@@ -395,6 +408,14 @@ impl HbonePool {
     }
 }
 
+/// Whether the peer turned a stream away without serving it: a GOAWAY (it
+/// drains or restarts; RFC 9113 section 6.8) or RST_STREAM with REFUSED_STREAM
+/// (section 8.7). Either way the request may go again on another connection.
+fn refused_unprocessed(e: &::h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote())
+        || (e.is_remote() && e.reason() == Some(::h2::Reason::REFUSED_STREAM))
+}
+
 /// Whether the peer is the workload at the address dialled: an SVID of our own
 /// trust domain must name `peer`'s address as an IP SAN, which the issuer signs
 /// from what the destination's node reports. An SVID of another trust domain is
@@ -410,4 +431,80 @@ fn reached_the_address(
         return true;
     }
     meshward_tls::ip_addresses_of(leaf).contains(&peer.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    const SETTINGS: [u8; 9] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+
+    fn go_away(last_stream: u8, reason: u8) -> Vec<u8> {
+        let mut frame = vec![0, 0, 8, 0x7, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&[0, 0, 0, last_stream, 0, 0, 0, reason]);
+        frame
+    }
+
+    fn reset(stream: u8, reason: u8) -> Vec<u8> {
+        vec![0, 0, 4, 0x3, 0, 0, 0, 0, stream, 0, 0, 0, reason]
+    }
+
+    /// The error of a CONNECT (stream 1) whose peer, hand-written, answers with
+    /// SETTINGS then `frames`, then closes.
+    async fn connect_error(frames: &[u8]) -> ::h2::Error {
+        let (client_io, mut server_io) = duplex(1 << 16);
+        let (mut sender, connection) = ::h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, _send) = sender.send_request(request, false).unwrap();
+        // the preface, then frames until the CONNECT's HEADERS (stream 1 is open)
+        let (mut seen, mut at) = (Vec::new(), 24);
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = server_io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client closed before its CONNECT");
+            seen.extend_from_slice(&chunk[..n]);
+            while let Some(header) = seen.get(at..at + 9) {
+                if header[3] == 0x1 {
+                    break;
+                }
+                at += 9 + usize::from(header[2]) + (usize::from(header[1]) << 8);
+            }
+            if seen.get(at + 3) == Some(&0x1) {
+                break;
+            }
+        }
+        server_io.write_all(&SETTINGS).await.unwrap();
+        server_io.write_all(frames).await.unwrap();
+        drop(server_io);
+        tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("an answer in time")
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_peer_never_served_may_go_again() {
+        // a draining node's GOAWAY below the stream, with or without an error code
+        assert!(refused_unprocessed(&connect_error(&go_away(0, 0x0)).await));
+        assert!(refused_unprocessed(&connect_error(&go_away(0, 0x2)).await));
+        let error = connect_error(&reset(1, 0x7)).await;
+        assert!(refused_unprocessed(&error), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_peer_took_does_not() {
+        // served (the GOAWAY names it), then the connection ended under it
+        let error = connect_error(&go_away(1, 0x0)).await;
+        assert!(!refused_unprocessed(&error), "{error:?}");
+        let error = connect_error(&reset(1, 0x8)).await;
+        assert!(!refused_unprocessed(&error), "{error:?}");
+        let error = connect_error(&[]).await;
+        assert!(!refused_unprocessed(&error), "{error:?}");
+    }
 }
