@@ -169,8 +169,8 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     };
     let allowed = line("/api/payment", "200");
     for want in [
-        format!("src_principal=\"spiffe://{TD}/ns/default/sa/curl-spire\""),
-        format!("dst_principal=\"spiffe://{TD}/ns/echoserver/sa/default\""),
+        format!("src_principal=spiffe://{TD}/ns/default/sa/curl-spire "),
+        format!("dst_principal=spiffe://{TD}/ns/echoserver/sa/default "),
         "decision=\"allow\"".to_owned(),
         "policy=echoserver/allow-payment-only".to_owned(),
     ] {
@@ -178,8 +178,8 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     }
     let denied = line("/list", "403");
     for want in [
-        format!("src_principal=\"spiffe://{TD}/ns/default/sa/curl-spire\""),
-        format!("dst_principal=\"spiffe://{TD}/ns/echoserver/sa/default\""),
+        format!("src_principal=spiffe://{TD}/ns/default/sa/curl-spire "),
+        format!("dst_principal=spiffe://{TD}/ns/echoserver/sa/default "),
         "decision=\"deny\"".to_owned(),
         "no ALLOW policy matched".to_owned(),
     ] {

@@ -269,12 +269,12 @@ fn tunnel_stream<B>(
         tracing::info!(%client, %destination, peer = %peer.spiffe_id, "refused CONNECT: the peer's certificate expired");
         return Err(Refusal::Expired(peer.spiffe_id.clone()));
     }
-    Ok(InboundStream {
-        peer: Some(peer.clone()),
-        source: stream_source(shared, peer, request, client, tunnel.local),
+    Ok(InboundStream::new(
+        Some(peer.clone()),
+        stream_source(shared, peer, request, client, tunnel.local),
         destination,
-        pod: pod.clone(),
-    })
+        pod.clone(),
+    ))
 }
 
 /// What a CONNECT is judged on before its `200`: a port declared `tcp` is admitted
@@ -371,12 +371,7 @@ pub(crate) async fn plaintext_to(
         return reset(tcp);
     }
     let _ = tcp.set_nodelay(true);
-    let stream = InboundStream {
-        peer: None,
-        source: client,
-        destination: target,
-        pod,
-    };
+    let stream = InboundStream::new(None, client, target, pod);
     serve::serve(shared, stream, tcp, None).await;
 }
 

@@ -59,7 +59,7 @@ pub(crate) async fn serve<S>(
             metrics::stream_refused("silent_client");
             tracing::info!(
                 target: "access",
-                src_addr = %stream.source, src_principal = stream.source_principal().to_string().as_str(),
+                src_addr = %stream.source, src_principal = %stream.source_principal(),
                 dst_addr = %stream.destination, dst_workload = %stream.pod.info.name,
                 dst_namespace = %stream.pod.info.namespace,
                 "refused: the client sent nothing within inbound.protocol_detection_timeout \

@@ -4,7 +4,7 @@
 //! with both identities, the decision, the deciding policy and why.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use meshward_extauthz::PeerInput;
@@ -34,6 +34,9 @@ pub(crate) struct InboundStream {
     /// The pod address the client asked for.
     pub(crate) destination: SocketAddr,
     pub(crate) pod: Arc<LocalPod>,
+    /// `source` and `destination` as the access log writes them: rendered once,
+    /// as every request on the stream logs them.
+    addresses: OnceLock<(Box<str>, Box<str>)>,
 }
 
 /// A decision, as logs and metrics tell it.
@@ -86,6 +89,30 @@ impl CustomApproval {
 }
 
 impl InboundStream {
+    pub(crate) fn new(
+        peer: Option<Arc<Peer>>,
+        source: SocketAddr,
+        destination: SocketAddr,
+        pod: Arc<LocalPod>,
+    ) -> Self {
+        Self {
+            peer,
+            source,
+            destination,
+            pod,
+            addresses: OnceLock::new(),
+        }
+    }
+
+    /// `source` and `destination`, rendered for the access log.
+    fn addresses(&self) -> (&str, &str) {
+        let (source, destination) = self.addresses.get_or_init(|| {
+            let render = |a: SocketAddr| a.to_string().into_boxed_str();
+            (render(self.source), render(self.destination))
+        });
+        (source, destination)
+    }
+
     /// The request policies judge, at L4 (`http: None`) or for one HTTP request.
     pub(crate) fn request(&self, http: Option<HttpRequest>) -> Request {
         Request {
@@ -143,14 +170,15 @@ impl InboundStream {
         record: &DecisionRecord,
         duration: Duration,
     ) {
+        let (src_addr, dst_addr) = self.addresses();
         tracing::info!(
             target: "access",
-            src_addr = %self.source,
-            src_principal = self.source_principal().to_string().as_str(),
-            dst_addr = %self.destination,
+            src_addr = %src_addr,
+            src_principal = %self.source_principal(),
+            dst_addr = %dst_addr,
             dst_workload = %self.pod.info.name,
             dst_namespace = %self.pod.info.namespace,
-            dst_principal = self.destination_principal().to_string().as_str(),
+            dst_principal = %self.destination_principal(),
             method,
             path,
             status,
@@ -171,14 +199,15 @@ impl InboundStream {
         duration: Duration,
         error: Option<&str>,
     ) {
+        let (src_addr, dst_addr) = self.addresses();
         tracing::info!(
             target: "access",
-            src_addr = %self.source,
-            src_principal = self.source_principal().to_string().as_str(),
-            dst_addr = %self.destination,
+            src_addr = %src_addr,
+            src_principal = %self.source_principal(),
+            dst_addr = %dst_addr,
             dst_workload = %self.pod.info.name,
             dst_namespace = %self.pod.info.namespace,
-            dst_principal = self.destination_principal().to_string().as_str(),
+            dst_principal = %self.destination_principal(),
             decision = if record.allowed { "allow" } else { "deny" },
             policy = %record.policy,
             bytes_sent = sent,
