@@ -28,7 +28,7 @@ use super::refusal::Refusal;
 use super::stream::{DecisionRecord, InboundStream};
 use super::upstream::Version;
 use super::{Shared, copy, h2, responses};
-use crate::{metrics, xfcc};
+use crate::xfcc;
 use head::prepare_head;
 use headers::{keep_upgrade, strip_hop_by_hop};
 
@@ -98,7 +98,7 @@ async fn handle(
     let (response, record) = respond(shared, stream, request, version, grpc, &mut path).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::request(
+    stream.request_metrics.record(
         stream.source_principal(),
         stream.destination_principal(),
         status,

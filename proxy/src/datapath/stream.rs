@@ -12,7 +12,7 @@ use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
 use super::state::LocalPod;
-use crate::metrics::{ConnectionLabels, Principal, Reporter};
+use crate::metrics::{ConnectionLabels, Principal, Reporter, RequestMetrics};
 
 /// The verified client of an mTLS tunnel.
 #[derive(Debug)]
@@ -37,6 +37,7 @@ pub(crate) struct InboundStream {
     /// `source` and `destination` as the access log writes them: rendered once,
     /// as every request on the stream logs them.
     addresses: OnceLock<(Box<str>, Box<str>)>,
+    pub(crate) request_metrics: RequestMetrics,
 }
 
 /// A decision, as logs and metrics tell it.
@@ -101,6 +102,7 @@ impl InboundStream {
             destination,
             pod,
             addresses: OnceLock::new(),
+            request_metrics: RequestMetrics::default(),
         }
     }
 
