@@ -175,7 +175,45 @@ impl Future for Revoked {
 impl Drop for Revoked {
     fn drop(&mut self) {
         if let Some(revocations) = self.revocations.upgrade() {
-            revocations.live.lock().remove(&self.id);
+            let mut live = revocations.live.lock();
+            live.remove(&self.id);
+            release_slack(&mut live);
         }
+    }
+}
+
+/// Below this many slots the table of live connections is not shrunk.
+const MIN_CAPACITY: usize = 64;
+
+/// A table grown by a burst of connections gives its memory back once most are
+/// gone (10,000 held connections left megabytes of empty slots): shrunk to
+/// twice its entries at a quarter full, so each removal costs constant time on
+/// average.
+fn release_slack<K: std::hash::Hash + Eq, V>(table: &mut HashMap<K, V>) {
+    if table.capacity() > MIN_CAPACITY && table.len() * 4 < table.capacity() {
+        table.shrink_to((table.len() * 2).max(MIN_CAPACITY));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_emptied_after_a_burst_gives_its_slots_back() {
+        let mut table: HashMap<u64, [u8; 256]> = (0..10_000).map(|id| (id, [0; 256])).collect();
+        let grown = table.capacity();
+        for id in 0..10_000 {
+            table.remove(&id);
+            release_slack(&mut table);
+        }
+        assert!(grown >= 10_000);
+        assert!(table.capacity() <= 2 * MIN_CAPACITY, "{}", table.capacity());
+        // and a table at work is left alone
+        let mut table: HashMap<u64, u8> = (0..1_000).map(|id| (id, 0)).collect();
+        let capacity = table.capacity();
+        table.remove(&0);
+        release_slack(&mut table);
+        assert_eq!(table.capacity(), capacity);
     }
 }
