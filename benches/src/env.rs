@@ -237,9 +237,10 @@ impl Env {
     }
 
     /// meshward's allocator per node (`meshward_allocator_bytes`, averaged over
-    /// both nodes): allocated and resident bytes, or `None` when unreadable.
-    pub(crate) fn meshward_allocator(&self) -> Option<(f64, f64)> {
-        let mut sums = (0.0, 0.0);
+    /// both nodes): allocated, resident and metadata bytes, or `None` when
+    /// unreadable.
+    pub(crate) fn meshward_allocator(&self) -> Option<(f64, f64, f64)> {
+        let mut sums = (0.0, 0.0, 0.0);
         for node in ["node-1", "node-2"] {
             let ns = self.mesh.cluster.node(node).ok()?.netns();
             let url = "http://127.0.0.1:15020/stats/prometheus";
@@ -252,8 +253,9 @@ impl Env {
             };
             sums.0 += state("allocated")?;
             sums.1 += state("resident")?;
+            sums.2 += state("metadata")?;
         }
-        Some((sums.0 / 2.0, sums.1 / 2.0))
+        Some((sums.0 / 2.0, sums.1 / 2.0, sums.2 / 2.0))
     }
 
     /// The mTLS endpoint a handshake benchmark dials, per variant.

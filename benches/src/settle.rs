@@ -25,8 +25,8 @@ type PerVariant = BTreeMap<Variant, u64>;
 pub(crate) struct MemoryWatch {
     pids: Vec<(Variant, Vec<i32>)>,
     fresh: PerVariant,
-    /// meshward's allocator (allocated, resident) per node, fresh.
-    allocator_fresh: Option<(f64, f64)>,
+    /// meshward's allocator (allocated, resident, metadata) per node, fresh.
+    allocator_fresh: Option<(f64, f64, f64)>,
     peak: Arc<Mutex<PerVariant>>,
     stop: Arc<AtomicBool>,
     sampler: Option<JoinHandle<()>>,
@@ -83,6 +83,8 @@ impl MemoryWatch {
                 ("allocator per node: allocated, settled, MB", settled.0),
                 ("allocator per node: resident, fresh, MB", fresh.1),
                 ("allocator per node: resident, settled, MB", settled.1),
+                ("allocator per node: metadata, fresh, MB", fresh.2),
+                ("allocator per node: metadata, settled, MB", settled.2),
             ] {
                 record(table, name, Variant::Meshward, bytes / 1e6);
             }

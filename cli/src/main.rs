@@ -71,6 +71,7 @@ fn allocator_stats() {
         active: read(stats::active::read()),
         resident: read(stats::resident::read()),
         retained: read(stats::retained::read()),
+        metadata: read(stats::metadata::read()),
     });
 }
 

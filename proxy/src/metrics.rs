@@ -23,14 +23,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// What the process's allocator holds, in bytes (jemalloc's `stats.*`): live
-/// objects, the pages they occupy, the pages mapped, and those kept unmapped
-/// for reuse. Resident far above allocated is memory the allocator keeps.
+/// objects, the pages they occupy, the pages mapped, those kept unmapped for
+/// reuse, and its own bookkeeping. Resident far above allocated is memory the allocator keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct AllocatorStats {
     pub allocated: u64,
     pub active: u64,
     pub resident: u64,
     pub retained: u64,
+    /// jemalloc's own bookkeeping, which grows with the peak and stays.
+    pub metadata: u64,
 }
 
 /// Sets `meshward_allocator_bytes{state}` (read at each scrape).
@@ -40,6 +42,7 @@ pub fn allocator(stats: AllocatorStats) {
         ("active", stats.active),
         ("resident", stats.resident),
         ("retained", stats.retained),
+        ("metadata", stats.metadata),
     ] {
         gauge!("meshward_allocator_bytes", "state" => state).set(bytes as f64);
     }
