@@ -173,6 +173,9 @@ impl OneWay {
                 ready!(writer.poll_write_chunk(cx, &mut self.pending))?;
                 self.need_flush = true;
             }
+            // written: an empty chunk still holds its buffer (an idle connection
+            // would keep it)
+            self.pending = Bytes::new();
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
@@ -270,8 +273,10 @@ mod tests {
         let mut got = [0u8; 4];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
-        // nothing more to read: the 1 KiB buffer was given back
+        // nothing more to read: the 1 KiB buffer was given back, and the written
+        // chunk points into it no more (an empty `Bytes` can still hold it)
         assert_eq!(side.buf.capacity(), 0);
+        assert_eq!(side.pending.as_ptr(), Bytes::new().as_ptr());
     }
 
     #[tokio::test(start_paused = true)]
