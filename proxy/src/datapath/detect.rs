@@ -193,7 +193,8 @@ impl<S: CopyIo> CopyIo for Prefixed<S> {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<Bytes>> {
         if !self.prefix.is_empty() {
-            return Poll::Ready(Ok(self.prefix.split().freeze()));
+            // taken whole: the stream keeps no part of the detection buffer
+            return Poll::Ready(Ok(std::mem::take(&mut self.prefix).freeze()));
         }
         self.inner.poll_read_chunk(cx, buf)
     }

@@ -215,11 +215,11 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::LimitsConfig;
-    use http::{Method, Request, Response};
+    use http::Response;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::super::h2;
-    use super::super::testing::{pattern, write_then_shutdown};
+    use super::super::testing::{connect_request, pattern, write_then_shutdown};
     use super::*;
 
     /// A client and a server stream of one CONNECT, over an in-memory connection
@@ -241,16 +241,11 @@ mod tests {
             .await
             .unwrap();
         tokio::spawn(connection);
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
         let (response, send) = sender
             .ready()
             .await
             .unwrap()
-            .send_request(request, false)
+            .send_request(connect_request(), false)
             .unwrap();
         let server = server.await.unwrap();
         let response = response.await.unwrap();

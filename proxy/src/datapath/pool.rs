@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::LimitsConfig;
-use ::h2::SendStream;
 use ::h2::client::ResponseFuture;
+use ::h2::{RecvStream, SendStream};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use parking_lot::Mutex;
@@ -108,9 +108,24 @@ struct Connection {
     idle_since: Mutex<Option<Instant>>,
 }
 
-/// A CONNECT sent: its stream counted on its connection, the answer to come, and
-/// the sending half.
-type Sent = (StreamGuard, ResponseFuture, SendStream<Bytes>);
+/// A CONNECT answered: its stream counted on its connection, the answer's head,
+/// and the sending half.
+type Answered = (StreamGuard, http::Response<RecvStream>, SendStream<Bytes>);
+
+/// How a CONNECT failed on one connection.
+enum Failed {
+    /// The connection turned it away unserved (it could not be sent, or a
+    /// GOAWAY or REFUSED_STREAM came back): it may go again on another.
+    Unserved(::h2::Error),
+    Other(::h2::Error),
+}
+
+impl Failed {
+    fn into_error(self, peer: SocketAddr) -> HboneError {
+        let (Self::Unserved(source) | Self::Other(source)) = self;
+        HboneError::Http2 { peer, source }
+    }
+}
 
 /// Keeps a stream counted on its connection while the tunnel lives.
 pub(crate) struct Tunnel {
@@ -203,33 +218,20 @@ impl HbonePool {
                 .map_err(|source| HboneError::ConnectRequest { peer, source })
         };
         // A pooled connection may have been told to go away (a draining or
-        // upgraded node): a stream it refuses goes to a new connection, once.
-        // Nothing of the client's has been sent on it yet (bytes follow the 200).
-        let mut retried = false;
-        let (guard, response, send) = loop {
-            let sent = match self.checkout(&key) {
-                Some(pooled) if !retried => match Self::send(&pooled.0, request()?).await {
-                    Ok((response, send)) => (pooled, response, send),
-                    Err(e) => {
-                        tracing::debug!(%peer, "pooled HBONE connection refused a stream: {e}");
-                        pooled.0.closed.store(true, Ordering::Release);
-                        drop(pooled);
-                        retried = true;
-                        self.open_on_new(&key, tls, request()?).await?
-                    }
-                },
-                _ => self.open_on_new(&key, tls, request()?).await?,
-            };
-            let (guard, response, send) = sent;
-            match response.await {
-                Ok(response) => break (guard, response, send),
-                Err(e) if !retried && refused_unprocessed(&e) => {
-                    tracing::debug!(%peer, "HBONE connection refused a CONNECT: {e}");
-                    guard.0.closed.store(true, Ordering::Release);
-                    retried = true;
-                }
-                Err(source) => return Err(HboneError::Http2 { peer, source }),
+        // upgraded node): a CONNECT it turns away unserved goes to a new
+        // connection, once. Nothing of the client's is sent before the 200.
+        let pooled = match self.checkout(&key) {
+            Some(stream) => Some(Self::ask(stream, request()?).await),
+            None => None,
+        };
+        let (guard, response, send) = match pooled {
+            Some(Ok(answered)) => answered,
+            Some(Err(other @ Failed::Other(_))) => return Err(other.into_error(peer)),
+            Some(Err(Failed::Unserved(e))) => {
+                tracing::debug!(%peer, "a pooled HBONE connection turned a CONNECT away: {e}");
+                self.ask_new(&key, tls, request()?).await?
             }
+            None => self.ask_new(&key, tls, request()?).await?,
         };
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
@@ -244,14 +246,14 @@ impl HbonePool {
         })
     }
 
-    /// Sends `request` on a connection of `key` made or found under the key's
+    /// Asks `request` on a connection of `key` made or found under the key's
     /// connect lock (a burst of clients opens one connection, not hundreds).
-    async fn open_on_new(
+    async fn ask_new(
         &self,
         key: &Key,
         tls: &PodTls,
         request: Request<()>,
-    ) -> Result<Sent, HboneError> {
+    ) -> Result<Answered, HboneError> {
         let stream = {
             let lock = self.connect_lock(key);
             let _single_flight = lock.lock().await;
@@ -260,15 +262,23 @@ impl HbonePool {
                 None => self.connect(key.clone(), tls).await?,
             }
         };
-        match Self::send(&stream.0, request).await {
-            Ok((response, send)) => Ok((stream, response, send)),
-            Err(source) => {
-                stream.0.closed.store(true, Ordering::Release);
-                Err(HboneError::Http2 {
-                    peer: key.peer,
-                    source,
-                })
-            }
+        Self::ask(stream, request)
+            .await
+            .map_err(|failed| failed.into_error(key.peer))
+    }
+
+    /// Sends `request` on `stream`'s connection and waits for the answer's
+    /// head. A connection that turns it away unserved takes no stream again.
+    async fn ask(stream: StreamGuard, request: Request<()>) -> Result<Answered, Failed> {
+        let unserved = |e| {
+            stream.0.closed.store(true, Ordering::Release);
+            Failed::Unserved(e)
+        };
+        let (response, send) = Self::send(&stream.0, request).await.map_err(unserved)?;
+        match response.await {
+            Ok(response) => Ok((stream, response, send)),
+            Err(e) if refused_unprocessed(&e) => Err(unserved(e)),
+            Err(e) => Err(Failed::Other(e)),
         }
     }
 
@@ -435,6 +445,7 @@ fn reached_the_address(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::connect_request;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
@@ -456,12 +467,7 @@ mod tests {
         let (client_io, mut server_io) = duplex(1 << 16);
         let (mut sender, connection) = ::h2::client::handshake(client_io).await.unwrap();
         tokio::spawn(connection);
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (response, _send) = sender.send_request(request, false).unwrap();
+        let (response, _send) = sender.send_request(connect_request(), false).unwrap();
         // the preface, then frames until the CONNECT's HEADERS (stream 1 is open)
         let (mut seen, mut at) = (Vec::new(), 24);
         loop {

@@ -83,3 +83,12 @@ where
         io
     })
 }
+
+/// A CONNECT for `10.0.0.1:80`, as a test's hand-driven HBONE client sends it.
+pub(super) fn connect_request() -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("10.0.0.1:80")
+        .body(())
+        .expect("a CONNECT request")
+}
