@@ -112,8 +112,10 @@ pub(crate) async fn request(
     let approval = match set.custom_check(&stream.pod.workload, &judged) {
         None => None,
         Some(check) => {
-            let allow =
-                ask_about_request(shared, stream, &check, request, &judged, head.version).await?;
+            // boxed: the exchange with a provider is the largest state a request
+            // can have, and most requests never ask one (see `http.rs`)
+            let ask = ask_about_request(shared, stream, &check, request, &judged, head.version);
+            let allow = Box::pin(ask).await?;
             meshward_extauthz::apply_headers(request.headers_mut(), &allow.upstream, &allow.remove);
             let headers = request.headers().clone();
             judged.http = judged.http.map(|h| h.with_headers(headers));
@@ -347,7 +349,15 @@ async fn authenticate(
         pod: &stream.pod,
     };
     let query = request.uri().query().map(str::to_owned);
-    meshward_jwt::authenticate(&rules, request.headers_mut(), query.as_deref(), &keys).await
+    // boxed: only a pod with RequestAuthentication rules has this stage, and a
+    // key fetch is part of its state (see `http.rs`)
+    Box::pin(meshward_jwt::authenticate(
+        &rules,
+        request.headers_mut(),
+        query.as_deref(),
+        &keys,
+    ))
+    .await
 }
 
 fn unauthenticated(failure: JwtFailure, head: &Head, request: &Request<ProxyBody>) -> Refusal {

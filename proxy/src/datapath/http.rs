@@ -207,7 +207,8 @@ async fn forward(
     } = admitted;
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut request));
     let sent = if upgrade {
-        let sent = shared.upstream.send_upgrade(stream.destination, request);
+        // boxed, as every rare stage: see `serve`
+        let sent = Box::pin(shared.upstream.send_upgrade(stream.destination, request));
         sent.await
     } else {
         let sent = shared.upstream.send(stream.destination, version, request);

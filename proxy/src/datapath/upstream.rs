@@ -122,7 +122,9 @@ impl UpstreamPool {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let sender = match self.pooled(addr, version) {
             Some(sender) => sender,
-            None => self.connect(addr, version).await?,
+            // boxed: a new connection is the rare case, and its state would
+            // otherwise be part of every request's future (see `http.rs`)
+            None => Box::pin(self.connect(addr, version)).await?,
         };
         let http = |source| UpstreamError::Http { addr, source };
         match sender {
