@@ -25,7 +25,13 @@ pub(crate) fn memory(
             before / 2.0 / 1e6,
         );
         let per_process: Vec<u64> = pids.iter().map(|p| measure::rss_bytes(&[*p])).collect();
-        let (opened, after) = holding_idle(env, variant, idle, |opened| {
+        // meshward's own count of its live objects: RSS less the allocator's pages
+        let heap = |env: &Env| match variant {
+            Variant::Meshward => env.meshward_allocator().map(|(allocated, ..)| allocated),
+            _ => None,
+        };
+        let heap_before = heap(env);
+        let (opened, (after, heap_after)) = holding_idle(env, variant, idle, |opened| {
             std::thread::sleep(Duration::from_secs(1));
             // each side on its own line: where a connection's memory is
             for (pid, before) in pids.iter().zip(&per_process) {
@@ -38,7 +44,7 @@ pub(crate) fn memory(
                 );
             }
             #[allow(clippy::cast_precision_loss)]
-            Ok(measure::rss_bytes(&pids) as f64)
+            Ok((measure::rss_bytes(&pids) as f64, heap(env)))
         })?;
         #[allow(clippy::cast_precision_loss)]
         let per = (after - before) / opened as f64 / 1e3;
@@ -48,6 +54,17 @@ pub(crate) fn memory(
             variant,
             per,
         );
+        if let (Some(before), Some(after)) = (heap_before, heap_after) {
+            // averaged per node by `meshward_allocator`: twice that for both
+            #[allow(clippy::cast_precision_loss)]
+            let per = 2.0 * (after - before) / opened as f64 / 1e3;
+            record(
+                table,
+                "heap allocated per idle connection, both nodes, KB",
+                variant,
+                per,
+            );
+        }
     }
     Ok(())
 }

@@ -170,8 +170,9 @@ async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStrea
             accepted = connection.accept() => match accepted {
                 // one task per stream: the CONNECT's checks, then its bytes
                 Some(Ok((request, respond))) => {
-                    let (shared, tunnel) = (shared.clone(), tunnel.clone());
-                    tokio::spawn(async move { connect(&shared, &tunnel, request, respond).await });
+                    if let Some(served) = connect(&shared, &tunnel, request, respond) {
+                        tokio::spawn(served);
+                    }
                 }
                 Some(Err(e)) => break tracing::debug!(%client, "HBONE connection ended: {e}"),
                 None => break,
@@ -212,39 +213,45 @@ struct Tunnel {
     local: bool,
 }
 
-/// One CONNECT: check it, answer it, and serve the stream's bytes.
-async fn connect(
+/// One CONNECT: the checks that need no waiting (a `400` answered here), then
+/// the task that admits, answers and serves the stream's bytes.
+///
+/// That task lives as long as the stream, and an async fn keeps each argument it
+/// was given for its whole life (twice: as given and as moved), however early it
+/// is consumed: it is given only what it keeps. The CONNECT request itself, 240
+/// bytes, stays here.
+fn connect(
     shared: &Arc<Shared>,
     tunnel: &Tunnel,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
-    let started = Instant::now();
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let stream = match tunnel_stream(shared, tunnel, &request) {
         Ok(stream) => stream,
         Err(refusal) => {
             let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
-            return;
+            return None;
         }
     };
-    // boxed: the task lives as long as the stream, and an async fn's state is as
-    // large as its largest stage (the checks may ask an ext_authz server)
-    let admitted = match Box::pin(admit_connect(shared, &stream)).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
-            let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
-            return;
-        }
-    };
-    let send = match respond.send_response(responses::tunnel(StatusCode::OK), false) {
-        Ok(send) => send,
-        Err(e) => {
-            return tracing::debug!(client = %tunnel.client, "CONNECT stream never opened: {e}");
-        }
-    };
-    let io = H2Stream::new(send, request.into_body());
-    Box::pin(serve::serve(shared.clone(), stream, io, admitted)).await;
+    let (shared, client, body) = (shared.clone(), tunnel.client, request.into_body());
+    Some(async move {
+        let started = Instant::now();
+        // boxed, as each stage: the checks may ask an ext_authz server
+        let admitted = match Box::pin(admit_connect(&shared, &stream)).await {
+            Ok(admitted) => admitted.map(Box::new),
+            Err(refusal) => {
+                stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+                let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
+                return;
+            }
+        };
+        let send = match respond.send_response(responses::tunnel(StatusCode::OK), false) {
+            Ok(send) => send,
+            Err(e) => return tracing::debug!(%client, "CONNECT stream never opened: {e}"),
+        };
+        let io = H2Stream::new(send, body);
+        Box::pin(serve::serve(shared, stream, io, admitted)).await;
+    })
 }
 
 /// The stream a CONNECT asks for, or why it is a `400`: a tunnel terminates for

@@ -28,7 +28,9 @@ use super::stream::{CustomApproval, InboundStream, Peer};
 use crate::metrics;
 
 pub(crate) struct Revocations {
-    live: Mutex<HashMap<u64, Watched>>,
+    /// Boxed: a table sized for a peak of entries keeps its slots, and a slot
+    /// holding the request itself was 550 bytes.
+    live: Mutex<HashMap<u64, Box<Watched>>>,
     next_id: AtomicU64,
     policies: Policies,
     state: watch::Receiver<Arc<MeshState>>,
@@ -81,13 +83,13 @@ impl Revocations {
         approved_by: Option<CustomApproval>,
     ) -> Revoked {
         let (close, reason) = oneshot::channel();
-        let watched = Watched {
+        let watched = Box::new(Watched {
             pod: stream.pod.clone(),
             peer: stream.peer.clone(),
             request,
             approved_by,
             close,
-        };
+        });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let set = self.policies.borrow().clone();
         let state = self.state.borrow().clone();

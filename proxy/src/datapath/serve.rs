@@ -18,14 +18,15 @@ use super::upstream::Version;
 use crate::metrics;
 
 /// Serves `io` for `stream`. `admitted`: a `tcp` port's connection, admitted at
-/// CONNECT time (so it is not judged, nor counted, twice).
+/// CONNECT time (so it is not judged, nor counted, twice); boxed, as an async fn
+/// keeps its arguments for its whole life (memory per idle connection).
 /// Returning drops `io`: for a tunnel that ends the stream (END_STREAM after what
 /// was written, `h2_stream.rs`), for plaintext it closes the connection.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
     stream: InboundStream,
     io: S,
-    admitted: Option<Admitted>,
+    admitted: Option<Box<Admitted>>,
 ) where
     S: CopyIo + Send + 'static,
 {
@@ -70,25 +71,27 @@ pub(crate) async fn serve<S>(
     }
 }
 
+/// A TCP stream: admitted (at CONNECT time, or here), then copied to the pod.
+/// What the copy stage holds is all an idle connection costs: the judged
+/// request goes to the revocation watcher, the admission's state is not kept.
 async fn serve_tcp<S>(
     shared: &Shared,
     stream: &InboundStream,
     mut io: S,
-    admitted: Option<Admitted>,
+    admitted: Option<Box<Admitted>>,
 ) where
     S: CopyIo,
 {
     let started = Instant::now();
     let admitted = match admitted {
-        Some(admitted) => Ok(admitted),
-        None => Box::pin(admit::connection(shared, stream)).await,
-    };
-    let Admitted { record, judged, .. } = match admitted {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
-            return;
-        }
+        Some(admitted) => admitted,
+        None => match Box::pin(admit::connection(shared, stream)).await {
+            Ok(admitted) => Box::new(admitted),
+            Err(refusal) => {
+                stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+                return;
+            }
+        },
     };
     let mut upstream = match Box::pin(connect_marked(
         stream.destination,
@@ -100,10 +103,11 @@ async fn serve_tcp<S>(
         Ok(upstream) => upstream,
         Err(e) => {
             let error = format!("the pod did not accept the connection: {e}");
-            stream.log_connection(&record, 0, 0, started.elapsed(), Some(&error));
+            stream.log_connection(&admitted.record, 0, 0, started.elapsed(), Some(&error));
             return;
         }
     };
+    let Admitted { record, judged, .. } = *admitted;
     let labels = stream.connection_labels();
     labels.opened();
     let revoked = shared
