@@ -60,10 +60,10 @@ pub(crate) async fn connection(
                 http: None,
             };
             let asked = custom::ask(&shared.providers, &check, &input).await;
-            Some(allowed_by(layer, &check, asked)?.approval)
+            Some(allowed_by(layer, stream, &check, asked)?.approval)
         }
     };
-    let record = decide(layer, &set, &stream.pod.workload, &judged, approval)?;
+    let record = decide(layer, stream, &set, &judged, approval)?;
     Ok(Admitted {
         record,
         judged,
@@ -123,7 +123,7 @@ pub(crate) async fn request(
             Some(allow.approval)
         }
     };
-    let record = decide(layer, &set, &stream.pod.workload, &judged, approval)?;
+    let record = decide(layer, stream, &set, &judged, approval)?;
     Ok(Admitted {
         record,
         judged,
@@ -203,14 +203,15 @@ struct CustomAllow {
 /// the request), counted by layer, policy and action.
 fn decide(
     layer: &'static str,
+    stream: &InboundStream,
     set: &PolicySet,
-    workload: &Workload,
     request: &meshward_policy::Request,
     approval: Option<Approval>,
 ) -> Result<DecisionRecord, Refusal> {
-    let decision = evaluate(set, workload, request, approval.is_some());
+    let decision = evaluate(set, &stream.pod.workload, request, approval.is_some());
     let mut record = record_of(&decision);
-    metrics::decision(layer, record.allowed, &record.policy, record.action);
+    let counted = &stream.decision_metrics;
+    counted.count(layer, record.allowed, &record.policy, record.action);
     if !record.allowed {
         return Err(Refusal::Denied(Box::new(record)));
     }
@@ -251,6 +252,7 @@ fn record_of(decision: &meshward_policy::Decision<'_>) -> DecisionRecord {
 /// The provider's answer: its allow, or the refusal it is.
 fn allowed_by(
     layer: &'static str,
+    stream: &InboundStream,
     check: &CustomCheck<'_>,
     asked: custom::Asked,
 ) -> Result<CustomAllow, Refusal> {
@@ -274,7 +276,8 @@ fn allowed_by(
             body,
         } => {
             let policy = check.policy.to_string();
-            metrics::decision(layer, false, &policy, "CUSTOM");
+            let counted = &stream.decision_metrics;
+            counted.count(layer, false, &policy, "CUSTOM");
             let record = Box::new(DecisionRecord::refused(policy, asked.reason));
             // a provider that is not configured is refused as RBAC refuses
             let answer = (!asked.not_configured).then(|| {
@@ -327,7 +330,7 @@ async fn ask_about_request(
         }
     }
     let asked = custom::ask(&shared.providers, check, &input).await;
-    allowed_by("l7", check, asked)
+    allowed_by("l7", stream, check, asked)
 }
 
 /// Authenticates `request` under the RequestAuthentication rules of its pod:

@@ -12,7 +12,7 @@ use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
 use super::state::LocalPod;
-use crate::metrics::{ConnectionLabels, Principal, Reporter, RequestMetrics};
+use crate::metrics::{ConnectionLabels, DecisionMetrics, Principal, Reporter, RequestMetrics};
 
 /// The verified client of an mTLS tunnel.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ pub(crate) struct InboundStream {
     /// as every request on the stream logs them.
     addresses: OnceLock<(Box<str>, Box<str>)>,
     pub(crate) request_metrics: RequestMetrics,
+    pub(crate) decision_metrics: DecisionMetrics,
 }
 
 /// A decision, as logs and metrics tell it.
@@ -103,6 +104,7 @@ impl InboundStream {
             pod,
             addresses: OnceLock::new(),
             request_metrics: RequestMetrics::default(),
+            decision_metrics: DecisionMetrics::default(),
         }
     }
 

@@ -11,6 +11,9 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+mod per_stream;
+pub(crate) use per_stream::{DecisionMetrics, RequestMetrics};
+
 /// Installs the process-wide recorder; the handle renders the text format.
 pub fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
@@ -122,90 +125,6 @@ impl ConnectionLabels {
         counter!("istio_tcp_sent_bytes_total", &labels).increment(sent);
         counter!("istio_tcp_received_bytes_total", &labels).increment(received);
     }
-}
-
-/// The request metrics of one inbound stream, whose principals are fixed: the
-/// handles by response code and protocol, found again without building and
-/// looking up the labels of every request (a connection's requests mostly
-/// share one or two codes).
-#[derive(Debug, Default)]
-pub(crate) struct RequestMetrics {
-    seen: parking_lot::Mutex<Vec<RequestHandles>>,
-}
-
-#[derive(Debug)]
-struct RequestHandles {
-    code: u16,
-    grpc: bool,
-    requests: metrics::Counter,
-    duration: metrics::Histogram,
-}
-
-/// Codes remembered per stream; past them the oldest is looked up again.
-const CODES_PER_STREAM: usize = 4;
-
-impl RequestMetrics {
-    /// One HTTP request served on the destination side.
-    pub(crate) fn record(
-        &self,
-        source_principal: Principal<'_>,
-        destination_principal: Principal<'_>,
-        code: u16,
-        grpc: bool,
-        duration: Duration,
-    ) {
-        let mut seen = self.seen.lock();
-        let found = seen.iter().position(|h| h.code == code && h.grpc == grpc);
-        let index = found.unwrap_or_else(|| {
-            if seen.len() == CODES_PER_STREAM {
-                seen.remove(0);
-            }
-            seen.push(request_handles(
-                source_principal,
-                destination_principal,
-                code,
-                grpc,
-            ));
-            seen.len() - 1
-        });
-        let handles = &seen[index];
-        handles.requests.increment(1);
-        handles.duration.record(duration.as_secs_f64());
-    }
-}
-
-fn request_handles(
-    source_principal: Principal<'_>,
-    destination_principal: Principal<'_>,
-    code: u16,
-    grpc: bool,
-) -> RequestHandles {
-    let response_code = code.to_string();
-    RequestHandles {
-        code,
-        grpc,
-        requests: counter!(
-            "istio_requests_total",
-            "reporter" => "destination",
-            "source_principal" => source_principal.to_string(),
-            "destination_principal" => destination_principal.to_string(),
-            "response_code" => response_code.clone(),
-            "request_protocol" => if grpc { "grpc" } else { "http" },
-        ),
-        duration: histogram!("istio_request_duration_seconds", "response_code" => response_code),
-    }
-}
-
-/// One authorization decision.
-pub(crate) fn decision(layer: &'static str, allowed: bool, policy: &str, action: &str) {
-    counter!(
-        "meshward_authz_decisions_total",
-        "layer" => layer,
-        "decision" => if allowed { "allow" } else { "deny" },
-        "policy" => policy.to_owned(),
-        "action" => action.to_owned(),
-    )
-    .increment(1);
 }
 
 /// A plaintext connection refused under STRICT.
@@ -340,39 +259,4 @@ pub(crate) async fn observe_issuer<T>(
     let code = result.as_ref().err().map(|s| format!("{:?}", s.code()));
     issuer_rpc(method, started.elapsed(), code.as_deref());
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each request counted under its own code, on one stream, past the codes
-    /// it remembers (the oldest found again through the registry).
-    #[test]
-    fn a_streams_requests_are_counted_by_code() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let source: SpiffeId = "spiffe://td.example/ns/a/sa/client".parse().unwrap();
-        let stream = RequestMetrics::default();
-        let codes = [200, 200, 404, 500, 503, 403, 200, 200];
-        metrics::with_local_recorder(&recorder, || {
-            for code in codes {
-                let (from, to) = (Principal(Some(&source)), Principal(None));
-                stream.record(from, to, code, false, Duration::from_millis(1));
-            }
-        });
-        let text = handle.render();
-        for (code, count) in [(200, 4), (404, 1), (500, 1), (503, 1), (403, 1)] {
-            let line = text
-                .lines()
-                .find(|l| {
-                    l.starts_with("istio_requests_total{")
-                        && l.contains(&format!("response_code=\"{code}\""))
-                })
-                .unwrap_or_else(|| panic!("no line for {code}:\n{text}"));
-            assert!(line.ends_with(&format!(" {count}")), "{line}");
-            assert!(line.contains("source_principal=\"spiffe://td.example/ns/a/sa/client\""));
-            assert!(line.contains("destination_principal=\"unknown\""));
-        }
-    }
 }
