@@ -33,6 +33,48 @@ pub(crate) fn rss_bytes(pids: &[i32]) -> u64 {
         .sum()
 }
 
+/// One mapping of a process, from /proc/<pid>/smaps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    /// `start-end`, which names it while it lives.
+    pub(crate) range: String,
+    pub(crate) size_kb: u64,
+    pub(crate) anonymous_kb: u64,
+    /// The file or `[heap]`/`[stack]`; empty for an anonymous mapping.
+    pub(crate) name: String,
+}
+
+/// The mappings of `pid` that hold anonymous memory.
+pub(crate) fn anonymous_mappings(pid: i32) -> Vec<Mapping> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // a header: range perms offset dev inode [name]
+            let name = words.nth(4).unwrap_or_default().to_owned();
+            mappings.push(Mapping {
+                range: first.to_owned(),
+                size_kb: 0,
+                anonymous_kb: 0,
+                name,
+            });
+        } else if let Some(last) = mappings.last_mut() {
+            let kb = || words.clone().next().and_then(|v| v.parse::<u64>().ok());
+            match first {
+                "Size:" => last.size_kb = kb().unwrap_or(0),
+                "Anonymous:" => last.anonymous_kb = kb().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    mappings.retain(|m| m.anonymous_kb > 0);
+    mappings
+}
+
 /// Every process named `comm` (as /proc/<pid>/comm says) among `pids`.
 pub(crate) fn named(pids: &[i32], comm: &str) -> Vec<i32> {
     pids.iter()

@@ -25,6 +25,8 @@ type PerVariant = BTreeMap<Variant, u64>;
 pub(crate) struct MemoryWatch {
     pids: Vec<(Variant, Vec<i32>)>,
     fresh: PerVariant,
+    /// meshward's anonymous mappings, fresh (pid, mapping).
+    mappings_fresh: Vec<(i32, measure::Mapping)>,
     /// meshward's allocator (allocated, resident, metadata) per node, fresh.
     allocator_fresh: Option<(f64, f64, f64)>,
     peak: Arc<Mutex<PerVariant>>,
@@ -37,6 +39,7 @@ impl MemoryWatch {
     /// sampling their peak.
     pub(crate) fn start(env: &Env, pids: Vec<(Variant, Vec<i32>)>) -> Self {
         let fresh = rss(&pids);
+        let mappings_fresh = meshward_mappings(&pids);
         let allocator_fresh = env.meshward_allocator();
         let peak = Arc::new(Mutex::new(fresh.clone()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -58,6 +61,7 @@ impl MemoryWatch {
         Self {
             pids,
             fresh,
+            mappings_fresh,
             allocator_fresh,
             peak,
             stop,
@@ -77,6 +81,7 @@ impl MemoryWatch {
             let _ = sampler.join();
         }
         let settled = rss(&self.pids);
+        self.report_grown_mappings();
         if let (Some(fresh), Some(settled)) = (self.allocator_fresh, env.meshward_allocator()) {
             for (name, bytes) in [
                 ("allocator per node: allocated, fresh, MB", fresh.0),
@@ -104,6 +109,47 @@ impl MemoryWatch {
             }
         }
     }
+}
+
+impl MemoryWatch {
+    /// Where meshward's settled memory is: the anonymous mappings that grew most
+    /// since fresh (an unnamed one of 2 MiB and a page is a thread's stack, of
+    /// 64 MiB glibc's arena for a thread; jemalloc's are the rest).
+    fn report_grown_mappings(&self) {
+        let now = meshward_mappings(&self.pids);
+        let mut grown: Vec<(u64, &(i32, measure::Mapping))> = now
+            .iter()
+            .map(|entry @ (pid, m)| {
+                let before = self
+                    .mappings_fresh
+                    .iter()
+                    .find(|(p, f)| p == pid && f.range == m.range)
+                    .map_or(0, |(_, f)| f.anonymous_kb);
+                (m.anonymous_kb.saturating_sub(before), entry)
+            })
+            .filter(|(grown, _)| *grown > 0)
+            .collect();
+        grown.sort_by(|a, b| b.0.cmp(&a.0));
+        for (kb, (pid, m)) in grown.iter().take(12) {
+            eprintln!(
+                "memory: meshward {pid}: +{kb} KB anonymous in {} ({} KB mapped) {}",
+                m.range, m.size_kb, m.name
+            );
+        }
+    }
+}
+
+/// meshward's processes' anonymous mappings.
+fn meshward_mappings(pids: &[(Variant, Vec<i32>)]) -> Vec<(i32, measure::Mapping)> {
+    pids.iter()
+        .filter(|(variant, _)| *variant == Variant::Meshward)
+        .flat_map(|(_, pids)| pids.iter())
+        .flat_map(|pid| {
+            measure::anonymous_mappings(*pid)
+                .into_iter()
+                .map(|m| (*pid, m))
+        })
+        .collect()
 }
 
 fn rss(pids: &[(Variant, Vec<i32>)]) -> PerVariant {
