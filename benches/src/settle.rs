@@ -129,7 +129,7 @@ impl MemoryWatch {
             })
             .filter(|(grown, _)| *grown > 0)
             .collect();
-        grown.sort_by(|a, b| b.0.cmp(&a.0));
+        grown.sort_by_key(|(kb, _)| std::cmp::Reverse(*kb));
         for (kb, (pid, m)) in grown.iter().take(12) {
             eprintln!(
                 "memory: meshward {pid}: +{kb} KB anonymous in {} ({} KB mapped) {}",
