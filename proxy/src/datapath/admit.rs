@@ -199,8 +199,9 @@ struct CustomAllow {
     downstream: Vec<HeaderChange>,
 }
 
-/// DENY and ALLOW, once CUSTOM is settled (`approval`: the provider that allowed
-/// the request), counted by layer, policy and action.
+/// DENY and ALLOW, once CUSTOM is settled: no CUSTOM policy matched the request
+/// (`approval` none: each caller has just asked `custom_check`), or the provider
+/// of the one that did allowed it. Counted by layer, policy and action.
 fn decide(
     layer: &'static str,
     stream: &InboundStream,
@@ -208,7 +209,8 @@ fn decide(
     request: &meshward_policy::Request,
     approval: Option<Approval>,
 ) -> Result<DecisionRecord, Refusal> {
-    let decision = evaluate(set, &stream.pod.workload, request, approval.is_some());
+    // not `evaluate`: it would look for a matching CUSTOM policy a second time
+    let decision = set.evaluate_after_custom(&stream.pod.workload, request);
     let mut record = record_of(&decision);
     let counted = &stream.decision_metrics;
     counted.count(layer, record.allowed, &record.policy, record.action);
