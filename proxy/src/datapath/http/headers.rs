@@ -84,20 +84,20 @@ pub(super) fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// The headers that belong to one hop (RFC 9110 7.6.1); `te` is one but for
-/// `te: trailers`.
+/// The headers that belong to one hop (RFC 9110 7.6.1), but `te`: it goes but
+/// for `te: trailers`.
+const ONE_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-    ]
-    .contains(name)
-        || name == "keep-alive"
-        || name == "proxy-connection"
+    *name == header::TE || ONE_HOP.contains(name)
 }
 
 /// Headers that belong to one hop (RFC 9110 7.6.1), plus those `Connection` names.
@@ -118,15 +118,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in ONE_HOP {
         headers.remove(name);
     }
     let te_trailers = headers
