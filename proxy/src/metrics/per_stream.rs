@@ -196,6 +196,7 @@ mod tests {
         let decisions = [
             ("l7", true, "ns/allow-get", "ALLOW"),
             ("l7", true, "ns/allow-get", "ALLOW"),
+            ("l7", true, "ns/allow-post", "ALLOW"),
             ("l7", false, "ns/deny-admin", "DENY"),
             ("l7", false, "-", "-"),
             ("l4", true, "ns/allow-get", "ALLOW"),
@@ -226,6 +227,14 @@ mod tests {
                 1,
             ),
             (["layer=\"l7\"", "decision=\"deny\"", "policy=\"-\""], 1),
+            (
+                [
+                    "layer=\"l7\"",
+                    "action=\"ALLOW\"",
+                    "policy=\"ns/allow-post\"",
+                ],
+                1,
+            ),
             (
                 [
                     "layer=\"l4\"",
