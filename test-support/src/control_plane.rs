@@ -569,9 +569,17 @@ impl ControlPlane {
         self.kubectl_for(args, Some(stdin), KUBECTL_TIMEOUT)
     }
 
-    /// `kubectl apply -f -` of `yaml`.
+    /// `kubectl apply --server-side -f -` of `yaml`. Server-side: the tests of a
+    /// binary share this server and apply the same objects at once, and a
+    /// client-side apply looks an object up before creating it, so of two applies
+    /// of one new namespace one fails with `AlreadyExists`; the server's apply
+    /// creates or updates in one request. Conflicts are forced: every test applies
+    /// as one field manager, and the last apply wins as it would client-side.
     pub fn apply(&self, yaml: &str) -> Result<String, ControlPlaneError> {
-        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
+        self.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            yaml,
+        )
     }
 
     /// A ServiceAccount token from the TokenRequest API (`kubectl create token`),

@@ -55,9 +55,10 @@ fn the_crds_are_established() {
         assert_eq!(established, "True", "{crd}");
     }
     // the server checks objects against the CRD's schema (kubectl's strict field
-    // validation): a misplaced field is refused
+    // validation): a misplaced field is refused, as a user's `kubectl apply` sees it
     let refused = plane
-        .apply(
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: default}\nspec:\n  action: ALLOW\n  rule: []\n",
         )
         .unwrap_err()
@@ -155,12 +156,8 @@ fn objects(yaml: &str) -> Vec<serde_json::Value> {
 /// not create: their namespaces (an object in a missing namespace is refused), each
 /// with its `default` ServiceAccount (made by the controller manager, which does
 /// not run here), and the ServiceAccounts among `objects` (a pod naming one is
-/// refused until it exists). One at a time: tests of this binary run in parallel.
+/// refused until it exists).
 fn prerequisites_exist(plane: &control_plane::ControlPlane, objects: &[serde_json::Value]) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut namespaces: Vec<&str> = objects
         .iter()
         .filter_map(|o| o["metadata"]["namespace"].as_str())
@@ -177,18 +174,7 @@ fn prerequisites_exist(plane: &control_plane::ControlPlane, objects: &[serde_jso
         yaml += &format!("{}\n---\n", serde_json::to_string(account).unwrap());
     }
     if !yaml.is_empty() {
-        plane
-            .kubectl_stdin(
-                &[
-                    "apply",
-                    "--server-side",
-                    "--field-manager=meshward-test",
-                    "-f",
-                    "-",
-                ],
-                &yaml,
-            )
-            .unwrap();
+        plane.apply(&yaml).unwrap();
     }
 }
 
@@ -363,4 +349,24 @@ fn each_invalid_fixture_is_refused_by_the_server_for_its_stated_reason() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Tests of one binary share one API server and apply the same objects at once
+/// (a namespace most of all): each apply of a new object must succeed, as one
+/// `kubectl apply` alone would.
+#[test]
+fn concurrent_applies_of_one_new_object_all_succeed() {
+    let Some(plane) = control_plane::shared("concurrent_applies_of_one_new_object_all_succeed")
+    else {
+        return;
+    };
+    for round in 0..5 {
+        let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: race-{round}}}\n");
+        std::thread::scope(|scope| {
+            let applies: Vec<_> = (0..6).map(|_| scope.spawn(|| plane.apply(&yaml))).collect();
+            for apply in applies {
+                apply.join().unwrap().unwrap();
+            }
+        });
+    }
 }

@@ -37,17 +37,7 @@ pub(super) fn real_api(
 pub(super) fn apply(plane: &ControlPlane, objects: &[serde_json::Value]) {
     let list =
         serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
-    // kubectl apply is idempotent: once (CI, a loaded machine) its create of a
-    // namespace met `AlreadyExists` after its own lookup found none; applied again,
-    // the object is there and nothing else changes
-    match plane.apply(&list) {
-        Err(e) if format!("{e:?}").contains("AlreadyExists") => {
-            plane.apply(&list).unwrap();
-        }
-        result => {
-            result.unwrap();
-        }
-    }
+    plane.apply(&list).unwrap();
 }
 
 /// A Namespace object, for [`apply`] before the objects that live in it.
