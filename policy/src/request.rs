@@ -219,13 +219,16 @@ pub fn normalize_host(raw: &str) -> Result<(String, usize), BadRequest> {
     if name.is_empty() || name.contains(['/', '?', '#', '\\']) {
         return Err(bad());
     }
-    let mut host = name.to_ascii_lowercase();
-    let name_len = host.len();
-    if let Some(port) = port.filter(|p| !p.is_empty()) {
+    let port = port.filter(|p| !p.is_empty());
+    // one allocation of the final length: the host, then the port
+    let mut host = String::with_capacity(name.len() + port.map_or(0, |p| p.len() + 1));
+    host.push_str(name);
+    host.make_ascii_lowercase();
+    if let Some(port) = port {
         host.push(':');
         host.push_str(port);
     }
-    Ok((host, name_len))
+    Ok((host, name.len()))
 }
 
 /// The pseudo-headers `request.headers[...]` may name, as Istio admits them.

@@ -27,18 +27,23 @@ pub fn element(server_id: &SpiffeId, peer: &PeerCertificate<'_>) -> String {
     )
 }
 
-/// Removes every XFCC the request carried and sets ours when the peer is verified
-/// (and so the pod, `server_id`, has an identity).
-pub fn set(
-    headers: &mut HeaderMap,
+/// The XFCC a request carries to the pod when the peer is verified (and so the
+/// pod, `server_id`, has an identity); `None`: no XFCC at all. The same for
+/// every request of a stream, so a stream makes it once.
+pub fn value(
     server_id: Option<&SpiffeId>,
     peer: Option<&PeerCertificate<'_>>,
-) {
+) -> Option<HeaderValue> {
+    let (server_id, peer) = (server_id?, peer?);
+    // a SPIFFE ID and a hex hash are visible ASCII: this cannot fail
+    HeaderValue::from_str(&element(server_id, peer)).ok()
+}
+
+/// Removes every XFCC the request carried and sets `ours` ([`value`]).
+pub fn set(headers: &mut HeaderMap, ours: Option<HeaderValue>) {
     headers.remove(&XFCC);
-    if let (Some(server_id), Some(peer)) = (server_id, peer) {
-        if let Ok(value) = HeaderValue::from_str(&element(server_id, peer)) {
-            headers.insert(XFCC, value);
-        }
+    if let Some(value) = ours {
+        headers.insert(XFCC, value);
     }
 }
 
@@ -98,7 +103,7 @@ mod tests {
             spiffe_id: &client,
             leaf_hash: &hash,
         };
-        set(&mut headers, Some(&server), Some(&peer));
+        set(&mut headers, value(Some(&server), Some(&peer)));
         let values: Vec<_> = headers.get_all(&XFCC).iter().collect();
         assert_eq!(values.len(), 1);
         assert!(
@@ -108,7 +113,7 @@ mod tests {
                 .ends_with(&format!("URI={CLIENT}"))
         );
         // plaintext: none at all
-        set(&mut headers, Some(&server), None);
+        set(&mut headers, value(Some(&server), None));
         assert!(headers.get(&XFCC).is_none());
     }
 }

@@ -3,19 +3,22 @@
 //! percent-encoding, no query or fragment (SPIFFE-ID.md §2).
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::trust_domain::{TrustDomain, validate_trust_domain};
 
 const SCHEME: &str = "spiffe://";
 const MAX_LEN: usize = 2048;
 
-/// A valid SPIFFE ID, e.g. `spiffe://cluster.local/ns/default/sa/curl`.
+/// A valid SPIFFE ID, e.g. `spiffe://cluster.local/ns/default/sa/curl`. Shared,
+/// not copied, when cloned: the data path hands a peer's ID to each request's
+/// policy input, its metrics and its logs.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(try_from = "String", into = "String")]
 pub struct SpiffeId {
-    id: String,
+    id: Arc<str>,
     trust_domain_end: usize,
 }
 
@@ -63,7 +66,7 @@ impl SpiffeId {
             }
         }
         Ok(Self {
-            id: id.to_owned(),
+            id: Arc::from(id),
             trust_domain_end: SCHEME.len() + td_end,
         })
     }
@@ -101,7 +104,7 @@ impl SpiffeId {
     /// `spiffe://<td>`, for an already valid trust domain.
     pub(crate) fn from_trust_domain(td: &TrustDomain) -> Self {
         Self {
-            id: format!("{SCHEME}{td}"),
+            id: Arc::from(format!("{SCHEME}{td}")),
             trust_domain_end: SCHEME.len() + td.as_str().len(),
         }
     }
@@ -156,7 +159,7 @@ impl TryFrom<String> for SpiffeId {
 
 impl From<SpiffeId> for String {
     fn from(id: SpiffeId) -> Self {
-        id.id
+        id.id.as_ref().to_owned()
     }
 }
 

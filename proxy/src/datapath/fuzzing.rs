@@ -113,7 +113,8 @@ pub fn prepare_head<B>(
     } else {
         Version::Http1
     };
-    let head = super::http::head::prepare_head(request, version, by, peer)?;
+    let xfcc = crate::xfcc::value(by, peer);
+    let head = super::http::head::prepare_head(request, version, xfcc)?;
     Ok(Head {
         authority: head.authority,
         target: head.target,

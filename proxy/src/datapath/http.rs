@@ -28,7 +28,6 @@ use super::refusal::Refusal;
 use super::stream::{DecisionRecord, InboundStream};
 use super::upstream::Version;
 use super::{Shared, copy, h2, responses};
-use crate::xfcc;
 use head::prepare_head;
 use headers::{keep_upgrade, strip_hop_by_hop};
 
@@ -150,13 +149,7 @@ async fn admit_then_forward(
     // the body as it will be forwarded (an XFCC trailer removed); an external
     // authorizer may read its first bytes before
     let mut request = request.map(body::request);
-    let by = stream.pod.tls.as_ref().map(|t| &t.spiffe_id);
-    let peer = stream.peer.as_ref().map(|p| xfcc::PeerCertificate {
-        spiffe_id: &p.spiffe_id,
-        leaf_hash: &p.leaf_hash,
-    });
-    let head =
-        prepare_head(&mut request, version, by, peer.as_ref()).map_err(Refusal::Malformed)?;
+    let head = prepare_head(&mut request, version, stream.xfcc()).map_err(Refusal::Malformed)?;
     let admitted = admit::request(shared, stream, &mut request, &head, path).await?;
     let Some(judged) = &admitted.judged.http else {
         return Err(Refusal::Malformed("no HTTP request".into()));

@@ -3,7 +3,6 @@
 
 use http::Request;
 use http::header::{self, HeaderValue};
-use meshward_spiffe::SpiffeId;
 
 use super::headers::{request_authority, strip_hop_by_hop, upgrade_protocol};
 use crate::datapath::upstream::Version;
@@ -21,13 +20,12 @@ pub(crate) struct Head {
 
 /// Reads a request's head and makes it what the pod may receive: its authority
 /// (`Err`: why it is a `400`), target and upgrade read, hop-by-hop headers and
-/// `Host` removed, meshward's XFCC set (`by`: the pod's ID; `peer`: the verified
-/// client's).
+/// `Host` removed, meshward's XFCC set (`xfcc`: [`xfcc::value`], `None` without a
+/// verified client).
 pub(crate) fn prepare_head<B>(
     request: &mut Request<B>,
     version: Version,
-    by: Option<&SpiffeId>,
-    peer: Option<&xfcc::PeerCertificate<'_>>,
+    xfcc: Option<HeaderValue>,
 ) -> Result<Head, String> {
     let authority = request_authority(request, version)?;
     let target = request
@@ -38,7 +36,7 @@ pub(crate) fn prepare_head<B>(
     let upgrade = upgrade_protocol(request);
     strip_hop_by_hop(request.headers_mut());
     request.headers_mut().remove(header::HOST);
-    xfcc::set(request.headers_mut(), by, peer);
+    xfcc::set(request.headers_mut(), xfcc);
     Ok(Head {
         version,
         authority,
