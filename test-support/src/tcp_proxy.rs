@@ -14,6 +14,8 @@ pub struct TcpProxy {
     generation: Arc<AtomicU64>,
     /// Connections being forwarded right now.
     active: Arc<AtomicUsize>,
+    /// Connections forwarded since the start.
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -25,8 +27,13 @@ impl TcpProxy {
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicU64::new(0));
         let active = Arc::new(AtomicUsize::new(0));
-        let (task_up, task_generation, task_active) =
-            (up.clone(), generation.clone(), active.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (task_up, task_generation, task_active, task_accepted) = (
+            up.clone(),
+            generation.clone(),
+            active.clone(),
+            accepted.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !task_up.load(Ordering::SeqCst) {
@@ -38,6 +45,7 @@ impl TcpProxy {
                     task_active.clone(),
                 );
                 active.fetch_add(1, Ordering::SeqCst);
+                task_accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     forward(client, target, up, generation).await;
                     active.fetch_sub(1, Ordering::SeqCst);
@@ -49,8 +57,14 @@ impl TcpProxy {
             up,
             generation,
             active,
+            accepted,
             task,
         }
+    }
+
+    /// How many connections it has forwarded since it started.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn address(&self) -> SocketAddr {

@@ -1,6 +1,7 @@
 //! Which identities the agent serves, and when `proxy run` says it is ready.
 
 use super::*;
+use meshward_test_support::tcp_proxy::TcpProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_serves_exactly_the_granted_identities() {
@@ -170,6 +171,34 @@ async fn svids_survive_an_issuer_outage_and_renew_once_it_is_back() {
         first_svid(s, "10.40.1.2").is_some_and(|(renewed, _, _)| renewed != serial)
     })
     .await;
+}
+
+/// One connection to the issuer serves every sync (a handshake each second was
+/// most of an idle node's CPU and, at 10,000 nodes, the issuer's); a renewed node
+/// SVID opens the next, as the issuer checks the presented one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_share_one_issuer_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = start_issuer(dir.path());
+    let token = node_token(&issuer);
+    curl_spire_entry(&issuer);
+    write_workloads(
+        &dir.path().join("workloads.yaml"),
+        vec![pod("curl", "default", "curl-spire", "10.40.1.2", &[])],
+    );
+    let front = TcpProxy::start(issuer.agent).await;
+    let config = config_at(dir.path(), &issuer, &token, front.address());
+    let mut handle = meshward_proxy::agent::start(&config).unwrap();
+    wait_for(&mut handle, "a first SVID", |s| {
+        first_svid(s, "10.40.1.2").is_some()
+    })
+    .await;
+    // attestation (no client certificate yet), then the node SVID's connection
+    let opened = front.accepted();
+    assert_eq!(opened, 2, "connections to attest and to sync");
+    // four more syncs (one a second)
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(front.accepted(), opened, "each sync opened a connection");
 }
 
 #[test]

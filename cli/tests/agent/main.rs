@@ -43,10 +43,22 @@ fn write_workloads(path: &Path, pods: Vec<PodInfo>) {
 }
 
 fn config(dir: &Path, issuer: &IssuerProcess, token: &str) -> ProxyConfig {
+    config_at(dir, issuer, token, issuer.agent)
+}
+
+/// [`config`] with the issuer reached at `address` (a [`TcpProxy`] in front of it).
+///
+/// [`TcpProxy`]: meshward_test_support::tcp_proxy::TcpProxy
+fn config_at(
+    dir: &Path,
+    issuer: &IssuerProcess,
+    token: &str,
+    address: std::net::SocketAddr,
+) -> ProxyConfig {
     std::fs::write(dir.join("bundle.pem"), issuer.bundle_pem()).unwrap();
     let yaml = format!(
         "trust_domain: {TD}\nagent:\n  issuer_address: {}\n  trust_bundle_path: {}\n  data_dir: {}\n  join_token: {token}\n  workloads:\n    file: {}\n  sync_interval: 1s\n",
-        issuer.agent,
+        address,
         dir.join("bundle.pem").display(),
         dir.join("agent").display(),
         dir.join("workloads.yaml").display()

@@ -153,7 +153,7 @@ impl<D: Datastore> Issuer<D> {
     }
 
     /// The caller's node record, if it may use the API: attested, not banned, and
-    /// presenting its current SVID.
+    /// presenting its current SVID, unexpired.
     pub async fn authenticate_node(&self, caller: &Caller) -> Result<AttestedNode> {
         let node = match self.store.get_node(&caller.id).await {
             Ok(node) => node,
@@ -168,6 +168,14 @@ impl<D: Datastore> Issuer<D> {
         if node.banned {
             return Err(ServiceError::PermissionDenied(format!(
                 "node {} is banned",
+                caller.id
+            )));
+        }
+        // TLS checked the certificate when the connection opened; the agent keeps
+        // its connection between syncs, so its expiry is checked on each call
+        if node.expires_at <= unix(SystemTime::now()) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "node {}'s SVID has expired: attest again",
                 caller.id
             )));
         }

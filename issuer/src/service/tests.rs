@@ -518,3 +518,23 @@ async fn a_restarted_issuer_lists_its_ca_once() {
         "{bundle:?}"
     );
 }
+
+/// The agent keeps its connection between syncs, and TLS checks the client
+/// certificate only when a connection opens: each call checks that the node
+/// SVID it was opened with has not expired since.
+#[tokio::test]
+async fn a_node_svid_past_its_expiry_is_refused_on_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = issuer(dir.path()).await;
+    let caller = attested(&issuer).await;
+    issuer.authenticate_node(&caller).await.unwrap();
+    let mut node = issuer.store.get_node(&caller.id).await.unwrap();
+    node.expires_at = unix(SystemTime::now()) - 1;
+    issuer.store.upsert_node(&node).await.unwrap();
+    let refused = issuer.authenticate_node(&caller).await;
+    let want = format!("node {}'s SVID has expired: attest again", caller.id);
+    assert!(
+        matches!(&refused, Err(ServiceError::PermissionDenied(m)) if *m == want),
+        "{refused:?}"
+    );
+}

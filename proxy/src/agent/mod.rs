@@ -162,6 +162,7 @@ pub fn start(config: &ProxyConfig) -> Result<AgentHandle, AgentError> {
     let task = AgentTask {
         issuer: issuer_tx,
         issuers: Issuers::new(agent.issuer_address.clone()),
+        client: None,
         config: config.clone(),
         store,
         bundles: TrustBundles::new(),
@@ -198,6 +199,9 @@ struct AgentTask {
     issuer: watch::Sender<Option<IssuerClient>>,
     /// The issuer replicas and which one answered last.
     issuers: Issuers,
+    /// The connection the last round used, kept for the next when it succeeded
+    /// (a failed round drops it: the next connects again, maybe elsewhere).
+    client: Option<IssuerClient>,
 }
 
 impl AgentTask {
@@ -221,6 +225,7 @@ impl AgentTask {
                             // attestation, also after a restart
                             AgentError::NodeRejected(_) => {
                                 self.node = None;
+                                self.client = None;
                                 self.store.forget();
                                 self.issuer.send_replace(None);
                             }
@@ -256,8 +261,13 @@ impl AgentTask {
             }
             self.present_node_identity()?;
         }
-        let mut client =
-            node::connect(&mut self.issuers, td, &self.bundles, &self.identity).await?;
+        // the last round's connection, when it ended well: a handshake per round
+        // was most of an idle node's CPU, and the issuer's at scale (the issuer
+        // checks the node on every call, so a held connection grants nothing more)
+        let mut client = match self.client.take() {
+            Some(client) => client,
+            None => node::connect(&mut self.issuers, td, &self.bundles, &self.identity).await?,
+        };
         if self.node.as_ref().is_some_and(|n| n.renew_due(now)) {
             let renewed = node::renew(&mut client).await?;
             tracing::info!(
@@ -299,6 +309,7 @@ impl AgentTask {
             node_id: self.node.as_ref().map(|n| n.spiffe_id.clone()),
         };
         self.snapshots.send_replace(Arc::new(snapshot));
+        self.client = Some(client);
         if !self.ready.send_replace(true) {
             tracing::info!("agent: ready: the first sync is done, the node's SVIDs are in hand");
         }
