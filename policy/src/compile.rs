@@ -4,8 +4,10 @@
 //! widen an ALLOW (an `ipBlocks` list that loses its only entry allows every source).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::condition_key::condition_attribute;
+use crate::decision::explanation;
 use crate::error::{Notice, PolicyError};
 use crate::model::{Action, Attribute, Clause, Matcher, Origin, Policy, PolicyId, Rule};
 use crate::options::EngineOptions;
@@ -183,16 +185,21 @@ impl<'a> Compiler<'a> {
             );
         }
 
+        let label: Arc<str> = id.to_string().into();
         let rules = spec
             .rules
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, rule)| self.rule(rule, &format!("spec.rules[{i}]"), action))
+            .map(|(i, rule)| {
+                let explanation = explanation(&label, action, provider.as_deref(), i);
+                self.rule(rule, &format!("spec.rules[{i}]"), action, explanation)
+            })
             .collect();
 
         Some(Policy {
             id,
+            label,
             origin: self.origin.clone(),
             action,
             provider,
@@ -221,7 +228,7 @@ impl<'a> Compiler<'a> {
         Some(labels)
     }
 
-    fn rule(&mut self, rule: RuleSpec, field: &str, action: Action) -> Rule {
+    fn rule(&mut self, rule: RuleSpec, field: &str, action: Action, explanation: Arc<str>) -> Rule {
         let from = self.groups(rule.from, field, "from", "source", |c, f, src| {
             c.source(src.source, f)
         });
@@ -247,6 +254,7 @@ impl<'a> Compiler<'a> {
             to,
             when,
             uses_http,
+            explanation,
         };
         if uses_http {
             for port in self

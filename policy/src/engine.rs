@@ -12,11 +12,11 @@
 // decision, by namespace and label keys of cluster objects (not of traffic), and
 // SipHash was 2.1k of a decision's 3.3k instructions
 use foldhash::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use crate::authn::{JwtRule, RequestAuthentication};
-use crate::model::{Action, Origin, Policy, PolicyId};
+use crate::decision::{Decision, Effect, Reason, ShadowMatch};
+use crate::model::{Action, Origin, Policy, PolicyId, Rule};
 use crate::options::{DefaultMode, EngineOptions};
 use crate::request::{Request, Workload};
 
@@ -45,6 +45,7 @@ pub struct CustomCheck<'s> {
     /// `spec.provider.name`.
     pub provider: &'s str,
     matched: &'s Policy,
+    matched_rule: &'s Rule,
 }
 
 /// One loaded policy, as admin endpoints list it.
@@ -261,7 +262,7 @@ impl PolicySet {
             return Decision::by(
                 Effect::Deny,
                 check.matched,
-                check.rule,
+                (check.rule, check.matched_rule),
                 Reason::CustomProviderUnavailable,
             );
         }
@@ -279,11 +280,12 @@ impl PolicySet {
         candidates
             .policies(Step::Custom, workload)
             .find_map(|p| p.first_match(request).map(|rule| (p, rule)))
-            .map(|(policy, rule)| CustomCheck {
+            .map(|(policy, (rule, matched_rule))| CustomCheck {
                 policy: &policy.id,
                 rule,
                 provider: policy.provider.as_deref().unwrap_or_default(),
                 matched: policy,
+                matched_rule,
             })
     }
 
@@ -314,12 +316,7 @@ impl PolicySet {
                 (Effect::Allow, Reason::NoAllowPolicyAllowIfNoPolicy)
             }
         };
-        Decision {
-            effect,
-            policy: None,
-            rule: None,
-            reason,
-        }
+        Decision::by_default(effect, reason)
     }
 
     /// Dry-run and AUDIT policies that match: what they would have done, for logs.
@@ -333,7 +330,7 @@ impl PolicySet {
             .into_iter()
             .flat_map(|step| candidates.policies(step, workload).collect::<Vec<_>>())
             .filter_map(|p| {
-                p.first_match(request).map(|rule| ShadowMatch {
+                p.first_match(request).map(|(rule, _)| ShadowMatch {
                     policy: &p.id,
                     action: p.action,
                     dry_run: p.dry_run,
@@ -342,97 +339,4 @@ impl PolicySet {
             })
             .collect()
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    Allow,
-    Deny,
-}
-
-/// Why a decision came out as it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// A CUSTOM policy matched and its provider is not available: fail closed.
-    CustomProviderUnavailable,
-    /// A DENY policy matched.
-    Denied,
-    /// An ALLOW policy matched.
-    Allowed,
-    /// ALLOW policies apply to the workload, none matched.
-    NoAllowMatched,
-    /// No ALLOW policy applies and the default mode is `deny`.
-    NoAllowPolicyDefaultDeny,
-    /// No ALLOW policy applies and the default mode is `allow-if-no-policy`.
-    NoAllowPolicyAllowIfNoPolicy,
-}
-
-/// One decision. Borrowed from the [`PolicySet`] it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision<'a> {
-    pub effect: Effect,
-    /// The deciding policy, if one decided.
-    pub policy: Option<DecidingPolicy<'a>>,
-    /// The index of the deciding rule in `spec.rules`.
-    pub rule: Option<usize>,
-    pub reason: Reason,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecidingPolicy<'a> {
-    pub id: &'a PolicyId,
-    pub action: Action,
-    pub provider: Option<&'a str>,
-}
-
-impl<'a> Decision<'a> {
-    fn by(effect: Effect, policy: &'a Policy, rule: usize, reason: Reason) -> Self {
-        Self {
-            effect,
-            policy: Some(DecidingPolicy {
-                id: &policy.id,
-                action: policy.action,
-                provider: policy.provider.as_deref(),
-            }),
-            rule: Some(rule),
-            reason,
-        }
-    }
-
-    pub fn is_allowed(&self) -> bool {
-        self.effect == Effect::Allow
-    }
-}
-
-impl fmt::Display for Decision<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rule = self.rule.unwrap_or_default();
-        match (self.reason, &self.policy) {
-            (Reason::CustomProviderUnavailable, Some(p)) => write!(
-                f,
-                "denied: CUSTOM policy {} rule {rule} matched and its provider {:?} is not configured (fail closed)",
-                p.id,
-                p.provider.unwrap_or_default()
-            ),
-            (Reason::Denied, Some(p)) => write!(f, "denied by DENY policy {} rule {rule}", p.id),
-            (Reason::Allowed, Some(p)) => write!(f, "allowed by ALLOW policy {} rule {rule}", p.id),
-            (Reason::NoAllowMatched, _) => f.write_str("denied: no ALLOW policy matched"),
-            (Reason::NoAllowPolicyDefaultDeny, _) => {
-                f.write_str("denied: no ALLOW policy applies to the workload (default mode deny)")
-            }
-            (Reason::NoAllowPolicyAllowIfNoPolicy, _) => {
-                f.write_str("allowed: no ALLOW policy applies to the workload (default mode allow-if-no-policy)")
-            }
-            (_, None) => write!(f, "{:?}", self.reason),
-        }
-    }
-}
-
-/// A matching policy that does not decide: AUDIT, or anything in dry-run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowMatch<'a> {
-    pub policy: &'a PolicyId,
-    pub action: Action,
-    pub dry_run: bool,
-    pub rule: usize,
 }

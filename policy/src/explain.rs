@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use crate::engine::{Decision, PolicySet};
+use crate::decision::Decision;
+use crate::engine::PolicySet;
 use crate::model::{Action, Attribute, Clause, Origin, Policy, PolicyId, RuleOutcome};
 use crate::request::{Request, Workload};
 

@@ -12,6 +12,7 @@
 mod authn;
 mod compile;
 mod condition_key;
+mod decision;
 mod engine;
 mod error;
 mod explain;
@@ -26,9 +27,8 @@ mod value;
 
 pub use authn::{DEFAULT_JWKS_TIMEOUT, JwtRule, KeySource, RequestAuthentication, TokenLocation};
 pub use compile::MAX_VALUE_BYTES;
-pub use engine::{
-    CustomCheck, DecidingPolicy, Decision, Effect, PolicySet, PolicySummary, Reason, ShadowMatch,
-};
+pub use decision::{DecidingPolicy, Decision, Effect, Reason, ShadowMatch};
+pub use engine::{CustomCheck, PolicySet, PolicySummary};
 pub use error::{Notice, PolicyError};
 pub use explain::{Explanation, PolicyExplanation, RuleExplanation};
 pub use load::{LoadReport, MAX_SOURCE_BYTES, load_objects, load_paths, load_str};

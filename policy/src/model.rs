@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use http::HeaderName;
 use ipnet::IpNet;
@@ -72,6 +73,8 @@ impl fmt::Display for Action {
 #[derive(Debug)]
 pub(crate) struct Policy {
     pub(crate) id: PolicyId,
+    /// `id` as text, as logs and metrics name the policy.
+    pub(crate) label: Arc<str>,
     pub(crate) origin: Origin,
     pub(crate) action: Action,
     /// CUSTOM only: the extension provider's name.
@@ -93,11 +96,12 @@ impl Policy {
             .is_none_or(|want| want.iter().all(|(k, v)| labels.get(k) == Some(v)))
     }
 
-    /// The first rule that matches, by index.
-    pub(crate) fn first_match(&self, request: &Request) -> Option<usize> {
+    /// The first rule that matches, and its index.
+    pub(crate) fn first_match(&self, request: &Request) -> Option<(usize, &Rule)> {
         self.rules
             .iter()
-            .position(|rule| matches!(rule.evaluate(request, self.action), RuleOutcome::Matched))
+            .enumerate()
+            .find(|(_, rule)| matches!(rule.evaluate(request, self.action), RuleOutcome::Matched))
     }
 }
 
@@ -111,6 +115,8 @@ pub(crate) struct Rule {
     pub(crate) when: Vec<Clause>,
     /// Whether any clause names an HTTP-only attribute (reference §5).
     pub(crate) uses_http: bool,
+    /// The decision in words when this rule decides.
+    pub(crate) explanation: Arc<str>,
 }
 
 /// How one rule fared against one request.

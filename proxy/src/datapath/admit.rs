@@ -11,6 +11,8 @@
 //! applies the same rules to a held connection on each change (`revocation.rs`),
 //! taking the provider's earlier answer instead of asking it again.
 
+use std::sync::{Arc, LazyLock};
+
 use http::Request;
 use meshward_extauthz::{CheckInput, HeaderChange, Verdict};
 use meshward_jwt::JwtFailure;
@@ -218,7 +220,7 @@ fn decide(
         return Err(Refusal::Denied(Box::new(record)));
     }
     if let Some(approval) = approval {
-        record.reason = format!("{}; {}", approval.said, record.reason);
+        record.reason = format!("{}; {}", approval.said, record.reason).into();
         record.approved_by = Some(approval.by);
     }
     Ok(record)
@@ -239,14 +241,15 @@ fn evaluate<'s>(
 }
 
 fn record_of(decision: &meshward_policy::Decision<'_>) -> DecisionRecord {
-    let (policy, action) = decision.policy.map_or(("-".to_owned(), "-"), |p| {
-        (p.id.to_string(), p.action.as_str())
-    });
+    static NO_POLICY: LazyLock<Arc<str>> = LazyLock::new(|| "-".into());
+    let (policy, action) = decision
+        .policy
+        .map_or((&*NO_POLICY, "-"), |p| (p.label, p.action.as_str()));
     DecisionRecord {
         allowed: decision.is_allowed(),
-        policy,
+        policy: policy.clone(),
         action,
-        reason: decision.to_string(),
+        reason: decision.explanation.clone(),
         approved_by: None,
     }
 }

@@ -210,7 +210,7 @@ async fn forward(
     let mut response = match sent {
         Ok(response) => response,
         Err(e) => {
-            record.reason = format!("{}; upstream failed: {e}", record.reason);
+            record.reason = format!("{}; upstream failed: {e}", record.reason).into();
             return (responses::unavailable(grpc), record);
         }
     };

@@ -133,11 +133,11 @@ mod tests {
         assert_eq!(denied().response(false).status(), StatusCode::FORBIDDEN);
         assert_eq!(denied().response(true).headers()["grpc-status"], "7");
         assert_eq!(denied().connect_status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(denied().record().policy, "ns/deny");
+        assert_eq!(&*denied().record().policy, "ns/deny");
 
         let malformed = Refusal::Malformed("two Host headers".into());
         assert_eq!(malformed.connect_status(), StatusCode::BAD_REQUEST);
-        assert_eq!(malformed.record().reason, "bad request: two Host headers");
+        assert_eq!(&*malformed.record().reason, "bad request: two Host headers");
         assert_eq!(malformed.response(false).status(), StatusCode::BAD_REQUEST);
 
         let jwt = || Refusal::Unauthenticated {

@@ -44,16 +44,17 @@ pub(crate) struct InboundStream {
     pub(crate) decision_metrics: DecisionMetrics,
 }
 
-/// A decision, as logs and metrics tell it.
+/// A decision, as logs and metrics tell it. Its words are shared with the
+/// policy set (made when the policy was compiled), not formatted per request.
 #[derive(Debug, Clone)]
 pub(crate) struct DecisionRecord {
     pub(crate) allowed: bool,
     /// `namespace/name` of the deciding policy, or `-`.
-    pub(crate) policy: String,
+    pub(crate) policy: Arc<str>,
     /// Its action (`ALLOW`, `DENY`, `CUSTOM`), or `-`.
     pub(crate) action: &'static str,
     /// The decision in words (which policy and rule, or which default).
-    pub(crate) reason: String,
+    pub(crate) reason: Arc<str>,
     /// The CUSTOM policy whose provider allowed it, if one matched: a connection
     /// kept open is closed when another one comes to apply (`revocation.rs`).
     pub(crate) approved_by: Option<CustomApproval>,
@@ -61,7 +62,7 @@ pub(crate) struct DecisionRecord {
 
 impl DecisionRecord {
     /// A refusal by `policy` (`-`: by no policy) for `reason`.
-    pub(crate) fn refused(policy: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn refused(policy: impl Into<Arc<str>>, reason: impl Into<Arc<str>>) -> Self {
         Self {
             allowed: false,
             policy: policy.into(),
