@@ -216,6 +216,11 @@ struct Escaping<'a, 'writer>(&'a mut Writer<'writer>);
 
 impl fmt::Write for Escaping<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        // most text holds no control at all: bytes below a space and DEL are the
+        // C0 controls (and tab), 0xC2 leads every C1 control (U+0080..U+009F)
+        if !text.bytes().any(|b| b < b' ' || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(text);
+        }
         let mut rest = text;
         while let Some(at) = rest.find(is_terminal_control) {
             self.0.write_str(&rest[..at])?;
@@ -323,5 +328,9 @@ mod tests {
             got.contains("path=\"x\\u{1b}[2Jy\\u{9b}z\\u{7}\\n INFO forged\""),
             "{got}"
         );
+        // a C1 control alone (CSI, U+009B) is escaped too, with no C0 beside it
+        let client_sent = "a\u{9b}31mb";
+        let got = line(|| tracing::info!("refused: {client_sent}"));
+        assert!(got.contains("refused: a\\u{9b}31mb\n"), "{got}");
     }
 }

@@ -90,7 +90,10 @@ fn deny_wins_over_allow() {
         ("echoserver/deny".to_string(), Action::Deny, Some(0))
     );
     assert_eq!(&**p.label, "echoserver/deny");
-    assert_eq!(d.to_string(), "denied by DENY policy echoserver/deny rule 0");
+    assert_eq!(
+        d.to_string(),
+        "denied by DENY policy echoserver/deny rule 0"
+    );
 }
 
 /// The words of a decision name the rule that decided (made once per rule when
@@ -108,9 +111,15 @@ fn a_decision_says_which_rule_of_which_policy_decided() {
         paths: [\"/b\"]",
     ));
     let b = s.evaluate(&echo(), &http("GET", "/b").build()).clone();
-    assert_eq!(b.to_string(), "allowed by ALLOW policy echoserver/paths rule 1");
+    assert_eq!(
+        b.to_string(),
+        "allowed by ALLOW policy echoserver/paths rule 1"
+    );
     let a = s.evaluate(&echo(), &http("GET", "/a").build()).clone();
-    assert_eq!(a.to_string(), "allowed by ALLOW policy echoserver/paths rule 0");
+    assert_eq!(
+        a.to_string(),
+        "allowed by ALLOW policy echoserver/paths rule 0"
+    );
     let none = s.evaluate(&echo(), &http("GET", "/c").build()).clone();
     assert_eq!(none.to_string(), "denied: no ALLOW policy matched");
 }
