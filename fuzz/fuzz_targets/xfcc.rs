@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut plaintext = headers.clone();
-    xfcc::set(&mut plaintext, Some(&server), None);
+    xfcc::set(&mut plaintext, xfcc::value(Some(&server), None));
     assert!(plaintext.get(&XFCC).is_none(), "a client's XFCC survived");
 
     let hash = xfcc::leaf_hash(data);
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         spiffe_id: &peer,
         leaf_hash: &hash,
     };
-    xfcc::set(&mut headers, Some(&server), Some(&certificate));
+    xfcc::set(&mut headers, xfcc::value(Some(&server), Some(&certificate)));
     let values: Vec<_> = headers.get_all(&XFCC).iter().collect();
     assert_eq!(values.len(), 1, "{values:?}");
     let value = values[0].to_str().expect("XFCC is text");
