@@ -240,8 +240,11 @@ fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
 
 fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, ECHO);
+    let pids = env.proxy_pids(variant);
+    let scheduled = measure::Scheduled::of(&pids);
     let result =
         client_ns(env, variant)?.run(move || load::held_connection(target, duration, 2_000_000))?;
+    let counted = measure::Scheduled::of(&pids).per(scheduled, result.sorted.len());
     anyhow::ensure!(
         result.errors == 0,
         "{} held connection to {target} failed; the daemons' last log lines:\n{}",
@@ -258,6 +261,16 @@ fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
     record(table, "1 KiB RR held connection, p50 us", variant, us(0.5));
     record(table, "1 KiB RR held connection, p90 us", variant, us(0.9));
     record(table, "1 KiB RR held connection, p99 us", variant, us(0.99));
+    if variant != Variant::Direct {
+        // item 2's per-exchange cost in the proxies, both nodes: CPU, context
+        // switches (each wait for a socket is a sleep and a wake-up)
+        let cpu = "1 KiB RR held connection, proxy CPU us per exchange";
+        record(table, cpu, variant, counted.cpu_us);
+        let user = "1 KiB RR held connection, proxy CPU in user space, %";
+        record(table, user, variant, counted.user_share * 100.0);
+        let waits = "1 KiB RR held connection, proxy context switches per exchange";
+        record(table, waits, variant, counted.switches);
+    }
     Ok(())
 }
 

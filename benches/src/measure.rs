@@ -19,6 +19,79 @@ pub(crate) fn cpu_seconds(pids: &[i32]) -> f64 {
         .sum()
 }
 
+/// What the scheduler counted for every thread of `pids` (what `perf stat -e
+/// task-clock,context-switches` counts, read without `perf`): nanoseconds on a
+/// CPU (`schedstat`, exact where `stat`'s ticks are 10 ms), those ticks in user
+/// space and in the kernel, and context switches, voluntary (a wait: a wake-up
+/// follows) and not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Scheduled {
+    pub(crate) cpu_ns: u64,
+    pub(crate) user_ticks: u64,
+    pub(crate) kernel_ticks: u64,
+    pub(crate) switches: u64,
+}
+
+impl Scheduled {
+    pub(crate) fn of(pids: &[i32]) -> Self {
+        let mut total = Self::default();
+        for pid in pids {
+            let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for thread in threads.flatten() {
+                let dir = thread.path();
+                let read = |name| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                total.cpu_ns += read("schedstat")
+                    .split_whitespace()
+                    .next()
+                    .and_then(|ns| ns.parse::<u64>().ok())
+                    .unwrap_or(0);
+                // utime and stime: fields 14 and 15, 12 and 13 after the name
+                let stat = read("stat");
+                let times = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                let mut times = times.split_whitespace().skip(11);
+                let mut tick = || times.next().and_then(|t| t.parse::<u64>().ok());
+                total.user_ticks += tick().unwrap_or(0);
+                total.kernel_ticks += tick().unwrap_or(0);
+                total.switches += read("status")
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        total
+    }
+
+    /// What was counted since `before`, per `count` events (threads that ended
+    /// in between are not counted).
+    pub(crate) fn per(self, before: Self, count: usize) -> PerEvent {
+        #[allow(clippy::cast_precision_loss)]
+        let n = count.max(1) as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / n;
+        let user = self.user_ticks.saturating_sub(before.user_ticks);
+        let kernel = self.kernel_ticks.saturating_sub(before.kernel_ticks);
+        #[allow(clippy::cast_precision_loss)]
+        let user_share = user as f64 / (user + kernel).max(1) as f64;
+        PerEvent {
+            cpu_us: per(self.cpu_ns, before.cpu_ns) / 1e3,
+            user_share,
+            switches: per(self.switches, before.switches),
+        }
+    }
+}
+
+/// [`Scheduled`]'s counts per event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PerEvent {
+    pub(crate) cpu_us: f64,
+    /// The share of that CPU time spent in user space, 0 to 1.
+    pub(crate) user_share: f64,
+    pub(crate) switches: f64,
+}
+
 /// Anonymous resident memory in bytes (heap, stacks: what the process allocated),
 /// summed over `pids`. File-backed pages (the binary's text, shared and reclaimable,
 /// and with debug info much larger than a stripped image's) are left out.
@@ -121,5 +194,22 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(cpu_seconds(&[std::process::id().try_into().unwrap()]) >= 0.0);
         assert!(rss_bytes(&[std::process::id().try_into().unwrap()]) > 0);
+        let me = [std::process::id().try_into().unwrap()];
+        let before = Scheduled::of(&me);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {}
+        std::thread::sleep(Duration::from_millis(5));
+        let counted = Scheduled::of(&me).per(before, 1);
+        // at least 1 ms of the 20 ms spun, however loaded the machine, and
+        // spinning is user time
+        assert!(
+            counted.cpu_us >= 1_000.0,
+            "{counted:?} after spinning 20 ms"
+        );
+        assert!(counted.user_share > 0.5, "{counted:?} after spinning");
+        assert!(
+            counted.switches >= 1.0,
+            "a sleep is a context switch: {counted:?}"
+        );
     }
 }
