@@ -302,6 +302,8 @@ fn new_connections(
 fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
+    let pids = env.proxy_pids(variant);
+    let scheduled = measure::Scheduled::of(&pids);
     let out = exec(
         client_ns(env, variant)?,
         "wrk",
@@ -334,12 +336,22 @@ fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
         variant,
         rps,
     );
+    let cpu = "HTTP/1.1 GET, L7 policy + XFCC, proxy CPU us per request";
+    record_cpu_per_request(
+        table,
+        cpu,
+        variant,
+        (&pids, scheduled),
+        rps * duration.as_secs_f64(),
+    );
     Ok(())
 }
 
 fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
+    let pids = env.proxy_pids(variant);
+    let scheduled = measure::Scheduled::of(&pids);
     let out = exec(
         client_ns(env, variant)?,
         "h2load",
@@ -368,7 +380,32 @@ fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
         variant,
         rps,
     );
+    let cpu = "HTTP/2 GET, L7 policy + XFCC, proxy CPU us per request";
+    record_cpu_per_request(
+        table,
+        cpu,
+        variant,
+        (&pids, scheduled),
+        rps * duration.as_secs_f64(),
+    );
     Ok(())
+}
+
+/// The proxies' CPU time (both nodes) per request of a load that made
+/// `requests`: item 1's per-request budget, read against ztunnel's L4 figure.
+fn record_cpu_per_request(
+    table: &mut Table,
+    figure: &'static str,
+    variant: Variant,
+    (pids, before): (&[i32], measure::Scheduled),
+    requests: f64,
+) {
+    if variant == Variant::Direct || requests < 1.0 {
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let counted = measure::Scheduled::of(pids).per(before, requests as usize);
+    record(table, figure, variant, counted.cpu_us);
 }
 
 fn handshakes(
