@@ -240,11 +240,10 @@ fn bulk(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> a
 
 fn held(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, ECHO);
-    let pids = env.proxy_pids(variant);
-    let scheduled = measure::Scheduled::of(&pids);
+    let counting = measure::Counting::start(env.proxy_pids(variant));
     let result =
         client_ns(env, variant)?.run(move || load::held_connection(target, duration, 2_000_000))?;
-    let counted = measure::Scheduled::of(&pids).per(scheduled, result.sorted.len());
+    let counted = counting.per(result.sorted.len());
     anyhow::ensure!(
         result.errors == 0,
         "{} held connection to {target} failed; the daemons' last log lines:\n{}",
@@ -302,8 +301,7 @@ fn new_connections(
 fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
-    let pids = env.proxy_pids(variant);
-    let scheduled = measure::Scheduled::of(&pids);
+    let counting = measure::Counting::start(env.proxy_pids(variant));
     let out = exec(
         client_ns(env, variant)?,
         "wrk",
@@ -330,28 +328,18 @@ fn http1(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
         variant.name(),
         out.stdout
     );
-    record(
-        table,
+    let figures = [
         "HTTP/1.1 GET, L7 policy + XFCC, 16 conns, req/s",
-        variant,
-        rps,
-    );
-    let cpu = "HTTP/1.1 GET, L7 policy + XFCC, proxy CPU us per request";
-    record_cpu_per_request(
-        table,
-        cpu,
-        variant,
-        (&pids, scheduled),
-        rps * duration.as_secs_f64(),
-    );
+        "HTTP/1.1 GET, L7 policy + XFCC, proxy CPU us per request",
+    ];
+    record_load(table, figures, variant, (rps, duration), &counting);
     Ok(())
 }
 
 fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> anyhow::Result<()> {
     let target = env.target(variant, HTTP);
     let url = format!("http://{target}/bench/x");
-    let pids = env.proxy_pids(variant);
-    let scheduled = measure::Scheduled::of(&pids);
+    let counting = measure::Counting::start(env.proxy_pids(variant));
     let out = exec(
         client_ns(env, variant)?,
         "h2load",
@@ -374,38 +362,30 @@ fn http2(env: &Env, variant: Variant, duration: Duration, table: &mut Table) -> 
         .and_then(|l| l.split(", ").nth(1))
         .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
         .with_context(|| format!("h2load {url}: {}{}", out.stdout, out.stderr))?;
-    record(
-        table,
+    let figures = [
         "HTTP/2 GET, L7 policy + XFCC, 4x16 streams, req/s",
-        variant,
-        rps,
-    );
-    let cpu = "HTTP/2 GET, L7 policy + XFCC, proxy CPU us per request";
-    record_cpu_per_request(
-        table,
-        cpu,
-        variant,
-        (&pids, scheduled),
-        rps * duration.as_secs_f64(),
-    );
+        "HTTP/2 GET, L7 policy + XFCC, proxy CPU us per request",
+    ];
+    record_load(table, figures, variant, (rps, duration), &counting);
     Ok(())
 }
 
-/// The proxies' CPU time (both nodes) per request of a load that made
-/// `requests`: item 1's per-request budget, read against ztunnel's L4 figure.
-fn record_cpu_per_request(
+/// A request load's rate, and the proxies' CPU time (both nodes) per request
+/// (item 1's per-request budget, read against ztunnel's L4 figure; none for
+/// direct).
+fn record_load(
     table: &mut Table,
-    figure: &'static str,
+    [rate, cpu]: [&'static str; 2],
     variant: Variant,
-    (pids, before): (&[i32], measure::Scheduled),
-    requests: f64,
+    (rps, duration): (f64, Duration),
+    counting: &measure::Counting,
 ) {
-    if variant == Variant::Direct || requests < 1.0 {
-        return;
+    record(table, rate, variant, rps);
+    let requests = rps * duration.as_secs_f64();
+    if variant != Variant::Direct && requests >= 1.0 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        record(table, cpu, variant, counting.per(requests as usize).cpu_us);
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let counted = measure::Scheduled::of(pids).per(before, requests as usize);
-    record(table, figure, variant, counted.cpu_us);
 }
 
 fn handshakes(

@@ -32,8 +32,26 @@ pub(crate) struct Scheduled {
     pub(crate) switches: u64,
 }
 
+/// [`Scheduled`] counting from a start, for the processes it names.
+pub(crate) struct Counting {
+    pids: Vec<i32>,
+    start: Scheduled,
+}
+
+impl Counting {
+    pub(crate) fn start(pids: Vec<i32>) -> Self {
+        let start = Scheduled::of(&pids);
+        Self { pids, start }
+    }
+
+    /// What was counted since the start, per `count` events.
+    pub(crate) fn per(&self, count: usize) -> PerEvent {
+        Scheduled::of(&self.pids).per(self.start, count)
+    }
+}
+
 impl Scheduled {
-    pub(crate) fn of(pids: &[i32]) -> Self {
+    fn of(pids: &[i32]) -> Self {
         let mut total = Self::default();
         for pid in pids {
             let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -66,7 +84,7 @@ impl Scheduled {
 
     /// What was counted since `before`, per `count` events (threads that ended
     /// in between are not counted).
-    pub(crate) fn per(self, before: Self, count: usize) -> PerEvent {
+    fn per(self, before: Self, count: usize) -> PerEvent {
         #[allow(clippy::cast_precision_loss)]
         let n = count.max(1) as f64;
         #[allow(clippy::cast_precision_loss)]
@@ -194,12 +212,11 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(cpu_seconds(&[std::process::id().try_into().unwrap()]) >= 0.0);
         assert!(rss_bytes(&[std::process::id().try_into().unwrap()]) > 0);
-        let me = [std::process::id().try_into().unwrap()];
-        let before = Scheduled::of(&me);
+        let counting = Counting::start(vec![std::process::id().try_into().unwrap()]);
         let spin = std::time::Instant::now();
         while spin.elapsed() < Duration::from_millis(20) {}
         std::thread::sleep(Duration::from_millis(5));
-        let counted = Scheduled::of(&me).per(before, 1);
+        let counted = counting.per(1);
         // at least 1 ms of the 20 ms spun, however loaded the machine, and
         // spinning is user time
         assert!(
