@@ -219,7 +219,8 @@ struct Tunnel {
 /// That task lives as long as the stream, and an async fn keeps each argument it
 /// was given for its whole life (twice: as given and as moved), however early it
 /// is consumed: it is given only what it keeps. The CONNECT request itself, 240
-/// bytes, stays here.
+/// bytes, stays here; the stream (232 bytes) goes on behind one `Arc`, so the
+/// task and each stage below it hold a pointer, not a copy.
 fn connect(
     shared: &Arc<Shared>,
     tunnel: &Tunnel,
@@ -233,6 +234,7 @@ fn connect(
             return None;
         }
     };
+    let stream = Arc::new(stream);
     let (shared, client, body) = (shared.clone(), tunnel.client, request.into_body());
     Some(async move {
         let started = Instant::now();
@@ -378,7 +380,7 @@ pub(crate) async fn plaintext_to(
         return reset(tcp);
     }
     let _ = tcp.set_nodelay(true);
-    let stream = InboundStream::new(None, client, target, pod);
+    let stream = Arc::new(InboundStream::new(None, client, target, pod));
     serve::serve(shared, stream, tcp, None).await;
 }
 

@@ -24,7 +24,7 @@ use crate::metrics;
 /// was written, `h2_stream.rs`), for plaintext it closes the connection.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
-    stream: InboundStream,
+    stream: Arc<InboundStream>,
     io: S,
     admitted: Option<Box<Admitted>>,
 ) where
@@ -48,10 +48,10 @@ pub(crate) async fn serve<S>(
     // what does not parse); see detect.rs for the rule.
     match (configured, detected) {
         (_, Detected::Http2) => {
-            Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http2)).await;
+            Box::pin(http::serve(shared, stream, io, Version::Http2)).await;
         }
         (_, Detected::Http1) | (Some(AppProtocol::Http), Detected::Tcp | Detected::Silent) => {
-            Box::pin(http::serve(shared, Arc::new(stream), io, Version::Http1)).await;
+            Box::pin(http::serve(shared, stream, io, Version::Http1)).await;
         }
         (_, Detected::Tcp) | (Some(AppProtocol::Tcp), Detected::Silent) => {
             Box::pin(serve_tcp(&shared, &stream, io, admitted)).await;

@@ -36,6 +36,11 @@ impl<K, H> Remembered<K, H> {
             None => {
                 if seen.len() == REMEMBERED {
                     seen.remove(0);
+                } else {
+                    // one slot per label set seen: a first push would make room
+                    // for four, and most streams only ever see one (a TCP
+                    // stream's one decision: 240 bytes per idle connection)
+                    seen.reserve_exact(1);
                 }
                 seen.push(make());
                 seen.len() - 1
