@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         destination_ip: [10, 0, 0, 2].into(),
         destination_port: 80,
         sni: None,
-        http: Some(http),
+        http: Some(Box::new(http)),
     };
     let decision = set.evaluate(&workload, &request);
     let explanation = set.explain(&workload, &request);

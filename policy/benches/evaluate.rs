@@ -67,7 +67,7 @@ fn request(path: &str) -> Request {
         destination_ip: [10, 0, 1, 7].into(),
         destination_port: 8080,
         sni: None,
-        http: Some(http),
+        http: Some(Box::new(http)),
     }
 }
 

@@ -82,7 +82,7 @@ fn missed(clause: &Clause, request: &Request) -> RuleExplanation {
 fn request_value(attribute: &Attribute, request: &Request) -> String {
     let none = || "(none)".to_owned();
     let quoted = |v: Option<&str>| v.map_or_else(none, |v| format!("{v:?}"));
-    let http = request.http.as_ref();
+    let http = request.http.as_deref();
     let jwt = http.and_then(|h| h.jwt());
     match attribute {
         Attribute::Principal => request.source.as_ref().map_or_else(

@@ -276,7 +276,7 @@ impl Clause {
 
     fn any_value_matches(&self, request: &Request) -> bool {
         let source = request.source.as_ref();
-        let http = request.http.as_ref();
+        let http = request.http.as_deref();
         let jwt = http.and_then(|h| h.jwt());
         match &self.attribute {
             Attribute::Principal => {

@@ -34,8 +34,10 @@ pub struct Request {
     /// The workload (container) port, never a Service port (ISTIO-SECURITY-2021-002).
     pub destination_port: u16,
     pub sni: Option<String>,
-    /// `None` for a TCP connection.
-    pub http: Option<HttpRequest>,
+    /// `None` for a TCP connection. Boxed: a TCP connection's request is kept
+    /// for its whole life (to judge it again when policies change), and the
+    /// HTTP part is two thirds of the request's size.
+    pub http: Option<Box<HttpRequest>>,
 }
 
 impl Request {

@@ -229,7 +229,7 @@ fn explain(
                 .get("host")
                 .cloned()
                 .unwrap_or_else(|| format!("{}:{port}", pod.pod.ip));
-            Some(
+            Some(Box::new(
                 HttpRequest::new(
                     method,
                     path,
@@ -238,7 +238,7 @@ fn explain(
                     policies.options().path_normalization,
                 )
                 .map_err(|e| format!("the request would get 400: {e}"))?,
-            )
+            ))
         }
     };
     let request = meshward_policy::Request {

@@ -189,10 +189,10 @@ impl EvalInput {
         let headers = r.headers.unwrap_or_default();
         let outcome = match http_request(&method, &path, &host, headers, normalization) {
             Ok(http) => {
-                request.http = Some(match r.jwt {
+                request.http = Some(Box::new(match r.jwt {
                     Some(jwt) => http.with_jwt(jwt_claims(jwt)),
                     None => http,
-                });
+                }));
                 Outcome::Ready(Box::new(request))
             }
             Err(reason) => Outcome::BadRequest(reason),

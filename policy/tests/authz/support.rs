@@ -154,7 +154,7 @@ impl Req {
             destination_ip: self.destination_ip,
             destination_port: self.port,
             sni: self.sni.clone(),
-            http,
+            http: http.map(Box::new),
         }
     }
 }

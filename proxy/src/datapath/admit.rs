@@ -101,10 +101,10 @@ pub(crate) async fn request(
     )
     .map_err(|e| Refusal::Malformed(e.to_string()))?;
     http.target().path().clone_into(path);
-    let mut judged = stream.request(Some(match claims {
+    let mut judged = stream.request(Some(Box::new(match claims {
         Some(claims) => http.with_jwt(claims),
         None => http,
-    }));
+    })));
     trusted(
         &shared.state.borrow(),
         stream.destination.ip(),
@@ -120,7 +120,7 @@ pub(crate) async fn request(
             let allow = Box::pin(ask).await?;
             meshward_extauthz::apply_headers(request.headers_mut(), &allow.upstream, &allow.remove);
             let headers = request.headers().clone();
-            judged.http = judged.http.map(|h| h.with_headers(headers));
+            judged.http = judged.http.map(|h| Box::new(h.with_headers(headers)));
             on_allow = allow.downstream;
             Some(allow.approval)
         }

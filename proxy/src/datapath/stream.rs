@@ -136,7 +136,7 @@ impl InboundStream {
     }
 
     /// The request policies judge, at L4 (`http: None`) or for one HTTP request.
-    pub(crate) fn request(&self, http: Option<HttpRequest>) -> Request {
+    pub(crate) fn request(&self, http: Option<Box<HttpRequest>>) -> Request {
         Request {
             source: self.peer.as_ref().map(|p| p.spiffe_id.clone()),
             source_namespace: None,
