@@ -64,7 +64,8 @@ pub(crate) fn measure(
             Kind::Http2,
         ),
     ] {
-        kind.send(env, WARM_UP)?;
+        kind.send(env, WARM_UP)
+            .with_context(|| format!("warming up; the daemons' logs:\n{}", env.log_tails(20)))?;
         control(&pids, &["--instr=on"])?;
         control(&pids, &["--zero"])?;
         let started = Instant::now();

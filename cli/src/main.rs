@@ -44,7 +44,9 @@ enum Command {
 /// jemalloc (as ztunnel) rather than glibc's malloc: the data path allocates and frees buffers
 /// of 16 KiB to 1 MiB per chunk (HTTP/2 frames, TLS records), which glibc serves
 /// from fresh pages each time (mmap above its threshold, trimmed heaps below):
-/// page faults and zeroing were ~8% of the bulk-transfer profile.
+/// page faults and zeroing were ~8% of the bulk-transfer profile. It serves the
+/// C libraries' `malloc` too (cli/Cargo.toml), and its slab sizes are set where it
+/// is built (.cargo/config.toml): both for the memory a daemon keeps after load.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
