@@ -54,34 +54,26 @@ pub(crate) async fn serve<S>(
     };
     let io = TokioIo::new(io);
     // on drain: HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY
-    macro_rules! until_drained {
-        ($connection:expr) => {{
-            let connection = $connection;
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                () = drain.started() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
-        }};
-    }
     let result = match version {
-        Version::Http1 => until_drained!(
-            http1::Builder::new()
+        Version::Http1 => {
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, service_fn(handler))
-                .with_upgrades()
-        ),
+                .with_upgrades();
+            tokio::pin!(connection);
+            drain.serve(connection, |c| c.graceful_shutdown()).await
+        }
         // boxed: hyper spawns a task per HTTP/2 request, and moving the handler's
         // future (4.3 KB) into it, through the spawn and each stage of the task,
         // was 40% of the inbound daemon's instructions per request
-        Version::Http2 => until_drained!(
-            h2::app_server(&limits).serve_connection(io, service_fn(move |r| Box::pin(handler(r))))
-        ),
+        Version::Http2 => {
+            let connection = h2::app_server(&limits)
+                .serve_connection(io, service_fn(move |r| Box::pin(handler(r))));
+            tokio::pin!(connection);
+            drain.serve(connection, |c| c.graceful_shutdown()).await
+        }
     };
     if let Err(e) = result {
         tracing::debug!("HTTP connection ended: {e}");
