@@ -41,9 +41,7 @@ impl Drain {
             std::future::pending::<()>().await;
         }
     }
-}
 
-impl Drain {
     /// Drives a server `connection` to its end; once the drain has started,
     /// `shutdown` asks it to finish what is in flight and stop. The connection
     /// is polled before the drain is looked at: a request whose bytes have
