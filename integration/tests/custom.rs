@@ -198,7 +198,7 @@ fn custom_policies_ask_ext_authz_servers_before_deny_and_allow() {
     let before = grpc.seen().len() + http.seen().len();
     assert_eq!(get(&mesh, "/plain", false).status, Some(200));
     assert_eq!(grpc.seen().len() + http.seen().len(), before);
-    let logs = mesh.daemon_log("node-2");
+    let logs = mesh.daemon_log_when("node-2", |log| log.contains("could not be asked"));
     assert!(logs.contains("could not be asked"), "{logs}");
 
     // the body: its first maxRequestBytes go to the authorizer, all of it to the pod

@@ -124,7 +124,8 @@ fn the_talk_across_nodes_and_on_one_node() {
     assert!(matches!(r.exit_code, Some(7 | 52 | 56)), "a reset: {r:?}");
     assert_eq!(refused("node-2") - before, 1.0);
     assert!(
-        mesh.daemon_log("node-2").contains("refused: plaintext"),
+        mesh.daemon_log_when("node-2", |log| log.contains("refused: plaintext"))
+            .contains("refused: plaintext"),
         "{}",
         mesh.logs()
     );
@@ -310,12 +311,16 @@ fn the_talk_across_nodes_and_on_one_node() {
         "a reset at once, not a wait: {}",
         refused.seconds
     );
-    let denied = mesh.daemon_log("node-2").lines().any(|l| {
+    let is_the_refusal = |l: &str| {
         l.contains("connection complete: denied")
             && l.contains("sa/curl-spire")
             && l.contains("dst_addr=")
             && l.contains(":9000")
-    });
+    };
+    let denied = mesh
+        .daemon_log_when("node-2", |log| log.lines().any(is_the_refusal))
+        .lines()
+        .any(is_the_refusal);
     assert!(denied, "{}", mesh.logs());
     let allowed = tcp_ping(&mesh, "neighbour", &tcp);
     assert_eq!(

@@ -156,7 +156,9 @@ fn metrics_access_log_and_admin_explain_the_traffic() {
     assert!(handshakes(&after, "inbound") >= 1.0, "{after}");
 
     // the access log: one line per request, both identities, decision, policy
-    let log = mesh.daemon_log("node-2");
+    let log = mesh.daemon_log_when("node-2", |log| {
+        log.contains("path=\"/api/payment\"") && log.contains("path=\"/list\"")
+    });
     let line = |path: &str, status: &str| {
         log.lines()
             .rfind(|l| {

@@ -84,6 +84,9 @@ pub(crate) fn run(cmd: ProxyCommand) -> anyhow::Result<ExitCode> {
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
+        .on_thread_start(meshward_proxy::logging::batch_this_thread)
+        .on_thread_park(meshward_proxy::logging::write_batch)
+        .on_thread_stop(meshward_proxy::logging::write_batch)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -439,6 +439,20 @@ impl Mesh {
         self.daemons.get(node).map(Process::log).unwrap_or_default()
     }
 
+    /// A node daemon's log once `holds` is true of it, or as it is after five
+    /// seconds. For the access log: a worker thread writes its lines when it next
+    /// goes idle, a moment after the response they log (`proxy/src/logging/stderr.rs`).
+    pub fn daemon_log_when(&self, node: &str, holds: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let log = self.daemon_log(node);
+            if holds(&log) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Every daemon's log, for failure messages.
     pub fn logs(&self) -> String {
         self.daemons

@@ -17,6 +17,7 @@
 //! cache, revocation's table of held connections), except that requests needing
 //! keys a JWKS fetch is getting wait for that one fetch.
 
+mod access_log;
 mod admit;
 mod body;
 mod copy;

@@ -11,6 +11,7 @@ use meshward_extauthz::PeerInput;
 use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
+use super::access_log::{self, Outcome};
 use super::state::LocalPod;
 use crate::metrics::{ConnectionLabels, DecisionMetrics, Principal, Reporter, RequestMetrics};
 
@@ -34,9 +35,9 @@ pub(crate) struct InboundStream {
     /// The pod address the client asked for.
     pub(crate) destination: SocketAddr,
     pub(crate) pod: Arc<LocalPod>,
-    /// `source` and `destination` as the access log writes them: rendered once,
-    /// as every request on the stream logs them.
-    addresses: OnceLock<(Box<str>, Box<str>)>,
+    /// Its part of the access log's text line (`access_log::peers_text`):
+    /// rendered once, as every request on the stream logs it.
+    peers_text: OnceLock<Box<str>>,
     /// The XFCC its requests carry, made at the first (it was 2.6k instructions
     /// of an HTTP request when made for each).
     xfcc: OnceLock<Option<http::HeaderValue>>,
@@ -106,20 +107,17 @@ impl InboundStream {
             source,
             destination,
             pod,
-            addresses: OnceLock::new(),
+            peers_text: OnceLock::new(),
             xfcc: OnceLock::new(),
             request_metrics: RequestMetrics::default(),
             decision_metrics: DecisionMetrics::default(),
         }
     }
 
-    /// `source` and `destination`, rendered for the access log.
-    fn addresses(&self) -> (&str, &str) {
-        let (source, destination) = self.addresses.get_or_init(|| {
-            let render = |a: SocketAddr| a.to_string().into_boxed_str();
-            (render(self.source), render(self.destination))
-        });
-        (source, destination)
+    /// Its part of the access log's text line.
+    pub(super) fn peers_text(&self) -> &str {
+        self.peers_text
+            .get_or_init(|| access_log::peers_text(self).into_boxed_str())
     }
 
     /// The XFCC its HTTP requests carry to the pod ([`crate::xfcc::value`]).
@@ -192,24 +190,12 @@ impl InboundStream {
         record: &DecisionRecord,
         duration: Duration,
     ) {
-        let (src_addr, dst_addr) = self.addresses();
-        tracing::info!(
-            target: "access",
-            src_addr = %src_addr,
-            src_principal = %self.source_principal(),
-            dst_addr = %dst_addr,
-            dst_workload = %self.pod.info.name,
-            dst_namespace = %self.pod.info.namespace,
-            dst_principal = %self.destination_principal(),
+        let outcome = Outcome::Request {
             method,
             path,
             status,
-            decision = if record.allowed { "allow" } else { "deny" },
-            policy = %record.policy,
-            duration_ms = duration.as_secs_f64() * 1e3,
-            "{}",
-            record.reason
-        );
+        };
+        access_log::log(self, record, &outcome, duration);
     }
 
     /// The access log line of one TCP connection, when it ends.
@@ -221,23 +207,11 @@ impl InboundStream {
         duration: Duration,
         error: Option<&str>,
     ) {
-        let (src_addr, dst_addr) = self.addresses();
-        tracing::info!(
-            target: "access",
-            src_addr = %src_addr,
-            src_principal = %self.source_principal(),
-            dst_addr = %dst_addr,
-            dst_workload = %self.pod.info.name,
-            dst_namespace = %self.pod.info.namespace,
-            dst_principal = %self.destination_principal(),
-            decision = if record.allowed { "allow" } else { "deny" },
-            policy = %record.policy,
-            bytes_sent = sent,
-            bytes_received = received,
-            duration_ms = duration.as_secs_f64() * 1e3,
-            error = error.unwrap_or("-"),
-            "connection complete: {}",
-            record.reason
-        );
+        let outcome = Outcome::Connection {
+            sent,
+            received,
+            error,
+        };
+        access_log::log(self, record, &outcome, duration);
     }
 }
