@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::config::{AppProtocol, PlaintextMode};
@@ -21,6 +22,8 @@ use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use super::coalesce::Coalesce;
 
 use super::admit::{self, Admitted};
 use super::diagnose;
@@ -126,9 +129,12 @@ async fn accept_mtls(
 /// ends it, its keepalive fails, or the pod stops trusting the peer.
 async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStream<TcpStream>) {
     let (client, target) = (tunnel.client, tunnel.target);
+    // the streams being served, for the connection's writer (`coalesce.rs`)
+    let streams = Arc::new(AtomicU32::new(0));
     let handshake = tokio::time::timeout(
         shared.limits.handshake_timeout,
-        h2::hbone_server(&shared.limits).handshake::<_, Bytes>(stream),
+        h2::hbone_server(&shared.limits)
+            .handshake::<_, Bytes>(Coalesce::new(stream, streams.clone())),
     )
     .await;
     let mut connection = match handshake {
@@ -171,7 +177,11 @@ async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStrea
                 // one task per stream: the CONNECT's checks, then its bytes
                 Some(Ok((request, respond))) => {
                     if let Some(served) = connect(&shared, &tunnel, request, respond) {
-                        tokio::spawn(served);
+                        let open = OpenStream::count(&streams);
+                        tokio::spawn(async move {
+                            served.await;
+                            drop(open);
+                        });
                     }
                 }
                 Some(Err(e)) => break tracing::debug!(%client, "HBONE connection ended: {e}"),
@@ -211,6 +221,22 @@ struct Tunnel {
     client: SocketAddr,
     /// Opened by this node itself (to one of its own pods).
     local: bool,
+}
+
+/// A stream being served, counted while it lives.
+struct OpenStream(Arc<AtomicU32>);
+
+impl OpenStream {
+    fn count(streams: &Arc<AtomicU32>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One CONNECT: the checks that need no waiting (a `400` answered here), then

@@ -20,6 +20,7 @@
 mod access_log;
 mod admit;
 mod body;
+mod coalesce;
 mod copy;
 mod custom;
 mod detect;

@@ -27,6 +27,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::coalesce::Coalesce;
+
 use super::h2_stream::H2Stream;
 use super::socket::connect_marked_from;
 use super::state::PodTls;
@@ -104,7 +106,8 @@ struct Connection {
     closed: Arc<AtomicBool>,
     /// The SPIFFE ID the peer node presented (the destination pod's).
     peer_id: Arc<SpiffeId>,
-    streams: AtomicU32,
+    /// Its open streams (shared with its writer, `coalesce.rs`).
+    streams: Arc<AtomicU32>,
     idle_since: Mutex<Option<Instant>>,
 }
 
@@ -364,8 +367,10 @@ impl HbonePool {
     async fn connect(&self, key: Key, tls: &PodTls) -> Result<StreamGuard, HboneError> {
         let peer = key.peer;
         let (stream, peer_id) = self.mtls(&key, tls).await?;
+        // the stream this connection is made for
+        let streams = Arc::new(AtomicU32::new(1));
         let (sender, mut driver) = h2::hbone_client()
-            .handshake::<_, Bytes>(stream)
+            .handshake::<_, Bytes>(Coalesce::new(stream, streams.clone()))
             .await
             .map_err(|source| HboneError::Http2 { peer, source })?;
         metrics::hbone_connection_opened();
@@ -386,7 +391,7 @@ impl HbonePool {
             sender,
             closed,
             peer_id,
-            streams: AtomicU32::new(1),
+            streams,
             idle_since: Mutex::new(None),
         });
         self.connections
