@@ -34,6 +34,23 @@ const DIRECT_BYTES: usize = 8 * 1024;
 /// should not hold one).
 const KEEP_BYTES: usize = 4 * 1024;
 
+/// A stream counted among its connection's open streams while it lives.
+#[derive(Debug)]
+pub(crate) struct OpenStream(Arc<AtomicU32>);
+
+impl OpenStream {
+    pub(crate) fn new(streams: &Arc<AtomicU32>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// `io`, whose writes are gathered while other streams are open.
 pub(crate) struct Coalesce<T> {
     io: T,

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
 use crate::config::{AppProtocol, PlaintextMode};
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::coalesce::Coalesce;
+use super::coalesce::{Coalesce, OpenStream};
 
 use super::admit::{self, Admitted};
 use super::diagnose;
@@ -84,6 +84,7 @@ pub(crate) async fn hbone(shared: Arc<Shared>, tcp: TcpStream, client: SocketAdd
         target,
         client,
         local,
+        streams: Arc::default(),
     });
     serve_tunnel(shared, tunnel, stream).await;
 }
@@ -129,12 +130,10 @@ async fn accept_mtls(
 /// ends it, its keepalive fails, or the pod stops trusting the peer.
 async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStream<TcpStream>) {
     let (client, target) = (tunnel.client, tunnel.target);
-    // the streams being served, for the connection's writer (`coalesce.rs`)
-    let streams = Arc::new(AtomicU32::new(0));
     let handshake = tokio::time::timeout(
         shared.limits.handshake_timeout,
         h2::hbone_server(&shared.limits)
-            .handshake::<_, Bytes>(Coalesce::new(stream, streams.clone())),
+            .handshake::<_, Bytes>(Coalesce::new(stream, tunnel.streams.clone())),
     )
     .await;
     let mut connection = match handshake {
@@ -177,11 +176,7 @@ async fn serve_tunnel(shared: Arc<Shared>, tunnel: Arc<Tunnel>, stream: TlsStrea
                 // one task per stream: the CONNECT's checks, then its bytes
                 Some(Ok((request, respond))) => {
                     if let Some(served) = connect(&shared, &tunnel, request, respond) {
-                        let open = OpenStream::count(&streams);
-                        tokio::spawn(async move {
-                            served.await;
-                            drop(open);
-                        });
+                        tokio::spawn(served);
                     }
                 }
                 Some(Err(e)) => break tracing::debug!(%client, "HBONE connection ended: {e}"),
@@ -221,22 +216,8 @@ struct Tunnel {
     client: SocketAddr,
     /// Opened by this node itself (to one of its own pods).
     local: bool,
-}
-
-/// A stream being served, counted while it lives.
-struct OpenStream(Arc<AtomicU32>);
-
-impl OpenStream {
-    fn count(streams: &Arc<AtomicU32>) -> Self {
-        streams.fetch_add(1, Ordering::Relaxed);
-        Self(streams.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// Its streams being served, for its writer (`coalesce.rs`).
+    streams: Arc<AtomicU32>,
 }
 
 /// One CONNECT: the checks that need no waiting (a `400` answered here), then
@@ -304,12 +285,13 @@ fn tunnel_stream<B>(
         tracing::info!(%client, %destination, peer = %peer.spiffe_id, "refused CONNECT: the peer's certificate expired");
         return Err(Refusal::Expired(peer.spiffe_id.clone()));
     }
-    Ok(InboundStream::new(
+    let stream = InboundStream::new(
         Some(peer.clone()),
         stream_source(shared, peer, request, client, tunnel.local),
         destination,
         pod.clone(),
-    ))
+    );
+    Ok(stream.counted(OpenStream::new(&tunnel.streams)))
 }
 
 /// What a CONNECT is judged on before its `200`: a port declared `tcp` is admitted

@@ -12,6 +12,7 @@ use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
 use super::access_log::{self, Outcome};
+use super::coalesce::OpenStream;
 use super::state::LocalPod;
 use crate::metrics::{ConnectionLabels, DecisionMetrics, Principal, Reporter, RequestMetrics};
 
@@ -43,6 +44,9 @@ pub(crate) struct InboundStream {
     xfcc: OnceLock<Option<http::HeaderValue>>,
     pub(crate) request_metrics: RequestMetrics,
     pub(crate) decision_metrics: DecisionMetrics,
+    /// Counted among its HBONE connection's open streams while it lives
+    /// (`coalesce.rs`; held for its drop); `None` for plaintext.
+    _counted: Option<OpenStream>,
 }
 
 /// A decision, as logs and metrics tell it. Its words are shared with the
@@ -111,6 +115,15 @@ impl InboundStream {
             xfcc: OnceLock::new(),
             request_metrics: RequestMetrics::default(),
             decision_metrics: DecisionMetrics::default(),
+            _counted: None,
+        }
+    }
+
+    /// The stream, counted among its tunnel's open streams while it lives.
+    pub(crate) fn counted(self, open: OpenStream) -> Self {
+        Self {
+            _counted: Some(open),
+            ..self
         }
     }
 
