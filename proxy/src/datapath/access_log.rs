@@ -16,7 +16,7 @@ use super::stream::{DecisionRecord, InboundStream};
 use crate::logging;
 
 /// What the line is about, past the stream and the decision.
-pub(crate) enum Outcome<'a> {
+enum Outcome<'a> {
     Request {
         method: &'a str,
         path: &'a str,
@@ -30,18 +30,46 @@ pub(crate) enum Outcome<'a> {
     },
 }
 
-/// Writes the access log line of `outcome` on `stream`.
-pub(crate) fn log(
+/// The access log line of one HTTP request.
+pub(crate) fn request(
     stream: &InboundStream,
+    method: &str,
+    path: &str,
+    status: u16,
     record: &DecisionRecord,
-    outcome: &Outcome<'_>,
     duration: Duration,
 ) {
+    let outcome = Outcome::Request {
+        method,
+        path,
+        status,
+    };
+    log(stream, record, &outcome, duration);
+}
+
+/// The access log line of one TCP connection, when it ends.
+pub(crate) fn connection(
+    stream: &InboundStream,
+    record: &DecisionRecord,
+    (sent, received): (u64, u64),
+    duration: Duration,
+    error: Option<&str>,
+) {
+    let outcome = Outcome::Connection {
+        sent,
+        received,
+        error,
+    };
+    log(stream, record, &outcome, duration);
+}
+
+/// Writes the access log line of `outcome` on `stream`.
+fn log(stream: &InboundStream, record: &DecisionRecord, outcome: &Outcome<'_>, duration: Duration) {
     if logging::structured() {
         log_fields(stream, record, outcome, duration);
     } else {
         let line = TextLine {
-            peers: stream.peers_text(),
+            peers: stream.peers_text(|| peers_text(stream)),
             record,
             outcome,
             duration,
@@ -52,7 +80,7 @@ pub(crate) fn log(
 
 /// ` src_addr=.. src_principal=.. dst_addr=.. dst_workload=.. dst_namespace=..
 /// dst_principal=..`: the stream's fields in the text line.
-pub(super) fn peers_text(stream: &InboundStream) -> String {
+fn peers_text(stream: &InboundStream) -> String {
     let mut text = String::with_capacity(200);
     let _ = write!(
         text,
@@ -229,7 +257,7 @@ mod tests {
         let stream = stream();
         let text = logging::text_line_of(|| {
             let line = TextLine {
-                peers: stream.peers_text(),
+                peers: stream.peers_text(|| peers_text(&stream)),
                 record,
                 outcome,
                 duration,

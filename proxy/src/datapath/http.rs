@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use meshward_policy::HttpRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::access_log;
 use super::admit::{self, Admitted};
 use super::body::{self, ProxyBody};
 use super::refusal::Refusal;
@@ -101,7 +102,7 @@ async fn handle(
         grpc,
         elapsed,
     );
-    stream.log_request(method.as_str(), &path, status, &record, elapsed);
+    access_log::request(stream, method.as_str(), &path, status, &record, elapsed);
     response
 }
 

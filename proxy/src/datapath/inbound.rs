@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::access_log;
 use super::coalesce::{Coalesce, OpenStream};
 
 use super::admit::{self, Admitted};
@@ -249,7 +250,7 @@ fn connect(
         let admitted = match Box::pin(admit_connect(&shared, &stream)).await {
             Ok(admitted) => admitted.map(Box::new),
             Err(refusal) => {
-                stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+                access_log::connection(&stream, &refusal.record(), (0, 0), started.elapsed(), None);
                 let _ = respond.send_response(responses::tunnel(refusal.connect_status()), true);
                 return;
             }

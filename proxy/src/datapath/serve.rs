@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::config::AppProtocol;
 
 use super::Shared;
+use super::access_log;
 use super::admit::{self, Admitted};
 use super::copy::{self, CopyIo};
 use super::detect::{Detected, Prefixed, detect};
@@ -88,7 +89,7 @@ async fn serve_tcp<S>(
         None => match Box::pin(admit::connection(shared, stream)).await {
             Ok(admitted) => Box::new(admitted),
             Err(refusal) => {
-                stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), None);
+                access_log::connection(stream, &refusal.record(), (0, 0), started.elapsed(), None);
                 return;
             }
         },
@@ -103,7 +104,13 @@ async fn serve_tcp<S>(
         Ok(upstream) => upstream,
         Err(e) => {
             let error = format!("the pod did not accept the connection: {e}");
-            stream.log_connection(&admitted.record, 0, 0, started.elapsed(), Some(&error));
+            access_log::connection(
+                stream,
+                &admitted.record,
+                (0, 0),
+                started.elapsed(),
+                Some(&error),
+            );
             return;
         }
     };
@@ -119,16 +126,16 @@ async fn serve_tcp<S>(
         refusal = revoked => {
             labels.closed(0, 0);
             let error = "closed: a policy change no longer allows this connection";
-            stream.log_connection(&refusal.record(), 0, 0, started.elapsed(), Some(error));
+            access_log::connection(stream, &refusal.record(), (0, 0), started.elapsed(), Some(error));
             return;
         }
     };
     labels.closed(moved.sent, moved.received);
     let error = result.err().map(|e| e.to_string());
-    stream.log_connection(
+    access_log::connection(
+        stream,
         &record,
-        moved.sent,
-        moved.received,
+        (moved.sent, moved.received),
         started.elapsed(),
         error.as_deref(),
     );

@@ -1,17 +1,14 @@
 //! One inbound stream to a local pod: its two identities, the attributes policies
-//! and external authorizers see of it, the record of a decision (`admit.rs` makes
-//! it), and the access log: one line on target `access` per connection or request,
-//! with both identities, the decision, the deciding policy and why.
+//! and external authorizers see of it, and the record of a decision (`admit.rs`
+//! makes it; `access_log.rs` writes it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use meshward_extauthz::PeerInput;
 use meshward_policy::{CustomCheck, HttpRequest, Request};
 use meshward_spiffe::SpiffeId;
 
-use super::access_log::{self, Outcome};
 use super::coalesce::OpenStream;
 use super::state::LocalPod;
 use crate::metrics::{ConnectionLabels, DecisionMetrics, Principal, Reporter, RequestMetrics};
@@ -36,8 +33,8 @@ pub(crate) struct InboundStream {
     /// The pod address the client asked for.
     pub(crate) destination: SocketAddr,
     pub(crate) pod: Arc<LocalPod>,
-    /// Its part of the access log's text line (`access_log::peers_text`):
-    /// rendered once, as every request on the stream logs it.
+    /// Its part of the access log's text line (`access_log.rs`): rendered
+    /// once, as every request on the stream logs it.
     peers_text: OnceLock<Box<str>>,
     /// The XFCC its requests carry, made at the first (it was 2.6k instructions
     /// of an HTTP request when made for each).
@@ -127,10 +124,9 @@ impl InboundStream {
         }
     }
 
-    /// Its part of the access log's text line.
-    pub(super) fn peers_text(&self) -> &str {
-        self.peers_text
-            .get_or_init(|| access_log::peers_text(self).into_boxed_str())
+    /// Its part of the access log's text line, made by `render` the first time.
+    pub(super) fn peers_text(&self, render: impl FnOnce() -> String) -> &str {
+        self.peers_text.get_or_init(|| render().into_boxed_str())
     }
 
     /// The XFCC its HTTP requests carry to the pod ([`crate::xfcc::value`]).
@@ -192,39 +188,5 @@ impl InboundStream {
             destination_principal: self.destination_principal().0.cloned(),
             mutual_tls: self.peer.is_some(),
         }
-    }
-
-    /// The access log line of one HTTP request.
-    pub(crate) fn log_request(
-        &self,
-        method: &str,
-        path: &str,
-        status: u16,
-        record: &DecisionRecord,
-        duration: Duration,
-    ) {
-        let outcome = Outcome::Request {
-            method,
-            path,
-            status,
-        };
-        access_log::log(self, record, &outcome, duration);
-    }
-
-    /// The access log line of one TCP connection, when it ends.
-    pub(crate) fn log_connection(
-        &self,
-        record: &DecisionRecord,
-        sent: u64,
-        received: u64,
-        duration: Duration,
-        error: Option<&str>,
-    ) {
-        let outcome = Outcome::Connection {
-            sent,
-            received,
-            error,
-        };
-        access_log::log(self, record, &outcome, duration);
     }
 }
