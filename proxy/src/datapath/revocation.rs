@@ -211,10 +211,12 @@ mod tests {
         }
         assert!(grown >= 10_000);
         assert!(table.capacity() <= 2 * MIN_CAPACITY, "{}", table.capacity());
-        // and a table at work is left alone
+        // and a table at work is left alone (compared after the removal: a
+        // removal that leaves a tombstone takes one from `capacity()` itself,
+        // as the per-process hash seed decides)
         let mut table: HashMap<u64, u8> = (0..1_000).map(|id| (id, 0)).collect();
-        let capacity = table.capacity();
         table.remove(&0);
+        let capacity = table.capacity();
         release_slack(&mut table);
         assert_eq!(table.capacity(), capacity);
     }
