@@ -218,11 +218,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 mod tests {
     use super::*;
 
-    /// The socket under TLS: what reaches it, write by write.
+    /// The socket under TLS: what reaches it, write by write. With `room`, it
+    /// takes only that many more bytes, then is full (`Pending`).
     #[derive(Default)]
     struct Socket {
         writes: Vec<Vec<u8>>,
         shut: bool,
+        room: Option<usize>,
     }
 
     impl AsyncRead for Socket {
@@ -241,8 +243,13 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
+            let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room = self.room.map(|room| room - n);
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -383,6 +390,31 @@ mod tests {
             h2.socket()[2].len()
         );
         assert!(sent > BATCH_BYTES - chunk.len());
+    }
+
+    #[test]
+    fn a_batch_the_socket_takes_in_parts_goes_out_whole_and_in_order() {
+        let mut h2 = Driver::new(2);
+        h2.io.io.room = Some(4);
+        h2.turn();
+        h2.frame(b"abcdef");
+        // held for the next turn; a flush with nothing new writes it, and the
+        // socket takes four bytes, then is full: the flush waits
+        assert!(h2.cx(|io, cx| io.poll_flush(cx)).is_pending());
+        assert_eq!(h2.socket().concat(), b"abcd");
+        // a frame written meanwhile goes after what is left, and a flush in the
+        // same turn is not held again while the batch is still going out
+        let written = h2.cx(|io, cx| io.poll_write(cx, b"gh"));
+        assert!(matches!(written, Poll::Ready(Ok(2))));
+        let wakes = h2.wakes();
+        assert!(h2.cx(|io, cx| io.poll_flush(cx)).is_pending());
+        assert_eq!(h2.wakes(), wakes);
+        h2.io.io.room = None;
+        h2.flush();
+        assert_eq!(h2.socket().concat(), b"abcdefgh");
+        // written out, the next batch is held again
+        h2.frame(b"i");
+        assert_eq!(h2.socket().concat(), b"abcdefgh");
     }
 
     #[test]
