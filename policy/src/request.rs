@@ -110,11 +110,16 @@ impl HttpRequest {
         })
     }
 
-    /// The same request with the headers an external authorizer left (CUSTOM):
-    /// method, target, authority and token stay as judged.
-    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
-        self.headers = headers;
-        self
+    /// The headers, for an external authorizer's changes (CUSTOM): method,
+    /// target, authority and token stay as judged.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    /// The headers, leaving none: for forwarding a request once it is judged,
+    /// without a copy.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(&mut self.headers)
     }
 
     /// Claims of a JWT that was already validated (`requestPrincipals`, `request.auth.*`).

@@ -74,8 +74,9 @@ pub(crate) async fn connection(
 }
 
 /// Judges one HTTP request whose head `http::prepare_head` has made what the pod
-/// may receive. A CUSTOM provider's changes to its headers are applied to
-/// `request`, and policy judges the request with them. `path` becomes the
+/// may receive. Its headers move into the judged request (`Admitted::judged`),
+/// and a CUSTOM provider's changes are made there, so policy judges them as
+/// changed; `http::as_judged` gives them back for forwarding. `path` becomes the
 /// normalized path as soon as it is known (the access log's, refused or not).
 pub(crate) async fn request(
     shared: &Shared,
@@ -92,11 +93,12 @@ pub(crate) async fn request(
     let claims = authenticate(shared, stream, &set, request)
         .await
         .map_err(|failure| unauthenticated(failure, head, request))?;
+    let headers = std::mem::take(request.headers_mut());
     let http = HttpRequest::new(
         request.method().as_str(),
         &head.target,
         &head.authority,
-        request.headers().clone(),
+        headers,
         set.options().path_normalization,
     )
     .map_err(|e| Refusal::Malformed(e.to_string()))?;
@@ -118,9 +120,10 @@ pub(crate) async fn request(
             // can have, and most requests never ask one (see `http.rs`)
             let ask = ask_about_request(shared, stream, &check, request, &judged, head.version);
             let allow = Box::pin(ask).await?;
-            meshward_extauthz::apply_headers(request.headers_mut(), &allow.upstream, &allow.remove);
-            let headers = request.headers().clone();
-            judged.http = judged.http.map(|h| Box::new(h.with_headers(headers)));
+            if let Some(http) = judged.http.as_mut() {
+                let headers = http.headers_mut();
+                meshward_extauthz::apply_headers(headers, &allow.upstream, &allow.remove);
+            }
             on_allow = allow.downstream;
             Some(allow.approval)
         }

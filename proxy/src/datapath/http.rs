@@ -143,8 +143,8 @@ async fn admit_then_forward(
     // authorizer may read its first bytes before
     let mut request = request.map(body::request);
     let head = prepare_head(&mut request, version, stream.xfcc()).map_err(Refusal::Malformed)?;
-    let admitted = admit::request(shared, stream, &mut request, &head, path).await?;
-    let Some(judged) = &admitted.judged.http else {
+    let mut admitted = admit::request(shared, stream, &mut request, &head, path).await?;
+    let Some(judged) = admitted.judged.http.as_mut() else {
         return Err(Refusal::Malformed("no HTTP request".into()));
     };
     as_judged(&mut request, version, judged, head.upgrade.as_ref())?;
@@ -153,20 +153,31 @@ async fn admit_then_forward(
 }
 
 /// Makes `request` the one policy judged: its target and authority set as judged,
-/// never the raw ones (Envoy rewrites the path too), and the upgrade it asked for.
+/// never the raw ones (Envoy rewrites the path too), the headers policy saw, and
+/// the upgrade it asked for. The headers move back from `judged`; an upgrade's
+/// are copied, as its judged request lives on to be judged again (`revocation.rs`).
 fn as_judged(
     request: &mut Request<ProxyBody>,
     version: Version,
-    judged: &HttpRequest,
+    judged: &mut HttpRequest,
     upgrade: Option<&HeaderValue>,
 ) -> Result<(), Refusal> {
     let malformed = |e: &dyn std::fmt::Display| Refusal::Malformed(e.to_string());
     let host = judged.host();
     let target = judged.target().to_request_target();
     *request.uri_mut() = forwarded_uri(version, host, &target).map_err(|e| malformed(&e))?;
-    if version == Version::Http1 && !host.is_empty() {
-        let value = HeaderValue::from_str(host).map_err(|e| malformed(&e))?;
-        request.headers_mut().insert(header::HOST, value);
+    let host = match version {
+        Version::Http1 if !host.is_empty() => {
+            Some(HeaderValue::from_str(host).map_err(|e| malformed(&e))?)
+        }
+        _ => None,
+    };
+    *request.headers_mut() = match upgrade {
+        Some(_) => judged.headers().clone(),
+        None => judged.take_headers(),
+    };
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
     }
     if let Some(protocol) = upgrade {
         keep_upgrade(request.headers_mut(), protocol.clone());
