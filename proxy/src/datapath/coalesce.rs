@@ -418,6 +418,26 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_reads_nothing_holds_at_most_one_batch() {
+        let mut h2 = Driver::new(16);
+        h2.io.io.room = Some(0);
+        let frame = [5; 1000];
+        let mut taken = 0;
+        for _ in 0..100 {
+            match h2.cx(|io, cx| io.poll_write(cx, &frame)) {
+                Poll::Ready(Ok(n)) => taken += n,
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+            }
+        }
+        // h2 is told to wait once a batch is full: what waits stays bounded
+        assert!(taken <= BATCH_BYTES, "{taken}");
+        assert!(h2.io.kept.len() <= BATCH_BYTES);
+        assert!(h2.cx(|io, cx| io.poll_flush(cx)).is_pending());
+        assert!(h2.socket().is_empty());
+    }
+
+    #[test]
     fn shutdown_writes_what_was_kept_first() {
         let mut h2 = Driver::new(2);
         h2.frame(b"goaway");
