@@ -39,6 +39,6 @@ pub use normalize::{
 };
 pub use options::{DefaultMode, EngineOptions};
 pub use request::{
-    BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload, normalize_host,
+    Authority, BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload, normalize_host,
     reads_as_one_header_value,
 };

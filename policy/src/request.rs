@@ -66,9 +66,7 @@ pub struct HttpRequest {
     method: String,
     target: NormalizedTarget,
     /// The authority as the backend gets it: lower case, no trailing dot.
-    host: String,
-    /// `host` without its port: what `hosts` matches.
-    host_name_len: usize,
+    host: Authority,
     headers: HeaderMap,
     jwt: Option<JwtClaims>,
     /// `iss/sub` of `jwt`, built once.
@@ -93,17 +91,28 @@ impl HttpRequest {
         headers: HeaderMap,
         normalization: PathNormalization,
     ) -> Result<Self, BadRequest> {
+        let host = Authority::parse(host)?;
+        Self::with_authority(method, target, host, headers, normalization)
+    }
+
+    /// [`HttpRequest::new`] with its authority already normalized (a connection
+    /// whose requests all name the same one normalizes it once).
+    pub fn with_authority(
+        method: &str,
+        target: &str,
+        host: Authority,
+        headers: HeaderMap,
+        normalization: PathNormalization,
+    ) -> Result<Self, BadRequest> {
         let is_token =
             |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
         if method.is_empty() || !method.bytes().all(is_token) {
             return Err(BadRequest::Method(method.to_owned()));
         }
-        let (host, host_name_len) = normalize_host(host)?;
         Ok(Self {
             method: method.to_owned(),
             target: normalize_target(target, normalization)?,
             host,
-            host_name_len,
             headers,
             jwt: None,
             jwt_principal: None,
@@ -140,14 +149,14 @@ impl HttpRequest {
 
     /// The normalized authority, port included: what the backend receives.
     pub fn host(&self) -> &str {
-        &self.host
+        self.host.as_str()
     }
 
     /// The host without its port: what `hosts` matches. The port of `Host` is the
     /// client's to choose and decides nothing about where the request goes
     /// (`ports` judges the real destination port).
     pub fn host_name(&self) -> &str {
-        &self.host[..self.host_name_len]
+        self.host.name()
     }
 
     pub fn headers(&self) -> &HeaderMap {
@@ -187,7 +196,7 @@ impl HttpRequest {
     pub(crate) fn pseudo_header(&self, pseudo: PseudoHeader) -> Cow<'_, str> {
         match pseudo {
             PseudoHeader::Method => Cow::Borrowed(&self.method),
-            PseudoHeader::Authority => Cow::Borrowed(&self.host),
+            PseudoHeader::Authority => Cow::Borrowed(self.host.as_str()),
             PseudoHeader::Path => Cow::Owned(self.target.to_request_target()),
         }
     }
@@ -198,6 +207,33 @@ impl HttpRequest {
 
     pub(crate) fn jwt_principal(&self) -> Option<&str> {
         self.jwt_principal.as_deref()
+    }
+}
+
+/// An authority in the one form policy judges and the backend receives
+/// ([`normalize_host`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    text: String,
+    /// The length of the host part, before any `:port`.
+    name_len: usize,
+}
+
+impl Authority {
+    /// Validates and normalizes `raw` (`:authority` or `Host`, port included).
+    pub fn parse(raw: &str) -> Result<Self, BadRequest> {
+        let (text, name_len) = normalize_host(raw)?;
+        Ok(Self { text, name_len })
+    }
+
+    /// The whole authority, port included (empty for HTTP/1.0 without `Host`).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The host without its port: what `hosts` matches.
+    pub fn name(&self) -> &str {
+        &self.text[..self.name_len]
     }
 }
 

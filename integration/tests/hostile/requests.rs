@@ -239,6 +239,19 @@ fn the_request_judged_is_the_request_forwarded() {
             403,
         );
     }
+    // 5: on one connection, each request is judged by its own authority (the
+    // proxy keeps a connection's last normalized one, for the same text only)
+    let got = raw(b"GET /x HTTP/1.1\r\nHost: public.example\r\n\r\nGET /x HTTP/1.1\r\nHost: ADMIN.example.\r\n\r\nGET /x HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n");
+    let answers = text(&got);
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| answers.get(at + 9..at + 12))
+        .collect();
+    findings.check(
+        "5 host per request on one connection",
+        statuses == ["200", "403", "200"],
+        &answers,
+    );
     // 6: path parameters
     for path in ["/admin;x=1", "/public/..;/admin", "/admin;"] {
         call("6 path parameters", &["--path-as-is", &url(path)], 403);

@@ -19,7 +19,7 @@ use meshward_jwt::JwtFailure;
 use meshward_policy::{CustomCheck, HttpRequest, JwtClaims, PolicySet, Workload};
 
 use super::body::ProxyBody;
-use super::http::head::Head;
+use super::http::head::{Head, LastAuthority};
 use super::jwks::RequestKeys;
 use super::refusal::{CustomAnswer, Refusal};
 use super::state::MeshState;
@@ -76,13 +76,15 @@ pub(crate) async fn connection(
 /// Judges one HTTP request whose head `http::prepare_head` has made what the pod
 /// may receive. Its headers move into the judged request (`Admitted::judged`),
 /// and a CUSTOM provider's changes are made there, so policy judges them as
-/// changed; `http::as_judged` gives them back for forwarding. `path` becomes the
+/// changed; `http::as_judged` gives them back for forwarding. Its authority is
+/// normalized through the connection's `authority`. `path` becomes the
 /// normalized path as soon as it is known (the access log's, refused or not).
 pub(crate) async fn request(
     shared: &Shared,
     stream: &InboundStream,
     request: &mut Request<ProxyBody>,
     head: &Head,
+    authority: &LastAuthority,
     path: &mut String,
 ) -> Result<Admitted, Refusal> {
     let layer = "l7";
@@ -93,15 +95,17 @@ pub(crate) async fn request(
     let claims = authenticate(shared, stream, &set, request)
         .await
         .map_err(|failure| unauthenticated(failure, head, request))?;
+    let malformed = |e: meshward_policy::BadRequest| Refusal::Malformed(e.to_string());
+    let authority = authority.parse(&head.authority).map_err(malformed)?;
     let headers = std::mem::take(request.headers_mut());
-    let http = HttpRequest::new(
+    let http = HttpRequest::with_authority(
         request.method().as_str(),
         &head.target,
-        &head.authority,
+        authority,
         headers,
         set.options().path_normalization,
     )
-    .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    .map_err(malformed)?;
     http.target().path().clone_into(path);
     let mut judged = stream.request(Some(Box::new(match claims {
         Some(claims) => http.with_jwt(claims),

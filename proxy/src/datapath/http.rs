@@ -29,7 +29,7 @@ use super::refusal::Refusal;
 use super::stream::{DecisionRecord, InboundStream};
 use super::upstream::Version;
 use super::{Shared, copy, h2, responses};
-use head::prepare_head;
+use head::{LastAuthority, prepare_head};
 use headers::{keep_upgrade, strip_hop_by_hop};
 
 pub(super) mod head;
@@ -49,9 +49,13 @@ pub(crate) async fn serve<S>(
 {
     let limits = shared.limits.clone();
     let drain = shared.drain.clone();
+    let authority = Arc::new(LastAuthority::default());
     let handler = move |request| {
-        let (shared, stream) = (shared.clone(), stream.clone());
-        async move { Ok::<_, Infallible>(handle(&shared, &stream, request, version).await) }
+        let (shared, stream, authority) = (shared.clone(), stream.clone(), authority.clone());
+        async move {
+            let handled = handle(&shared, &stream, &authority, request, version);
+            Ok::<_, Infallible>(handled.await)
+        }
     };
     let io = TokioIo::new(io);
     // on drain: HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY
@@ -81,10 +85,12 @@ pub(crate) async fn serve<S>(
     }
 }
 
-/// Serves one request and leaves its access log line and metrics.
+/// Serves one request and leaves its access log line and metrics. `authority`:
+/// the connection's last, normalized.
 async fn handle(
     shared: &Shared,
     stream: &InboundStream,
+    authority: &LastAuthority,
     request: Request<Incoming>,
     version: Version,
 ) -> Response<ProxyBody> {
@@ -92,7 +98,8 @@ async fn handle(
     let method = request.method().clone();
     let grpc = responses::is_grpc(request.headers());
     let mut path = request.uri().path().to_owned();
-    let (response, record) = respond(shared, stream, request, version, grpc, &mut path).await;
+    let responded = respond(shared, stream, authority, request, version, grpc, &mut path);
+    let (response, record) = responded.await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     stream.request_metrics.record(
@@ -111,12 +118,14 @@ async fn handle(
 async fn respond(
     shared: &Shared,
     stream: &InboundStream,
+    authority: &LastAuthority,
     request: Request<Incoming>,
     version: Version,
     grpc: bool,
     path: &mut String,
 ) -> (Response<ProxyBody>, DecisionRecord) {
-    match admit_then_forward(shared, stream, request, version, grpc, path).await {
+    let answered = admit_then_forward(shared, stream, authority, request, version, grpc, path);
+    match answered.await {
         Ok(answered) => answered,
         Err(refusal) => {
             let record = refusal.record();
@@ -134,6 +143,7 @@ async fn respond(
 async fn admit_then_forward(
     shared: &Shared,
     stream: &InboundStream,
+    authority: &LastAuthority,
     request: Request<Incoming>,
     version: Version,
     grpc: bool,
@@ -143,7 +153,8 @@ async fn admit_then_forward(
     // authorizer may read its first bytes before
     let mut request = request.map(body::request);
     let head = prepare_head(&mut request, version, stream.xfcc()).map_err(Refusal::Malformed)?;
-    let mut admitted = admit::request(shared, stream, &mut request, &head, path).await?;
+    let admitted = admit::request(shared, stream, &mut request, &head, authority, path);
+    let mut admitted = admitted.await?;
     let Some(judged) = admitted.judged.http.as_mut() else {
         return Err(Refusal::Malformed("no HTTP request".into()));
     };

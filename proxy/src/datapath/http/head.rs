@@ -3,6 +3,8 @@
 
 use http::Request;
 use http::header::{self, HeaderValue};
+use meshward_policy::{Authority, BadRequest};
+use parking_lot::Mutex;
 
 use super::headers::{request_authority, strip_hop_by_hop, upgrade_protocol};
 use crate::datapath::upstream::Version;
@@ -43,4 +45,45 @@ pub(crate) fn prepare_head<B>(
         target,
         upgrade,
     })
+}
+
+/// The last authority a connection's requests named, normalized. A client names
+/// the same one on every request, and validating it was 2 k instructions of
+/// each (`http::uri::Authority`'s parser, with its allocation).
+#[derive(Default)]
+pub(crate) struct LastAuthority(Mutex<Option<(String, Authority)>>);
+
+impl LastAuthority {
+    /// `raw` normalized ([`Authority::parse`]): the last one again when `raw` is
+    /// the same text.
+    pub(crate) fn parse(&self, raw: &str) -> Result<Authority, BadRequest> {
+        let mut last = self.0.lock();
+        if let Some((text, authority)) = last.as_ref()
+            && text == raw
+        {
+            return Ok(authority.clone());
+        }
+        let authority = Authority::parse(raw)?;
+        *last = Some((raw.to_owned(), authority.clone()));
+        Ok(authority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_authority_is_reused_only_for_the_same_text() {
+        let last = LastAuthority::default();
+        let first = last.parse("Echo.Example.:8080").expect("valid");
+        assert_eq!(first.as_str(), "echo.example:8080");
+        assert_eq!(first.name(), "echo.example");
+        assert_eq!(last.parse("Echo.Example.:8080"), Ok(first));
+        // another text is parsed on its own, valid or not, and becomes the last
+        assert_eq!(last.parse("other:80").expect("valid").as_str(), "other:80");
+        assert!(last.parse("user@other:80").is_err());
+        assert!(last.parse("other:80x").is_err());
+        assert_eq!(last.parse("other:80").expect("valid").name(), "other");
+    }
 }
