@@ -115,9 +115,9 @@ fuzz_target!(|data: &[u8]| {
         )
         .expect("a normalized target is accepted again");
         assert_eq!(twice.target().path(), judged.target().path(), "{option}");
-        let host = meshward_policy::normalize_host(judged.host()).map(|(h, _)| h);
+        let host = meshward_policy::Authority::parse(judged.host());
         assert_eq!(
-            host.as_deref(),
+            host.as_ref().map(|h| h.as_str()),
             Ok(judged.host()),
             "host normalization is not idempotent"
         );

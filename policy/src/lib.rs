@@ -39,6 +39,6 @@ pub use normalize::{
 };
 pub use options::{DefaultMode, EngineOptions};
 pub use request::{
-    Authority, BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload, normalize_host,
+    Authority, BadRequest, HttpRequest, JwtClaims, PseudoHeader, Request, Workload,
     reads_as_one_header_value,
 };

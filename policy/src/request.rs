@@ -83,7 +83,7 @@ pub fn reads_as_one_header_value(value: &[u8]) -> bool {
 
 impl HttpRequest {
     /// Validates the method, normalizes the request-target and the host
-    /// ([`normalize_host`]). `host` is `:authority` or `Host`, port included.
+    /// ([`Authority::parse`]). `host` is `:authority` or `Host`, port included.
     pub fn new(
         method: &str,
         target: &str,
@@ -210,8 +210,10 @@ impl HttpRequest {
     }
 }
 
-/// An authority in the one form policy judges and the backend receives
-/// ([`normalize_host`]).
+/// An authority in the one form policy judges and the backend receives: ASCII
+/// lower case (RFC 4343), the trailing dot of a fully qualified name removed, the
+/// port kept. An empty one (HTTP/1.0 without `Host`) stays empty; user info, or
+/// anything that is not `host[:port]`, is a bad request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authority {
     text: String,
@@ -237,12 +239,8 @@ impl Authority {
     }
 }
 
-/// The one form of an authority that policy judges and the backend receives: ASCII
-/// lower case (RFC 4343), the trailing dot of a fully qualified name removed, the
-/// port kept. Returns it with the length of its host part. An empty host (HTTP/1.0
-/// without `Host`) stays empty; user info, or anything that is not
-/// `host[:port]`, is a bad request.
-pub fn normalize_host(raw: &str) -> Result<(String, usize), BadRequest> {
+/// [`Authority::parse`]: the normalized text, and the length of its host part.
+fn normalize_host(raw: &str) -> Result<(String, usize), BadRequest> {
     let bad = || BadRequest::Host(raw.to_owned());
     if raw.is_empty() {
         return Ok((String::new(), 0));

@@ -49,13 +49,14 @@ pub(crate) async fn serve<S>(
 {
     let limits = shared.limits.clone();
     let drain = shared.drain.clone();
-    let authority = Arc::new(LastAuthority::default());
+    let connection = Arc::new(HttpConnection {
+        stream,
+        version,
+        authority: LastAuthority::default(),
+    });
     let handler = move |request| {
-        let (shared, stream, authority) = (shared.clone(), stream.clone(), authority.clone());
-        async move {
-            let handled = handle(&shared, &stream, &authority, request, version);
-            Ok::<_, Infallible>(handled.await)
-        }
+        let (shared, connection) = (shared.clone(), connection.clone());
+        async move { Ok::<_, Infallible>(handle(&shared, &connection, request).await) }
     };
     let io = TokioIo::new(io);
     // on drain: HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY
@@ -85,21 +86,26 @@ pub(crate) async fn serve<S>(
     }
 }
 
-/// Serves one request and leaves its access log line and metrics. `authority`:
-/// the connection's last, normalized.
+/// What the requests of one HTTP connection share.
+struct HttpConnection {
+    stream: Arc<InboundStream>,
+    version: Version,
+    /// The last authority its requests named, normalized.
+    authority: LastAuthority,
+}
+
+/// Serves one request and leaves its access log line and metrics.
 async fn handle(
     shared: &Shared,
-    stream: &InboundStream,
-    authority: &LastAuthority,
+    connection: &HttpConnection,
     request: Request<Incoming>,
-    version: Version,
 ) -> Response<ProxyBody> {
+    let stream = &*connection.stream;
     let started = Instant::now();
     let method = request.method().clone();
     let grpc = responses::is_grpc(request.headers());
     let mut path = request.uri().path().to_owned();
-    let responded = respond(shared, stream, authority, request, version, grpc, &mut path);
-    let (response, record) = responded.await;
+    let (response, record) = respond(shared, connection, request, grpc, &mut path).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     stream.request_metrics.record(
@@ -117,15 +123,12 @@ async fn handle(
 /// `refusal.rs`), or the pod's answer. `path` becomes the normalized path once known.
 async fn respond(
     shared: &Shared,
-    stream: &InboundStream,
-    authority: &LastAuthority,
+    connection: &HttpConnection,
     request: Request<Incoming>,
-    version: Version,
     grpc: bool,
     path: &mut String,
 ) -> (Response<ProxyBody>, DecisionRecord) {
-    let answered = admit_then_forward(shared, stream, authority, request, version, grpc, path);
-    match answered.await {
+    match admit_then_forward(shared, connection, request, grpc, path).await {
         Ok(answered) => answered,
         Err(refusal) => {
             let record = refusal.record();
@@ -142,17 +145,17 @@ async fn respond(
 /// headers); what goes out is rebuilt from that judged request, never from the raw one.
 async fn admit_then_forward(
     shared: &Shared,
-    stream: &InboundStream,
-    authority: &LastAuthority,
+    connection: &HttpConnection,
     request: Request<Incoming>,
-    version: Version,
     grpc: bool,
     path: &mut String,
 ) -> Result<(Response<ProxyBody>, DecisionRecord), Refusal> {
+    let (stream, version) = (&*connection.stream, connection.version);
     // the body as it will be forwarded (an XFCC trailer removed); an external
     // authorizer may read its first bytes before
     let mut request = request.map(body::request);
     let head = prepare_head(&mut request, version, stream.xfcc()).map_err(Refusal::Malformed)?;
+    let authority = &connection.authority;
     let admitted = admit::request(shared, stream, &mut request, &head, authority, path);
     let mut admitted = admitted.await?;
     let Some(judged) = admitted.judged.http.as_mut() else {

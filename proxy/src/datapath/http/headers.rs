@@ -36,7 +36,7 @@ pub(super) fn request_authority<B>(
         (None, None) => None,
     };
     let same = |a: &str, b: &str| {
-        let normalized = |h: &str| meshward_policy::normalize_host(h).ok().map(|(h, _)| h);
+        let normalized = |h: &str| meshward_policy::Authority::parse(h).ok();
         normalized(a).is_some() && normalized(a) == normalized(b)
     };
     match (request.uri().authority().map(|a| a.as_str()), host) {
